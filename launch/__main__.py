@@ -1,0 +1,5 @@
+import sys
+
+from cgpt.launch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,54 @@
+"""The `cgpt` command line.
+
+Each verb lives in its own module, which defines ``register(subparsers)``: it adds its
+parser and sets ``func`` (called with the parsed args, returns an exit code or None).
+Modules are listed here by import path; a user error (:class:`CgptError`) anywhere becomes
+one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# verb modules, in the order `cgpt --help` lists them
+COMMAND_MODULES = [
+    "cgpt.launch.cmd_export",     # export, import-hf
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cgpt",
+        description="Compute-optimal GPT pretraining: plan, prepare, train, sweep, export.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cgpt.model.errors import CgptError
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except CgptError as e:
+        print(f"cgpt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cgpt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

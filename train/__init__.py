@@ -1,0 +1,1 @@
+"""cgpt.train: planner, data, tokenizer, trainer, checkpoints, metrics, sweeps."""
