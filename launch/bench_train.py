@@ -1,0 +1,42 @@
+"""`cgpt bench [SIZE | RUN.yaml] [--steps N] [--hf] [--json]`: time training steps.
+
+Synthetic tokens, full optimizer steps; `--hf` adds transformers.GPT2LMHeadModel of the same
+shape with the same optimizer, interleaved in this process, and prints the ratio.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark training steps (tokens/s, MFU, vs transformers)",
+                       description=__doc__.split("\n")[0])
+    p.add_argument("target", nargs="?", default="111M",
+                   help="published size (111M ... 13B) or a run config YAML (default 111M)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="tokens per sequence (default: the plan's, or 2048 for a size)")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="sequences per step (default: the run config's, or 1)")
+    p.add_argument("--n-layer", type=int, default=None,
+                   help="override the number of layers (quick runs of a wide model)")
+    p.add_argument("--hf", "--compare-hf", dest="compare_hf", action="store_true",
+                   help="also run transformers.GPT2LMHeadModel side by side and print the ratio")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from cgpt.train.bench import bench, format_report
+
+    r = bench(args.target, steps=args.steps, warmup=args.warmup, seq_len=args.seq_len,
+              micro_batch=args.micro_batch, compare_hf=args.compare_hf, compile_=args.compile,
+              device=args.device, precision=args.precision, n_layer=args.n_layer)
+    print(json.dumps(r) if args.json else format_report(r))
+    return 0

@@ -1,0 +1,236 @@
+"""`cgpt plan`: a size, a shape or a budget -> the full training recipe (table, JSON, run YAML).
+
+    cgpt plan 111M                                  the published recipe
+    cgpt plan --params 400M                         the family's rules at any size
+    cgpt plan --layers 20 --width 1280
+    cgpt plan --flops 1e21                          compute-optimal for a FLOP budget
+    cgpt plan --gpu-hours 2000 --gpu h100 --mfu 0.4
+    cgpt plan 1.3B --gpus 64 --gpu h100 --zero-stage 1 --json
+    cgpt plan 111M --gpus 8 --gpu h100 --write run.yaml --data data/pile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+
+from cgpt.model.errors import CgptError
+
+_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+
+
+def parse_count(text: str, what: str) -> float:
+    """'400M', '1.3B', '4e8', '2.5T' -> a positive finite number."""
+    m = re.fullmatch(r"\s*(-?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmbgt]?)\s*", str(text), re.I)
+    if not m:
+        raise CgptError(f"{what}: expected a number such as 400M, 1.3B or 4e8, got {text!r}")
+    value = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
+    if not math.isfinite(value) or value <= 0:
+        raise CgptError(f"{what} must be a positive number, got {text!r}")
+    return value
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="plan a compute-optimal run (size, shape or budget)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = p.add_argument_group("what to plan (exactly one)")
+    what.add_argument("size", nargs="?", help="a published size: 111M 256M 590M 1.3B 2.7B 6.7B 13B")
+    what.add_argument("--params", help="parameter count, e.g. 400M")
+    what.add_argument("--layers", type=int, help="with --width: an explicit shape")
+    what.add_argument("--width", type=int, help="d_model (with --layers)")
+    what.add_argument("--heads", type=int, help="attention heads (default: d_head 64 or 128)")
+    what.add_argument("--flops", help="training budget in FLOPs (paper's algorithmic convention)")
+    what.add_argument("--gpu-hours", help="training budget in GPU-hours (needs --gpu)")
+    rules = p.add_argument_group("rules")
+    rules.add_argument("--tokens-per-param", type=float, help="default 20 (or the --fit value)")
+    rules.add_argument("--fit", metavar="FIT.json", help="a sweep's fit: tokens/param, loss law")
+    rules.add_argument("--rules", action="store_true",
+                       help="for a published size: the rule-based plan, not the published one")
+    rules.add_argument("--seq-len", type=int, default=2048)
+    rules.add_argument("--vocab-size", type=int, default=50257)
+    rules.add_argument("--batch-seqs", type=int, help="override the global batch (sequences)")
+    rules.add_argument("--lr", type=float, help="override the peak learning rate")
+    rules.add_argument("--mup", action="store_true", help="the μP variant of the plan")
+    cl = p.add_argument_group("cluster")
+    cl.add_argument("--gpu", help="device: h100, h200, a100, ... (see cgpt.train.devices)")
+    cl.add_argument("--gpus", type=int, help="total GPUs (data-parallel ranks)")
+    cl.add_argument("--nodes", type=int)
+    cl.add_argument("--gpus-per-node", type=int)
+    cl.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
+    cl.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3],
+                    help="default: the lowest of 1, 2, 3 that fits")
+    cl.add_argument("--micro-batch", type=int, help="default: the largest that fits")
+    cl.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction,
+                    default=None, help="default: only when needed to fit")
+    out = p.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print one JSON object")
+    out.add_argument("--write", metavar="RUN.yaml", help="write a run config for `cgpt train`")
+    out.add_argument("--data", default="data/default", help="data folder for --write")
+    out.add_argument("--tokenizer", help="tokenizer folder for --write (default: from the data)")
+    out.add_argument("--out-dir", help="runtime.out_dir for --write (default runs/NAME)")
+    p.set_defaults(func=run)
+
+
+def build_plan(args):
+    from cgpt.train import plan as P
+    from cgpt.train.devices import get_device
+    from cgpt.train.plan_rules import load_fit
+
+    chosen = [n for n, v in (("SIZE", args.size), ("--params", args.params),
+                             ("--layers/--width", args.layers or args.width),
+                             ("--flops", args.flops), ("--gpu-hours", args.gpu_hours)) if v]
+    if len(chosen) != 1:
+        raise CgptError("give exactly one of SIZE, --params, --layers/--width, --flops, "
+                        f"--gpu-hours{' (got ' + ', '.join(chosen) + ')' if chosen else ''}")
+    fit = load_fit(args.fit) if args.fit else None
+    device = get_device(args.gpu) if args.gpu else None
+    kw = dict(tokens_per_param=args.tokens_per_param, fit=fit, seq_len=args.seq_len,
+              vocab_size=args.vocab_size, global_batch_seqs=args.batch_seqs, lr=args.lr)
+    for name, v in (("--batch-seqs", args.batch_seqs), ("--lr", args.lr)):
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            raise CgptError(f"{name} must be positive, got {v}")
+    if args.size:
+        if args.rules:
+            base = P.plan_published(args.size)  # validates the name
+            plan = P.plan_for_shape(base.model.n_layer, base.model.n_embd, name=base.name + "-rules",
+                                    **kw)
+        else:
+            plan = P.plan_published(args.size, law=fit.law if fit else None)
+            if args.batch_seqs or args.lr or args.tokens_per_param:
+                raise CgptError("--batch-seqs/--lr/--tokens-per-param change a published recipe; "
+                                "add --rules to plan this size by the rules instead")
+    elif args.params:
+        plan = P.plan_for_params(parse_count(args.params, "--params"), **kw)
+    elif args.layers or args.width:
+        if not (args.layers and args.width):
+            raise CgptError("--layers and --width go together")
+        plan = P.plan_for_shape(args.layers, args.width, args.heads, **kw)
+    elif args.flops:
+        plan = P.plan_for_flops(parse_count(args.flops, "--flops"), **kw)
+    else:
+        if device is None:
+            raise CgptError("--gpu-hours needs --gpu (e.g. --gpu h100) for the peak FLOP/s")
+        plan = P.plan_for_gpu_hours(parse_count(args.gpu_hours, "--gpu-hours"), device,
+                                    args.mfu, **kw)
+    if args.mup:
+        plan = _apply_mup(plan)
+    gpus = _gpu_count(args)
+    if gpus is not None:
+        if device is None:
+            raise CgptError("--gpus/--nodes need --gpu (e.g. --gpu h100) for memory and peak")
+        plan = P.with_cluster(plan, gpus, device, args.zero_stage, args.mfu, args.micro_batch,
+                              args.activation_checkpointing)
+    return plan, device
+
+
+def _apply_mup(plan):
+    try:
+        from cgpt.train.plan_mup import apply_mup
+    except ModuleNotFoundError as e:
+        if e.name == "cgpt.train.plan_mup":
+            raise CgptError("μP planning is not available in this installation") from None
+        raise
+    return apply_mup(plan)
+
+
+def _gpu_count(args) -> int | None:
+    for name in ("gpus", "nodes", "gpus_per_node"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise CgptError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    if args.nodes or args.gpus_per_node:
+        total = (args.nodes or 1) * (args.gpus_per_node or 1)
+        if args.gpus and args.gpus != total:
+            raise CgptError(f"--gpus {args.gpus} disagrees with --nodes × --gpus-per-node = {total}")
+        return total
+    return args.gpus
+
+
+def run(args) -> int:
+    plan, device = build_plan(args)
+    if args.write:
+        runtime = {"out_dir": args.out_dir} if args.out_dir else {}
+        cfg = plan.to_run_config(args.data, args.tokenizer, runtime)
+        try:
+            cfg.save(args.write)
+        except OSError as e:
+            raise CgptError(f"cannot write {args.write!r}: {e.strerror or e}") from None
+    if args.json:
+        d = plan.to_json()
+        if device and not plan.cluster:
+            from cgpt.train.plan import time_on
+
+            d["gpu"], d["mfu"] = device.name, args.mfu
+            d["gpu_hours"] = time_on(plan, 1, device, args.mfu)[1]
+        if args.write:
+            d["written"] = args.write
+        print(json.dumps(d, indent=2))
+    else:
+        print(format_plan(plan, device, args.mfu))
+        if args.write:
+            print(f"\nwrote {args.write} (train it with: cgpt train {args.write})")
+    return 0
+
+
+# ---- the table ------------------------------------------------------------------------------
+def _n(v) -> str:
+    return f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
+
+
+def format_plan(plan, device=None, mfu: float = 0.4) -> str:
+    from cgpt.train.memory import fmt_bytes
+    from cgpt.train.plan import time_on
+
+    m = plan.model
+    rows = [
+        ("plan", f"{plan.name} ({plan.source})"),
+        ("params", f"{plan.params:,}"),
+        ("shape", f"{m.n_layer} layers × d_model {m.n_embd}, {m.n_head} heads of {m.head_dim}, "
+                  f"d_ffn {m.n_inner}, vocab {m.vocab_size:,}"),
+        ("init out-proj std", f"{m.out_init_std:.6f}"),
+        ("seq_len", f"{plan.seq_len:,}"),
+        ("tokens", f"{plan.tokens:,} ({plan.tokens / plan.params:.2f} tokens/param)"),
+        ("steps", f"{plan.steps:,}"),
+    ]
+    for i, ph in enumerate(plan.phases()):
+        tag = f"phase {i + 1}: " if plan.batch_schedule else ""
+        rows.append((f"global batch{' ' + str(i + 1) if plan.batch_schedule else ''}",
+                     f"{tag}{ph.global_batch_seqs:,} seqs = {ph.global_batch_seqs * plan.seq_len:,}"
+                     f" tokens × {ph.steps:,} steps"
+                     + (f" (schedule counter from {ph.schedule_start_step:,})"
+                        if plan.batch_schedule else "")))
+        rows.append((f"LR schedule{' ' + str(i + 1) if plan.batch_schedule else ''}",
+                     f"warmup {ph.warmup_steps:,} steps, {ph.decay} decay over "
+                     f"{ph.decay_steps:,} steps"))
+    rows += [
+        ("peak / final LR", f"{plan.lr:.3g} / {plan.min_lr:.3g}"),
+        ("AdamW", f"betas {tuple(plan.adam_betas)}, eps {plan.adam_eps:g}, "
+                  f"weight decay {plan.weight_decay:g}, grad clip {plan.grad_clip:g}"),
+        ("train FLOPs", f"{plan.train_flops:.3e} algorithmic (paper), "
+                        f"{plan.train_flops_mfu:.3e} 6N+12LTd (MFU)"),
+        ("predicted loss", f"{plan.predicted_loss:.3f} (L = (C/{plan.law.a:.4g})^-{plan.law.b:g} + "
+                           f"{plan.law.c:g}, {plan.law.source})"),
+    ]
+    c = plan.cluster
+    if c:
+        mem = c.memory
+        rows += [
+            ("cluster", f"{c.gpus} × {c.device.name}, ZeRO stage {c.zero_stage}, MFU {c.mfu:g}"),
+            ("batch split", f"micro-batch {c.micro_batch} × grad accum "
+                            f"{' / '.join(map(str, c.grad_accum))} × {c.gpus} ranks"),
+            ("activation ckpt", "on" if c.activation_checkpointing else "off"),
+            ("memory per GPU", f"{fmt_bytes(mem.total)} of {fmt_bytes(c.device.memory_bytes)}: "
+                               f"weights {fmt_bytes(mem.weights)}, grads {fmt_bytes(mem.grads)}, "
+                               f"optimizer {fmt_bytes(mem.optimizer)}, activations "
+                               f"{fmt_bytes(mem.activations)}, logits {fmt_bytes(mem.logits)}, "
+                               f"overhead {fmt_bytes(mem.overhead)}"),
+            ("time", f"{c.hours:,.1f} h wall clock, {c.gpu_hours:,.0f} GPU-hours"),
+        ]
+    elif device:
+        rows.append(("time", f"{time_on(plan, 1, device, mfu)[1]:,.0f} {device.name} GPU-hours "
+                             f"at MFU {mfu:g}"))
+    rows += [("note", n) for n in plan.notes]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,26 @@
+"""`cgpt train RUN.yaml [--set k=v] [--resume]` and `cgpt bench`.
+
+`cgpt train` runs the trainer in this process (a one-process DeepSpeed group: one GPU or the
+CPU). For several GPUs use `deepspeed --num_gpus N --module cgpt.train RUN.yaml` or
+`cgpt launch`; both run the same cgpt.train entry point.
+"""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    from cgpt.train.__main__ import add_train_args, run_train
+
+    p = sub.add_parser("train", help="train a model from a run config (DeepSpeed)",
+                       description="Train a model from a run config with DeepSpeed. On SIGTERM or "
+                                   "Ctrl-C it saves a checkpoint and exits 0; continue with "
+                                   "--resume.")
+    add_train_args(p)
+    p.set_defaults(func=run_train)
+    try:
+        from .bench_train import register as register_bench
+    except ImportError as e:  # pragma: no cover - the module ships with cgpt
+        if e.name != "cgpt.launch.bench_train":
+            raise
+    else:
+        register_bench(sub)

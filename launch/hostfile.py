@@ -1,0 +1,62 @@
+"""Hostfiles: the MPI-style list of nodes DeepSpeed's launcher reads (``HOST slots=N``).
+
+We parse it ourselves, with the same rules as ``deepspeed.launcher.runner`` (one
+``host slots=N`` per line, ``#`` comments, no duplicate hosts), so that a bad file is one
+clear message before anything starts instead of a traceback from the launcher.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cgpt.model.errors import CgptError
+
+# DeepSpeed's own pattern (runner._parse_hostfile), anchored at both ends so that
+# trailing junk such as "slots=8 gpus=2" is reported instead of silently ignored.
+_LINE = re.compile(r"^(\S+)\s+slots=(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    slots: int  # processes (GPUs) on this node
+
+
+def parse_hostfile(text: str, source: str = "hostfile") -> list[Host]:
+    """Hosts in file order; raise CgptError naming the first bad line."""
+    hosts: list[Host] = []
+    seen: set[str] = set()
+    for num, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if not m:
+            raise CgptError(f"{source}, line {num}: expected 'HOST slots=N', got {line!r}")
+        name, slots = m.group(1), int(m.group(2))
+        if slots <= 0:
+            raise CgptError(f"{source}, line {num}: {name} has slots={slots}; need at least 1")
+        if name in seen:
+            raise CgptError(f"{source}, line {num}: host {name!r} is listed twice")
+        seen.add(name)
+        hosts.append(Host(name, slots))
+    if not hosts:
+        raise CgptError(f"{source}: no hosts (expected lines like 'node-0 slots=8')")
+    return hosts
+
+
+def read_hostfile(path: str | Path) -> list[Host]:
+    p = Path(path)
+    if not p.is_file():
+        raise CgptError(f"hostfile {str(p)!r} not found")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CgptError(f"hostfile {str(p)!r} cannot be read: {e}") from None
+    return parse_hostfile(text, str(p))
+
+
+def format_hostfile(hosts: list[Host]) -> str:
+    return "".join(f"{h.name} slots={h.slots}\n" for h in hosts)

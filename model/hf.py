@@ -1,0 +1,423 @@
+"""Hugging Face conversion: cgpt GPT <-> transformers GPT2LMHeadModel folders.
+
+Our module names are HF GPT-2's (DESIGN.md), so conversion is ONE key map used both ways
+plus a transpose of the four Conv1D weights (HF stores them (in, out), nn.Linear (out, in)).
+``export_hf`` writes a folder that ``AutoModelForCausalLM.from_pretrained`` loads without
+``trust_remote_code`` and, when transformers is importable, loads it back and compares
+logits before the folder appears under its final name. ``import_hf`` reads such a folder
+(e.g. a downloaded official Cerebras-GPT checkpoint) into a GPT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+from .config import GPTConfig
+from .errors import CgptError
+from .gpt import GPT
+from .io import (
+    LM_HEAD, WTE, atomic_dir, build_from_state_dict, check_file, is_tied, load_model,
+    read_safetensors, read_torch_weights, save_file_atomic, save_model,
+)
+
+# ---- the key map ---------------------------------------------------------------------------
+# (our name, HF name, Conv1D transpose); "{i}" is the block index. The HF checkpoint layout
+# of GPT2LMHeadModel; the tied lm_head.weight is handled apart (absent when tied).
+# HF keeps these four as Conv1D, weight (in, out): transposed relative to our nn.Linear.
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_BLOCK = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+          "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
+          "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
+KEY_MAP: list[tuple[str, str, bool]] = [
+    ("transformer.wte.weight", "transformer.wte.weight", False),
+    ("transformer.wpe.weight", "transformer.wpe.weight", False),
+    *[(f"transformer.h.{{i}}.{k}", f"transformer.h.{{i}}.{k}", k in CONV1D) for k in _BLOCK],
+    ("transformer.ln_f.weight", "transformer.ln_f.weight", False),
+    ("transformer.ln_f.bias", "transformer.ln_f.bias", False),
+]
+_LAYER = re.compile(r"\.h\.(\d+)\.")
+_OURS = {ours: (hf, t) for ours, hf, t in KEY_MAP}
+_HF = {hf: (ours, t) for ours, hf, t in KEY_MAP}
+# Buffers older transformers saved with every block (the causal mask): not weights.
+_HF_BUFFERS = (".attn.bias", ".attn.masked_bias")
+
+
+def _convert(sd: dict[str, torch.Tensor], table: dict, where: str) -> dict[str, torch.Tensor]:
+    """Rename (and transpose Conv1D weights of) every key in ``sd`` through ``table``."""
+    out = {}
+    for key, tensor in sd.items():
+        m = _LAYER.search(key)
+        template = _LAYER.sub(".h.{i}.", key) if m else key
+        if template not in table:
+            raise CgptError(f"{where}: unexpected tensor {key!r}; not a GPT-2 weight name")
+        name, transpose = table[template]
+        name = name.format(i=m.group(1)) if m else name
+        out[name] = tensor.detach().t().contiguous() if transpose else tensor.detach()
+    return out
+
+
+def to_hf_state_dict(model_or_sd: GPT | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF GPT2LMHeadModel tensors (CPU) from a GPT or a state dict in our naming.
+
+    ``lm_head.weight`` is included only when it is a tensor of its own (untied head).
+    """
+    if isinstance(model_or_sd, GPT):
+        if model_or_sd.config.mup is not None:
+            raise CgptError("a μP model's multipliers must be folded into its weights first "
+                            "(export_hf does it through cgpt.model.mup_export.fold_mup)")
+        sd = model_or_sd.state_dict()
+    else:
+        sd = dict(model_or_sd)
+    head = sd.pop(LM_HEAD, None)
+    hf = {k: v.cpu() for k, v in _convert(sd, _OURS, "state dict").items()}
+    if head is not None and not _same_tensor(head, sd[WTE]):
+        hf[LM_HEAD] = head.detach().cpu().contiguous()
+    return hf
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a is b or (a.shape == b.shape and (a.data_ptr() == b.data_ptr() or torch.equal(a, b)))
+
+
+def _normalize_hf_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop mask buffers; add the ``transformer.`` prefix a GPT2Model checkpoint lacks."""
+    out = {}
+    for k, v in sd.items():
+        if k.endswith(_HF_BUFFERS):
+            continue
+        if not k.startswith(("transformer.", "lm_head.")):
+            k = "transformer." + k
+        out[k] = v
+    return out
+
+
+def _expected_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in GPT(GPTConfig(**{**cfg.to_dict(), "mup": None}))
+                .state_dict().items() if k != LM_HEAD}
+
+
+def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: GPTConfig, tied: bool = True,
+                       where: str = "HF checkpoint") -> tuple[dict[str, torch.Tensor], bool]:
+    """(state dict in our naming, tied) from HF GPT-2 tensors, checked against ``cfg``.
+
+    As transformers does, a tied config ignores any stored ``lm_head.weight``; an untied one
+    needs it (and is treated as tied when it equals the embedding).
+    """
+    sd = _normalize_hf_keys(sd)
+    head = sd.pop(LM_HEAD, None)
+    expected = _expected_shapes(cfg)
+    for hf_key, tensor in sd.items():
+        m = _LAYER.search(hf_key)
+        entry = _HF.get(_LAYER.sub(".h.{i}.", hf_key) if m else hf_key)
+        if entry is None:
+            continue  # reported as unexpected by _convert below
+        ours = entry[0].format(i=m.group(1)) if m else entry[0]
+        want = expected.get(ours)
+        want = tuple(reversed(want)) if want is not None and entry[1] else want
+        if want is not None and tuple(tensor.shape) != want:
+            raise CgptError(f"{where}: {hf_key} has shape {tuple(tensor.shape)} but config.json "
+                            f"implies {want}")
+    ours = _convert(sd, _HF, where)
+    if not tied:
+        if head is None:
+            raise CgptError(f"{where}: tie_word_embeddings is false but lm_head.weight is missing")
+        if _same_tensor(head, ours.get(WTE, head)):
+            tied = True
+        else:
+            ours[LM_HEAD] = head.detach()
+    return ours, tied
+
+
+# ---- config.json ---------------------------------------------------------------------------
+def gpt_config_to_hf(cfg: GPTConfig, bos_token_id: int | None = None,
+                     eos_token_id: int | None = None, tie_word_embeddings: bool = True,
+                     dtype: torch.dtype = torch.float32) -> dict:
+    """config.json for GPT2LMHeadModel (REFERENCE.md, HF config.json fields).
+
+    Without a tokenizer, bos/eos default to the last id: GPT-2 BPE's <|endoftext|> is 50256
+    = vocab_size - 1 (REFERENCE.md: vocab 50257).
+    """
+    eos = cfg.vocab_size - 1 if eos_token_id is None else eos_token_id
+    bos = eos if bos_token_id is None else bos_token_id
+    name = str(dtype).removeprefix("torch.")
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head,
+        "n_inner": cfg.n_inner, "n_positions": cfg.n_positions, "n_ctx": cfg.n_positions,
+        "vocab_size": cfg.vocab_size,
+        "activation_function": "gelu",  # exact erf GELU, not GPT-2's gelu_new
+        "layer_norm_epsilon": cfg.layer_norm_epsilon, "initializer_range": cfg.init_std,
+        "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+        "summary_first_dropout": cfg.dropout,
+        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False, "add_cross_attention": False,
+        "tie_word_embeddings": tie_word_embeddings, "use_cache": True,
+        "bos_token_id": bos, "eos_token_id": eos,
+        "dtype": name, "torch_dtype": name,  # transformers 5 reads "dtype", 4.x "torch_dtype"
+    }
+
+
+def hf_config_to_gpt(d: dict, where: str = "config.json") -> tuple[GPTConfig, bool]:
+    """(GPTConfig, tie_word_embeddings) from a HF config dict; refuses what we can't run."""
+    if d.get("model_type") != "gpt2":
+        raise CgptError(f"{where}: model_type is {d.get('model_type')!r}; cgpt imports GPT-2 "
+                        "architecture models (model_type 'gpt2') only")
+    act = d.get("activation_function", "gelu_new")  # HF GPT2Config's default
+    if act != "gelu":
+        raise CgptError(f"{where}: activation_function {act!r} is not supported; cgpt uses the "
+                        "exact erf GELU ('gelu'), and 'gelu_new' (tanh) gives different outputs")
+    for key, bad in (("scale_attn_weights", False), ("scale_attn_by_inverse_layer_idx", True),
+                     ("add_cross_attention", True)):
+        if d.get(key, not bad) == bad:
+            raise CgptError(f"{where}: {key}={bad} is not supported (cgpt scales attention "
+                            "by 1/sqrt(d_head) in every layer and has no cross-attention)")
+    # reorder_and_upcast_attn only changes precision (scores in fp32), not the math: accepted.
+    pdrops = {float(d.get(k, 0.0)) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
+    try:
+        cfg = GPTConfig(
+            n_layer=d["n_layer"], n_embd=d["n_embd"], n_head=d["n_head"],
+            n_inner=d.get("n_inner"), n_positions=d.get("n_positions", 1024),
+            vocab_size=d["vocab_size"], layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
+            init_std=d.get("initializer_range", 0.02), dropout=max(pdrops),
+        )
+    except KeyError as e:
+        raise CgptError(f"{where}: required field {e.args[0]!r} is missing") from None
+    except CgptError as e:
+        raise CgptError(f"{where}: {e}") from None
+    return cfg, bool(d.get("tie_word_embeddings", True))
+
+
+# ---- tokenizer -----------------------------------------------------------------------------
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
+
+
+def tokenizer_info(tok_dir: str | os.PathLike) -> dict:
+    """{'vocab_size', 'bos', 'eos'} of a HF tokenizer folder (needs tokenizer.json)."""
+    tok_dir = Path(tok_dir)
+    if not tok_dir.is_dir():
+        raise CgptError(f"tokenizer folder {tok_dir} does not exist")
+    path = tok_dir / "tokenizer.json"
+    if not path.is_file():
+        raise CgptError(f"{tok_dir} is not a Hugging Face tokenizer folder (no tokenizer.json)")
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises plain Exception subclasses on bad JSON
+        raise CgptError(f"{path} is not a readable tokenizer file: {str(e).splitlines()[0]}") from None
+    special = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # later wins
+        if (tok_dir / name).is_file():
+            special.update(_read_json(tok_dir / name))
+    ids = {}
+    for role in ("bos", "eos"):
+        tokstr = special.get(f"{role}_token")
+        tokstr = tokstr.get("content") if isinstance(tokstr, dict) else tokstr
+        ids[role] = tok.token_to_id(tokstr) if isinstance(tokstr, str) else None
+    return {"vocab_size": tok.get_vocab_size(with_added_tokens=True), **ids}
+
+
+def _copy_tokenizer(tok_dir: Path, dst: Path) -> list[str]:
+    names = [n for n in TOKENIZER_FILES if (tok_dir / n).is_file()]
+    names += sorted(p.name for p in tok_dir.glob("*.model"))  # sentencepiece model
+    for n in names:
+        shutil.copy2(tok_dir / n, dst / n)
+    return names
+
+
+# ---- export --------------------------------------------------------------------------------
+def _export_state(model: GPT) -> tuple[dict[str, torch.Tensor], dict]:
+    """Our-naming state dict ready for HF (μP multipliers folded) + config.json overrides."""
+    if model.config.mup is None:
+        return model.state_dict(), {}
+    try:
+        from .mup_export import fold_mup
+    except ImportError:
+        raise CgptError("μP export needs cgpt.model.mup_export (not installed in this "
+                        "version)") from None
+    sd, overrides = fold_mup(model)
+    return sd, dict(overrides or {})
+
+
+def export_hf(model: GPT, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
+              verify: bool = True, force: bool = False) -> Path:
+    """Write ``out_dir`` as a transformers GPT2LMHeadModel folder (weights in the model's dtype).
+
+    config.json, generation_config.json, model.safetensors, and the tokenizer files of
+    ``tokenizer_dir``. With ``verify`` (and transformers importable) the written folder is
+    loaded back and its logits compared with ``model``'s; a mismatch raises CgptError and
+    nothing is left at ``out_dir``.
+    """
+    sd, overrides = _export_state(model)
+    hf_sd = to_hf_state_dict(sd)
+    tied = LM_HEAD not in hf_sd
+    tok = tokenizer_info(tokenizer_dir) if tokenizer_dir is not None else None
+    if tok and tok["vocab_size"] > model.config.vocab_size:
+        raise CgptError(f"tokenizer {tokenizer_dir} has {tok['vocab_size']} tokens but the model's "
+                        f"vocab_size is {model.config.vocab_size}: wrong tokenizer for this model")
+    dtype = hf_sd[WTE].dtype
+    config = gpt_config_to_hf(model.config, tok and tok["bos"], tok and tok["eos"], tied, dtype)
+    config.update(overrides)
+    gen = {"_from_model_config": True, "bos_token_id": config["bos_token_id"],
+           "eos_token_id": config["eos_token_id"]}
+    with atomic_dir(out_dir, force) as tmp:
+        save_file_atomic(hf_sd, tmp / "model.safetensors", {"format": "pt"})
+        del hf_sd
+        _write_json(tmp / "config.json", config)
+        _write_json(tmp / "generation_config.json", gen)
+        if tokenizer_dir is not None:
+            _copy_tokenizer(Path(tokenizer_dir), tmp)
+        if verify:
+            if _transformers_available():
+                compare_with_hf(model, tmp, check_tokenizer=tokenizer_dir is not None)
+            else:
+                warnings.warn("transformers is not installed: the export was not verified")
+    return Path(out_dir)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        d = json.loads(check_file(path, "file").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CgptError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise CgptError(f"{path} is not a JSON object")
+    return d
+
+
+# ---- import --------------------------------------------------------------------------------
+def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a HF folder: model.safetensors, a sharded index, or pytorch_model.bin."""
+    for single, reader in (("model.safetensors", lambda p: read_safetensors(p)[0]),
+                           ("pytorch_model.bin", read_torch_weights)):
+        if (folder / single).is_file():
+            return reader(folder / single)
+        index = folder / f"{single}.index.json"
+        if index.is_file():
+            shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+            if not shards:
+                raise CgptError(f"{index} has no weight_map")
+            sd = {}
+            for name in shards:
+                path = (folder / name).resolve()
+                if path.parent != folder.resolve():  # a shard name must not leave the folder
+                    raise CgptError(f"{index}: shard {name!r} is outside {folder}")
+                sd.update(reader(path))
+            return sd
+    raise CgptError(f"{folder} has no model.safetensors (nor a sharded index or "
+                    "pytorch_model.bin)")
+
+
+def import_hf(path: str | os.PathLike, verify: bool = False,
+              device: str | torch.device = "cpu") -> GPT:
+    """A GPT holding the weights of a HF GPT-2 folder (dtype as stored).
+
+    With ``verify`` (needs transformers) transformers loads the same folder and the logits
+    of both are compared; a mismatch raises CgptError.
+    """
+    folder = Path(path)
+    if not folder.exists():
+        raise CgptError(f"Hugging Face folder {folder} does not exist")
+    if not folder.is_dir():
+        raise CgptError(f"{folder} is not a folder; import-hf reads a Hugging Face model folder "
+                        "(config.json + model.safetensors)")
+    if not (folder / "config.json").is_file():
+        raise CgptError(f"{folder} has no config.json; not a Hugging Face model folder")
+    cfg, tied = hf_config_to_gpt(_read_json(folder / "config.json"), str(folder / "config.json"))
+    ours, tied = from_hf_state_dict(read_hf_weights(folder), cfg, tied, str(folder))
+    model = build_from_state_dict(cfg, ours, tied, str(folder), device)
+    if verify:
+        if not _transformers_available():
+            raise CgptError("verification needs transformers (pip install 'cgpt[hf]')")
+        compare_with_hf(model, folder)
+    return model
+
+
+# ---- verification --------------------------------------------------------------------------
+def _transformers_available() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_hf_model(folder: str | os.PathLike, dtype: torch.dtype = torch.float32):
+    """transformers' GPT2LMHeadModel from ``folder``, refusing one with missing weights."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from transformers.utils import logging as hf_logging
+
+    kw = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": dtype}
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a verification step, not a user-facing download
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            str(folder), local_files_only=True, output_loading_info=True, **kw)
+    except (OSError, ValueError) as e:
+        raise CgptError(f"transformers cannot load {folder}: {str(e).splitlines()[0]}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    bad = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
+    if bad or type(model).__name__ != "GPT2LMHeadModel":
+        raise CgptError(f"transformers loaded {folder} as {type(model).__name__} with {bad}; "
+                        "the folder is not a complete GPT2LMHeadModel")
+    return model.eval()
+
+
+@torch.no_grad()
+def compare_with_hf(model: GPT, folder: str | os.PathLike, atol: float = 1e-4,
+                    rtol: float = 1e-4, seed: int = 0, check_tokenizer: bool = False) -> float:
+    """Max |logit difference| between ``model`` and transformers' load of ``folder``.
+
+    Both run in fp32 (a bf16/fp16 model is upcast for the comparison and restored after;
+    that round trip is exact), on a few random batches of different lengths.
+    """
+    if check_tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except Exception as e:  # any failure here means users can't load the export
+            raise CgptError(f"transformers cannot load the exported tokenizer: {e}") from None
+    hf = load_hf_model(folder)
+    param = next(model.parameters())
+    dtype, device, was_training = param.dtype, param.device, model.training
+    hf.to(device)
+    cfg, gen = model.config, torch.Generator().manual_seed(seed)
+    worst = 0.0
+    try:
+        model.float().eval()
+        for batch, T in ((2, min(cfg.n_positions, 64)), (1, min(cfg.n_positions, 256)), (3, 1)):
+            idx = torch.randint(cfg.vocab_size, (batch, T), generator=gen).to(device)
+            ours, theirs = model(idx).float(), hf(idx).logits.float()
+            diff = (ours - theirs).abs()
+            worst = max(worst, diff.max().item())
+            if not torch.all(diff <= atol + rtol * theirs.abs()):
+                raise CgptError(f"exported logits differ from the model's: max |diff| "
+                                f"{diff.max().item():.3g} (atol {atol}, rtol {rtol}) at batch "
+                                f"{tuple(idx.shape)}: the conversion is wrong")
+    finally:
+        model.to(dtype).train(was_training)
+        del hf
+    return worst
+
+
+__all__ = ["KEY_MAP", "to_hf_state_dict", "from_hf_state_dict", "gpt_config_to_hf",
+           "hf_config_to_gpt", "export_hf", "import_hf", "compare_with_hf", "load_hf_model",
+           "read_hf_weights", "tokenizer_info", "save_model", "load_model", "is_tied"]

@@ -1,0 +1,106 @@
+"""`cgpt export` / `cgpt import-hf`: happy paths in-process, user errors as real subprocesses
+(one line on stderr, exit 2, no traceback, nothing left at OUT)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cgpt.launch.cli import main
+from cgpt.model import GPT, GPTConfig
+from cgpt.model.hf import import_hf, to_hf_state_dict
+from cgpt.model.io import load_model, save_model
+
+pytest.importorskip("transformers", reason="export verification needs transformers")
+from test_hf import assert_bit_identical, make_tokenizer, randomize  # noqa: E402
+
+CGPT = str(Path(sys.executable).with_name("cgpt"))
+
+
+def tiny(seed=0, vocab=300) -> GPT:
+    return randomize(GPT(GPTConfig(n_layer=1, n_embd=32, n_head=4, vocab_size=vocab, n_positions=32)), seed).eval()
+
+
+def run_cli(*argv):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([CGPT, *map(str, argv)], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_export_model_file_then_import_back(tmp_path, capsys):
+    model = tiny()
+    save_model(model, tmp_path / "m.safetensors")
+    tok = make_tokenizer(tmp_path / "tok", vocab_size=280)
+    assert main(["export", str(tmp_path / "m.safetensors"), str(tmp_path / "hf"), "--tokenizer", str(tok)]) == 0
+    assert "verified against transformers" in capsys.readouterr().out
+    assert (tmp_path / "hf/tokenizer.json").is_file()
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "back.safetensors")]) == 0
+    assert_bit_identical(model, load_model(tmp_path / "back.safetensors"))
+    # an existing OUT is refused and left alone without --force, replaced with it
+    before = (tmp_path / "back.safetensors").read_bytes()
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "back.safetensors")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "back.safetensors").read_bytes() == before
+    assert main(["export", str(tmp_path / "m.safetensors"), str(tmp_path / "hf"), "--dtype", "bfloat16",
+                 "--no-verify", "--force"]) == 0
+    assert json.loads((tmp_path / "hf/config.json").read_text())["dtype"] == "bfloat16"
+    assert sorted(os.listdir(tmp_path)) == ["back.safetensors", "hf", "m.safetensors", "tok"]
+
+
+def test_export_run_folder_picks_newest_checkpoint_and_tokenizer(tmp_path, capsys):
+    run = tmp_path / "run"
+    for step, seed in (("step-2", 1), ("step-10", 2), ("tmp-step-12", 3)):  # tmp-: unfinished
+        save_model(tiny(seed), run / "checkpoints" / step / "model.safetensors")
+    make_tokenizer(run / "tokenizer", vocab_size=280)
+    assert main(["export", str(run), str(tmp_path / "hf")]) == 0
+    assert_bit_identical(tiny(2), import_hf(tmp_path / "hf"))  # step-10, not step-2 (by name)
+    assert (tmp_path / "hf/tokenizer.json").is_file()
+    save_model(tiny(4), run / "model.safetensors")  # the final weights win over checkpoints
+    assert main(["export", str(run), str(tmp_path / "hf"), "--force", "--no-verify"]) == 0
+    assert_bit_identical(tiny(4), import_hf(tmp_path / "hf"))
+    assert main(["export", str(tmp_path / "hf"), str(tmp_path / "x")]) == 2  # HF folder as SRC
+    assert "import-hf" in capsys.readouterr().err
+
+
+def _truncated(tmp_path: Path) -> Path:
+    save_model(tiny(), tmp_path / "m.safetensors")
+    data = (tmp_path / "m.safetensors").read_bytes()
+    (tmp_path / "m.safetensors").write_bytes(data[:-100])
+    return tmp_path / "m.safetensors"
+
+
+def _pickle(tmp_path: Path) -> Path:
+    torch.save(tiny().state_dict(), tmp_path / "m.pt")
+    return tmp_path / "m.pt"
+
+
+@pytest.mark.parametrize("make_src,message", [
+    (lambda p: p / "missing.safetensors", "does not exist"),
+    (_truncated, "truncated or corrupt"),
+    (_pickle, "pickle checkpoints are not loaded"),
+])
+def test_export_bad_source_is_one_line_and_leaves_nothing(tmp_path, make_src, message):
+    src = make_src(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    r = run_cli("export", src, tmp_path / "hf")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cgpt export: error:") and message in lines[0], r.stderr
+    assert sorted(os.listdir(tmp_path)) == before  # no OUT, no temporary folder
+
+
+def test_import_foreign_model_is_refused(tmp_path):
+    folder = tmp_path / "llama"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 32}))
+    from safetensors.torch import save_file
+
+    save_file(to_hf_state_dict(tiny()), str(folder / "model.safetensors"))
+    r = run_cli("import-hf", folder, tmp_path / "out.safetensors")
+    assert r.returncode == 2 and "model_type is 'llama'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out.safetensors").exists()

@@ -1,0 +1,150 @@
+"""Scaling-law fits recover known laws from synthetic points; bad inputs say what is missing."""
+
+import math
+
+import numpy as np
+import pytest
+
+from cgpt.train.fit import (PAPER_LAW, FitError, chinchilla_loss, chinchilla_tokens_per_param,
+                            fit_chinchilla, fit_isoflop, fit_paper_law, fit_results,
+                            monotonic_report, paper_law)
+from cgpt.train.plots import plot_isoflop, plot_scaling
+
+# REFERENCE.md, "Results": train FLOPs and Pile loss of the seven standard models, and the
+# paper law's predictions for them
+PAPER_FLOPS = [2.6e18, 1.3e19, 6.1e19, 2.8e20, 1.1e21, 6.3e21, 2.3e22]
+PAPER_LOSS = [2.608, 2.349, 2.181, 1.997, 1.834, 1.704, 1.572]
+PAPER_PRED = [2.603, 2.369, 2.168, 1.992, 1.849, 1.687, 1.580]
+
+# Chinchilla approach-3 law (REFERENCE.md, "Related published laws")
+CHIN = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+
+
+def test_paper_law_matches_reference_predictions():
+    pred = paper_law(PAPER_FLOPS, **PAPER_LAW)
+    np.testing.assert_allclose(pred, PAPER_PRED, atol=6e-4)
+
+
+def test_paper_law_recovered_from_noisy_points():
+    rng = np.random.default_rng(0)
+    c = np.logspace(12, 16, 9)
+    y = paper_law(c, a=3e17, b=0.15, c=1.2) + rng.normal(0, 0.004, c.size)
+    fit = fit_paper_law(c, y, n_boot=200)
+    assert fit["b"] == pytest.approx(0.15, rel=0.1)
+    assert fit["c"] == pytest.approx(1.2, abs=0.08)
+    assert fit["r2"] > 0.999
+    assert fit["rmse"] < 0.01 and fit["dof"] == 6
+    lo, hi = fit["ci95"]["b"]
+    assert lo < 0.15 < hi and lo < fit["b"] < hi
+    # the fitted curve predicts an unseen, larger budget well
+    assert paper_law(1e17, fit["a"], fit["b"], fit["c"]) == pytest.approx(
+        paper_law(1e17, 3e17, 0.15, 1.2), abs=0.03)
+
+
+def test_refit_of_published_points_reproduces_paper_predictions():
+    fit = fit_paper_law(PAPER_FLOPS, PAPER_LOSS, n_boot=50)
+    pred = paper_law(PAPER_FLOPS, fit["a"], fit["b"], fit["c"])
+    np.testing.assert_allclose(pred, PAPER_PRED, atol=0.01)
+    assert fit["b"] == pytest.approx(PAPER_LAW["b"], rel=0.1)
+
+
+def _isoflop_groups(noise=0.002, seed=0):
+    rng = np.random.default_rng(seed)
+    groups = {}
+    for c in (1e17, 1e18, 1e19, 1e20):
+        n_guess = math.sqrt(c / 6 / 20)
+        for f in (0.25, 0.5, 1, 2, 4):
+            n = n_guess * f
+            d = c / 6 / n
+            loss = chinchilla_loss(n, d, **CHIN) * math.exp(rng.normal(0, noise))
+            groups.setdefault(c, []).append(dict(params=n, tokens=d, loss=loss, flops=c,
+                                                 budget=c, name=f"{c:g}-{f}"))
+    return groups
+
+
+def test_isoflop_recovers_chinchilla_allocation():
+    iso = fit_isoflop(_isoflop_groups())
+    a, b = CHIN["alpha"], CHIN["beta"]
+    # Hoffmann et al. eq. 4: N_opt ∝ C^(β/(α+β)), D_opt ∝ C^(α/(α+β))
+    assert iso["alpha"] == pytest.approx(b / (a + b), abs=0.02)
+    assert iso["beta"] == pytest.approx(a / (a + b), abs=0.02)
+    assert iso["alpha"] + iso["beta"] == pytest.approx(1.0, abs=0.01)  # C ∝ N·D
+    exact = [chinchilla_tokens_per_param(
+        {"n_opt_coefficient": (a * CHIN["A"] / (b * CHIN["B"])) ** (1 / (a + b)),
+         "n_opt_exponent": b / (a + b)}, c) for c in (1e17, 1e18, 1e19, 1e20)]
+    got = [x["tokens_per_param"] for x in iso["budgets"]]
+    np.testing.assert_allclose(got, exact, rtol=0.15)
+    assert all(x["bracketed"] for x in iso["budgets"])
+
+
+def test_chinchilla_approach3_recovers_parameters():
+    pts = [p for g in _isoflop_groups(noise=0.001).values() for p in g]
+    fit = fit_chinchilla([p["params"] for p in pts], [p["tokens"] for p in pts],
+                         [p["loss"] for p in pts], n_boot=30)
+    assert fit["alpha"] == pytest.approx(CHIN["alpha"], abs=0.03)
+    assert fit["beta"] == pytest.approx(CHIN["beta"], abs=0.03)
+    assert fit["E"] == pytest.approx(CHIN["E"], abs=0.1)
+    assert fit["r2"] > 0.999
+
+
+def test_too_few_points_say_how_many_more():
+    with pytest.raises(FitError, match="has 2: add 1 more"):
+        fit_paper_law([1e12, 1e13], [3.0, 2.8])
+    with pytest.raises(FitError, match="add 3 more"):
+        fit_chinchilla([1e6, 2e6, 4e6], [1e8, 1e8, 1e8], [3, 2.9, 2.8])
+    groups = _isoflop_groups()
+    small = {c: pts[:2] for c, pts in groups.items()}
+    with pytest.raises(FitError, match="needs at least 2 budgets.*has 0.*add 2 more"):
+        fit_isoflop(small)
+
+
+def test_one_ratio_cannot_separate_n_and_d():
+    n = np.logspace(6, 8, 8)
+    with pytest.raises(FitError, match="different tokens-per-parameter"):
+        fit_chinchilla(n, 20 * n, chinchilla_loss(n, 20 * n, **CHIN))
+
+
+def test_rising_loss_is_refused_and_non_convex_budget_skipped():
+    with pytest.raises(FitError, match="does not fall"):
+        fit_paper_law([1e12, 1e13, 1e14], [2.0, 2.5, 3.0])
+    groups = _isoflop_groups()
+    groups[1e17] = [dict(p, loss=3.0 - 0.1 * i) for i, p in enumerate(groups[1e17])]
+    iso = fit_isoflop(groups)
+    assert [b["budget"] for b in iso["budgets"]] == [1e18, 1e19, 1e20]
+    assert "no interior minimum" in iso["skipped"][0]["reason"]
+
+
+def test_fit_results_excludes_nan_and_failed_points():
+    recs = []
+    for i, c in enumerate(np.logspace(12, 15, 6)):
+        recs.append(dict(name=f"p{i}", status="ok", params=1e5 * 2 ** i, tokens=2e6 * 2 ** i,
+                         flops=float(c), val_loss=float(paper_law(c, 1e17, 0.12, 1.0))))
+    recs[2]["val_loss"] = float("nan")
+    recs.append(dict(name="bad", status="failed", reason="loss became nan at step 3"))
+    fit = fit_results(recs, kind="tokens_per_param", tokens_per_param=20.0, n_boot=50)
+    assert {e["name"] for e in fit["excluded"]} == {"p2", "bad"}
+    assert "nan" in fit["excluded"][0]["reason"].lower()
+    assert fit["loss_law"]["n_points"] == 5 and fit["loss_law"]["monotonic"]
+    assert fit["loss_law"]["b"] == pytest.approx(0.12, rel=0.02)
+    assert fit["tokens_per_param"] == 20.0 and "skipped" in fit["chinchilla"]
+    assert any("p2" in w for w in fit["warnings"])
+
+
+def test_monotonic_report_lists_violations():
+    rep = monotonic_report([1e3, 1e2, 1e4], [2.0, 2.5, 2.1])
+    assert not rep["monotonic"]
+    assert rep["violations"] == [{"flops": [1e3, 1e4], "loss": [2.0, 2.1]}]
+
+
+def test_plots_written(tmp_path):
+    groups = _isoflop_groups()
+    pts = [p for g in groups.values() for p in g]
+    recs = [dict(p, status="ok", val_loss=p["loss"]) for p in pts]
+    fit = fit_results(recs, kind="isoflop", n_boot=20)
+    assert fit["loss_law"]["r2"] > 0.99 and fit["tokens_per_param"] > 10
+    plot_scaling(pts, fit, tmp_path / "scaling.png", title="test")
+    plot_isoflop(pts, fit, tmp_path / "isoflop.png")
+    for name in ("scaling.png", "isoflop.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -1,0 +1,253 @@
+"""`cgpt launch`: hostfiles, the batch re-split, and the exact launcher commands.
+
+The commands are checked by parsing them with the launchers' own argument parsers
+(deepspeed.launcher.runner, torch.distributed.run) and deriving the world size the way the
+launchers do, so a flag they would reject or read differently fails here.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cgpt.launch import launchers as L
+from cgpt.launch.cli import main
+from cgpt.launch.hostfile import Host, format_hostfile, parse_hostfile, read_hostfile
+from cgpt.model.errors import CgptError
+from cgpt.train.runconfig import parse_run_config
+
+
+def write_config(tmp_path: Path, global_batch=12, micro_batch=4, **plan) -> Path:
+    cfg = {
+        "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 256},
+        "data": {"path": str(tmp_path / "data")},
+        "plan": {"params": 30000, "seq_len": 32, "tokens": 100000, "steps": 10,
+                 "global_batch_seqs": global_batch, "lr": 1e-3, "min_lr": 1e-4,
+                 "warmup_steps": 2, "decay_steps": 8, **plan},
+        "runtime": {"out_dir": str(tmp_path / "run"), "micro_batch": micro_batch},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def launch_dry(capsys, *argv) -> list[str]:
+    """Run `cgpt launch --dry-run ...`; return the printed command as argv."""
+    assert main(["launch", "--dry-run", *map(str, argv)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    import shlex
+
+    return shlex.split(out[-1])
+
+
+def ds_world(cmd: list[str]) -> tuple[object, dict]:
+    """Parse a deepspeed command with DeepSpeed's parser; the ranks per host it would run."""
+    from deepspeed.launcher import runner
+
+    assert Path(cmd[0]).name == "deepspeed"
+    args = runner.parse_args(cmd[1:])
+    pool = runner.fetch_hostfile(args.hostfile) or {"localhost": 1}
+    active = runner.parse_inclusion_exclusion(pool, args.include, args.exclude)
+    return args, runner.apply_num_nodes_and_gpus(active, args.num_nodes, args.num_gpus)
+
+
+# ---- hostfiles --------------------------------------------------------------------------
+
+def test_hostfile_parses_like_deepspeed(tmp_path):
+    from deepspeed.launcher import runner
+
+    text = "# two nodes\nnode-0 slots=8\n\n  node-1   slots=8  \n"
+    assert parse_hostfile(text) == [Host("node-0", 8), Host("node-1", 8)]
+    path = tmp_path / "hosts"
+    path.write_text(format_hostfile(parse_hostfile(text)))
+    assert dict(runner.fetch_hostfile(str(path))) == {"node-0": 8, "node-1": 8}
+    assert read_hostfile(path) == parse_hostfile(text)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("node-0 slots=8\nnode-1 8\n", "line 2"),
+    ("node-0 slots=8\nnode-0 slots=8\n", "listed twice"),
+    ("node-0 slots=0\n", "at least 1"),
+    ("# only a comment\n", "no hosts"),
+    ("node-0 slots=8 gpus=2\n", "line 1"),
+])
+def test_bad_hostfile_is_one_clear_error(tmp_path, capsys, text, words):
+    hosts = tmp_path / "hosts"
+    hosts.write_text(text)
+    cfg = write_config(tmp_path)
+    assert main(["launch", str(cfg), "--hostfile", str(hosts), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cgpt launch: error:") and words in err[0]
+
+
+def test_missing_hostfile(tmp_path, capsys):
+    assert main(["launch", str(write_config(tmp_path)), "--hostfile", str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+# ---- the batch split ----------------------------------------------------------------------
+
+def test_resplit_keeps_global_batch_and_lowers_micro_batch(tmp_path):
+    plan = parse_run_config(yaml.safe_load(write_config(tmp_path).read_text())).plan
+    assert L.resolve_micro_batch(plan, 4, 1) == (4, None)
+    micro, note = L.resolve_micro_batch(plan, 4, 2)  # 6 per rank: 4 does not divide it
+    assert micro == 3 and "micro-batch 3" in note and "2 gradient-accumulation" in note
+    assert L.resolve_micro_batch(plan, 4, 12)[0] == 1
+    with pytest.raises(CgptError, match="cannot be split over 5"):
+        L.resolve_micro_batch(plan, 4, 5)
+    with pytest.raises(CgptError, match="cannot be split over 24"):  # more ranks than sequences
+        L.resolve_micro_batch(plan, 1, 24)
+
+
+def test_resplit_covers_every_batch_phase(tmp_path):
+    phases = [{"global_batch_seqs": 12, "steps": 4, "warmup_steps": 2, "decay_steps": 2},
+              {"global_batch_seqs": 18, "steps": 6, "warmup_steps": 0, "decay_steps": 6}]
+    raw = yaml.safe_load(write_config(tmp_path, batch_schedule=phases).read_text())
+    plan = parse_run_config(raw).plan
+    assert L.resolve_micro_batch(plan, 6, 2)[0] == 3  # 6 and 9 per rank: 3 fits both
+    with pytest.raises(CgptError, match="18"):
+        L.resolve_micro_batch(plan, 1, 4)  # 12 splits over 4 ranks, 18 does not
+
+
+def test_launch_passes_the_resplit_to_the_trainer(tmp_path, capsys):
+    cmd = launch_dry(capsys, write_config(tmp_path), "--gpus-per-node", "2")
+    assert cmd[-2:] == ["--set", "runtime.micro_batch=3"]
+
+
+def test_unsplittable_batch_starts_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(subprocess, "Popen", _no_process)
+    assert main(["launch", str(write_config(tmp_path)), "--gpus-per-node", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be split over 5" in err and "use a global batch of" in err
+
+
+# ---- the commands -----------------------------------------------------------------------
+
+def test_deepspeed_single_node(tmp_path, capsys):
+    cfg = write_config(tmp_path)
+    cmd = launch_dry(capsys, cfg, "--gpus-per-node", 2, "--master-port", 29555,
+                     "--set", "runtime.zero_stage=2")
+    args, active = ds_world(cmd)
+    assert sum(len(v) for v in active.values()) == 2 and args.num_nodes == 1
+    assert args.master_port == 29555 and args.module and args.no_local_rank
+    assert args.user_script == "cgpt.train"
+    assert args.user_args[0] == str(cfg.resolve())
+    assert "runtime.zero_stage=2" in args.user_args
+
+
+def test_deepspeed_hostfile_multi_node(tmp_path, capsys):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("gpu-a slots=4\ngpu-b slots=4\ngpu-c slots=4\n")
+    cmd = launch_dry(capsys, write_config(tmp_path, global_batch=24), "--hostfile", hosts,
+                     "--nodes", 2, "--master-port", 29600)
+    args, active = ds_world(cmd)
+    assert list(active) == ["gpu-a", "gpu-b"] and sum(len(v) for v in active.values()) == 8
+    assert args.hostfile == str(hosts.resolve()) and args.master_addr == "gpu-a"
+    assert args.master_port == 29600 and not args.no_ssh and args.launcher == "pdsh"
+
+
+def test_deepspeed_no_ssh_node_rank(tmp_path, capsys):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("node0 slots=1\nnode1 slots=1\n")
+    cmd = launch_dry(capsys, write_config(tmp_path), "--hostfile", hosts, "--no-ssh",
+                     "--node-rank", 1, "--master-addr", "127.0.0.1", "--master-port", 29601)
+    args, active = ds_world(cmd)
+    assert args.no_ssh and args.node_rank == 1 and args.master_addr == "127.0.0.1"
+    assert sum(len(v) for v in active.values()) == 2
+
+
+def test_torchrun_multi_node(tmp_path, capsys):
+    from torch.distributed.run import get_args_parser
+
+    cfg = write_config(tmp_path, global_batch=16)
+    cmd = launch_dry(capsys, cfg, "--launcher", "torchrun", "--nodes", 2, "--gpus-per-node", 4,
+                     "--node-rank", 1, "--master-addr", "10.1.2.3", "--resume")
+    assert Path(cmd[0]).name == "torchrun"
+    a = get_args_parser().parse_args(cmd[1:])
+    assert (a.nnodes, a.nproc_per_node, a.node_rank) == ("2", "4", 1)
+    assert (a.master_addr, a.master_port) == ("10.1.2.3", L.DEFAULT_MASTER_PORT)
+    assert a.module and a.training_script == "cgpt.train"
+    assert a.training_script_args == [str(cfg.resolve()), "--set", "runtime.micro_batch=2",
+                                      "--resume"]
+
+
+def test_multi_node_needs_a_master(tmp_path, capsys):
+    assert main(["launch", str(write_config(tmp_path)), "--launcher", "torchrun",
+                 "--nodes", "2", "--dry-run"]) == 2
+    assert "--master-addr" in capsys.readouterr().err
+    assert main(["launch", str(write_config(tmp_path)), "--nodes", "2", "--master-addr", "h0",
+                 "--dry-run"]) == 2
+    assert "need --hostfile" in capsys.readouterr().err
+
+
+# ---- bad input: nothing starts --------------------------------------------------------------
+
+def _no_process(*a, **k):
+    raise AssertionError(f"a process was started: {a}")
+
+
+def test_missing_launcher_binary(tmp_path, capsys, monkeypatch):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setattr(sys, "executable", str(empty / "python"))
+    monkeypatch.setattr(subprocess, "Popen", _no_process)
+    cfg = write_config(tmp_path)
+    for launcher in L.LAUNCHERS:
+        assert main(["launch", str(cfg), "--launcher", launcher]) == 2
+        err = capsys.readouterr().err
+        assert f"{launcher} not found" in err and str(empty) in err
+
+
+def test_missing_pdsh_for_hostfile(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # the venv's deepspeed is still found
+    monkeypatch.setattr(subprocess, "Popen", _no_process)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("a slots=1\nb slots=1\n")
+    assert main(["launch", str(write_config(tmp_path)), "--hostfile", str(hosts)]) == 2
+    assert "pdsh not found" in capsys.readouterr().err
+
+
+def test_occupied_master_port(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(subprocess, "Popen", _no_process)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["launch", str(write_config(tmp_path)), "--master-port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"master port {port}" in err and "in use" in err
+
+
+def test_port_check_ignores_other_machines():
+    L.check_port_free("192.0.2.1", 22)  # TEST-NET address: not ours, nothing to check
+
+
+# ---- running --------------------------------------------------------------------------------
+
+def test_signals_reach_the_launcher(tmp_path):
+    """SIGTERM to `cgpt launch` reaches the launcher (so the trainer can checkpoint)."""
+    marker = tmp_path / "got"
+    child = textwrap.dedent(f"""
+        import signal, sys, time, pathlib
+        def on_term(*_):
+            pathlib.Path({str(marker)!r}).write_text("TERM")
+            sys.exit(7)
+        signal.signal(signal.SIGTERM, on_term)
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    parent = ("import sys; from cgpt.launch.cmd_launch import run_forwarding_signals as r; "
+              f"sys.exit(r([sys.executable, '-c', {child!r}]))")
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 7
+    assert marker.read_text() == "TERM"

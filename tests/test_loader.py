@@ -1,0 +1,186 @@
+"""TokenLoader: determinism, resume, data-parallel shares, epochs, validation batches."""
+
+import numpy as np
+import pytest
+import torch
+
+from cgpt.model.errors import CgptError
+from cgpt.train.loader import DataRepeatWarning, TokenLoader
+from cgpt.train.shards import ShardWriter, open_token_data, write_token_data
+
+SEQ = 8
+# epoch rollovers are expected in several tests; the ones about the warning assert it
+pytestmark = pytest.mark.filterwarnings("ignore::cgpt.train.loader.DataRepeatWarning")
+
+
+@pytest.fixture
+def data(tmp_path):
+    # token t at position t (mod vocab) makes every window identify itself
+    train = np.arange(SEQ * 40 + 1) % 1000
+    val = (np.arange(SEQ * 10 + 1) + 7) % 1000
+    write_token_data(tmp_path / "d", train, val, vocab_size=1000, eos_id=999)
+    return open_token_data(tmp_path / "d")
+
+
+def _starts(batches):
+    """Window index of every row of every (x, y) micro-batch."""
+    return [int(x[i, 0]) // SEQ for x, _ in batches for i in range(x.shape[0])]
+
+
+def test_windows_and_targets(data):
+    ld = TokenLoader(data, SEQ, seed=3)
+    assert ld.n_windows == 40
+    (x, y), = ld.next_step(4, 4)
+    assert x.shape == y.shape == (4, SEQ) and x.dtype == torch.long
+    torch.testing.assert_close(x[:, 1:], y[:, :-1])
+    for row_x, row_y in zip(x, y):
+        start = int(row_x[0])
+        assert start % SEQ == 0
+        assert row_x.tolist() == list(range(start, start + SEQ))
+        assert row_y.tolist() == list(range(start + 1, start + SEQ + 1))
+
+
+def test_order_depends_on_seed_and_is_deterministic(data):
+    a = _starts(TokenLoader(data, SEQ, seed=1).next_step(8, 2))
+    b = _starts(TokenLoader(data, SEQ, seed=1).next_step(8, 2))
+    c = _starts(TokenLoader(data, SEQ, seed=2).next_step(8, 2))
+    assert a == b and a != c
+
+
+def test_one_epoch_covers_every_window_once(data):
+    ld = TokenLoader(data, SEQ, seed=0)
+    seen = []
+    for _ in range(5):
+        seen += _starts(ld.next_step(8, 4))
+    assert sorted(seen) == list(range(40))
+    assert ld.epoch == 1 and ld.position == 0 and ld.samples_seen == 40
+
+
+def test_resume_gives_the_same_next_batches(data):
+    ref = TokenLoader(data, SEQ, seed=5)
+    for _ in range(3):
+        ref.next_step(6, 3)
+    state = ref.state_dict()
+    expected = [ref.next_step(6, 3) for _ in range(10)]  # crosses into epoch 2
+    fresh = TokenLoader(data, SEQ, seed=5)
+    fresh.load_state_dict(dict(state))
+    with pytest.warns(DataRepeatWarning):
+        got = [fresh.next_step(6, 3) for _ in range(10)]
+    for e, g in zip(expected, got):
+        for (ex, ey), (gx, gy) in zip(e, g):
+            assert torch.equal(ex, gx) and torch.equal(ey, gy)
+    assert fresh.state_dict() == ref.state_dict()
+
+
+def test_two_ranks_disjoint_and_cover_the_epoch(data):
+    r0, r1 = (TokenLoader(data, SEQ, rank=r, world_size=2, seed=9) for r in (0, 1))
+    s0, s1 = [], []
+    for _ in range(5):
+        s0 += _starts(r0.next_step(8, 2))
+        s1 += _starts(r1.next_step(8, 2))
+    assert not set(s0) & set(s1)
+    assert sorted(s0 + s1) == list(range(40))
+    assert r0.state_dict() == r1.state_dict()  # the state is global, not per rank
+
+
+def test_same_global_step_for_any_data_parallel_split(data):
+    single = TokenLoader(data, SEQ, seed=4)
+    ranks = [TokenLoader(data, SEQ, rank=r, world_size=2, seed=4) for r in (0, 1)]
+    for _ in range(7):
+        (x, y), = single.next_step(6, 6)
+        b0, b1 = (ld.next_step(6, 3) for ld in ranks)
+        assert len(b0) == len(b1) == 1
+        assert torch.equal(torch.cat([b0[0][0], b1[0][0]]), x)
+        assert torch.equal(torch.cat([b0[0][1], b1[0][1]]), y)
+
+
+def test_resume_with_a_different_world_size(data):
+    one = TokenLoader(data, SEQ, seed=2)
+    one.next_step(4, 2)
+    state = one.state_dict()
+    (x, _), = one.next_step(4, 4)
+    halves = []
+    for r in (0, 1):
+        ld = TokenLoader(data, SEQ, rank=r, world_size=2, seed=2)
+        ld.load_state_dict(state)
+        halves.append(ld.next_step(4, 2)[0][0])
+    assert torch.equal(torch.cat(halves), x)
+
+
+def test_epoch_rollover_warns_with_repeat_count(data):
+    import warnings
+    ld = TokenLoader(data, SEQ, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ending exactly on the boundary repeats nothing yet
+        for _ in range(5):
+            ld.next_step(8, 8)
+    ld = TokenLoader(data, SEQ, seed=0)
+    for _ in range(4):
+        ld.next_step(8, 8)
+    with pytest.warns(DataRepeatWarning, match="epoch 2.*seen 2 times"):
+        batches = ld.next_step(16, 8)  # 8 windows of epoch 1, 8 of epoch 2
+    assert ld.epoch == 1 and ld.position == 8
+    tail = _starts(batches)
+    first_epoch = np.random.default_rng([0, 0]).permutation(40)
+    second_epoch = np.random.default_rng([0, 1]).permutation(40)
+    assert tail == list(first_epoch[32:]) + list(second_epoch[:8])
+
+
+def test_batch_bigger_than_the_data_spans_epochs(data):
+    ld = TokenLoader(data, SEQ, seed=0)
+    with pytest.warns(DataRepeatWarning):
+        starts = _starts(ld.next_step(100, 10))
+    assert len(starts) == 100 and ld.epoch == 2 and ld.position == 20
+    assert sorted(starts[:40]) == list(range(40))
+
+
+def test_bad_batch_splits(data):
+    with pytest.raises(CgptError, match="not divisible by the 2 data-parallel ranks"):
+        TokenLoader(data, SEQ, rank=0, world_size=2).next_step(7, 1)
+    with pytest.raises(CgptError, match="not divisible by micro_batch 3"):
+        TokenLoader(data, SEQ).next_step(8, 3)
+
+
+def test_state_mismatch_is_a_clear_error(data):
+    state = TokenLoader(data, SEQ, seed=1).state_dict()
+    with pytest.raises(CgptError, match="seed=1 but this run has seed=2"):
+        TokenLoader(data, SEQ, seed=2).load_state_dict(state)
+    with pytest.raises(CgptError, match="seq_len"):
+        TokenLoader(data, 4, seed=1).load_state_dict(state)
+
+
+def test_val_batches_fixed_and_split_across_ranks(data):
+    ld = TokenLoader(data, SEQ, seed=1, split="val")
+    a, b = ld.val_batches(2, 3), ld.val_batches(2, 3)
+    assert len(a) == 2 and all(torch.equal(p[0], q[0]) for p, q in zip(a, b))
+    # in file order: window i starts with token 7 + i*SEQ
+    assert [int(x[i, 0]) for x, _ in a for i in range(3)] == [7 + i * SEQ for i in range(6)]
+    shares = [TokenLoader(data, SEQ, rank=r, world_size=2, split="val").val_batches(2, 2)
+              for r in (0, 1)]
+    rows = [int(x[i, 0]) for s in shares for x, _ in s for i in range(2)]
+    assert rows == [7 + i * SEQ for i in range(8)]
+    # more requested than the split holds: all 10 windows, equal shares
+    assert sum(x.shape[0] for x, _ in ld.val_batches(100, 4)) == 10
+
+
+def test_tiny_val_split_is_a_clear_error(tmp_path):
+    write_token_data(tmp_path / "d", np.arange(100), np.arange(5), 1000, 0)
+    with pytest.raises(CgptError, match="val split .* fewer than one window"):
+        TokenLoader(str(tmp_path / "d"), SEQ, split="val")
+
+
+def test_windows_across_shard_files(tmp_path):
+    train = np.arange(SEQ * 20 + 1)
+    with ShardWriter(tmp_path / "d", 1000, 0, shard_tokens=37) as w:
+        w.write("train", train, 1)
+        w.write("val", train[:20], 0)
+        w.commit()
+    ld = TokenLoader(str(tmp_path / "d"), SEQ, seed=0)
+    seen = []
+    for x, y in ld.next_step(20, 5):
+        for row_x, row_y in zip(x, y):
+            s = int(row_x[0])
+            assert row_x.tolist() == list(range(s, s + SEQ))
+            assert row_y.tolist() == list(range(s + 1, s + SEQ + 1))
+            seen.append(s // SEQ)
+    assert sorted(seen) == list(range(20))

@@ -1,0 +1,258 @@
+"""Where text comes from: one spec string -> a stream of documents.
+
+Specs:
+  ``stdlib`` (default)   the Python standard library's own ``*.py`` files, found with
+                         ``sysconfig`` (tests and site-packages skipped), one file = one
+                         document: real text every Python install carries, so demos and
+                         tests need no network. ``stdlib:max_docs=200`` takes the first 200.
+  a local path           a file, a folder (recursive, sorted) or a glob of
+                         .txt/.md/.jsonl/.json/.parquet, read with ``datasets`` in streaming
+                         mode; a text file is one document (not one per line).
+  ``hf:NAME[:CONFIG]``   a Hugging Face Hub dataset, streamed (``split``, ``text_field``).
+
+Bytes that are not UTF-8 (text files, stdlib) are decoded with U+FFFD replacement and
+*counted* (``Source.stats.replacement_chars``, recorded in meta.json and printed by
+``cgpt prepare``), never dropped silently. JSON and parquet are UTF-8 by definition: a file
+that is not fails with a message naming it. Empty documents are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import os
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from cgpt.model.errors import CgptError
+
+TEXT_EXT = {".txt", ".text", ".md"}
+BUILDERS = {**{e: "text" for e in TEXT_EXT}, ".jsonl": "json", ".json": "json",
+            ".parquet": "parquet"}
+# stdlib folders that are test suites (some hold deliberately broken encodings) or not stdlib
+_STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+
+# A codec error handler that replaces like "replace" and counts what it replaced. Codec
+# handlers are process-global, so Source reads the counter before and after each document.
+_replaced = [0]
+
+
+def _count_and_replace(err: UnicodeDecodeError):
+    _replaced[0] += err.end - err.start
+    return "\ufffd", err.end
+
+
+codecs.register_error("cgpt-count-replace", _count_and_replace)
+
+
+@dataclass
+class SourceStats:
+    documents: int = 0  # documents yielded
+    empty_documents: int = 0  # skipped: empty text or null field
+    replacement_chars: int = 0  # undecodable bytes replaced by U+FFFD
+    chars: int = 0
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def stdlib_files() -> list[Path]:
+    """The standard library's ``*.py`` files in sorted order (tests and site-packages out)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _STDLIB_SKIP)
+        out += [Path(dirpath) / f for f in filenames if f.endswith(".py")]
+    return sorted(out)
+
+
+def _parse_options(text: str, spec: str) -> dict[str, str]:
+    opts = {}
+    for item in filter(None, text.split(",")):
+        if "=" not in item:
+            raise CgptError(f"source {spec!r}: expected key=value options after ':', got {item!r}")
+        k, v = item.split("=", 1)
+        opts[k.strip()] = v.strip()
+    return opts
+
+
+def _local_files(spec: str) -> list[Path]:
+    if any(c in spec for c in "*?["):
+        files = [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if Path(p).is_file()]
+        if not files:
+            raise CgptError(f"input glob {spec!r} matches no files")
+        return files
+    path = Path(spec)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        everything = sorted(p for p in path.rglob("*") if p.is_file())
+        files = [p for p in everything if p.suffix.lower() in BUILDERS
+                 and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+        if not files:
+            kinds = sorted({p.suffix or p.name for p in everything})[:10]
+            raise CgptError(f"input folder {spec!r} holds no .txt/.md/.jsonl/.json/.parquet "
+                            f"files (found: {', '.join(kinds) or 'nothing'})")
+        return files
+    raise CgptError(f"input {spec!r} not found: give a file, a folder, a glob, 'stdlib' or "
+                    "hf:NAME[:CONFIG]")
+
+
+def _group_by_builder(files: list[Path]) -> list[tuple[str, list[str]]]:
+    """Consecutive runs of files that one `datasets` builder reads, in file order."""
+    groups: list[tuple[str, list[str]]] = []
+    for f in files:
+        builder = BUILDERS.get(f.suffix.lower(), "text")  # an explicit odd file: plain text
+        if groups and groups[-1][0] == builder:
+            groups[-1][1].append(str(f))
+        else:
+            groups.append((builder, [str(f)]))
+    return groups
+
+
+class Source:
+    """An iterable of documents (str) from a spec; ``stats`` fills in while iterating."""
+
+    def __init__(self, spec: str = "stdlib", text_field: str = "text", split: str = "train",
+                 max_docs: int | None = None):
+        self.spec = (spec or "stdlib").strip()
+        self.text_field, self.split = text_field, split
+        self.max_docs = max_docs
+        self.stats = SourceStats()
+        self.kind, self._target = self._resolve()
+
+    def _resolve(self):
+        spec = self.spec
+        if spec == "stdlib" or spec.startswith("stdlib:"):
+            opts = _parse_options(spec[len("stdlib:"):], spec)
+            unknown = set(opts) - {"max_docs"}
+            if unknown:
+                raise CgptError(f"source {spec!r}: unknown option(s) {sorted(unknown)}; "
+                                "valid: max_docs")
+            if "max_docs" in opts:
+                try:
+                    n = int(opts["max_docs"])
+                except ValueError:
+                    raise CgptError(f"source {spec!r}: max_docs must be an integer") from None
+                self.max_docs = n if self.max_docs is None else min(n, self.max_docs)
+            return "stdlib", stdlib_files()
+        if spec.startswith("hf:"):
+            name, _, config = spec[3:].partition(":")
+            if not name:
+                raise CgptError(f"source {spec!r}: expected hf:NAME or hf:NAME:CONFIG")
+            return "hub", (name, config or None)
+        return "local", _local_files(spec)
+
+    @property
+    def description(self) -> str:
+        cap = f", first {self.max_docs} documents" if self.max_docs is not None else ""
+        if self.kind == "stdlib":
+            root = sysconfig.get_paths()["stdlib"]
+            return f"stdlib: *.py files under {root}{cap}"
+        if self.kind == "hub":
+            name, config = self._target
+            return (f"hf:{name}{':' + config if config else ''} split={self.split} "
+                    f"field={self.text_field}{cap}")
+        files = self._target
+        where = str(files[0]) if len(files) == 1 else f"{len(files)} files from {self.spec}"
+        return f"local: {where}{cap}"
+
+    # ------------------------------------------------------------------ iteration
+    def __iter__(self) -> Iterator[str]:
+        self.stats = SourceStats()
+        raw = {"stdlib": self._iter_stdlib, "hub": self._iter_hub,
+               "local": self._iter_local}[self.kind]()
+        for text in raw:
+            if self.max_docs is not None and self.stats.documents >= self.max_docs:
+                break
+            if not text:
+                self.stats.empty_documents += 1
+                continue
+            self.stats.documents += 1
+            self.stats.chars += len(text)
+            yield text
+
+    def _decode(self, data: bytes) -> str:
+        before = _replaced[0]
+        text = data.decode("utf-8", errors="cgpt-count-replace")
+        self.stats.replacement_chars += _replaced[0] - before
+        return text
+
+    def _iter_stdlib(self) -> Iterator[str]:
+        for path in self._target:
+            yield self._decode(path.read_bytes())
+
+    def _iter_local(self) -> Iterator[str]:
+        for builder, files in _group_by_builder(self._target):
+            yield from self._iter_dataset(builder, files)
+
+    def _iter_dataset(self, builder: str, files: list[str]) -> Iterator[str]:
+        import datasets
+
+        kwargs = {"sample_by": "document", "encoding_errors": "cgpt-count-replace"} \
+            if builder == "text" else {}
+        try:
+            ds = datasets.load_dataset(builder, data_files=files, split="train",
+                                       streaming=True, **kwargs)
+            yield from self._fields(ds, files[0] if len(files) == 1 else f"{builder} files")
+        except CgptError:
+            raise
+        except (UnicodeDecodeError, ValueError, TypeError, OSError) as e:
+            if builder == "text":
+                raise
+            raise CgptError(f"could not read {builder} input {files[0]!r}"
+                            f"{f' (or one of {len(files)} files)' if len(files) > 1 else ''}: "
+                            f"{e.__class__.__name__}: {str(e).splitlines()[0][:200]}; "
+                            f"{builder} files must be valid UTF-8 {builder}") from None
+
+    def _fields(self, ds, where: str) -> Iterator[str]:
+        before = _replaced[0]
+        for i, example in enumerate(ds):
+            if self.text_field not in example:
+                raise CgptError(f"{where} has no field {self.text_field!r}; its fields are: "
+                                f"{', '.join(sorted(example)) or '(none)'}; pass "
+                                "--text-field NAME")
+            value = example[self.text_field]
+            if value is not None and not isinstance(value, str):
+                raise CgptError(f"{where}: field {self.text_field!r} of record {i} is a "
+                                f"{type(value).__name__}, not text; pick a text field")
+            self.stats.replacement_chars += _replaced[0] - before
+            before = _replaced[0]
+            yield value or ""
+
+    def _iter_hub(self) -> Iterator[str]:
+        name, config = self._target
+        if _hub_offline():
+            raise CgptError(f"cannot stream hf:{name}: the Hugging Face Hub is offline here "
+                            "(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set); use local files "
+                            "(--input PATH to .txt/.jsonl/.parquet) or the offline default "
+                            "'stdlib'")
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(name, config, split=self.split, streaming=True)
+            yield from self._fields(ds, f"hf:{name}")
+        except CgptError:
+            raise
+        except Exception as e:  # the hub client raises many types for "no network/no such"
+            raise CgptError(f"cannot stream hf:{name}{':' + config if config else ''} "
+                            f"(split {self.split}): {e.__class__.__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else ''}; without "
+                            "network access use local files (--input PATH) or 'stdlib'") from None
+
+
+def open_source(spec: str = "stdlib", text_field: str = "text", split: str = "train",
+                max_docs: int | None = None) -> Source:
+    """Resolve a spec (raising CgptError for a missing path, bad option, ...) without
+    reading any document yet."""
+    return Source(spec, text_field=text_field, split=split, max_docs=max_docs)
+
+
+def iter_documents(spec: str = "stdlib", text_field: str = "text", split: str = "train",
+                   max_docs: int | None = None) -> Iterator[str]:
+    """The documents of a source, one string each, in a deterministic order."""
+    return iter(open_source(spec, text_field=text_field, split=split, max_docs=max_docs))
