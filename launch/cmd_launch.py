@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from cgpt.model.errors import CgptError
 

@@ -114,15 +114,34 @@ def build_plan(args):
             raise CgptError("--gpu-hours needs --gpu (e.g. --gpu h100) for the peak FLOP/s")
         plan = P.plan_for_gpu_hours(parse_count(args.gpu_hours, "--gpu-hours"), device,
                                     args.mfu, **kw)
+    gpus = _gpu_count(args)
+    if gpus and plan.source == "rules" and not args.batch_seqs and plan.global_batch_seqs % gpus:
+        plan = _rebatch(plan, gpus, args)
     if args.mup:
         plan = _apply_mup(plan)
-    gpus = _gpu_count(args)
     if gpus is not None:
         if device is None:
             raise CgptError("--gpus/--nodes need --gpu (e.g. --gpu h100) for memory and peak")
         plan = P.with_cluster(plan, gpus, device, args.zero_stage, args.mfu, args.micro_batch,
                               args.activation_checkpointing)
     return plan, device
+
+
+def _rebatch(plan, gpus: int, args):
+    """A rule-based batch is a choice, not a fact: round it to a multiple of the GPU count
+    so the split works (a published batch is kept and an impossible split is refused)."""
+    from dataclasses import replace
+
+    from cgpt.train.plan import plan_for_shape
+
+    m, rule_batch = plan.model, plan.global_batch_seqs
+    batch = max(gpus, round(rule_batch / gpus) * gpus)
+    new = plan_for_shape(m.n_layer, m.n_embd, m.n_head, tokens_per_param=plan.tokens_per_param,
+                         law=plan.law, seq_len=plan.seq_len, vocab_size=m.vocab_size,
+                         name=plan.name, global_batch_seqs=batch, lr=args.lr)
+    note = (f"global batch rounded from the rule's {rule_batch} to {batch} sequences, a "
+            f"multiple of {gpus} GPUs (set --batch-seqs to choose)")
+    return replace(new, notes=plan.notes + (note,))
 
 
 def _apply_mup(plan):

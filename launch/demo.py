@@ -27,6 +27,7 @@ CORPUS = "stdlib"
 VAL_FRACTION = 0.02  # ~15 of the ~730 stdlib files: enough val tokens for a stable loss
 STAMP = "demo.json"  # what the reusable steps were built from
 STEPS = 7
+TOKENS_PER_PARAM = 20  # Chinchilla (REFERENCE.md: tokens ≈ 20 × params)
 
 
 class _Steps:
@@ -63,7 +64,7 @@ def plan_demo(base: RunConfig, out: Path, max_steps: int | None):
 
     m, p = base.model, base.plan
     plan = plan_for_shape(m.n_layer, m.n_embd, m.n_head, seq_len=p.seq_len,
-                          vocab_size=m.vocab_size, tokens_per_param=p.tokens_per_param or 20,
+                          vocab_size=m.vocab_size, tokens_per_param=TOKENS_PER_PARAM,
                           name=p.name)
     runtime = base.runtime.model_dump()
     runtime.update(max_steps=max_steps)
@@ -258,15 +259,16 @@ def run_demo(out: str = "runs/demo", config: str | None = None, max_steps: int |
     hf_dir = run_dir / "hf"
     steps.start("evaluate the Hugging Face export with transformers")
     hf_loss = evaluate_hf(hf_dir, cfg)
+    uniform = math.log(cfg.model.vocab_size)
     steps.done(f"val loss {hf_loss:.4f} (trainer: {summary['val_loss']:.4f}), perplexity "
-               f"{math.exp(hf_loss):.1f}; a uniform guess scores {math.log(cfg.model.vocab_size):.2f}")
+               f"{math.exp(hf_loss):.1f}; a uniform guess scores {uniform:.2f}")
 
     steps.start(f"generate with transformers from {prompt!r}")
     text = sample_hf(hf_dir, prompt)
     steps.done("sample:\n" + "\n".join("        | " + line for line in text.splitlines()))
     result = _final_paths(run_dir, run_yaml)
     result.update(summary=summary, hf_val_loss=hf_loss, sample=text, plan=plan.to_json(),
-                  wall_s=time.time() - steps.t0)
+                  resumed=resume, wall_s=time.time() - steps.t0)
     _print_paths(result)
     return result
 

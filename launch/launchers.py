@@ -93,7 +93,8 @@ def make_topology(nodes: int | None = None, gpus_per_node: int | None = None,
 
 # ---- the batch split -----------------------------------------------------------------
 
-def resolve_micro_batch(plan: PlanSection, micro_batch: int, world_size: int) -> tuple[int, str | None]:
+def resolve_micro_batch(plan: PlanSection, micro_batch: int,
+                        world_size: int) -> tuple[int, str | None]:
     """The micro-batch to run with on `world_size` ranks, and a note when it changed.
 
     The global batch of every phase must split evenly over the ranks (else CgptError with

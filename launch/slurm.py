@@ -90,7 +90,7 @@ echo "cgpt: job $SLURM_JOB_ID on $SLURM_JOB_NUM_NODES node(s), master $MASTER_AD
 
 requeue=0
 near_time_limit() {{
-    echo "cgpt: time limit in {opts.signal_lead_s}s: SIGTERM to the trainer (it checkpoints), then requeue"
+    echo "cgpt: time limit in {opts.signal_lead_s}s: SIGTERM to the trainer (it checkpoints)"
     requeue=1
     kill -TERM "$srun_pid" 2>/dev/null  # srun forwards it to the launcher on every node
 }}

@@ -252,6 +252,7 @@ class _Evil:
         return (os.mkdir, (os.environ["CGPT_EVIL_MARK"],))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on our test pickle
 def test_pickles_never_run_code(tmp_path, monkeypatch):
     """A code-running pickle is refused; a plain tensor pytorch_model.bin is read safely."""
     import pickle

@@ -5,13 +5,11 @@ The commands are checked by parsing them with the launchers' own argument parser
 launchers do, so a flag they would reject or read differently fails here.
 """
 
-import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest

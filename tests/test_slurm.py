@@ -103,7 +103,8 @@ def test_submit_with_sbatch(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     assert main(["launch", str(write_config(tmp_path)), "--slurm", "--gpus-per-node", "4",
                  "--submit"]) == 0
-    assert f"Submitted batch job 42 ({tmp_path / 'run' / 'slurm.sbatch'})" in capsys.readouterr().out
+    script = tmp_path / "run" / "slurm.sbatch"
+    assert f"Submitted batch job 42 ({script})" in capsys.readouterr().out
 
 
 def test_slurm_needs_gpu_count(tmp_path, capsys):

@@ -200,8 +200,8 @@ def check_widths(widths, n_head: int) -> list[int]:
 
 def run_coord_check(widths=(64, 128, 256, 512), steps: int = 5, lr: float = 6e-3,
                     n_layer: int = 2, n_head: int = 4, seq_len: int = 64, batch: int = 8,
-                    seeds: int = 2, data: np.ndarray | None = None,
-                    log=None) -> CoordCheckResult:
+                    seeds: int = 2, data: np.ndarray | None = None, log=None,
+                    params=("sp", "mup")) -> CoordCheckResult:
     """Train `steps` steps at each width under SP and μP; scales are geometric means over
     `seeds` initialisations (the same data batches for every width and seed)."""
     widths = check_widths(widths, n_head)
@@ -213,7 +213,7 @@ def run_coord_check(widths=(64, 128, 256, 512), steps: int = 5, lr: float = 6e-3
     data_batches = batches(data, steps + 1, batch, seq_len, seed=0)
     res = CoordCheckResult(widths=widths, steps=steps, lr=lr)
     names = layer_names(n_layer)
-    for param in ("sp", "mup"):
+    for param in params:
         logs = np.zeros((len(names), steps + 1, len(widths)))  # summed log scales
         for wi, w in enumerate(widths):
             cfg = tiny_config(w, param == "mup", widths[0], n_layer, n_head, seq_len)

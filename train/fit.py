@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from typing import Any, Iterable
 
 import numpy as np
@@ -84,9 +85,11 @@ def _fit_paper_once(lnc: np.ndarray, y: np.ndarray) -> tuple[float, float, float
                        "L(C) = (C/a)^-b + c cannot describe them")
     _, ln_a, b, c = best
     try:
-        (ln_a, b, c), _ = optimize.curve_fit(
-            _paper_model, lnc, y, p0=(ln_a, b, c), method="trf", maxfev=20000,
-            bounds=([-np.inf, 1e-6, 0.0], [np.inf, 10.0, y_min * (1 - 1e-9)]))
+        with warnings.catch_warnings():  # the covariance is not used (bootstrap instead)
+            warnings.simplefilter("ignore", optimize.OptimizeWarning)
+            (ln_a, b, c), _ = optimize.curve_fit(
+                _paper_model, lnc, y, p0=(ln_a, b, c), method="trf", maxfev=20000,
+                bounds=([-np.inf, 1e-6, 0.0], [np.inf, 10.0, y_min * (1 - 1e-9)]))
     except (RuntimeError, ValueError):
         pass  # keep the grid optimum
     return float(ln_a), float(b), float(c)
@@ -329,6 +332,22 @@ def usable_points(records: list[dict]) -> tuple[list[dict], list[dict]]:
     return keep, excluded
 
 
+def _isoflop_frontier(groups: dict[float, list[dict]], fitted: list[dict]) -> list[dict]:
+    """Per budget: the parabola's optimum when it lies inside the sizes tried, else the best
+    measured point (so a budget whose optimum was not bracketed still counts, honestly)."""
+    opt = {b["budget"]: b for b in fitted if b["bracketed"]}
+    frontier = []
+    for c, pts in sorted(groups.items()):
+        if c in opt:
+            frontier.append({"name": f"budget {c:.3g} (parabola optimum)", "flops": c,
+                             "loss": opt[c]["loss_opt"]})
+        else:
+            best = min(pts, key=lambda p: p["loss"])
+            frontier.append({"name": f"budget {c:.3g} (best measured: {best.get('name')})",
+                             "flops": c, "loss": best["loss"]})
+    return frontier
+
+
 def fit_results(records: list[dict], *, kind: str, tokens_per_param: float | None = None,
                 n_boot: int = 500, seed: int = 0) -> dict[str, Any]:
     """All fits for one sweep's result records -> the fit.json dict.
@@ -355,10 +374,10 @@ def fit_results(records: list[dict], *, kind: str, tokens_per_param: float | Non
             out["warnings"] += iso["warnings"] + [s["reason"] for s in iso["skipped"]]
             out["tokens_per_param"] = iso["tokens_per_param"]
             out["tokens_per_param_source"] = "measured: IsoFLOP optima (Chinchilla approach 2)"
-            frontier = [{"name": f"budget {b['budget']:.3g}", "flops": b["budget"],
-                         "loss": b["loss_opt"]} for b in iso["budgets"]]
         except FitError as e:
-            out["isoflop"] = {"error": str(e)}
+            out["isoflop"] = iso = {"error": str(e), "budgets": []}
+            out["warnings"].append(f"IsoFLOP: {e}")
+        frontier = _isoflop_frontier(groups, iso["budgets"])
     else:
         frontier = [{"name": p["name"], "flops": float(p["flops"]), "loss": p["loss"]}
                     for p in points]

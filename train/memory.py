@@ -15,8 +15,9 @@ dropout masks and the 5·a·s²·b score term removed (no dropout; flash attenti
 s×s scores) plus the second attention-output copy. `attention="math"` adds the s×s scores
 and probabilities. With full activation checkpointing (one checkpoint per block) only each
 block's input is kept and one block is recomputed at a time. The backward pass needs one
-more layer's worth of gradients in flight. The LM head keeps fp32 log-softmax of the logits
-(4·s·b·V) and its gradient (4·s·b·V) next to the bf16 logits the caller holds (2·s·b·V).
+more layer's worth of gradients in flight. At the start of backward the LM head holds the
+bf16 logits the caller keeps (2·s·b·V), their fp32 log-softmax (4·s·b·V) and two fp32
+gradients (8·s·b·V); the estimate takes the larger of that moment and a block's backward.
 
 Overhead: 2 GiB fixed (CUDA context, NCCL, DeepSpeed communication buckets) plus 10% of
 the rest for allocator fragmentation. tests/test_memory.py checks the model-state and

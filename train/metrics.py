@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from .runconfig import write_text_atomic
@@ -73,7 +74,8 @@ class MetricsLogger:
         import wandb
 
         id_file = self.run_dir / "wandb_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        # (wandb.util.generate_id is gone in wandb 0.31)
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
         write_text_atomic(id_file, run_id + "\n")
         return wandb.init(project=project, dir=str(self.run_dir), mode=mode, id=run_id,
                           resume="allow", name=self.run_dir.name, config=config or {})
@@ -126,7 +128,7 @@ class MetricsLogger:
         if self._file is not None:
             self._file.close()
         if self._wandb is not None:
-            self._wandb.finish(quiet=True)
+            self._wandb.finish()  # wandb 0.31 has no quiet=
         self._bar = self._file = self._wandb = None
 
 

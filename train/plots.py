@@ -78,7 +78,7 @@ def plot_scaling(points: list[dict], fit: dict, path: str | os.PathLike, title: 
         fr = law["frontier"]
         if budgets:
             ax.scatter([f["flops"] for f in fr], [f["loss"] for f in fr], marker="*", s=160,
-                       color="tab:red", zorder=4, label="IsoFLOP optimum (parabola)")
+                       color="tab:red", zorder=4, label="frontier: per-budget optimum")
         xs = np.logspace(np.log10(min(f["flops"] for f in fr)) - 0.3,
                          np.log10(max(f["flops"] for f in fr)) + 0.3, 200)
         ax.plot(xs, paper_law(xs, law["a"], law["b"], law["c"]), color="tab:red", lw=1.6,

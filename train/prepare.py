@@ -81,10 +81,12 @@ def _chunked(docs: Iterator[str], chunk_chars: int) -> Iterator[list[str]]:
 def _encoded_chunks(chunks: Iterator[list[str]], tokenizer, num_proc: int):
     """Encoded chunks in input order; at most 2*num_proc in flight (bounded memory)."""
     if num_proc <= 1:
+        tokenizer.num_threads = 1  # --num-proc 1 means one core, also inside sentencepiece
         for c in chunks:
             yield _encode_chunk(c, tokenizer)
         return
-    ctx = mp.get_context("spawn" if sys.platform == "darwin" else "forkserver")
+    # fork: workers start instantly and need no importable __main__ (scripts, notebooks)
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     with ctx.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer.dir,)) as pool:
         pending = collections.deque()
         for c in chunks:

@@ -293,7 +293,7 @@ def plan_points(sweep: SweepConfig, vocab: int) -> list[Point]:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(f"sweep lists the same size twice: {', '.join(dup)}")
-    return sorted(points, key=lambda p: (p.budget or 0, p.cfg.plan.train_flops or 0))
+    return sorted(points, key=lambda p: (p.budget or 0, p.cfg.plan.params))
 
 
 def _probe(size: SizeSpec, vocab: int, seq_len: int):
@@ -428,11 +428,16 @@ def run_sweep(path: str | os.PathLike, *, retry_failed: bool = False, dry_run: b
                 f"{pl.steps:>6,}  lr {pl.lr:.2e}  FLOPs {pl.train_flops:.3e}")
         return {"out_dir": str(out), "results": [], "fit": None, "fit_error": None}
     _check_unchanged(out, points)
+    old = {r["name"]: r for r in read_jsonl(out / "results.jsonl")}
+    records = {p.name: old[p.name] for p in points if p.name in old}
+    stale = [n for n, r in records.items() if r.get("status") == "ok" and r.get("data_id") != did]
+    if stale:
+        raise CgptError(f"the data in {sweep.data.path!r} changed since {', '.join(stale[:3])} "
+                        "trained on it (different shards or tokenizer); their losses would not be "
+                        "comparable with new points: restore the data or use a new out_dir")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "sweep.yaml", yaml.safe_dump(
         {**sweep.model_dump(mode="json"), "kind": sweep.kind, "data_id": did}, sort_keys=False))
-    old = {r["name"]: r for r in read_jsonl(out / "results.jsonl")}
-    records = {p.name: old[p.name] for p in points if p.name in old}
     for i, p in enumerate(points, 1):
         rec, head = records.get(p.name), f"[{i}/{len(points)}] {p.name}"
         done = _summary(Path(p.cfg.runtime.out_dir)) or {}

@@ -380,6 +380,9 @@ def train(cfg: RunConfig, resume: bool = False, config_path: str | None = None) 
     loss (last train loss), val_loss (last), checkpoint, wall_s."""
     t0 = time.time()
     run = prepare_run(cfg, resume, config_path)
+    # every rank checks the run folder before rank 0 writes into it (else a slow rank sees
+    # rank 0's fresh config.yaml and refuses "a folder that already holds a run")
+    barrier()
     main = run.dist.is_main
     if main:
         run.run_dir.mkdir(parents=True, exist_ok=True)

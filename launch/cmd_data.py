@@ -1,0 +1,65 @@
+"""Data verbs: ``cgpt tokenizer train`` and ``cgpt prepare``."""
+
+from __future__ import annotations
+
+import argparse
+
+SOURCE_HELP = ("'stdlib' (default: the Python standard library's source, offline), a file, "
+               "folder or glob of .txt/.md/.jsonl/.json/.parquet, or hf:NAME[:CONFIG]")
+
+
+def _tokenizer_train(args) -> int:
+    from cgpt.train.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(args.input, args.vocab_size, args.out, seed=args.seed,
+                          max_docs=args.max_docs, text_field=args.text_field,
+                          character_coverage=args.character_coverage, force=args.force)
+    print(f"tokenizer: {tok.vocab_size} tokens (eos id {tok.eos_id}) written to {args.out}; "
+          f"fingerprint {tok.fingerprint[:12]}")
+    return 0
+
+
+def _prepare(args) -> int:
+    from cgpt.train.prepare import prepare
+
+    meta = prepare(args.input, args.tokenizer, args.out, val_fraction=args.val_fraction,
+                   text_field=args.text_field, num_proc=args.num_proc, split=args.split,
+                   max_docs=args.max_docs, force=args.force, progress=True)
+    st, sp = meta["_stats"], meta["splits"]
+    print(f"prepared {meta['documents']:,} documents -> {args.out}: train "
+          f"{sp['train']['tokens']:,} tokens, val {sp['val']['tokens']:,} tokens "
+          f"({meta['dtype']}); {st['mb_per_s']:.2f} MB/s, {st['tokens_per_s']:,.0f} tokens/s "
+          f"on {st['num_proc']} processes")
+    if meta["replacement_chars"]:
+        print(f"note: {meta['replacement_chars']:,} undecodable bytes were replaced by U+FFFD "
+              "(recorded in meta.json)")
+    return 0
+
+
+def register(subparsers) -> None:
+    tk = subparsers.add_parser("tokenizer", help="train a sentencepiece BPE tokenizer")
+    tk_sub = tk.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
+    tr = tk_sub.add_parser("train", help="train on a source; writes sentencepiece + HF files")
+    tr.add_argument("--input", default="stdlib", help=SOURCE_HELP)
+    tr.add_argument("--vocab-size", type=int, required=True)
+    tr.add_argument("--out", required=True, help="output folder")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--max-docs", type=int, default=None, help="train on the first N documents")
+    tr.add_argument("--text-field", default="text")
+    tr.add_argument("--character-coverage", type=float, default=0.9995,
+                    help="share of characters that get their own piece (rest: bytes)")
+    tr.add_argument("--force", action="store_true", help="replace an existing tokenizer folder")
+    tr.set_defaults(func=_tokenizer_train)
+
+    p = subparsers.add_parser("prepare", help="tokenize a source into train/val token shards",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--input", default="stdlib", help=SOURCE_HELP)
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder (ours or Hugging Face)")
+    p.add_argument("--out", required=True, help="data folder to create")
+    p.add_argument("--val-fraction", type=float, default=0.005)
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--split", default="train", help="Hub dataset split to read")
+    p.add_argument("--num-proc", type=int, default=None, help="worker processes (all cores)")
+    p.add_argument("--max-docs", type=int, default=None)
+    p.add_argument("--force", action="store_true", help="replace an existing data folder")
+    p.set_defaults(func=_prepare)

@@ -1,0 +1,74 @@
+"""`cgpt sweep SWEEP.yaml` runs a scaling sweep; `cgpt sweep fit SWEEP_DIR` (re)fits one.
+
+One subparser: the first positional is either a sweep file or the word ``fit`` followed by a
+sweep folder (see cgpt.train.sweep for the file format and the folder layout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cgpt.model.errors import CgptError
+
+EPILOG = """\
+usage forms:
+  cgpt sweep SWEEP.yaml [--dry-run] [--retry-failed] [--no-fit]
+      run every point (each one a normal `cgpt train` run in OUT/runs/NAME), skipping
+      finished points and resuming interrupted ones; a failed point is recorded in
+      OUT/results.jsonl with its reason and the sweep carries on; then fit and plot.
+  cgpt sweep fit SWEEP_DIR [--bootstrap N]
+      fit the results of a sweep folder: writes SWEEP_DIR/fit.json (read by
+      `cgpt plan --fit SWEEP_DIR/fit.json`), scaling.png and, for IsoFLOP sweeps, isoflop.png.
+ready configs: configs/sweep-cpu.yaml, configs/sweep-isoflop-cpu.yaml
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="run a scaling sweep, or fit one (`cgpt sweep fit DIR`)",
+                       description="Scaling experiments: many small compute-optimal runs and "
+                                   "the scaling laws fitted to them.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", metavar="SWEEP.yaml | fit",
+                   help="a sweep file to run, or the word `fit`")
+    p.add_argument("sweep_dir", nargs="?", metavar="SWEEP_DIR",
+                   help="with `fit`: the sweep folder (the sweep file's out_dir)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the planned points (params, tokens, steps, FLOPs) and stop")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="rerun points recorded as failed (default: keep their failure)")
+    p.add_argument("--no-fit", action="store_true", help="do not fit at the end")
+    p.add_argument("--bootstrap", type=int, default=500, metavar="N",
+                   help="bootstrap resamples for the fit's intervals (default 500)")
+    p.set_defaults(func=run)
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cgpt.train.sweep import fit_sweep_dir, run_sweep
+
+    if args.bootstrap < 0:
+        raise CgptError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.target == "fit":
+        if not args.sweep_dir:
+            raise CgptError("`cgpt sweep fit` needs the sweep folder: cgpt sweep fit SWEEP_DIR")
+        fit_sweep_dir(args.sweep_dir, n_boot=args.bootstrap, log=_print)
+        print(f"wrote {args.sweep_dir}/fit.json and the plots")
+        return 0
+    if args.sweep_dir:
+        raise CgptError(f"unexpected argument {args.sweep_dir!r}: run a sweep with "
+                        "`cgpt sweep SWEEP.yaml`, fit one with `cgpt sweep fit SWEEP_DIR`")
+    res = run_sweep(args.target, retry_failed=args.retry_failed, dry_run=args.dry_run,
+                    fit=not args.no_fit, log=_print)
+    if args.dry_run:
+        return 0
+    failed = [r for r in res["results"] if r["status"] != "ok"]
+    print(f"sweep finished: {len(res['results']) - len(failed)} points ok, {len(failed)} "
+          f"failed -> {res['out_dir']}/results.jsonl")
+    if res["fit_error"]:
+        print(f"cgpt sweep: the fit needs more: {res['fit_error']}", file=sys.stderr)
+        return 2
+    return 0

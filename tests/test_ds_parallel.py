@@ -1,0 +1,53 @@
+"""Data parallel is real: 2 ranks under the `deepspeed` launcher (gloo, CPU) with
+micro-batch b give the per-step losses of 1 process with micro-batch 2b."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from cgpt.train.distributed import free_port
+from test_trainer import _write, losses, make_cfg, make_data
+
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR"):
+        env.pop(k, None)
+    return env
+
+
+@pytest.mark.parametrize("zero_stage", [1])
+def test_two_ranks_match_one_rank(tmp_path, zero_stage):
+    launcher = shutil.which("deepspeed") or str(Path(os.sys.executable).parent / "deepspeed")
+    data = make_data(tmp_path / "data", n_files=6)
+    d = make_cfg(tmp_path, data, steps=6, batch=8, eval_every=3, save_every=0,
+                 zero_stage=zero_stage, micro_batch=2, out_dir=str(tmp_path / "two"))
+    two = _write(tmp_path, d, "two.yaml")
+    d["runtime"].update(micro_batch=4, out_dir=str(tmp_path / "one"))
+    one = _write(tmp_path, d, "one.yaml")
+    cmd = [launcher, "--num_gpus", "2", "--master_port", str(free_port()), "--module",
+           "cgpt.train", str(two)]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = subprocess.run([os.sys.executable, "-m", "cgpt.train", str(one)], env=_env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from cgpt.train import checkpoint as ckpt
+
+    for run, ranks in (("two", 2), ("one", 1)):  # really 2 processes, really 1
+        newest = ckpt.newest(tmp_path / run / "checkpoints")[1]
+        assert ckpt.read_state(newest)["world_size"] == ranks
+    a, b = losses(tmp_path / "two"), losses(tmp_path / "one")
+    assert len(a) == len(b) == 6
+    torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-5)
+    va, vb = losses(tmp_path / "two", "val_loss"), losses(tmp_path / "one", "val_loss")
+    torch.testing.assert_close(torch.tensor(va), torch.tensor(vb), rtol=1e-5, atol=1e-5)
+    assert a[-1] < a[0]

@@ -1,0 +1,265 @@
+"""The planner: published recipes equal REFERENCE.md, rules reproduce the family, budgets invert."""
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from cgpt.launch.cli import main
+from cgpt.model import GPTConfig, CgptError
+from cgpt.train import plan as P
+from cgpt.train import plan_rules as R
+from cgpt.train.devices import get_device
+from cgpt.train.runconfig import load_run_config, parse_run_config
+from cgpt.train.schedule import global_batch_at, lr_at, tokens_before
+
+# REFERENCE.md, "Training recipe", typed in again here so the planner's table is checked
+# against an independent copy: lr, batch seqs, batch tokens, steps, tokens, warmup, decay, eps
+TABLE = {
+    "111M": (6.0e-4, 120, 245_760, 9_037, 2.22e9, 1_525, "linear", 1e-8),
+    "256M": (6.0e-4, 264, 540_672, 9_468, 5.12e9, 693, "linear", 1e-8),
+    "590M": (2.0e-4, 264, 540_672, 21_836, 1.18e10, 693, "linear", 1e-8),
+    "1.3B": (2.0e-4, 528, 1_081_344, 24_334, 2.63e10, 346, "cosine", 1e-8),
+    "2.7B": (2.0e-4, 528, 1_081_344, 49_041, 5.30e10, 346, "cosine", 1e-8),
+    "6.7B": (1.2e-4, 1040, 2_129_920, 62_522, 1.33e11, 176, "linear", 1e-9),
+}
+OUT_STD = {"111M": 0.004472, "256M": 0.003780, "590M": 0.003333, "1.3B": 0.0025,
+           "2.7B": 0.0025, "6.7B": 0.0025, "13B": 0.0025}
+# REFERENCE.md, Results: train FLOPs and the law's predictions
+FLOPS = {"111M": 2.6e18, "256M": 1.3e19, "590M": 6.1e19, "1.3B": 2.8e20, "2.7B": 1.1e21,
+         "6.7B": 6.3e21, "13B": 2.3e22}
+PREDICTED = {"111M": 2.603, "256M": 2.369, "590M": 2.168, "1.3B": 1.992, "2.7B": 1.849,
+             "6.7B": 1.687, "13B": 1.580}
+
+
+@pytest.mark.parametrize("name", list(TABLE))
+def test_published_recipe_equals_reference(name):
+    lr, seqs, btok, steps, tokens, warmup, decay, eps = TABLE[name]
+    p = P.plan_published(name)
+    assert (p.lr, p.global_batch_seqs, p.global_batch_tokens, p.steps) == (lr, seqs, btok, steps)
+    assert (p.warmup_steps, p.decay, p.adam_eps) == (warmup, decay, eps)
+    assert p.decay_steps == steps - warmup and p.seq_len == 2048
+    assert p.min_lr == pytest.approx(0.1 * lr, rel=1e-12)
+    assert float(f"{p.tokens:.3g}") == tokens and p.tokens == steps * btok
+    assert (p.adam_betas, p.weight_decay, p.grad_clip) == ((0.9, 0.95), 0.1, 1.0)
+    assert round(p.model.out_init_std, 6) == OUT_STD[name]
+    assert p.batch_schedule is None
+
+
+@pytest.mark.parametrize("name", list(FLOPS))
+def test_flops_and_predicted_loss(name):
+    p = P.plan_published(name)
+    assert float(f"{p.train_flops:.2g}") == FLOPS[name]
+    assert round(p.law.loss(FLOPS[name]), 3) == PREDICTED[name]
+    assert abs(p.predicted_loss - PREDICTED[name]) < 0.003  # exact vs rounded FLOPs
+    assert p.train_flops_mfu < p.train_flops  # the two conventions differ; never mixed
+
+
+def test_13b_batch_schedule_and_lr():
+    p = P.plan_published("13B")
+    a, b = p.batch_schedule
+    assert (a.global_batch_seqs, a.steps, a.schedule_start_step, a.warmup_steps,
+            a.decay_steps, a.decay) == (720, 57_000, 0, 254, 174_081, "cosine")
+    assert (b.global_batch_seqs, b.steps, b.schedule_start_step, b.warmup_steps,
+            b.decay_steps, b.decay) == (1080, 78_223, 38_000, 169, 116_054, "cosine")
+    assert p.steps == 135_223 and p.lr == 1.2e-4 and p.adam_eps == 1e-9
+    assert round(p.tokens / 1e9) == 257  # REFERENCE.md: 257B tokens
+    # REFERENCE.md: "174,335 steps in 720-sequence units" = the first phase's planned schedule
+    assert a.warmup_steps + a.decay_steps == 174_335
+    assert p.tokens / (720 * 2048) == 174_334.5  # 78,223 × 1.5 steps after the switch
+    ps = p.plan_section()
+    assert tokens_before(ps, p.steps) == p.tokens
+    assert global_batch_at(ps, 56_999) == 720 and global_batch_at(ps, 57_000) == 1080
+    assert lr_at(ps, 0) == pytest.approx(1.2e-4 / 254)
+    assert lr_at(ps, 253) == pytest.approx(1.2e-4)
+    # the counter rescale (57,000 -> 38,000) kept the cosine almost continuous at the switch
+    before, after = lr_at(ps, 56_999), lr_at(ps, 57_000)
+    assert 1.2e-5 < after < 1.2e-4 and abs(after - before) / before < 1e-4
+    assert lr_at(ps, p.steps - 1) == pytest.approx(1.2e-5)
+
+
+def test_rules_reproduce_steps_and_warmup_exactly():
+    for name, r in R.RECIPES.items():
+        params = P.plan_published(name).params
+        for ph in (r.phases or (R.Phase(r.global_batch_seqs, r.steps, 0, r.warmup_steps, 0),)):
+            btok = ph.global_batch_seqs * 2048
+            assert R.warmup_rule(btok, 10**9) == ph.warmup_steps, name
+        if not r.phases:
+            assert R.steps_rule(20 * params, r.global_batch_seqs * 2048) == r.steps, name
+    assert R.steps_rule(20 * P.plan_published("13B").params, 720 * 2048) == 174_335
+
+
+def test_fitted_constants_match_the_table():
+    names = list(R.RECIPES)
+    n = np.log([P.plan_published(k).params for k in names])
+    batch = [R.RECIPES[k].global_batch_seqs * 2048 for k in names[:-1]] + [1080 * 2048]
+    slope, icpt = np.polyfit(n, np.log(batch), 1)
+    assert (slope, math.exp(icpt)) == (pytest.approx(R.BATCH_EXP, abs=1e-4),
+                                        pytest.approx(R.BATCH_COEF, rel=1e-3))
+    slope, icpt = np.polyfit(n, np.log([R.RECIPES[k].lr for k in names]), 1)
+    assert (slope, math.exp(icpt)) == (pytest.approx(R.LR_EXP, abs=1e-4),
+                                        pytest.approx(R.LR_COEF, rel=1e-3))
+
+
+def test_rule_deviations_are_exactly_the_documented_ones():
+    found = P.rule_deviations()
+    assert set(found) == set(R.DEVIATIONS), found
+    for name in R.RECIPES:  # shapes: layers and width always reproduced
+        g = GPTConfig.from_name(name)
+        layers, width, heads = P.shape_for_params(P.plan_published(name).params)
+        assert (layers, width) == (g.n_layer, g.n_embd)
+        rule = P.rule_plan_for(name)
+        pub = P.plan_published(name)
+        assert abs(rule.tokens / pub.tokens - 1) < 1e-4  # both are 20 tokens/param
+        assert abs(rule.warmup_steps * rule.global_batch_tokens - 375e6) < rule.global_batch_tokens
+
+
+@pytest.mark.parametrize("name", ["111M", "1.3B", "6.7B"])
+def test_flops_budget_inverts_to_the_size(name):
+    pub = P.plan_published(name)
+    p = P.plan_for_flops(pub.train_flops)
+    assert abs(p.params / pub.params - 1) < 0.02
+    assert abs(p.train_flops / pub.train_flops - 1) < 0.1
+
+
+def test_gpu_hours_budget():
+    h100 = get_device("h100")
+    p = P.plan_for_gpu_hours(2000, h100, mfu=0.4)
+    c = 2000 * 3600 * 989e12 * 0.4
+    assert abs(p.train_flops_mfu / c - 1) < 0.15
+    bigger = P.plan_for_gpu_hours(8000, h100, mfu=0.4)
+    assert bigger.params > p.params and bigger.tokens > p.tokens
+    hours, gpu_hours = P.time_on(p, 64, h100, 0.4)
+    assert gpu_hours == pytest.approx(2000, rel=0.15) and hours == pytest.approx(gpu_hours / 64)
+
+
+def test_any_size_in_family_style():
+    p = P.plan_for_params(400e6)
+    m = p.model
+    assert abs(p.params / 400e6 - 1) < 0.1
+    assert m.head_dim in (64, 128) and m.n_inner == 4 * m.n_embd
+    assert p.tokens == p.steps * p.global_batch_tokens
+    assert p.global_batch_seqs % 8 == 0 and p.decay_steps == p.steps - p.warmup_steps
+    p40 = P.plan_for_params(400e6, tokens_per_param=40)
+    assert p40.tokens == pytest.approx(2 * p.tokens, rel=0.01)
+    s = P.plan_for_shape(20, 1280)
+    assert (s.model.n_layer, s.model.n_embd, s.model.n_head) == (20, 1280, 20)
+
+
+@pytest.mark.parametrize("name", ["111M", "590M", "13B"])
+@pytest.mark.parametrize("gpus", [1, 4, 8, 24, 40])
+def test_batch_split_multiplies_out(name, gpus):
+    plan = P.plan_published(name)
+    try:
+        plan = P.with_cluster(plan, gpus, get_device("h200"), zero_stage=3)
+    except CgptError as e:  # a non-dividing GPU count, or too little memory: with choices
+        if any(p.global_batch_seqs % gpus for p in plan.phases()):
+            assert "ranks" in str(e)
+        else:
+            assert (name, gpus) == ("13B", 1) and "2 GPUs would fit" in str(e)
+        return
+    c = plan.cluster
+    for ph, accum in zip(plan.phases(), c.grad_accum):
+        assert c.micro_batch * accum * gpus == ph.global_batch_seqs
+    assert c.memory.total <= 0.9 * c.device.memory_bytes
+
+
+def test_bad_cluster_inputs_give_choices():
+    h100 = get_device("h100")
+    with pytest.raises(CgptError, match="720 or 728|5 / 6 / 8 ranks"):
+        P.with_cluster(P.plan_published("13B"), 7, h100)
+    with pytest.raises(CgptError, match="--zero-stage 2 would fit"):
+        P.with_cluster(P.plan_published("13B"), 8, h100, zero_stage=1)
+    with pytest.raises(CgptError, match="GPUs would fit at ZeRO stage 3"):
+        P.with_cluster(P.plan_published("13B"), 1, h100)
+    auto = P.with_cluster(P.plan_published("13B"), 8, h100)
+    assert auto.cluster.zero_stage == 2
+    with pytest.raises(CgptError, match="unknown GPU"):
+        get_device("tpu-v9")
+    for bad in (0, -1e20, float("nan"), float("inf")):
+        with pytest.raises(CgptError, match="positive"):
+            P.plan_for_flops(bad)
+    with pytest.raises(CgptError, match="MFU"):
+        P.plan_for_gpu_hours(100, h100, mfu=1.5)
+
+
+def test_fit_file(tmp_path):
+    f = tmp_path / "fit.json"
+    f.write_text(json.dumps({"tokens_per_param": 10, "loss_law": {"form": "paper", "a": 1e22,
+                                                                  "b": 0.05, "c": 1.0}}))
+    fit = R.load_fit(f)
+    p = P.plan_for_params(400e6, fit=fit)
+    assert p.tokens_per_param == 10 and p.law.a == 1e22
+    assert p.predicted_loss == pytest.approx((p.train_flops / 1e22) ** -0.05 + 1.0)
+    for bad in ("{", "[]", '{"tokens_per_param": -1}', '{"loss_law": {"form": "chinchilla"}}',
+                '{"loss_law": {"a": 1, "b": 0}}'):
+        f.write_text(bad)
+        with pytest.raises(CgptError, match=str(f)):
+            R.load_fit(f)
+    with pytest.raises(CgptError, match="not found"):
+        R.load_fit(tmp_path / "missing.json")
+
+
+def test_run_config_round_trip():
+    plan = P.with_cluster(P.plan_published("1.3B"), 16, get_device("h100"))
+    cfg = plan.to_run_config("data/x", runtime={"seed": 7})
+    again = parse_run_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    assert again == cfg and again.runtime.micro_batch == plan.cluster.micro_batch
+    assert again.plan.steps == 24_334 and again.model.build().n_layer == 24
+
+
+def test_cli_json_and_write(tmp_path, capsys):
+    out = tmp_path / "run.yaml"
+    assert main(["plan", "111M", "--gpus", "8", "--gpu", "h100", "--json", "--write", str(out),
+                 "--data", "data/pile"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    for key in ("name", "params", "n_layer", "n_embd", "n_head", "d_ffn", "seq_len", "tokens",
+                "steps", "global_batch_seqs", "global_batch_tokens", "lr", "min_lr",
+                "warmup_steps", "decay", "decay_steps", "adam_betas", "adam_eps",
+                "weight_decay", "grad_clip", "train_flops", "predicted_loss", "micro_batch",
+                "grad_accum", "memory_per_gpu_bytes", "hours"):
+        assert key in d, key
+    assert d["micro_batch"] * d["grad_accum"] * 8 == 120
+    cfg = load_run_config(out)
+    assert cfg.plan.steps == 9037 and cfg.runtime.micro_batch == d["micro_batch"]
+    assert main(["plan", "--layers", "20", "--width", "1280"]) == 0
+    table = capsys.readouterr().out
+    assert "predicted loss" in table and "," in table
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--flops", "0"], "positive"), (["--flops", "abc"], "expected a number"),
+    (["--gpu-hours", "10", "--gpu", "tpu"], "unknown GPU"), (["--gpu-hours", "10"], "--gpu"),
+    (["13B", "--gpus", "7", "--gpu", "h100"], "cannot be split"), ([], "exactly one"),
+    (["111M", "--params", "1M"], "exactly one"), (["--params", "1k"], "smallest"),
+    (["7B"], "unknown model size"), (["111M", "--gpus", "8"], "--gpu"),
+    (["--params", "400M", "--tokens-per-param", "-2"], "tokens per parameter"),
+])
+def test_cli_bad_input_one_line(argv, msg, capsys):
+    assert main(["plan", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_write_never_damages(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    assert main(["plan", "111M", "--write", str(blocker / "run.yaml")]) == 2
+    assert blocker.read_text() == "keep" and "cannot write" in capsys.readouterr().err
+
+
+def test_mup_seam(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "cgpt.train.plan_mup", None)
+    assert main(["plan", "111M", "--mup"]) == 2
+    assert "μP planning is not available" in capsys.readouterr().err
+
+
+def test_cli_rule_batch_follows_the_gpu_count(capsys):
+    assert main(["plan", "--params", "100M", "--gpus", "7", "--gpu", "h100", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["global_batch_seqs"] % 7 == 0
+    assert d["micro_batch"] * d["grad_accum"] * 7 == d["global_batch_seqs"]
+    assert any("rounded" in n for n in d["notes"])

@@ -1,0 +1,100 @@
+"""Exact resume: a run stopped (max_steps, SIGTERM, or a crash during a save) and resumed
+gives bitwise the per-step losses of a straight run (fp32, CPU)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cgpt.train import checkpoint as ckpt
+from cgpt.train.runconfig import parse_run_config
+from test_trainer import _write, losses, make_cfg, make_data
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_data(tmp_path_factory.mktemp("data") / "bytes")
+
+
+def _train(d: dict, resume: bool = False, **rt) -> dict:
+    from cgpt.train.trainer import train
+
+    d = {**d, "runtime": {**d["runtime"], **rt}}
+    return train(parse_run_config(d), resume=resume)
+
+
+def test_resume_is_bitwise_exact(tmp_path, data):
+    k = 7
+    d = make_cfg(tmp_path, data, steps=2 * k, save_every=5, eval_every=7)
+    straight = _train(d, out_dir=str(tmp_path / "straight"))
+    first = _train(d, max_steps=k)
+    assert first["status"] == "stopped" and first["steps"] == k
+    resumed = _train(d, resume=True)
+    assert resumed["steps"] == 2 * k and resumed["status"] == "completed"
+    a, b = losses(tmp_path / "straight"), losses(tmp_path / "run")
+    assert len(a) == len(b) == 2 * k
+    assert a == b  # bitwise: same floats after the resume
+    assert losses(tmp_path / "straight", "val_loss") == losses(tmp_path / "run", "val_loss")
+    # keep_last=2 pruned older checkpoints; the newest is the final step
+    assert [s for s, _ in ckpt.published(tmp_path / "run" / "checkpoints")] == [10, 14]
+
+
+def test_interrupted_save_is_ignored_by_resume(tmp_path, data, monkeypatch):
+    """A crash after DeepSpeed wrote tmp-step-10 but before the publish: --resume uses
+    step-5 and still reproduces the straight run."""
+    d = make_cfg(tmp_path, data, steps=12, save_every=5, eval_every=0)
+    straight = _train(d, out_dir=str(tmp_path / "straight"))
+    real, calls = ckpt.rng_state, []
+
+    def crash_on_second_save():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated kill during save")
+        return real()
+
+    monkeypatch.setattr(ckpt, "rng_state", crash_on_second_save)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        _train(d)
+    monkeypatch.setattr(ckpt, "rng_state", real)
+    cdir = tmp_path / "run" / "checkpoints"
+    assert (cdir / "tmp-step-10").is_dir() and not (cdir / "step-10").exists()
+    assert ckpt.newest(cdir)[0] == 5
+    resumed = _train(d, resume=True)
+    assert resumed["steps"] == 12 and straight["steps"] == 12
+    assert losses(tmp_path / "straight") == losses(tmp_path / "run")
+    assert not (cdir / "tmp-step-10").exists()  # cleaned up by the next successful save
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_resume_matches(tmp_path, data):
+    d = make_cfg(tmp_path, data, steps=3000, save_every=0, eval_every=0, log_every=1)
+    cfg_path = _write(tmp_path, d)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR"):
+        env.pop(k, None)  # set by the in-process runs above: this is a fresh plain run
+    proc = subprocess.Popen([sys.executable, "-m", "cgpt.train", str(cfg_path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert f"resume with: cgpt train {cfg_path} --resume" in out
+    stopped = ckpt.newest(tmp_path / "run" / "checkpoints")[0]
+    assert 3 <= stopped < 3000
+    upto = stopped + 3
+    resumed = _train(d, resume=True, max_steps=upto)
+    straight = _train(d, out_dir=str(tmp_path / "straight"), max_steps=upto)
+    assert resumed["steps"] == straight["steps"] == upto
+    assert losses(tmp_path / "run") == losses(tmp_path / "straight")

@@ -1,0 +1,201 @@
+"""`cgpt sweep`: a tiny real sweep end to end (results, fit, plot), a diverging point that
+does not stop it, resume (finished points skipped, an interrupted point continued from its
+checkpoint), and bad input."""
+
+import json
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from cgpt.launch.cli import main as cli
+from cgpt.model.errors import CgptError
+from cgpt.train.shards import write_token_data
+from cgpt.train.sweep import fit_sweep_dir, load_sweep, parse_sweep, plan_points
+
+SIZES = [{"n_layer": 1, "n_embd": 8, "n_head": 2}, {"n_layer": 1, "n_embd": 16, "n_head": 2},
+         {"n_layer": 2, "n_embd": 16, "n_head": 2}]
+
+
+def make_data(folder: Path) -> Path:
+    """Real text: bytes of a few stdlib sources (vocab 256 + EOS)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs = [np.frombuffer((root / n).read_bytes(), np.uint8).astype(np.uint16)
+            for n in ("argparse.py", "typing.py", "inspect.py", "pathlib.py")]
+    toks = np.concatenate([np.append(d, 256) for d in docs])
+    cut = int(len(toks) * 0.95)
+    write_token_data(folder, toks[:cut], toks[cut:], vocab_size=257, eos_id=256,
+                     source="stdlib-bytes")
+    return folder
+
+
+def sweep_dict(tmp: Path, data_dir: Path, **kw) -> dict:
+    d = {"name": "tiny", "out_dir": str(tmp / "sweep"), "data": {"path": str(data_dir)},
+         "model": {"seq_len": 32}, "tokens_per_param": 2, "sizes": [dict(s) for s in SIZES],
+         "plan": {"global_batch_seqs": 8, "lr": 3e-3, "min_steps": 10},
+         "runtime": {"micro_batch": 8, "precision": "fp32", "zero_stage": 0, "device": "cpu",
+                     "eval_every": 0, "eval_batches": 2, "save_every": 10, "log_every": 10,
+                     "wandb": "off", "export_hf": False}}
+    d.update(kw)
+    return d
+
+
+def write_sweep(tmp: Path, d: dict) -> Path:
+    path = tmp / "sweep.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_data(tmp_path_factory.mktemp("data") / "bytes")
+
+
+@pytest.mark.slow
+def test_sweep_end_to_end_failure_resume(tmp_path, data, capsys):
+    d = sweep_dict(tmp_path, data)
+    d["sizes"].append({"n_layer": 1, "n_embd": 12, "n_head": 2, "lr": 1e30})  # diverges
+    path = write_sweep(tmp_path, d)
+    out = tmp_path / "sweep"
+    assert cli(["sweep", str(path)]) == 0
+    text = capsys.readouterr().out
+    recs = {r["name"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert len(recs) == 4
+    bad = recs.pop("L1-d12-h2")
+    assert bad["status"] == "failed" and "loss became" in bad["reason"], bad
+    for r in recs.values():
+        assert r["status"] == "ok" and np.isfinite(r["val_loss"]) and r["wall_s"] > 0
+        assert r["tokens"] > 0 and r["flops"] > 0 and 0 < r["non_embedding_params"] < r["params"]
+        assert Path(r["run_dir"], "summary.json").is_file()
+    assert "3 points ok, 1 failed" in text
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["loss_law"]["n_points"] == 3 and fit["tokens_per_param"] == 2
+    assert [e["name"] for e in fit["excluded"]] == ["L1-d12-h2"]
+    assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+    # resume: finished and failed points are skipped, nothing is retrained
+    stamps = {n: Path(r["run_dir"], "summary.json").stat().st_mtime_ns for n, r in recs.items()}
+    assert cli(["sweep", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("finished earlier") == 3 and "failed earlier" in text
+    assert stamps == {n: Path(r["run_dir"], "summary.json").stat().st_mtime_ns
+                      for n, r in recs.items()}
+
+    # an interrupted point (no completed summary) continues from its checkpoint
+    victim = Path(recs["L2-d16-h2"]["run_dir"])
+    (victim / "summary.json").unlink()
+    assert cli(["sweep", str(path)]) == 0
+    log = (out / "logs" / "L2-d16-h2.log").read_text()
+    assert "--resume" in log and "resumed from" in log
+    assert json.loads((victim / "summary.json").read_text())["status"] == "completed"
+
+    # the planner takes the fit
+    capsys.readouterr()
+    assert cli(["plan", "--layers", "2", "--width", "64", "--fit", str(out / "fit.json"),
+                "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["loss_law"]["b"] == pytest.approx(fit["loss_law"]["b"])
+    assert plan["tokens_per_param"] == pytest.approx(2, rel=0.05)
+
+
+def test_isoflop_points_hit_their_budgets(tmp_path, data):
+    d = sweep_dict(tmp_path, data, isoflop={"budgets": [2e9, 4e9, 8e9], "sizes": SIZES})
+    del d["tokens_per_param"], d["sizes"]
+    sweep = parse_sweep(d)
+    points = plan_points(sweep, 257)
+    assert len(points) == 9 and sweep.kind == "isoflop"
+    for p in points:  # whole steps only: a point may fall short of its budget by one batch
+        per_step = p.cfg.plan.train_flops / p.cfg.plan.steps
+        assert p.budget - per_step <= p.cfg.plan.train_flops <= p.budget
+    assert len({p.cfg.data.path for p in points}) == 1
+
+
+def test_bad_sweep_files(tmp_path, data):
+    d = sweep_dict(tmp_path, data)
+    d["sizes"][1]["data"] = "/elsewhere"
+    with pytest.raises(CgptError, match=r"sizes\[1\] sets data: every point .* the sweep.s data"):
+        parse_sweep(d)
+    both = sweep_dict(tmp_path, data, isoflop={"budgets": [1e9], "sizes": SIZES})
+    with pytest.raises(CgptError, match="either sizes/params .* or isoflop"):
+        parse_sweep(both)
+    with pytest.raises(CgptError, match="unknown key 'plan.learning_rate'"):
+        parse_sweep(sweep_dict(tmp_path, data, plan={"global_batch_seqs": 8, "lr": 1e-3,
+                                                     "learning_rate": 1}))
+    missing = sweep_dict(tmp_path, data, data={"path": str(tmp_path / "nope")})
+    assert cli(["sweep", str(write_sweep(tmp_path, missing))]) == 2
+    with pytest.raises(CgptError, match="sweep file .* not found"):
+        load_sweep(tmp_path / "absent.yaml")
+    short = sweep_dict(tmp_path, data, tokens_per_param=0.5)
+    with pytest.raises(CgptError, match="only .* steps"):
+        plan_points(parse_sweep(short), 257)
+    assert not (tmp_path / "sweep").exists()  # nothing written for bad input
+
+
+def _fake_sweep_dir(tmp: Path, records: list[dict]) -> Path:
+    out = tmp / "fake"
+    out.mkdir()
+    (out / "sweep.yaml").write_text(yaml.safe_dump({"name": "fake", "kind": "tokens_per_param",
+                                                    "tokens_per_param": 20}))
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return out
+
+
+def _rec(i: int, **kw) -> dict:
+    c = 1e12 * 4 ** i
+    return {"name": f"p{i}", "status": "ok", "params": 1e4 * 2 ** i, "tokens": 2e5 * 2 ** i,
+            "flops": c, "val_loss": (c / 1e16) ** -0.1 + 1.5, "data_id": "A", **kw}
+
+
+def test_fit_refuses_mixed_data_and_says_how_many_more(tmp_path, capsys):
+    out = _fake_sweep_dir(tmp_path, [_rec(0), _rec(1), _rec(2, data_id="B")])
+    with pytest.raises(CgptError, match="different data or tokenizers"):
+        fit_sweep_dir(out)
+    assert not (out / "fit.json").exists()
+    out2 = tmp_path / "few"
+    out2.mkdir()
+    (out2 / "sweep.yaml").write_text(yaml.safe_dump({"name": "few", "kind": "tokens_per_param"}))
+    (out2 / "results.jsonl").write_text("".join(
+        json.dumps(r) + "\n" for r in [_rec(0), _rec(1), _rec(2, val_loss=float("nan"))]))
+    assert cli(["sweep", "fit", str(out2)]) == 2
+    err = capsys.readouterr().err
+    assert "has 2: add 1 more" in err and err.count("\n") == 1
+    fit = json.loads((out2 / "fit.json").read_text())  # what could be fitted is still written
+    assert fit["excluded"][0]["name"] == "p2" and "nan" in fit["excluded"][0]["reason"]
+    assert cli(["sweep", "fit"]) == 2
+    assert cli(["sweep", "fit", str(tmp_path / "nowhere")]) == 2
+
+
+@pytest.mark.parametrize("name", ["sweep-cpu.yaml", "sweep-isoflop-cpu.yaml"])
+def test_ready_configs_plan(name):
+    """The shipped CPU sweeps parse, plan, and are sized as the issue asks: at least five
+    sizes (or 3 budgets x 4 sizes), where the non-embedding part of the model matters."""
+    sweep = load_sweep(Path(__file__).parents[1] / "configs" / name)
+    points = plan_points(sweep, 512)  # the sweeps' 512-token sentencepiece vocab
+    shapes = {(p.cfg.model.n_layer, p.cfg.model.n_embd) for p in points}
+    if sweep.kind == "isoflop":
+        assert len(sweep.isoflop.budgets) >= 3 and len(shapes) >= 4
+        assert len(points) == len(sweep.isoflop.budgets) * len(shapes)
+    else:
+        assert len(shapes) >= 5
+        flops = [p.cfg.plan.train_flops for p in points]
+        assert flops == sorted(flops)
+    from cgpt.model.sizes import num_non_embedding_params, num_params
+
+    largest = max((p.cfg.model.build() for p in points), key=num_params)
+    assert num_non_embedding_params(largest) > 0.5 * num_params(largest)
+    assert all(p.cfg.runtime.out_dir.endswith(f"runs/{p.name}") for p in points)
+
+
+def test_resume_refuses_changed_data(tmp_path, data):
+    from cgpt.train.sweep import run_sweep
+
+    path = write_sweep(tmp_path, sweep_dict(tmp_path, data))
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "results.jsonl").write_text(json.dumps(
+        {"name": "L1-d8-h2", "status": "ok", "val_loss": 3.0, "data_id": "other"}) + "\n")
+    with pytest.raises(CgptError, match="data in .* changed since L1-d8-h2"):
+        run_sweep(path, log=lambda m: None)
+    assert not (out / "runs").exists() and not (out / "sweep.yaml").exists()

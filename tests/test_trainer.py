@@ -1,0 +1,236 @@
+"""End-to-end training on a small real corpus (bytes of stdlib sources), bad input, and a
+2-phase batch schedule checked against a plain-torch reference loop."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cgpt.launch.cli import main as cli_main
+from cgpt.train.metrics import read_metrics
+from cgpt.train.runconfig import parse_run_config
+from cgpt.train.shards import write_token_data
+
+EOS = 256  # byte-level "tokenizer": ids 0..255 are bytes, 256 ends a document
+
+
+def make_data(folder: Path, n_files: int = 12) -> Path:
+    """Real text: stdlib .py files as bytes, EOS-separated; ~5% held out for val."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    parts = []
+    for f in sorted(root.glob("*.py"))[:n_files]:
+        parts += [np.frombuffer(f.read_bytes(), np.uint8).astype(np.int64), np.array([EOS])]
+    toks = np.concatenate(parts)
+    cut = int(len(toks) * 0.95)
+    write_token_data(folder, toks[:cut], toks[cut:], vocab_size=257, eos_id=EOS,
+                     source="stdlib-bytes")
+    return folder
+
+
+def make_cfg(tmp: Path, data: Path, out: str = "run", steps: int = 30, batch: int = 8,
+             **runtime) -> dict:
+    rt = {"out_dir": str(tmp / out), "micro_batch": 2, "zero_stage": 0, "precision": "fp32",
+          "eval_every": 10, "eval_batches": 2, "save_every": 10, "log_every": 10,
+          "wandb": "off", "seed": 7, "export_hf": False}
+    rt.update(runtime)
+    return {"model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32,
+                      "vocab_size": 257},
+            "data": {"path": str(data)},
+            "plan": {"params": 30000, "seq_len": 32, "tokens": 32 * batch * steps,
+                     "steps": steps, "global_batch_seqs": batch, "lr": 3e-3, "min_lr": 3e-4,
+                     "warmup_steps": 3, "decay_steps": steps - 3},
+            "runtime": rt}
+
+
+def losses(run_dir: Path, key: str = "loss") -> list[float]:
+    return [r[key] for r in read_metrics(run_dir / "metrics.jsonl") if key in r]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_data(tmp_path_factory.mktemp("data") / "bytes")
+
+
+def tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        h.update(str(p.relative_to(folder)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_train_end_to_end_loss_falls_and_run_folder(tmp_path, data):
+    from cgpt.train.trainer import train
+
+    cfg = parse_run_config(make_cfg(tmp_path, data, steps=40, export_hf=True,
+                                    wandb="offline", eval_every=20, save_every=20))
+    s = train(cfg)
+    run = Path(s["run_dir"])
+    assert s["status"] == "completed" and s["steps"] == 40 and s["tokens"] == 40 * 8 * 32
+    tr = losses(run)
+    assert len(tr) == 40 and tr[0] > math.log(200)  # starts near uniform over 257 ids
+    assert np.mean(tr[-5:]) < tr[0] - 1.5  # it learned the byte statistics
+    rows = read_metrics(run / "metrics.jsonl")
+    for key in ("step", "loss", "lr", "tokens", "tokens_per_s", "grad_norm"):
+        assert all(key in r for r in rows if "loss" in r), key
+    vals = losses(run, "val_loss")
+    assert len(vals) == 2 and vals[-1] < vals[0] < math.log(257) and vals[-1] == s["val_loss"]
+    for name in ("config.yaml", "ds_config.json", "loss.png", "model.safetensors",
+                 "summary.json", "hf/config.json", "checkpoints/step-40/complete"):
+        assert (run / name).is_file(), name
+    ds = json.loads((run / "ds_config.json").read_text())
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"],
+            ds["gradient_accumulation_steps"]) == (8, 2, 4)
+    assert any((run / "wandb").rglob("*.wandb"))  # offline wandb run mirrored the metrics
+    # the exported folder is what transformers loads, and it is the trained model
+    from transformers import GPT2LMHeadModel
+
+    from cgpt.model.io import load_model
+
+    hf = GPT2LMHeadModel.from_pretrained(run / "hf").eval()
+    ours = load_model(run / "model.safetensors").eval()
+    x = torch.randint(0, 257, (2, 16))
+    torch.testing.assert_close(hf(x).logits, ours(x), atol=1e-4, rtol=1e-4)
+
+
+def test_two_phase_batch_schedule_matches_plain_torch(tmp_path, data):
+    """The 13B-style batch switch (4 -> 8 sequences) through DeepSpeed gives the losses of a
+    hand-written torch loop: same init, batches, AdamW groups, LR schedule and clipping."""
+    from cgpt.model import GPT
+    from cgpt.train.loader import TokenLoader
+    from cgpt.train.optim import param_groups
+    from cgpt.train.schedule import global_batch_at, lr_at
+    from cgpt.train.trainer import train
+
+    d = make_cfg(tmp_path, data, steps=6, batch=4, eval_every=0, save_every=0)
+    d["plan"]["batch_schedule"] = [
+        {"global_batch_seqs": 4, "steps": 3, "warmup_steps": 2, "decay_steps": 1},
+        {"global_batch_seqs": 8, "steps": 3, "schedule_start_step": 1, "warmup_steps": 0,
+         "decay_steps": 3, "decay": "cosine"}]
+    cfg = parse_run_config(d)
+    s = train(cfg)
+    got = losses(Path(s["run_dir"]))
+    assert s["tokens"] == (3 * 4 + 3 * 8) * 32
+    torch.manual_seed(cfg.runtime.seed)
+    model = GPT(cfg.model.build())
+    opt = torch.optim.AdamW(param_groups(model, cfg.plan.weight_decay), lr=1.0,
+                            betas=cfg.plan.adam_betas, eps=cfg.plan.adam_eps)
+    loader = TokenLoader(data, 32, seed=cfg.runtime.seed)
+    want = []
+    for step in range(6):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg.plan, step) * g["lr_scale"]
+        micro = loader.next_step(global_batch_at(cfg.plan, step), 2)
+        total = 0.0
+        for x, y in micro:
+            loss = model(x, y)[1]
+            (loss / len(micro)).backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.plan.grad_clip)
+        opt.step()
+        opt.zero_grad()
+        want.append(total / len(micro))
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- bad input
+def _write(tmp: Path, d: dict, name: str = "run.yaml") -> Path:
+    p = tmp / name
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def _cli_error(capsys, argv) -> str:
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cgpt train: error:") and "Traceback" not in err
+    return err
+
+
+def test_mistyped_key_names_nearest(tmp_path, data, capsys):
+    d = make_cfg(tmp_path, data)
+    d["runtime"]["micro_bach"] = d["runtime"].pop("micro_batch")
+    err = _cli_error(capsys, ["train", str(_write(tmp_path, d))])
+    assert "runtime.micro_bach" in err and "'micro_batch'" in err
+    err = _cli_error(capsys, ["train", str(_write(tmp_path, make_cfg(tmp_path, data))),
+                              "--set", "runtime.zero_stag=1"])
+    assert "zero_stage" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"model": {"vocab_size": 200}}, "vocab_size to at least 257"),
+    ({"runtime": {"precision": "fp16"}}, "fp16 needs a CUDA GPU"),
+    ({"runtime": {"micro_batch": 3}}, "feasible micro-batches"),
+    ({"model": {"n_layer": 80, "n_embd": 8192, "n_head": 64}}, "memory"),
+])
+def test_bad_input_leaves_no_run_folder(tmp_path, data, capsys, change, needle):
+    d = make_cfg(tmp_path, data)
+    for section, kv in change.items():
+        d[section].update(kv)
+    err = _cli_error(capsys, ["train", str(_write(tmp_path, d))])
+    assert needle in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_and_changed_resume_are_refused_untouched(tmp_path, data, capsys):
+    d = make_cfg(tmp_path, data, steps=4, save_every=0, eval_every=0)
+    path = _write(tmp_path, d)
+    assert cli_main(["train", str(path)]) == 0
+    capsys.readouterr()
+    run = tmp_path / "run"
+    before = tree_digest(run)
+    err = _cli_error(capsys, ["train", str(path)])  # a fresh run into a used folder
+    assert "--resume" in err
+    d["model"]["n_embd"] = 64
+    d["data"]["path"] = str(tmp_path / "other")
+    make_data(tmp_path / "other", n_files=3)
+    err = _cli_error(capsys, ["train", str(_write(tmp_path, d)), "--resume"])
+    assert "model.n_embd" in err and "data.path" in err
+    assert tree_digest(run) == before
+
+
+def test_tokenizer_mismatch_is_refused(tmp_path, data, capsys):
+    from cgpt.train.tokenizer import train_tokenizer
+
+    tok = tmp_path / "tok"
+    train_tokenizer("stdlib:max_docs=30", 500, tok)
+    d = make_cfg(tmp_path, data)
+    d["data"]["tokenizer"] = str(tok)
+    err = _cli_error(capsys, ["train", str(_write(tmp_path, d))])
+    assert "tokenizer" in err and "vocab" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_divergence_stops_without_saving(tmp_path, data, monkeypatch, capsys):
+    """A non-finite loss at step 8 stops the run naming the step and the last good
+    checkpoint (step 5); nothing is saved after it."""
+    from cgpt.model.gpt import GPT
+
+    real, calls = GPT.forward, []
+
+    def poisoned(self, idx, targets=None):
+        out = real(self, idx, targets)
+        if targets is not None and self.training:
+            calls.append(1)
+            if len(calls) > 7 * 4:  # 4 micro-batches per step: step 8 onwards
+                return out[0], out[1] * float("nan")
+        return out
+
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    d = make_cfg(tmp_path, data, steps=20, save_every=5, eval_every=0)
+    err = _cli_error(capsys, ["train", str(_write(tmp_path, d))])
+    assert "loss became nan at step 8" in err and "step-5" in err
+    from cgpt.train import checkpoint as ckpt
+
+    assert [s for s, _ in ckpt.published(tmp_path / "run" / "checkpoints")] == [5]
+    assert len(losses(tmp_path / "run")) == 7
