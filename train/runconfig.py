@@ -213,6 +213,9 @@ def parse_run_config(data: dict, source: str = "config") -> RunConfig:
     return cfg
 
 
+_YAML_BOOL_WORDS = {"on", "off", "yes", "no", "y", "n"}
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `--set section.key=value` overrides (value parsed as YAML); bare keys
     without a section go to `runtime` (e.g. `--set wandb=off`)."""
@@ -228,7 +231,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if not isinstance(cur.get(p, {}), dict):
                 raise ConfigError(f"--set {key}: {p!r} is not a section")
             cur = cur.setdefault(p, {})
-        cur[parts[-1]] = yaml.safe_load(raw)
+        # YAML 1.1 reads off/on/yes/no as booleans; keep them as words so that
+        # `--set wandb=off` selects the mode (pydantic still accepts them for bool fields).
+        word = raw.strip()
+        cur[parts[-1]] = word if word.lower() in _YAML_BOOL_WORDS else yaml.safe_load(raw)
     return data
 
 
