@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -79,7 +78,7 @@ def bench_prepare(work: Path, tok, num_proc: int, scale: int) -> None:
     # the same kind of input (jsonl) at two sizes, so only the size differs
     one = _prepare_child(_big_corpus(work / "one", 1), Path(tok.dir), work / "d2", num_proc)
     big = _prepare_child(_big_corpus(work / "big", scale), Path(tok.dir), work / "d3", num_proc)
-    for name, r in ((f"stdlib x1 jsonl", one), (f"stdlib x{scale} jsonl", big)):
+    for name, r in (("stdlib x1 jsonl", one), (f"stdlib x{scale} jsonl", big)):
         print(f"peak RSS {name}: {r['peak_rss_mb']:.0f} MB (largest process) for "
               f"{r['tokens']:,} tokens, {r['mb_per_s']:.2f} MB/s")
     print(f"peak RSS stdlib (files): {small['peak_rss_mb']:.0f} MB")

@@ -32,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # TODO(integration): remove once every verb exists
-            if e.name == mod:
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(mod).register(sub)
     return parser
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cgpt.model import GPT, PUBLISHED, CgptError, ConfigError, GPTConfig, num_params
+from cgpt.model import GPT, CgptError, ConfigError, GPTConfig, num_params
 from cgpt.model.sizes import flops_per_token_algorithmic, num_non_embedding_params
 
 # REFERENCE.md, "The seven models": exact GPT2LMHeadModel counts (tied embeddings)

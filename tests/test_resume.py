@@ -32,7 +32,7 @@ def _train(d: dict, resume: bool = False, **rt) -> dict:
 def test_resume_is_bitwise_exact(tmp_path, data):
     k = 7
     d = make_cfg(tmp_path, data, steps=2 * k, save_every=5, eval_every=7)
-    straight = _train(d, out_dir=str(tmp_path / "straight"))
+    _train(d, out_dir=str(tmp_path / "straight"))
     first = _train(d, max_steps=k)
     assert first["status"] == "stopped" and first["steps"] == k
     resumed = _train(d, resume=True)

@@ -238,16 +238,21 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_run_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+def read_yaml(path: str | os.PathLike, what: str = "run config"):
+    """safe_load a YAML file; a missing file or bad YAML is one ConfigError line."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"run config {str(p)!r} not found")
+        raise ConfigError(f"{what} {str(p)!r} not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        return yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({e.__class__.__name__}: "
                           f"{str(e).splitlines()[0]})") from None
-    data = apply_overrides(data or {}, overrides or [])
+
+
+def load_run_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+    p = Path(path)
+    data = apply_overrides(read_yaml(p) or {}, overrides or [])
     return parse_run_config(data, str(p))
 
 

@@ -41,7 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from cgpt.model.errors import CgptError, ConfigError
 from cgpt.model.sizes import flops_per_token_algorithmic, num_non_embedding_params, num_params
 
-from .runconfig import RunConfig, RuntimeSection, format_validation_error, write_text_atomic
+from .runconfig import (RunConfig, RuntimeSection, format_validation_error, read_yaml,
+                        write_text_atomic)
 
 PER_POINT_FORBIDDEN = ("data", "tokenizer", "vocab_size", "seq_len")
 
@@ -177,14 +178,7 @@ def parse_sweep(raw: Any, source: str = "sweep") -> SweepConfig:
 
 
 def load_sweep(path: str | os.PathLike) -> SweepConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"sweep file {str(p)!r} not found")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return parse_sweep(raw, str(p))
+    return parse_sweep(read_yaml(path, "sweep file"), str(path))
 
 
 # ---- data ---------------------------------------------------------------------------------
