@@ -28,6 +28,7 @@ import torch
 from cgpt.model import GPT, GPTConfig
 from cgpt.model.config import MuPConfig
 from cgpt.model.errors import CgptError
+from cgpt.train.figures import pyplot, save_figure
 from cgpt.train.optim import param_groups
 
 BYTE_VOCAB = 256
@@ -187,14 +188,15 @@ def loglog_slope(widths, values) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
-def check_widths(widths, n_head: int) -> list[int]:
+def check_widths(widths, divisor: int, rule: str) -> list[int]:
+    """Sorted distinct widths, at least two, each a positive multiple of `divisor`
+    (`rule` says which, for the message)."""
     widths = sorted(set(int(w) for w in widths))
     if len(widths) < 2:
         raise CgptError(f"--widths needs at least two different widths, got {widths}")
-    bad = [w for w in widths if w <= 0 or w % n_head]
+    bad = [w for w in widths if w <= 0 or w % divisor]
     if bad:
-        raise CgptError(f"--widths {bad}: every width must be a positive multiple of "
-                        f"n_head={n_head}")
+        raise CgptError(f"--widths {bad}: {rule}")
     return widths
 
 
@@ -204,7 +206,8 @@ def run_coord_check(widths=(64, 128, 256, 512), steps: int = 5, lr: float = 6e-3
                     params=("sp", "mup")) -> CoordCheckResult:
     """Train `steps` steps at each width under SP and μP; scales are geometric means over
     `seeds` initialisations (the same data batches for every width and seed)."""
-    widths = check_widths(widths, n_head)
+    widths = check_widths(widths, n_head,
+                          f"every width must be a positive multiple of n_head={n_head}")
     if steps < 1:
         raise CgptError(f"--steps must be at least 1, got {steps}")
     if not (lr > 0 and math.isfinite(lr)):
@@ -231,11 +234,7 @@ def run_coord_check(widths=(64, 128, 256, 512), steps: int = 5, lr: float = 6e-3
 
 def plot_coord_check(res: CoordCheckResult, path: str | Path) -> None:
     """Rows = layers, columns = SP | μP; x = width (log), y = mean |x| (log), a line per step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(res.scales["sp"])
     fig, axes = plt.subplots(len(names), 2, figsize=(9, 2.2 * len(names)), squeeze=False,
                              sharex=True)
@@ -259,20 +258,9 @@ def plot_coord_check(res: CoordCheckResult, path: str | Path) -> None:
     verdict += f"; max |slope| SP {res.max_abs_slope('sp'):.2f}, μP {res.max_abs_slope('mup'):.2f}"
     fig.suptitle(f"coordinate check ({verdict}): lr {res.lr:g}, {res.steps} Adam steps", fontsize=11)
     fig.tight_layout()
-    save_fig_atomic(fig, Path(path))
-    plt.close(fig)
-
-
-def save_fig_atomic(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_figure(fig, path)
 
 
 __all__ = ["run_coord_check", "plot_coord_check", "CoordCheckResult", "loglog_slope",
            "corpus_bytes", "batches", "tiny_config", "make_optimizer", "MAX_ABS_SLOPE",
-           "save_fig_atomic"]
+           "check_widths"]

@@ -14,11 +14,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from .figures import pyplot, save_figure
 from .runconfig import write_text_atomic
 
 
@@ -32,6 +32,7 @@ def wandb_mode(setting: str) -> str | None:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """Rows of a JSONL file (metrics.jsonl, a sweep's results.jsonl); [] when missing."""
     p = Path(path)
     if not p.is_file():
         return []
@@ -164,12 +165,7 @@ def plot_loss(metrics_path: str | Path, out_png: str | Path) -> Path | None:
     val = [(r["tokens"], r["val_loss"]) for r in rows if "val_loss" in r]
     if not train and not val:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     if train:
         ax.plot(*zip(*train), lw=1, label="train loss")
     if val:
@@ -178,13 +174,4 @@ def plot_loss(metrics_path: str | Path, out_png: str | Path) -> Path | None:
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    out = Path(out_png)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return out
+    return save_figure(fig, out_png)

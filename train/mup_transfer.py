@@ -24,8 +24,9 @@ import torch
 
 from cgpt.model import GPT
 from cgpt.model.errors import CgptError
-from cgpt.train.coord_check import (save_fig_atomic, batches, corpus_bytes, make_optimizer,
+from cgpt.train.coord_check import (batches, check_widths, corpus_bytes, make_optimizer,
                                     tiny_config)
+from cgpt.train.figures import pyplot, save_figure
 from cgpt.train.runconfig import BatchPhase
 from cgpt.train.schedule import lr_in_phase
 
@@ -104,13 +105,8 @@ def run_transfer(widths=(64, 128, 256), lrs=DEFAULT_LRS, steps: int = 200, batch
                  seq_len: int = 64, n_layer: int = 2, params=("sp", "mup"),
                  eval_batches: int = 16, seed: int = 0, data: np.ndarray | None = None,
                  log=None) -> TransferResult:
-    widths = sorted(set(int(w) for w in widths))
-    if len(widths) < 2:
-        raise CgptError(f"--widths needs at least two different widths, got {widths}")
-    bad = [w for w in widths if w <= 0 or w % HEAD_DIM]
-    if bad:
-        raise CgptError(f"--widths {bad}: widths must be positive multiples of the head size "
-                        f"{HEAD_DIM}")
+    widths = check_widths(widths, HEAD_DIM,
+                          f"widths must be positive multiples of the head size {HEAD_DIM}")
     lrs = check_lrs(lrs)
     if steps < 10:
         raise CgptError(f"--steps must be at least 10, got {steps}")
@@ -137,11 +133,7 @@ def run_transfer(widths=(64, 128, 256), lrs=DEFAULT_LRS, steps: int = 200, batch
 
 def plot_transfer(res: TransferResult, path: str | Path) -> None:
     """Loss against LR, a line per width; SP left, μP right; the best LR of each is marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     params = list(res.losses)
     fig, axes = plt.subplots(1, len(params), figsize=(5.5 * len(params), 4.2), squeeze=False,
                              sharey=True)
@@ -164,8 +156,7 @@ def plot_transfer(res: TransferResult, path: str | Path) -> None:
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel(f"held-out loss after {res.steps} steps (nats/byte)")
     fig.tight_layout()
-    save_fig_atomic(fig, Path(path))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 __all__ = ["run_transfer", "plot_transfer", "TransferResult", "train_one", "DEFAULT_LRS"]

@@ -8,33 +8,16 @@ renamed so an interrupted plot never leaves a half-written PNG.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
+from .figures import pyplot as _plt
+from .figures import save_figure
 from .fit import paper_law
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: str | os.PathLike) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-        _plt().close(fig)
+    save_figure(fig, path, dpi=130)
 
 
 def _plain_y(ax) -> None:

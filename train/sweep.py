@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from cgpt.model.errors import CgptError, ConfigError
 from cgpt.model.sizes import flops_per_token_algorithmic, num_non_embedding_params, num_params
 
+from .metrics import read_metrics
 from .runconfig import (RunConfig, RuntimeSection, format_validation_error, read_yaml,
                         write_text_atomic)
 
@@ -299,17 +300,6 @@ def _probe(size: SizeSpec, vocab: int, seq_len: int):
 
 # ---- results ------------------------------------------------------------------------------
 
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
 
 def write_results(out: Path, records: list[dict]) -> None:
     write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
@@ -422,7 +412,7 @@ def run_sweep(path: str | os.PathLike, *, retry_failed: bool = False, dry_run: b
                 f"{pl.steps:>6,}  lr {pl.lr:.2e}  FLOPs {pl.train_flops:.3e}")
         return {"out_dir": str(out), "results": [], "fit": None, "fit_error": None}
     _check_unchanged(out, points)
-    old = {r["name"]: r for r in read_jsonl(out / "results.jsonl")}
+    old = {r["name"]: r for r in read_metrics(out / "results.jsonl")}
     records = {p.name: old[p.name] for p in points if p.name in old}
     stale = [n for n, r in records.items() if r.get("status") == "ok" and r.get("data_id") != did]
     if stale:
@@ -490,7 +480,7 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
         raise CgptError(f"{str(out)!r} is not a sweep folder (no sweep.yaml); run "
                         "`cgpt sweep SWEEP.yaml` first")
     meta = yaml.safe_load((out / "sweep.yaml").read_text()) or {}
-    records = read_jsonl(out / "results.jsonl")
+    records = read_metrics(out / "results.jsonl")
     if not records:
         raise CgptError(f"{str(out)!r} has no results yet; run `cgpt sweep SWEEP.yaml`")
     _check_same_data(records)
