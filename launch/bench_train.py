@@ -1,7 +1,8 @@
 """`cgpt bench [SIZE | RUN.yaml] [--steps N] [--hf] [--json]`: time training steps.
 
-Synthetic tokens, full optimizer steps; `--hf` adds transformers.GPT2LMHeadModel of the same
-shape with the same optimizer, interleaved in this process, and prints the ratio.
+Synthetic tokens, full optimizer steps through the trainer's DeepSpeed engine; `--hf` adds
+transformers.GPT2LMHeadModel of the same shape with the same optimizer (HF Trainer's loop:
+autocast in bf16), interleaved in this process, and prints the ratio.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ def register(sub) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 autocast on CUDA, fp32 on CPU")
+                   help="auto: the run config's (bf16 for a size, as cgpt train). transformers "
+                        "runs bf16 under torch.autocast, as HF's Trainer does")
+    p.add_argument("--zero-stage", type=int, default=None,
+                   help="ZeRO stage of our DeepSpeed engine (default: the run config's, or 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run)
 
@@ -37,6 +41,7 @@ def _run(args) -> int:
 
     r = bench(args.target, steps=args.steps, warmup=args.warmup, seq_len=args.seq_len,
               micro_batch=args.micro_batch, compare_hf=args.compare_hf, compile_=args.compile,
-              device=args.device, precision=args.precision, n_layer=args.n_layer)
+              device=args.device, precision=args.precision, n_layer=args.n_layer,
+              zero_stage=args.zero_stage)
     print(json.dumps(r) if args.json else format_report(r))
     return 0

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .config import GPTConfig
+from .fused_ce import linear_cross_entropy
 
 
 class CausalSelfAttention(nn.Module):
@@ -79,6 +80,9 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied (REFERENCE.md)
         self.gradient_checkpointing = False
+        # with targets: loss from the fused head + cross-entropy (cgpt.model.fused_ce) and
+        # no logits returned; False keeps the plain path (logits, then F.cross_entropy)
+        self.fused_loss = True
         if cfg.mup is not None:
             self.embeddings_multiplier = cfg.mup.embeddings_multiplier
             self.output_multiplier = cfg.mup.output_multiplier / cfg.mup_width_mult
@@ -119,7 +123,8 @@ class GPT(nn.Module):
 
     # ---- forward ----------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """idx (B, T) token ids -> logits (B, T, V); with targets also the mean CE loss."""
+        """idx (B, T) token ids -> logits (B, T, V); with targets (logits, mean CE loss), where
+        logits is None when ``fused_loss`` is on (the fused loss never builds them)."""
         B, T = idx.shape
         if T > self.config.n_positions:
             raise ValueError(f"sequence length {T} exceeds n_positions {self.config.n_positions}")
@@ -134,6 +139,10 @@ class GPT(nn.Module):
             else:
                 x = block(x)
         x = self.transformer.ln_f(x)
+        if targets is not None and self.fused_loss:
+            if self.output_multiplier != 1.0:  # (x·m)Wᵀ = m·(xWᵀ)
+                x = x * self.output_multiplier
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets)
         logits = self.lm_head(x)  # (B, T, V)
         if self.output_multiplier != 1.0:
             logits = logits * self.output_multiplier

@@ -1,16 +1,19 @@
 """Training-step benchmark: tokens/s, step time, peak memory and MFU on synthetic tokens.
 
-``bench(...)`` times full optimizer steps (forward, backward, grad clip, AdamW) of our GPT
-and, side by side, of ``transformers.GPT2LMHeadModel`` (SDPA attention) of the same shape
-with the same optimizer and batch, in the same process. Steps are interleaved (ours, HF,
-ours, HF, ...) after a warm-up, so machine noise hits both alike; the ratio is
-median-step-time HF / ours. MFU follows 6N + 12·L·T·d per token against the device table's
-bf16 peak (REFERENCE.md, Throughput references); it is None on CPU.
-On CUDA the step runs under bf16 autocast with a fused AdamW (as the trainer's FusedAdam).
+``bench(...)`` times full optimizer steps of our GPT *as ``cgpt train`` runs them*: the
+trainer's DeepSpeed engine, DeepSpeed config (ZeRO stage, precision, gradient clipping)
+and fused AdamW. Side by side it times ``transformers.GPT2LMHeadModel`` (SDPA attention)
+of the same shape with the same AdamW and batch in the plain PyTorch loop HF's Trainer
+uses: in bf16 that is ``torch.autocast`` over fp32 weights, in fp32 plain fp32. Steps are
+interleaved (ours, HF, ours, HF, ...) after a warm-up in one process, so machine noise
+hits both alike; the ratio is median step time HF / ours. MFU follows 6N + 12·L·T·d per
+token against the device table's bf16 peak (REFERENCE.md, Throughput references); it is
+None on CPU.
 """
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from dataclasses import dataclass
@@ -29,6 +32,8 @@ class Shape:
     config: GPTConfig
     seq_len: int
     micro_batch: int
+    precision: str = "bf16"  # the run config default (cgpt.train.runconfig)
+    zero_stage: int = 1
 
 
 def resolve_shape(target: str, seq_len: int | None, micro_batch: int | None,
@@ -43,7 +48,8 @@ def resolve_shape(target: str, seq_len: int | None, micro_batch: int | None,
         if overrides:
             gcfg = GPTConfig.from_dict({**gcfg.to_dict(), **overrides})
         return Shape(Path(target).stem, gcfg, seq_len or cfg.plan.seq_len,
-                     micro_batch or cfg.runtime.micro_batch)
+                     micro_batch or cfg.runtime.micro_batch, cfg.runtime.precision,
+                     cfg.runtime.zero_stage)
     gcfg = GPTConfig.from_name(target, **overrides)
     return Shape(target, gcfg, seq_len or gcfg.n_positions, micro_batch or 1)
 
@@ -66,41 +72,91 @@ def _hf_model(cfg: GPTConfig):
 
 
 class _Runner:
-    """One model + AdamW + a step function; records step times."""
+    """One model, its optimizer and a step function; records step times."""
 
-    def __init__(self, name: str, model: torch.nn.Module, device: torch.device, bf16: bool,
-                 compile_: bool, hf: bool):
-        self.name, self.device, self.bf16, self.hf = name, device, bf16, hf
-        self.model = model.to(device).train()
-        # the trainer's CPU/GPU optimizer (fused AdamW), identical for both models
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95),
-                                     weight_decay=0.1, fused=True)
-        self.fwd = torch.compile(self.model) if compile_ else self.model
+    name = "?"
+
+    def __init__(self, device: torch.device):
+        self.device = device
         self.times: list[float] = []
         self.peak_mem = 0
 
-    def _loss(self, x, y):
-        if self.hf:  # the labels are already shifted: take HF's logits, same fp32 loss as ours
-            logits = self.fwd(input_ids=x).logits
-            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
-        return self.fwd(x, y)[1]
+    def _step(self, x, y) -> torch.Tensor:
+        raise NotImplementedError
 
     def step(self, x, y, timed: bool) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = self._loss(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        loss = self._step(x, y)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         if timed:
             self.times.append(dt)
         return float(loss.detach())
+
+
+class _EngineRunner(_Runner):
+    """cgpt: the trainer's DeepSpeed engine (bf16 = bf16 weights, fp32 master weights and
+    gradient accumulation under ZeRO-1; the fused loss of cgpt.model.fused_ce)."""
+
+    name = "cgpt"
+
+    def __init__(self, cfg: GPTConfig, device: torch.device, precision: str, zero_stage: int,
+                 micro_batch: int, compile_: bool):
+        import deepspeed
+        from deepspeed.utils import logger as ds_logger
+
+        from .batch import split_batch
+        from .distributed import init_distributed
+        from .ds_config import engine_config, make_adamw, skip_single_process_allreduce
+
+        super().__init__(device)
+        ds_logger.setLevel(logging.WARNING)
+        dist = init_distributed(device.type)
+        if dist.world_size != 1:
+            raise CgptError("cgpt bench runs in one process; start it without a launcher")
+        model = GPT(cfg)
+        opt = make_adamw(model, 1e-4, (0.9, 0.95), 1e-8, 0.1, device.type)
+        ds = engine_config(split_batch(micro_batch, 1, micro_batch), 1.0, zero_stage,
+                           precision)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
+        skip_single_process_allreduce(self.engine, dist.world_size)
+        if compile_:
+            self.engine.compile()
+
+    def _step(self, x, y):
+        _, loss = self.engine(x, y)
+        self.engine.backward(loss)
+        self.engine.step()
+        return loss
+
+
+class _HFRunner(_Runner):
+    """transformers.GPT2LMHeadModel in the plain loop (HF Trainer's: autocast for bf16)."""
+
+    name = "transformers"
+
+    def __init__(self, cfg: GPTConfig, device: torch.device, precision: str, compile_: bool):
+        from .ds_config import make_adamw
+
+        super().__init__(device)
+        self.model = _hf_model(cfg).to(device).train()
+        self.bf16 = precision == "bf16"
+        self.opt = make_adamw(self.model, 1e-4, (0.9, 0.95), 1e-8, 0.1, device.type)
+        self.fwd = torch.compile(self.model) if compile_ else self.model
+
+    def _step(self, x, y):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.fwd(input_ids=x).logits
+            # the labels are already shifted; fp32 loss as HF's own loss function computes it
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss
 
 
 def _peak_memory(device: torch.device) -> int:
@@ -125,8 +181,11 @@ def _report(r: _Runner, shape: Shape, peak: float | None) -> dict:
 def bench(target: str = "111M", steps: int = 10, warmup: int = 2, seq_len: int | None = None,
           micro_batch: int | None = None, compare_hf: bool = False, compile_: bool = False,
           device: str = "auto", precision: str = "auto", n_layer: int | None = None,
-          seed: int = 0) -> dict:
-    """Time `steps` training steps (after `warmup`); returns a JSON-ready dict."""
+          zero_stage: int | None = None, seed: int = 0) -> dict:
+    """Time `steps` training steps (after `warmup`); returns a JSON-ready dict.
+
+    precision/zero_stage "auto"/None: the run config's (a size: bf16, ZeRO-1, as
+    ``cgpt train``'s defaults)."""
     from .devices import detect_peak_flops
 
     if steps < 1 or warmup < 0:
@@ -135,18 +194,24 @@ def bench(target: str = "111M", steps: int = 10, warmup: int = 2, seq_len: int |
                                                       torch.cuda.is_available()) else "cpu")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CgptError("--device cuda but no CUDA GPU is visible")
-    bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
     shape = resolve_shape(target, seq_len, micro_batch, n_layer)
+    prec = shape.precision if precision == "auto" else precision
+    if prec not in ("bf16", "fp32"):
+        raise CgptError(f"cgpt bench times bf16 or fp32 steps, not {prec}: "
+                        "pass --precision bf16 or fp32")
+    stage = shape.zero_stage if zero_stage is None else zero_stage
+    if stage not in (0, 1, 2, 3):
+        raise CgptError(f"--zero-stage must be 0, 1, 2 or 3, got {stage}")
     if shape.seq_len > shape.config.n_positions:
         raise CgptError(f"seq_len {shape.seq_len} exceeds the model's n_positions "
                         f"{shape.config.n_positions}")
     torch.manual_seed(seed)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    runners = [_Runner("cgpt", GPT(shape.config), dev, bf16, compile_, hf=False)]
+    runners: list[_Runner] = [_EngineRunner(shape.config, dev, prec, stage, shape.micro_batch,
+                                            compile_)]
     if compare_hf:
-        runners.append(_Runner("transformers", _hf_model(shape.config), dev, bf16, compile_,
-                               hf=True))
+        runners.append(_HFRunner(shape.config, dev, prec, compile_))
     g = torch.Generator().manual_seed(seed)
     V = shape.config.vocab_size
     batch = torch.randint(0, V, (shape.micro_batch, shape.seq_len + 1), generator=g).to(dev)
@@ -162,7 +227,7 @@ def bench(target: str = "111M", steps: int = 10, warmup: int = 2, seq_len: int |
     out = {"shape": shape.name, "n_layer": shape.config.n_layer, "n_embd": shape.config.n_embd,
            "n_head": shape.config.n_head, "vocab_size": V, "params": num_params(shape.config),
            "seq_len": shape.seq_len, "micro_batch": shape.micro_batch, "device": _dev_name(dev),
-           "precision": "bf16" if bf16 else "fp32", "compile": compile_,
+           "precision": prec, "zero_stage": stage, "compile": compile_,
            "peak_flops": peak, "results": [_report(r, shape, peak) for r in runners],
            "final_loss": losses}
     if compare_hf:
@@ -179,7 +244,8 @@ def _dev_name(dev: torch.device) -> str:
 
 def format_report(r: dict) -> str:
     lines = [f"{r['shape']}: {r['params'] / 1e6:.1f}M params, L={r['n_layer']} d={r['n_embd']}, "
-             f"seq {r['seq_len']} x micro-batch {r['micro_batch']}, {r['precision']}"
+             f"seq {r['seq_len']} x micro-batch {r['micro_batch']}, {r['precision']}, "
+             f"ZeRO-{r['zero_stage']}"
              f"{', compiled' if r['compile'] else ''} on {r['device']}"]
     for m in r["results"]:
         mfu = f"{m['mfu']:.1%}" if m["mfu"] is not None else "n/a"

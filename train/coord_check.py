@@ -124,6 +124,7 @@ def measure_width(cfg: GPTConfig, data_batches, lr: float, seed: int) -> dict[st
     """Mean |x| per layer at steps 0..len(data_batches)-1 (step t = after t updates)."""
     torch.manual_seed(seed)
     model = GPT(cfg)
+    model.fused_loss = False  # the "logits" hook reads the model's logits output
     opt = make_optimizer(model, lr)
     rec: dict[str, list[float]] = {n: [] for n in layer_names(cfg.n_layer)}
 

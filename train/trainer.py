@@ -33,7 +33,8 @@ from cgpt.model.errors import CgptError
 from . import checkpoint as ckpt
 from .batch import BatchSplit, split_batch
 from .distributed import DistInfo, all_max, all_sum, barrier, init_distributed, resolve_device
-from .ds_config import build_ds_config, build_optimizer, check_precision, save_ds_config
+from .ds_config import (build_ds_config, build_optimizer, check_precision, save_ds_config,
+                        skip_single_process_allreduce)
 from .metrics import MetricsLogger, Throughput, plot_loss, truncate_metrics
 from .runconfig import RunConfig, write_text_atomic
 from .schedule import global_batch_at, lr_at, tokens_before
@@ -177,6 +178,7 @@ def _build_engine(run: Run):
     if run.dist.is_main:
         save_ds_config(ds, run.run_dir / "ds_config.json")
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
+    skip_single_process_allreduce(engine, run.dist.world_size)
     if cfg.runtime.compile:
         engine.compile()
     return engine, optimizer
