@@ -28,8 +28,9 @@ def test_bench_json_side_by_side(tiny_yaml, capsys):
     assert cli_main(["bench", str(tiny_yaml), "--steps", "3", "--warmup", "1", "--hf",
                      "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert (r["seq_len"], r["micro_batch"], r["device"][:3], r["precision"]) == (64, 4, "cpu",
-                                                                                "fp32")
+    # the run config's defaults, as cgpt train: bf16 on DeepSpeed ZeRO-1
+    assert (r["seq_len"], r["micro_batch"], r["device"][:3], r["precision"],
+            r["zero_stage"]) == (64, 4, "cpu", "bf16", 1)
     ours, hf = r["results"]
     assert (ours["model"], hf["model"]) == ("cgpt", "transformers")
     for m in (ours, hf):
@@ -43,10 +44,11 @@ def test_bench_json_side_by_side(tiny_yaml, capsys):
     assert all(5.5 < v < 7.0 for v in r["final_loss"].values())
 
 
-def test_bench_text_and_bad_input(tiny_yaml, capsys):
-    assert cli_main(["bench", str(tiny_yaml), "--steps", "1", "--warmup", "0"]) == 0
+def test_bench_text_fp32_and_bad_input(tiny_yaml, capsys):
+    assert cli_main(["bench", str(tiny_yaml), "--steps", "1", "--warmup", "0", "--precision",
+                     "fp32", "--zero-stage", "0"]) == 0
     out = capsys.readouterr().out
-    assert "tok/s" in out and "cgpt" in out and "MFU" in out
+    assert "tok/s" in out and "cgpt" in out and "MFU" in out and "fp32, ZeRO-0" in out
     assert cli_main(["bench", "7B-typo", "--steps", "1"]) == 2
     assert "error" in capsys.readouterr().err
     assert cli_main(["bench", str(tiny_yaml), "--seq-len", "128"]) == 2

@@ -98,3 +98,26 @@ def test_sigterm_saves_and_resume_matches(tmp_path, data):
     straight = _train(d, out_dir=str(tmp_path / "straight"), max_steps=upto)
     assert resumed["steps"] == straight["steps"] == upto
     assert losses(tmp_path / "run") == losses(tmp_path / "straight")
+
+
+def test_bf16_zero1_trains_and_resumes_exactly(tmp_path, data):
+    """The default precision (bf16, ZeRO-1): DeepSpeed's BF16_Optimizer with fp32 gradient
+    accumulation and master weights; its checkpoint resumes to the same losses."""
+    import json
+
+    k = 6
+    d = make_cfg(tmp_path, data, steps=2 * k, batch=8, micro_batch=2, precision="bf16",
+                 zero_stage=1, save_every=k, eval_every=k)
+    _train(d, out_dir=str(tmp_path / "straight"))
+    ds = json.loads((tmp_path / "straight" / "ds_config.json").read_text())
+    assert ds["data_types"] == {"grad_accum_dtype": "fp32"} and ds["bf16"]["enabled"]
+    a = losses(tmp_path / "straight")
+    assert a[-1] < a[0] - 0.5  # it learns
+    from cgpt.train.metrics import read_metrics
+
+    norms = [r["grad_norm"] for r in read_metrics(tmp_path / "straight" / "metrics.jsonl")
+             if "grad_norm" in r]
+    assert norms and all(n is not None and n > 0 for n in norms)
+    _train(d, max_steps=k)
+    _train(d, resume=True)
+    assert losses(tmp_path / "run") == a

@@ -13,7 +13,6 @@ None on CPU.
 
 from __future__ import annotations
 
-import logging
 import statistics
 import time
 from dataclasses import dataclass
@@ -105,15 +104,11 @@ class _EngineRunner(_Runner):
 
     def __init__(self, cfg: GPTConfig, device: torch.device, precision: str, zero_stage: int,
                  micro_batch: int, compile_: bool):
-        import deepspeed
-        from deepspeed.utils import logger as ds_logger
-
         from .batch import split_batch
         from .distributed import init_distributed
-        from .ds_config import engine_config, make_adamw, skip_single_process_allreduce
+        from .ds_config import engine_config, initialize_engine, make_adamw
 
         super().__init__(device)
-        ds_logger.setLevel(logging.WARNING)
         dist = init_distributed(device.type)
         if dist.world_size != 1:
             raise CgptError("cgpt bench runs in one process; start it without a launcher")
@@ -121,8 +116,7 @@ class _EngineRunner(_Runner):
         opt = make_adamw(model, 1e-4, (0.9, 0.95), 1e-8, 0.1, device.type)
         ds = engine_config(split_batch(micro_batch, 1, micro_batch), 1.0, zero_stage,
                            precision)
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
-        skip_single_process_allreduce(self.engine, dist.world_size)
+        self.engine = initialize_engine(model, opt, ds, dist.world_size)
         if compile_:
             self.engine.compile()
 

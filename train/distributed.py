@@ -8,8 +8,11 @@ CPU runs use the gloo backend, CUDA runs nccl.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +38,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class _CurrentStderr:
+    """A stream that writes to whatever sys.stderr is at the time (it may be swapped)."""
+
+    def write(self, s: str) -> int:
+        return sys.stderr.write(s)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def import_deepspeed():
+    """Import DeepSpeed with its log lines on stderr at WARNING and above: they are
+    diagnostics, and stdout stays clean for `--json` output and our own console."""
+    with contextlib.redirect_stdout(sys.stderr):  # a first import logs while it loads
+        import deepspeed
+        from deepspeed.utils import logger
+    logger.setLevel(logging.WARNING)
+    for h in logger.handlers:
+        if type(h) is logging.StreamHandler and not isinstance(h.stream, _CurrentStderr):
+            h.setStream(_CurrentStderr())
+    return deepspeed
+
+
 def resolve_device(requested: str) -> str:
     """'cuda' or 'cpu' for runtime.device ('auto' picks CUDA when present)."""
     has_cuda = torch.cuda.is_available()
@@ -54,10 +80,11 @@ def init_distributed(device: str) -> DistInfo:
     local_rank = int(os.environ["LOCAL_RANK"])
     if device == "cuda":
         torch.cuda.set_device(local_rank)
-    import deepspeed  # imported here: slow, and only the trainer needs it
+    deepspeed = import_deepspeed()  # imported here: slow, and only the trainer needs it
 
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
+        with contextlib.redirect_stdout(sys.stderr):  # it prints its comm extension's build
+            deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
     dev = torch.device("cuda", local_rank) if device == "cuda" else torch.device("cpu")
     return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(),
                     local_rank, dev)

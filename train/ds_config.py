@@ -9,8 +9,11 @@ Weight decay: matrices (attention, MLP, embeddings) decay, biases and LayerNorm 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import sys
 
 import torch
 
@@ -63,6 +66,23 @@ def engine_config(split: BatchSplit, grad_clip: float, zero_stage: int, precisio
     if precision == "fp16":
         ds["fp16"].update(loss_scale=0, initial_scale_power=16)  # dynamic loss scaling
     return ds
+
+
+def initialize_engine(model: torch.nn.Module, optimizer, ds: dict, world_size: int):
+    """deepspeed.initialize, with the memory reports DeepSpeed prints unconditionally while
+    it builds a bf16 optimizer kept off the console (shown only if building fails)."""
+    from .distributed import import_deepspeed
+
+    deepspeed = import_deepspeed()
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
+    except BaseException:
+        sys.stderr.write(out.getvalue())
+        raise
+    skip_single_process_allreduce(engine, world_size)
+    return engine
 
 
 def skip_single_process_allreduce(engine, world_size: int) -> None:

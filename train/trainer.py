@@ -15,7 +15,6 @@ non-finite loss stops every rank before it can reach weights or checkpoints.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import random
@@ -33,8 +32,8 @@ from cgpt.model.errors import CgptError
 from . import checkpoint as ckpt
 from .batch import BatchSplit, split_batch
 from .distributed import DistInfo, all_max, all_sum, barrier, init_distributed, resolve_device
-from .ds_config import (build_ds_config, build_optimizer, check_precision, save_ds_config,
-                        skip_single_process_allreduce)
+from .ds_config import (build_ds_config, build_optimizer, check_precision, initialize_engine,
+                        save_ds_config)
 from .metrics import MetricsLogger, Throughput, plot_loss, truncate_metrics
 from .runconfig import RunConfig, write_text_atomic
 from .schedule import global_batch_at, lr_at, tokens_before
@@ -164,10 +163,6 @@ def _seed_everything(seed: int) -> None:
 
 
 def _build_engine(run: Run):
-    import deepspeed
-    from deepspeed.utils import logger as ds_logger
-
-    ds_logger.setLevel(logging.WARNING)
     cfg, dev = run.cfg, run.dist.device.type
     _seed_everything(cfg.runtime.seed)
     model = GPT(cfg.model.build())
@@ -177,8 +172,7 @@ def _build_engine(run: Run):
     ds = build_ds_config(cfg, first)
     if run.dist.is_main:
         save_ds_config(ds, run.run_dir / "ds_config.json")
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
-    skip_single_process_allreduce(engine, run.dist.world_size)
+    engine = initialize_engine(model, optimizer, ds, run.dist.world_size)
     if cfg.runtime.compile:
         engine.compile()
     return engine, optimizer
