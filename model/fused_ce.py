@@ -20,10 +20,15 @@ IGNORE = -1  # target value that contributes nothing (as F.cross_entropy(ignore_
 # of bf16 (measured on 2 CPU cores, bf16, V = 50,257: 1.3-1.4x faster than the usual
 # loss, forward + backward; 2^21 and 2^23 were slower)
 BLOCK_ELEMENTS = 2**22
+# on a GPU the blocks are for memory, not cache: few large matmuls and kernel launches;
+# 2^27 logits is a 512 MiB fp32 block (the usual loss holds all N x V in fp32: 6 GiB at
+# 111M, micro-batch 15). Not yet timed on a GPU.
+BLOCK_ELEMENTS_GPU = 2**27
 
 
-def _block_rows(vocab: int) -> int:
-    return max(16, BLOCK_ELEMENTS // vocab)
+def _block_rows(vocab: int, device: torch.device) -> int:
+    per_block = BLOCK_ELEMENTS if device.type == "cpu" else BLOCK_ELEMENTS_GPU
+    return max(16, per_block // vocab)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -35,7 +40,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         count = valid.sum().clamp_min(1).to(torch.float32)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         glog = torch.empty((N, V), dtype=x.dtype, device=x.device) if need_grad else None
-        rows = _block_rows(V)
+        rows = _block_rows(V, x.device)
         for s in range(0, N, rows):
             e = min(s + rows, N)
             # one fused pass from the block's logits (input dtype) to fp32 log-probabilities
@@ -62,6 +67,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
+@torch.compiler.disable  # torch.compile of the model: a graph break here, the op runs eager
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor,
                          targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of ``x @ weight.T`` against ``targets`` (-1 = ignore).

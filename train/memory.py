@@ -113,11 +113,14 @@ def estimate_memory(cfg, seq_len: int, micro_batch: int, zero_stage: int = 1,
                     overhead: bool = True) -> MemoryEstimate:
     """Peak bytes per GPU for one training step of GPT(cfg).
 
-    The peak is the larger of two moments: the start of backward (every kept activation,
-    the logits, their fp32 log-softmax and its two fp32 gradients) and backward through a
-    block (the logits' softmax state freed; one block recomputed under checkpointing plus
-    its gradients in flight).
+    The peak is the larger of two moments: the loss (every kept activation, the (N, V)
+    logits gradient the fused loss keeps in the activation dtype, and one block of logits
+    with its fp32 log-probabilities, cgpt.model.fused_ce) and backward through a block (the
+    logits gradient freed; one block recomputed under checkpointing plus its gradients in
+    flight).
     """
+    from cgpt.model.fused_ce import BLOCK_ELEMENTS_GPU
+
     act_bytes = _STATE_BYTES.get(precision, (2,))[0]
     w, g, o = state_bytes(num_params(cfg), zero_stage, data_parallel, precision)
     s, b, h = seq_len, micro_batch, cfg.n_embd
@@ -128,13 +131,14 @@ def estimate_memory(cfg, seq_len: int, micro_batch: int, zero_stage: int = 1,
         blocks = cfg.n_layer * layer
     kept = blocks + head_bytes(cfg, s, b, act_bytes)
     svb = s * b * cfg.vocab_size
-    at_head = svb * (act_bytes + 4 + 4 + 4)  # logits, fp32 log-softmax, two fp32 gradients
+    block = min(svb, max(16, BLOCK_ELEMENTS_GPU // cfg.vocab_size) * cfg.vocab_size)
+    at_head = svb * act_bytes + block * (act_bytes + 4)  # gradient; block logits, fp32 logp
     grads_in_flight = s * b * (2 * (cfg.n_inner or 4 * h) + 2 * h) * act_bytes
     in_block = grads_in_flight + (layer if activation_checkpointing else 0)
-    if at_head >= svb * act_bytes + in_block:
+    if at_head >= in_block:
         acts, logits = kept, at_head
     else:
-        acts, logits = kept + in_block, svb * act_bytes
+        acts, logits = kept + in_block, 0
     rest = w + g + o + acts + logits
     extra = int(FIXED_OVERHEAD + FRAGMENTATION * rest) if overhead else 0
     return MemoryEstimate(w, g, o, int(acts), int(logits), extra, micro_batch, zero_stage,
