@@ -101,10 +101,6 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
     return _reduce(values, torch.distributed.ReduceOp.SUM, device)
 
 
-def all_max(values: list[float], device: torch.device) -> list[float]:
-    return _reduce(values, torch.distributed.ReduceOp.MAX, device)
-
-
 def barrier() -> None:
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.barrier()

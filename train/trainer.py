@@ -31,7 +31,7 @@ from cgpt.model.errors import CgptError
 
 from . import checkpoint as ckpt
 from .batch import BatchSplit, split_batch
-from .distributed import DistInfo, all_max, all_sum, barrier, init_distributed, resolve_device
+from .distributed import DistInfo, all_sum, barrier, init_distributed, resolve_device
 from .ds_config import (build_ds_config, build_optimizer, check_precision, initialize_engine,
                         save_ds_config)
 from .metrics import MetricsLogger, Throughput, plot_loss, truncate_metrics
@@ -61,7 +61,10 @@ class Run:
 def _check_data(cfg: RunConfig):
     from .shards import check_vocab, open_token_data
 
-    data = open_token_data(cfg.data.path)
+    # one process per node reads every byte for the sha256 check; the others check sizes (a
+    # failure there exits that rank, and the launcher then stops the rest)
+    local_main = os.environ.get("LOCAL_RANK", "0") == "0"
+    data = open_token_data(cfg.data.path, verify=True if local_main else "size")
     tokenizer = None
     if cfg.data.tokenizer:
         try:
@@ -207,8 +210,10 @@ def _grad_norm(engine) -> float | None:
     return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in ps]))) if ps else None
 
 
-def _train_step(run: Run, engine, optimizer, loader, step: int) -> tuple[float, float | None]:
-    """One optimizer step; returns (global mean loss, grad norm)."""
+def _train_step(run: Run, engine, optimizer, loader, step: int,
+                stopping: bool = False) -> tuple[float, float | None, bool]:
+    """One optimizer step; returns (global mean loss, grad norm, whether any rank was asked
+    to stop). The stop flags ride on the loss all-reduce: one collective per step."""
     cfg, dev = run.cfg, run.dist.device
     G = global_batch_at(cfg.plan, step)
     if engine.train_batch_size() != G:  # a new batch phase: same micro-batch, new accumulation
@@ -224,17 +229,17 @@ def _train_step(run: Run, engine, optimizer, loader, step: int) -> tuple[float, 
         _, loss = engine(x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
         acc += loss.detach().double()
         if last:  # every rank sees the same global loss before the update
-            s, n = all_sum([acc.item(), len(micro)], dev)
+            s, n, stops = all_sum([acc.item(), len(micro), float(stopping)], dev)
             mean = s / n
             if not math.isfinite(mean):
-                return mean, None
+                return mean, None, stops > 0
         engine.backward(loss)
         if last and cfg.runtime.zero_stage == 0 and cfg.runtime.precision == "fp32":
             norm = _grad_norm(engine)  # DeepSpeed does not report it for a plain optimizer
         engine.step()
     gn = engine.get_global_grad_norm()
     norm = float(gn) if gn is not None else norm
-    return mean, norm
+    return mean, norm, stops > 0
 
 
 @torch.no_grad()
@@ -310,7 +315,8 @@ class _Loop:
         tp, avg_dt = Throughput(fpt, detect_peak_flops()), None
         while self.step < self.end:
             t0 = time.perf_counter()
-            loss, norm = _train_step(self.run, self.engine, self.opt, self.loader, self.step)
+            loss, norm, stopping = _train_step(self.run, self.engine, self.opt, self.loader,
+                                               self.step, stop.signal is not None)
             if not math.isfinite(loss):
                 raise _diverged(self.run, loss, self.step, self.saved)
             lr = lr_at(cfg.plan, self.step)
@@ -327,7 +333,7 @@ class _Loop:
                 self.eval()
             if rt.save_every and self.step % rt.save_every == 0:
                 self.save()
-            if all_max([1.0 if stop.signal else 0.0], self.run.dist.device)[0] > 0:
+            if stopping:  # a signal seen by any rank before this step's loss all-reduce
                 self.save()
                 return "preempted"
             tp.reset()
