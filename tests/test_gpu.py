@@ -39,3 +39,26 @@ def test_bf16_deepspeed_training_on_cuda(tmp_path):
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert torch.cuda.max_memory_allocated() > 0
+
+
+@pytest.mark.gpu
+def test_fused_loss_on_cuda_matches_plain_loss():
+    """The GPU block size (cgpt.model.fused_ce.BLOCK_ELEMENTS_GPU): several blocks at bf16."""
+    import torch.nn.functional as F
+
+    from cgpt.model import fused_ce
+
+    torch.manual_seed(0)
+    n, V, d = 8192, 50257, 256  # 3 blocks of 2670 rows
+    x = torch.randn(n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(V, d, device="cuda") * 0.05).bfloat16().requires_grad_()
+    y = torch.randint(0, V, (n,), device="cuda")
+    fused = fused_ce.linear_cross_entropy(x, w, y)
+    fused.backward()
+    gx, gw = x.grad.float(), w.grad.float()
+    x.grad = w.grad = None
+    plain = F.cross_entropy((x.float() @ w.float().t()), y)
+    plain.backward()
+    assert abs(fused.item() - plain.item()) < 1e-2
+    assert (gx - x.grad.float()).abs().max() < 2e-2 * x.grad.float().abs().max()
+    assert (gw - w.grad.float()).abs().max() < 2e-2 * w.grad.float().abs().max()
