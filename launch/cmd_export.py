@@ -35,6 +35,9 @@ def register(subparsers) -> None:
     p.add_argument("--tokenizer", metavar="DIR", help="HF tokenizer folder to include")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="cast weights (default: as stored)")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+                   help="split the weights into shards of at most SIZE (e.g. 2GB, 500MB) with "
+                        "model.safetensors.index.json, as save_pretrained does (default 5GB)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip loading the export with transformers and comparing logits")
     p.set_defaults(func=run_export)
@@ -120,7 +123,8 @@ def run_export(args) -> int:
     if tokenizer is None:
         print(f"cgpt export: note: no tokenizer found for {src}; exporting the model only "
               "(pass --tokenizer DIR)", file=sys.stderr)
-    export_hf(model, out, tokenizer_dir=tokenizer, verify=args.verify, force=args.force)
+    export_hf(model, out, tokenizer_dir=tokenizer, verify=args.verify, force=args.force,
+              max_shard_size=args.max_shard_size)
     size = sum(f.stat().st_size for f in out.iterdir())
     print(f"exported {model_file} -> {out} ({model.num_params():,} params, "
           f"{next(model.parameters()).dtype}, {size / 1e6:.1f} MB, "

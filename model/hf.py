@@ -32,6 +32,8 @@ from .io import (
 # of GPT2LMHeadModel; the tied lm_head.weight is handled apart (absent when tied).
 # HF keeps these four as Conv1D, weight (in, out): transposed relative to our nn.Linear.
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# shard above this, as huggingface_hub / save_pretrained: 13B fp32 (52 GB) is 11 shards
+DEFAULT_SHARD_SIZE = "5GB"
 _BLOCK = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
           "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
           "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
@@ -249,11 +251,13 @@ def _export_state(model: GPT) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def export_hf(model: GPT, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
-              verify: bool = True, force: bool = False) -> Path:
+              verify: bool = True, force: bool = False,
+              max_shard_size: int | str = DEFAULT_SHARD_SIZE) -> Path:
     """Write ``out_dir`` as a transformers GPT2LMHeadModel folder (weights in the model's dtype).
 
-    config.json, generation_config.json, model.safetensors, and the tokenizer files of
-    ``tokenizer_dir``. With ``verify`` (and transformers importable) the written folder is
+    config.json, generation_config.json, model.safetensors (or, above ``max_shard_size``,
+    model-0000K-of-0000N.safetensors shards with model.safetensors.index.json, as
+    ``save_pretrained`` writes them), and the tokenizer files of ``tokenizer_dir``. With ``verify`` (and transformers importable) the written folder is
     loaded back and its logits compared with ``model``'s; a mismatch raises CgptError and
     nothing is left at ``out_dir``.
     """
@@ -270,7 +274,7 @@ def export_hf(model: GPT, out_dir: str | os.PathLike, tokenizer_dir: str | os.Pa
     gen = {"_from_model_config": True, "bos_token_id": config["bos_token_id"],
            "eos_token_id": config["eos_token_id"]}
     with atomic_dir(out_dir, force) as tmp:
-        save_file_atomic(hf_sd, tmp / "model.safetensors", {"format": "pt"})
+        _save_weights(hf_sd, tmp, max_shard_size)
         del hf_sd
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "generation_config.json", gen)
@@ -282,6 +286,22 @@ def export_hf(model: GPT, out_dir: str | os.PathLike, tokenizer_dir: str | os.Pa
             else:
                 warnings.warn("transformers is not installed: the export was not verified")
     return Path(out_dir)
+
+
+def _save_weights(hf_sd: dict[str, torch.Tensor], folder: Path,
+                  max_shard_size: int | str) -> None:
+    """One model.safetensors, or shards + index (huggingface_hub's split, HF's file names)."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    try:
+        split = split_torch_state_dict_into_shards(hf_sd, max_shard_size=max_shard_size)
+    except ValueError as e:  # an unparsable size such as "5 gigs"
+        raise CgptError(f"max shard size {max_shard_size!r}: {e}") from None
+    for filename, names in split.filename_to_tensors.items():
+        save_file_atomic({n: hf_sd[n] for n in names}, folder / filename, {"format": "pt"})
+    if split.is_sharded:
+        _write_json(folder / "model.safetensors.index.json",
+                    {"metadata": split.metadata, "weight_map": split.tensor_to_filename})
 
 
 def _write_json(path: Path, obj: dict) -> None:

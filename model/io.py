@@ -33,9 +33,13 @@ WTE = "transformer.wte.weight"
 
 # ---- reading ------------------------------------------------------------------------------
 def _looks_like_pickle(path: Path) -> bool:
-    """torch.save writes a zip ('PK') or a raw pickle (protocol byte 0x80)."""
+    """torch.save writes a zip ('PK') or a raw pickle (protocol byte 0x80). A safetensors
+    file starts with its header's length (u64, little-endian), whose first byte may be
+    0x80 too, then the JSON header's '{'."""
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(9)
+    if head[8:9] == b"{":
+        return False
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 

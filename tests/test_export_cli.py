@@ -104,3 +104,49 @@ def test_import_foreign_model_is_refused(tmp_path):
     r = run_cli("import-hf", folder, tmp_path / "out.safetensors")
     assert r.returncode == 2 and "model_type is 'llama'" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_sharded_export_loads_in_transformers_and_imports_back(tmp_path, capsys):
+    """Above --max-shard-size the weights are split as save_pretrained splits them; the
+    export verifies itself through transformers, and import-hf reads the shards back."""
+    model = tiny(seed=3)
+    save_model(model, tmp_path / "m.safetensors")
+    assert main(["export", str(tmp_path / "m.safetensors"), str(tmp_path / "hf"),
+                 "--max-shard-size", "20KB"]) == 0
+    assert "verified against transformers" in capsys.readouterr().out
+    files = sorted(os.listdir(tmp_path / "hf"))
+    shards = [f for f in files if f.startswith("model-")]
+    assert len(shards) > 2 and "model.safetensors" not in files
+    index = json.loads((tmp_path / "hf/model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == shards
+    from safetensors import safe_open
+
+    total = 0
+    for f in shards:
+        with safe_open(tmp_path / "hf" / f, "pt") as sf:
+            tensors = [sf.get_tensor(k) for k in sf.keys()]
+        data = sum(t.numel() * t.element_size() for t in tensors)
+        total += data
+        assert data <= 20_000 or len(tensors) == 1  # only a tensor above the limit stands alone
+    assert index["metadata"]["total_size"] == total
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "back.safetensors")]) == 0
+    assert_bit_identical(model, load_model(tmp_path / "back.safetensors"))
+    assert main(["export", str(tmp_path / "m.safetensors"), str(tmp_path / "bad"),
+                 "--max-shard-size", "5 gigs"]) == 2
+    assert "max shard size" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_safetensors_header_length_starting_0x80_is_not_taken_for_a_pickle(tmp_path):
+    from safetensors.torch import save_file
+
+    from cgpt.model.io import read_safetensors
+
+    for n in range(1, 200):  # grow a metadata value until the header length is 0x80 mod 256
+        p = tmp_path / "t.safetensors"
+        save_file({"w": torch.zeros(2)}, p, metadata={"k": "x" * n})
+        if p.read_bytes()[0] == 0x80:
+            break
+    assert p.read_bytes()[0] == 0x80
+    tensors, meta = read_safetensors(p)
+    assert meta["k"] == "x" * n and torch.equal(tensors["w"], torch.zeros(2))
