@@ -25,6 +25,9 @@ def register(sub) -> None:
                    help="override the number of layers (quick runs of a wide model)")
     p.add_argument("--hf", "--compare-hf", dest="compare_hf", action="store_true",
                    help="also run transformers.GPT2LMHeadModel side by side and print the ratio")
+    p.add_argument("--hf-deepspeed", action="store_true",
+                   help="with --hf: run transformers in the same DeepSpeed engine as ours "
+                        "instead of HF Trainer's loop (compares the two models alone)")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
@@ -42,6 +45,6 @@ def _run(args) -> int:
     r = bench(args.target, steps=args.steps, warmup=args.warmup, seq_len=args.seq_len,
               micro_batch=args.micro_batch, compare_hf=args.compare_hf, compile_=args.compile,
               device=args.device, precision=args.precision, n_layer=args.n_layer,
-              zero_stage=args.zero_stage)
+              zero_stage=args.zero_stage, hf_deepspeed=args.hf_deepspeed)
     print(json.dumps(r) if args.json else format_report(r))
     return 0

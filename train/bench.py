@@ -96,14 +96,27 @@ class _Runner:
         return float(loss.detach())
 
 
+class _HFWithLoss(torch.nn.Module):
+    """GPT2LMHeadModel with our (model, targets) -> (logits, loss) call, for the engine."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, x, y):
+        logits = self.hf(input_ids=x).logits
+        return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+
+
 class _EngineRunner(_Runner):
     """cgpt: the trainer's DeepSpeed engine (bf16 = bf16 weights, fp32 master weights and
-    gradient accumulation under ZeRO-1; the fused loss of cgpt.model.fused_ce)."""
+    gradient accumulation under ZeRO-1; the fused loss of cgpt.model.fused_ce). With
+    ``hf`` the transformers model runs in the same engine instead."""
 
     name = "cgpt"
 
     def __init__(self, cfg: GPTConfig, device: torch.device, precision: str, zero_stage: int,
-                 micro_batch: int, compile_: bool):
+                 micro_batch: int, compile_: bool, hf: bool = False):
         from .batch import split_batch
         from .distributed import init_distributed
         from .ds_config import engine_config, initialize_engine, make_adamw
@@ -112,7 +125,9 @@ class _EngineRunner(_Runner):
         dist = init_distributed(device.type)
         if dist.world_size != 1:
             raise CgptError("cgpt bench runs in one process; start it without a launcher")
-        model = GPT(cfg)
+        model = _HFWithLoss(_hf_model(cfg)) if hf else GPT(cfg)
+        if hf:
+            self.name = "transformers"
         opt = make_adamw(model, 1e-4, (0.9, 0.95), 1e-8, 0.1, device.type)
         ds = engine_config(split_batch(micro_batch, 1, micro_batch), 1.0, zero_stage,
                            precision)
@@ -175,11 +190,12 @@ def _report(r: _Runner, shape: Shape, peak: float | None) -> dict:
 def bench(target: str = "111M", steps: int = 10, warmup: int = 2, seq_len: int | None = None,
           micro_batch: int | None = None, compare_hf: bool = False, compile_: bool = False,
           device: str = "auto", precision: str = "auto", n_layer: int | None = None,
-          zero_stage: int | None = None, seed: int = 0) -> dict:
+          zero_stage: int | None = None, hf_deepspeed: bool = False, seed: int = 0) -> dict:
     """Time `steps` training steps (after `warmup`); returns a JSON-ready dict.
 
     precision/zero_stage "auto"/None: the run config's (a size: bf16, ZeRO-1, as
-    ``cgpt train``'s defaults)."""
+    ``cgpt train``'s defaults). hf_deepspeed: the transformers model runs in the same
+    DeepSpeed engine as ours instead of HF Trainer's loop (compares the models alone)."""
     from .devices import detect_peak_flops
 
     if steps < 1 or warmup < 0:
@@ -204,7 +220,10 @@ def bench(target: str = "111M", steps: int = 10, warmup: int = 2, seq_len: int |
         torch.backends.cuda.matmul.allow_tf32 = True
     runners: list[_Runner] = [_EngineRunner(shape.config, dev, prec, stage, shape.micro_batch,
                                             compile_)]
-    if compare_hf:
+    if compare_hf and hf_deepspeed:
+        runners.append(_EngineRunner(shape.config, dev, prec, stage, shape.micro_batch,
+                                     compile_, hf=True))
+    elif compare_hf:
         runners.append(_HFRunner(shape.config, dev, prec, compile_))
     g = torch.Generator().manual_seed(seed)
     V = shape.config.vocab_size
@@ -222,6 +241,8 @@ def bench(target: str = "111M", steps: int = 10, warmup: int = 2, seq_len: int |
            "n_head": shape.config.n_head, "vocab_size": V, "params": num_params(shape.config),
            "seq_len": shape.seq_len, "micro_batch": shape.micro_batch, "device": _dev_name(dev),
            "precision": prec, "zero_stage": stage, "compile": compile_,
+           "reference_loop": ("deepspeed" if hf_deepspeed else "hf-trainer") if compare_hf
+           else None,
            "peak_flops": peak, "results": [_report(r, shape, peak) for r in runners],
            "final_loss": losses}
     if compare_hf:
@@ -247,5 +268,7 @@ def format_report(r: dict) -> str:
                      f"{m['step_ms']:>9.1f} ms  {m['tflops']:7.2f} TFLOP/s  MFU {mfu:>6}  "
                      f"peak mem {m['peak_memory_bytes'] / 2**30:6.2f} GiB")
     if "speedup_vs_hf" in r:
-        lines.append(f"  ours / transformers: {r['speedup_vs_hf']:.2f}x")
+        loop = ("both in the same DeepSpeed engine" if r["reference_loop"] == "deepspeed"
+                else "transformers in HF Trainer's loop")
+        lines.append(f"  ours / transformers: {r['speedup_vs_hf']:.2f}x ({loop})")
     return "\n".join(lines)
