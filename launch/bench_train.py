@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--hf-deepspeed", action="store_true",
                    help="with --hf: run transformers in the same DeepSpeed engine as ours "
                         "instead of HF Trainer's loop (compares the two models alone)")
+    p.add_argument("--plain-loss", dest="fused_loss", action="store_false",
+                   help="our model with the usual logits + F.cross_entropy loss instead of the "
+                        "fused one (cgpt.model.fused_ce), to measure what the fusion gives")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
@@ -45,6 +48,7 @@ def _run(args) -> int:
     r = bench(args.target, steps=args.steps, warmup=args.warmup, seq_len=args.seq_len,
               micro_batch=args.micro_batch, compare_hf=args.compare_hf, compile_=args.compile,
               device=args.device, precision=args.precision, n_layer=args.n_layer,
-              zero_stage=args.zero_stage, hf_deepspeed=args.hf_deepspeed)
+              zero_stage=args.zero_stage, hf_deepspeed=args.hf_deepspeed,
+              fused_loss=args.fused_loss)
     print(json.dumps(r) if args.json else format_report(r))
     return 0

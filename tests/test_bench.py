@@ -57,8 +57,8 @@ def test_bench_text_fp32_and_bad_input(tiny_yaml, capsys):
 
 def test_bench_hf_in_the_same_engine(tiny_yaml, capsys):
     assert cli_main(["bench", str(tiny_yaml), "--steps", "1", "--warmup", "1", "--hf",
-                     "--hf-deepspeed", "--json"]) == 0
+                     "--hf-deepspeed", "--plain-loss", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["reference_loop"] == "deepspeed"
+    assert r["reference_loop"] == "deepspeed" and r["fused_loss"] is False
     assert [m["model"] for m in r["results"]] == ["cgpt", "transformers"]
     assert all(5.5 < v < 7.0 for v in r["final_loss"].values())

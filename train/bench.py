@@ -116,7 +116,7 @@ class _EngineRunner(_Runner):
     name = "cgpt"
 
     def __init__(self, cfg: GPTConfig, device: torch.device, precision: str, zero_stage: int,
-                 micro_batch: int, compile_: bool, hf: bool = False):
+                 micro_batch: int, compile_: bool, hf: bool = False, fused_loss: bool = True):
         from .batch import split_batch
         from .distributed import init_distributed
         from .ds_config import engine_config, initialize_engine, make_adamw
@@ -128,6 +128,8 @@ class _EngineRunner(_Runner):
         model = _HFWithLoss(_hf_model(cfg)) if hf else GPT(cfg)
         if hf:
             self.name = "transformers"
+        else:
+            model.fused_loss = fused_loss
         opt = make_adamw(model, 1e-4, (0.9, 0.95), 1e-8, 0.1, device.type)
         ds = engine_config(split_batch(micro_batch, 1, micro_batch), 1.0, zero_stage,
                            precision)
@@ -190,7 +192,8 @@ def _report(r: _Runner, shape: Shape, peak: float | None) -> dict:
 def bench(target: str = "111M", steps: int = 10, warmup: int = 2, seq_len: int | None = None,
           micro_batch: int | None = None, compare_hf: bool = False, compile_: bool = False,
           device: str = "auto", precision: str = "auto", n_layer: int | None = None,
-          zero_stage: int | None = None, hf_deepspeed: bool = False, seed: int = 0) -> dict:
+          zero_stage: int | None = None, hf_deepspeed: bool = False, fused_loss: bool = True,
+          seed: int = 0) -> dict:
     """Time `steps` training steps (after `warmup`); returns a JSON-ready dict.
 
     precision/zero_stage "auto"/None: the run config's (a size: bf16, ZeRO-1, as
@@ -219,7 +222,7 @@ def bench(target: str = "111M", steps: int = 10, warmup: int = 2, seq_len: int |
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     runners: list[_Runner] = [_EngineRunner(shape.config, dev, prec, stage, shape.micro_batch,
-                                            compile_)]
+                                            compile_, fused_loss=fused_loss)]
     if compare_hf and hf_deepspeed:
         runners.append(_EngineRunner(shape.config, dev, prec, stage, shape.micro_batch,
                                      compile_, hf=True))
@@ -241,6 +244,7 @@ def bench(target: str = "111M", steps: int = 10, warmup: int = 2, seq_len: int |
            "n_head": shape.config.n_head, "vocab_size": V, "params": num_params(shape.config),
            "seq_len": shape.seq_len, "micro_batch": shape.micro_batch, "device": _dev_name(dev),
            "precision": prec, "zero_stage": stage, "compile": compile_,
+           "fused_loss": fused_loss,
            "reference_loop": ("deepspeed" if hf_deepspeed else "hf-trainer") if compare_hf
            else None,
            "peak_flops": peak, "results": [_report(r, shape, peak) for r in runners],
@@ -261,7 +265,8 @@ def format_report(r: dict) -> str:
     lines = [f"{r['shape']}: {r['params'] / 1e6:.1f}M params, L={r['n_layer']} d={r['n_embd']}, "
              f"seq {r['seq_len']} x micro-batch {r['micro_batch']}, {r['precision']}, "
              f"ZeRO-{r['zero_stage']}"
-             f"{', compiled' if r['compile'] else ''} on {r['device']}"]
+             f"{', compiled' if r['compile'] else ''}"
+             f"{'' if r['fused_loss'] else ', plain loss'} on {r['device']}"]
     for m in r["results"]:
         mfu = f"{m['mfu']:.1%}" if m["mfu"] is not None else "n/a"
         lines.append(f"  {m['model']:<13} {m['tokens_per_s']:>11,.0f} tok/s  step "
