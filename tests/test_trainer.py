@@ -234,3 +234,21 @@ def test_divergence_stops_without_saving(tmp_path, data, monkeypatch, capsys):
 
     assert [s for s, _ in ckpt.published(tmp_path / "run" / "checkpoints")] == [5]
     assert len(losses(tmp_path / "run")) == 7
+
+
+def test_zero3_partitioned_head_matches_zero0(tmp_path, data):
+    """The fused loss reads lm_head.weight outside lm_head's forward; under ZeRO-3 (weights
+    partitioned: 257 x 512 is above DeepSpeed's 1e5-element persistence threshold) DeepSpeed
+    must gather it there. Same losses as ZeRO-0."""
+    from cgpt.train.trainer import train
+
+    runs = {}
+    for stage in (3, 0):
+        d = make_cfg(tmp_path, data, steps=4, zero_stage=stage, save_every=0, eval_every=0,
+                     out_dir=str(tmp_path / f"z{stage}"))
+        d["model"].update(n_embd=512, n_head=8)
+        d["plan"]["params"] = 10**6
+        assert train(parse_run_config(d))["status"] == "completed"
+        runs[stage] = losses(tmp_path / f"z{stage}")
+    assert len(runs[3]) == 4
+    torch.testing.assert_close(torch.tensor(runs[3]), torch.tensor(runs[0]), rtol=1e-5, atol=1e-5)
