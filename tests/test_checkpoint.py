@@ -52,3 +52,20 @@ def test_rng_state_round_trip_through_weights_only_load(tmp_path):
     got = (torch.rand(3), np.random.rand(3), random.random(), random.gauss(0, 1))
     assert torch.equal(want[0], got[0]) and np.array_equal(want[1], got[1])
     assert want[2:] == got[2:]
+
+
+def test_trust_switch_hands_loading_back_to_deepspeed(tmp_path, monkeypatch):
+    from cgpt.train.checkpoint import TRUST_ENV, _WeightsOnlyLoads
+
+    class Inner:
+        name = "TorchCheckpointEngine"
+
+        def load(self, path, map_location=None):
+            return ("inner", path)
+
+    torch.save({"w": torch.ones(2)}, tmp_path / "a.pt")
+    wrapped = _WeightsOnlyLoads(Inner())
+    assert wrapped.name == "TorchCheckpointEngine"  # everything else is DeepSpeed's
+    assert torch.equal(wrapped.load(str(tmp_path / "a.pt"))["w"], torch.ones(2))
+    monkeypatch.setenv(TRUST_ENV, "1")
+    assert wrapped.load("x.pt") == ("inner", "x.pt")

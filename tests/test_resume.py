@@ -121,3 +121,43 @@ def test_bf16_zero1_trains_and_resumes_exactly(tmp_path, data):
     _train(d, max_steps=k)
     _train(d, resume=True)
     assert losses(tmp_path / "run") == a
+
+
+@pytest.mark.parametrize("stage, precision", [(2, "bf16"), (3, "fp32")])
+def test_zero_checkpoints_resume_through_the_restricted_unpickler(tmp_path, data, stage,
+                                                                  precision):
+    """DeepSpeed's ZeRO optimizer files load with weights_only=True (its data types
+    allow-listed): the resumed losses equal a straight run's."""
+    d = make_cfg(tmp_path, data, steps=6, zero_stage=stage, precision=precision,
+                 save_every=3, eval_every=0)
+    _train(d, out_dir=str(tmp_path / "straight"))
+    _train(d, max_steps=3)
+    _train(d, resume=True)
+    assert losses(tmp_path / "run") == losses(tmp_path / "straight")
+
+
+def test_a_checkpoint_holding_code_is_refused(tmp_path, data, capsys):
+    """A pickle that would run code on load (a tampered checkpoint file) is not loaded:
+    one message naming the offending global and the trust switch, exit 2, folder untouched."""
+    from cgpt.launch.cli import main
+
+    d = make_cfg(tmp_path, data, steps=6, save_every=3, eval_every=0, max_steps=3)
+    cfg_path = _write(tmp_path, d)
+    assert main(["train", str(cfg_path)]) == 0
+    step = tmp_path / "run" / "checkpoints" / "step-3"
+    target = next(step.glob("mp_rank_00_model_states.pt"))
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    import torch
+
+    torch.save({"module": Payload()}, target)  # what a tampered torch.save file looks like
+    before = sorted(p.name for p in step.iterdir())
+    capsys.readouterr()
+    assert main(["train", str(cfg_path), "--resume", "--set", "runtime.max_steps=6"]) == 2
+    err = capsys.readouterr().err
+    assert "CGPT_TRUST_CHECKPOINTS" in err and "system" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "pwned").exists()
+    assert sorted(p.name for p in step.iterdir()) == before

@@ -11,12 +11,16 @@ All ranks write DeepSpeed's files into ``tmp-step-N``; after a barrier rank 0 ad
 ``complete`` marker, renames the folder to ``step-N`` (one atomic rename) and deletes all but
 the newest ``keep_last`` published checkpoints. A kill at any moment therefore leaves the
 previous checkpoint intact, and ``--resume`` picks the newest folder that has the marker.
-RNG states are saved per rank as tensors and read back with ``torch.load(weights_only=True)``.
+RNG states are saved per rank as tensors and read back with ``torch.load(weights_only=True)``;
+DeepSpeed's own files are read the same way (``restricted_loads``), with DeepSpeed's few
+plain data types allowed by name, never with full unpickling unless the user says the run
+folder is trusted (CGPT_TRUST_CHECKPOINTS=1).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -126,6 +130,7 @@ class Checkpointer:
     def load(self, engine, folder: Path) -> dict:
         """Restore engine (weights + optimizer), this rank's RNG; return trainer state."""
         state = read_state(folder)
+        restricted_loads(engine)
         path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name,
                                          load_lr_scheduler_states=False)
         if path is None:
@@ -135,6 +140,54 @@ class Checkpointer:
         if rng.is_file():  # absent when resuming with more ranks than were saved
             set_rng_state(torch.load(rng, weights_only=True))
         return state
+
+
+class _WeightsOnlyLoads:
+    """DeepSpeed's checkpoint engine, except that ``load`` uses torch's restricted unpickler
+    (``weights_only=True``: tensors, containers and plain values; no code runs) instead of
+    DeepSpeed's full unpickling, with the few DeepSpeed types its files hold allowed by name.
+    """
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def load(self, path: str, map_location=None):
+        import pickle
+
+        if os.environ.get(TRUST_ENV) == "1":
+            return self._inner.load(path, map_location=map_location)
+        try:
+            with torch.serialization.safe_globals(_safe_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            unsafe = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
+            detail = f" ({', '.join(unsafe)})" if unsafe else " or is not a torch.save file"
+            raise CgptError(f"{path} holds objects outside the checkpoint allowlist{detail}; "
+                            f"not loaded. If you trust this run folder, resume with "
+                            f"{TRUST_ENV}=1") from None
+
+
+TRUST_ENV = "CGPT_TRUST_CHECKPOINTS"  # "1": DeepSpeed's own full unpickling on resume
+
+
+def _safe_globals() -> list:
+    """The DeepSpeed types its ZeRO/bf16 optimizer files hold (listed with
+    torch.serialization.get_unsafe_globals_in_checkpoint over ZeRO 0-3 x bf16/fp32):
+    plain data classes and an enum, rebuilt from their fields; nothing of theirs runs."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [fragment_address, ZeroStageEnum, LossScaler, DynamicLossScaler]
+
+
+def restricted_loads(engine) -> None:
+    """Make ``engine.load_checkpoint`` read DeepSpeed's files without full unpickling."""
+    if not isinstance(engine.checkpoint_engine, _WeightsOnlyLoads):
+        engine.checkpoint_engine = _WeightsOnlyLoads(engine.checkpoint_engine)
 
 
 def read_state(folder: Path) -> dict:
