@@ -36,6 +36,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, x, weight, targets, need_grad: bool):
         N, V = x.size(0), weight.size(0)
         valid = targets != IGNORE
+        masked = not bool(valid.all())  # training batches have no ignored targets: skip a pass
         safe = torch.where(valid, targets, 0)
         count = valid.sum().clamp_min(1).to(torch.float32)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
@@ -51,7 +52,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if need_grad:  # d loss_i / d logits_i = softmax_i - onehot_i (0 for ignored rows)
                 probs = logp.exp_()
                 probs.scatter_add_(1, t, torch.full_like(t, -1, dtype=probs.dtype))
-                probs.mul_(m[:, None])
+                if masked:
+                    probs.mul_(m[:, None])
                 glog[s:e] = probs
         if need_grad:
             ctx.save_for_backward(x, weight, glog, count)
