@@ -4,9 +4,9 @@ The usual loss, ``F.cross_entropy(lm_head(x).float(), y)``, keeps the (N, V) log
 copy of them and the fp32 log-softmax alive for the backward pass, and the backward walks
 them again (nll → log-softmax → cast). At V = 50,257 that (N, V) traffic is a large share
 of a small model's step. Here the logits are made a block of rows at a time; each block's
-log-probabilities, loss and gradient (softmax − one-hot, in fp32) are computed while the block is
-still in cache, and only that gradient is kept, in the input dtype. The backward is then
-two matmuls. Same mathematics as the usual loss (mean over targets != -1); tests check
+log-probabilities, loss and gradient (softmax − one-hot, in fp32) are computed while the
+block is still in cache, and only that gradient is kept, in the input dtype. The backward
+is then two matmuls. Same mathematics as the usual loss (mean over targets != -1); tests check
 values and gradients against it.
 """
 
