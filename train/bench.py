@@ -79,6 +79,7 @@ class _Runner:
         self.device = device
         self.times: list[float] = []
         self.peak_mem = 0
+        self.state_bytes = 0
 
     def _step(self, x, y) -> torch.Tensor:
         raise NotImplementedError
@@ -170,9 +171,16 @@ class _HFRunner(_Runner):
         return loss
 
 
-def _peak_memory(device: torch.device) -> int:
+def _allocated(device: torch.device) -> int:
+    return int(torch.cuda.memory_allocated(device)) if device.type == "cuda" else 0
+
+
+def _peak_memory(device: torch.device, state_bytes: int, before: int) -> int:
+    """On CUDA this model's own peak: its resident state (weights, master weights, optimizer
+    state) plus what its step allocated above what was resident, so the other model in the
+    process does not count. On CPU the process's RSS, which covers both models."""
     if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
+        return state_bytes + int(torch.cuda.max_memory_allocated(device)) - before
     import psutil
 
     return int(psutil.Process().memory_info().rss)
@@ -221,24 +229,33 @@ def bench(target: str = "111M", steps: int = 10, warmup: int = 2, seq_len: int |
     torch.manual_seed(seed)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    runners: list[_Runner] = [_EngineRunner(shape.config, dev, prec, stage, shape.micro_batch,
-                                            compile_, fused_loss=fused_loss)]
+    makers = [lambda: _EngineRunner(shape.config, dev, prec, stage, shape.micro_batch,
+                                    compile_, fused_loss=fused_loss)]
     if compare_hf and hf_deepspeed:
-        runners.append(_EngineRunner(shape.config, dev, prec, stage, shape.micro_batch,
-                                     compile_, hf=True))
+        makers.append(lambda: _EngineRunner(shape.config, dev, prec, stage, shape.micro_batch,
+                                            compile_, hf=True))
     elif compare_hf:
-        runners.append(_HFRunner(shape.config, dev, prec, compile_))
+        makers.append(lambda: _HFRunner(shape.config, dev, prec, compile_))
     g = torch.Generator().manual_seed(seed)
     V = shape.config.vocab_size
     batch = torch.randint(0, V, (shape.micro_batch, shape.seq_len + 1), generator=g).to(dev)
     x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
-    losses = {}
-    for i in range(warmup + steps):  # interleaved: ours, HF, ours, HF, ...
+    losses: dict[str, float] = {}
+    runners: list[_Runner] = []
+    for make in makers:  # each built and warmed up in turn: its resident state is measured
+        before = _allocated(dev)
+        r = make()
+        for _ in range(warmup):
+            losses[r.name] = r.step(x, y, timed=False)
+        r.state_bytes = _allocated(dev) - before
+        runners.append(r)
+    for _ in range(steps):  # timed steps interleaved: ours, HF, ours, HF, ...
         for r in runners:
-            if dev.type == "cuda" and i == warmup:
+            before = _allocated(dev)
+            if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
-            losses[r.name] = r.step(x, y, timed=i >= warmup)
-            r.peak_mem = max(r.peak_mem, _peak_memory(dev))
+            losses[r.name] = r.step(x, y, timed=True)
+            r.peak_mem = max(r.peak_mem, _peak_memory(dev, r.state_bytes, before))
     peak = detect_peak_flops() if dev.type == "cuda" else None
     out = {"shape": shape.name, "n_layer": shape.config.n_layer, "n_embd": shape.config.n_embd,
            "n_head": shape.config.n_head, "vocab_size": V, "params": num_params(shape.config),
@@ -267,11 +284,12 @@ def format_report(r: dict) -> str:
              f"ZeRO-{r['zero_stage']}"
              f"{', compiled' if r['compile'] else ''}"
              f"{'' if r['fused_loss'] else ', plain loss'} on {r['device']}"]
+    mem = "process RSS" if r["device"].startswith("cpu") else "peak mem"  # see _peak_memory
     for m in r["results"]:
         mfu = f"{m['mfu']:.1%}" if m["mfu"] is not None else "n/a"
         lines.append(f"  {m['model']:<13} {m['tokens_per_s']:>11,.0f} tok/s  step "
                      f"{m['step_ms']:>9.1f} ms  {m['tflops']:7.2f} TFLOP/s  MFU {mfu:>6}  "
-                     f"peak mem {m['peak_memory_bytes'] / 2**30:6.2f} GiB")
+                     f"{mem} {m['peak_memory_bytes'] / 2**30:6.2f} GiB")
     if "speedup_vs_hf" in r:
         loop = ("both in the same DeepSpeed engine" if r["reference_loop"] == "deepspeed"
                 else "transformers in HF Trainer's loop")
