@@ -148,3 +148,19 @@ def test_plots_written(tmp_path):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_isoflop_parabola_is_fitted_around_the_measured_minimum():
+    """Measured on CPU (configs/sweep-isoflop-cpu.yaml, budget 9e10): the best size is the
+    second smallest; the far large sizes pull a parabola over all six below the smallest
+    size, the ±2 window keeps it at the minimum."""
+    from cgpt.train.fit import fit_isoflop_budget
+
+    params = [5496, 8820, 15808, 28320, 56608, 140832]
+    losses = [3.8368, 3.6994, 3.9097, 4.1146, 4.5224, 5.0014]
+    tokens = [9e10 / (6 * p) for p in params]  # any D falling with N at fixed compute
+    everything = fit_isoflop_budget(params, tokens, losses, window=len(params))
+    assert not everything["bracketed"] and everything["n_opt"] < params[0]
+    local = fit_isoflop_budget(params[::-1], tokens[::-1], losses[::-1])  # order-independent
+    assert local["bracketed"] and params[0] < local["n_opt"] < params[2]
+    assert local["n_points"] == 4  # sizes 0..3: the best (1) and two on its right

@@ -30,6 +30,7 @@ from cgpt.model.errors import CgptError
 
 PAPER_LAW = {"a": 5.984e22, "b": 0.0737, "c": 0.5066}  # REFERENCE.md, Cerebras-GPT paper
 MIN_PAPER_POINTS = 3  # three parameters a, b, c
+PARABOLA_WINDOW = 2  # sizes each side of the best one that the IsoFLOP parabola sees
 MIN_SIZES_PER_BUDGET = 3  # a parabola has three coefficients
 MIN_CHINCHILLA_POINTS = 6  # five parameters + one degree of freedom
 FLOPS_CONVENTION = "algorithmic: cgpt.model.flops_per_token_algorithmic(cfg, seq_len) x tokens"
@@ -154,13 +155,25 @@ def monotonic_report(flops: list[float], losses: list[float]) -> dict[str, Any]:
 
 # ---- Chinchilla approach 2: IsoFLOP parabolas ----------------------------------------------
 
-def fit_isoflop_budget(params: list[float], tokens: list[float], losses: list[float]) -> dict:
-    """Parabola of loss in log10(params) for one budget; optimum N, D and loss there."""
+def fit_isoflop_budget(params: list[float], tokens: list[float], losses: list[float],
+                       window: int = PARABOLA_WINDOW) -> dict:
+    """Parabola of loss in log10(params) for one budget; optimum N, D and loss there.
+
+    The parabola is fitted to the best measured size and its ``window`` neighbours on each
+    side (in size order): the loss is not symmetric in log N, and far sizes pull a global
+    parabola's vertex away from the minimum (measured: a 6-size budget whose best size was
+    the second smallest got its vertex below the smallest size; ±2 kept it at the minimum).
+    """
     n = len(set(params))
     if n < MIN_SIZES_PER_BUDGET:
         raise FitError("its parabola " + _more(MIN_SIZES_PER_BUDGET, n, "model sizes"))
-    lx, ld = np.log10(params), np.log10(tokens)
-    y = np.asarray(losses, dtype=float)
+    order = np.argsort(params, kind="stable")
+    lx, ld = np.log10(params)[order], np.log10(tokens)[order]
+    y = np.asarray(losses, dtype=float)[order]
+    best = int(np.argmin(y))
+    lo, hi = max(0, best - window), min(len(y), best + window + 1)
+    if len(set(lx[lo:hi])) >= MIN_SIZES_PER_BUDGET:
+        lx, ld, y = lx[lo:hi], ld[lo:hi], y[lo:hi]
     coef = np.polyfit(lx, y, 2)
     out = {"parabola": [float(v) for v in coef], "r2": _finite(_r2(y, np.polyval(coef, lx))),
            "n_points": len(y)}
