@@ -26,8 +26,9 @@ BLOCK_ELEMENTS = 2**22
 BLOCK_ELEMENTS_GPU = 2**27
 
 
-def _block_rows(vocab: int, device: torch.device) -> int:
-    per_block = BLOCK_ELEMENTS if device.type == "cpu" else BLOCK_ELEMENTS_GPU
+def block_rows(vocab: int, device_type: str) -> int:
+    """Rows of logits per block on a 'cpu' or GPU device (also the memory model's figure)."""
+    per_block = BLOCK_ELEMENTS if device_type == "cpu" else BLOCK_ELEMENTS_GPU
     return max(16, per_block // vocab)
 
 
@@ -41,7 +42,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         count = valid.sum().clamp_min(1).to(torch.float32)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         glog = torch.empty((N, V), dtype=x.dtype, device=x.device) if need_grad else None
-        rows = _block_rows(V, x.device)
+        rows = block_rows(V, x.device.type)
         for s in range(0, N, rows):
             e = min(s + rows, N)
             # one fused pass from the block's logits (input dtype) to fp32 log-probabilities

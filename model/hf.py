@@ -257,9 +257,10 @@ def export_hf(model: GPT, out_dir: str | os.PathLike, tokenizer_dir: str | os.Pa
 
     config.json, generation_config.json, model.safetensors (or, above ``max_shard_size``,
     model-0000K-of-0000N.safetensors shards with model.safetensors.index.json, as
-    ``save_pretrained`` writes them), and the tokenizer files of ``tokenizer_dir``. With ``verify`` (and transformers importable) the written folder is
-    loaded back and its logits compared with ``model``'s; a mismatch raises CgptError and
-    nothing is left at ``out_dir``.
+    ``save_pretrained`` writes them), and the tokenizer files of ``tokenizer_dir``. With
+    ``verify`` (and transformers importable) the written folder is loaded back and its
+    logits compared with ``model``'s; a mismatch raises CgptError and nothing is left at
+    ``out_dir``.
     """
     sd, overrides = _export_state(model)
     hf_sd = to_hf_state_dict(sd)

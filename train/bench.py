@@ -97,8 +97,16 @@ class _Runner:
         return float(loss.detach())
 
 
+def _adamw(model: torch.nn.Module, device: torch.device):
+    """The same AdamW for every model benchmarked (the trainer's make_adamw)."""
+    from .ds_config import make_adamw
+
+    return make_adamw(model, 1e-4, (0.9, 0.95), 1e-8, 0.1, device.type)
+
+
 class _HFWithLoss(torch.nn.Module):
-    """GPT2LMHeadModel with our (model, targets) -> (logits, loss) call, for the engine."""
+    """GPT2LMHeadModel with our (model, targets) -> (logits, loss) call; the labels are
+    already shifted; fp32 loss as HF's own loss function computes it."""
 
     def __init__(self, hf):
         super().__init__()
@@ -120,7 +128,7 @@ class _EngineRunner(_Runner):
                  micro_batch: int, compile_: bool, hf: bool = False, fused_loss: bool = True):
         from .batch import split_batch
         from .distributed import init_distributed
-        from .ds_config import engine_config, initialize_engine, make_adamw
+        from .ds_config import engine_config, initialize_engine
 
         super().__init__(device)
         dist = init_distributed(device.type)
@@ -131,7 +139,7 @@ class _EngineRunner(_Runner):
             self.name = "transformers"
         else:
             model.fused_loss = fused_loss
-        opt = make_adamw(model, 1e-4, (0.9, 0.95), 1e-8, 0.1, device.type)
+        opt = _adamw(model, device)
         ds = engine_config(split_batch(micro_batch, 1, micro_batch), 1.0, zero_stage,
                            precision)
         self.engine = initialize_engine(model, opt, ds, dist.world_size)
@@ -151,19 +159,15 @@ class _HFRunner(_Runner):
     name = "transformers"
 
     def __init__(self, cfg: GPTConfig, device: torch.device, precision: str, compile_: bool):
-        from .ds_config import make_adamw
-
         super().__init__(device)
-        self.model = _hf_model(cfg).to(device).train()
+        self.model = _HFWithLoss(_hf_model(cfg)).to(device).train()
         self.bf16 = precision == "bf16"
-        self.opt = make_adamw(self.model, 1e-4, (0.9, 0.95), 1e-8, 0.1, device.type)
+        self.opt = _adamw(self.model, device)
         self.fwd = torch.compile(self.model) if compile_ else self.model
 
     def _step(self, x, y):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.fwd(input_ids=x).logits
-            # the labels are already shifted; fp32 loss as HF's own loss function computes it
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+            _, loss = self.fwd(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()

@@ -119,7 +119,7 @@ def estimate_memory(cfg, seq_len: int, micro_batch: int, zero_stage: int = 1,
     logits gradient freed; one block recomputed under checkpointing plus its gradients in
     flight).
     """
-    from cgpt.model.fused_ce import BLOCK_ELEMENTS_GPU
+    from cgpt.model.fused_ce import block_rows
 
     act_bytes = _STATE_BYTES.get(precision, (2,))[0]
     w, g, o = state_bytes(num_params(cfg), zero_stage, data_parallel, precision)
@@ -131,7 +131,7 @@ def estimate_memory(cfg, seq_len: int, micro_batch: int, zero_stage: int = 1,
         blocks = cfg.n_layer * layer
     kept = blocks + head_bytes(cfg, s, b, act_bytes)
     svb = s * b * cfg.vocab_size
-    block = min(svb, max(16, BLOCK_ELEMENTS_GPU // cfg.vocab_size) * cfg.vocab_size)
+    block = min(svb, block_rows(cfg.vocab_size, "cuda") * cfg.vocab_size)
     at_head = svb * act_bytes + block * (act_bytes + 4)  # gradient; block logits, fp32 logp
     grads_in_flight = s * b * (2 * (cfg.n_inner or 4 * h) + 2 * h) * act_bytes
     in_block = grads_in_flight + (layer if activation_checkpointing else 0)
