@@ -9,7 +9,7 @@ SOURCE_HELP = ("'stdlib' (default: the Python standard library's source, offline
 
 
 def _tokenizer_train(args) -> int:
-    from cgpt.train.tokenizer import train_tokenizer
+    from cgpt.train.data.tokenizer import train_tokenizer
 
     tok = train_tokenizer(args.input, args.vocab_size, args.out, seed=args.seed,
                           max_docs=args.max_docs, text_field=args.text_field,
@@ -20,7 +20,7 @@ def _tokenizer_train(args) -> int:
 
 
 def _prepare(args) -> int:
-    from cgpt.train.prepare import prepare
+    from cgpt.train.data.prepare import prepare
 
     meta = prepare(args.input, args.tokenizer, args.out, val_fraction=args.val_fraction,
                    text_field=args.text_field, num_proc=args.num_proc, split=args.split,

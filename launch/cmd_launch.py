@@ -8,8 +8,8 @@ import sys
 
 from cgpt.model.errors import CgptError
 
-from . import launchers as L
-from .hostfile import read_hostfile
+from cgpt.launch import launchers as L
+from cgpt.launch.hostfile import read_hostfile
 
 
 def register(sub) -> None:
@@ -69,7 +69,7 @@ def register(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from cgpt.launch.demo import run_demo
 
     run_demo(out=args.out, config=args.config, max_steps=args.max_steps,
              corpus_docs=args.corpus_docs, fresh=args.fresh, prompt=args.prompt)
@@ -99,7 +99,7 @@ def _topology(args, slurm: bool) -> L.Topology:
 
 
 def cmd_launch(args) -> int:
-    from cgpt.train.runconfig import load_run_config
+    from cgpt.train.config import load_run_config
 
     cfg = load_run_config(args.config, args.set)
     topo = _topology(args, args.slurm)
@@ -134,7 +134,7 @@ def cmd_launch(args) -> int:
 
 
 def _slurm(args, cfg, topo: L.Topology, overrides: list[str]) -> int:
-    from .slurm import SlurmOptions, render_sbatch, submit, write_sbatch
+    from cgpt.launch.slurm import SlurmOptions, render_sbatch, submit, write_sbatch
 
     if args.dry_run and args.submit:
         raise CgptError("--dry-run and --submit contradict each other")

@@ -91,7 +91,7 @@ def _out_dir(path: str) -> Path:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    from cgpt.train.runconfig import write_text_atomic
+    from cgpt.train.config import write_text_atomic
 
     write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
 
@@ -105,7 +105,7 @@ def _threads(n: int) -> None:
 
 
 def run_coord_check_cmd(args) -> int:
-    from cgpt.train import coord_check as cc
+    from cgpt.train.mup import coord_check as cc
 
     widths = parse_list(args.widths, int, "--widths")
     _positive(args, "steps", "lr", "layers", "heads", "seq_len", "batch", "seeds")
@@ -130,7 +130,7 @@ def run_coord_check_cmd(args) -> int:
 
 
 def run_transfer_cmd(args) -> int:
-    from cgpt.train import mup_transfer as mt
+    from cgpt.train.mup import transfer as mt
 
     widths = parse_list(args.widths, int, "--widths")
     lrs = parse_list(args.lrs, float, "--lrs") if args.lrs else list(mt.DEFAULT_LRS)

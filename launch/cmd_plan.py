@@ -54,7 +54,7 @@ def register(sub) -> None:
     rules.add_argument("--lr", type=float, help="override the peak learning rate")
     rules.add_argument("--mup", action="store_true", help="the μP variant of the plan")
     cl = p.add_argument_group("cluster")
-    cl.add_argument("--gpu", help="device: h100, h200, a100, ... (see cgpt.train.devices)")
+    cl.add_argument("--gpu", help="device: h100, h200, a100, ... (see cgpt.train.plan.devices)")
     cl.add_argument("--gpus", type=int, help="total GPUs (data-parallel ranks)")
     cl.add_argument("--nodes", type=int)
     cl.add_argument("--gpus-per-node", type=int)
@@ -74,9 +74,9 @@ def register(sub) -> None:
 
 
 def build_plan(args):
-    from cgpt.train import plan as P
-    from cgpt.train.devices import get_device
-    from cgpt.train.plan_rules import load_fit
+    from cgpt.train.plan import planner as P
+    from cgpt.train.plan.devices import get_device
+    from cgpt.train.plan.rules import load_fit
 
     chosen = [n for n, v in (("SIZE", args.size), ("--params", args.params),
                              ("--layers/--width", args.layers or args.width),
@@ -132,7 +132,7 @@ def _rebatch(plan, gpus: int, args):
     so the split works (a published batch is kept and an impossible split is refused)."""
     from dataclasses import replace
 
-    from cgpt.train.plan import plan_for_shape
+    from cgpt.train.plan.planner import plan_for_shape
 
     m, rule_batch = plan.model, plan.global_batch_seqs
     batch = max(gpus, round(rule_batch / gpus) * gpus)
@@ -146,9 +146,9 @@ def _rebatch(plan, gpus: int, args):
 
 def _apply_mup(plan):
     try:
-        from cgpt.train.plan_mup import apply_mup
+        from cgpt.train.plan.mup import apply_mup
     except ModuleNotFoundError as e:
-        if e.name == "cgpt.train.plan_mup":
+        if e.name == "cgpt.train.plan.mup":
             raise CgptError("μP planning is not available in this installation") from None
         raise
     return apply_mup(plan)
@@ -179,7 +179,7 @@ def run(args) -> int:
     if args.json:
         d = plan.to_json()
         if device and not plan.cluster:
-            from cgpt.train.plan import time_on
+            from cgpt.train.plan.planner import time_on
 
             d["gpu"], d["mfu"] = device.name, args.mfu
             d["gpu_hours"] = time_on(plan, 1, device, args.mfu)[1]
@@ -199,8 +199,8 @@ def _n(v) -> str:
 
 
 def format_plan(plan, device=None, mfu: float = 0.4) -> str:
-    from cgpt.train.memory import fmt_bytes
-    from cgpt.train.plan import time_on
+    from cgpt.train.plan.memory import fmt_bytes
+    from cgpt.train.plan.planner import time_on
 
     m = plan.model
     rows = [

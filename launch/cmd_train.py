@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    from cgpt.train.__main__ import add_train_args, run_train
+    from cgpt.train.loop.entry import add_train_args, run_train
 
     p = sub.add_parser("train", help="train a model from a run config (DeepSpeed)",
                        description="Train a model from a run config with DeepSpeed. On SIGTERM or "
@@ -18,9 +18,9 @@ def register(sub) -> None:
     add_train_args(p)
     p.set_defaults(func=run_train)
     try:
-        from .bench_train import register as register_bench
+        from cgpt.launch.cmd_bench import register as register_bench
     except ImportError as e:  # pragma: no cover - the module ships with cgpt
-        if e.name != "cgpt.launch.bench_train":
+        if e.name != "cgpt.launch.cmd_bench":
             raise
     else:
         register_bench(sub)

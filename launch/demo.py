@@ -19,15 +19,16 @@ import math
 import time
 from pathlib import Path
 
+from cgpt.configs import shipped
 from cgpt.model.errors import CgptError
-from cgpt.train.runconfig import RunConfig, load_run_config, write_text_atomic
+from cgpt.train.config import RunConfig, load_run_config, write_text_atomic
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo-cpu.yaml"
+DEFAULT_CONFIG = shipped("demo-cpu.yaml")
 CORPUS = "stdlib"
 VAL_FRACTION = 0.02  # ~15 of the ~730 stdlib files: enough val tokens for a stable loss
 STAMP = "demo.json"  # what the reusable steps were built from
 STEPS = 7
-TOKENS_PER_PARAM = 20  # Chinchilla (REFERENCE.md: tokens ≈ 20 × params)
+TOKENS_PER_PARAM = 20  # Chinchilla (docs/REFERENCE.md, Training recipe)
 
 
 class _Steps:
@@ -60,7 +61,7 @@ def demo_config(config: str | Path | None = None) -> RunConfig:
 def plan_demo(base: RunConfig, out: Path, max_steps: int | None):
     """Re-plan the config's shape with the planner (Chinchilla: tokens_per_param × params)
     and point data, tokenizer and run folder into `out`."""
-    from cgpt.train.plan import plan_for_shape
+    from cgpt.train.plan.planner import plan_for_shape
 
     m, p = base.model, base.plan
     plan = plan_for_shape(m.n_layer, m.n_embd, m.n_head, seq_len=p.seq_len,
@@ -94,7 +95,7 @@ def corpus_spec(corpus_docs: int | None) -> str:
 
 
 def describe_corpus(spec: str) -> str:
-    from cgpt.train.sources import stdlib_files
+    from cgpt.train.data.sources import stdlib_files
 
     files = stdlib_files()
     size = sum(f.stat().st_size for f in files) / 1e6
@@ -103,7 +104,7 @@ def describe_corpus(spec: str) -> str:
 
 def ensure_tokenizer(out: Path, spec: str, vocab_size: int, seed: int):
     """Reuse out/tokenizer when it was trained on `spec` with `vocab_size`; else train it."""
-    from cgpt.train.tokenizer import load_tokenizer, train_tokenizer
+    from cgpt.train.data.tokenizer import load_tokenizer, train_tokenizer
 
     want = {"corpus": spec, "vocab_size": vocab_size, "seed": seed}
     folder = out / "tokenizer"
@@ -121,8 +122,8 @@ def ensure_tokenizer(out: Path, spec: str, vocab_size: int, seed: int):
 
 def ensure_data(out: Path, spec: str, tok):
     """Reuse out/data when it holds `spec` tokenized by `tok` and verifies; else prepare."""
-    from cgpt.train.prepare import prepare
-    from cgpt.train.shards import open_token_data
+    from cgpt.train.data.prepare import prepare
+    from cgpt.train.data.shards import open_token_data
 
     want = {"corpus": spec, "tokenizer": tok.fingerprint, "val_fraction": VAL_FRACTION}
     folder = out / "data"
@@ -185,7 +186,7 @@ def evaluate_hf(hf_dir: Path, cfg: RunConfig) -> float:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cgpt.train.loader import TokenLoader
+    from cgpt.train.data.loader import TokenLoader
 
     model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     val = TokenLoader(cfg.data.path, cfg.plan.seq_len, seed=cfg.runtime.seed, split="val")
@@ -248,7 +249,7 @@ def run_demo(out: str = "runs/demo", config: str | None = None, max_steps: int |
     steps.done(f"run config {run_yaml}")
 
     steps.start(f"train with DeepSpeed on the CPU ({'resuming ' if resume else ''}{run_dir})")
-    from cgpt.train.trainer import train
+    from cgpt.train.loop.trainer import train
 
     summary = train(cfg, resume=resume, config_path=str(run_yaml))
     if summary["status"] == "preempted":

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
-from cgpt.train.batch import feasible_micro_batches, split_batch
-from cgpt.train.runconfig import PlanSection
+from cgpt.train.plan.batch import feasible_micro_batches, split_batch
+from cgpt.train.config import PlanSection
 
-from .hostfile import Host
+from cgpt.launch.hostfile import Host
 
 LAUNCHERS = ("deepspeed", "torchrun")
 # DeepSpeed's multi-node backends and the program each one needs on PATH
@@ -98,7 +98,7 @@ def resolve_micro_batch(plan: PlanSection, micro_batch: int,
     """The micro-batch to run with on `world_size` ranks, and a note when it changed.
 
     The global batch of every phase must split evenly over the ranks (else CgptError with
-    the nearest feasible batches / rank counts, from cgpt.train.batch). When only the
+    the nearest feasible batches / rank counts, from cgpt.train.plan.batch). When only the
     micro-batch doesn't fit, re-split: take the largest feasible micro-batch not above the
     configured one (a smaller one never needs more memory), feasible for every phase.
     """

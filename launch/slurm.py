@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
-from cgpt.train.runconfig import write_text_atomic
+from cgpt.train.config import write_text_atomic
 
-from .launchers import Topology, build_command, find_program
+from cgpt.launch.launchers import Topology, build_command, find_program
 
 SCRIPT_NAME = "slurm.sbatch"
 # stand-ins replaced by shell variables after quoting (plain words: shlex leaves them alone)

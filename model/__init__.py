@@ -3,10 +3,10 @@
 Pure torch: nothing in this package imports deepspeed or torch.distributed.
 """
 
-from .config import GPTConfig, MuPConfig
-from .errors import CgptError, ConfigError
-from .gpt import GPT
-from .sizes import (
+from cgpt.model.config import GPTConfig, MuPConfig
+from cgpt.model.errors import CgptError, ConfigError
+from cgpt.model.gpt import GPT
+from cgpt.model.sizes import (
     PUBLISHED,
     canonical_name,
     flops_per_token_algorithmic,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from .errors import ConfigError
-from .sizes import CONTEXT, GPT2_VOCAB, published
+from cgpt.model.errors import ConfigError
+from cgpt.model.sizes import CONTEXT, GPT2_VOCAB, published
 
 
 @dataclass
 class MuPConfig:
-    """Cerebras-GPT-μP multipliers (REFERENCE.md, "Cerebras-GPT-μP").
+    """Cerebras-GPT-μP multipliers (docs/REFERENCE.md, Cerebras-GPT-μP).
 
     Width multiplier m = n_embd / base_width. The model multiplies the embedding output by
     ``embeddings_multiplier``, the logits by ``output_multiplier / m``, and scales attention
@@ -47,7 +47,7 @@ class GPTConfig:
     n_positions: int = CONTEXT
     vocab_size: int = GPT2_VOCAB
     layer_norm_epsilon: float = 1e-5
-    init_std: float = 0.02  # truncated normal at ±2σ (REFERENCE.md, Init)
+    init_std: float = 0.02  # truncated normal at ±2σ (docs/REFERENCE.md, Architecture)
     out_init_std: float | None = None  # c_proj init; default 0.02/sqrt(2·n_layer)
     dropout: float = 0.0  # Cerebras-GPT uses none
     mup: MuPConfig | None = None

@@ -1,8 +1,8 @@
 """The Cerebras-GPT network: GPT-2 architecture exactly as transformers' GPT2LMHeadModel.
 
 pre-LN blocks, learned absolute positions, exact (erf) GELU, biases everywhere except the
-tied LM head, LayerNorm eps 1e-5, no dropout (REFERENCE.md, Architecture). Module names
-follow HF GPT-2 so conversion is a key map plus Conv1D transposes (cgpt.model.hf).
+tied LM head, LayerNorm eps 1e-5, no dropout (docs/REFERENCE.md, Architecture). Module
+names follow HF GPT-2 so conversion is a key map plus Conv1D transposes (cgpt.model.hf).
 Pure torch: nothing here imports deepspeed or torch.distributed.
 """
 
@@ -15,8 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .config import GPTConfig
-from .fused_ce import linear_cross_entropy
+from cgpt.model.config import GPTConfig
+from cgpt.model.fused_ce import linear_cross_entropy
 
 
 class CausalSelfAttention(nn.Module):
@@ -26,7 +26,8 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.dropout = cfg.dropout
-        # μP scores QK^T / d_head (REFERENCE.md, μP); standard is 1/sqrt(d_head) (SDPA default).
+        # μP scores QK^T / d_head (docs/REFERENCE.md, Cerebras-GPT-μP);
+        # standard is 1/sqrt(d_head) (SDPA default).
         self.scale = 1.0 / self.head_dim if (cfg.mup and cfg.mup.attn_scale_by_d_head) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +79,7 @@ class GPT(nn.Module):
             ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon),
         ))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied (REFERENCE.md)
+        self.lm_head.weight = self.transformer.wte.weight  # tied (docs/REFERENCE.md, Architecture)
         self.gradient_checkpointing = False
         # with targets: loss from the fused head + cross-entropy (cgpt.model.fused_ce) and
         # no logits returned; False keeps the plain path (logits, then F.cross_entropy)
@@ -96,7 +97,7 @@ class GPT(nn.Module):
         cfg, stds = self.config, {}
         if cfg.mup is None:
             emb, hidden, out = cfg.init_std, cfg.init_std, cfg.out_init_std
-        else:  # REFERENCE.md, μP: 0.08, 0.08/sqrt(m), 0.08/sqrt(2·m·L)
+        else:  # docs/REFERENCE.md, Cerebras-GPT-μP: 0.08, 0.08/sqrt(m), 0.08/sqrt(2·m·L)
             base, m = cfg.mup.base_init_std, cfg.mup_width_mult
             emb, hidden, out = base, base / math.sqrt(m), base / math.sqrt(2 * m * cfg.n_layer)
         for name, p in self.named_parameters():

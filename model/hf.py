@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from .config import GPTConfig
-from .errors import CgptError
-from .gpt import GPT
-from .io import (
+from cgpt.model.config import GPTConfig
+from cgpt.model.errors import CgptError
+from cgpt.model.gpt import GPT
+from cgpt.model.io import (
     LM_HEAD, WTE, atomic_dir, build_from_state_dict, check_file, is_tied, load_model,
     read_safetensors, read_torch_weights, save_file_atomic, save_model,
 )
@@ -142,10 +142,10 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: GPTConfig, tied: bool =
 def gpt_config_to_hf(cfg: GPTConfig, bos_token_id: int | None = None,
                      eos_token_id: int | None = None, tie_word_embeddings: bool = True,
                      dtype: torch.dtype = torch.float32) -> dict:
-    """config.json for GPT2LMHeadModel (REFERENCE.md, HF config.json fields).
+    """config.json for GPT2LMHeadModel (fields: docs/REFERENCE.md, Architecture).
 
     Without a tokenizer, bos/eos default to the last id: GPT-2 BPE's <|endoftext|> is 50256
-    = vocab_size - 1 (REFERENCE.md: vocab 50257).
+    = vocab_size - 1 (docs/REFERENCE.md, Architecture: vocab 50257).
     """
     eos = cfg.vocab_size - 1 if eos_token_id is None else eos_token_id
     bos = eos if bos_token_id is None else bos_token_id
@@ -242,7 +242,7 @@ def _export_state(model: GPT) -> tuple[dict[str, torch.Tensor], dict]:
     if model.config.mup is None:
         return model.state_dict(), {}
     try:
-        from .mup_export import fold_mup
+        from cgpt.model.mup_export import fold_mup
     except ImportError:
         raise CgptError("μP export needs cgpt.model.mup_export (not installed in this "
                         "version)") from None

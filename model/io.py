@@ -20,9 +20,9 @@ from typing import Iterator
 
 import torch
 
-from .config import GPTConfig
-from .errors import CgptError
-from .gpt import GPT
+from cgpt.model.config import GPTConfig
+from cgpt.model.errors import CgptError
+from cgpt.model.gpt import GPT
 
 FORMAT = "cgpt-model"  # safetensors metadata "format_name"; bump VERSION on layout changes
 VERSION = "1"

@@ -1,14 +1,14 @@
 """Fold the μP multipliers into plain GPT-2 weights for export.
 
-A Cerebras-GPT-μP model (REFERENCE.md, "Cerebras-GPT-μP") computes
+A Cerebras-GPT-μP model (docs/REFERENCE.md, Cerebras-GPT-μP) computes
 
     x0     = E · (wte[i] + wpe[p])                  E = embeddings_multiplier (10)
     scores = q·k / d_head                           instead of q·k / sqrt(d_head)
     logits = (α / m) · ln_f(x_L) · wte^T            α = output_multiplier, m = width mult
 
 `transformers.GPT2LMHeadModel` has none of these knobs, so the official tooling folds
-them into the weights (REFERENCE.md: "the official tooling folds the μP multipliers into
-plain weights for export"). Each fold is exact algebra, not an approximation:
+them into plain weights for export (docs/REFERENCE.md, Cerebras-GPT-μP). Each fold is
+exact algebra, not an approximation:
 
 * E into wte AND wpe: the residual stream of the plain model is then E·(wte+wpe), the
   very tensor the μP model carries (the pre-LN blocks see the same input; no LayerNorm
@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .gpt import GPT
+from cgpt.model.gpt import GPT
 
 FOLD_NOTE = ("μP multipliers folded into the weights by cgpt: embeddings_multiplier into "
              "wte and wpe, the 1/d_head attention scale into the query rows of c_attn, "
@@ -96,7 +96,7 @@ def plain_model_from_folded(model_or_config, state_dict: dict[str, torch.Tensor]
 
     Used to verify a fold without transformers: its logits must equal the μP model's.
     """
-    from .config import GPTConfig
+    from cgpt.model.config import GPTConfig
 
     cfg = getattr(model_or_config, "config", model_or_config)
     plain_cfg = GPTConfig.from_dict({**cfg.to_dict(), "mup": None})

@@ -1,17 +1,18 @@
 """The published Cerebras-GPT sizes and exact size/FLOP accounting (pure functions).
 
-All constants come from ../shared/REFERENCE.md ("The seven models", "Results"), which
-cites the Cerebras-GPT paper (arXiv 2304.03208) and the Hub ``config.json`` files.
+All constants come from docs/REFERENCE.md (sections Model sizes, Training recipe, Results, FLOP
+conventions), which cites the Cerebras-GPT paper (arXiv 2304.03208) and the Hub
+``config.json`` files.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import CgptError
+from cgpt.model.errors import CgptError
 
-GPT2_VOCAB = 50257  # GPT-2 BPE, not padded (REFERENCE.md, Architecture)
-CONTEXT = 2048  # n_positions for every size (REFERENCE.md, Architecture)
+GPT2_VOCAB = 50257  # GPT-2 BPE, not padded (docs/REFERENCE.md, Architecture)
+CONTEXT = 2048  # n_positions for every size (docs/REFERENCE.md, Architecture)
 
 
 @dataclass(frozen=True)
@@ -22,10 +23,11 @@ class PublishedSize:
     n_embd: int
     n_head: int
     n_inner: int
-    out_init_std: float  # init std of attn.c_proj and mlp.c_proj (REFERENCE.md "out std")
+    out_init_std: float  # attn.c_proj / mlp.c_proj init std ("out std")
 
 
-# REFERENCE.md, "The seven models" and the "out std" column of the recipe table.
+# docs/REFERENCE.md, Model sizes; out_init_std is the "out std" column of
+# docs/REFERENCE.md, Training recipe.
 PUBLISHED: dict[str, PublishedSize] = {
     s.name: s
     for s in [
@@ -87,7 +89,7 @@ def flops_per_token_algorithmic(cfg, seq_len: int | None = None) -> int:
     """Training FLOPs per token in the Cerebras-GPT paper's "algorithmic" convention.
 
     6·(non-embedding params) + 10·d_model·vocab + 24·layers·seq_len·d_model
-    (REFERENCE.md, Results): reproduces the paper's train-FLOPs column.
+    (docs/REFERENCE.md, FLOP conventions): reproduces the paper's train-FLOPs column.
     """
     d, L, V, P, _ = _shape(cfg)
     T = seq_len or P

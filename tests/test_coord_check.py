@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-import cgpt.train.coord_check as cc
+import cgpt.train.mup.coord_check as cc
 from cgpt.launch.cli import main as cli_main
-from cgpt.train.mup_transfer import plot_transfer, run_transfer
+from cgpt.train.mup.transfer import plot_transfer, run_transfer
 
 TINY = dict(widths=(32, 64, 128, 256), steps=4, seq_len=32, batch=8, seeds=1)
 

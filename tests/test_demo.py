@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cgpt.launch import demo
-from cgpt.train.runconfig import load_run_config
+from cgpt.train.config import load_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

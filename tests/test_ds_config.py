@@ -7,9 +7,9 @@ import torch
 
 from cgpt.model import GPT
 from cgpt.model.errors import CgptError
-from cgpt.train.batch import split_batch
-from cgpt.train.ds_config import build_ds_config, build_optimizer, check_precision
-from cgpt.train.runconfig import parse_run_config
+from cgpt.train.plan.batch import split_batch
+from cgpt.train.loop.engine import build_ds_config, build_optimizer, check_precision
+from cgpt.train.config import parse_run_config
 
 
 def _cfg(**runtime):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cgpt.train.distributed import free_port
+from cgpt.train.loop.distributed import free_port
 from test_trainer import _write, losses, make_cfg, make_data
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,7 @@ def test_two_ranks_match_one_rank(tmp_path, zero_stage, precision, tol):
     r = subprocess.run([os.sys.executable, "-m", "cgpt.train", str(one)], env=_env(),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    from cgpt.train import checkpoint as ckpt
+    from cgpt.train.loop import checkpoint as ckpt
 
     for run, ranks in (("two", 2), ("one", 1)):  # really 2 processes, really 1
         newest = ckpt.newest(tmp_path / run / "checkpoints")[1]

@@ -5,18 +5,18 @@ import math
 import numpy as np
 import pytest
 
-from cgpt.train.fit import (PAPER_LAW, FitError, chinchilla_loss, chinchilla_tokens_per_param,
+from cgpt.train.scaling.fit import (PAPER_LAW, FitError, chinchilla_loss, chinchilla_tokens_per_param,
                             fit_chinchilla, fit_isoflop, fit_paper_law, fit_results,
                             monotonic_report, paper_law)
-from cgpt.train.plots import plot_isoflop, plot_scaling
+from cgpt.train.scaling.plots import plot_isoflop, plot_scaling
 
-# REFERENCE.md, "Results": train FLOPs and Pile loss of the seven standard models, and the
+# docs/REFERENCE.md, Results: train FLOPs and Pile loss of the seven standard models, and the
 # paper law's predictions for them
 PAPER_FLOPS = [2.6e18, 1.3e19, 6.1e19, 2.8e20, 1.1e21, 6.3e21, 2.3e22]
 PAPER_LOSS = [2.608, 2.349, 2.181, 1.997, 1.834, 1.704, 1.572]
 PAPER_PRED = [2.603, 2.369, 2.168, 1.992, 1.849, 1.687, 1.580]
 
-# Chinchilla approach-3 law (REFERENCE.md, "Related published laws")
+# Chinchilla approach-3 law (docs/REFERENCE.md, Related scaling laws)
 CHIN = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 
 
@@ -154,7 +154,7 @@ def test_isoflop_parabola_is_fitted_around_the_measured_minimum():
     """Measured on CPU (configs/sweep-isoflop-cpu.yaml, budget 9e10): the best size is the
     second smallest; the far large sizes pull a parabola over all six below the smallest
     size, the ±2 window keeps it at the minimum."""
-    from cgpt.train.fit import fit_isoflop_budget
+    from cgpt.train.scaling.fit import fit_isoflop_budget
 
     params = [5496, 8820, 15808, 28320, 56608, 140832]
     losses = [3.8368, 3.6994, 3.9097, 4.1146, 4.5224, 5.0014]

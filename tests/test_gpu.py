@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-from cgpt.train.bench import bench
-from cgpt.train.metrics import read_metrics
-from cgpt.train.runconfig import parse_run_config
+from cgpt.train.bench.train_step import bench
+from cgpt.train.loop.metrics import read_metrics
+from cgpt.train.config import parse_run_config
 from test_trainer import make_cfg, make_data
 
 
@@ -30,7 +30,7 @@ def test_bench_reports_mfu_on_cuda():
 
 @pytest.mark.gpu
 def test_bf16_deepspeed_training_on_cuda(tmp_path):
-    from cgpt.train.trainer import train
+    from cgpt.train.loop.trainer import train
 
     data = make_data(tmp_path / "data")
     d = make_cfg(tmp_path, data, steps=20, precision="bf16", zero_stage=1, device="cuda")

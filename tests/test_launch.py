@@ -19,7 +19,7 @@ from cgpt.launch import launchers as L
 from cgpt.launch.cli import main
 from cgpt.launch.hostfile import Host, format_hostfile, parse_hostfile, read_hostfile
 from cgpt.model.errors import CgptError
-from cgpt.train.runconfig import parse_run_config
+from cgpt.train.config import parse_run_config
 
 
 def write_config(tmp_path: Path, global_batch=12, micro_batch=4, **plan) -> Path:

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from cgpt.model.errors import CgptError
-from cgpt.train.loader import DataRepeatWarning, TokenLoader
-from cgpt.train.shards import ShardWriter, open_token_data, write_token_data
+from cgpt.train.data.loader import DataRepeatWarning, TokenLoader
+from cgpt.train.data.shards import ShardWriter, open_token_data, write_token_data
 
 SEQ = 8
 # epoch rollovers are expected in several tests; the ones about the warning assert it
-pytestmark = pytest.mark.filterwarnings("ignore::cgpt.train.loader.DataRepeatWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::cgpt.train.data.loader.DataRepeatWarning")
 
 
 @pytest.fixture

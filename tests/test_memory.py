@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from cgpt.model import GPT, CgptError, GPTConfig
-from cgpt.train.devices import GiB, Device
-from cgpt.train.memory import (estimate_memory, fit_micro_batch, head_bytes,
+from cgpt.train.plan.devices import GiB, Device
+from cgpt.train.plan.memory import (estimate_memory, fit_micro_batch, head_bytes,
                                layer_activation_bytes, state_bytes)
 
 

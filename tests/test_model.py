@@ -4,7 +4,7 @@ import torch
 from cgpt.model import GPT, CgptError, ConfigError, GPTConfig, num_params
 from cgpt.model.sizes import flops_per_token_algorithmic, num_non_embedding_params
 
-# REFERENCE.md, "The seven models": exact GPT2LMHeadModel counts (tied embeddings)
+# docs/REFERENCE.md, Model sizes: exact GPT2LMHeadModel counts (tied embeddings)
 EXACT = {"111M": 111_050_496, "256M": 255_977_024, "590M": 590_310_912,
          "1.3B": 1_315_723_264, "2.7B": 2_651_553_280, "6.7B": 6_658_404_352,
          "13B": 12_853_386_240}
@@ -37,7 +37,7 @@ def test_bad_shapes_name_the_field():
 
 
 def test_paper_flops_column():
-    # REFERENCE.md, Results: 111M trained with 2.6e18 FLOPs over 9,037 × 245,760 tokens
+    # docs/REFERENCE.md, Results: 111M trained with 2.6e18 FLOPs over 9,037 × 245,760 tokens
     cfg = GPTConfig.from_name("111M")
     assert num_non_embedding_params(cfg) == 111_050_496 - 50257 * 768 - 2048 * 768
     total = flops_per_token_algorithmic(cfg) * 9037 * 245_760

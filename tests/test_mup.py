@@ -1,4 +1,4 @@
-"""μP model, optimizer groups and plans against REFERENCE.md ("Cerebras-GPT-μP")."""
+"""μP model, optimizer groups and plans against docs/REFERENCE.md, Cerebras-GPT-μP."""
 
 import math
 
@@ -10,11 +10,11 @@ from cgpt.launch.cli import main as cli_main
 from cgpt.model import GPT, ConfigError, GPTConfig
 from cgpt.model.config import MuPConfig
 from cgpt.model.errors import CgptError
-from cgpt.train.optim import param_groups
-from cgpt.train.plan import plan_for_shape, plan_published
-from cgpt.train.plan_mup import MUP_SIZES, apply_mup, config_path, mup_run_config, plan_published_mup
-from cgpt.train.runconfig import load_run_config, parse_run_config
-from cgpt.train.schedule import lr_at
+from cgpt.train.loop.optim import param_groups
+from cgpt.train.plan.planner import plan_for_shape, plan_published
+from cgpt.train.plan.mup import MUP_SIZES, apply_mup, config_path, mup_run_config, plan_published_mup
+from cgpt.train.config import load_run_config, parse_run_config
+from cgpt.train.loop.schedule import lr_at
 
 TINY = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=97, n_positions=16)
 

@@ -23,7 +23,7 @@ def trained_like(mup: dict | None) -> GPT:
 
 
 @pytest.mark.parametrize("mup", [
-    {"base_width": 16},  # m = 4, the REFERENCE.md multipliers
+    {"base_width": 16},  # m = 4, the multipliers of docs/REFERENCE.md, Cerebras-GPT-μP
     {"base_width": 32, "embeddings_multiplier": 3.5, "output_multiplier": 2.0,
      "attn_scale_by_d_head": False},
 ])

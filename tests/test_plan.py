@@ -1,4 +1,5 @@
-"""The planner: published recipes equal REFERENCE.md, rules reproduce the family, budgets invert."""
+"""The planner: published recipes equal docs/REFERENCE.md, Training recipe; rules reproduce the
+family; budgets invert."""
 
 import json
 import math
@@ -10,13 +11,13 @@ import yaml
 
 from cgpt.launch.cli import main
 from cgpt.model import GPTConfig, CgptError
-from cgpt.train import plan as P
-from cgpt.train import plan_rules as R
-from cgpt.train.devices import get_device
-from cgpt.train.runconfig import load_run_config, parse_run_config
-from cgpt.train.schedule import global_batch_at, lr_at, tokens_before
+from cgpt.train.plan import planner as P
+from cgpt.train.plan import rules as R
+from cgpt.train.plan.devices import get_device
+from cgpt.train.config import load_run_config, parse_run_config
+from cgpt.train.loop.schedule import global_batch_at, lr_at, tokens_before
 
-# REFERENCE.md, "Training recipe", typed in again here so the planner's table is checked
+# docs/REFERENCE.md, Training recipe, typed in again here so the planner's table is checked
 # against an independent copy: lr, batch seqs, batch tokens, steps, tokens, warmup, decay, eps
 TABLE = {
     "111M": (6.0e-4, 120, 245_760, 9_037, 2.22e9, 1_525, "linear", 1e-8),
@@ -28,7 +29,7 @@ TABLE = {
 }
 OUT_STD = {"111M": 0.004472, "256M": 0.003780, "590M": 0.003333, "1.3B": 0.0025,
            "2.7B": 0.0025, "6.7B": 0.0025, "13B": 0.0025}
-# REFERENCE.md, Results: train FLOPs and the law's predictions
+# docs/REFERENCE.md, Results: train FLOPs and the law's predictions
 FLOPS = {"111M": 2.6e18, "256M": 1.3e19, "590M": 6.1e19, "1.3B": 2.8e20, "2.7B": 1.1e21,
          "6.7B": 6.3e21, "13B": 2.3e22}
 PREDICTED = {"111M": 2.603, "256M": 2.369, "590M": 2.168, "1.3B": 1.992, "2.7B": 1.849,
@@ -66,8 +67,9 @@ def test_13b_batch_schedule_and_lr():
     assert (b.global_batch_seqs, b.steps, b.schedule_start_step, b.warmup_steps,
             b.decay_steps, b.decay) == (1080, 78_223, 38_000, 169, 116_054, "cosine")
     assert p.steps == 135_223 and p.lr == 1.2e-4 and p.adam_eps == 1e-9
-    assert round(p.tokens / 1e9) == 257  # REFERENCE.md: 257B tokens
-    # REFERENCE.md: "174,335 steps in 720-sequence units" = the first phase's planned schedule
+    assert round(p.tokens / 1e9) == 257  # 257B tokens (docs/REFERENCE.md, The 13B batch change)
+    # docs/REFERENCE.md, The 13B batch change: 174,335 steps in 720-sequence units
+    # = the first phase's planned schedule
     assert a.warmup_steps + a.decay_steps == 174_335
     assert p.tokens / (720 * 2048) == 174_334.5  # 78,223 × 1.5 steps after the switch
     ps = p.plan_section()
@@ -252,7 +254,7 @@ def test_cli_write_never_damages(tmp_path, capsys):
 
 
 def test_mup_seam(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "cgpt.train.plan_mup", None)
+    monkeypatch.setitem(sys.modules, "cgpt.train.plan.mup", None)
     assert main(["plan", "111M", "--mup"]) == 2
     assert "μP planning is not available" in capsys.readouterr().err
 

@@ -7,10 +7,10 @@ import pytest
 
 from cgpt.launch.cli import main as cli
 from cgpt.model.errors import CgptError
-from cgpt.train.prepare import prepare, val_mask
-from cgpt.train.shards import open_token_data
-from cgpt.train.sources import iter_documents
-from cgpt.train.tokenizer import load_tokenizer, train_tokenizer
+from cgpt.train.data.prepare import prepare, val_mask
+from cgpt.train.data.shards import open_token_data
+from cgpt.train.data.sources import iter_documents
+from cgpt.train.data.tokenizer import load_tokenizer, train_tokenizer
 
 DOCS = "stdlib:max_docs=40"
 

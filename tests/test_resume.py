@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cgpt.train import checkpoint as ckpt
-from cgpt.train.runconfig import parse_run_config
+from cgpt.train.loop import checkpoint as ckpt
+from cgpt.train.config import parse_run_config
 from test_trainer import _write, losses, make_cfg, make_data
 
 
@@ -23,7 +23,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def _train(d: dict, resume: bool = False, **rt) -> dict:
-    from cgpt.train.trainer import train
+    from cgpt.train.loop.trainer import train
 
     d = {**d, "runtime": {**d["runtime"], **rt}}
     return train(parse_run_config(d), resume=resume)
@@ -113,7 +113,7 @@ def test_bf16_zero1_trains_and_resumes_exactly(tmp_path, data):
     assert ds["data_types"] == {"grad_accum_dtype": "fp32"} and ds["bf16"]["enabled"]
     a = losses(tmp_path / "straight")
     assert a[-1] < a[0] - 0.5  # it learns
-    from cgpt.train.metrics import read_metrics
+    from cgpt.train.loop.metrics import read_metrics
 
     norms = [r["grad_norm"] for r in read_metrics(tmp_path / "straight" / "metrics.jsonl")
              if "grad_norm" in r]

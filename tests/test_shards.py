@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cgpt.model.errors import CgptError
-from cgpt.train import shards
-from cgpt.train.shards import ShardWriter, check_vocab, open_token_data, write_token_data
+from cgpt.train.data import shards
+from cgpt.train.data.shards import ShardWriter, check_vocab, open_token_data, write_token_data
 
 
 def _tokens(n, vocab, seed=0, eos=0):

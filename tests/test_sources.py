@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cgpt.model.errors import CgptError
-from cgpt.train.sources import iter_documents, open_source, stdlib_files
+from cgpt.train.data.sources import iter_documents, open_source, stdlib_files
 
 
 def test_stdlib_default_is_the_python_source_tree():

@@ -12,8 +12,8 @@ import yaml
 
 from cgpt.launch.cli import main as cli
 from cgpt.model.errors import CgptError
-from cgpt.train.shards import write_token_data
-from cgpt.train.sweep import fit_sweep_dir, load_sweep, parse_sweep, plan_points
+from cgpt.train.data.shards import write_token_data
+from cgpt.train.scaling.sweep import fit_sweep_dir, load_sweep, parse_sweep, plan_points
 
 SIZES = [{"n_layer": 1, "n_embd": 8, "n_head": 2}, {"n_layer": 1, "n_embd": 16, "n_head": 2},
          {"n_layer": 2, "n_embd": 16, "n_head": 2}]
@@ -189,7 +189,7 @@ def test_ready_configs_plan(name):
 
 
 def test_resume_refuses_changed_data(tmp_path, data):
-    from cgpt.train.sweep import run_sweep
+    from cgpt.train.scaling.sweep import run_sweep
 
     path = write_sweep(tmp_path, sweep_dict(tmp_path, data))
     out = tmp_path / "sweep"

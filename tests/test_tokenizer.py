@@ -5,8 +5,8 @@ import json
 import pytest
 
 from cgpt.model.errors import CgptError
-from cgpt.train.sources import iter_documents
-from cgpt.train.tokenizer import (EOS, HFTokenizer, SentencePieceTokenizer, load_tokenizer,
+from cgpt.train.data.sources import iter_documents
+from cgpt.train.data.tokenizer import (EOS, HFTokenizer, SentencePieceTokenizer, load_tokenizer,
                                   train_tokenizer)
 
 SAMPLES = [

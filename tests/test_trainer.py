@@ -15,9 +15,9 @@ import torch
 import yaml
 
 from cgpt.launch.cli import main as cli_main
-from cgpt.train.metrics import read_metrics
-from cgpt.train.runconfig import parse_run_config
-from cgpt.train.shards import write_token_data
+from cgpt.train.loop.metrics import read_metrics
+from cgpt.train.config import parse_run_config
+from cgpt.train.data.shards import write_token_data
 
 EOS = 256  # byte-level "tokenizer": ids 0..255 are bytes, 256 ends a document
 
@@ -69,7 +69,7 @@ def tree_digest(folder: Path) -> str:
 
 
 def test_train_end_to_end_loss_falls_and_run_folder(tmp_path, data):
-    from cgpt.train.trainer import train
+    from cgpt.train.loop.trainer import train
 
     cfg = parse_run_config(make_cfg(tmp_path, data, steps=40, export_hf=True,
                                     wandb="offline", eval_every=20, save_every=20))
@@ -106,10 +106,10 @@ def test_two_phase_batch_schedule_matches_plain_torch(tmp_path, data):
     """The 13B-style batch switch (4 -> 8 sequences) through DeepSpeed gives the losses of a
     hand-written torch loop: same init, batches, AdamW groups, LR schedule and clipping."""
     from cgpt.model import GPT
-    from cgpt.train.loader import TokenLoader
-    from cgpt.train.optim import param_groups
-    from cgpt.train.schedule import global_batch_at, lr_at
-    from cgpt.train.trainer import train
+    from cgpt.train.data.loader import TokenLoader
+    from cgpt.train.loop.optim import param_groups
+    from cgpt.train.loop.schedule import global_batch_at, lr_at
+    from cgpt.train.loop.trainer import train
 
     d = make_cfg(tmp_path, data, steps=6, batch=4, eval_every=0, save_every=0)
     d["plan"]["batch_schedule"] = [
@@ -200,7 +200,7 @@ def test_existing_run_and_changed_resume_are_refused_untouched(tmp_path, data, c
 
 
 def test_tokenizer_mismatch_is_refused(tmp_path, data, capsys):
-    from cgpt.train.tokenizer import train_tokenizer
+    from cgpt.train.data.tokenizer import train_tokenizer
 
     tok = tmp_path / "tok"
     train_tokenizer("stdlib:max_docs=30", 500, tok)
@@ -230,7 +230,7 @@ def test_divergence_stops_without_saving(tmp_path, data, monkeypatch, capsys):
     d = make_cfg(tmp_path, data, steps=20, save_every=5, eval_every=0)
     err = _cli_error(capsys, ["train", str(_write(tmp_path, d))])
     assert "loss became nan at step 8" in err and "step-5" in err
-    from cgpt.train import checkpoint as ckpt
+    from cgpt.train.loop import checkpoint as ckpt
 
     assert [s for s, _ in ckpt.published(tmp_path / "run" / "checkpoints")] == [5]
     assert len(losses(tmp_path / "run")) == 7
@@ -240,7 +240,7 @@ def test_zero3_partitioned_head_matches_zero0(tmp_path, data):
     """The fused loss reads lm_head.weight outside lm_head's forward; under ZeRO-3 (weights
     partitioned: 257 x 512 is above DeepSpeed's 1e5-element persistence threshold) DeepSpeed
     must gather it there. Same losses as ZeRO-0."""
-    from cgpt.train.trainer import train
+    from cgpt.train.loop.trainer import train
 
     runs = {}
     for stage in (3, 0):

@@ -1,54 +1,8 @@
-"""`python -m cgpt.train RUN.yaml [--set k=v ...] [--resume]`: the entry point that
-`cgpt train`, `deepspeed --module cgpt.train` and `torchrun -m cgpt.train` all run.
+"""`python -m cgpt.train RUN.yaml [--set k=v ...] [--resume]` (cgpt.train.loop.entry)."""
 
-A user error prints one line (rank 0 only, so N ranks do not repeat it) and exits 2.
-"""
-
-from __future__ import annotations
-
-import argparse
-import os
 import sys
 
-from cgpt.model.errors import CgptError
-
-
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="run config YAML (from `cgpt plan --write` or by hand)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set runtime.micro_batch=4 or "
-                        "--set wandb=off (bare keys are runtime keys); repeatable")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest complete checkpoint in runtime.out_dir")
-    # the deepspeed launcher appends --local_rank=N; the env var LOCAL_RANK says the same
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-
-
-def run_train(args: argparse.Namespace) -> int:
-    from .runconfig import load_run_config
-    from .trainer import train
-
-    cfg = load_run_config(args.config, args.overrides)
-    summary = train(cfg, resume=args.resume, config_path=args.config)
-    if summary["status"] != "preempted" and int(os.environ.get("RANK", "0")) == 0:
-        loss = summary["val_loss"]
-        print(f"{summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens, "
-              f"val_loss {loss:.4f} -> {summary['run_dir']}" if loss is not None else
-              f"{summary['status']}: {summary['steps']} steps -> {summary['run_dir']}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cgpt.train", description=__doc__.split("\n")[0])
-    add_train_args(p)
-    args = p.parse_args(argv)
-    try:
-        return run_train(args)
-    except CgptError as e:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"cgpt train: error: {e}", file=sys.stderr)
-        return 2
-
+from cgpt.train.loop.entry import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,271 @@
+"""The run config: one YAML file, fully resolved, typed and validated on load.
+
+Sections: ``model`` (GPTConfig fields), ``data`` (prepared token shards + tokenizer),
+``plan`` (what the planner decides: tokens, steps, batch, LR schedule, optimizer) and
+``runtime`` (how this run executes: micro-batch, ZeRO, precision, logging, checkpoints).
+`cgpt plan --write` produces it; `cgpt train` consumes it; the resolved copy is written
+into every run folder and checkpoint. Unknown keys are errors that name the nearest key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cgpt.model.config import GPTConfig
+from cgpt.model.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MuPSection(Strict):
+    base_width: int = 256
+    embeddings_multiplier: float = 10.0
+    output_multiplier: float = 1.0
+    attn_scale_by_d_head: bool = True
+    base_init_std: float = 0.08
+
+
+class ModelSection(Strict):
+    n_layer: int = Field(gt=0)
+    n_embd: int = Field(gt=0)
+    n_head: int = Field(gt=0)
+    n_inner: int | None = None
+    n_positions: int = Field(2048, gt=0)
+    vocab_size: int = Field(50257, gt=0)
+    layer_norm_epsilon: float = 1e-5
+    init_std: float = 0.02
+    out_init_std: float | None = None
+    dropout: float = 0.0
+    mup: MuPSection | None = None
+
+    def build(self) -> GPTConfig:
+        """The GPTConfig this section describes (validated: heads divide width, ...)."""
+        d = self.model_dump()
+        return GPTConfig(**d)
+
+    @classmethod
+    def from_gpt_config(cls, cfg: GPTConfig) -> "ModelSection":
+        return cls(**cfg.to_dict())
+
+
+class DataSection(Strict):
+    path: str  # folder written by `cgpt prepare` (train/val shards + meta.json)
+    tokenizer: str | None = None  # tokenizer folder; default: the one recorded in meta.json
+
+
+class BatchPhase(Strict):
+    """One constant-batch stretch of a run (the 13B run had two).
+
+    Runs ``steps`` optimizer steps at ``global_batch_seqs``; the LR schedule inside the
+    phase is evaluated at counter ``schedule_start_step + i`` with the phase's own warmup
+    and decay (docs/REFERENCE.md, The 13B batch change: the counter was rescaled when the batch
+    grew).
+    """
+
+    global_batch_seqs: int = Field(gt=0)
+    steps: int = Field(gt=0)
+    schedule_start_step: int = Field(0, ge=0)
+    warmup_steps: int = Field(ge=0)
+    decay_steps: int = Field(ge=0)
+    decay: Literal["linear", "cosine"] = "linear"
+
+
+class PlanSection(Strict):
+    name: str = "custom"
+    params: int = Field(gt=0)
+    seq_len: int = Field(gt=0)
+    tokens: int = Field(gt=0)
+    steps: int = Field(gt=0)  # total optimizer steps over all phases
+    global_batch_seqs: int = Field(gt=0)  # the first phase's batch
+    lr: float = Field(gt=0)  # peak
+    min_lr: float = Field(ge=0)  # end of decay (Cerebras: 10% of peak)
+    warmup_steps: int = Field(ge=0)
+    decay: Literal["linear", "cosine"] = "linear"
+    decay_steps: int = Field(ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
+    batch_schedule: list[BatchPhase] | None = None  # None: one phase from the fields above
+    tokens_per_param: float | None = None
+    train_flops: float | None = None
+    predicted_loss: float | None = None
+
+    @property
+    def global_batch_tokens(self) -> int:
+        return self.global_batch_seqs * self.seq_len
+
+    def phases(self) -> list[BatchPhase]:
+        if self.batch_schedule:
+            return list(self.batch_schedule)
+        return [BatchPhase(global_batch_seqs=self.global_batch_seqs, steps=self.steps,
+                           warmup_steps=self.warmup_steps, decay_steps=self.decay_steps,
+                           decay=self.decay)]
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) is above the peak lr ({self.lr})")
+        if self.batch_schedule and sum(p.steps for p in self.batch_schedule) != self.steps:
+            raise ValueError("plan.steps must equal the sum of plan.batch_schedule[*].steps")
+        return self
+
+
+class RuntimeSection(Strict):
+    out_dir: str = "runs/run"
+    seed: int = 1234
+    micro_batch: int = Field(1, gt=0)  # sequences per rank per forward pass
+    zero_stage: int = Field(1, ge=0, le=3)
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False  # torch.compile the model (GPU)
+    activation_checkpointing: bool = False
+    eval_every: int = Field(100, ge=0)  # steps; 0 = only at the end
+    eval_batches: int = Field(8, gt=0)
+    save_every: int = Field(500, ge=0)  # steps; 0 = only at the end
+    keep_last: int = Field(2, gt=0)
+    log_every: int = Field(10, gt=0)
+    wandb: Literal["auto", "offline", "online", "off"] = "auto"
+    wandb_project: str = "cgpt"
+    export_hf: bool = True  # write RUN_DIR/hf at the end
+    max_steps: int | None = Field(None, gt=0)  # stop early (tests, smoke runs)
+
+
+class RunConfig(Strict):
+    model: ModelSection
+    data: DataSection
+    plan: PlanSection
+    runtime: RuntimeSection = RuntimeSection()
+
+    @model_validator(mode="after")
+    def _check_shapes(self):
+        if self.plan.seq_len > self.model.n_positions:
+            raise ValueError(f"plan.seq_len ({self.plan.seq_len}) exceeds model.n_positions "
+                             f"({self.model.n_positions})")
+        return self
+
+    # ---- io -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write YAML atomically (temporary file, then rename)."""
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _nearest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+
+
+def _section_model(loc: tuple) -> type[BaseModel] | None:
+    cur: Any = RunConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = cur.model_fields.get(part) if hasattr(cur, "model_fields") else None
+        if field is None:
+            return None
+        ann = field.annotation
+        for cand in (MuPSection, ModelSection, DataSection, PlanSection, RuntimeSection, BatchPhase):
+            if ann is cand or cand in getattr(ann, "__args__", ()) or (
+                    getattr(ann, "__args__", None) and any(
+                        cand in getattr(a, "__args__", ()) for a in ann.__args__)):
+                cur = cand
+                break
+        else:
+            return None
+    return cur
+
+
+def format_validation_error(e: ValidationError) -> str:
+    msgs = []
+    for err in e.errors():
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc) or "config"
+        if err["type"] == "extra_forbidden":
+            section = _section_model(loc)
+            valid = list(section.model_fields) if section else []
+            msgs.append(f"unknown key {where!r}{_nearest(str(loc[-1]), valid)}")
+        elif err["type"] == "missing":
+            msgs.append(f"missing key {where!r}")
+        else:
+            msgs.append(f"{where}: {err['msg']}")
+    return "; ".join(msgs)
+
+
+def parse_run_config(data: dict, source: str = "config") -> RunConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with model/data/plan/runtime sections")
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {format_validation_error(e)}") from None
+    cfg.model.build()  # raises ConfigError naming the field for impossible shapes
+    return cfg
+
+
+_YAML_BOOL_WORDS = {"on", "off", "yes", "no", "y", "n"}
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `--set section.key=value` overrides (value parsed as YAML); bare keys
+    without a section go to `runtime` (e.g. `--set wandb=off`)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) == 1:
+            parts = ["runtime"] + parts
+        cur = data
+        for p in parts[:-1]:
+            if not isinstance(cur.get(p, {}), dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a section")
+            cur = cur.setdefault(p, {})
+        # YAML 1.1 reads off/on/yes/no as booleans; keep them as words so that
+        # `--set wandb=off` selects the mode (pydantic still accepts them for bool fields).
+        word = raw.strip()
+        cur[parts[-1]] = word if word.lower() in _YAML_BOOL_WORDS else yaml.safe_load(raw)
+    return data
+
+
+def read_yaml(path: str | os.PathLike, what: str = "run config"):
+    """safe_load a YAML file; a missing file or bad YAML is one ConfigError line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {str(p)!r} not found")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e.__class__.__name__}: "
+                          f"{str(e).splitlines()[0]})") from None
+
+
+def load_run_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+    p = Path(path)
+    data = apply_overrides(read_yaml(p) or {}, overrides or [])
+    return parse_run_config(data, str(p))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a text file via a temporary name in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,206 @@
+"""Crash-safe DeepSpeed checkpoints: save under a temporary tag, then publish.
+
+Layout of ``RUN_DIR/checkpoints``::
+
+    step-120/            a published checkpoint (DeepSpeed files + ours + ``complete``)
+    tmp-step-140/        a save in progress, or one a crash interrupted: never resumed from
+    latest               the newest published tag (informational; resume scans the folders)
+
+All ranks write DeepSpeed's files into ``tmp-step-N``; after a barrier rank 0 adds
+``trainer_state.json`` (step, tokens, loader state, ...) and the resolved config, writes the
+``complete`` marker, renames the folder to ``step-N`` (one atomic rename) and deletes all but
+the newest ``keep_last`` published checkpoints. A kill at any moment therefore leaves the
+previous checkpoint intact, and ``--resume`` picks the newest folder that has the marker.
+RNG states are saved per rank as tensors and read back with ``torch.load(weights_only=True)``;
+DeepSpeed's own files are read the same way (``restricted_loads``), with DeepSpeed's few
+plain data types allowed by name, never with full unpickling unless the user says the run
+folder is trusted (CGPT_TRUST_CHECKPOINTS=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cgpt.model.errors import CgptError
+
+from cgpt.train.loop.distributed import barrier
+from cgpt.train.config import RunConfig, write_text_atomic
+
+COMPLETE = "complete"
+STATE = "trainer_state.json"
+_PUBLISHED = re.compile(r"^step-(\d+)$")
+
+
+def tag_for(step: int) -> str:
+    return f"step-{step}"
+
+
+def published(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first, as (step, folder)."""
+    root, out = Path(ckpt_dir), []
+    if not root.is_dir():
+        return out
+    for p in root.iterdir():
+        m = _PUBLISHED.match(p.name)
+        if m and p.is_dir() and (p / COMPLETE).is_file() and (p / STATE).is_file():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def newest(ckpt_dir: str | Path) -> tuple[int, Path] | None:
+    found = published(ckpt_dir)
+    return found[-1] if found else None
+
+
+# ---------------------------------------------------------------------------- RNG
+def rng_state() -> dict:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python_version": torch.tensor(py[0]),
+        "python_state": torch.tensor(py[1], dtype=torch.int64),
+        "python_gauss": torch.tensor([] if py[2] is None else [py[2]], dtype=torch.float64),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": torch.tensor([np_state[2], np_state[3]], dtype=torch.int64),
+        "numpy_gauss": torch.tensor([np_state[4]], dtype=torch.float64),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    gauss = s["python_gauss"].tolist()
+    random.setstate((int(s["python_version"]), tuple(s["python_state"].tolist()),
+                     gauss[0] if gauss else None))
+    pos, has_gauss = s["numpy_pos"].tolist()
+    np.random.set_state(("MT19937", s["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss,
+                         float(s["numpy_gauss"][0])))
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state(s["cuda"])
+
+
+# ---------------------------------------------------------------------------- save / load
+class Checkpointer:
+    def __init__(self, run_dir: str | Path, keep_last: int, rank: int):
+        self.dir = Path(run_dir) / "checkpoints"
+        self.keep_last, self.rank = keep_last, rank
+
+    def save(self, engine, step: int, state: dict, cfg: RunConfig) -> Path:
+        """Save a checkpoint of `step` (all ranks call this); returns the published folder."""
+        tag, tmp_tag = tag_for(step), "tmp-" + tag_for(step)
+        tmp, final = self.dir / tmp_tag, self.dir / tag
+        if self.rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # left over by an interrupted save
+        barrier()
+        engine.save_checkpoint(str(self.dir), tag=tmp_tag, client_state={"step": step},
+                               save_latest=False)
+        tmp.mkdir(parents=True, exist_ok=True)  # ranks without DeepSpeed files of their own
+        torch.save(rng_state(), tmp / f"rng-rank{self.rank}.pt")
+        barrier()  # every rank's files are on disk before rank 0 publishes
+        if self.rank == 0:
+            cfg.save(tmp / "config.yaml")
+            write_text_atomic(tmp / STATE, json.dumps(state, indent=1, default=_jsonable) + "\n")
+            (tmp / COMPLETE).write_text(f"{step}\n")
+            if final.exists():  # re-saving a step (e.g. the end of a resumed run)
+                shutil.rmtree(final)
+            tmp.rename(final)  # the publish: one atomic rename
+            write_text_atomic(self.dir / "latest", tag + "\n")
+            self._prune()
+        barrier()
+        return final
+
+    def _prune(self) -> None:
+        for _, p in published(self.dir)[:-self.keep_last]:
+            shutil.rmtree(p, ignore_errors=True)
+        for p in self.dir.glob("tmp-step-*"):  # interrupted saves older than this one
+            shutil.rmtree(p, ignore_errors=True)
+
+    def load(self, engine, folder: Path) -> dict:
+        """Restore engine (weights + optimizer), this rank's RNG; return trainer state."""
+        state = read_state(folder)
+        restricted_loads(engine)
+        path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name,
+                                         load_lr_scheduler_states=False)
+        if path is None:
+            raise CgptError(f"DeepSpeed could not load checkpoint {folder}; delete it to "
+                            "resume from the previous one")
+        rng = folder / f"rng-rank{self.rank}.pt"
+        if rng.is_file():  # absent when resuming with more ranks than were saved
+            set_rng_state(torch.load(rng, weights_only=True))
+        return state
+
+
+class _WeightsOnlyLoads:
+    """DeepSpeed's checkpoint engine, except that ``load`` uses torch's restricted unpickler
+    (``weights_only=True``: tensors, containers and plain values; no code runs) instead of
+    DeepSpeed's full unpickling, with the few DeepSpeed types its files hold allowed by name.
+    """
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def load(self, path: str, map_location=None):
+        import pickle
+
+        if os.environ.get(TRUST_ENV) == "1":
+            return self._inner.load(path, map_location=map_location)
+        try:
+            with torch.serialization.safe_globals(_safe_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            unsafe = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
+            detail = f" ({', '.join(unsafe)})" if unsafe else " or is not a torch.save file"
+            raise CgptError(f"{path} holds objects outside the checkpoint allowlist{detail}; "
+                            f"not loaded. If you trust this run folder, resume with "
+                            f"{TRUST_ENV}=1") from None
+
+
+TRUST_ENV = "CGPT_TRUST_CHECKPOINTS"  # "1": DeepSpeed's own full unpickling on resume
+
+
+def _safe_globals() -> list:
+    """The DeepSpeed types its ZeRO/bf16 optimizer files hold (listed with
+    torch.serialization.get_unsafe_globals_in_checkpoint over ZeRO 0-3 x bf16/fp32):
+    plain data classes and an enum, rebuilt from their fields; nothing of theirs runs."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [fragment_address, ZeroStageEnum, LossScaler, DynamicLossScaler]
+
+
+def restricted_loads(engine) -> None:
+    """Make ``engine.load_checkpoint`` read DeepSpeed's files without full unpickling."""
+    if not isinstance(engine.checkpoint_engine, _WeightsOnlyLoads):
+        engine.checkpoint_engine = _WeightsOnlyLoads(engine.checkpoint_engine)
+
+
+def read_state(folder: Path) -> dict:
+    try:
+        return json.loads((Path(folder) / STATE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CgptError(f"checkpoint {folder} is unreadable ({e}); delete it to resume "
+                        "from the previous one") from None
+
+
+def _jsonable(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,415 @@
+"""Train a GPT with DeepSpeed from a run config: ``train(cfg, resume=False) -> summary``.
+
+The same code runs as a plain `cgpt train RUN.yaml` (a one-process group on CPU/gloo or one
+GPU) and under `deepspeed --num_gpus N` / `torchrun` (one process per rank).
+Order of work, so that bad input never touches the run folder: check the config, the data
+(vocab, tokenizer), every batch phase's split, the memory fit and, for ``--resume``, the saved
+config; only then create the folder, build the engine and train.
+
+Per step: LR of every param group from the plan (× the group's μP ``lr_scale``); this rank's
+micro-batches from the loader's global stream; explicit accumulation boundaries (so the
+13B-style batch switch only changes DeepSpeed's accumulation count through
+``engine.set_train_batch_size``); the loss all-reduced over ranks before the update, so a
+non-finite loss stops every rank before it can reach weights or checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cgpt.model import GPT, flops_per_token_mfu
+from cgpt.model.errors import CgptError
+
+from cgpt.train.loop import checkpoint as ckpt
+from cgpt.train.plan.batch import BatchSplit, split_batch
+from cgpt.train.loop.distributed import DistInfo, all_sum, barrier, init_distributed, resolve_device
+from cgpt.train.loop.engine import (build_ds_config, build_optimizer, check_precision, initialize_engine,
+                        save_ds_config)
+from cgpt.train.loop.metrics import MetricsLogger, Throughput, plot_loss, truncate_metrics
+from cgpt.train.config import RunConfig, write_text_atomic
+from cgpt.train.loop.schedule import global_batch_at, lr_at, tokens_before
+
+# runtime keys whose change makes a checkpoint unusable (the rest may change on --resume)
+RESUME_RUNTIME_KEYS = ("seed", "zero_stage", "precision")
+
+
+@dataclass
+class Run:
+    """Everything checked before the run folder is touched."""
+
+    cfg: RunConfig
+    dist: DistInfo
+    data: object  # cgpt.train.data.shards.TokenData
+    splits: dict[int, BatchSplit]  # global batch -> split, for every phase
+    run_dir: Path
+    resume_from: Path | None = None
+    resume_state: dict = field(default_factory=dict)
+    tokenizer_dir: str | None = None
+    config_path: str | None = None
+
+
+# ---------------------------------------------------------------------------- checks
+def _check_data(cfg: RunConfig):
+    from cgpt.train.data.shards import check_vocab, open_token_data
+
+    # one process per node reads every byte for the sha256 check; the others check sizes (a
+    # failure there exits that rank, and the launcher then stops the rest)
+    local_main = os.environ.get("LOCAL_RANK", "0") == "0"
+    data = open_token_data(cfg.data.path, verify=True if local_main else "size")
+    tokenizer = None
+    if cfg.data.tokenizer:
+        try:
+            from cgpt.train.data.tokenizer import load_tokenizer
+        except ImportError:  # tokenizer module absent: vocab is still checked below
+            load_tokenizer = None
+        if load_tokenizer is not None:
+            tokenizer = load_tokenizer(cfg.data.tokenizer)
+    check_vocab(data, cfg.model.vocab_size, tokenizer)
+    return data
+
+
+def _check_memory(cfg: RunConfig, dist: DistInfo) -> None:
+    """Refuse a plan whose estimated per-rank peak exceeds the device (or host) memory."""
+    from cgpt.train.plan.memory import estimate_memory, fmt_bytes
+
+    rt = cfg.runtime
+    est = estimate_memory(cfg.model.build(), cfg.plan.seq_len, rt.micro_batch, rt.zero_stage,
+                          dist.world_size, rt.activation_checkpointing, rt.precision).total
+    if dist.device.type == "cuda":
+        have, where = torch.cuda.get_device_properties(dist.device).total_memory, "GPU"
+    else:
+        import psutil
+
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
+        have, where = psutil.virtual_memory().total // ranks_here, "host (per rank)"
+    if est > have:
+        raise CgptError(f"the plan needs about {fmt_bytes(est)} per rank but the {where} memory "
+                        f"is {fmt_bytes(have)}; lower runtime.micro_batch, set "
+                        "runtime.activation_checkpointing=true, raise runtime.zero_stage or "
+                        "use more GPUs")
+
+
+def _config_diff(old: dict, new: dict) -> list[str]:
+    keys = []
+    for section in ("model", "data", "plan"):
+        a, b = old.get(section) or {}, new.get(section) or {}
+        keys += [f"{section}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    a, b = old.get("runtime") or {}, new.get("runtime") or {}
+    keys += [f"runtime.{k}" for k in RESUME_RUNTIME_KEYS if a.get(k) != b.get(k)]
+    return keys
+
+
+def _check_run_dir(run: Run, resume: bool) -> None:
+    import yaml
+
+    saved = run.run_dir / "config.yaml"
+    if not resume:
+        if saved.exists():
+            raise CgptError(f"run folder {str(run.run_dir)!r} already holds a run; continue it "
+                            "with --resume, or set runtime.out_dir to a new folder")
+        return
+    if not saved.is_file():
+        return  # nothing to resume yet (e.g. preempted before starting): a fresh start
+    old = yaml.safe_load(saved.read_text()) or {}
+    diff = _config_diff(old, run.cfg.to_dict())
+    if diff:
+        raise CgptError(f"cannot resume {str(run.run_dir)!r}: the config changed in "
+                        f"{', '.join(diff)}, which breaks resumption; restore them or start a "
+                        "new run (runtime.out_dir)")
+    found = ckpt.newest(run.run_dir / "checkpoints")
+    if found is None:
+        return
+    run.resume_from = found[1]
+    state = ckpt.read_state(found[1])
+    if (run.cfg.runtime.zero_stage >= 1 and state.get("world_size") not in
+            (None, run.dist.world_size)):
+        raise CgptError(f"checkpoint {found[1]} was written by {state['world_size']} ranks with "
+                        f"ZeRO stage {run.cfg.runtime.zero_stage}; resume with the same number "
+                        "of ranks")
+    run.resume_state = state
+
+
+def prepare_run(cfg: RunConfig, resume: bool, config_path: str | None = None) -> Run:
+    """All checks; joins the process group but writes nothing."""
+    rt = cfg.runtime
+    device = resolve_device(rt.device)
+    check_precision(rt.precision, device, rt.zero_stage)
+    cfg.model.build()
+    data = _check_data(cfg)
+    dist = init_distributed(device)
+    splits = {}
+    for ph in cfg.plan.phases():
+        splits[ph.global_batch_seqs] = split_batch(ph.global_batch_seqs, dist.world_size,
+                                                   rt.micro_batch)
+    _check_memory(cfg, dist)
+    run = Run(cfg, dist, data, splits, Path(rt.out_dir),
+              tokenizer_dir=cfg.data.tokenizer or data.tokenizer_dir, config_path=config_path)
+    _check_run_dir(run, resume)
+    return run
+
+
+# ---------------------------------------------------------------------------- building
+def _seed_everything(seed: int) -> None:
+    """Same seed on every rank: identical model init whatever the data-parallel size."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _build_engine(run: Run):
+    cfg, dev = run.cfg, run.dist.device.type
+    _seed_everything(cfg.runtime.seed)
+    model = GPT(cfg.model.build())
+    model.gradient_checkpointing = cfg.runtime.activation_checkpointing
+    optimizer = build_optimizer(model, cfg, dev)
+    first = run.splits[cfg.plan.phases()[0].global_batch_seqs]
+    ds = build_ds_config(cfg, first)
+    if run.dist.is_main:
+        save_ds_config(ds, run.run_dir / "ds_config.json")
+    engine = initialize_engine(model, optimizer, ds, run.dist.world_size)
+    if cfg.runtime.compile:
+        engine.compile()
+    return engine, optimizer
+
+
+# ---------------------------------------------------------------------------- the loop
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop saves and exits at the next step boundary."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: no preemption handling
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _grad_norm(engine) -> float | None:
+    ps = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in ps]))) if ps else None
+
+
+def _train_step(run: Run, engine, optimizer, loader, step: int,
+                stopping: bool = False) -> tuple[float, float | None, bool]:
+    """One optimizer step; returns (global mean loss, grad norm, whether any rank was asked
+    to stop). The stop flags ride on the loss all-reduce: one collective per step."""
+    cfg, dev = run.cfg, run.dist.device
+    G = global_batch_at(cfg.plan, step)
+    if engine.train_batch_size() != G:  # a new batch phase: same micro-batch, new accumulation
+        engine.set_train_batch_size(G)
+    lr = lr_at(cfg.plan, step)
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+    micro = loader.next_step(G, cfg.runtime.micro_batch)
+    acc, norm = torch.zeros((), dtype=torch.float64, device=dev), None
+    for i, (x, y) in enumerate(micro):
+        last = i == len(micro) - 1
+        engine.set_gradient_accumulation_boundary(last)
+        _, loss = engine(x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
+        acc += loss.detach().double()
+        if last:  # every rank sees the same global loss before the update
+            s, n, stops = all_sum([acc.item(), len(micro), float(stopping)], dev)
+            mean = s / n
+            if not math.isfinite(mean):
+                return mean, None, stops > 0
+        engine.backward(loss)
+        if last and cfg.runtime.zero_stage == 0 and cfg.runtime.precision == "fp32":
+            norm = _grad_norm(engine)  # DeepSpeed does not report it for a plain optimizer
+        engine.step()
+    gn = engine.get_global_grad_norm()
+    norm = float(gn) if gn is not None else norm
+    return mean, norm, stops > 0
+
+
+@torch.no_grad()
+def evaluate(engine, batches, dev) -> float:
+    """Mean loss over the fixed val batches of all ranks."""
+    engine.eval()
+    s, n = 0.0, 0
+    for x, y in batches:
+        _, loss = engine(x.to(dev), y.to(dev))
+        s, n = s + loss.float().item() * x.size(0), n + x.size(0)
+    engine.train()
+    s, n = all_sum([s, n], dev)
+    return s / max(n, 1)
+
+
+def _diverged(run: Run, loss: float, step: int, saved: Path | None) -> CgptError:
+    where = str(saved) if saved else "none (the run had not saved one yet)"
+    return CgptError(f"loss became {loss} at step {step + 1}; last good checkpoint: {where}; "
+                     "nothing was saved after it. Lower plan.lr, raise plan.warmup_steps or "
+                     "use precision bf16/fp32, then --resume (or start over)")
+
+
+def _resume_command(run: Run) -> str:
+    path = run.config_path or str(run.run_dir / "config.yaml")
+    return f"cgpt train {path} --resume"
+
+
+class _Loop:
+    def __init__(self, run: Run, engine, optimizer, log: MetricsLogger):
+        from cgpt.train.data.loader import TokenLoader
+
+        self.run, self.engine, self.opt, self.log = run, engine, optimizer, log
+        cfg, d = run.cfg, run.dist
+        self.loader = TokenLoader(run.data, cfg.plan.seq_len, d.rank, d.world_size,
+                                  seed=cfg.runtime.seed)
+        val = TokenLoader(run.data, cfg.plan.seq_len, d.rank, d.world_size,
+                          seed=cfg.runtime.seed, split="val")
+        self.val_batches = val.val_batches(cfg.runtime.eval_batches, cfg.runtime.micro_batch)
+        self.ckpt = ckpt.Checkpointer(run.run_dir, cfg.runtime.keep_last, d.rank)
+        self.step, self.tokens, self.saved, self.saved_step = 0, 0, None, -1
+        self.loss = self.val_loss = None
+        self.eval_step = -1
+        self.end = min(cfg.plan.steps, cfg.runtime.max_steps or cfg.plan.steps)
+
+    def restore(self) -> None:
+        st = self.ckpt.load(self.engine, self.run.resume_from)
+        self.loader.load_state_dict(st["loader"])
+        self.step, self.tokens = int(st["step"]), int(st["tokens"])
+        self.loss, self.val_loss = st.get("loss"), st.get("val_loss")
+        self.saved, self.saved_step = self.run.resume_from, self.step
+        self.log.message(f"resumed from {self.run.resume_from} (step {self.step}, "
+                         f"{self.tokens:,} tokens)")
+
+    def save(self) -> None:
+        if self.saved_step == self.step:
+            return
+        state = {"step": self.step, "tokens": self.tokens, "loader": self.loader.state_dict(),
+                 "world_size": self.run.dist.world_size, "loss": self.loss,
+                 "val_loss": self.val_loss, "time": time.time()}
+        self.saved = self.ckpt.save(self.engine, self.step, state, self.run.cfg)
+        self.saved_step = self.step
+
+    def eval(self) -> None:
+        self.val_loss = evaluate(self.engine, self.val_batches, self.run.dist.device)
+        self.eval_step = self.step
+        self.log.log({"step": self.step, "tokens": self.tokens, "val_loss": self.val_loss})
+
+    def run_steps(self, stop: _StopFlag) -> str:
+        cfg, rt = self.run.cfg, self.run.cfg.runtime
+        fpt = flops_per_token_mfu(cfg.model.build(), cfg.plan.seq_len)
+        from cgpt.train.plan.devices import detect_peak_flops
+
+        tp, avg_dt = Throughput(fpt, detect_peak_flops()), None
+        while self.step < self.end:
+            t0 = time.perf_counter()
+            loss, norm, stopping = _train_step(self.run, self.engine, self.opt, self.loader,
+                                               self.step, stop.signal is not None)
+            if not math.isfinite(loss):
+                raise _diverged(self.run, loss, self.step, self.saved)
+            lr = lr_at(cfg.plan, self.step)
+            self.step += 1
+            self.tokens = tokens_before(cfg.plan, self.step)
+            self.loss = loss
+            tps, mfu = tp.step(self.tokens - tokens_before(cfg.plan, self.step - 1))
+            dt = time.perf_counter() - t0
+            avg_dt = dt if avg_dt is None else 0.9 * avg_dt + 0.1 * dt
+            self.log.log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm,
+                          "tokens": self.tokens, "tokens_per_s": tps, "mfu": mfu,
+                          "step_time_s": dt, "eta_s": avg_dt * (self.end - self.step)})
+            if rt.eval_every and self.step % rt.eval_every == 0:
+                self.eval()
+            if rt.save_every and self.step % rt.save_every == 0:
+                self.save()
+            if stopping:  # a signal seen by any rank before this step's loss all-reduce
+                self.save()
+                return "preempted"
+            tp.reset()
+        return "completed" if self.step >= cfg.plan.steps else "stopped"
+
+
+# ---------------------------------------------------------------------------- the end
+def _export(run: Run, engine) -> None:
+    """model.safetensors and the HF folder (rank 0; ZeRO-3 gathers the weights first)."""
+    import contextlib
+
+    from cgpt.model.io import save_model
+
+    params = list(engine.module.parameters())
+    gather = contextlib.nullcontext()
+    if run.cfg.runtime.zero_stage == 3:
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    with gather:
+        if run.dist.is_main:
+            save_model(engine.module, run.run_dir / "model.safetensors")
+            if run.cfg.runtime.export_hf:
+                from cgpt.model.hf import export_hf
+
+                export_hf(engine.module, run.run_dir / "hf", tokenizer_dir=run.tokenizer_dir,
+                          verify=True, force=True)
+
+
+def _finish(run: Run, loop: _Loop, status: str, t0: float) -> dict:
+    summary = {"run_dir": str(run.run_dir), "status": status, "steps": loop.step,
+               "tokens": loop.tokens, "loss": loop.loss, "val_loss": loop.val_loss,
+               "checkpoint": str(loop.saved) if loop.saved else None,
+               "wall_s": round(time.time() - t0, 3)}
+    if run.dist.is_main:
+        import json
+
+        plot_loss(run.run_dir / "metrics.jsonl", run.run_dir / "loss.png")
+        write_text_atomic(run.run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def train(cfg: RunConfig, resume: bool = False, config_path: str | None = None) -> dict:
+    """Train (or continue, with ``resume``) the run described by ``cfg``; returns a summary:
+    run_dir, status (completed | stopped at runtime.max_steps | preempted), steps, tokens,
+    loss (last train loss), val_loss (last), checkpoint, wall_s."""
+    t0 = time.time()
+    run = prepare_run(cfg, resume, config_path)
+    # every rank checks the run folder before rank 0 writes into it (else a slow rank sees
+    # rank 0's fresh config.yaml and refuses "a folder that already holds a run")
+    barrier()
+    main = run.dist.is_main
+    if main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run.run_dir / "config.yaml")
+    barrier()
+    engine, optimizer = _build_engine(run)
+    if main:  # steps after the checkpoint are redone: drop their old rows first
+        truncate_metrics(run.run_dir / "metrics.jsonl", run.resume_state.get("step", 0))
+    log = MetricsLogger(run.run_dir, main, min(cfg.plan.steps, cfg.runtime.max_steps or 10**18),
+                        run.resume_state.get("step", 0), cfg.runtime.wandb,
+                        cfg.runtime.wandb_project, cfg.to_dict(), cfg.runtime.log_every)
+    loop = _Loop(run, engine, optimizer, log)
+    try:
+        if run.resume_from is not None:
+            loop.restore()
+        with _StopFlag() as stop:
+            status = loop.run_steps(stop)
+            if status == "preempted":
+                log.message(f"stopped by {stop.signal} at step {loop.step}; checkpoint saved "
+                            f"to {loop.saved}; resume with: {_resume_command(run)}")
+                return _finish(run, loop, status, t0)
+            if loop.eval_step != loop.step:
+                loop.eval()
+            loop.save()
+        _export(run, engine)
+        return _finish(run, loop, status, t0)
+    finally:
+        log.close()

@@ -1,0 +1,1 @@
+"""cgpt.train.scaling."""
