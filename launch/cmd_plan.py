@@ -5,7 +5,7 @@
     cgpt plan --layers 20 --width 1280
     cgpt plan --flops 1e21                          compute-optimal for a FLOP budget
     cgpt plan --gpu-hours 2000 --gpu h100 --mfu 0.4
-    cgpt plan 1.3B --gpus 64 --gpu h100 --zero-stage 1 --json
+    cgpt plan 1.3B --gpus 48 --gpu h100 --zero-stage 1 --json     (48 ranks split its 528)
     cgpt plan 111M --gpus 8 --gpu h100 --write run.yaml --data data/pile
 """
 
@@ -17,6 +17,8 @@ import math
 import re
 
 from cgpt.model.errors import CgptError
+from cgpt.model.sizes import GPT2_VOCAB
+from cgpt.train.plan.rules import SEQ_LEN
 
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 
@@ -48,8 +50,8 @@ def register(sub) -> None:
     rules.add_argument("--fit", metavar="FIT.json", help="a sweep's fit: tokens/param, loss law")
     rules.add_argument("--rules", action="store_true",
                        help="for a published size: the rule-based plan, not the published one")
-    rules.add_argument("--seq-len", type=int, default=2048)
-    rules.add_argument("--vocab-size", type=int, default=50257)
+    rules.add_argument("--seq-len", type=int, default=SEQ_LEN)
+    rules.add_argument("--vocab-size", type=int, default=GPT2_VOCAB)
     rules.add_argument("--batch-seqs", type=int, help="override the global batch (sequences)")
     rules.add_argument("--lr", type=float, help="override the peak learning rate")
     rules.add_argument("--mup", action="store_true", help="the μP variant of the plan")
@@ -74,97 +76,21 @@ def register(sub) -> None:
 
 
 def build_plan(args):
-    from cgpt.train.plan import planner as P
-    from cgpt.train.plan.devices import get_device
-    from cgpt.train.plan.rules import load_fit
+    """Parse the flags into a PlanRequest and plan it (cgpt.train.plan.request)."""
+    from cgpt.train.plan.request import PlanRequest, plan
 
-    chosen = [n for n, v in (("SIZE", args.size), ("--params", args.params),
-                             ("--layers/--width", args.layers or args.width),
-                             ("--flops", args.flops), ("--gpu-hours", args.gpu_hours)) if v]
-    if len(chosen) != 1:
-        raise CgptError("give exactly one of SIZE, --params, --layers/--width, --flops, "
-                        f"--gpu-hours{' (got ' + ', '.join(chosen) + ')' if chosen else ''}")
-    fit = load_fit(args.fit) if args.fit else None
-    device = get_device(args.gpu) if args.gpu else None
-    kw = dict(tokens_per_param=args.tokens_per_param, fit=fit, seq_len=args.seq_len,
-              vocab_size=args.vocab_size, global_batch_seqs=args.batch_seqs, lr=args.lr)
-    for name, v in (("--batch-seqs", args.batch_seqs), ("--lr", args.lr)):
-        if v is not None and not (v > 0 and math.isfinite(v)):
-            raise CgptError(f"{name} must be positive, got {v}")
-    if args.size:
-        if args.rules:
-            base = P.plan_published(args.size)  # validates the name
-            plan = P.plan_for_shape(base.model.n_layer, base.model.n_embd, name=base.name + "-rules",
-                                    **kw)
-        else:
-            plan = P.plan_published(args.size, law=fit.law if fit else None)
-            if args.batch_seqs or args.lr or args.tokens_per_param:
-                raise CgptError("--batch-seqs/--lr/--tokens-per-param change a published recipe; "
-                                "add --rules to plan this size by the rules instead")
-    elif args.params:
-        plan = P.plan_for_params(parse_count(args.params, "--params"), **kw)
-    elif args.layers or args.width:
-        if not (args.layers and args.width):
-            raise CgptError("--layers and --width go together")
-        plan = P.plan_for_shape(args.layers, args.width, args.heads, **kw)
-    elif args.flops:
-        plan = P.plan_for_flops(parse_count(args.flops, "--flops"), **kw)
-    else:
-        if device is None:
-            raise CgptError("--gpu-hours needs --gpu (e.g. --gpu h100) for the peak FLOP/s")
-        plan = P.plan_for_gpu_hours(parse_count(args.gpu_hours, "--gpu-hours"), device,
-                                    args.mfu, **kw)
-    gpus = _gpu_count(args)
-    if gpus and plan.source == "rules" and not args.batch_seqs and plan.global_batch_seqs % gpus:
-        plan = _rebatch(plan, gpus, args)
-    if args.mup:
-        plan = _apply_mup(plan)
-    if gpus is not None:
-        if device is None:
-            raise CgptError("--gpus/--nodes need --gpu (e.g. --gpu h100) for memory and peak")
-        plan = P.with_cluster(plan, gpus, device, args.zero_stage, args.mfu, args.micro_batch,
-                              args.activation_checkpointing)
-    return plan, device
-
-
-def _rebatch(plan, gpus: int, args):
-    """A rule-based batch is a choice, not a fact: round it to a multiple of the GPU count
-    so the split works (a published batch is kept and an impossible split is refused)."""
-    from dataclasses import replace
-
-    from cgpt.train.plan.planner import plan_for_shape
-
-    m, rule_batch = plan.model, plan.global_batch_seqs
-    batch = max(gpus, round(rule_batch / gpus) * gpus)
-    new = plan_for_shape(m.n_layer, m.n_embd, m.n_head, tokens_per_param=plan.tokens_per_param,
-                         law=plan.law, seq_len=plan.seq_len, vocab_size=m.vocab_size,
-                         name=plan.name, global_batch_seqs=batch, lr=args.lr)
-    note = (f"global batch rounded from the rule's {rule_batch} to {batch} sequences, a "
-            f"multiple of {gpus} GPUs (set --batch-seqs to choose)")
-    return replace(new, notes=plan.notes + (note,))
-
-
-def _apply_mup(plan):
-    try:
-        from cgpt.train.plan.mup import apply_mup
-    except ModuleNotFoundError as e:
-        if e.name == "cgpt.train.plan.mup":
-            raise CgptError("μP planning is not available in this installation") from None
-        raise
-    return apply_mup(plan)
-
-
-def _gpu_count(args) -> int | None:
-    for name in ("gpus", "nodes", "gpus_per_node"):
-        v = getattr(args, name)
-        if v is not None and v <= 0:
-            raise CgptError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
-    if args.nodes or args.gpus_per_node:
-        total = (args.nodes or 1) * (args.gpus_per_node or 1)
-        if args.gpus and args.gpus != total:
-            raise CgptError(f"--gpus {args.gpus} disagrees with --nodes × --gpus-per-node = {total}")
-        return total
-    return args.gpus
+    counts = {name: parse_count(getattr(args, name), flag) if getattr(args, name) else None
+              for name, flag in (("params", "--params"), ("flops", "--flops"),
+                                 ("gpu_hours", "--gpu-hours"))}
+    req = PlanRequest(
+        size=args.size, layers=args.layers, width=args.width, heads=args.heads,
+        tokens_per_param=args.tokens_per_param, fit=args.fit, rules=args.rules,
+        seq_len=args.seq_len, vocab_size=args.vocab_size, batch_seqs=args.batch_seqs,
+        lr=args.lr, mup=args.mup, gpu=args.gpu, gpus=args.gpus, nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node, mfu=args.mfu, zero_stage=args.zero_stage,
+        micro_batch=args.micro_batch, activation_checkpointing=args.activation_checkpointing,
+        **counts)
+    return plan(req), req.device
 
 
 def run(args) -> int:

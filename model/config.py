@@ -24,6 +24,9 @@ class MuPConfig:
     attn_scale_by_d_head: bool = True
     base_init_std: float = 0.08
 
+    # read by pydantic when a run config embeds this dataclass: unknown keys are errors
+    __pydantic_config__ = {"extra": "forbid"}
+
     def validate(self, n_embd: int) -> None:
         if self.base_width <= 0:
             raise ConfigError(f"mup.base_width must be positive, got {self.base_width}")
@@ -51,6 +54,8 @@ class GPTConfig:
     out_init_std: float | None = None  # c_proj init; default 0.02/sqrt(2·n_layer)
     dropout: float = 0.0  # Cerebras-GPT uses none
     mup: MuPConfig | None = None
+
+    __pydantic_config__ = {"extra": "forbid"}  # as MuPConfig's
 
     def __post_init__(self):
         if isinstance(self.mup, dict):

@@ -81,8 +81,9 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied (docs/REFERENCE.md, Architecture)
         self.gradient_checkpointing = False
-        # with targets: loss from the fused head + cross-entropy (cgpt.model.fused_ce) and
-        # no logits returned; False keeps the plain path (logits, then F.cross_entropy)
+        # how forward(idx, targets) computes the loss: True = the fused head + cross-entropy
+        # (cgpt.model.fused_ce, never builds the logits); False = logits, then F.cross_entropy.
+        # Same value and gradients either way; the return type does not depend on it.
         self.fused_loss = True
         if cfg.mup is not None:
             self.embeddings_multiplier = cfg.mup.embeddings_multiplier
@@ -123,9 +124,15 @@ class GPT(nn.Module):
                 nn.init.zeros_(p)
 
     # ---- forward ----------------------------------------------------------------------
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """idx (B, T) token ids -> logits (B, T, V); with targets (logits, mean CE loss), where
-        logits is None when ``fused_loss`` is on (the fused loss never builds them)."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's one API:
+
+        * ``model(idx)``: idx (B, T) token ids -> logits (B, T, V);
+        * ``model(idx, targets)``: the mean next-token cross-entropy, a scalar fp32 tensor
+          (targets (B, T), already shifted; -1 is ignored). No logits are returned: with
+          ``fused_loss`` they are never built, which is where the memory goes at 50k vocab.
+          Call ``model(idx)`` when you need them.
+        """
         B, T = idx.shape
         if T > self.config.n_positions:
             raise ValueError(f"sequence length {T} exceeds n_positions {self.config.n_positions}")
@@ -143,15 +150,14 @@ class GPT(nn.Module):
         if targets is not None and self.fused_loss:
             if self.output_multiplier != 1.0:  # (x·m)Wᵀ = m·(xWᵀ)
                 x = x * self.output_multiplier
-            return None, linear_cross_entropy(x, self.lm_head.weight, targets)
+            return linear_cross_entropy(x, self.lm_head.weight, targets)
         logits = self.lm_head(x)  # (B, T, V)
         if self.output_multiplier != 1.0:
             logits = logits * self.output_multiplier
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=-1)
-        return logits, loss
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weight counted once

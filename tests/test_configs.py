@@ -7,7 +7,7 @@ import pytest
 from cgpt.model import PUBLISHED, GPTConfig
 from cgpt.train.plan.batch import split_batch
 from cgpt.train.plan.planner import CONFIG_GPUS, config_text, plan_published, published_run_config, slug
-from cgpt.train.config import ModelSection, load_run_config
+from cgpt.train.config import load_run_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -21,6 +21,6 @@ def test_config_equals_planner(name):
     cfg = load_run_config(path)
     assert cfg == published_run_config(name)
     assert cfg.plan == plan_published(name).plan_section()
-    assert cfg.model == ModelSection.from_gpt_config(GPTConfig.from_name(name))
+    assert cfg.model == GPTConfig.from_name(name)
     for ph in cfg.plan.phases():  # the runtime split works on the node it targets
         split_batch(ph.global_batch_seqs, CONFIG_GPUS, cfg.runtime.micro_batch)

@@ -42,11 +42,11 @@ def test_fp16_needs_cuda():
 
 def test_optimizer_groups_decay_and_mup_scale():
     cfg = _cfg()
-    opt = build_optimizer(GPT(cfg.model.build()), cfg, "cpu")
+    opt = build_optimizer(GPT(cfg.model), cfg, "cpu")
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"]
     assert opt.defaults["betas"] == (0.9, 0.95) and opt.defaults["eps"] == 1e-9
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.1 for p in g["params"]}
-    model_params = dict(GPT(cfg.model.build()).named_parameters())
+    model_params = dict(GPT(cfg.model).named_parameters())
     n_matrices = sum(p.dim() >= 2 for p in model_params.values())
     assert len(decayed) == n_matrices  # biases and LayerNorms are not decayed
     d = cfg.to_dict()
@@ -54,6 +54,6 @@ def test_optimizer_groups_decay_and_mup_scale():
     d["model"]["n_embd"] = 512  # width multiplier 2
     d["model"]["n_head"] = 8
     mcfg = parse_run_config(d)
-    opt = build_optimizer(GPT(mcfg.model.build()), mcfg, "cpu")
+    opt = build_optimizer(GPT(mcfg.model), mcfg, "cpu")
     assert sorted({g["lr_scale"] for g in opt.param_groups}) == [0.5, 1.0]
     assert all(g["lr"] == pytest.approx(6e-4 * g["lr_scale"]) for g in opt.param_groups)

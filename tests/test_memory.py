@@ -70,7 +70,7 @@ def test_estimate_matches_real_peak(L, V, B, T, ac):
         if track:
             mt.track_external(model, opt)
             mt.__enter__()
-        _, loss = model(x, x)
+        loss = model(x, x)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=False)  # gradients stay allocated, as under accumulation

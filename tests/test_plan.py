@@ -194,7 +194,7 @@ def test_fit_file(tmp_path):
                                                                   "b": 0.05, "c": 1.0}}))
     fit = R.load_fit(f)
     p = P.plan_for_params(400e6, fit=fit)
-    assert p.tokens_per_param == 10 and p.law.a == 1e22
+    assert p.target_tokens_per_param == 10 and p.law.a == 1e22
     assert p.predicted_loss == pytest.approx((p.train_flops / 1e22) ** -0.05 + 1.0)
     for bad in ("{", "[]", '{"tokens_per_param": -1}', '{"loss_law": {"form": "chinchilla"}}',
                 '{"loss_law": {"a": 1, "b": 0}}'):
@@ -210,7 +210,7 @@ def test_run_config_round_trip():
     cfg = plan.to_run_config("data/x", runtime={"seed": 7})
     again = parse_run_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
     assert again == cfg and again.runtime.micro_batch == plan.cluster.micro_batch
-    assert again.plan.steps == 24_334 and again.model.build().n_layer == 24
+    assert again.plan.steps == 24_334 and again.model.n_layer == 24
 
 
 def test_cli_json_and_write(tmp_path, capsys):
@@ -253,15 +253,24 @@ def test_cli_write_never_damages(tmp_path, capsys):
     assert blocker.read_text() == "keep" and "cannot write" in capsys.readouterr().err
 
 
-def test_mup_seam(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "cgpt.train.plan.mup", None)
-    assert main(["plan", "111M", "--mup"]) == 2
-    assert "μP planning is not available" in capsys.readouterr().err
-
-
 def test_cli_rule_batch_follows_the_gpu_count(capsys):
     assert main(["plan", "--params", "100M", "--gpus", "7", "--gpu", "h100", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["global_batch_seqs"] % 7 == 0
     assert d["micro_batch"] * d["grad_accum"] * 7 == d["global_batch_seqs"]
     assert any("rounded" in n for n in d["notes"])
+
+
+def test_every_example_in_plan_help_works(capsys, tmp_path, monkeypatch):
+    """The examples `cgpt plan --help` prints are commands a user will paste."""
+    import shlex
+
+    from cgpt.launch import cmd_plan
+
+    monkeypatch.chdir(tmp_path)  # the --write example writes run.yaml here
+    examples = [line.strip().split("  ")[0] for line in cmd_plan.__doc__.splitlines()
+                if line.strip().startswith("cgpt plan ")]
+    assert len(examples) >= 6
+    for ex in examples:
+        assert main(shlex.split(ex)[1:]) == 0, (ex, capsys.readouterr().err)
+    assert (tmp_path / "run.yaml").is_file()

@@ -1,6 +1,6 @@
 """The run config: one YAML file, fully resolved, typed and validated on load.
 
-Sections: ``model`` (GPTConfig fields), ``data`` (prepared token shards + tokenizer),
+Sections: ``model`` (the model's own :class:`cgpt.model.GPTConfig`, validated by it), ``data`` (prepared token shards + tokenizer),
 ``plan`` (what the planner decides: tokens, steps, batch, LR schedule, optimizer) and
 ``runtime`` (how this run executes: micro-batch, ZeRO, precision, logging, checkpoints).
 `cgpt plan --write` produces it; `cgpt train` consumes it; the resolved copy is written
@@ -9,52 +9,24 @@ into every run folder and checkpoint. Unknown keys are errors that name the near
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import tempfile
+import typing
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cgpt.model.config import GPTConfig
+from cgpt.model.config import GPTConfig, MuPConfig
 from cgpt.model.errors import ConfigError
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class MuPSection(Strict):
-    base_width: int = 256
-    embeddings_multiplier: float = 10.0
-    output_multiplier: float = 1.0
-    attn_scale_by_d_head: bool = True
-    base_init_std: float = 0.08
-
-
-class ModelSection(Strict):
-    n_layer: int = Field(gt=0)
-    n_embd: int = Field(gt=0)
-    n_head: int = Field(gt=0)
-    n_inner: int | None = None
-    n_positions: int = Field(2048, gt=0)
-    vocab_size: int = Field(50257, gt=0)
-    layer_norm_epsilon: float = 1e-5
-    init_std: float = 0.02
-    out_init_std: float | None = None
-    dropout: float = 0.0
-    mup: MuPSection | None = None
-
-    def build(self) -> GPTConfig:
-        """The GPTConfig this section describes (validated: heads divide width, ...)."""
-        d = self.model_dump()
-        return GPTConfig(**d)
-
-    @classmethod
-    def from_gpt_config(cls, cfg: GPTConfig) -> "ModelSection":
-        return cls(**cfg.to_dict())
 
 
 class DataSection(Strict):
@@ -141,7 +113,7 @@ class RuntimeSection(Strict):
 
 
 class RunConfig(Strict):
-    model: ModelSection
+    model: GPTConfig  # the model's own dataclass: one schema, validated by GPTConfig itself
     data: DataSection
     plan: PlanSection
     runtime: RuntimeSection = RuntimeSection()
@@ -162,21 +134,43 @@ class RunConfig(Strict):
         write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+def config_diff(old: dict, new: dict, runtime_keys: tuple[str, ...] = ()) -> list[str]:
+    """Keys ("plan.lr", ...) whose values differ between two run-config dicts: every key of
+    the model, data and plan sections, and the named runtime keys."""
+    keys = []
+    for section in ("model", "data", "plan"):
+        a, b = old.get(section) or {}, new.get(section) or {}
+        keys += [f"{section}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    a, b = old.get("runtime") or {}, new.get("runtime") or {}
+    return keys + [f"runtime.{k}" for k in runtime_keys if a.get(k) != b.get(k)]
+
+
 def _nearest(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1)
     return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
 
 
-def _section_model(loc: tuple) -> type[BaseModel] | None:
+def _fields_of(cls) -> dict:
+    """Field name -> field info (with ``.annotation``) of a pydantic model or dataclass."""
+    if hasattr(cls, "model_fields"):
+        return cls.model_fields
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        return {f.name: SimpleNamespace(annotation=hints[f.name])
+                for f in dataclasses.fields(cls)}
+    return {}
+
+
+def _section_model(loc: tuple) -> type | None:
     cur: Any = RunConfig
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        field = cur.model_fields.get(part) if hasattr(cur, "model_fields") else None
+        field = _fields_of(cur).get(part)
         if field is None:
             return None
         ann = field.annotation
-        for cand in (MuPSection, ModelSection, DataSection, PlanSection, RuntimeSection, BatchPhase):
+        for cand in (MuPConfig, GPTConfig, DataSection, PlanSection, RuntimeSection, BatchPhase):
             if ann is cand or cand in getattr(ann, "__args__", ()) or (
                     getattr(ann, "__args__", None) and any(
                         cand in getattr(a, "__args__", ()) for a in ann.__args__)):
@@ -192,10 +186,13 @@ def format_validation_error(e: ValidationError) -> str:
     for err in e.errors():
         loc = tuple(err["loc"])
         where = ".".join(str(p) for p in loc) or "config"
-        if err["type"] == "extra_forbidden":
+        if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             section = _section_model(loc)
-            valid = list(section.model_fields) if section else []
+            valid = list(_fields_of(section)) if section else []
             msgs.append(f"unknown key {where!r}{_nearest(str(loc[-1]), valid)}")
+        elif err["type"] == "value_error" and isinstance(err.get("ctx", {}).get("error"),
+                                                           ConfigError):
+            msgs.append(f"{where}: {err['ctx']['error']}")  # GPTConfig's own message
         elif err["type"] == "missing":
             msgs.append(f"missing key {where!r}")
         else:
@@ -210,7 +207,6 @@ def parse_run_config(data: dict, source: str = "config") -> RunConfig:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"{source}: {format_validation_error(e)}") from None
-    cfg.model.build()  # raises ConfigError naming the field for impossible shapes
     return cfg
 
 

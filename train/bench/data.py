@@ -104,7 +104,7 @@ def bench_loader(data_dir: Path, seq_len: int = 256, batch: int = 8, steps: int 
     for i in range(steps + 2):
         if i == 2:
             t0 = time.perf_counter()
-        _, loss = model(x, y)
+        loss = model(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

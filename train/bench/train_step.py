@@ -43,7 +43,7 @@ def resolve_shape(target: str, seq_len: int | None, micro_batch: int | None,
         from cgpt.train.config import load_run_config
 
         cfg = load_run_config(target)
-        gcfg = cfg.model.build()
+        gcfg = cfg.model
         if overrides:
             gcfg = GPTConfig.from_dict({**gcfg.to_dict(), **overrides})
         return Shape(Path(target).stem, gcfg, seq_len or cfg.plan.seq_len,
@@ -105,8 +105,8 @@ def _adamw(model: torch.nn.Module, device: torch.device):
 
 
 class _HFWithLoss(torch.nn.Module):
-    """GPT2LMHeadModel with our (model, targets) -> (logits, loss) call; the labels are
-    already shifted; fp32 loss as HF's own loss function computes it."""
+    """GPT2LMHeadModel with our (model, targets) -> loss call; the labels are already
+    shifted; fp32 loss as HF's own loss function computes it."""
 
     def __init__(self, hf):
         super().__init__()
@@ -114,7 +114,7 @@ class _HFWithLoss(torch.nn.Module):
 
     def forward(self, x, y):
         logits = self.hf(input_ids=x).logits
-        return logits, F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
 
 
 class _EngineRunner(_Runner):
@@ -147,7 +147,7 @@ class _EngineRunner(_Runner):
             self.engine.compile()
 
     def _step(self, x, y):
-        _, loss = self.engine(x, y)
+        loss = self.engine(x, y)
         self.engine.backward(loss)
         self.engine.step()
         return loss
@@ -167,7 +167,7 @@ class _HFRunner(_Runner):
 
     def _step(self, x, y):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            _, loss = self.fwd(x, y)
+            loss = self.fwd(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from cgpt.model.errors import CgptError
+from cgpt.model.sizes import CONTEXT
 
 EOS = "<|endoftext|>"  # GPT-2's end-of-text token, which Cerebras-GPT inherits
 UNK = "<unk>"
@@ -221,7 +222,7 @@ def train_tokenizer(source_spec: str, vocab_size: int, out_dir: str | os.PathLik
         except RuntimeError as e:
             raise CgptError(_explain_sp_error(e, source, vocab_size)) from None
         (tmp / "tokenizer.model").write_bytes(model.getvalue())
-        _write_hf_files(tmp, model_max_length=2048)
+        _write_hf_files(tmp, model_max_length=CONTEXT)
         meta = {"kind": "sentencepiece", "vocab_size": vocab_size, "seed": seed,
                 "source": source.description, "documents": source.stats.documents,
                 "replacement_chars": source.stats.replacement_chars,

@@ -35,7 +35,7 @@ from cgpt.train.loop.distributed import DistInfo, all_sum, barrier, init_distrib
 from cgpt.train.loop.engine import (build_ds_config, build_optimizer, check_precision, initialize_engine,
                         save_ds_config)
 from cgpt.train.loop.metrics import MetricsLogger, Throughput, plot_loss, truncate_metrics
-from cgpt.train.config import RunConfig, write_text_atomic
+from cgpt.train.config import RunConfig, config_diff, write_text_atomic
 from cgpt.train.loop.schedule import global_batch_at, lr_at, tokens_before
 
 # runtime keys whose change makes a checkpoint unusable (the rest may change on --resume)
@@ -82,7 +82,7 @@ def _check_memory(cfg: RunConfig, dist: DistInfo) -> None:
     from cgpt.train.plan.memory import estimate_memory, fmt_bytes
 
     rt = cfg.runtime
-    est = estimate_memory(cfg.model.build(), cfg.plan.seq_len, rt.micro_batch, rt.zero_stage,
+    est = estimate_memory(cfg.model, cfg.plan.seq_len, rt.micro_batch, rt.zero_stage,
                           dist.world_size, rt.activation_checkpointing, rt.precision).total
     if dist.device.type == "cuda":
         have, where = torch.cuda.get_device_properties(dist.device).total_memory, "GPU"
@@ -98,16 +98,6 @@ def _check_memory(cfg: RunConfig, dist: DistInfo) -> None:
                         "use more GPUs")
 
 
-def _config_diff(old: dict, new: dict) -> list[str]:
-    keys = []
-    for section in ("model", "data", "plan"):
-        a, b = old.get(section) or {}, new.get(section) or {}
-        keys += [f"{section}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    a, b = old.get("runtime") or {}, new.get("runtime") or {}
-    keys += [f"runtime.{k}" for k in RESUME_RUNTIME_KEYS if a.get(k) != b.get(k)]
-    return keys
-
-
 def _check_run_dir(run: Run, resume: bool) -> None:
     import yaml
 
@@ -120,7 +110,7 @@ def _check_run_dir(run: Run, resume: bool) -> None:
     if not saved.is_file():
         return  # nothing to resume yet (e.g. preempted before starting): a fresh start
     old = yaml.safe_load(saved.read_text()) or {}
-    diff = _config_diff(old, run.cfg.to_dict())
+    diff = config_diff(old, run.cfg.to_dict(), RESUME_RUNTIME_KEYS)
     if diff:
         raise CgptError(f"cannot resume {str(run.run_dir)!r}: the config changed in "
                         f"{', '.join(diff)}, which breaks resumption; restore them or start a "
@@ -143,7 +133,6 @@ def prepare_run(cfg: RunConfig, resume: bool, config_path: str | None = None) ->
     rt = cfg.runtime
     device = resolve_device(rt.device)
     check_precision(rt.precision, device, rt.zero_stage)
-    cfg.model.build()
     data = _check_data(cfg)
     dist = init_distributed(device)
     splits = {}
@@ -168,7 +157,7 @@ def _seed_everything(seed: int) -> None:
 def _build_engine(run: Run):
     cfg, dev = run.cfg, run.dist.device.type
     _seed_everything(cfg.runtime.seed)
-    model = GPT(cfg.model.build())
+    model = GPT(cfg.model)
     model.gradient_checkpointing = cfg.runtime.activation_checkpointing
     optimizer = build_optimizer(model, cfg, dev)
     first = run.splits[cfg.plan.phases()[0].global_batch_seqs]
@@ -226,7 +215,7 @@ def _train_step(run: Run, engine, optimizer, loader, step: int,
     for i, (x, y) in enumerate(micro):
         last = i == len(micro) - 1
         engine.set_gradient_accumulation_boundary(last)
-        _, loss = engine(x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
+        loss = engine(x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
         acc += loss.detach().double()
         if last:  # every rank sees the same global loss before the update
             s, n, stops = all_sum([acc.item(), len(micro), float(stopping)], dev)
@@ -248,7 +237,7 @@ def evaluate(engine, batches, dev) -> float:
     engine.eval()
     s, n = 0.0, 0
     for x, y in batches:
-        _, loss = engine(x.to(dev), y.to(dev))
+        loss = engine(x.to(dev), y.to(dev))
         s, n = s + loss.float().item() * x.size(0), n + x.size(0)
     engine.train()
     s, n = all_sum([s, n], dev)
@@ -309,7 +298,7 @@ class _Loop:
 
     def run_steps(self, stop: _StopFlag) -> str:
         cfg, rt = self.run.cfg, self.run.cfg.runtime
-        fpt = flops_per_token_mfu(cfg.model.build(), cfg.plan.seq_len)
+        fpt = flops_per_token_mfu(cfg.model, cfg.plan.seq_len)
         from cgpt.train.plan.devices import detect_peak_flops
 
         tp, avg_dt = Throughput(fpt, detect_peak_flops()), None

@@ -112,12 +112,13 @@ def layer_names(n_layer: int) -> list[str]:
 
 def _hook_modules(model: GPT) -> dict[str, torch.nn.Module]:
     """Where each recorded activation comes out. `drop` sees the embedding sum after the μP
-    multiplier; the model itself returns the logits after the output multiplier."""
+    multiplier; `lm_head` gives the logits before the output multiplier (measure_width
+    applies it)."""
     mods = {"embedding": model.transformer.drop}
     for i, block in enumerate(model.transformer.h):
         mods[f"h.{i}.attn"] = block.attn
         mods[f"h.{i}.mlp"] = block.mlp
-    mods["logits"] = model
+    mods["logits"] = model.lm_head
     return mods
 
 
@@ -125,14 +126,16 @@ def measure_width(cfg: GPTConfig, data_batches, lr: float, seed: int) -> dict[st
     """Mean |x| per layer at steps 0..len(data_batches)-1 (step t = after t updates)."""
     torch.manual_seed(seed)
     model = GPT(cfg)
-    model.fused_loss = False  # the "logits" hook reads the model's logits output
+    model.fused_loss = False  # the "logits" hook reads lm_head's output, which the fused loss skips
     opt = make_optimizer(model, lr)
     rec: dict[str, list[float]] = {n: [] for n in layer_names(cfg.n_layer)}
 
     def hook(name):
+        scale = model.output_multiplier if name == "logits" else 1.0
+
         def fn(_mod, _inp, out):
             t = out[0] if isinstance(out, tuple) else out
-            rec[name].append(t.detach().abs().mean().item())
+            rec[name].append(t.detach().abs().mean().item() * scale)
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in _hook_modules(model).items()]
@@ -142,7 +145,7 @@ def measure_width(cfg: GPTConfig, data_batches, lr: float, seed: int) -> dict[st
                 with torch.no_grad():
                     model(x, y)
                 break
-            _, loss = model(x, y)
+            loss = model(x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

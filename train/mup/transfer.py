@@ -78,7 +78,7 @@ def train_one(cfg, lr: float, train_batches, val_batches, seed: int = 0,
         peak_rel = lr_in_phase(phase, step, lr, lr * 0.1)  # docs/REFERENCE.md, Training recipe
         for g in opt.param_groups:
             g["lr"] = peak_rel * g["lr_scale"]
-        _, loss = model(x, y)
+        loss = model(x, y)
         if not torch.isfinite(loss):
             return math.inf
         opt.zero_grad(set_to_none=True)
@@ -88,7 +88,7 @@ def train_one(cfg, lr: float, train_batches, val_batches, seed: int = 0,
         opt.step()
     model.eval()
     with torch.no_grad():
-        val = float(np.mean([model(x, y)[1].item() for x, y in val_batches]))
+        val = float(np.mean([model(x, y).item() for x, y in val_batches]))
     return val if math.isfinite(val) else math.inf
 
 

@@ -31,12 +31,13 @@ from cgpt.model.config import MuPConfig
 from cgpt.model.errors import CgptError
 
 # docs/REFERENCE.md, Cerebras-GPT-μP (constants of the 40M proxy)
-BASE_WIDTH = 256
+# the model-side constants are MuPConfig's defaults (one definition, in cgpt.model.config)
+BASE_WIDTH = MuPConfig.base_width
 BASE_LR = 6e-3
 BASE_MIN_LR = 6e-4  # 10% of the base LR
-BASE_INIT_STD = 0.08
-EMBEDDINGS_MULTIPLIER = 10.0
-OUTPUT_MULTIPLIER = 1.0  # logits × OUTPUT_MULTIPLIER / m
+BASE_INIT_STD = MuPConfig.base_init_std
+EMBEDDINGS_MULTIPLIER = MuPConfig.embeddings_multiplier
+OUTPUT_MULTIPLIER = MuPConfig.output_multiplier  # logits × OUTPUT_MULTIPLIER / m
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def apply_mup(plan, base_width: int = BASE_WIDTH):
             f"{EMBEDDINGS_MULTIPLIER:g}, logits ×1/m, attention /d_head; init stds "
             f"{BASE_INIT_STD:g} / {recipe['init_std_hidden']:.4g} / "
             f"{recipe['init_std_out_proj']:.4g} replace model.init_std and out_init_std")
-    return replace(plan, name=f"{plan.name}-mup", model=model, lr=BASE_LR, min_lr=BASE_MIN_LR,
+    return plan.replace(name=f"{plan.name}-mup", model=model, lr=BASE_LR, min_lr=BASE_MIN_LR,
                    decay=decay, batch_schedule=phases, notes=plan.notes + (note,),
                    extra={**plan.extra, "mup_recipe": recipe})
 

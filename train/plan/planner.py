@@ -4,7 +4,7 @@
 cgpt.train.plan.rules.RECIPES); ``plan_for_params``, ``plan_for_shape``, ``plan_for_flops``
 and ``plan_for_gpu_hours`` apply the rules fitted to that family (documented in plan_rules).
 ``with_cluster`` adds the batch split, memory per GPU and wall-clock for a GPU count.
-A Plan is a frozen dataclass: modify with ``dataclasses.replace`` (cgpt.train.plan.mup does).
+A Plan is frozen: ``plan.replace(lr=...)`` gives a changed copy (cgpt.train.plan.mup does).
 
     python -m cgpt.train.plan.planner --write-configs configs/   # regenerate configs/cerebras-gpt-*.yaml
 """
@@ -24,7 +24,7 @@ from cgpt.train.plan import rules as R
 from cgpt.train.plan.batch import split_batch
 from cgpt.train.plan.devices import Device
 from cgpt.train.plan.memory import MemoryEstimate, fit_micro_batch
-from cgpt.train.config import BatchPhase, DataSection, ModelSection, PlanSection, RunConfig, RuntimeSection
+from cgpt.train.config import BatchPhase, DataSection, PlanSection, RunConfig, RuntimeSection
 
 
 @dataclass(frozen=True)
@@ -43,30 +43,45 @@ class Cluster:
     gpu_hours: float
 
 
+# Plan fields that live in the run config's plan section (PlanSection, the one schema of a
+# plan's numbers); the rest of a Plan says where the plan came from and where it runs.
+_DERIVED = ("params", "tokens_per_param", "train_flops", "predicted_loss")
+
+
 @dataclass(frozen=True)
 class Plan:
-    name: str
+    """The planner's answer: the plan section of a run config (its numbers: tokens, steps,
+    batch phases, LR schedule, AdamW; one schema, :class:`PlanSection`), the model it trains,
+    the loss law behind its prediction, its provenance and, optionally, a cluster fit.
+
+    Reading ``plan.lr`` (or any other PlanSection field) reads the section. Build one with
+    :func:`make_plan`; change one with :meth:`replace`, which recomputes the derived numbers.
+    """
+
+    section: PlanSection
     model: GPTConfig
-    seq_len: int
-    tokens: int
-    steps: int
-    global_batch_seqs: int  # first phase
-    lr: float
-    min_lr: float
-    warmup_steps: int
-    decay: str
-    decay_steps: int
-    adam_betas: tuple[float, float] = (0.9, 0.95)  # docs/REFERENCE.md, Training recipe
-    adam_eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    batch_schedule: tuple[BatchPhase, ...] | None = None
-    tokens_per_param: float = R.TOKENS_PER_PARAM
     law: R.ScalingLaw = R.ScalingLaw()
     source: str = "rules"  # "published" or "rules"
+    target_tokens_per_param: float = R.TOKENS_PER_PARAM  # what was asked (rules), or D/N
     notes: tuple[str, ...] = ()
     cluster: Cluster | None = None
     extra: dict = field(default_factory=dict)  # free slot for extensions (e.g. μP notes)
+
+    def __getattr__(self, name: str):
+        if name in PlanSection.model_fields or name == "global_batch_tokens":
+            return getattr(self.section, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def replace(self, **changes) -> "Plan":
+        """A new Plan with fields of the plan or of its section changed."""
+        own = {k: changes.pop(k) for k in list(changes) if k in self.__dataclass_fields__}
+        model = own.pop("model", self.model)
+        law = own.pop("law", self.law)
+        fields_ = {k: v for k, v in self.section.model_dump().items() if k not in _DERIVED}
+        fields_["batch_schedule"] = self.section.batch_schedule
+        fields_.update(changes)
+        return replace(self, section=_section(model, law, fields_), model=model,
+                                   law=law, **own)
 
     # ---- derived numbers -------------------------------------------------------------
     @property
@@ -74,12 +89,9 @@ class Plan:
         return num_params(self.model)
 
     @property
-    def global_batch_tokens(self) -> int:
-        return self.global_batch_seqs * self.seq_len
-
-    @property
     def train_flops(self) -> int:
-        """Paper's algorithmic FLOPs (docs/REFERENCE.md, FLOP conventions): the law's input."""
+        """Paper's algorithmic convention (docs/REFERENCE.md, FLOP conventions): the loss
+        law's input."""
         return flops_per_token_algorithmic(self.model, self.seq_len) * self.tokens
 
     @property
@@ -92,19 +104,11 @@ class Plan:
         return self.law.loss(self.train_flops)
 
     def phases(self) -> list[BatchPhase]:
-        return self.plan_section().phases()
+        return self.section.phases()
 
     # ---- outputs ---------------------------------------------------------------------
     def plan_section(self) -> PlanSection:
-        return PlanSection(
-            name=self.name, params=self.params, seq_len=self.seq_len, tokens=self.tokens,
-            steps=self.steps, global_batch_seqs=self.global_batch_seqs, lr=self.lr,
-            min_lr=self.min_lr, warmup_steps=self.warmup_steps, decay=self.decay,
-            decay_steps=self.decay_steps, adam_betas=self.adam_betas, adam_eps=self.adam_eps,
-            weight_decay=self.weight_decay, grad_clip=self.grad_clip,
-            batch_schedule=list(self.batch_schedule) if self.batch_schedule else None,
-            tokens_per_param=round(self.tokens / self.params, 4),
-            train_flops=float(self.train_flops), predicted_loss=round(self.predicted_loss, 4))
+        return self.section
 
     def to_run_config(self, data_path: str, tokenizer: str | None = None,
                       runtime: dict | None = None) -> RunConfig:
@@ -113,9 +117,8 @@ class Plan:
             rt.update(micro_batch=self.cluster.micro_batch, zero_stage=self.cluster.zero_stage,
                       activation_checkpointing=self.cluster.activation_checkpointing)
         rt.update(runtime or {})
-        return RunConfig(model=ModelSection.from_gpt_config(self.model),
-                         data=DataSection(path=data_path, tokenizer=tokenizer),
-                         plan=self.plan_section(), runtime=RuntimeSection(**rt))
+        return RunConfig(model=self.model, data=DataSection(path=data_path, tokenizer=tokenizer),
+                         plan=self.section, runtime=RuntimeSection(**rt))
 
     def to_json(self) -> dict:
         m = self.model
@@ -151,6 +154,28 @@ class Plan:
         return d
 
 
+def _section(model: GPTConfig, law: R.ScalingLaw, fields_: dict) -> PlanSection:
+    """The plan section with its derived numbers (params, D/N, FLOPs, predicted loss)."""
+    params = num_params(model)
+    flops = flops_per_token_algorithmic(model, fields_["seq_len"]) * fields_["tokens"]
+    phases = fields_.get("batch_schedule")
+    return PlanSection(**{**fields_, "batch_schedule": list(phases) if phases else None},
+                       params=params, tokens_per_param=round(fields_["tokens"] / params, 4),
+                       train_flops=float(flops), predicted_loss=round(law.loss(flops), 4))
+
+
+def make_plan(name: str, model: GPTConfig, *, law: R.ScalingLaw | None = None,
+              source: str = "rules", target_tokens_per_param: float | None = None,
+              notes: tuple[str, ...] = (), **section_fields) -> Plan:
+    """A Plan from the plan-section numbers (PlanSection's fields and defaults)."""
+    law = law or R.ScalingLaw()
+    section = _section(model, law, {"name": name, **section_fields})
+    tpp = (target_tokens_per_param if target_tokens_per_param is not None
+           else section_fields["tokens"] / num_params(model))
+    return Plan(section=section, model=model, law=law, source=source,
+                target_tokens_per_param=tpp, notes=notes)
+
+
 def slug(name: str) -> str:
     return ("cerebras-gpt-" + name.lower()) if name in PUBLISHED else name.lower()
 
@@ -173,16 +198,11 @@ def plan_published(name: str, law: R.ScalingLaw | None = None) -> Plan:
         tokens = r.steps * r.global_batch_seqs * R.SEQ_LEN
         decay_steps = r.steps - r.warmup_steps  # docs/REFERENCE.md, Training recipe
     notes = tuple(f"paper vs rules: {msg}" for (n, _), msg in R.DEVIATIONS.items() if n == key)
-    return Plan(name=key, model=cfg, seq_len=R.SEQ_LEN, tokens=tokens, steps=r.steps,
-                global_batch_seqs=r.global_batch_seqs, lr=r.lr,
-                min_lr=round(r.lr * R.MIN_LR_FRACTION, 12), warmup_steps=r.warmup_steps,
-                decay=r.decay, decay_steps=decay_steps, adam_eps=r.adam_eps,
-                batch_schedule=phases, tokens_per_param=tokens / cfg_params(cfg),
-                law=law or R.ScalingLaw(), source="published", notes=notes)
-
-
-def cfg_params(cfg) -> int:
-    return num_params(cfg)
+    return make_plan(key, cfg, seq_len=R.SEQ_LEN, tokens=tokens, steps=r.steps,
+                     global_batch_seqs=r.global_batch_seqs, lr=r.lr,
+                     min_lr=round(r.lr * R.MIN_LR_FRACTION, 12), warmup_steps=r.warmup_steps,
+                     decay=r.decay, decay_steps=decay_steps, adam_eps=r.adam_eps,
+                     batch_schedule=phases, law=law, source="published", notes=notes)
 
 
 # ---- rules -------------------------------------------------------------------------------
@@ -223,12 +243,12 @@ def plan_for_shape(n_layer: int, n_embd: int, n_head: int | None = None, *,
     notes = tuple(f"published {p.name} shape; the paper's recipe differs: {msg}"
                   for p in PUBLISHED.values() if (p.n_layer, p.n_embd) == (n_layer, n_embd)
                   for (n, _), msg in R.DEVIATIONS.items() if n == p.name)
-    return Plan(name=label, model=cfg, seq_len=seq_len, tokens=steps * batch_tokens,
-                steps=steps, global_batch_seqs=batch, lr=peak,
-                min_lr=float(f"{peak * R.MIN_LR_FRACTION:.3g}"), warmup_steps=warmup,
-                decay=R.decay_rule(params), decay_steps=steps - warmup,
-                adam_eps=R.adam_eps_rule(params), tokens_per_param=tpp,
-                law=law or fit.law, source="rules", notes=notes)
+    return make_plan(label, cfg, seq_len=seq_len, tokens=steps * batch_tokens,
+                     steps=steps, global_batch_seqs=batch, lr=peak,
+                     min_lr=float(f"{peak * R.MIN_LR_FRACTION:.3g}"), warmup_steps=warmup,
+                     decay=R.decay_rule(params), decay_steps=steps - warmup,
+                     adam_eps=R.adam_eps_rule(params), target_tokens_per_param=tpp,
+                     law=law or fit.law, source="rules", notes=notes)
 
 
 def _short(n: float) -> str:
@@ -374,7 +394,7 @@ def with_cluster(plan: Plan, gpus: int, device: Device, zero_stage: int | None =
                       grad_accum=tuple(s.grad_accum for s in fitted.splits),
                       activation_checkpointing=fitted.memory.activation_checkpointing,
                       memory=fitted.memory, hours=hours, gpu_hours=hours * gpus)
-    return replace(plan, cluster=cluster)
+    return plan.replace(cluster=cluster)
 
 
 def time_on(plan: Plan, gpus: int, device: Device, mfu: float = 0.4) -> tuple[float, float]:

@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
-from cgpt.model.sizes import PUBLISHED
+from cgpt.model.sizes import CONTEXT, PUBLISHED
 
-SEQ_LEN = 2048  # docs/REFERENCE.md, Training recipe: 2048 for every size
+SEQ_LEN = CONTEXT  # docs/REFERENCE.md, Training recipe: 2048 for every size
 WARMUP_TOKENS = 375e6  # GPT-3 (Brown et al. 2020) warmup; the published warmups are floor(375e6/B)
 WARMUP_MAX_FRACTION = 0.2  # beyond the paper: all seven warm up for <= 17% of their steps
 MIN_LR_FRACTION = 0.1  # docs/REFERENCE.md, Training recipe: decay to 10%

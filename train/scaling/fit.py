@@ -28,8 +28,10 @@ import numpy as np
 from scipy import optimize, stats
 
 from cgpt.model.errors import CgptError
+from cgpt.train.plan.rules import ScalingLaw
 
-PAPER_LAW = {"a": 5.984e22, "b": 0.0737, "c": 0.5066}  # docs/REFERENCE.md, Results
+# the paper's law, defined once in cgpt.train.plan.rules.ScalingLaw (docs/REFERENCE.md, Results)
+PAPER_LAW = {k: getattr(ScalingLaw(), k) for k in ("a", "b", "c")}
 MIN_PAPER_POINTS = 3  # three parameters a, b, c
 PARABOLA_WINDOW = 2  # sizes each side of the best one that the IsoFLOP parabola sees
 MIN_SIZES_PER_BUDGET = 3  # a parabola has three coefficients

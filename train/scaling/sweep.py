@@ -42,7 +42,7 @@ from cgpt.model.errors import CgptError, ConfigError
 from cgpt.model.sizes import flops_per_token_algorithmic, num_non_embedding_params, num_params
 
 from cgpt.train.loop.metrics import read_metrics
-from cgpt.train.config import (RunConfig, RuntimeSection, format_validation_error, read_yaml,
+from cgpt.train.config import (RunConfig, config_diff, RuntimeSection, format_validation_error, read_yaml,
                         write_text_atomic)
 
 PER_POINT_FORBIDDEN = ("data", "tokenizer", "vocab_size", "seq_len")
@@ -307,7 +307,7 @@ def write_results(out: Path, records: list[dict]) -> None:
 
 def _record(p: Point, status: str, did: str, summary: dict | None = None,
             reason: str | None = None, wall_s: float | None = None) -> dict:
-    m = p.cfg.model.build()
+    m = p.cfg.model
     summary = summary or {}
     tokens = int(summary.get("tokens") or 0) or p.cfg.plan.tokens
     val = summary.get("val_loss")
@@ -387,9 +387,7 @@ def _check_unchanged(out: Path, points: list[Point]) -> None:
             continue
         old = yaml.safe_load(saved.read_text()) or {}
         new = p.cfg.to_dict()
-        diff = [f"{s}.{k}" for s in ("model", "data", "plan")
-                for k in sorted(set(old.get(s) or {}) | set(new[s]))
-                if (old.get(s) or {}).get(k) != new[s].get(k)]
+        diff = config_diff(old, new)
         if diff:
             raise CgptError(f"sweep folder {str(out)!r} already holds point {p.name} with a "
                             f"different {', '.join(diff)}; restore the sweep file, or set a new "

@@ -1,0 +1,147 @@
+"""The planner's library entry point: ``plan(PlanRequest(...)) -> Plan``.
+
+One request names exactly one thing to plan (a published size, a parameter count, a shape,
+a FLOP budget or GPU-hours), optional rule overrides, the μP variant and optionally a
+cluster. `cgpt plan` parses its flags into a PlanRequest and prints the Plan; library users
+call :func:`plan` directly::
+
+    from cgpt.train.plan import PlanRequest, plan
+    p = plan(PlanRequest(params=400e6, gpus=8, gpu="h100"))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from cgpt.model.errors import CgptError
+from cgpt.model.sizes import GPT2_VOCAB
+from cgpt.train.plan import planner as P
+from cgpt.train.plan.devices import Device, get_device
+from cgpt.train.plan.rules import SEQ_LEN, load_fit
+
+# Beyond these a request is a typo, not a plan (the largest published run, 13B on 257B
+# tokens, is ~2.3e22 FLOPs): refuse instead of printing nonsense.
+MAX_PARAMS = 1e14  # 100T parameters
+MAX_FLOPS = 1e30
+MAX_GPU_HOURS = 1e10
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    size: str | None = None  # a published size: 111M ... 13B
+    params: float | None = None
+    layers: int | None = None
+    width: int | None = None
+    heads: int | None = None
+    flops: float | None = None  # paper's algorithmic convention
+    gpu_hours: float | None = None  # needs gpu
+    tokens_per_param: float | None = None
+    fit: str | None = None  # a sweep's fit.json
+    rules: bool = False  # a published size planned by the rules
+    seq_len: int = SEQ_LEN
+    vocab_size: int = GPT2_VOCAB
+    batch_seqs: int | None = None
+    lr: float | None = None
+    mup: bool = False
+    gpu: str | None = None
+    gpus: int | None = None
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    mfu: float = 0.4
+    zero_stage: int | None = None
+    micro_batch: int | None = None
+    activation_checkpointing: bool | None = None
+
+    @property
+    def device(self) -> Device | None:
+        return get_device(self.gpu) if self.gpu else None
+
+
+def _check_range(value: float | None, limit: float, what: str) -> None:
+    if value is not None and value > limit:
+        raise CgptError(f"{what} {value:.3g} is beyond any trainable model (limit {limit:.0e}); "
+                        "check the number and its suffix (400M, 1.3B, 1e21)")
+
+
+def plan(req: PlanRequest) -> P.Plan:
+    """The Plan a request asks for (CgptError names the conflicting or impossible input)."""
+    chosen = [n for n, v in (("SIZE", req.size), ("--params", req.params),
+                             ("--layers/--width", req.layers or req.width),
+                             ("--flops", req.flops), ("--gpu-hours", req.gpu_hours)) if v]
+    if len(chosen) != 1:
+        raise CgptError("give exactly one of SIZE, --params, --layers/--width, --flops, "
+                        f"--gpu-hours{' (got ' + ', '.join(chosen) + ')' if chosen else ''}")
+    _check_range(req.params, MAX_PARAMS, "a parameter count of")
+    _check_range(req.flops, MAX_FLOPS, "a FLOP budget of")
+    _check_range(req.gpu_hours, MAX_GPU_HOURS, "a budget of GPU-hours")
+    fit = load_fit(req.fit) if req.fit else None
+    device = req.device
+    for name, v in (("--batch-seqs", req.batch_seqs), ("--lr", req.lr)):
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            raise CgptError(f"{name} must be positive, got {v}")
+    kw = dict(tokens_per_param=req.tokens_per_param, fit=fit, seq_len=req.seq_len,
+              vocab_size=req.vocab_size, global_batch_seqs=req.batch_seqs, lr=req.lr)
+    if req.size:
+        if req.rules:
+            base = P.plan_published(req.size)  # validates the name
+            plan_ = P.plan_for_shape(base.model.n_layer, base.model.n_embd,
+                                     name=base.name + "-rules", **kw)
+        else:
+            plan_ = P.plan_published(req.size, law=fit.law if fit else None)
+            if req.batch_seqs or req.lr or req.tokens_per_param:
+                raise CgptError("--batch-seqs/--lr/--tokens-per-param change a published recipe; "
+                                "add --rules to plan this size by the rules instead")
+    elif req.params:
+        plan_ = P.plan_for_params(req.params, **kw)
+    elif req.layers or req.width:
+        if not (req.layers and req.width):
+            raise CgptError("--layers and --width go together")
+        plan_ = P.plan_for_shape(req.layers, req.width, req.heads, **kw)
+    elif req.flops:
+        plan_ = P.plan_for_flops(req.flops, **kw)
+    else:
+        if device is None:
+            raise CgptError("--gpu-hours needs --gpu (e.g. --gpu h100) for the peak FLOP/s")
+        plan_ = P.plan_for_gpu_hours(req.gpu_hours, device, req.mfu, **kw)
+    gpus = gpu_count(req)
+    if gpus and plan_.source == "rules" and not req.batch_seqs and plan_.global_batch_seqs % gpus:
+        plan_ = rebatch(plan_, gpus, req.lr)
+    if req.mup:
+        from cgpt.train.plan.mup import apply_mup
+
+        plan_ = apply_mup(plan_)
+    if gpus is not None:
+        if device is None:
+            raise CgptError("--gpus/--nodes need --gpu (e.g. --gpu h100) for memory and peak")
+        plan_ = P.with_cluster(plan_, gpus, device, req.zero_stage, req.mfu, req.micro_batch,
+                               req.activation_checkpointing)
+    return plan_
+
+
+def rebatch(plan_: P.Plan, gpus: int, lr: float | None = None) -> P.Plan:
+    """A rule-based batch is a choice, not a fact: round it to a multiple of the GPU count
+    so the split works (a published batch is kept and an impossible split is refused)."""
+    m, rule_batch = plan_.model, plan_.global_batch_seqs
+    batch = max(gpus, round(rule_batch / gpus) * gpus)
+    new = P.plan_for_shape(m.n_layer, m.n_embd, m.n_head,
+                           tokens_per_param=plan_.target_tokens_per_param, law=plan_.law,
+                           seq_len=plan_.seq_len, vocab_size=m.vocab_size, name=plan_.name,
+                           global_batch_seqs=batch, lr=lr)
+    note = (f"global batch rounded from the rule's {rule_batch} to {batch} sequences, a "
+            f"multiple of {gpus} GPUs (set --batch-seqs to choose)")
+    return new.replace(notes=plan_.notes + (note,))
+
+
+def gpu_count(req: PlanRequest) -> int | None:
+    """Total GPUs from --gpus or --nodes × --gpus-per-node (they must agree)."""
+    for name in ("gpus", "nodes", "gpus_per_node"):
+        v = getattr(req, name)
+        if v is not None and v <= 0:
+            raise CgptError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    if req.nodes or req.gpus_per_node:
+        total = (req.nodes or 1) * (req.gpus_per_node or 1)
+        if req.gpus and req.gpus != total:
+            raise CgptError(f"--gpus {req.gpus} disagrees with --nodes × --gpus-per-node = {total}")
+        return total
+    return req.gpus
