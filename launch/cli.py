@@ -25,11 +25,19 @@ COMMAND_MODULES = [
 ]
 
 
+def _version_line() -> str:
+    from cgpt.train.provenance import git_revision, version
+
+    rev = git_revision()
+    return f"cgpt {version()}" + (f" (git {rev})" if rev else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cgpt",
         description="Compute-optimal GPT pretraining: plan, prepare, train, sweep, export.",
     )
+    parser.add_argument("--version", action="version", version=_version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in COMMAND_MODULES:
         importlib.import_module(mod).register(sub)

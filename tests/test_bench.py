@@ -24,6 +24,7 @@ def tiny_yaml(tmp_path):
     return p
 
 
+@pytest.mark.slow  # two models side by side for several steps: ~30 s on 2 cores
 def test_bench_json_side_by_side(tiny_yaml, capsys):
     assert cli_main(["bench", str(tiny_yaml), "--steps", "3", "--warmup", "1", "--hf",
                      "--json"]) == 0

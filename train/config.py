@@ -112,11 +112,19 @@ class RuntimeSection(Strict):
     max_steps: int | None = Field(None, gt=0)  # stop early (tests, smoke runs)
 
 
+class Provenance(Strict):
+    """Which cgpt wrote this config (cgpt.train.provenance); informational, never compared."""
+
+    version: str
+    git_revision: str | None = None
+
+
 class RunConfig(Strict):
     model: GPTConfig  # the model's own dataclass: one schema, validated by GPTConfig itself
     data: DataSection
     plan: PlanSection
     runtime: RuntimeSection = RuntimeSection()
+    provenance: Provenance | None = None  # filled by the trainer in the run folder's copy
 
     @model_validator(mode="after")
     def _check_shapes(self):

@@ -35,7 +35,8 @@ from cgpt.train.loop.distributed import DistInfo, all_sum, barrier, init_distrib
 from cgpt.train.loop.engine import (build_ds_config, build_optimizer, check_precision, initialize_engine,
                         save_ds_config)
 from cgpt.train.loop.metrics import MetricsLogger, Throughput, plot_loss, truncate_metrics
-from cgpt.train.config import RunConfig, config_diff, write_text_atomic
+from cgpt.train.config import Provenance, RunConfig, config_diff, write_text_atomic
+from cgpt.train.provenance import provenance
 from cgpt.train.loop.schedule import global_batch_at, lr_at, tokens_before
 
 # runtime keys whose change makes a checkpoint unusable (the rest may change on --resume)
@@ -356,7 +357,7 @@ def _finish(run: Run, loop: _Loop, status: str, t0: float) -> dict:
     summary = {"run_dir": str(run.run_dir), "status": status, "steps": loop.step,
                "tokens": loop.tokens, "loss": loop.loss, "val_loss": loop.val_loss,
                "checkpoint": str(loop.saved) if loop.saved else None,
-               "wall_s": round(time.time() - t0, 3)}
+               "wall_s": round(time.time() - t0, 3), "cgpt": provenance()}
     if run.dist.is_main:
         import json
 
@@ -377,6 +378,7 @@ def train(cfg: RunConfig, resume: bool = False, config_path: str | None = None) 
     main = run.dist.is_main
     if main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.provenance = Provenance(**provenance())
         cfg.save(run.run_dir / "config.yaml")
     barrier()
     engine, optimizer = _build_engine(run)
