@@ -55,6 +55,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 probs.scatter_add_(1, t, torch.full_like(t, -1, dtype=probs.dtype))
                 if masked:
                     probs.mul_(m[:, None])
+                assert glog is not None  # allocated above whenever need_grad
                 glog[s:e] = probs
         if need_grad:
             ctx.save_for_backward(x, weight, glog, count)

@@ -9,6 +9,7 @@ Pure torch: nothing here imports deepspeed or torch.distributed.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -71,15 +72,16 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = cfg = config
+        wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            wte=wte,
             wpe=nn.Embedding(cfg.n_positions, cfg.n_embd),
             drop=nn.Dropout(cfg.dropout),
             h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
             ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon),
         ))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied (docs/REFERENCE.md, Architecture)
+        self.lm_head.weight = wte.weight  # tied (docs/REFERENCE.md, Architecture)
         self.gradient_checkpointing = False
         # how forward(idx, targets) computes the loss: True = the fused head + cross-entropy
         # (cgpt.model.fused_ce, never builds the logits); False = logits, then F.cross_entropy.
@@ -137,16 +139,18 @@ class GPT(nn.Module):
         if T > self.config.n_positions:
             raise ValueError(f"sequence length {T} exceeds n_positions {self.config.n_positions}")
         pos = torch.arange(T, device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        # ModuleDict attribute access is typed Tensor | Module: index it (same modules) instead
+        tr = self.transformer
+        x = tr["wte"](idx) + tr["wpe"](pos)  # (B, T, C)
         if self.embeddings_multiplier != 1.0:
             x = x * self.embeddings_multiplier
-        x = self.transformer.drop(x)
-        for block in self.transformer.h:
+        x = tr["drop"](x)
+        for block in cast(nn.ModuleList, tr["h"]):
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        x = self.transformer.ln_f(x)
+        x = tr["ln_f"](x)
         if targets is not None and self.fused_loss:
             if self.output_multiplier != 1.0:  # (x·m)Wᵀ = m·(xWᵀ)
                 x = x * self.output_multiplier

@@ -16,6 +16,7 @@ import re
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -121,8 +122,8 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: GPTConfig, tied: bool =
         entry = _HF.get(_LAYER.sub(".h.{i}.", hf_key) if m else hf_key)
         if entry is None:
             continue  # reported as unexpected by _convert below
-        ours = entry[0].format(i=m.group(1)) if m else entry[0]
-        want = expected.get(ours)
+        our_key = entry[0].format(i=m.group(1)) if m else entry[0]
+        want = expected.get(our_key)
         want = tuple(reversed(want)) if want is not None and entry[1] else want
         if want is not None and tuple(tensor.shape) != want:
             raise CgptError(f"{where}: {hf_key} has shape {tuple(tensor.shape)} but config.json "
@@ -270,7 +271,9 @@ def export_hf(model: GPT, out_dir: str | os.PathLike, tokenizer_dir: str | os.Pa
         raise CgptError(f"tokenizer {tokenizer_dir} has {tok['vocab_size']} tokens but the model's "
                         f"vocab_size is {model.config.vocab_size}: wrong tokenizer for this model")
     dtype = hf_sd[WTE].dtype
-    config = gpt_config_to_hf(model.config, tok and tok["bos"], tok and tok["eos"], tied, dtype)
+    bos: int | None = tok["bos"] if tok else None
+    eos: int | None = tok["eos"] if tok else None
+    config = gpt_config_to_hf(model.config, bos, eos, tied, dtype)
     config.update(overrides)
     gen = {"_from_model_config": True, "bos_token_id": config["bos_token_id"],
            "eos_token_id": config["eos_token_id"]}
@@ -387,8 +390,9 @@ def load_hf_model(folder: str | os.PathLike, dtype: torch.dtype = torch.float32)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a verification step, not a user-facing download
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            str(folder), local_files_only=True, output_loading_info=True, **kw)
+        # with output_loading_info it returns (model, info); transformers' stubs say model only
+        model, info = cast(tuple[Any, dict[str, Any]], AutoModelForCausalLM.from_pretrained(
+            str(folder), local_files_only=True, output_loading_info=True, **kw))
     except (OSError, ValueError) as e:
         raise CgptError(f"transformers cannot load {folder}: {str(e).splitlines()[0]}") from None
     finally:
