@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
 import sys
@@ -52,6 +53,11 @@ def register(sub) -> None:
     s.add_argument("--submit", action="store_true", help="sbatch the script")
     p.set_defaults(func=cmd_launch)
 
+    def one_line_error(message: str):  # a bad option is one line, like every other refusal
+        p.exit(2, f"cgpt launch: error: {message} (see cgpt launch --help)\n")
+
+    p.error = one_line_error
+
     d = sub.add_parser("demo", help="the whole pipeline on the offline corpus, on CPU",
                        description="Corpus -> tokenizer -> token shards -> compute-optimal plan "
                        "-> DeepSpeed training -> evaluation -> Hugging Face export -> a sample "
@@ -78,14 +84,17 @@ def cmd_demo(args) -> int:
 
 def _topology(args, slurm: bool) -> L.Topology:
     if slurm:
-        if args.hostfile or args.node_rank:
-            raise CgptError("--slurm takes the nodes from the allocation: drop --hostfile "
-                            "and --node-rank")
-        if not args.gpus_per_node:
+        if args.hostfile or args.node_rank or args.master_addr:
+            raise CgptError("--slurm takes the nodes from the allocation: drop --hostfile, "
+                            "--node-rank and --master-addr")
+        if args.gpus_per_node is None:
             raise CgptError("--slurm needs --gpus-per-node (GPUs to use on each node)")
-        port = args.master_port or L.DEFAULT_MASTER_PORT
+        nodes = 1 if args.nodes is None else L.check_count("--nodes", args.nodes, 1)
+        gpus = L.check_count("--gpus-per-node", args.gpus_per_node, 1)
+        port = L.DEFAULT_MASTER_PORT if args.master_port is None else args.master_port
+        L.check_count("--master-port", port, 1, 65535)
         # the master address is the allocation's first node, found by the script at run time
-        return L.Topology(args.nodes or 1, args.gpus_per_node, 0, "$MASTER_ADDR", port)
+        return L.Topology(nodes, gpus, 0, "$MASTER_ADDR", port)
     hosts = read_hostfile(args.hostfile) if args.hostfile else None
     import torch
 
@@ -101,30 +110,41 @@ def _topology(args, slurm: bool) -> L.Topology:
 def cmd_launch(args) -> int:
     from cgpt.train.config import load_run_config
 
+    if args.submit and not args.slurm:
+        raise CgptError("--submit goes with --slurm")
+    if args.slurm and args.dry_run and args.submit:
+        raise CgptError("--dry-run and --submit contradict each other")
     cfg = load_run_config(args.config, args.set)
     topo = _topology(args, args.slurm)
     micro, note = L.resolve_micro_batch(cfg.plan, cfg.runtime.micro_batch, topo.world_size)
     overrides = list(args.set)
     if note:
-        print(f"cgpt launch: {note}", file=sys.stderr)
         overrides.append(f"runtime.micro_batch={micro}")
+    # the whole script or command is checked and built before anything is printed, so a
+    # refusal is one line
+    warning = None
+    if args.slurm:
+        script = _sbatch_text(args, cfg, topo, overrides)
+    else:
+        targs = L.train_args(args.config, overrides, args.resume)
+        launcher = args.launcher or "deepspeed"
+        try:
+            cmd = L.build_command(launcher, topo, targs, args.no_ssh, args.ds_backend)
+        except CgptError as e:
+            if not args.dry_run or "not found" not in str(e):
+                raise
+            warning = f"cgpt launch: warning: {e}"  # still show what would run
+            cmd = L.build_command(launcher, topo, targs, args.no_ssh, args.ds_backend,
+                                  resolve_binary=False)
+    if note:
+        print(f"cgpt launch: {note}", file=sys.stderr)
     print(f"cgpt launch: {topo.nodes} node(s) x {topo.gpus_per_node} process(es) = "
           f"{topo.world_size} rank(s); global batch {cfg.plan.global_batch_seqs} sequences, "
           f"micro-batch {micro}", file=sys.stderr)
     if args.slurm:
-        return _slurm(args, cfg, topo, overrides)
-    if args.submit:
-        raise CgptError("--submit goes with --slurm")
-    targs = L.train_args(args.config, overrides, args.resume)
-    launcher = args.launcher or "deepspeed"
-    try:
-        cmd = L.build_command(launcher, topo, targs, args.no_ssh, args.ds_backend)
-    except CgptError as e:
-        if not args.dry_run or "not found" not in str(e):
-            raise
-        print(f"cgpt launch: warning: {e}", file=sys.stderr)  # still show what would run
-        cmd = L.build_command(launcher, topo, targs, args.no_ssh, args.ds_backend,
-                              resolve_binary=False)
+        return _slurm(args, cfg, script)
+    if warning:
+        print(warning, file=sys.stderr)
     print(L.format_command(cmd), flush=True)
     if args.dry_run:
         return 0
@@ -133,26 +153,39 @@ def cmd_launch(args) -> int:
     return run_forwarding_signals(cmd)
 
 
-def _slurm(args, cfg, topo: L.Topology, overrides: list[str]) -> int:
-    from cgpt.launch.slurm import SlurmOptions, render_sbatch, submit, write_sbatch
+def _sbatch_text(args, cfg, topo: L.Topology, overrides: list[str]) -> str:
+    """The checked sbatch script (CgptError, one line, on any value that cannot go in)."""
+    from cgpt.launch.slurm import SlurmOptions, check_name, render_sbatch
 
-    if args.dry_run and args.submit:
-        raise CgptError("--dry-run and --submit contradict each other")
+    job_name = args.job_name
+    if job_name is None:  # the plan's name becomes the job name: same rules, its own message
+        check_name("plan.name", cfg.plan.name, hint="; rename the plan or pass --job-name "
+                   "(the job name defaults to cgpt-PLAN)")
+        job_name = f"cgpt-{cfg.plan.name}"
     opts = SlurmOptions(time=args.time, partition=args.partition, account=args.account,
                         cpus_per_task=args.cpus_per_task, signal_lead_s=args.signal_lead,
-                        job_name=args.job_name or f"cgpt-{cfg.plan.name}")
+                        job_name=job_name)
     # --resume always: a requeued job continues; a first start finds no checkpoint
-    text = render_sbatch(topo, L.train_args(args.config, overrides, resume=True),
+    return render_sbatch(topo, L.train_args(args.config, overrides, resume=True),
                          cfg.runtime.out_dir, opts, launcher=args.launcher or "torchrun")
+
+
+def _slurm(args, cfg, text: str) -> int:
+    from cgpt.launch.slurm import output_in_header, submit, write_sbatch
+
     if args.dry_run:
         print(text)
         return 0
+    if not output_in_header(cfg.runtime.out_dir):
+        print("cgpt launch: note: the run folder's path has characters an #SBATCH line cannot "
+              "carry; the script itself sends the job's output to RUN_DIR/slurm-JOBID.out "
+              "(SLURM's own messages stay in slurm-JOBID.out where you submit)", file=sys.stderr)
     path = write_sbatch(text, cfg.runtime.out_dir)
     print(f"cgpt launch: wrote {path}")
     if args.submit:
         print(submit(path))
     else:
-        print(f"submit it with: sbatch {path}")
+        print(f"submit it with: sbatch {shlex.quote(str(path))}")
     return 0
 
 

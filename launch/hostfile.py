@@ -16,6 +16,23 @@ from cgpt.model.errors import CgptError
 # DeepSpeed's own pattern (runner._parse_hostfile), anchored at both ends so that
 # trailing junk such as "slots=8 gpus=2" is reported instead of silently ignored.
 _LINE = re.compile(r"^(\S+)\s+slots=(\d+)\s*$")
+# host names reach pdsh/ssh command lines and remote shells: names and addresses only
+# (letters, digits, _ . - : and @ for user@host), never a leading '-' (an ssh option)
+_HOST_CHAR = re.compile(r"[A-Za-z0-9_.:@-]")
+HOST_CHARS = "letters, digits and _ . - : @"
+
+
+def check_host(label: str, name: str) -> str:
+    """`name` if it is a plain host name or address; else CgptError naming the character."""
+    if not name:
+        raise CgptError(f"{label} is empty")
+    bad = next((c for c in name if not _HOST_CHAR.fullmatch(c)), None)
+    if bad is not None:
+        raise CgptError(f"{label} {name!r} contains {bad!r}; a host name may only use "
+                        f"{HOST_CHARS}")
+    if name.startswith("-"):
+        raise CgptError(f"{label} {name!r} starts with '-' (it would read as an option)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -36,6 +53,7 @@ def parse_hostfile(text: str, source: str = "hostfile") -> list[Host]:
         if not m:
             raise CgptError(f"{source}, line {num}: expected 'HOST slots=N', got {line!r}")
         name, slots = m.group(1), int(m.group(2))
+        check_host(f"{source}, line {num}: host", name)
         if slots <= 0:
             raise CgptError(f"{source}, line {num}: {name} has slots={slots}; need at least 1")
         if name in seen:

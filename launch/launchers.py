@@ -13,6 +13,8 @@ anything starts, and fails as a :class:`CgptError` with one line that names the 
 from __future__ import annotations
 
 import errno
+import os
+import re
 import shlex
 import shutil
 import socket
@@ -24,7 +26,7 @@ from cgpt.model.errors import CgptError
 from cgpt.train.plan.batch import feasible_micro_batches, split_batch
 from cgpt.train.config import PlanSection
 
-from cgpt.launch.hostfile import Host
+from cgpt.launch.hostfile import Host, check_host
 
 LAUNCHERS = ("deepspeed", "torchrun")
 # DeepSpeed's multi-node backends and the program each one needs on PATH
@@ -32,6 +34,20 @@ DS_BACKENDS = {"pdsh": "pdsh", "openmpi": "mpirun", "mpich": "mpirun", "impi": "
                "mvapich": "mpirun", "slurm": "srun"}
 DEFAULT_MASTER_PORT = 29500  # torch.distributed's default; all nodes must agree on it
 TRAIN_MODULE = "cgpt.train"
+# DeepSpeed's pdsh backend joins the command into one string that a shell on every node
+# re-reads (it only wraps arguments with spaces in double quotes, and pdsh replaces %n):
+# words that reach it may only use these characters (and a space, inside an argument)
+_PDSH_SAFE = re.compile(r"[A-Za-z0-9_.,:=+/@-]")
+
+
+def check_count(label: str, value, lo: int, hi: int | None = None) -> int:
+    """`value` if it is a whole number in lo..hi; else CgptError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CgptError(f"{label} must be a whole number, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        want = f"in {lo}..{hi}" if hi is not None else f"at least {lo}"
+        raise CgptError(f"{label} must be {want}, got {value}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,13 @@ def make_topology(nodes: int | None = None, gpus_per_node: int | None = None,
     """Fill the defaults: the hostfile gives the node count and slots; the first host is
     the master; one node with `default_gpus` processes otherwise."""
     hosts = list(hosts or [])
+    # explicit values are checked before the defaults fill in: 0 must not mean "default"
+    if nodes is not None:
+        check_count("--nodes", nodes, 1)
+    if gpus_per_node is not None:
+        check_count("--gpus-per-node", gpus_per_node, 1)
+    if master_addr is not None:
+        check_host("--master-addr", master_addr)
     if hosts:
         nodes = nodes or len(hosts)
         if nodes > len(hosts):
@@ -72,19 +95,17 @@ def make_topology(nodes: int | None = None, gpus_per_node: int | None = None,
                                 "pass --gpus-per-node to use the same number on every node")
             gpus_per_node = slots.pop()
         master_addr = master_addr or used[0].name
-    nodes = nodes or 1
-    gpus_per_node = gpus_per_node or default_gpus
-    for name, v in (("--nodes", nodes), ("--gpus-per-node", gpus_per_node)):
-        if v <= 0:
-            raise CgptError(f"{name} must be at least 1, got {v}")
-    if not 0 <= node_rank < nodes:
-        raise CgptError(f"--node-rank {node_rank} is outside 0..{nodes - 1} for {nodes} node(s)")
+    nodes = 1 if nodes is None else nodes
+    gpus_per_node = default_gpus if gpus_per_node is None else gpus_per_node
+    check_count("--gpus-per-node", gpus_per_node, 1)
+    if isinstance(node_rank, bool) or not isinstance(node_rank, int) or not 0 <= node_rank < nodes:
+        raise CgptError(f"--node-rank {node_rank!r} is outside 0..{nodes - 1} for {nodes} "
+                        "node(s)")
     if nodes > 1 and not master_addr:
         raise CgptError(f"{nodes} nodes need the address of node 0: pass --master-addr "
                         "(or a --hostfile whose first host is node 0)")
     port = DEFAULT_MASTER_PORT if master_port is None else master_port
-    if not 0 < port < 65536:
-        raise CgptError(f"--master-port must be in 1..65535, got {port}")
+    check_count("--master-port", port, 1, 65535)
     if hostfile:  # absolute: multi-node launchers start processes in other folders
         hostfile = str(Path(hostfile).resolve())
     return Topology(nodes, gpus_per_node, node_rank, master_addr or "127.0.0.1", port,
@@ -217,6 +238,9 @@ def build_command(launcher: str, topo: Topology, args: list[str], no_ssh: bool =
                         "(or use --launcher torchrun with --node-rank on every node, or --slurm)")
     if launcher == "torchrun" and no_ssh:
         raise CgptError("--no-ssh is a deepspeed launcher option")
+    if (launcher == "deepspeed" and topo.hostfile and not no_ssh and topo.nodes > 1
+            and backend == "pdsh"):
+        check_remote_shell_words(topo, args)
     binary = launcher
     if resolve_binary:
         hint = ("install DeepSpeed (pip install deepspeed) or use --launcher torchrun"
@@ -232,6 +256,25 @@ def build_command(launcher: str, topo: Topology, args: list[str], no_ssh: bool =
     if launcher == "deepspeed":
         return deepspeed_command(topo, args, binary, no_ssh, backend)
     return torchrun_command(topo, args, binary)
+
+
+def check_remote_shell_words(topo: Topology, args: list[str]) -> None:
+    """CgptError when a word of the deepspeed+pdsh command would be changed (or run) by
+    the remote shell: pdsh hands DeepSpeed's command line to a shell on every node."""
+    words = [("--master-addr", topo.master_addr, False),
+             ("the working directory", os.path.abspath("."), False),
+             ("the Python path", sys.executable, False)]
+    for i, arg in enumerate(args):
+        label = ("the config path" if i == 0 else "--set" if args[i - 1] == "--set"
+                 else "a trainer argument")
+        words.append((label, arg, True))
+    for label, word, space_ok in words:
+        bad = next((c for c in word if not (_PDSH_SAFE.fullmatch(c) or (space_ok and c == " "))),
+                   None)
+        if bad is not None:
+            raise CgptError(f"{label} {word!r} contains {bad!r}, which DeepSpeed's pdsh backend "
+                            "would leave to the remote shell; start each node with --no-ssh "
+                            "--node-rank R, use --launcher torchrun, or --slurm")
 
 
 def format_command(cmd: list[str]) -> str:

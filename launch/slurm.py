@@ -5,27 +5,79 @@ hostfile from ``SLURM_JOB_NODELIST``, starts one ``torchrun`` (or ``deepspeed --
 per node with ``srun``, asks SLURM for SIGUSR1 some minutes before the time limit, forwards
 it as SIGTERM so the trainer writes a checkpoint, then requeues the job; the requeued job
 runs the same command, whose ``--resume`` continues from the newest checkpoint.
+
+Nothing the user typed can change what the script does (docs: the reliability issue on
+injection): every value in an ``#SBATCH`` line must use a small character set (checked
+before anything is written; a bad one is one CgptError line naming the option and the
+character), every value on a shell command line is ``shlex.quote``d (paths with spaces or
+quotes work), control characters (newlines) are refused everywhere, and the script is
+written atomically.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import tempfile
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
-from cgpt.train.config import write_text_atomic
 
-from cgpt.launch.launchers import Topology, build_command, find_program
+from cgpt.launch.launchers import Topology, build_command, check_count, find_program
 
 SCRIPT_NAME = "slurm.sbatch"
-# stand-ins replaced by shell variables after quoting (plain words: shlex leaves them alone)
-_NODE_RANK, _MASTER, _HOSTFILE = "CGPT_NODE_RANK", "CGPT_MASTER_ADDR", "CGPT_HOSTFILE"
+# stand-ins for the launcher's master address and hostfile; the script's shell variables
+# replace them by position (the word after --master_addr / --hostfile / --node_rank)
+_MASTER, _HOSTFILE = "CGPT_MASTER_ADDR", "CGPT_HOSTFILE"
 
-_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+# values of #SBATCH lines: SLURM names (partition, account, job name) and, for the output
+# file, a path; sbatch reads these lines itself (not bash), so nothing else may get in
+_NAME_CHAR = re.compile(r"[A-Za-z0-9_.+,:=-]")
+NAME_CHARS = "letters, digits and _ . - + , : ="
+_PATH_CHAR = re.compile(r"[A-Za-z0-9_.+,:=/-]")
+_TIME_CHAR = re.compile(r"[0-9:-]")
+_TIME = re.compile(r"(?:([0-9]+)-)?([0-9]+)(?::([0-9]+))?(?::([0-9]+))?")
+# the final guard on every #SBATCH argument as written (%j: the job id; @: the signal time)
+_SBATCH_ARG = re.compile(r"--[a-z-]+(?:=[A-Za-z0-9_.+,:=/%@-]+)?")
+SIGNAL_MAX_S = 65535  # SLURM's limit on --signal's time
+
+
+def _bad_char(value: str, allowed: re.Pattern) -> str | None:
+    return next((c for c in value if not allowed.fullmatch(c)), None)
+
+
+def check_name(label: str, value: str, hint: str = "") -> str:
+    """`value` if it is a valid SLURM name (partition, account, job name); else CgptError
+    naming `label` and the first character that is not allowed."""
+    if not isinstance(value, str) or not value:
+        raise CgptError(f"{label} is empty{hint}")
+    bad = _bad_char(value, _NAME_CHAR)
+    if bad is not None:
+        raise CgptError(f"{label} {value!r} contains {bad!r}; a SLURM name may only use "
+                        f"{NAME_CHARS}{hint}")
+    return value
+
+
+def check_printable(label: str, value: str) -> str:
+    """`value` if it has no control character (newline, tab, NUL, ...) nor line separator:
+    such a value would split a line of the script (or of SLURM's own files)."""
+    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        raise CgptError(f"{label} {value!r} contains the control character {bad!r}, which "
+                        "cannot go into a job script")
+    return value
+
+
+def output_in_header(run_dir: str | Path) -> bool:
+    """True when the run folder's path can go into `#SBATCH --output`; otherwise the
+    script redirects its own output into the run folder."""
+    path = str(Path(run_dir).resolve())
+    return _bad_char(path, _PATH_CHAR) is None
 
 
 @dataclass(frozen=True)
@@ -40,9 +92,14 @@ class SlurmOptions:
 
 def time_limit_seconds(value: str) -> int:
     """Seconds in a SLURM --time value: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
-    m = _TIME.match(value.strip())
-    if not m:
+    if not isinstance(value, str):
         raise CgptError(f"--time {value!r} is not a SLURM time (e.g. 90, 12:00:00, 2-00:00:00)")
+    bad = _bad_char(value, _TIME_CHAR)
+    m = _TIME.fullmatch(value)
+    if bad is not None or not m:
+        why = f": {bad!r} is not allowed" if bad is not None else ""
+        raise CgptError(f"--time {value!r} is not a SLURM time (e.g. 90, 12:00:00, "
+                        f"2-00:00:00){why}")
     days, parts = m.group(1), [int(x) for x in m.groups()[1:] if x is not None]
     if days is not None:  # D-H, D-H:M, D-H:M:S
         h, mi, s = parts + [0] * (3 - len(parts))
@@ -55,28 +112,60 @@ def time_limit_seconds(value: str) -> int:
 def render_sbatch(topo: Topology, train_args: list[str], run_dir: str | Path,
                   opts: SlurmOptions, launcher: str = "torchrun",
                   workdir: str | Path = ".") -> str:
-    """The sbatch script text for `topo.nodes` nodes × `topo.gpus_per_node` GPUs."""
+    """The sbatch script text for `topo.nodes` nodes × `topo.gpus_per_node` GPUs.
+
+    Every value is checked first (CgptError, one line, nothing written): names in the
+    #SBATCH lines against the SLURM name characters, the time format, the counts, and no
+    control characters anywhere; every word of a command line is shell-quoted."""
+    # ---- checks: all of them before any text exists --------------------------------------
+    check_count("--nodes", topo.nodes, 1)
+    check_count("--gpus-per-node", topo.gpus_per_node, 1)
+    check_count("--master-port", topo.master_port, 1, 65535)
+    check_count("--signal-lead", opts.signal_lead_s, 1, SIGNAL_MAX_S)
+    cpus = 8 * topo.gpus_per_node if opts.cpus_per_task is None else opts.cpus_per_task
+    check_count("--cpus-per-task", cpus, 1)
+    check_name("--job-name", opts.job_name)
+    for label, value in (("--partition", opts.partition), ("--account", opts.account)):
+        if value is not None:
+            check_name(label, value)
     limit = time_limit_seconds(opts.time)
     if opts.signal_lead_s >= limit:
         raise CgptError(f"--time {opts.time} is shorter than the {opts.signal_lead_s}s the job "
                         "needs to checkpoint before its limit; ask for more time")
+    for i, arg in enumerate(train_args):
+        check_printable("the config path" if i == 0 else "--set" if train_args[i - 1] == "--set"
+                        else "a trainer argument", arg)
     grace = max(30, opts.signal_lead_s - 60)  # leave a minute for requeue and teardown
     run_dir = Path(run_dir).resolve()
-    cpus = opts.cpus_per_task or 8 * topo.gpus_per_node
+    workdir = Path(workdir).resolve()
+    check_printable("runtime.out_dir", str(run_dir))
+    check_printable("the working directory", str(workdir))
     inner = _per_node_command(topo, train_args, launcher)
+
+    # ---- the text ------------------------------------------------------------------------
+    q = shlex.quote
     sbatch = [f"--job-name={opts.job_name}", f"--nodes={topo.nodes}", "--ntasks-per-node=1",
               f"--gpus-per-node={topo.gpus_per_node}", f"--cpus-per-task={cpus}",
               f"--time={opts.time}"]
-    sbatch += [f"--partition={opts.partition}"] if opts.partition else []
-    sbatch += [f"--account={opts.account}"] if opts.account else []
-    sbatch += [f"--output={run_dir}/slurm-%j.out", "--open-mode=append",
-               f"--signal=B:USR1@{opts.signal_lead_s}", "--requeue"]
-    head = "\n".join(f"#SBATCH {shlex.quote(s)}" for s in sbatch)
+    sbatch += [f"--partition={opts.partition}"] if opts.partition is not None else []
+    sbatch += [f"--account={opts.account}"] if opts.account is not None else []
+    if output_in_header(run_dir):
+        sbatch += [f"--output={run_dir}/slurm-%j.out", "--open-mode=append"]
+        redirect = ""
+    else:  # sbatch cannot take this path: the script sends its own output there
+        redirect = ("# the run folder's path has characters an #SBATCH line cannot carry: the "
+                    "job's output goes there from here on\n"
+                    f'exec >>{q(str(run_dir))}/"slurm-$SLURM_JOB_ID.out" 2>&1\n')
+    sbatch += [f"--signal=B:USR1@{opts.signal_lead_s}", "--requeue"]
+    for arg in sbatch:  # the guard: only checked values can have got here
+        if not _SBATCH_ARG.fullmatch(arg):
+            raise CgptError(f"internal error: unsafe #SBATCH argument {arg!r}")
+    head = "\n".join(f"#SBATCH {arg}" for arg in sbatch)
     return f"""#!/bin/bash
-# Written by `cgpt launch --slurm`. Submit with: sbatch {shlex.quote(str(run_dir / SCRIPT_NAME))}
+# Written by `cgpt launch --slurm`. Submit with: sbatch {q(str(run_dir / SCRIPT_NAME))}
 {head}
 set -uo pipefail
-cd {shlex.quote(str(Path(workdir).resolve()))}
+{redirect}cd {q(str(workdir))}
 
 # node 0 of the allocation is the rendezvous master; every node gets the same hostfile
 MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
@@ -116,7 +205,7 @@ exit "$rc"
 
 def _per_node_command(topo: Topology, train_args: list[str], launcher: str) -> str:
     """The launcher command one srun task runs; node rank, master address and hostfile
-    are left to the shell on that node."""
+    are left to the shell on that node. Every other word is shell-quoted."""
     templ = Topology(topo.nodes, topo.gpus_per_node, 0, _MASTER, topo.master_port,
                      _HOSTFILE if launcher == "deepspeed" else None)
     cmd = build_command(launcher, templ, train_args, no_ssh=launcher == "deepspeed",
@@ -125,21 +214,58 @@ def _per_node_command(topo: Topology, train_args: list[str], launcher: str) -> s
         cmd[0] = find_program(launcher)
     except CgptError:
         pass
-    shell = {_MASTER: '"$MASTER_ADDR"', _HOSTFILE: '"$HOSTFILE"'}
+    check_printable(f"the {launcher} path", cmd[0])
+    # by position, in the launcher's own options only (never inside the trainer's arguments)
+    n_launcher = len(cmd) - len(train_args)
+    assert cmd[n_launcher:] == list(train_args)
+    shell = {"--node_rank": '"$SLURM_NODEID"', "--master_addr": '"$MASTER_ADDR"',
+             "--hostfile": '"$HOSTFILE"'}
     words = []
     for i, word in enumerate(cmd):
-        if i and cmd[i - 1] == "--node_rank":
-            words.append('"$SLURM_NODEID"')
-        else:
-            words.append(shell.get(word, shlex.quote(word)))
+        flag = cmd[i - 1] if 0 < i < n_launcher else None
+        words.append(shell[flag] if flag in shell else shlex.quote(word))
     return "exec " + " ".join(words)
 
 
 def write_sbatch(text: str, run_dir: str | Path) -> Path:
-    path = Path(run_dir) / SCRIPT_NAME
-    write_text_atomic(path, text)
-    path.chmod(0o755)
+    """Write RUN_DIR/slurm.sbatch atomically: a temporary file in the same folder, fsync,
+    then rename over the old one, so that no reader ever sees a partial script."""
+    folder = Path(run_dir)
+    path = folder / SCRIPT_NAME
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{SCRIPT_NAME}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise CgptError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        # surrogateescape: a path that is not UTF-8 is written back as its original bytes
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), 0o755)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise CgptError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+    _fsync_dir(folder)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (where the platform lets a folder be fsync'ed)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def submit(path: str | Path) -> str:

@@ -75,6 +75,11 @@ def test_hostfile_parses_like_deepspeed(tmp_path):
     ("node-0 slots=0\n", "at least 1"),
     ("# only a comment\n", "no hosts"),
     ("node-0 slots=8 gpus=2\n", "line 1"),
+    ("node-0 slots=8\nn$(touch${IFS}PWNED) slots=8\n", "line 2: host 'n$(touch${IFS}PWNED)' "
+     "contains '$'"),
+    ("`touch${IFS}PWNED` slots=1\n", "contains '`'"),
+    ("node-0;id slots=1\n", "contains ';'"),
+    ("-oProxyCommand slots=1\n", "starts with '-'"),
 ])
 def test_bad_hostfile_is_one_clear_error(tmp_path, capsys, text, words):
     hosts = tmp_path / "hosts"
@@ -249,3 +254,102 @@ def test_signals_reach_the_launcher(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 7
     assert marker.read_text() == "TERM"
+
+
+
+# ---- numbers and names out of range: one line, nothing starts ---------------------------------
+
+def _refused(capsys, argv: list[str], *words: str) -> str:
+    """`cgpt launch ARGV` exits 2 with one line on stderr that contains `words`."""
+    try:
+        rc = main(["launch", *argv])
+    except SystemExit as e:  # argparse's refusals (a number that is not a number)
+        rc = e.code
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and out == "", (rc, out, err)
+    assert lines[0].startswith("cgpt launch: error:")
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--gpus-per-node", "0"], ["--gpus-per-node must be at least 1, got 0"]),
+    (["--gpus-per-node", "-1"], ["--gpus-per-node must be at least 1, got -1"]),
+    (["--nodes", "0"], ["--nodes must be at least 1, got 0"]),
+    (["--nodes", "-3"], ["--nodes must be at least 1, got -3"]),
+    (["--nodes", "2", "--master-addr", "h0", "--launcher", "torchrun", "--node-rank", "2"],
+     ["--node-rank 2 is outside 0..1"]),
+    (["--node-rank", "-1"], ["--node-rank -1 is outside 0..0"]),
+    (["--node-rank", "1"], ["--node-rank 1 is outside 0..0"]),
+    (["--master-port", "0"], ["--master-port must be in 1..65535, got 0"]),
+    (["--master-port", "65536"], ["--master-port must be in 1..65535, got 65536"]),
+    (["--master-port", "-1"], ["--master-port must be in 1..65535, got -1"]),
+    (["--gpus-per-node", "two"], ["--gpus-per-node", "invalid int value: 'two'"]),
+    (["--nodes", "1\n2"], ["--nodes", "invalid int value: '1\\n2'"]),
+    (["--master-port", "$(touch PWNED)"], ["--master-port", "invalid int value"]),
+    (["--master-addr", "h0;touch PWNED"], ["--master-addr", "';'"]),
+    (["--master-addr", "$(touch PWNED)"], ["--master-addr", "'$'"]),
+    (["--master-addr=-oProxyCommand"], ["--master-addr", "starts with '-'"]),
+])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_bad_numbers_start_nothing(tmp_path, capsys, monkeypatch, extra, words, dry_run):
+    """`--gpus-per-node 0` used to run 1 process and `--nodes 0` one node: now every count,
+    rank and port outside its range is one line and exit 2, and no process starts."""
+    monkeypatch.setattr(subprocess, "Popen", _no_process)
+    argv = [str(write_config(tmp_path)), *extra] + (["--dry-run"] if dry_run else [])
+    _refused(capsys, argv, *words)
+    assert not list(tmp_path.rglob("PWNED"))
+
+
+def test_zero_nodes_with_a_hostfile_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(subprocess, "Popen", _no_process)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("a slots=1\nb slots=1\n")
+    _refused(capsys, [str(write_config(tmp_path)), "--hostfile", str(hosts), "--nodes", "0",
+                      "--dry-run"], "--nodes must be at least 1, got 0")
+    _refused(capsys, [str(write_config(tmp_path)), "--hostfile", str(hosts),
+                      "--gpus-per-node", "0", "--dry-run"], "--gpus-per-node must be at least 1")
+
+
+def test_topology_checks_for_callers():
+    with pytest.raises(CgptError, match="--nodes must be at least 1"):
+        L.make_topology(nodes=0)
+    with pytest.raises(CgptError, match="--gpus-per-node must be at least 1"):
+        L.make_topology(gpus_per_node=0, default_gpus=4)
+    with pytest.raises(CgptError, match="whole number"):
+        L.make_topology(gpus_per_node=1.5)
+    with pytest.raises(CgptError, match="outside 0..1"):
+        L.make_topology(nodes=2, node_rank=True, master_addr="h")  # True is not a rank 1
+    assert L.make_topology(gpus_per_node=None, default_gpus=3).gpus_per_node == 3
+
+
+@pytest.mark.parametrize("value, bad", [("$(touch PWNED)", "$"), ("a;touch PWNED", ";"),
+                                        ("a`touch PWNED`", "`"), ('a"b', '"'), ("a'b", "'"),
+                                        ("a%n", "%")])
+def test_pdsh_remote_shell_refuses_shell_characters(tmp_path, capsys, monkeypatch, value, bad):
+    """DeepSpeed's pdsh backend hands the command to a shell on every node: a --set value
+    that shell would run or change is refused; the per-node starts take it as it is."""
+    monkeypatch.setattr(subprocess, "Popen", _no_process)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("a slots=1\nb slots=1\n")
+    cfg = str(write_config(tmp_path))
+    item = f"runtime.wandb_project={value}"
+    line = _refused(capsys, [cfg, "--hostfile", str(hosts), "--set", item, "--dry-run"],
+                    "--set", repr(bad), "pdsh")
+    assert "--no-ssh" in line
+    cmd = launch_dry(capsys, cfg, "--hostfile", hosts, "--set", item, "--no-ssh",
+                     "--master-port", 29602)
+    assert item in cmd  # one argument, unchanged
+    cmd = launch_dry(capsys, cfg, "--launcher", "torchrun", "--set", item)
+    assert item in cmd
+    assert not list(tmp_path.rglob("PWNED"))
+
+
+def test_pdsh_accepts_plain_values_with_spaces(tmp_path, capsys):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("a slots=1\nb slots=1\n")
+    cmd = launch_dry(capsys, write_config(tmp_path), "--hostfile", hosts,
+                     "--set", "runtime.wandb_project=my project", "--master-port", 29603)
+    assert "runtime.wandb_project=my project" in cmd

@@ -1,7 +1,14 @@
 """`cgpt launch --slurm`: the sbatch script's text, and its behaviour run under stand-ins
 for SLURM's programs (scontrol, srun) and the launcher, including the time-limit path:
-SIGUSR1 -> SIGTERM to the launcher -> wait for it -> scontrol requeue."""
+SIGUSR1 -> SIGTERM to the launcher -> wait for it -> scontrol requeue.
 
+Injection: newlines, quotes, `$(...)`, backticks and `;` are fed through every option and
+every config string that reaches the script. Values of #SBATCH lines (names, time) and any
+control character are refused with one line before anything is written; values that are
+legitimate (paths, --set values) must reach the launcher intact, as one argument each, when
+the script runs with stand-in sbatch/srun/scontrol, and no PWNED marker may appear."""
+
+import json
 import os
 import shlex
 import signal
@@ -149,3 +156,284 @@ while true; do sleep 0.1; done
     assert lines[1:] == ["checkpoint written", "scontrol requeue 77"]  # in this order
     assert (run_dir / "hostfile.77").read_text() == "node-a slots=4\nnode-b slots=4\n"
     assert "requeueing job 77" in out and job.returncode == 0
+
+
+
+# ---- injection: refused before anything is written ----------------------------------------
+
+# each starts with something legitimate so that the refusal names the payload's character
+EVIL = {
+    "newline": "48\ntouch PWNED",
+    "single-quote": "48'x",
+    "double-quote": '48"x',
+    "subshell": "48$(touch PWNED)",
+    "backticks": "48`touch PWNED`",
+    "semicolon": "48;touch PWNED",
+    "space-hash": "48 #x",
+}
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.+,:=-")
+
+
+def run_cli(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse's refusals (a number that is not a number)
+        return e.code
+
+
+def assert_refused(tmp_path, capsys, argv, *words):
+    """Exit 2, exactly one line on stderr naming `words`, nothing on stdout, no script,
+    no run folder, no marker."""
+    assert run_cli(argv) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("cgpt launch: error:"), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    assert out == ""
+    assert not list(tmp_path.rglob("slurm.sbatch")) and not list(tmp_path.rglob(".slurm.sbatch*"))
+    assert not list(tmp_path.rglob("PWNED"))
+    return lines[0]
+
+
+def _name_value_args(option: str, value: str) -> list[str]:
+    if option == "plan.name":  # a config string, via --set (JSON is YAML: the exact string)
+        return ["--set", f"plan.name={json.dumps(value)}"]
+    return [option, value]
+
+
+@pytest.mark.parametrize("kind", EVIL)
+@pytest.mark.parametrize("option", ["--partition", "--account", "--job-name", "--time",
+                                    "plan.name"])
+def test_sbatch_values_are_refused(tmp_path, capsys, option, kind):
+    value = EVIL[kind]
+    cfg = write_config(tmp_path)
+    argv = ["launch", str(cfg), "--slurm", "--gpus-per-node", "2",
+            *_name_value_args(option, value)]
+    ok = set("0123456789:-") if option == "--time" else _NAME_OK
+    bad = next(c for c in value if c not in ok)
+    assert_refused(tmp_path, capsys, argv, option, repr(bad))
+    assert not (tmp_path / "run").exists()
+    # --dry-run refuses it the same way (and prints no script)
+    assert_refused(tmp_path, capsys, argv + ["--dry-run"], option, repr(bad))
+
+
+@pytest.mark.parametrize("value", ["", " gpu", "gpu ", "gpu#x", "gpu\\x", "gp%u", "gpü"])
+def test_partition_outside_the_name_characters(tmp_path, capsys, value):
+    argv = ["launch", str(write_config(tmp_path)), "--slurm", "--gpus-per-node", "2",
+            "--partition", value]
+    assert_refused(tmp_path, capsys, argv, "--partition")
+
+
+@pytest.mark.parametrize("kind", EVIL)
+@pytest.mark.parametrize("option", ["--nodes", "--gpus-per-node", "--cpus-per-task",
+                                    "--signal-lead", "--master-port"])
+def test_number_options_refuse_words(tmp_path, capsys, option, kind):
+    argv = ["launch", str(write_config(tmp_path)), "--slurm", "--gpus-per-node", "2",
+            option, EVIL[kind]]
+    assert_refused(tmp_path, capsys, argv, option, "invalid int value")
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--nodes", "0", "at least 1"), ("--nodes", "-2", "at least 1"),
+    ("--gpus-per-node", "0", "at least 1"), ("--gpus-per-node", "-1", "at least 1"),
+    ("--cpus-per-task", "0", "at least 1"), ("--cpus-per-task", "-8", "at least 1"),
+    ("--signal-lead", "0", "1..65535"), ("--signal-lead", "-5", "1..65535"),
+    ("--signal-lead", "70000", "1..65535"),
+    ("--master-port", "0", "1..65535"), ("--master-port", "65536", "1..65535"),
+    ("--master-port", "-1", "1..65535"),
+    ("--node-rank", "1", "drop"), ("--master-addr", "h0", "drop"),
+])
+def test_slurm_numbers_out_of_range(tmp_path, capsys, option, value, words):
+    argv = ["launch", str(write_config(tmp_path)), "--slurm", "--nodes", "2",
+            "--gpus-per-node", "2", option, value]
+    assert_refused(tmp_path, capsys, argv, option, words)
+
+
+def test_time_is_checked_exactly():
+    for bad in ("12:00:00\n", " 12:00:00", "12:00:00 ", "１２", "1-2-3", "", "12:00:00;x"):
+        with pytest.raises(CgptError, match="not a SLURM time"):
+            slurm.time_limit_seconds(bad)
+
+
+# the places where a path or a free string legitimately reaches the script's command lines
+SLOTS = ["runtime.out_dir", "the config path", "--set", "the working directory",
+         "the torchrun path"]
+
+
+def _odd_setup(tmp_path, monkeypatch, value: str, launcher: str = "torchrun"):
+    """Put `value` into every legitimate slot at once: the run folder, the config's folder,
+    a --set value, the working directory and the launcher's folder (the venv)."""
+    cfg_dir = tmp_path / f"cfg {value}"
+    cfg_dir.mkdir()
+    cfg = write_config(cfg_dir, global_batch=12, micro_batch=3)  # 2x2 ranks: no re-split
+    out_dir = tmp_path / f"out {value}"
+    work = tmp_path / f"work {value}"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    venv_bin = tmp_path / f"venv {value}" / "bin"
+    venv_bin.mkdir(parents=True)
+    _shim(venv_bin, launcher, 'printf "%s\\0" "$@" > "$CGPT_TEST_LOG/launcher.$$"\n')
+    monkeypatch.setattr("sys.executable", str(venv_bin / "python"))
+    sets = [f"runtime.out_dir={json.dumps(str(out_dir))}",
+            f"runtime.wandb_project={json.dumps(value)}"]
+    argv = ["launch", str(cfg), "--slurm", "--nodes", "2", "--gpus-per-node", "2",
+            "--launcher", launcher]
+    for item in sets:
+        argv += ["--set", item]
+    return argv, cfg, out_dir, work, venv_bin / launcher, sets
+
+
+@pytest.mark.parametrize("slot", SLOTS)
+def test_control_characters_are_refused_in_every_path(tmp_path, capsys, monkeypatch, slot):
+    """A newline is legal in a Linux file name but never in a job script: refused, one line,
+    whichever path or string carries it."""
+    clean = "ok"
+    argv, *_ = _odd_setup(tmp_path, monkeypatch, clean)
+    evil = EVIL["newline"]
+    if slot == "runtime.out_dir":
+        argv[argv.index(next(a for a in argv if a.startswith("runtime.out_dir=")))] = (
+            f"runtime.out_dir={json.dumps(str(tmp_path / evil))}")
+    elif slot == "the config path":
+        folder = tmp_path / f"cfg {evil}"
+        folder.mkdir()
+        argv[1] = str(write_config(folder))
+    elif slot == "--set":
+        argv += ["--set", f"runtime.wandb_project={evil}"]  # the raw argument
+    elif slot == "the working directory":
+        (tmp_path / evil).mkdir()
+        monkeypatch.chdir(tmp_path / evil)
+    else:
+        odd_bin = tmp_path / evil / "bin"
+        odd_bin.mkdir(parents=True)
+        _shim(odd_bin, "torchrun", "exit 0\n")
+        monkeypatch.setattr("sys.executable", str(odd_bin / "python"))
+    line = assert_refused(tmp_path, capsys, argv, slot, "'\\n'")
+    assert "control character" in line
+
+
+def _stand_ins(folder: Path, nodes=("node-a", "node-b")) -> None:
+    """sbatch, srun, scontrol that record their argv (NUL-separated, one file per call);
+    scontrol also lists the nodes, srun also runs its command (as srun does on a node)."""
+    folder.mkdir()
+    record = 'printf "%s\\0" "$@" > "$CGPT_TEST_LOG/{name}.$$"\n'
+    _shim(folder, "sbatch", record.format(name="sbatch") + 'echo "Submitted batch job 77"\n')
+    _shim(folder, "scontrol", record.format(name="scontrol")
+          + f'if [ "$1 $2" = "show hostnames" ]; then printf "%s\\n" {" ".join(nodes)}; fi\n')
+    _shim(folder, "srun", record.format(name="srun")
+          + 'while [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+
+
+def _calls(log: Path, name: str) -> list[list[str]]:
+    return [f.read_bytes().decode("utf-8", "surrogateescape").split("\0")[:-1]
+            for f in sorted(log.glob(f"{name}.*"))]
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+@pytest.mark.parametrize("kind", [k for k in EVIL if k != "newline"])
+def test_odd_paths_and_values_pass_through_intact(tmp_path, capsys, monkeypatch, kind,
+                                                  launcher):
+    """Quotes, $(...), backticks, ; and spaces in the run folder, the config path, a --set
+    value, the working directory and the venv: the script is valid bash, sbatch gets the
+    script's path as one argument, and run with stand-ins it hands every value to the
+    launcher unchanged, one argument each, without running any of it."""
+    value = EVIL[kind]
+    argv, cfg, out_dir, work, launcher_path, sets = _odd_setup(tmp_path, monkeypatch, value,
+                                                               launcher)
+    bin_, log = tmp_path / "bin", tmp_path / "log"
+    _stand_ins(bin_)
+    log.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_}:{os.environ['PATH']}")
+    monkeypatch.setenv("CGPT_TEST_LOG", str(log))
+    assert run_cli(argv + ["--submit"]) == 0
+    out = capsys.readouterr().out
+    script = out_dir / "slurm.sbatch"
+    assert "Submitted batch job 77" in out
+    assert _calls(log, "sbatch") == [[str(script)]]
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    opts = sbatch_lines(text)
+    assert "output" not in opts  # sbatch cannot carry this path: the script redirects
+    assert opts["job-name"] == "cgpt-custom" and opts["nodes"] == "2"
+    assert stat.S_IMODE(script.stat().st_mode) == 0o755
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = dict(os.environ, SLURM_JOB_ID="77", SLURM_JOB_NODELIST="node-[a-b]",
+               SLURM_JOB_NUM_NODES="2", SLURM_NODEID="1")
+    res = subprocess.run(["bash", str(script)], env=env, cwd=elsewhere, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert not list(tmp_path.rglob("PWNED")), "a value was run as a command"
+    assert "cgpt: job 77 on 2 node(s), master node-a:29500" in (
+        out_dir / "slurm-77.out").read_text()
+    assert (out_dir / "hostfile.77").read_text() == "node-a slots=2\nnode-b slots=2\n"
+
+    [srun] = _calls(log, "srun")
+    assert srun[:5] == ["--ntasks-per-node=1", "--cpus-per-task=16", "--kill-on-bad-exit=1",
+                        "bash", "-c"] and len(srun) == 6
+    [cmd] = _calls(log, "launcher")
+    i = cmd.index
+    if launcher == "torchrun":
+        assert cmd[:10] == ["--nnodes", "2", "--nproc_per_node", "2", "--node_rank", "1",
+                            "--master_addr", "node-a", "--master_port", "29500"]
+    else:
+        assert cmd[i("--hostfile") + 1] == str(out_dir / "hostfile.77")
+        assert cmd[i("--node_rank") + 1] == "1" and cmd[i("--master_addr") + 1] == "node-a"
+    # the trainer's arguments: the odd strings intact, one argument each
+    assert cmd[i("cgpt.train") + 1:] == [str(cfg.resolve()), "--set", sets[0],
+                                         "--set", sets[1], "--resume"]
+    assert _calls(log, "scontrol") == [["show", "hostnames", "node-[a-b]"]] * 2
+
+
+def test_launcher_placeholders_only_replace_launcher_options(tmp_path):
+    """A trainer argument that happens to spell the script's internal stand-ins, or a flag
+    name, stays as typed."""
+    args = train_args(tmp_path / "run.yaml", ["runtime.wandb_project=CGPT_MASTER_ADDR",
+                                              "--node_rank", "CGPT_HOSTFILE"], True)
+    for launcher in ("torchrun", "deepspeed"):
+        text = slurm.render_sbatch(Topology(2, 2), args, tmp_path / "run",
+                                   slurm.SlurmOptions(), launcher=launcher)
+        cmd = srun_command(text)
+        assert cmd[cmd.index("cgpt.train") + 1:] == args
+
+
+# ---- writing: atomic, never partial -----------------------------------------------------------
+
+def test_script_is_written_atomically(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    old = slurm.write_sbatch("#!/bin/bash\necho old\n", run_dir)
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+
+    def failing_replace(src, dst):
+        events.append("replace")
+        assert Path(src).parent == run_dir and Path(src).read_text() == "#!/bin/bash\nnew\n"
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(CgptError, match="No space left"):
+        slurm.write_sbatch("#!/bin/bash\nnew\n", run_dir)
+    assert events == ["fsync", "replace"]  # the data is on disk before the rename
+    assert old.read_text() == "#!/bin/bash\necho old\n"  # the old script is untouched
+    assert sorted(p.name for p in run_dir.iterdir()) == ["slurm.sbatch"]  # no temp file
+    monkeypatch.setattr(os, "replace", real_replace)
+    path = slurm.write_sbatch("#!/bin/bash\nnew\n", run_dir)
+    assert path.read_text() == "#!/bin/bash\nnew\n" and stat.S_IMODE(path.stat().st_mode) == 0o755
+    assert sorted(p.name for p in run_dir.iterdir()) == ["slurm.sbatch"]
+
+
+def test_run_folder_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "run").write_text("not a folder")
+    assert main(["launch", str(write_config(tmp_path)), "--slurm", "--gpus-per-node", "2"]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_safe_run_folder_keeps_sbatch_output(tmp_path, capsys):
+    cfg = write_config(tmp_path)
+    assert main(["launch", str(cfg), "--slurm", "--gpus-per-node", "2", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert sbatch_lines(text)["output"] == f"{(tmp_path / 'run').resolve()}/slurm-%j.out"
+    assert "exec >>" not in text
