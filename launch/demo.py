@@ -251,7 +251,7 @@ def run_demo(out: str = "runs/demo", config: str | None = None, max_steps: int |
     steps.start(f"train with DeepSpeed on the CPU ({'resuming ' if resume else ''}{run_dir})")
     from cgpt.train.loop.trainer import train
 
-    summary = train(cfg, resume=resume, config_path=str(run_yaml))
+    summary = train(cfg, resume=resume)
     if summary["status"] == "preempted":
         raise CgptError(f"training was interrupted; continue with: cgpt demo --out {out}")
     steps.done(f"{summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens, "

@@ -72,15 +72,25 @@ def test_interrupted_save_is_ignored_by_resume(tmp_path, data, monkeypatch):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_resume_matches(tmp_path, data):
-    d = make_cfg(tmp_path, data, steps=3000, save_every=0, eval_every=0, log_every=1)
+def test_sigterm_saves_and_the_printed_command_resumes_this_run(tmp_path, data):
+    """SIGTERM of `cgpt train run.yaml --set runtime.out_dir=X --set ...` saves a checkpoint
+    and prints a resume command; run literally from another directory, that command
+    continues run X (not a fresh run elsewhere) and matches an uninterrupted run."""
+    import shlex
+
+    upto = 60
+    d = make_cfg(tmp_path, data, steps=3000, save_every=0, eval_every=0, log_every=1,
+                 out_dir=str(tmp_path / "default-out"))
     cfg_path = _write(tmp_path, d)
+    out_dir = tmp_path / "elsewhere" / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR"):
         env.pop(k, None)  # set by the in-process runs above: this is a fresh plain run
-    proc = subprocess.Popen([sys.executable, "-m", "cgpt.train", str(cfg_path)], env=env,
+    cgpt = str(Path(sys.executable).parent / "cgpt")
+    proc = subprocess.Popen([cgpt, "train", str(cfg_path), "--set", f"runtime.out_dir={out_dir}",
+                             "--set", f"runtime.max_steps={upto}"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics = out_dir / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
@@ -90,14 +100,21 @@ def test_sigterm_saves_and_resume_matches(tmp_path, data):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
-    assert f"resume with: cgpt train {cfg_path} --resume" in out
-    stopped = ckpt.newest(tmp_path / "run" / "checkpoints")[0]
-    assert 3 <= stopped < 3000
-    upto = stopped + 3
-    resumed = _train(d, resume=True, max_steps=upto)
+    line = [ln for ln in out.splitlines() if "resume with: " in ln][-1]
+    command = line.split("resume with: ", 1)[1]
+    assert command == f"cgpt train {out_dir} --resume"
+    stopped = ckpt.newest(out_dir / "checkpoints")[0]
+    assert 3 <= stopped < upto
+    argv = shlex.split(command)
+    other_cwd = tmp_path / "somewhere-else"
+    other_cwd.mkdir()
+    res = subprocess.run([cgpt, *argv[1:]], cwd=other_cwd, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert not (tmp_path / "default-out").exists() and not any(other_cwd.iterdir())
     straight = _train(d, out_dir=str(tmp_path / "straight"), max_steps=upto)
-    assert resumed["steps"] == straight["steps"] == upto
-    assert losses(tmp_path / "run") == losses(tmp_path / "straight")
+    assert straight["steps"] == upto
+    assert losses(out_dir) == losses(tmp_path / "straight")
 
 
 def test_bf16_zero1_trains_and_resumes_exactly(tmp_path, data):

@@ -110,6 +110,13 @@ class RuntimeSection(Strict):
     wandb_project: str = "cgpt"
     export_hf: bool = True  # write RUN_DIR/hf at the end
     max_steps: int | None = Field(None, gt=0)  # stop early (tests, smoke runs)
+    # a collective that waits longer than this on another rank fails on every rank with a
+    # message naming the step (a dead or stalled peer never hangs the run silently)
+    collective_timeout_s: float = Field(600.0, gt=0)
+    # print a warning when no step finished for this many times the average step time
+    watchdog_factor: float = Field(10.0, gt=1)
+    # consecutive optimizer steps skipped for non-finite gradients before the run stops
+    max_skipped_steps: int = Field(3, ge=0)
 
 
 class Provenance(Strict):
@@ -144,8 +151,8 @@ class RunConfig(Strict):
 
 def config_diff(old: dict, new: dict, runtime_keys: tuple[str, ...] = ()) -> list[str]:
     """Keys ("plan.lr", ...) whose values differ between two run-config dicts: every key of
-    the model, data and plan sections, and the named runtime keys."""
-    keys = []
+    the model, data and plan sections, and the named runtime keys (paths compared absolute)."""
+    old, new, keys = absolute_paths(old), absolute_paths(new), []
     for section in ("model", "data", "plan"):
         a, b = old.get(section) or {}, new.get(section) or {}
         keys += [f"{section}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
@@ -239,7 +246,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         # YAML 1.1 reads off/on/yes/no as booleans; keep them as words so that
         # `--set wandb=off` selects the mode (pydantic still accepts them for bool fields).
         word = raw.strip()
-        cur[parts[-1]] = word if word.lower() in _YAML_BOOL_WORDS else yaml.safe_load(raw)
+        try:
+            value = word if word.lower() in _YAML_BOOL_WORDS else yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw  # not YAML (e.g. "%n", "`x`"): the plain string, validated below
+        cur[parts[-1]] = value
     return data
 
 
@@ -255,21 +266,61 @@ def read_yaml(path: str | os.PathLike, what: str = "run config"):
                           f"{str(e).splitlines()[0]})") from None
 
 
+RUN_CONFIG = "config.yaml"  # the resolved config inside every run folder
+
+
 def load_run_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+    """A run config YAML, or a run folder: its own resolved ``config.yaml`` with
+    ``runtime.out_dir`` pointing at that folder (so `cgpt train RUN_DIR --resume` continues
+    exactly that run, wherever it is called from)."""
     p = Path(path)
+    if p.is_dir():
+        if not (p / RUN_CONFIG).is_file():
+            raise ConfigError(f"{str(p)!r} is a folder without {RUN_CONFIG}: pass a run config "
+                              "YAML, or the folder of a run that has started")
+        data = read_yaml(p / RUN_CONFIG) or {}
+        if isinstance(data, dict):
+            data.pop("provenance", None)
+            data.setdefault("runtime", {})["out_dir"] = str(p.resolve())
+        return parse_run_config(apply_overrides(data, overrides or []), str(p / RUN_CONFIG))
     data = apply_overrides(read_yaml(p) or {}, overrides or [])
     return parse_run_config(data, str(p))
 
 
+PATH_KEYS = (("data", "path"), ("data", "tokenizer"), ("runtime", "out_dir"))
+
+
+def absolute_paths(d: dict) -> dict:
+    """A config dict with its folder paths made absolute (against the working directory), so
+    a run folder records where its data is and comparisons ignore how a path was spelled."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+    for section, key in PATH_KEYS:
+        sec = out.get(section)
+        if isinstance(sec, dict) and sec.get(key):
+            sec[key] = str(Path(sec[key]).expanduser().resolve())
+    return out
+
+
+def with_absolute_paths(cfg: RunConfig) -> RunConfig:
+    return parse_run_config(absolute_paths(cfg.to_dict()))
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a text file via a temporary name in the same folder, then rename."""
+    """Write a text file via a temporary name in the same folder, fsync, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # and so is the rename
+        finally:
+            os.close(dir_fd)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -60,6 +60,45 @@ def newest(ckpt_dir: str | Path) -> tuple[int, Path] | None:
     return found[-1] if found else None
 
 
+def problem(folder: Path) -> str | None:
+    """Why a published checkpoint cannot be resumed from (None: it reads back whole).
+
+    Every ``.pt`` file torch writes is a zip archive with a CRC per entry: reading each
+    entry back (``testzip``) finds a truncated or corrupted file without unpickling it.
+    """
+    import zipfile
+
+    try:
+        json.loads((folder / STATE).read_text())
+    except (OSError, ValueError) as e:
+        return f"{STATE} unreadable ({e.__class__.__name__})"
+    files = sorted(folder.rglob("*.pt"))
+    if not files:
+        return "no checkpoint files"
+    for f in files:
+        try:
+            with zipfile.ZipFile(f) as z:
+                bad = z.testzip()
+        except (OSError, zipfile.BadZipFile, EOFError) as e:
+            return f"{f.name} is truncated or not a torch file ({e.__class__.__name__})"
+        if bad is not None:
+            return f"{f.name} is corrupted (entry {bad})"
+    return None
+
+
+def newest_readable(ckpt_dir: str | Path) -> tuple[tuple[int, Path] | None, list[str]]:
+    """The newest checkpoint that reads back whole, and a warning per newer one that does
+    not (a save cut short by a full disk or a dying node): resume falls back past them."""
+    warnings = []
+    for step, folder in reversed(published(ckpt_dir)):
+        why = problem(folder)
+        if why is None:
+            return (step, folder), warnings
+        warnings.append(f"checkpoint {folder} is unusable ({why}); falling back to an "
+                        "earlier one")
+    return None, warnings
+
+
 # ---------------------------------------------------------------------------- RNG
 def rng_state() -> dict:
     py = random.getstate()
@@ -97,29 +136,69 @@ class Checkpointer:
         self.keep_last, self.rank = keep_last, rank
 
     def save(self, engine, step: int, state: dict, cfg: RunConfig) -> Path:
-        """Save a checkpoint of `step` (all ranks call this); returns the published folder."""
+        """Save a checkpoint of `step` (all ranks call this); returns the published folder.
+
+        Refuses (CgptError on every rank, nothing written) when any rank's weights are not
+        finite; a failed write (a full disk) removes the partial folder and says which
+        checkpoint is still intact. Files and folder are fsynced before the publishing rename.
+        """
+        from cgpt.train.loop.distributed import all_sum
+        from cgpt.train.loop.guard import local_weights_finite
+
+        bad, total = local_weights_finite(engine.module)
+        bad, total = (int(v) for v in all_sum([bad, total], _device_of(engine)))
+        if bad:
+            raise CgptError(f"the weights are not finite at step {step} ({bad} of {total} "
+                            "tensors); checkpoint not saved")
         tag, tmp_tag = tag_for(step), "tmp-" + tag_for(step)
         tmp, final = self.dir / tmp_tag, self.dir / tag
+        failed = 0.0
+        try:
+            if self.rank == 0:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(tmp, ignore_errors=True)  # left over by an interrupted save
+            barrier()
+            engine.save_checkpoint(str(self.dir), tag=tmp_tag, client_state={"step": step},
+                                   save_latest=False)
+            tmp.mkdir(parents=True, exist_ok=True)  # ranks without DeepSpeed files of their own
+            torch.save(rng_state(), tmp / f"rng-rank{self.rank}.pt")
+            _fsync_tree(tmp)
+        except (OSError, RuntimeError) as e:
+            if not _is_write_error(e):
+                raise
+            failed, error = 1.0, e
+        if all_sum([failed], _device_of(engine))[0]:  # every rank's files on disk, or none
+            if self.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise CgptError(self._save_failed(step, error if failed else None))
         if self.rank == 0:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)  # left over by an interrupted save
-        barrier()
-        engine.save_checkpoint(str(self.dir), tag=tmp_tag, client_state={"step": step},
-                               save_latest=False)
-        tmp.mkdir(parents=True, exist_ok=True)  # ranks without DeepSpeed files of their own
-        torch.save(rng_state(), tmp / f"rng-rank{self.rank}.pt")
-        barrier()  # every rank's files are on disk before rank 0 publishes
-        if self.rank == 0:
-            cfg.save(tmp / "config.yaml")
-            write_text_atomic(tmp / STATE, json.dumps(state, indent=1, default=_jsonable) + "\n")
-            (tmp / COMPLETE).write_text(f"{step}\n")
-            if final.exists():  # re-saving a step (e.g. the end of a resumed run)
-                shutil.rmtree(final)
-            tmp.rename(final)  # the publish: one atomic rename
-            write_text_atomic(self.dir / "latest", tag + "\n")
-            self._prune()
-        barrier()
+            try:
+                cfg.save(tmp / "config.yaml")
+                write_text_atomic(tmp / STATE,
+                                  json.dumps(state, indent=1, default=_jsonable) + "\n")
+                write_text_atomic(tmp / COMPLETE, f"{step}\n")
+                _fsync_dir(tmp)
+                if final.exists():  # re-saving a step (e.g. the end of a resumed run)
+                    shutil.rmtree(final)
+                tmp.rename(final)  # the publish: one atomic rename
+                _fsync_dir(self.dir)
+                write_text_atomic(self.dir / "latest", tag + "\n")
+            except OSError as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                failed, error = 1.0, e
+            if not failed:
+                self._prune()
+        if all_sum([failed], _device_of(engine))[0]:
+            raise CgptError(self._save_failed(step, error if failed else None))
         return final
+
+    def _save_failed(self, step: int, error: BaseException | None) -> str:
+        last = newest(self.dir)
+        why = (getattr(error, "strerror", None) or str(error).splitlines()[0]) if error \
+            else "another rank could not write its part"
+        keep = f"checkpoint {last[1]} is intact" if last else "no earlier checkpoint exists"
+        return (f"could not save checkpoint step-{step} in {self.dir}: {why}; the partial "
+                f"save was removed and {keep}. Free disk space, then resume")
 
     def _prune(self) -> None:
         for _, p in published(self.dir)[:-self.keep_last]:
@@ -138,7 +217,12 @@ class Checkpointer:
                             "resume from the previous one")
         rng = folder / f"rng-rank{self.rank}.pt"
         if rng.is_file():  # absent when resuming with more ranks than were saved
-            set_rng_state(torch.load(rng, weights_only=True))
+            try:
+                set_rng_state(torch.load(rng, weights_only=True))
+            except Exception as e:  # noqa: BLE001 - any unreadable file is one message
+                raise CgptError(f"{rng} is not an RNG state this trainer wrote "
+                                f"({e.__class__.__name__}); delete {folder} to resume from "
+                                "the previous checkpoint") from None
         return state
 
 
@@ -196,6 +280,36 @@ def read_state(folder: Path) -> dict:
     except (OSError, json.JSONDecodeError) as e:
         raise CgptError(f"checkpoint {folder} is unreadable ({e}); delete it to resume "
                         "from the previous one") from None
+
+
+def _device_of(engine) -> torch.device:
+    return next(engine.module.parameters()).device
+
+
+def _is_write_error(e: BaseException) -> bool:
+    """An OSError, or torch's RuntimeError for a failed write into its zip file."""
+    return isinstance(e, OSError) or "writ" in str(e).lower() or "space" in str(e).lower()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file this process can see under `folder`, then the folders."""
+    for f in folder.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for d in [folder, *[p for p in folder.rglob("*") if p.is_dir()]]:
+        _fsync_dir(d)
 
 
 def _jsonable(o):

@@ -35,13 +35,14 @@ from cgpt.train.loop.distributed import DistInfo, all_sum, barrier, init_distrib
 from cgpt.train.loop.engine import (build_ds_config, build_optimizer, check_precision, initialize_engine,
                         save_ds_config)
 from cgpt.train.loop.metrics import MetricsLogger, Throughput, plot_loss, truncate_metrics
-from cgpt.train.config import Provenance, RunConfig, config_diff, write_text_atomic
+from cgpt.train.config import (RUN_CONFIG, Provenance, RunConfig, with_absolute_paths,
+                               write_text_atomic)
 from cgpt.train.provenance import provenance
 from cgpt.train.loop.schedule import global_batch_at, lr_at, tokens_before
-
-# runtime keys whose change makes a checkpoint unusable (the rest may change on --resume)
-RESUME_RUNTIME_KEYS = ("seed", "zero_stage", "precision")
-
+from cgpt.train.lock import FolderLock
+from cgpt.train.loop.guard import StepGuard, guard_optimizer
+from cgpt.train.loop.resume import (ResumePoint, ResumeRequest, apply_rewind,
+                                    find_resume_point, resume_command)
 
 @dataclass
 class Run:
@@ -52,10 +53,18 @@ class Run:
     data: object  # cgpt.train.data.shards.TokenData
     splits: dict[int, BatchSplit]  # global batch -> split, for every phase
     run_dir: Path
-    resume_from: Path | None = None
-    resume_state: dict = field(default_factory=dict)
+    point: ResumePoint = field(default_factory=ResumePoint)
     tokenizer_dir: str | None = None
-    config_path: str | None = None
+    lock: FolderLock | None = None  # rank 0 holds the run folder for the whole run
+    guard: StepGuard | None = None  # set when the engine is built
+
+    @property
+    def resume_from(self) -> Path | None:
+        return self.point.folder
+
+    @property
+    def resume_state(self) -> dict:
+        return self.point.state
 
 
 # ---------------------------------------------------------------------------- checks
@@ -99,38 +108,21 @@ def _check_memory(cfg: RunConfig, dist: DistInfo) -> None:
                         "use more GPUs")
 
 
-def _check_run_dir(run: Run, resume: bool) -> None:
-    import yaml
-
-    saved = run.run_dir / "config.yaml"
-    if not resume:
-        if saved.exists():
-            raise CgptError(f"run folder {str(run.run_dir)!r} already holds a run; continue it "
-                            "with --resume, or set runtime.out_dir to a new folder")
-        return
-    if not saved.is_file():
-        return  # nothing to resume yet (e.g. preempted before starting): a fresh start
-    old = yaml.safe_load(saved.read_text()) or {}
-    diff = config_diff(old, run.cfg.to_dict(), RESUME_RUNTIME_KEYS)
-    if diff:
-        raise CgptError(f"cannot resume {str(run.run_dir)!r}: the config changed in "
-                        f"{', '.join(diff)}, which breaks resumption; restore them or start a "
-                        "new run (runtime.out_dir)")
-    found = ckpt.newest(run.run_dir / "checkpoints")
-    if found is None:
-        return
-    run.resume_from = found[1]
-    state = ckpt.read_state(found[1])
-    if (run.cfg.runtime.zero_stage >= 1 and state.get("world_size") not in
-            (None, run.dist.world_size)):
-        raise CgptError(f"checkpoint {found[1]} was written by {state['world_size']} ranks with "
-                        f"ZeRO stage {run.cfg.runtime.zero_stage}; resume with the same number "
-                        "of ranks")
-    run.resume_state = state
+def _lock_run_dir(run: Run) -> None:
+    """Rank 0 takes the run folder's lock; every rank learns whether it got it."""
+    error = None
+    if run.dist.is_main:
+        try:
+            run.lock = FolderLock(run.run_dir).acquire()
+        except CgptError as e:
+            error = e
+    if all_sum([float(error is not None)], run.dist.device)[0]:
+        raise error or CgptError("rank 0 could not lock the run folder")
 
 
-def prepare_run(cfg: RunConfig, resume: bool, config_path: str | None = None) -> Run:
-    """All checks; joins the process group but writes nothing."""
+def prepare_run(cfg: RunConfig, req: ResumeRequest) -> Run:
+    """All checks; joins the process group and locks the run folder but writes nothing
+    else. On failure the lock is released (and a folder it created removed)."""
     rt = cfg.runtime
     device = resolve_device(rt.device)
     check_precision(rt.precision, device, rt.zero_stage)
@@ -142,8 +134,15 @@ def prepare_run(cfg: RunConfig, resume: bool, config_path: str | None = None) ->
                                                    rt.micro_batch)
     _check_memory(cfg, dist)
     run = Run(cfg, dist, data, splits, Path(rt.out_dir),
-              tokenizer_dir=cfg.data.tokenizer or data.tokenizer_dir, config_path=config_path)
-    _check_run_dir(run, resume)
+              tokenizer_dir=cfg.data.tokenizer or data.tokenizer_dir)
+    _lock_run_dir(run)
+    try:
+        run.point = find_resume_point(run.run_dir, cfg.to_dict(), req, dist.world_size,
+                                      rt.zero_stage)
+    except BaseException:
+        if run.lock:
+            run.lock.release(cleanup_if_unused=True)
+        raise
     return run
 
 
@@ -163,12 +162,10 @@ def _build_engine(run: Run):
     optimizer = build_optimizer(model, cfg, dev)
     first = run.splits[cfg.plan.phases()[0].global_batch_seqs]
     ds = build_ds_config(cfg, first)
-    if run.dist.is_main:
-        save_ds_config(ds, run.run_dir / "ds_config.json")
     engine = initialize_engine(model, optimizer, ds, run.dist.world_size)
     if cfg.runtime.compile:
         engine.compile()
-    return engine, optimizer
+    return engine, optimizer, ds
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -203,7 +200,9 @@ def _grad_norm(engine) -> float | None:
 def _train_step(run: Run, engine, optimizer, loader, step: int,
                 stopping: bool = False) -> tuple[float, float | None, bool]:
     """One optimizer step; returns (global mean loss, grad norm, whether any rank was asked
-    to stop). The stop flags ride on the loss all-reduce: one collective per step."""
+    to stop). The stop flags ride on the loss all-reduce: one collective per step. A step
+    whose gradients are not finite is not applied (cgpt.train.loop.guard); the grad norm is
+    then NaN."""
     cfg, dev = run.cfg, run.dist.device
     G = global_batch_at(cfg.plan, step)
     if engine.train_batch_size() != G:  # a new batch phase: same micro-batch, new accumulation
@@ -229,6 +228,8 @@ def _train_step(run: Run, engine, optimizer, loader, step: int,
         engine.step()
     gn = engine.get_global_grad_norm()
     norm = float(gn) if gn is not None else norm
+    if run.guard is not None and run.guard.skipped:
+        norm = math.nan
     return mean, norm, stops > 0
 
 
@@ -245,23 +246,30 @@ def evaluate(engine, batches, dev) -> float:
     return s / max(n, 1)
 
 
-def _diverged(run: Run, loss: float, step: int, saved: Path | None) -> CgptError:
-    where = str(saved) if saved else "none (the run had not saved one yet)"
-    return CgptError(f"loss became {loss} at step {step + 1}; last good checkpoint: {where}; "
-                     "nothing was saved after it. Lower plan.lr, raise plan.warmup_steps or "
-                     "use precision bf16/fp32, then --resume (or start over)")
-
-
-def _resume_command(run: Run) -> str:
-    path = run.config_path or str(run.run_dir / "config.yaml")
-    return f"cgpt train {path} --resume"
+def _diverged(run: Run, what: str, step: int, saved: Path | None) -> CgptError:
+    """The message after a divergence: a command that rewinds with a lower LR, verbatim."""
+    lr = f"{run.cfg.plan.lr / 2:.3g}"
+    min_lr = min(run.cfg.plan.min_lr, float(lr))
+    change = f" --set plan.lr={lr}" + (f" --set plan.min_lr={min_lr:.3g}"
+                                       if min_lr != run.cfg.plan.min_lr else "")
+    keys = "plan.lr" + (",plan.min_lr" if min_lr != run.cfg.plan.min_lr else "")
+    if saved:
+        where = f"the last good checkpoint is {saved}; nothing was saved after it"
+        cmd = resume_command(run.run_dir, run.dist.world_size,
+                             f" --from {saved.name}{change} --allow-change {keys}")
+    else:
+        where = "the run had saved no checkpoint yet"
+        cmd = resume_command(run.run_dir, run.dist.world_size, f"{change} --allow-change {keys}")
+    return CgptError(f"{what} at step {step + 1}; {where}. To continue with half the peak LR "
+                     f"(or choose your own, and plan.warmup_steps likewise): {cmd}")
 
 
 class _Loop:
-    def __init__(self, run: Run, engine, optimizer, log: MetricsLogger):
+    def __init__(self, run: Run, engine, optimizer, log: MetricsLogger | None = None):
         from cgpt.train.data.loader import TokenLoader
 
         self.run, self.engine, self.opt, self.log = run, engine, optimizer, log
+        self.notes: list[str] = []  # messages from before the logger existed
         cfg, d = run.cfg, run.dist
         self.loader = TokenLoader(run.data, cfg.plan.seq_len, d.rank, d.world_size,
                                   seed=cfg.runtime.seed)
@@ -279,16 +287,17 @@ class _Loop:
         self.loader.load_state_dict(st["loader"])
         self.step, self.tokens = int(st["step"]), int(st["tokens"])
         self.loss, self.val_loss = st.get("loss"), st.get("val_loss")
+        self.eval_step = int(st.get("eval_step", -1))
         self.saved, self.saved_step = self.run.resume_from, self.step
-        self.log.message(f"resumed from {self.run.resume_from} (step {self.step}, "
-                         f"{self.tokens:,} tokens)")
+        self.notes.append(f"resumed from {self.run.resume_from} (step {self.step}, "
+                          f"{self.tokens:,} tokens)")
 
     def save(self) -> None:
         if self.saved_step == self.step:
             return
         state = {"step": self.step, "tokens": self.tokens, "loader": self.loader.state_dict(),
                  "world_size": self.run.dist.world_size, "loss": self.loss,
-                 "val_loss": self.val_loss, "time": time.time()}
+                 "val_loss": self.val_loss, "eval_step": self.eval_step, "time": time.time()}
         self.saved = self.ckpt.save(self.engine, self.step, state, self.run.cfg)
         self.saved_step = self.step
 
@@ -302,13 +311,22 @@ class _Loop:
         fpt = flops_per_token_mfu(cfg.model, cfg.plan.seq_len)
         from cgpt.train.plan.devices import detect_peak_flops
 
-        tp, avg_dt = Throughput(fpt, detect_peak_flops()), None
+        tp, avg_dt, skipped_in_a_row = Throughput(fpt, detect_peak_flops()), None, 0
         while self.step < self.end:
             t0 = time.perf_counter()
             loss, norm, stopping = _train_step(self.run, self.engine, self.opt, self.loader,
                                                self.step, stop.signal is not None)
             if not math.isfinite(loss):
-                raise _diverged(self.run, loss, self.step, self.saved)
+                raise _diverged(self.run, f"the loss became {loss}", self.step, self.saved)
+            if norm is not None and not math.isfinite(norm):  # the guard skipped this step
+                skipped_in_a_row += 1
+                self.log.message(f"step {self.step + 1}: gradients not finite; the step was "
+                                 f"skipped ({skipped_in_a_row} in a row)")
+                if skipped_in_a_row > rt.max_skipped_steps:
+                    raise _diverged(self.run, f"{skipped_in_a_row} steps in a row had non-finite "
+                                    "gradients", self.step, self.saved)
+            else:
+                skipped_in_a_row = 0
             lr = lr_at(cfg.plan, self.step)
             self.step += 1
             self.tokens = tokens_before(cfg.plan, self.step)
@@ -366,36 +384,74 @@ def _finish(run: Run, loop: _Loop, status: str, t0: float) -> dict:
     return summary
 
 
-def train(cfg: RunConfig, resume: bool = False, config_path: str | None = None) -> dict:
+def _completed_summary(run: Run) -> dict | None:
+    """The summary of a run that already completed (resuming it again changes nothing)."""
+    import json
+
+    if run.resume_state.get("step", 0) < run.cfg.plan.steps:
+        return None
+    try:
+        summary = json.loads((run.run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("status") == "completed" else None
+
+
+def _publish_start(run: Run, ds_config: dict) -> list[str]:
+    """Rank 0, once every check passed and the engine (and checkpoint) loaded: the run
+    folder's config, DeepSpeed config, rewind bookkeeping and metrics truncation."""
+    cfg = run.cfg
+    cfg.provenance = Provenance(**provenance())
+    cfg.save(run.run_dir / RUN_CONFIG)
+    save_ds_config(ds_config, run.run_dir / "ds_config.json")
+    msgs = apply_rewind(run.run_dir, run.point)
+    # steps after the checkpoint are redone: drop their old rows first
+    truncate_metrics(run.run_dir / "metrics.jsonl", run.resume_state.get("step", 0))
+    return msgs
+
+
+def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
     """Train (or continue, with ``resume``) the run described by ``cfg``; returns a summary:
     run_dir, status (completed | stopped at runtime.max_steps | preempted), steps, tokens,
-    loss (last train loss), val_loss (last), checkpoint, wall_s."""
+    loss (last train loss), val_loss (last), checkpoint, wall_s, cgpt (version).
+
+    Nothing in the run folder is written before every check passed: config, data, batch
+    split, memory, the lock, the checkpoint to resume (read back whole) and loading it.
+    """
     t0 = time.time()
-    run = prepare_run(cfg, resume, config_path)
-    # every rank checks the run folder before rank 0 writes into it (else a slow rank sees
-    # rank 0's fresh config.yaml and refuses "a folder that already holds a run")
-    barrier()
-    main = run.dist.is_main
-    if main:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.provenance = Provenance(**provenance())
-        cfg.save(run.run_dir / "config.yaml")
-    barrier()
-    engine, optimizer = _build_engine(run)
-    if main:  # steps after the checkpoint are redone: drop their old rows first
-        truncate_metrics(run.run_dir / "metrics.jsonl", run.resume_state.get("step", 0))
-    log = MetricsLogger(run.run_dir, main, min(cfg.plan.steps, cfg.runtime.max_steps or 10**18),
-                        run.resume_state.get("step", 0), cfg.runtime.wandb,
-                        cfg.runtime.wandb_project, cfg.to_dict(), cfg.runtime.log_every)
-    loop = _Loop(run, engine, optimizer, log)
+    req = resume if isinstance(resume, ResumeRequest) else ResumeRequest(resume=bool(resume))
+    cfg = with_absolute_paths(cfg)  # the run folder records where its data is
+    run = prepare_run(cfg, req)
+    main, log = run.dist.is_main, None
     try:
+        done = _completed_summary(run)
+        if done is not None:
+            if main:
+                print(f"{run.run_dir} already completed at step {done['steps']}; nothing to do")
+            return done
+        barrier()
+        engine, optimizer, ds = _build_engine(run)
+        run.guard = guard_optimizer(optimizer)
+        loop = _Loop(run, engine, optimizer)
         if run.resume_from is not None:
             loop.restore()
+        for w in run.point.warnings:
+            loop.notes.insert(0, w)
+        if main:
+            loop.notes += _publish_start(run, ds)
+        barrier()
+        log = MetricsLogger(run.run_dir, main, min(cfg.plan.steps, cfg.runtime.max_steps or 10**18),
+                            run.resume_state.get("step", 0), cfg.runtime.wandb,
+                            cfg.runtime.wandb_project, cfg.to_dict(), cfg.runtime.log_every)
+        loop.log = log
+        for note in loop.notes:
+            log.message(note)
         with _StopFlag() as stop:
             status = loop.run_steps(stop)
             if status == "preempted":
                 log.message(f"stopped by {stop.signal} at step {loop.step}; checkpoint saved "
-                            f"to {loop.saved}; resume with: {_resume_command(run)}")
+                            f"to {loop.saved}; resume with: "
+                            f"{resume_command(run.run_dir, run.dist.world_size)}")
                 return _finish(run, loop, status, t0)
             if loop.eval_step != loop.step:
                 loop.eval()
@@ -403,4 +459,7 @@ def train(cfg: RunConfig, resume: bool = False, config_path: str | None = None) 
         _export(run, engine)
         return _finish(run, loop, status, t0)
     finally:
-        log.close()
+        if log is not None:
+            log.close()
+        if run.lock is not None:
+            run.lock.release(cleanup_if_unused=True)

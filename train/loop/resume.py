@@ -1,0 +1,170 @@
+"""What `--resume` continues from, and what it may change.
+
+* ``cgpt train RUN --resume`` continues the newest checkpoint that reads back whole (a
+  truncated or corrupted newer one is skipped with a warning) under an unchanged config.
+* ``--from step-N`` rewinds to an earlier checkpoint, as practitioners do after a loss spike
+  (the OPT and BLOOM logbooks): the checkpoints after it are moved, not deleted, into
+  ``checkpoints/abandoned-<time>/``, and the metrics after step N are dropped.
+* ``--allow-change plan.lr,plan.warmup_steps`` accepts those config changes; they are
+  written into ``config.yaml`` and recorded in ``changes.jsonl`` (time, step, old -> new).
+
+Everything here only reads; :func:`apply_rewind` (rank 0, after every check passed) writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cgpt.model.errors import CgptError
+from cgpt.train.config import RUN_CONFIG, config_diff
+from cgpt.train.loop import checkpoint as ckpt
+
+# runtime keys whose change makes a checkpoint unusable (the rest may change on --resume)
+RESUME_RUNTIME_KEYS = ("seed", "zero_stage", "precision")
+# what a rewind may change: the optimizer's hyperparameters and the LR schedule's shape,
+# nothing that moves the data position or the model
+CHANGEABLE = ("plan.lr", "plan.min_lr", "plan.warmup_steps", "plan.decay", "plan.decay_steps",
+              "plan.grad_clip", "plan.weight_decay", "plan.adam_eps", "plan.adam_betas")
+CHANGES_FILE = "changes.jsonl"
+
+
+@dataclass(frozen=True)
+class ResumeRequest:
+    resume: bool = False
+    from_step: str | None = None  # "step-N", "N" or a checkpoint folder
+    allow_change: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if (self.from_step or self.allow_change) and not self.resume:
+            raise CgptError("--from and --allow-change go with --resume")
+        bad = [k for k in self.allow_change if k not in CHANGEABLE]
+        if bad:
+            raise CgptError(f"--allow-change {','.join(bad)}: a resumed run may change only "
+                            f"{', '.join(CHANGEABLE)}")
+
+
+@dataclass
+class ResumePoint:
+    folder: Path | None = None  # the checkpoint to load (None: start from step 0)
+    state: dict = field(default_factory=dict)
+    changes: dict = field(default_factory=dict)  # key -> [old, new]
+    abandon: list[Path] = field(default_factory=list)  # newer checkpoints a rewind sets aside
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_allow_change(text: str | None) -> tuple[str, ...]:
+    return tuple(k.strip() for k in (text or "").split(",") if k.strip())
+
+
+def _value(d: dict, key: str):
+    section, name = key.split(".", 1)
+    return (d.get(section) or {}).get(name)
+
+
+def find_resume_point(run_dir: Path, new_cfg: dict, req: ResumeRequest,
+                      world_size: int, zero_stage: int) -> ResumePoint:
+    """Check the run folder against the request; raise CgptError naming the fix."""
+    saved = run_dir / RUN_CONFIG
+    if not req.resume:
+        if saved.exists():
+            raise CgptError(f"run folder {str(run_dir)!r} already holds a run; continue it "
+                            f"with: cgpt train {shlex.quote(str(run_dir))} --resume (or set "
+                            "runtime.out_dir to a new folder)")
+        return ResumePoint()
+    if not saved.is_file():
+        if req.from_step:
+            raise CgptError(f"--from {req.from_step}: {str(run_dir)!r} holds no run yet")
+        return ResumePoint()  # nothing to resume yet (preempted before starting): fresh start
+    try:
+        old = yaml.safe_load(saved.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise CgptError(f"{saved} is unreadable ({e.__class__.__name__}); restore it from a "
+                        f"checkpoint's copy (checkpoints/step-N/{RUN_CONFIG})") from None
+    diff = config_diff(old, new_cfg, RESUME_RUNTIME_KEYS)
+    refused = [k for k in diff if k not in req.allow_change]
+    if refused:
+        changeable = [k for k in refused if k in CHANGEABLE]
+        hint = (f"; to resume with the new values add --allow-change {','.join(changeable)}"
+                if changeable and len(changeable) == len(refused) else
+                "; restore them or start a new run (runtime.out_dir)")
+        raise CgptError(f"cannot resume {str(run_dir)!r}: the config changed in "
+                        f"{', '.join(refused)}, which breaks resumption{hint}")
+    point = ResumePoint(changes={k: [_value(old, k), _value(new_cfg, k)] for k in diff})
+    root = run_dir / "checkpoints"
+    if req.from_step:
+        point.folder = _named(root, req.from_step)
+        point.abandon = [p for s, p in ckpt.published(root)
+                         if s > int(point.folder.name.split("-")[1])]
+    else:
+        found, point.warnings = ckpt.newest_readable(root)
+        if found is None:
+            if ckpt.published(root):
+                raise CgptError(f"no checkpoint in {root} reads back whole; "
+                                f"{'; '.join(point.warnings)}")
+            return point
+        point.folder = found[1]
+    point.state = ckpt.read_state(point.folder)
+    saved_ws = point.state.get("world_size")
+    if zero_stage >= 1 and saved_ws not in (None, world_size):
+        raise CgptError(f"checkpoint {point.folder} was written by {saved_ws} ranks with "
+                        f"ZeRO stage {zero_stage}; resume with {saved_ws} ranks")
+    return point
+
+
+def _named(root: Path, name: str) -> Path:
+    text = str(name).strip()
+    folder = Path(text) if "/" in text else root / (text if text.startswith("step-")
+                                                      else f"step-{text}")
+    have = ", ".join(p.name for _, p in ckpt.published(root)) or "none"
+    if folder.resolve().parent != root.resolve() or not ckpt._PUBLISHED.match(folder.name):
+        raise CgptError(f"--from {name}: not a checkpoint of this run (have: {have})")
+    if not (folder / ckpt.COMPLETE).is_file():
+        raise CgptError(f"--from {name}: no complete checkpoint {folder} (have: {have})")
+    why = ckpt.problem(folder)
+    if why:
+        raise CgptError(f"--from {name}: checkpoint {folder} is unusable ({why})")
+    return folder
+
+
+def apply_rewind(run_dir: Path, point: ResumePoint) -> list[str]:
+    """Rank 0, after every check: set newer checkpoints aside and record config changes.
+    Returns the messages to log."""
+    msgs = []
+    if point.abandon:
+        dest = run_dir / "checkpoints" / f"abandoned-{time.strftime('%Y%m%d-%H%M%S')}"
+        dest.mkdir(parents=True, exist_ok=True)
+        for p in point.abandon:
+            os.replace(p, dest / p.name)
+        msgs.append(f"rewound to {point.folder.name}: moved {', '.join(p.name for p in point.abandon)} "
+                    f"to {dest}")
+    if point.changes:
+        row = {"time": time.time(), "step": int(point.state.get("step", 0)),
+               "checkpoint": str(point.folder) if point.folder else None,
+               "changes": point.changes}
+        with open(run_dir / CHANGES_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        msgs.append("config changed on resume: " + ", ".join(
+            f"{k} {a!r} -> {b!r}" for k, (a, b) in point.changes.items()))
+    return msgs
+
+
+def resume_command(run_dir: Path, world_size: int, extra: str = "") -> str:
+    """A command that continues exactly this run, valid from any working directory."""
+    path = shlex.quote(str(run_dir.resolve()))
+    if world_size <= 1:
+        return f"cgpt train {path} --resume{extra}"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    nodes = max(1, world_size // max(local, 1))
+    if nodes == 1:
+        return f"cgpt launch {path} --gpus-per-node {local} --resume{extra}"
+    return (f"cgpt launch {path} --nodes {nodes} --gpus-per-node {local} --resume{extra} "
+            "(with the same --hostfile/--slurm options as the first launch)")
