@@ -1,10 +1,11 @@
 """`cgpt export SRC OUT` and `cgpt import-hf HF_DIR OUT`.
 
-export SRC may be:
-  - a cgpt model file (``.safetensors`` written by ``cgpt.model.hf.save_model``);
-  - a run folder: ``RUN/model.safetensors`` (final weights), else the newest
-    ``RUN/checkpoints/step-N/model.safetensors`` (largest N);
-  - a checkpoint folder holding ``model.safetensors``.
+export SRC may be (resolved and loaded by cgpt.train.loop.consolidate):
+  - a cgpt model file (``.safetensors`` written by ``cgpt.model.io.save_model``);
+  - a run folder: ``RUN/model.safetensors`` (final weights), else (a preempted, stopped or
+    diverged run, or one resumed after its final save) the newest complete checkpoint;
+  - a checkpoint folder ``RUN/checkpoints/step-N`` as the trainer writes it (DeepSpeed's
+    files at any ZeRO stage and rank count), consolidated into one model.
 The tokenizer is ``--tokenizer DIR``; for a folder SRC also ``SRC/tokenizer/``, the run's
 ``config.yaml`` ``data.tokenizer``, or the tokenizer recorded in the data folder's
 ``meta.json``; without one only the model is exported (a note says so).
@@ -12,7 +13,6 @@ The tokenizer is ``--tokenizer DIR``; for a folder SRC also ``SRC/tokenizer/``, 
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from pathlib import Path
@@ -30,7 +30,9 @@ def register(subparsers) -> None:
         description="Export a cgpt model, run folder or checkpoint as a Hugging Face folder "
                     "(config.json, model.safetensors, tokenizer) that "
                     "AutoModelForCausalLM.from_pretrained loads; verified by comparing logits.")
-    p.add_argument("src", metavar="SRC", help="model .safetensors file, run folder or checkpoint folder")
+    p.add_argument("src", metavar="SRC",
+                   help="model .safetensors file, run folder or checkpoint folder "
+                        "(RUN/checkpoints/step-N)")
     p.add_argument("out", metavar="OUT", help="output folder (must not exist unless --force)")
     p.add_argument("--tokenizer", metavar="DIR", help="HF tokenizer folder to include")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="cast weights (default: as stored)")
@@ -54,70 +56,18 @@ def register(subparsers) -> None:
     q.set_defaults(func=run_import)
 
 
-# ---- source resolution ---------------------------------------------------------------------
-def _natural_key(name: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def resolve_model_file(src: Path) -> Path:
-    """The model .safetensors file SRC names (a file, a run folder or a checkpoint folder)."""
-    if not src.exists():
-        raise CgptError(f"{src} does not exist")
-    if src.is_file():
-        return src
-    if (src / "config.json").is_file() and not (src / "config.yaml").is_file():
-        raise CgptError(f"{src} looks like a Hugging Face folder already (config.json); "
-                        "use `cgpt import-hf` to read it")
-    if (src / "model.safetensors").is_file():
-        return src / "model.safetensors"
-    ckpts = [d for d in (src / "checkpoints").glob("*") if d.is_dir()
-             and not d.name.startswith("tmp-") and (d / "model.safetensors").is_file()]
-    if ckpts:
-        return max(ckpts, key=lambda d: _natural_key(d.name)) / "model.safetensors"
-    raise CgptError(f"{src} has no model.safetensors (nor checkpoints/*/model.safetensors); "
-                    "pass a model file written by cgpt")
-
-
-def find_tokenizer(src: Path) -> Path | None:
-    """The tokenizer folder that belongs to SRC's run, if one can be found."""
-    import json
-
-    import yaml
-
-    if not src.is_dir():  # a bare model file: only --tokenizer, no guessing from its folder
-        return None
-    folder = src
-    runs = [folder, folder.parent.parent] if folder.parent.name == "checkpoints" else [folder]
-    for run in runs:
-        if (run / "tokenizer" / "tokenizer.json").is_file():
-            return run / "tokenizer"
-        try:
-            data = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data") or {}
-        except (OSError, yaml.YAMLError, AttributeError):
-            continue
-        if data.get("tokenizer") and Path(data["tokenizer"]).is_dir():
-            return Path(data["tokenizer"])
-        try:
-            meta = json.loads((Path(data.get("path", "")) / "meta.json").read_text())
-            tok = (meta.get("tokenizer") or {}).get("dir")
-        except (OSError, ValueError, TypeError, AttributeError):
-            continue
-        if tok and Path(tok).is_dir():
-            return Path(tok)
-    return None
-
-
 # ---- commands ------------------------------------------------------------------------------
 def run_export(args) -> int:
-    from cgpt.model.hf import export_hf, load_model
+    from cgpt.model.hf import export_hf
+    from cgpt.train.loop.consolidate import find_tokenizer, load_source
 
     src, out = Path(args.src), Path(args.out)
     if out.exists() and not args.force:  # before the (slow) load, not only inside export_hf
         raise CgptError(f"{out} already exists; pass --force to replace it")
-    model_file = resolve_model_file(src)
-    tokenizer = Path(args.tokenizer) if args.tokenizer else find_tokenizer(src)
     t0 = time.perf_counter()
-    model = load_model(model_file)
+    loaded = load_source(src)
+    model = loaded.model
+    tokenizer = Path(args.tokenizer) if args.tokenizer else find_tokenizer(src)
     if args.dtype:
         model.to(DTYPES[args.dtype])
     if tokenizer is None:
@@ -126,7 +76,7 @@ def run_export(args) -> int:
     export_hf(model, out, tokenizer_dir=tokenizer, verify=args.verify, force=args.force,
               max_shard_size=args.max_shard_size)
     size = sum(f.stat().st_size for f in out.iterdir())
-    print(f"exported {model_file} -> {out} ({model.num_params():,} params, "
+    print(f"exported {loaded.what} -> {out} ({model.num_params():,} params, "
           f"{next(model.parameters()).dtype}, {size / 1e6:.1f} MB, "
           f"{'verified against transformers' if args.verify else 'not verified'}, "
           f"{time.perf_counter() - t0:.1f}s)")

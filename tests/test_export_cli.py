@@ -24,19 +24,22 @@ CGPT = str(Path(sys.executable).with_name("cgpt"))
 
 
 def tiny(seed=0, vocab=300) -> GPT:
-    return randomize(GPT(GPTConfig(n_layer=1, n_embd=32, n_head=4, vocab_size=vocab, n_positions=32)), seed).eval()
+    cfg = GPTConfig(n_layer=1, n_embd=32, n_head=4, vocab_size=vocab, n_positions=32)
+    return randomize(GPT(cfg), seed).eval()
 
 
 def run_cli(*argv):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([CGPT, *map(str, argv)], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([CGPT, *map(str, argv)], capture_output=True, text=True, env=env,
+                          timeout=300)
 
 
 def test_export_model_file_then_import_back(tmp_path, capsys):
     model = tiny()
     save_model(model, tmp_path / "m.safetensors")
     tok = make_tokenizer(tmp_path / "tok", vocab_size=280)
-    assert main(["export", str(tmp_path / "m.safetensors"), str(tmp_path / "hf"), "--tokenizer", str(tok)]) == 0
+    assert main(["export", str(tmp_path / "m.safetensors"), str(tmp_path / "hf"),
+                 "--tokenizer", str(tok)]) == 0
     assert "verified against transformers" in capsys.readouterr().out
     assert (tmp_path / "hf/tokenizer.json").is_file()
     assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "back.safetensors")]) == 0
@@ -46,25 +49,31 @@ def test_export_model_file_then_import_back(tmp_path, capsys):
     assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "back.safetensors")]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "back.safetensors").read_bytes() == before
-    assert main(["export", str(tmp_path / "m.safetensors"), str(tmp_path / "hf"), "--dtype", "bfloat16",
+    assert main(["export", str(tmp_path / "m.safetensors"), str(tmp_path / "hf"),
+                 "--dtype", "bfloat16",
                  "--no-verify", "--force"]) == 0
     assert json.loads((tmp_path / "hf/config.json").read_text())["dtype"] == "bfloat16"
     assert sorted(os.listdir(tmp_path)) == ["back.safetensors", "hf", "m.safetensors", "tok"]
 
 
-def test_export_run_folder_picks_newest_checkpoint_and_tokenizer(tmp_path, capsys):
+def test_export_run_folder_final_model_and_tokenizer(tmp_path, capsys):
+    """A run folder's final model.safetensors and its tokenizer/ (checkpoints, which hold
+    DeepSpeed's files, are covered with real trainer runs in test_export_checkpoint.py)."""
     run = tmp_path / "run"
-    for step, seed in (("step-2", 1), ("step-10", 2), ("tmp-step-12", 3)):  # tmp-: unfinished
-        save_model(tiny(seed), run / "checkpoints" / step / "model.safetensors")
+    save_model(tiny(4), run / "model.safetensors")
     make_tokenizer(run / "tokenizer", vocab_size=280)
     assert main(["export", str(run), str(tmp_path / "hf")]) == 0
-    assert_bit_identical(tiny(2), import_hf(tmp_path / "hf"))  # step-10, not step-2 (by name)
-    assert (tmp_path / "hf/tokenizer.json").is_file()
-    save_model(tiny(4), run / "model.safetensors")  # the final weights win over checkpoints
-    assert main(["export", str(run), str(tmp_path / "hf"), "--force", "--no-verify"]) == 0
+    assert f"model file {run / 'model.safetensors'}" in capsys.readouterr().out
     assert_bit_identical(tiny(4), import_hf(tmp_path / "hf"))
+    assert (tmp_path / "hf/tokenizer.json").is_file()
     assert main(["export", str(tmp_path / "hf"), str(tmp_path / "x")]) == 2  # HF folder as SRC
     assert "import-hf" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def _empty_run(tmp_path: Path) -> Path:
+    (tmp_path / "run" / "checkpoints" / "tmp-step-4").mkdir(parents=True)  # a save cut short
+    return tmp_path / "run"
 
 
 def _truncated(tmp_path: Path) -> Path:
@@ -83,6 +92,7 @@ def _pickle(tmp_path: Path) -> Path:
     (lambda p: p / "missing.safetensors", "does not exist"),
     (_truncated, "truncated or corrupt"),
     (_pickle, "pickle checkpoints are not loaded"),
+    (_empty_run, "no complete checkpoint"),
 ])
 def test_export_bad_source_is_one_line_and_leaves_nothing(tmp_path, make_src, message):
     src = make_src(tmp_path)
@@ -90,7 +100,8 @@ def test_export_bad_source_is_one_line_and_leaves_nothing(tmp_path, make_src, me
     r = run_cli("export", src, tmp_path / "hf")
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cgpt export: error:") and message in lines[0], r.stderr
+    assert len(lines) == 1 and lines[0].startswith("cgpt export: error:"), r.stderr
+    assert message in lines[0], r.stderr
     assert sorted(os.listdir(tmp_path)) == before  # no OUT, no temporary folder
 
 
