@@ -4,16 +4,27 @@ A plain `cgpt train` (no launcher) becomes a one-process group here, so the trai
 runs under DeepSpeed with the same code path as `deepspeed --num_gpus N` / `torchrun`
 (those launchers set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* themselves).
 CPU runs use the gloo backend, CUDA runs nccl.
+
+Hangs are turned into errors here: every collective gets a timeout
+(runtime.collective_timeout_s; :func:`is_timeout` recognises the exception and
+:func:`timeout_message` words it), and a torch extension build lock left behind by a killed
+start is found before DeepSpeed would wait on it forever (:func:`check_extension_locks`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
+import re
+import shlex
 import socket
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -70,8 +81,14 @@ def resolve_device(requested: str) -> str:
     return "cuda" if requested == "cuda" or (requested == "auto" and has_cuda) else "cpu"
 
 
-def init_distributed(device: str) -> DistInfo:
-    """Join (or create) the process group; returns this process's rank and device."""
+def init_distributed(device: str | torch.device, timeout_s: float = 600.0) -> DistInfo:
+    """Join (or create) the process group; returns this process's rank and device.
+
+    ``timeout_s`` (runtime.collective_timeout_s) bounds every collective and the rendezvous:
+    a rank that waits longer than that on a dead or stalled peer fails instead of hanging
+    (gloo raises a RuntimeError, see :func:`is_timeout`; NCCL's watchdog aborts the process).
+    """
+    device = device.type if isinstance(device, torch.device) else device
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         # our own one-process group: a fresh port, never one inherited from another job
@@ -80,14 +97,128 @@ def init_distributed(device: str) -> DistInfo:
     local_rank = int(os.environ["LOCAL_RANK"])
     if device == "cuda":
         torch.cuda.set_device(local_rank)
+        # No NCCL environment defaults are needed for the timeout to abort: since torch 2.2
+        # (the project needs >= 2.4) TORCH_NCCL_ASYNC_ERROR_HANDLING defaults to 3, so NCCL's
+        # watchdog thread logs "Watchdog caught collective operation timeout ..." and tears the
+        # process down once a collective outlives `timeout`. TORCH_NCCL_BLOCKING_WAIT=1 would
+        # raise in Python instead, but blocks the CPU on every collective; a user may set it.
     deepspeed = import_deepspeed()  # imported here: slow, and only the trainer needs it
 
     if not torch.distributed.is_initialized():
+        # DeepSpeed's TorchBackend JIT-builds its shm comm op (torch.utils.cpp_extension,
+        # guarded by a lock file) before it creates the process group: a lock left by a
+        # start killed mid-build would make it wait forever, so look first.
+        check_extension_locks(wait=True)
         with contextlib.redirect_stdout(sys.stderr):  # it prints its comm extension's build
-            deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo")
+            deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo",
+                                       timeout=datetime.timedelta(seconds=timeout_s))
     dev = torch.device("cuda", local_rank) if device == "cuda" else torch.device("cpu")
     return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(),
                     local_rank, dev)
+
+
+# ---------------------------------------------------------------------------- timeouts
+# What a collective that outlived the process-group timeout raises (torch 2.4 - 2.13):
+#  gloo:  RuntimeError("[.../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting
+#         3000ms for recv operation to complete") (or "... for send operation ..."), and every
+#         later collective on that group: RuntimeError("Application timeout caused pair
+#         closure");
+#  NCCL:  DistBackendError("... WorkNCCL(...) timed out in blocking wait ...") with
+#         TORCH_NCCL_BLOCKING_WAIT=1, "Watchdog caught collective operation timeout: ... ran
+#         for N milliseconds before timing out" from the watchdog;
+#  store: DistStoreError("Timed out after 4 seconds waiting for clients. 1/2 clients
+#         joined.") when a rank never reaches the rendezvous, and monitored_barrier's
+#         "Rank 1 failed to pass monitoredBarrier in 3000 ms".
+_TIMEOUT_RE = re.compile(
+    r"Timed out waiting \d+ ?ms for (?:recv|send) operation"
+    r"|Application timeout caused pair closure"
+    r"|timed out in blocking wait"
+    r"|Watchdog caught collective operation timeout"
+    r"|milliseconds before timing out"
+    r"|failed to pass monitoredBarrier"
+    r"|Timed out after \d+ seconds waiting for clients")
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a collective, or the
+    rendezvous, giving up on another rank after the process-group timeout."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, RuntimeError) and _TIMEOUT_RE.search(str(e)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def timeout_message(timeout_s: float, step: int, checkpoint: str | os.PathLike | None) -> str:
+    """The one line a timed-out collective becomes; ``step`` is the last finished step."""
+    ckpt = str(checkpoint) if checkpoint else "none yet"
+    return (f"no answer from another rank within runtime.collective_timeout_s={timeout_s:g}s "
+            f"after step {step} (a rank died or stalled); last checkpoint: {ckpt}")
+
+
+# ---------------------------------------------------------------------------- build locks
+def extension_build_root() -> Path:
+    """The folder torch.utils.cpp_extension builds JIT extensions in, one sub-folder per op
+    (the same rule as torch's ``_get_build_directory``; nothing is created)."""
+    env = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if env is not None:
+        return Path(env)
+    from torch.utils.cpp_extension import get_default_build_root
+
+    if torch.version.hip is not None:
+        acc = "rocm" + torch.version.hip.replace(".", "")
+    elif torch.version.cuda is not None:
+        acc = "cu" + torch.version.cuda.replace(".", "")
+    else:
+        acc = "cpu"
+    py = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+    return Path(get_default_build_root()) / f"{py}_{acc}"
+
+
+def _stale_lock_error(lock: Path, age: float, max_age_s: float) -> CgptError:
+    return CgptError(
+        f"stale torch extension build lock {lock} ({age:.0f} s old): a build of "
+        f"{lock.parent.name} was interrupted (no build takes over {max_age_s:g} s) and every "
+        f"start would wait for it forever; remove it with: rm {shlex.quote(str(lock))}")
+
+
+def check_extension_locks(max_age_s: float = 600.0, *, wait: bool = False,
+                          root: str | os.PathLike | None = None,
+                          print_fn: Callable[[str], None] | None = None,
+                          poll_s: float = 1.0) -> None:
+    """Look for ``lock`` files of torch extension builds (``ROOT/<op>/lock``).
+
+    A lock older than ``max_age_s`` was left by a build that was killed (torch's FileBaton
+    holds no pid, and torch waits on it forever): raise :class:`CgptError` with the ``rm``
+    command. A younger one is another process's build: print one line saying so; with
+    ``wait``, also wait here until it is gone (then return) or old (then raise), so a lock
+    left a moment ago by a killed start cannot hang this one.
+    """
+    say = print_fn or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    base = Path(root) if root is not None else extension_build_root()
+    try:
+        locks = sorted(p for p in base.glob("*/lock") if p.is_file())
+    except OSError:
+        return
+    for lock in locks:
+        announced = False
+        while True:
+            try:
+                age = time.time() - lock.stat().st_mtime
+            except FileNotFoundError:
+                break  # that build finished
+            if age > max_age_s:
+                raise _stale_lock_error(lock, age, max_age_s)
+            if not announced:
+                say(f"waiting for another process's build of {lock.parent.name} "
+                    f"(lock {lock}, {age:.0f} s old)")
+                announced = True
+            if not wait:
+                break
+            time.sleep(poll_s)
 
 
 def _reduce(values: list[float], op, device: torch.device) -> list[float]:
