@@ -118,7 +118,8 @@ def init_distributed(device: str | torch.device, timeout_s: float = 600.0) -> Di
 
 
 # ---------------------------------------------------------------------------- timeouts
-# What a collective that outlived the process-group timeout raises (torch 2.4 - 2.13):
+# What a collective that outlived the process-group timeout raises (the gloo and store
+# messages were measured with torch 2.13; the NCCL ones are torch's wording, untested here):
 #  gloo:  RuntimeError("[.../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting
 #         3000ms for recv operation to complete") (or "... for send operation ..."), and every
 #         later collective on that group: RuntimeError("Application timeout caused pair
