@@ -168,9 +168,10 @@ class Checkpointer:
                 raise
             failed, error = 1.0, e
         if all_sum([failed], _device_of(engine))[0]:  # every rank's files on disk, or none
+            message = self._save_failed(step, error if failed else None)  # before freeing
             if self.rank == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
-            raise CgptError(self._save_failed(step, error if failed else None))
+            raise CgptError(message)
         if self.rank == 0:
             try:
                 cfg.save(tmp / "config.yaml")
@@ -184,17 +185,18 @@ class Checkpointer:
                 _fsync_dir(self.dir)
                 write_text_atomic(self.dir / "latest", tag + "\n")
             except OSError as e:
-                shutil.rmtree(tmp, ignore_errors=True)
                 failed, error = 1.0, e
+                message = self._save_failed(step, e)
+                shutil.rmtree(tmp, ignore_errors=True)
             if not failed:
                 self._prune()
         if all_sum([failed], _device_of(engine))[0]:
-            raise CgptError(self._save_failed(step, error if failed else None))
+            raise CgptError(message if failed else self._save_failed(step, None))
         return final
 
     def _save_failed(self, step: int, error: BaseException | None) -> str:
         last = newest(self.dir)
-        why = (getattr(error, "strerror", None) or str(error).splitlines()[0]) if error \
+        why = _write_failure(error, self.dir) if error \
             else "another rank could not write its part"
         keep = f"checkpoint {last[1]} is intact" if last else "no earlier checkpoint exists"
         return (f"could not save checkpoint step-{step} in {self.dir}: {why}; the partial "
@@ -286,9 +288,27 @@ def _device_of(engine) -> torch.device:
     return next(engine.module.parameters()).device
 
 
+# what torch's C++ writer says when a write into its zip file fails (a full disk, an I/O
+# error): it raises RuntimeError, not OSError
+_WRITE_FAILURES = ("writ", "space", "iostream", "inline_container", "unexpected pos", "errno")
+
+
 def _is_write_error(e: BaseException) -> bool:
-    """An OSError, or torch's RuntimeError for a failed write into its zip file."""
-    return isinstance(e, OSError) or "writ" in str(e).lower() or "space" in str(e).lower()
+    return (isinstance(e, OSError) or isinstance(e.__context__, OSError)
+            or any(w in str(e).lower() for w in _WRITE_FAILURES))
+
+
+def _write_failure(e: BaseException, folder: Path) -> str:
+    """A readable reason: the OS's words, or the free space when torch hid them."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < 1 << 20:
+        return f"No space left on device ({free:,} bytes free)"
+    return str(e).splitlines()[0] if str(e) else e.__class__.__name__
 
 
 def _fsync_dir(folder: Path) -> None:

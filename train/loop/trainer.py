@@ -31,7 +31,9 @@ from cgpt.model.errors import CgptError
 
 from cgpt.train.loop import checkpoint as ckpt
 from cgpt.train.plan.batch import BatchSplit, split_batch
-from cgpt.train.loop.distributed import DistInfo, all_sum, barrier, init_distributed, resolve_device
+from cgpt.train.loop.distributed import (DistInfo, all_sum, barrier, init_distributed,
+                                         is_timeout, resolve_device, timeout_message)
+from cgpt.train.loop.watchdog import StepWatchdog
 from cgpt.train.loop.engine import (build_ds_config, build_optimizer, check_precision, initialize_engine,
                         save_ds_config)
 from cgpt.train.loop.metrics import MetricsLogger, Throughput, plot_loss, truncate_metrics
@@ -127,7 +129,7 @@ def prepare_run(cfg: RunConfig, req: ResumeRequest) -> Run:
     device = resolve_device(rt.device)
     check_precision(rt.precision, device, rt.zero_stage)
     data = _check_data(cfg)
-    dist = init_distributed(device)
+    dist = init_distributed(device, rt.collective_timeout_s)
     splits = {}
     for ph in cfg.plan.phases():
         splits[ph.global_batch_seqs] = split_batch(ph.global_batch_seqs, dist.world_size,
@@ -281,6 +283,7 @@ class _Loop:
         self.loss = self.val_loss = None
         self.eval_step = -1
         self.end = min(cfg.plan.steps, cfg.runtime.max_steps or cfg.plan.steps)
+        self.watchdog: StepWatchdog | None = None  # started with the loop (needs the logger)
 
     def restore(self) -> None:
         st = self.ckpt.load(self.engine, self.run.resume_from)
@@ -345,6 +348,8 @@ class _Loop:
                 self.save()
                 return "preempted"
             tp.reset()
+            if self.watchdog is not None:
+                self.watchdog.beat(self.step)
         return "completed" if self.step >= cfg.plan.steps else "stopped"
 
 
@@ -422,7 +427,7 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
     req = resume if isinstance(resume, ResumeRequest) else ResumeRequest(resume=bool(resume))
     cfg = with_absolute_paths(cfg)  # the run folder records where its data is
     run = prepare_run(cfg, req)
-    main, log = run.dist.is_main, None
+    main, log, loop = run.dist.is_main, None, None
     try:
         done = _completed_summary(run)
         if done is not None:
@@ -437,8 +442,18 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
             loop.restore()
         for w in run.point.warnings:
             loop.notes.insert(0, w)
+        failed, fresh = None, not (run.run_dir / RUN_CONFIG).exists()
         if main:
-            loop.notes += _publish_start(run, ds)
+            try:
+                loop.notes += _publish_start(run, ds)
+            except OSError as e:
+                failed = CgptError(f"cannot write into the run folder {run.run_dir}: "
+                                   f"{e.strerror or e}; nothing was trained")
+                if fresh:
+                    for name in (RUN_CONFIG, "ds_config.json"):  # a fresh run leaves no trace
+                        (run.run_dir / name).unlink(missing_ok=True)
+        if all_sum([float(failed is not None)], run.dist.device)[0]:
+            raise failed or CgptError("rank 0 could not write into the run folder")
         barrier()
         log = MetricsLogger(run.run_dir, main, min(cfg.plan.steps, cfg.runtime.max_steps or 10**18),
                             run.resume_state.get("step", 0), cfg.runtime.wandb,
@@ -446,6 +461,8 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
         loop.log = log
         for note in loop.notes:
             log.message(note)
+        loop.watchdog = StepWatchdog(cfg.runtime.watchdog_factor, log.message,
+                                     timeout_s=cfg.runtime.collective_timeout_s).start()
         with _StopFlag() as stop:
             status = loop.run_steps(stop)
             if status == "preempted":
@@ -458,7 +475,15 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
             loop.save()
         _export(run, engine)
         return _finish(run, loop, status, t0)
+    except RuntimeError as e:
+        if not is_timeout(e):
+            raise
+        step = loop.step if loop is not None else 0
+        saved = loop.saved if loop is not None else None
+        raise CgptError(timeout_message(cfg.runtime.collective_timeout_s, step, saved)) from e
     finally:
+        if loop is not None and loop.watchdog is not None:
+            loop.watchdog.close()
         if log is not None:
             log.close()
         if run.lock is not None:
