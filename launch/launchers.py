@@ -25,6 +25,7 @@ from pathlib import Path
 from cgpt.model.errors import CgptError
 from cgpt.train.plan.batch import feasible_micro_batches, split_batch
 from cgpt.train.config import PlanSection
+from cgpt.train.loop.distributed import free_port  # noqa: F401  (one definition; the CLI uses L.free_port)
 
 from cgpt.launch.hostfile import Host, check_host
 
@@ -178,12 +179,6 @@ def check_port_free(addr: str, port: int) -> None:
                                 "with --master-port (a free one is chosen when you omit it "
                                 "on a single node)") from None
             raise
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- commands -----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from cgpt.launch.launchers import free_port
+from cgpt.train.loop.distributed import free_port
 from cgpt.train.data.shards import write_token_data
 
 pytestmark = pytest.mark.slow

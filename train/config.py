@@ -287,6 +287,21 @@ def load_run_config(path: str | os.PathLike, overrides: list[str] | None = None)
     return parse_run_config(data, str(p))
 
 
+def tokenizer_of(data: DataSection | dict) -> str | None:
+    """A run's tokenizer folder: ``data.tokenizer`` if set, else the folder recorded in the
+    data folder's ``meta.json`` by `cgpt prepare` (None when neither names one)."""
+    import json
+
+    d = data.model_dump() if isinstance(data, DataSection) else (data or {})
+    if d.get("tokenizer"):
+        return str(d["tokenizer"])
+    try:
+        meta = json.loads((Path(d.get("path") or "") / "meta.json").read_text())
+        return (meta.get("tokenizer") or {}).get("dir") or None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 PATH_KEYS = (("data", "path"), ("data", "tokenizer"), ("runtime", "out_dir"))
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import pickle
 import re
@@ -111,6 +110,8 @@ def find_tokenizer(src: str | os.PathLike) -> Path | None:
     recorded in the data folder's ``meta.json``."""
     import yaml
 
+    from cgpt.train.config import tokenizer_of
+
     folder = Path(src)
     if not folder.is_dir():  # a bare model file: only --tokenizer, no guessing from its folder
         return None
@@ -122,13 +123,7 @@ def find_tokenizer(src: str | os.PathLike) -> Path | None:
             data = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data") or {}
         except (OSError, yaml.YAMLError, AttributeError):
             continue
-        if data.get("tokenizer") and Path(data["tokenizer"]).is_dir():
-            return Path(data["tokenizer"])
-        try:
-            meta = json.loads((Path(data.get("path", "")) / "meta.json").read_text())
-            tok = (meta.get("tokenizer") or {}).get("dir")
-        except (OSError, ValueError, TypeError, AttributeError):
-            continue
+        tok = tokenizer_of(data)  # the same rule the trainer uses
         if tok and Path(tok).is_dir():
             return Path(tok)
     return None

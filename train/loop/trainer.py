@@ -37,7 +37,8 @@ from cgpt.train.loop.watchdog import StepWatchdog
 from cgpt.train.loop.engine import (build_ds_config, build_optimizer, check_precision, initialize_engine,
                         save_ds_config)
 from cgpt.train.loop.metrics import MetricsLogger, Throughput, plot_loss, truncate_metrics
-from cgpt.train.config import (RUN_CONFIG, Provenance, RunConfig, with_absolute_paths,
+from cgpt.train.config import (RUN_CONFIG, Provenance, RunConfig, tokenizer_of,
+                               with_absolute_paths,
                                write_text_atomic)
 from cgpt.train.provenance import provenance
 from cgpt.train.loop.schedule import global_batch_at, lr_at, tokens_before
@@ -136,7 +137,7 @@ def prepare_run(cfg: RunConfig, req: ResumeRequest) -> Run:
                                                    rt.micro_batch)
     _check_memory(cfg, dist)
     run = Run(cfg, dist, data, splits, Path(rt.out_dir),
-              tokenizer_dir=cfg.data.tokenizer or data.tokenizer_dir)
+              tokenizer_dir=tokenizer_of(cfg.data))
     _lock_run_dir(run)
     try:
         run.point = find_resume_point(run.run_dir, cfg.to_dict(), req, dist.world_size,
