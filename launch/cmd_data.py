@@ -29,7 +29,7 @@ def _prepare(args) -> int:
     print(f"prepared {meta['documents']:,} documents -> {args.out}: train "
           f"{sp['train']['tokens']:,} tokens, val {sp['val']['tokens']:,} tokens "
           f"({meta['dtype']}); {st['mb_per_s']:.2f} MB/s, {st['tokens_per_s']:,.0f} tokens/s "
-          f"on {st['num_proc']} processes")
+          f"on {st['num_proc']} process{'es' if st['num_proc'] != 1 else ''}")
     if meta["replacement_chars"]:
         print(f"note: {meta['replacement_chars']:,} undecodable bytes were replaced by U+FFFD "
               "(recorded in meta.json)")
@@ -55,8 +55,10 @@ def register(subparsers) -> None:
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input", default="stdlib", help=SOURCE_HELP)
     p.add_argument("--tokenizer", required=True, help="tokenizer folder (ours or Hugging Face)")
-    p.add_argument("--out", required=True, help="data folder to create")
-    p.add_argument("--val-fraction", type=float, default=0.005)
+    p.add_argument("--out", required=True,
+                   help="data folder to create (locked while prepare writes it)")
+    p.add_argument("--val-fraction", type=float, default=0.005,
+                   help="share of documents for the val split (> 0: training evaluates on it)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--split", default="train", help="Hub dataset split to read")
     p.add_argument("--num-proc", type=int, default=None, help="worker processes (all cores)")

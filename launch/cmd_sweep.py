@@ -34,7 +34,9 @@ def register(sub) -> None:
     p.add_argument("sweep_dir", nargs="?", metavar="SWEEP_DIR",
                    help="with `fit`: the sweep folder (the sweep file's out_dir)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the planned points (params, tokens, steps, FLOPs) and stop")
+                   help="print what would be done (tokenizer training and data preparation "
+                        "when the data is missing, then the planned points: params, tokens, "
+                        "steps, FLOPs) and stop, writing nothing")
     p.add_argument("--retry-failed", action="store_true",
                    help="rerun points recorded as failed (default: keep their failure)")
     p.add_argument("--no-fit", action="store_true", help="do not fit at the end")

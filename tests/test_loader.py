@@ -184,3 +184,20 @@ def test_windows_across_shard_files(tmp_path):
             assert row_y.tolist() == list(range(s + 1, s + SEQ + 1))
             seen.append(s // SEQ)
     assert sorted(seen) == list(range(20))
+
+
+@pytest.mark.parametrize("edit,pattern", [
+    ({"vocab_size": 100}, r"edited or corrupted after prepare"),
+    ({"dtype": "uint8"}, r"edited or corrupted after prepare"),
+])
+def test_edited_meta_fails_before_any_batch(tmp_path, edit, pattern):
+    """A meta.json edited after prepare (a vocab smaller than the ids, a wrong dtype) is a
+    one-line CgptError when the loader opens the data, not an IndexError in the model."""
+    import json
+
+    write_token_data(tmp_path / "d", np.arange(400) % 300, np.arange(50), 1000, 0)
+    meta = json.loads((tmp_path / "d" / "meta.json").read_text())
+    meta.update(edit)
+    (tmp_path / "d" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CgptError, match=pattern):
+        TokenLoader(str(tmp_path / "d"), SEQ)

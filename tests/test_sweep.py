@@ -199,3 +199,68 @@ def test_resume_refuses_changed_data(tmp_path, data):
     with pytest.raises(CgptError, match="data in .* changed since L1-d8-h2"):
         run_sweep(path, log=lambda m: None)
     assert not (out / "runs").exists() and not (out / "sweep.yaml").exists()
+
+
+def test_dry_run_writes_nothing(tmp_path, capsys):
+    """A dry run of a sweep whose data is missing says it would train a tokenizer and prepare
+    the data, lists the points, and leaves no sweep, data or tokenizer folder behind."""
+    d = sweep_dict(tmp_path, tmp_path / "data")
+    d["data"]["prepare"] = {"source": "stdlib:max_docs=20", "vocab_size": 400}
+    path = write_sweep(tmp_path, d)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert cli(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would train a 400-token sentencepiece tokenizer on 'stdlib:max_docs=20'" in out
+    assert f"would prepare the data: 'stdlib:max_docs=20' -> {tmp_path / 'data'}" in out
+    assert all(name in out for name in ("L1-d8-h2", "L1-d16-h2", "L2-d16-h2"))
+    assert "dry run: nothing written" in out
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "data").exists()
+    assert not (tmp_path / "data-tokenizer").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_dry_run_with_existing_data(tmp_path, data, capsys):
+    path = write_sweep(tmp_path, sweep_dict(tmp_path, data))
+    stamp = {p.name: p.stat().st_mtime_ns for p in data.iterdir()}
+    assert cli(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"data: {data} (" in out and "vocab 257" in out and "would train" not in out
+    assert not (tmp_path / "sweep").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in data.iterdir()} == stamp
+
+
+def _edited_meta(folder: Path) -> None:
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["dtype"] = "uint8"
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def _missing_no_recipe(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("damage,pattern", [
+    (_edited_meta, r"meta.json was edited or corrupted after prepare"),
+    (_missing_no_recipe, r"data folder .* not found; create it with `cgpt prepare` or add "
+                         r"data.prepare"),
+])
+def test_dry_run_bad_data_one_line(damage, pattern, tmp_path, capsys):
+    import hashlib
+    import re
+
+    folder = make_data(tmp_path / "data")
+    damage(folder)
+    path = write_sweep(tmp_path, sweep_dict(tmp_path, folder))
+
+    def digest():
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+                for p in sorted(tmp_path.rglob("*"))}
+
+    before = digest()
+    capsys.readouterr()
+    assert cli(["sweep", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and re.search(pattern, err), err
+    assert digest() == before

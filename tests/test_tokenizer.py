@@ -6,8 +6,13 @@ import pytest
 
 from cgpt.model.errors import CgptError
 from cgpt.train.data.sources import iter_documents
-from cgpt.train.data.tokenizer import (EOS, HFTokenizer, SentencePieceTokenizer, load_tokenizer,
-                                  train_tokenizer)
+from cgpt.train.data.tokenizer import (
+    EOS,
+    HFTokenizer,
+    SentencePieceTokenizer,
+    load_tokenizer,
+    train_tokenizer,
+)
 
 SAMPLES = [
     "def f(x):\n    return  x  # two spaces\n\n\n\tindented with a tab\n",
@@ -151,3 +156,38 @@ def test_hf_folder_without_eos(tmp_path):
         str(tmp_path / "tokenizer.json"))
     with pytest.raises(CgptError, match="no end-of-text token"):
         load_tokenizer(tmp_path)
+
+
+# ---- sentencepiece's vocab errors, each with the right advice -------------------------------
+SP_BAD = {  # name: (argv tail, pattern of the one stderr line)
+    "vocab too small for the characters": (
+        ["--input", "stdlib:max_docs=2", "--vocab-size", "300"],
+        r"a vocab of 300 is too small for the characters of the corpus \(2 documents\).* need "
+        r"(\d+); raise --vocab-size to at least \1, or lower --character-coverage"),
+    "vocab too large for the corpus": (
+        ["--input", "stdlib:max_docs=2", "--vocab-size", "50000"],
+        r"the corpus \(2 documents\) is too small for a vocab of 50000: it yields at most "
+        r"(\d+) pieces; lower --vocab-size to at most \1, or give more text"),
+    "below the byte pieces": (
+        ["--input", "stdlib:max_docs=2", "--vocab-size", "100"],
+        r"vocab size 100 is too small.*use at least 260"),
+}
+
+
+@pytest.mark.parametrize("case", list(SP_BAD))
+def test_vocab_errors_give_the_right_advice(case, tmp_path, capsys):
+    import re
+
+    from cgpt.launch.cli import main as cli
+
+    tail, pattern = SP_BAD[case]
+    assert cli(["tokenizer", "train", "--out", str(tmp_path / "t"), *tail]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    m = re.search(pattern, err)
+    assert m, err
+    assert list(tmp_path.iterdir()) == []  # no output, no temp folder
+    if m.groups():  # the advised number really works: the advice points the right way
+        n = int(m.group(1))
+        train_tokenizer("stdlib:max_docs=2", n, tmp_path / "ok")
+        assert load_tokenizer(tmp_path / "ok").vocab_size == n

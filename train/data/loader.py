@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from cgpt.model.errors import CgptError
-
 from cgpt.train.data.shards import TokenData, open_token_data
 
 
@@ -107,7 +106,8 @@ class TokenLoader:
     def _pairs(self, w: torch.Tensor, micro_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [(m[:, :-1].contiguous(), m[:, 1:].contiguous()) for m in w.split(micro_batch)]
 
-    def next_step(self, global_batch_seqs: int, micro_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def next_step(self, global_batch_seqs: int,
+                  micro_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's micro-batches (x, y), each (micro_batch, seq_len) long, for one step."""
         G, ws = int(global_batch_seqs), self.world_size
         if G <= 0 or micro_batch <= 0:
@@ -122,7 +122,8 @@ class TokenLoader:
         self._advance(G)
         return self._pairs(self._windows(idx), micro_batch)
 
-    def val_batches(self, num_batches: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def val_batches(self, num_batches: int,
+                    batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Fixed validation batches: the first ``num_batches*batch_size*world_size`` windows
         of this loader's split in file order, this rank's contiguous share. The same data on
         every call and in every run, so val losses are comparable. A split with fewer windows

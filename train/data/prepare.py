@@ -14,17 +14,18 @@ the corpus, and never an empty val split when ``f > 0``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import multiprocessing as mp
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 
 from cgpt.model.errors import CgptError
-
 from cgpt.train.data.shards import DEFAULT_SHARD_TOKENS, ShardWriter, dtype_for_vocab
 from cgpt.train.data.sources import open_source
 from cgpt.train.data.tokenizer import load_tokenizer
@@ -98,18 +99,91 @@ def _encoded_chunks(chunks: Iterator[list[str]], tokenizer, num_proc: int):
 
 
 class _Progress:
-    def __init__(self, enabled: bool):
-        self.enabled, self.t0, self.last = enabled, time.perf_counter(), 0.0
+    """Progress of a prepare run on stderr.
+
+    On a terminal: a tqdm bar (percentage and ETA when the total is known). Anywhere else
+    (a log file, a pipe, a batch job): plain newline-separated lines in the same format,
+    one per 10 % of the total (at least one a minute), or one every 30 s when the total is
+    unknown, so logs stay readable. The total is the input's bytes or document count when
+    the source knows it (:meth:`Source.progress_total`). Runs shorter than ``DELAY_S``
+    print nothing (the command's summary line says it all).
+    """
+
+    DELAY_S = 2.0
+    BAR_FORMAT = ("{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt}{unit} "
+                  "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+
+    def __init__(self, enabled: bool, total: tuple[int, str] | None, file=None):
+        self.enabled, self.file = enabled, file or sys.stderr
+        self.total: int | None = total[0] if total and total[0] > 0 else None
+        self.unit = total[1] if self.total and total else "B"
+        self.t0 = self.last = time.perf_counter()
+        self.last_decile = 0
+        self.last_n: int | None = None
+        self.bar: Any = None
+        if enabled and _isatty(self.file):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc="prepare", unit=self.unit,
+                            unit_scale=self.unit == "B", unit_divisor=1000, file=self.file,
+                            mininterval=1.0, delay=self.DELAY_S, dynamic_ncols=True)
 
     def update(self, docs: int, nbytes: int, tokens: int, final: bool = False) -> None:
-        now = time.perf_counter()
-        if not self.enabled or (not final and now - self.last < 2.0):
+        if not self.enabled:
             return
-        self.last = now
-        dt = max(now - self.t0, 1e-9)
-        print(f"\rprepare: {docs:,} docs, {nbytes / 1e6:,.1f} MB, {tokens:,} tokens, "
-              f"{nbytes / 1e6 / dt:.2f} MB/s, {tokens / dt:,.0f} tokens/s",
-              end="\n" if final else "", file=sys.stderr, flush=True)
+        n = nbytes if self.unit == "B" else docs
+        other = f"{docs:,} docs" if self.unit == "B" else f"{nbytes / 1e6:,.1f} MB"
+        postfix = f"{other}, {tokens:,} tokens"
+        if final and self.total is not None:
+            self.total = n  # the total was an estimate (bytes on disk, a max_docs cap): done
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.set_postfix_str(postfix, refresh=False)
+            self.bar.update(n - self.bar.n)
+            if final:
+                self.close()
+            return
+        now = time.perf_counter()
+        if now - self.t0 < self.DELAY_S:
+            return
+        decile = int(10 * n / self.total) if self.total else 0
+        if final:
+            due = self.last_n is not None and n != self.last_n  # close a log that was begun
+        elif self.total:
+            due = decile > self.last_decile or now - self.last >= 60
+        else:
+            due = now - self.last >= 30
+        if not due:
+            return
+        self.last, self.last_decile, self.last_n = now, decile, n
+        from tqdm import tqdm
+
+        line = tqdm.format_meter(n, self.total, now - self.t0, prefix="prepare",
+                                 unit=self.unit, unit_scale=self.unit == "B",
+                                 unit_divisor=1000, postfix=postfix,
+                                 bar_format=self.BAR_FORMAT if self.total else None)
+        print(line, file=self.file, flush=True)
+
+    def close(self) -> None:
+        """End the bar's line (also when prepare fails, so the error gets its own line)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@contextlib.contextmanager
+def _closing(bar: _Progress):
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _isatty(f) -> bool:
+    try:
+        return f.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def available_cores() -> int:
@@ -123,20 +197,29 @@ def prepare(source: str, tokenizer_dir: str | os.PathLike, out_dir: str | os.Pat
             split: str = "train", max_docs: int | None = None, force: bool = False,
             shard_tokens: int = DEFAULT_SHARD_TOKENS, progress: bool = False) -> dict:
     """Tokenize ``source`` with the tokenizer in ``tokenizer_dir`` into ``out_dir``; return
-    the meta dict (also written as meta.json). Raises CgptError on bad input, leaving no
-    partial output behind."""
+    the meta dict (also written as meta.json). Raises CgptError on bad input (including a
+    corpus that leaves the train or val split empty), leaving no partial output behind.
+
+    ``out_dir`` is locked (``out_dir/.cgpt.lock``) for the whole write: a second prepare
+    into the same folder is refused, naming the first one's pid and host. ``progress``
+    prints progress on stderr (a bar on a terminal, plain lines in logs)."""
     if not 0 <= val_fraction < 1:
-        raise CgptError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        raise CgptError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+    if val_fraction == 0:
+        raise CgptError("--val-fraction 0 would leave the val split empty, but `cgpt train` "
+                        "evaluates on it (it needs at least one window of seq_len+1 val tokens "
+                        "per rank); use a small fraction such as 0.005 (the default)")
     num_proc = num_proc or available_cores()
     if num_proc < 1:
         raise CgptError(f"--num-proc must be at least 1, got {num_proc}")
     tok = load_tokenizer(tokenizer_dir)
     src = open_source(source, text_field=text_field, split=split, max_docs=max_docs)
-    bar = _Progress(progress)
+    bar = _Progress(progress, src.progress_total() if progress else None)
     t0 = time.perf_counter()
     nbytes = docs = 0
+    # the writer holds out_dir's lock from here until the data is published (or dropped)
     with ShardWriter(out_dir, tok.vocab_size, tok.eos_id, overwrite=force,
-                     shard_tokens=shard_tokens) as writer:
+                     shard_tokens=shard_tokens) as writer, _closing(bar):
         for flat, lengths, b in _encoded_chunks(_chunked(iter(src), CHUNK_CHARS), tok, num_proc):
             mask = val_mask(docs, len(lengths), val_fraction)
             token_mask = np.repeat(mask, lengths)
@@ -146,9 +229,22 @@ def prepare(source: str, tokenizer_dir: str | os.PathLike, out_dir: str | os.Pat
             bar.update(docs, nbytes, writer.splits["train"].tokens + writer.splits["val"].tokens)
         if docs == 0:
             raise CgptError(f"input {source!r} holds no documents "
-                            f"({src.stats.empty_documents} empty ones skipped); nothing to prepare")
+                            f"({src.stats.empty_documents} empty ones skipped); nothing to "
+                            "prepare: point --input at text, or check --text-field")
         wall = time.perf_counter() - t0
-        tokens = writer.splits["train"].tokens + writer.splits["val"].tokens
+        train_tokens = writer.splits["train"].tokens
+        val_tokens = writer.splits["val"].tokens
+        tokens = train_tokens + val_tokens
+        if train_tokens == 0:
+            raise CgptError(
+                f"input {source!r} gave {docs:,} document{'s' if docs != 1 else ''} "
+                f"({tokens:,} tokens, EOS included) and all of it went to the val split, so "
+                "the train split would hold 0 tokens (the split sends document 0 to val); "
+                "give at least 2 documents (more text, or a larger --max-docs)")
+        if val_tokens == 0:
+            raise CgptError(f"input {source!r} gave {docs:,} documents ({tokens:,} tokens) but "
+                            "none went to the val split, which `cgpt train` evaluates on; "
+                            "raise --val-fraction")
         bar.update(docs, nbytes, tokens, final=True)
         meta = writer.commit(
             tokenizer_fingerprint=tok.fingerprint, tokenizer_dir=str(Path(tok.dir).resolve()),

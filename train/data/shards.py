@@ -6,17 +6,30 @@ several shard files. ``meta.json`` records the dtype, vocab, EOS id, token and d
 counts, the tokenizer fingerprint, the source, replacement-character counts, and the size
 and sha256 of every file, so a truncated or edited shard is caught before training starts.
 
-Writers build the folder under a temporary name next to the target and rename it at the end,
-so an interrupted run never leaves a half-written data folder that looks valid.
+Writers hold the output folder's lock (:class:`cgpt.train.lock.FolderLock`, ``.cgpt.lock``)
+for the whole write, so a second writer into the same folder is refused with the holder named
+instead of silently replacing the first one's data. They build the data under a temporary
+name next to the target, fsync every file and the folder, and publish it with one atomic
+rename (an exchange with the old folder where the OS supports it), so an interrupted run
+never leaves a half-written data folder that looks valid.
+
+``meta.json`` records, per split, the largest token id (``max_token_id``), and its own
+checksum (``meta_sha256``: sha256 of its canonical JSON without that field), so an edited
+dtype or vocab is refused when the data is opened instead of failing deep inside the model.
+Older meta.json files without these fields still load.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import hashlib
 import json
 import mmap
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +43,8 @@ FORMAT = "cgpt-tokens"
 VERSION = 1
 SPLITS = ("train", "val")
 DEFAULT_SHARD_TOKENS = 1 << 30  # 2 GiB of uint16 per file: big corpora become several shards
+SUPPORTED_DTYPES = ("uint16", "uint32")  # what the writer produces (dtype_for_vocab)
+_SCAN_TOKENS = 1 << 24  # tokens per chunk when scanning old shards for their largest id
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -50,6 +65,7 @@ class _SplitWriter:
         self.files: list[dict[str, Any]] = []
         self.tokens = 0
         self.documents = 0
+        self.max_token_id: int | None = None
         self._fh = None
         self._hash = None
         self._cur_tokens = 0
@@ -65,6 +81,8 @@ class _SplitWriter:
     def _close_current(self) -> None:
         if self._fh is None:
             return
+        self._fh.flush()
+        os.fsync(self._fh.fileno())  # on disk before the rename that publishes it
         self._fh.close()
         entry = self.files[-1]
         entry.update(tokens=self._cur_tokens, bytes=self._cur_tokens * self.dtype.itemsize,
@@ -74,6 +92,9 @@ class _SplitWriter:
     def write(self, tokens: np.ndarray, documents: int) -> None:
         arr = np.ascontiguousarray(tokens, dtype=self.dtype)
         self.documents += documents
+        if arr.size:
+            top = int(arr.max())
+            self.max_token_id = top if self.max_token_id is None else max(self.max_token_id, top)
         while arr.size:
             if self._fh is None or self._cur_tokens >= self.shard_tokens:
                 self._open_next()
@@ -93,28 +114,43 @@ class _SplitWriter:
             only = self.files[0]
             (self.folder / only["name"]).rename(self.folder / f"{self.split}.bin")
             only["name"] = f"{self.split}.bin"
-        return {"tokens": self.tokens, "documents": self.documents, "files": self.files}
+        return {"tokens": self.tokens, "documents": self.documents,
+                "max_token_id": self.max_token_id, "files": self.files}
 
 
 class ShardWriter:
-    """Builds a data folder under a temporary name; :meth:`commit` renames it into place.
+    """Builds a data folder under a temporary name; :meth:`commit` publishes it in place.
 
-    Use as a context manager: leaving the block with an exception deletes the temporary
-    folder, so nothing half-written is left behind.
+    From construction until :meth:`commit` or :meth:`abort` it holds the output folder's
+    lock (``out_dir/.cgpt.lock``), so a second writer into the same folder is refused with
+    the holder's pid and host. Use as a context manager: leaving the block with an exception
+    deletes the temporary folder (and an output folder this writer created), so nothing
+    half-written is left behind.
     """
 
     def __init__(self, out_dir: str | os.PathLike, vocab_size: int, eos_id: int,
                  overwrite: bool = False, shard_tokens: int = DEFAULT_SHARD_TOKENS):
+        from cgpt.train.lock import FolderLock
+
         self.out_dir = Path(out_dir)
-        _check_target(self.out_dir, overwrite)
         self.vocab_size, self.eos_id = int(vocab_size), int(eos_id)
+        self.tmp: Path | None = None
+        _check_target(self.out_dir, overwrite)  # before the lock: a refusal touches nothing
         if not 0 <= self.eos_id < self.vocab_size:
             raise CgptError(f"eos id {eos_id} is outside the vocab (size {vocab_size})")
         self.dtype = dtype_for_vocab(self.vocab_size)
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", suffix=".tmp",
-                                         dir=self.out_dir.parent))
-        self.tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+        self.lock = FolderLock(self.out_dir, "prepare output").acquire()
+        try:
+            _check_target(self.out_dir, overwrite)  # again: another writer may have finished
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", suffix=".tmp",
+                                             dir=self.out_dir.parent))
+            self.tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+        except BaseException as e:
+            self.lock.release(cleanup_if_unused=True)
+            if isinstance(e, OSError):
+                raise CgptError(f"cannot write next to {str(self.out_dir)!r}: "
+                                f"{e.strerror or e}") from None
+            raise
         self.splits = {s: _SplitWriter(self.tmp, s, self.dtype, shard_tokens) for s in SPLITS}
 
     def write(self, split: str, tokens: np.ndarray, documents: int) -> None:
@@ -122,53 +158,141 @@ class ShardWriter:
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
             raise CgptError(f"token ids must lie in [0, {self.vocab_size}); got "
                             f"[{tokens.min()}, {tokens.max()}]")
-        self.splits[split].write(tokens, documents)
+        try:
+            self.splits[split].write(tokens, documents)
+        except OSError as e:  # a full disk, a quota: one line, and nothing is published
+            raise self._write_error(e) from None
+
+    def _write_error(self, e: OSError) -> CgptError:
+        return CgptError(f"cannot write the data for {str(self.out_dir)!r} (in "
+                         f"{str(self.tmp)!r}): {e.strerror or e}; nothing was published and "
+                         "what was there is unchanged")
 
     def commit(self, **info: Any) -> dict[str, Any]:
-        """Close the files, write meta.json, rename the folder to ``out_dir``; return meta."""
+        """Close and fsync the files, write meta.json, publish the folder as ``out_dir``
+        (one atomic rename), release the lock; return meta."""
+        assert self.tmp is not None, "commit() after abort()"
         meta = {
             "format": FORMAT, "version": VERSION, "dtype": self.dtype.name,
             "vocab_size": self.vocab_size, "eos_id": self.eos_id,
-            "splits": {s: w.finish() for s, w in self.splits.items()},
+            "splits": self._finish_splits(),
             "tokenizer": {"fingerprint": info.pop("tokenizer_fingerprint", None),
                           "dir": info.pop("tokenizer_dir", None)},
             "source": info.pop("source", "synthetic"),
             "replacement_chars": int(info.pop("replacement_chars", 0)),
         }
         meta.update(info)
-        (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        old = None
-        if self.out_dir.exists():  # _check_target allowed it: an empty or a data folder
-            # move the old folder aside first so the swap itself is one rename
-            old = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", suffix=".old",
-                                        dir=self.out_dir.parent))
-            os.replace(self.out_dir, old / "data")
-        os.replace(self.tmp, self.out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        meta["meta_sha256"] = meta_checksum(meta)
+        try:
+            with open(self.tmp / "meta.json", "w") as f:
+                f.write(json.dumps(meta, indent=2) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(self.tmp)  # the shard renames and meta.json's entry, before publishing
+            _publish(self.tmp, self.out_dir)
+        except OSError as e:
+            raise self._write_error(e) from None
+        self.tmp = None
+        self.lock.release()
         return meta
 
+    def _finish_splits(self) -> dict[str, Any]:
+        try:
+            return {s: w.finish() for s, w in self.splits.items()}
+        except OSError as e:
+            raise self._write_error(e) from None
+
     def abort(self) -> None:
-        for w in self.splits.values():
+        for w in getattr(self, "splits", {}).values():
             if w._fh is not None:
                 w._fh.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+        self.lock.release(cleanup_if_unused=True)
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None or self.tmp.exists():
+        if exc_type is not None or self.tmp is not None:
             self.abort()
 
 
+def meta_checksum(meta: dict) -> str:
+    """sha256 of meta.json's content without its own ``meta_sha256`` field, as canonical
+    JSON (sorted keys, no whitespace): re-indenting the file keeps it, editing a value not."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
+                          .encode()).hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory; the files themselves are synced
+    finally:
+        os.close(fd)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where the OS or
+    the filesystem cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                   ctypes.c_uint]
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Put the finished folder ``tmp`` at ``out`` (which exists: it holds the writer's lock,
+    and maybe the data this replaces), then delete what was there."""
+    if _exchange(tmp, out):
+        old = tmp  # after the swap, the temporary name holds the old folder
+    else:  # two renames: the old folder aside, the new one in
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / "data")
+        try:
+            os.replace(tmp, out)
+        except OSError as e:
+            try:
+                os.replace(old / "data", out)
+                where = "it is unchanged"
+            except OSError:
+                where = f"what was there is now in {str(old / 'data')!r}"
+            raise CgptError(f"could not move the finished data into {str(out)!r} "
+                            f"({e.strerror or e}; did another process create it meanwhile?); "
+                            f"nothing was published and {where}; run prepare again") from None
+    _fsync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _check_target(out_dir: Path, overwrite: bool) -> None:
+    from cgpt.train.lock import LOCK_NAME
+
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
         raise CgptError(f"output {str(out_dir)!r} exists and is not a folder")
-    if not any(out_dir.iterdir()):
-        return
+    if not any(p.name != LOCK_NAME for p in out_dir.iterdir()):
+        return  # empty, or only the lock file of an earlier (or the current) writer
     if not (out_dir / "meta.json").is_file():
         raise CgptError(f"output folder {str(out_dir)!r} is not empty and is not a cgpt data "
                         "folder; choose a new folder")
@@ -282,21 +406,68 @@ def _read_meta(folder: Path) -> dict:
                         "(or a prepare run did not finish); re-run `cgpt prepare`")
     try:
         meta = json.loads(path.read_text())
-        if meta.get("format") != FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ValueError("format")
         if int(meta.get("version", 0)) > VERSION:
             raise CgptError(f"{path} has format version {meta['version']}, newer than this "
                             f"cgpt reads ({VERSION}); upgrade cgpt")
+        if "meta_sha256" in meta and meta["meta_sha256"] != meta_checksum(meta):
+            raise CgptError(f"{path} was edited or corrupted after prepare (its content no "
+                            "longer matches its meta_sha256); re-run `cgpt prepare`")
         np.dtype(meta["dtype"]), int(meta["vocab_size"]), int(meta["eos_id"])
         for s in SPLITS:
             for f in meta["splits"][s]["files"]:
                 f["name"], int(f["bytes"]), f["sha256"]
+        _check_meta(meta, path)
     except CgptError:
         raise
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CgptError(f"{path} is not a valid cgpt meta.json ({e.__class__.__name__}: {e}); "
                         "re-run `cgpt prepare`") from None
     return meta
+
+
+def _check_meta(meta: dict, path: Path) -> None:
+    """dtype, vocab, EOS and token counts must agree with each other (an old meta.json has no
+    checksum, so a hand edit shows up only here)."""
+    fix = "meta.json was edited or corrupted after prepare; re-run `cgpt prepare`"
+    name, vocab, eos = str(meta["dtype"]), int(meta["vocab_size"]), int(meta["eos_id"])
+    if name not in SUPPORTED_DTYPES:
+        raise CgptError(f"{path} says dtype {name!r}, which cgpt never writes (token shards are "
+                        f"{' or '.join(SUPPORTED_DTYPES)}); {fix}")
+    dtype = np.dtype(name)
+    if vocab <= 0 or vocab - 1 > np.iinfo(dtype).max:
+        raise CgptError(f"{path} says vocab_size {vocab} with dtype {name}, which cannot hold "
+                        f"its ids (at most {np.iinfo(dtype).max + 1} entries); {fix}")
+    if not 0 <= eos < vocab:
+        raise CgptError(f"{path} says eos_id {eos}, outside its vocab of {vocab}; {fix}")
+    for s in SPLITS:
+        split = meta["splits"][s]
+        total = 0
+        for f in split["files"]:
+            nbytes = int(f["bytes"])
+            tokens = int(f.get("tokens", nbytes // dtype.itemsize))
+            if nbytes != tokens * dtype.itemsize:
+                raise CgptError(f"{path} says dtype {name} ({dtype.itemsize} bytes a token) but "
+                                f"shard {f['name']} is recorded as {nbytes} bytes for {tokens} "
+                                f"tokens; {fix}")
+            total += tokens
+        if "tokens" in split and int(split["tokens"]) != total:
+            raise CgptError(f"{path} says the {s} split holds {split['tokens']} tokens but its "
+                            f"shards hold {total}; {fix}")
+        top = split.get("max_token_id")
+        if top is not None and not int(top) < vocab:
+            raise CgptError(f"{path} says vocab_size {vocab} but the {s} split holds token id "
+                            f"{int(top)}: the vocab must exceed every token id; {fix}")
+
+
+def _max_token_id(arr) -> int | None:
+    """Largest id in a split, read in chunks (an old meta.json does not record it)."""
+    top = None
+    for start in range(0, len(arr), _SCAN_TOKENS):
+        m = int(np.asarray(arr[start: start + _SCAN_TOKENS]).max())
+        top = m if top is None else max(top, m)
+    return top
 
 
 def _open_file(folder: Path, entry: dict, dtype: np.dtype, verify) -> np.ndarray:
@@ -321,7 +492,11 @@ def open_token_data(data_dir: str | os.PathLike, verify: bool | str = True) -> T
     """Open a data folder as memory maps.
 
     ``verify=True`` checks every file's size and sha256 (seconds per GB), ``"size"`` only the
-    sizes (big corpora), ``False`` skips both. Problems raise :class:`CgptError`.
+    sizes (big corpora), ``False`` skips both. meta.json itself is always checked: its own
+    checksum (when it has one), a supported dtype consistent with the recorded sizes and
+    token counts, and a vocab larger than every token id (recorded at prepare time; for an
+    older meta.json without it, found by a scan when ``verify=True``). Problems raise
+    :class:`CgptError`.
     """
     if verify not in (True, False, "size"):
         raise ValueError(f"verify must be True, False or 'size', got {verify!r}")
@@ -332,6 +507,14 @@ def open_token_data(data_dir: str | os.PathLike, verify: bool | str = True) -> T
     for s in SPLITS:
         parts = [_open_file(folder, e, dtype, verify) for e in meta["splits"][s]["files"]]
         arrays[s] = parts[0] if len(parts) == 1 else ConcatTokens(parts)
+        if verify is True and "max_token_id" not in meta["splits"][s]:
+            # an older meta.json: scan for the largest id (reads every byte, as sha256 did)
+            top = _max_token_id(arrays[s])
+            if top is not None and top >= int(meta["vocab_size"]):
+                raise CgptError(f"the {s} split of {str(folder)!r} holds token id {top} but "
+                                f"meta.json says vocab_size {meta['vocab_size']}: the vocab "
+                                "must exceed every token id; meta.json was edited or the "
+                                "shards come from another tokenizer; re-run `cgpt prepare`")
     return TokenData(dir=folder, meta=meta, train=arrays["train"], val=arrays["val"])
 
 

@@ -22,9 +22,9 @@ import codecs
 import glob
 import os
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from cgpt.model.errors import CgptError
 
@@ -160,6 +160,26 @@ class Source:
         files = self._target
         where = str(files[0]) if len(files) == 1 else f"{len(files)} files from {self.spec}"
         return f"local: {where}{cap}"
+
+    def progress_total(self) -> tuple[int, str] | None:
+        """What a progress bar can count up to without reading the data: ``(bytes, "B")``
+        when every document is a whole file (stdlib, .txt/.md), ``(n, " docs")`` under a
+        document cap, else None (JSON lines, parquet and the Hub do not say how many
+        documents they hold). Either may overshoot a little (empty documents are skipped)."""
+        if self.kind == "hub":
+            return (self.max_docs, " docs") if self.max_docs else None
+        files: list[Path] = self._target
+        whole_files = self.kind == "stdlib" or all(
+            BUILDERS.get(f.suffix.lower(), "text") == "text" for f in files)
+        if self.max_docs is not None:
+            n = min(self.max_docs, len(files)) if whole_files else self.max_docs
+            return (n, " docs") if n > 0 else None
+        if not whole_files:
+            return None
+        try:
+            return sum(f.stat().st_size for f in files), "B"
+        except OSError:
+            return None
 
     # ------------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[str]:

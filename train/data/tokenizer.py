@@ -24,8 +24,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import CONTEXT
@@ -131,7 +131,8 @@ class HFTokenizer:
 
 def _gpt2_from_vocab_merges(folder: Path):
     """GPT-2's original files: byte-level BPE with no added prefix space."""
-    from tokenizers import Tokenizer as RustTokenizer, decoders, pre_tokenizers
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import decoders, pre_tokenizers
     from tokenizers.models import BPE
 
     tok = RustTokenizer(BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
@@ -237,12 +238,34 @@ def train_tokenizer(source_spec: str, vocab_size: int, out_dir: str | os.PathLik
 
 
 def _explain_sp_error(e: Exception, source, vocab_size: int) -> str:
+    """sentencepiece's trainer errors, mapped to the fix for each (the numbers are its own)."""
+    import re
+
     msg = str(e).strip().splitlines()[-1] if str(e).strip() else e.__class__.__name__
     if source.stats.documents == 0:
         return f"input {source.spec!r} holds no documents (all empty?); nothing to train on"
+    docs = f"{source.stats.documents:,} document{'s' if source.stats.documents != 1 else ''}"
+    # "Vocabulary size is smaller than required_chars. 300 vs 332. Increase vocab_size or
+    # decrease character_coverage": the corpus has more distinct characters (plus the 256
+    # byte pieces and the specials) than the vocab has room for
+    m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", msg)
+    if m:
+        need = int(m.group(2))
+        return (f"a vocab of {vocab_size} is too small for the characters of the corpus "
+                f"({docs}): their pieces plus the 256 byte pieces and the specials need "
+                f"{need}; raise --vocab-size to at least {need}, or lower "
+                "--character-coverage so that rare characters fall back to bytes")
+    # "Vocabulary size too high (50000). Please set it to a value <= 1915.": the corpus has
+    # too little text to learn that many pieces
+    m = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", msg)
+    if m:
+        most = int(m.group(2))
+        return (f"the corpus ({docs}) is too small for a vocab of {vocab_size}: it yields at "
+                f"most {most} pieces; lower --vocab-size to at most {most}, or give more text "
+                "(a larger --max-docs or more input)")
     if "Vocabulary size" in msg or "vocab_size" in msg:
-        return (f"the corpus ({source.stats.documents} documents) is too small for a vocab of "
-                f"{vocab_size}: {msg}; lower --vocab-size or give more text")
+        return (f"sentencepiece cannot train a vocab of {vocab_size} on this corpus ({docs}): "
+                f"{msg}")
     return f"sentencepiece training failed: {msg}"
 
 
@@ -287,7 +310,8 @@ def _merges(vocab: dict[str, int], normal: list[str]) -> list[tuple[str, str]]:
 def build_hf_tokenizer(model_path: str | os.PathLike):
     """A `tokenizers.Tokenizer` that encodes exactly like our sentencepiece BPE model:
     spaces become U+2581, BPE with the sentencepiece vocab, bytes for unknown characters."""
-    from tokenizers import AddedToken, Tokenizer as RustTokenizer, decoders, normalizers
+    from tokenizers import AddedToken, decoders, normalizers
+    from tokenizers import Tokenizer as RustTokenizer
     from tokenizers.models import BPE
 
     pieces = _sp_pieces(Path(model_path))

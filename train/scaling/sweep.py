@@ -40,10 +40,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cgpt.model.errors import CgptError, ConfigError
 from cgpt.model.sizes import flops_per_token_algorithmic, num_non_embedding_params, num_params
-
+from cgpt.train.config import (
+    RunConfig,
+    RuntimeSection,
+    config_diff,
+    format_validation_error,
+    read_yaml,
+    write_text_atomic,
+)
 from cgpt.train.loop.metrics import read_metrics
-from cgpt.train.config import (RunConfig, config_diff, RuntimeSection, format_validation_error, read_yaml,
-                        write_text_atomic)
 
 PER_POINT_FORBIDDEN = ("data", "tokenizer", "vocab_size", "seq_len")
 
@@ -190,6 +195,11 @@ def tokenizer_dir(sweep: SweepConfig) -> str | None:
     return sweep.data.path.rstrip("/") + "-tokenizer" if sweep.data.prepare else None
 
 
+def _missing_data(sweep: SweepConfig) -> CgptError:
+    return CgptError(f"data folder {sweep.data.path!r} not found; create it with `cgpt prepare` "
+                     "or add data.prepare (source, vocab_size) to the sweep file")
+
+
 def ensure_data(sweep: SweepConfig, log=print):
     """Open the sweep's data folder, preparing it first when missing and data.prepare says how."""
     from cgpt.train.data.shards import open_token_data
@@ -198,8 +208,7 @@ def ensure_data(sweep: SweepConfig, log=print):
     if not (path / "meta.json").is_file():
         spec = sweep.data.prepare
         if spec is None:
-            raise CgptError(f"data folder {str(path)!r} not found; create it with `cgpt prepare` "
-                            "or add data.prepare (source, vocab_size) to the sweep file")
+            raise _missing_data(sweep)
         from cgpt.train.data.prepare import prepare
         from cgpt.train.data.tokenizer import train_tokenizer
 
@@ -212,6 +221,35 @@ def ensure_data(sweep: SweepConfig, log=print):
         log(f"preparing {spec.source!r} -> {path}")
         prepare(spec.source, tok, path, val_fraction=spec.val_fraction, max_docs=spec.max_docs)
     return open_token_data(path, verify="size")
+
+
+def dry_run_vocab(sweep: SweepConfig, log=print) -> int:
+    """What :func:`ensure_data` would do, said and not done (a dry run writes nothing); the
+    vocab size the points will have."""
+    from cgpt.train.data.shards import open_token_data
+
+    path = Path(sweep.data.path)
+    if (path / "meta.json").is_file():
+        data = open_token_data(path, verify="size")
+        log(f"data: {path} ({data.meta['splits']['train']['tokens']:,} train tokens, "
+            f"vocab {data.vocab_size})")
+        return data.vocab_size
+    spec = sweep.data.prepare
+    if spec is None:
+        raise _missing_data(sweep)
+    tok = Path(tokenizer_dir(sweep) or "")  # set: data.prepare is given
+    if tok.is_dir():
+        from cgpt.train.data.tokenizer import load_tokenizer
+
+        vocab = load_tokenizer(tok).vocab_size
+        log(f"would use the existing tokenizer {tok} ({vocab} tokens)")
+    else:
+        vocab = spec.vocab_size
+        log(f"would train a {spec.vocab_size}-token sentencepiece tokenizer on {spec.source!r} "
+            f"-> {tok}")
+    log(f"would prepare the data: {spec.source!r} -> {path} (val fraction "
+        f"{spec.val_fraction}{f', first {spec.max_docs} documents' if spec.max_docs else ''})")
+    return vocab
 
 
 def data_id(data) -> str:
@@ -400,15 +438,18 @@ def run_sweep(path: str | os.PathLike, *, retry_failed: bool = False, dry_run: b
     {"out_dir", "results": [...], "fit": dict | None, "fit_error": str | None}."""
     sweep = load_sweep(path)
     out = Path(sweep.out_dir)
-    data = ensure_data(sweep, log)
-    did = data_id(data)
-    points = plan_points(sweep, data.vocab_size)
-    if dry_run:
+    if dry_run:  # says what would happen and writes nothing: no tokenizer, data or sweep folder
+        points = plan_points(sweep, dry_run_vocab(sweep, log))
         for p in points:
             pl = p.cfg.plan
             log(f"{p.name:28s} params {pl.params:>11,}  tokens {pl.tokens:>12,}  steps "
                 f"{pl.steps:>6,}  lr {pl.lr:.2e}  FLOPs {pl.train_flops:.3e}")
+        log(f"dry run: nothing written; a real run trains these {len(points)} points into "
+            f"{out}/runs/ and writes {out}/results.jsonl")
         return {"out_dir": str(out), "results": [], "fit": None, "fit_error": None}
+    data = ensure_data(sweep, log)
+    did = data_id(data)
+    points = plan_points(sweep, data.vocab_size)
     _check_unchanged(out, points)
     old = {r["name"]: r for r in read_metrics(out / "results.jsonl")}
     records = {p.name: old[p.name] for p in points if p.name in old}
