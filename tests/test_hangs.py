@@ -307,3 +307,75 @@ def test_stalled_rank_times_out(tmp_path):
             except subprocess.TimeoutExpired:
                 pass
     assert all(p.poll() is not None for p in procs)
+
+
+@pytest.mark.slow
+def test_cgpt_launch_with_a_stalled_rank_exits_within_the_timeout(tmp_path):
+    """The issue's reproduction: SIGSTOP rank 1 of a 2-rank `cgpt launch`. Rank 0 stops
+    with one line naming the step, and the launch ends within the timeout plus a margin."""
+    import signal as _signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from test_trainer import _write, make_cfg, make_data
+
+    timeout_s = 5
+    data = make_data(tmp_path / "data", n_files=6)
+    d = make_cfg(tmp_path, data, steps=3000, batch=8, eval_every=0, save_every=0,
+                 zero_stage=1, micro_batch=2, log_every=1, collective_timeout_s=timeout_s)
+    cfg = _write(tmp_path, d)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR"):
+        env.pop(k, None)
+    cgpt = str(Path(sys.executable).parent / "cgpt")
+    proc = subprocess.Popen([cgpt, "launch", str(cfg), "--gpus-per-node", "2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    stalled = None
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[0]
+        stalled = _rank_pid(1, str(cfg))
+        assert stalled is not None, "rank 1's process not found"
+        os.kill(stalled, _signal.SIGSTOP)
+        t0 = time.time()
+        out, _ = proc.communicate(timeout=timeout_s + 120)
+        took = time.time() - t0
+    finally:
+        if stalled is not None:
+            for sig in (_signal.SIGKILL,):
+                try:
+                    os.kill(stalled, sig)
+                except ProcessLookupError:
+                    pass
+        if proc.poll() is None:
+            os.killpg(proc.pid, _signal.SIGKILL)
+    assert proc.returncode != 0
+    assert "no answer from another rank within runtime.collective_timeout_s=5" in out, out[-3000:]
+    print(f"stalled-rank launch exited {took:.1f} s after the SIGSTOP (timeout {timeout_s} s)")
+    assert took < timeout_s + 90, took
+
+
+def _rank_pid(rank: int, config: str) -> int | None:
+    """The pid of the training process of `rank` running `config` (from /proc)."""
+    from pathlib import Path
+
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(config.encode() in c for c in cmd) and b"cgpt.train" in b" ".join(cmd) \
+                and f"RANK={rank}".encode() in env:
+            return int(proc.name)
+    return None
