@@ -11,33 +11,72 @@ import json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="benchmark training steps (tokens/s, MFU, vs transformers)",
-                       description=__doc__.split("\n")[0])
-    p.add_argument("target", nargs="?", default="111M",
-                   help="published size (111M ... 13B) or a run config YAML (default 111M)")
+    p = sub.add_parser(
+        "bench",
+        help="benchmark training steps (tokens/s, MFU, vs transformers)",
+        description=__doc__.split("\n")[0],
+    )
+    p.add_argument(
+        "target",
+        nargs="?",
+        default="111M",
+        help="published size (111M ... 13B) or a run config YAML (default 111M)",
+    )
     p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
-    p.add_argument("--seq-len", type=int, default=None,
-                   help="tokens per sequence (default: the plan's, or 2048 for a size)")
-    p.add_argument("--micro-batch", type=int, default=None,
-                   help="sequences per step (default: the run config's, or 1)")
-    p.add_argument("--n-layer", type=int, default=None,
-                   help="override the number of layers (quick runs of a wide model)")
-    p.add_argument("--hf", "--compare-hf", dest="compare_hf", action="store_true",
-                   help="also run transformers.GPT2LMHeadModel side by side and print the ratio")
-    p.add_argument("--hf-deepspeed", action="store_true",
-                   help="with --hf: run transformers in the same DeepSpeed engine as ours "
-                        "instead of HF Trainer's loop (compares the two models alone)")
-    p.add_argument("--plain-loss", dest="fused_loss", action="store_false",
-                   help="our model with the usual logits + F.cross_entropy loss instead of the "
-                        "fused one (cgpt.model.fused_ce), to measure what the fusion gives")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="tokens per sequence (default: the plan's, or 2048 for a size)",
+    )
+    p.add_argument(
+        "--micro-batch",
+        type=int,
+        default=None,
+        help="sequences per step (default: the run config's, or 1)",
+    )
+    p.add_argument(
+        "--n-layer",
+        type=int,
+        default=None,
+        help="override the number of layers (quick runs of a wide model)",
+    )
+    p.add_argument(
+        "--hf",
+        "--compare-hf",
+        dest="compare_hf",
+        action="store_true",
+        help="also run transformers.GPT2LMHeadModel side by side and print the ratio",
+    )
+    p.add_argument(
+        "--hf-deepspeed",
+        action="store_true",
+        help="with --hf: run transformers in the same DeepSpeed engine as ours "
+        "instead of HF Trainer's loop (compares the two models alone)",
+    )
+    p.add_argument(
+        "--plain-loss",
+        dest="fused_loss",
+        action="store_false",
+        help="our model with the usual logits + F.cross_entropy loss instead of the "
+        "fused one (cgpt.model.fused_ce), to measure what the fusion gives",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: the run config's (bf16 for a size, as cgpt train). transformers "
-                        "runs bf16 under torch.autocast, as HF's Trainer does")
-    p.add_argument("--zero-stage", type=int, default=None,
-                   help="ZeRO stage of our DeepSpeed engine (default: the run config's, or 1)")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="auto: the run config's (bf16 for a size, as cgpt train). transformers "
+        "runs bf16 under torch.autocast, as HF's Trainer does",
+    )
+    p.add_argument(
+        "--zero-stage",
+        type=int,
+        default=None,
+        help="ZeRO stage of our DeepSpeed engine (default: the run config's, or 1)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run)
 
@@ -45,10 +84,20 @@ def register(sub) -> None:
 def _run(args) -> int:
     from cgpt.train.bench.train_step import bench, format_report
 
-    r = bench(args.target, steps=args.steps, warmup=args.warmup, seq_len=args.seq_len,
-              micro_batch=args.micro_batch, compare_hf=args.compare_hf, compile_=args.compile,
-              device=args.device, precision=args.precision, n_layer=args.n_layer,
-              zero_stage=args.zero_stage, hf_deepspeed=args.hf_deepspeed,
-              fused_loss=args.fused_loss)
+    r = bench(
+        args.target,
+        steps=args.steps,
+        warmup=args.warmup,
+        seq_len=args.seq_len,
+        micro_batch=args.micro_batch,
+        compare_hf=args.compare_hf,
+        compile_=args.compile,
+        device=args.device,
+        precision=args.precision,
+        n_layer=args.n_layer,
+        zero_stage=args.zero_stage,
+        hf_deepspeed=args.hf_deepspeed,
+        fused_loss=args.fused_loss,
+    )
     print(json.dumps(r) if args.json else format_report(r))
     return 0

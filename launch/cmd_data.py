@@ -4,35 +4,59 @@ from __future__ import annotations
 
 import argparse
 
-SOURCE_HELP = ("'stdlib' (default: the Python standard library's source, offline), a file, "
-               "folder or glob of .txt/.md/.jsonl/.json/.parquet, or hf:NAME[:CONFIG]")
+SOURCE_HELP = (
+    "'stdlib' (default: the Python standard library's source, offline), a file, "
+    "folder or glob of .txt/.md/.jsonl/.json/.parquet, or hf:NAME[:CONFIG]"
+)
 
 
 def _tokenizer_train(args) -> int:
     from cgpt.train.data.tokenizer import train_tokenizer
 
-    tok = train_tokenizer(args.input, args.vocab_size, args.out, seed=args.seed,
-                          max_docs=args.max_docs, text_field=args.text_field,
-                          character_coverage=args.character_coverage, force=args.force)
-    print(f"tokenizer: {tok.vocab_size} tokens (eos id {tok.eos_id}) written to {args.out}; "
-          f"fingerprint {tok.fingerprint[:12]}")
+    tok = train_tokenizer(
+        args.input,
+        args.vocab_size,
+        args.out,
+        seed=args.seed,
+        max_docs=args.max_docs,
+        text_field=args.text_field,
+        character_coverage=args.character_coverage,
+        force=args.force,
+    )
+    print(
+        f"tokenizer: {tok.vocab_size} tokens (eos id {tok.eos_id}) written to {args.out}; "
+        f"fingerprint {tok.fingerprint[:12]}"
+    )
     return 0
 
 
 def _prepare(args) -> int:
     from cgpt.train.data.prepare import prepare
 
-    meta = prepare(args.input, args.tokenizer, args.out, val_fraction=args.val_fraction,
-                   text_field=args.text_field, num_proc=args.num_proc, split=args.split,
-                   max_docs=args.max_docs, force=args.force, progress=True)
+    meta = prepare(
+        args.input,
+        args.tokenizer,
+        args.out,
+        val_fraction=args.val_fraction,
+        text_field=args.text_field,
+        num_proc=args.num_proc,
+        split=args.split,
+        max_docs=args.max_docs,
+        force=args.force,
+        progress=True,
+    )
     st, sp = meta["_stats"], meta["splits"]
-    print(f"prepared {meta['documents']:,} documents -> {args.out}: train "
-          f"{sp['train']['tokens']:,} tokens, val {sp['val']['tokens']:,} tokens "
-          f"({meta['dtype']}); {st['mb_per_s']:.2f} MB/s, {st['tokens_per_s']:,.0f} tokens/s "
-          f"on {st['num_proc']} process{'es' if st['num_proc'] != 1 else ''}")
+    print(
+        f"prepared {meta['documents']:,} documents -> {args.out}: train "
+        f"{sp['train']['tokens']:,} tokens, val {sp['val']['tokens']:,} tokens "
+        f"({meta['dtype']}); {st['mb_per_s']:.2f} MB/s, {st['tokens_per_s']:,.0f} tokens/s "
+        f"on {st['num_proc']} process{'es' if st['num_proc'] != 1 else ''}"
+    )
     if meta["replacement_chars"]:
-        print(f"note: {meta['replacement_chars']:,} undecodable bytes were replaced by U+FFFD "
-              "(recorded in meta.json)")
+        print(
+            f"note: {meta['replacement_chars']:,} undecodable bytes were replaced by U+FFFD "
+            "(recorded in meta.json)"
+        )
     return 0
 
 
@@ -46,19 +70,31 @@ def register(subparsers) -> None:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--max-docs", type=int, default=None, help="train on the first N documents")
     tr.add_argument("--text-field", default="text")
-    tr.add_argument("--character-coverage", type=float, default=0.9995,
-                    help="share of characters that get their own piece (rest: bytes)")
+    tr.add_argument(
+        "--character-coverage",
+        type=float,
+        default=0.9995,
+        help="share of characters that get their own piece (rest: bytes)",
+    )
     tr.add_argument("--force", action="store_true", help="replace an existing tokenizer folder")
     tr.set_defaults(func=_tokenizer_train)
 
-    p = subparsers.add_parser("prepare", help="tokenize a source into train/val token shards",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = subparsers.add_parser(
+        "prepare",
+        help="tokenize a source into train/val token shards",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--input", default="stdlib", help=SOURCE_HELP)
     p.add_argument("--tokenizer", required=True, help="tokenizer folder (ours or Hugging Face)")
-    p.add_argument("--out", required=True,
-                   help="data folder to create (locked while prepare writes it)")
-    p.add_argument("--val-fraction", type=float, default=0.005,
-                   help="share of documents for the val split (> 0: training evaluates on it)")
+    p.add_argument(
+        "--out", required=True, help="data folder to create (locked while prepare writes it)"
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.005,
+        help="share of documents for the val split (> 0: training evaluates on it)",
+    )
     p.add_argument("--text-field", default="text")
     p.add_argument("--split", default="train", help="Hub dataset split to read")
     p.add_argument("--num-proc", type=int, default=None, help="worker processes (all cores)")

@@ -26,33 +26,51 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "export", help="write a Hugging Face GPT2LMHeadModel folder from a model/run",
+        "export",
+        help="write a Hugging Face GPT2LMHeadModel folder from a model/run",
         description="Export a cgpt model, run folder or checkpoint as a Hugging Face folder "
-                    "(config.json, model.safetensors, tokenizer) that "
-                    "AutoModelForCausalLM.from_pretrained loads; verified by comparing logits.")
-    p.add_argument("src", metavar="SRC",
-                   help="model .safetensors file, run folder or checkpoint folder "
-                        "(RUN/checkpoints/step-N)")
+        "(config.json, model.safetensors, tokenizer) that "
+        "AutoModelForCausalLM.from_pretrained loads; verified by comparing logits.",
+    )
+    p.add_argument(
+        "src",
+        metavar="SRC",
+        help="model .safetensors file, run folder or checkpoint folder (RUN/checkpoints/step-N)",
+    )
     p.add_argument("out", metavar="OUT", help="output folder (must not exist unless --force)")
     p.add_argument("--tokenizer", metavar="DIR", help="HF tokenizer folder to include")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="cast weights (default: as stored)")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
-    p.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
-                   help="split the weights into shards of at most SIZE (e.g. 2GB, 500MB) with "
-                        "model.safetensors.index.json, as save_pretrained does (default 5GB)")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip loading the export with transformers and comparing logits")
+    p.add_argument(
+        "--max-shard-size",
+        default="5GB",
+        metavar="SIZE",
+        help="split the weights into shards of at most SIZE (e.g. 2GB, 500MB) with "
+        "model.safetensors.index.json, as save_pretrained does (default 5GB)",
+    )
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip loading the export with transformers and comparing logits",
+    )
     p.set_defaults(func=run_export)
 
     q = subparsers.add_parser(
-        "import-hf", help="read a Hugging Face GPT-2 folder into a cgpt model file",
+        "import-hf",
+        help="read a Hugging Face GPT-2 folder into a cgpt model file",
         description="Convert a Hugging Face GPT-2 folder (e.g. a downloaded Cerebras-GPT "
-                    "checkpoint) into a cgpt model .safetensors file.")
+        "checkpoint) into a cgpt model .safetensors file.",
+    )
     q.add_argument("src", metavar="HF_DIR", help="folder with config.json + model.safetensors")
     q.add_argument("out", metavar="OUT", help="output model file, ending in .safetensors")
     q.add_argument("--force", action="store_true", help="replace an existing OUT")
-    q.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip comparing logits with transformers' load of HF_DIR")
+    q.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip comparing logits with transformers' load of HF_DIR",
+    )
     q.set_defaults(func=run_import)
 
 
@@ -71,15 +89,26 @@ def run_export(args) -> int:
     if args.dtype:
         model.to(DTYPES[args.dtype])
     if tokenizer is None:
-        print(f"cgpt export: note: no tokenizer found for {src}; exporting the model only "
-              "(pass --tokenizer DIR)", file=sys.stderr)
-    export_hf(model, out, tokenizer_dir=tokenizer, verify=args.verify, force=args.force,
-              max_shard_size=args.max_shard_size)
+        print(
+            f"cgpt export: note: no tokenizer found for {src}; exporting the model only "
+            "(pass --tokenizer DIR)",
+            file=sys.stderr,
+        )
+    export_hf(
+        model,
+        out,
+        tokenizer_dir=tokenizer,
+        verify=args.verify,
+        force=args.force,
+        max_shard_size=args.max_shard_size,
+    )
     size = sum(f.stat().st_size for f in out.iterdir())
-    print(f"exported {loaded.what} -> {out} ({model.num_params():,} params, "
-          f"{next(model.parameters()).dtype}, {size / 1e6:.1f} MB, "
-          f"{'verified against transformers' if args.verify else 'not verified'}, "
-          f"{time.perf_counter() - t0:.1f}s)")
+    print(
+        f"exported {loaded.what} -> {out} ({model.num_params():,} params, "
+        f"{next(model.parameters()).dtype}, {size / 1e6:.1f} MB, "
+        f"{'verified against transformers' if args.verify else 'not verified'}, "
+        f"{time.perf_counter() - t0:.1f}s)"
+    )
     return 0
 
 
@@ -94,8 +123,10 @@ def run_import(args) -> int:
     t0 = time.perf_counter()
     model = import_hf(args.src, verify=args.verify)
     save_model(model, out, force=args.force)
-    print(f"imported {args.src} -> {out} ({model.num_params():,} params, "
-          f"{next(model.parameters()).dtype}, "
-          f"{'verified against transformers' if args.verify else 'not verified'}, "
-          f"{time.perf_counter() - t0:.1f}s)")
+    print(
+        f"imported {args.src} -> {out} ({model.num_params():,} params, "
+        f"{next(model.parameters()).dtype}, "
+        f"{'verified against transformers' if args.verify else 'not verified'}, "
+        f"{time.perf_counter() - t0:.1f}s)"
+    )
     return 0

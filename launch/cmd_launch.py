@@ -7,48 +7,88 @@ import signal
 import subprocess
 import sys
 
-from cgpt.model.errors import CgptError
-
 from cgpt.launch import launchers as L
 from cgpt.launch.hostfile import read_hostfile
+from cgpt.model.errors import CgptError
 
 
 def register(sub) -> None:
-    p = sub.add_parser("launch", help="run training on one node, many nodes or SLURM",
-                       description="Build the launcher command (deepspeed or torchrun) that runs "
-                       "`python -m cgpt.train RUN.yaml` on the given topology, check the batch "
-                       "split, print the command and run it (unless --dry-run).")
+    p = sub.add_parser(
+        "launch",
+        help="run training on one node, many nodes or SLURM",
+        description="Build the launcher command (deepspeed or torchrun) that runs "
+        "`python -m cgpt.train RUN.yaml` on the given topology, check the batch "
+        "split, print the command and run it (unless --dry-run).",
+    )
     p.add_argument("config", metavar="RUN.yaml")
     p.add_argument("--nodes", type=int, help="number of nodes (default: hostfile hosts, else 1)")
-    p.add_argument("--gpus-per-node", type=int, help="processes per node (default: the GPUs "
-                   "here, the hostfile's slots, or 1 CPU process on a machine without GPUs)")
+    p.add_argument(
+        "--gpus-per-node",
+        type=int,
+        help="processes per node (default: the GPUs "
+        "here, the hostfile's slots, or 1 CPU process on a machine without GPUs)",
+    )
     p.add_argument("--hostfile", help="DeepSpeed/MPI hostfile: one 'HOST slots=N' line per node")
-    p.add_argument("--node-rank", type=int, default=0,
-                   help="this node's rank for per-node starts (torchrun, deepspeed --no-ssh)")
-    p.add_argument("--master-addr", help="address of node 0 (default: first hostfile host, "
-                   "127.0.0.1 on one node)")
-    p.add_argument("--master-port", type=int, help="rendezvous port (default: a free port on "
-                   f"one node, {L.DEFAULT_MASTER_PORT} on many)")
-    p.add_argument("--launcher", choices=L.LAUNCHERS, default=None,
-                   help="default: deepspeed; torchrun under --slurm (its SIGTERM grace period "
-                   "is configurable, deepspeed's launcher kills after a fixed 30 s)")
-    p.add_argument("--no-ssh", action="store_true", help="deepspeed: start only this node "
-                   "(run the same command on every node with its --node-rank)")
-    p.add_argument("--ds-backend", default="pdsh", choices=sorted(L.DS_BACKENDS),
-                   help="how deepspeed starts the other nodes of a hostfile (default pdsh)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override passed to the trainer (repeatable)")
+    p.add_argument(
+        "--node-rank",
+        type=int,
+        default=0,
+        help="this node's rank for per-node starts (torchrun, deepspeed --no-ssh)",
+    )
+    p.add_argument(
+        "--master-addr",
+        help="address of node 0 (default: first hostfile host, 127.0.0.1 on one node)",
+    )
+    p.add_argument(
+        "--master-port",
+        type=int,
+        help=f"rendezvous port (default: a free port on one node, {L.DEFAULT_MASTER_PORT} on many)",
+    )
+    p.add_argument(
+        "--launcher",
+        choices=L.LAUNCHERS,
+        default=None,
+        help="default: deepspeed; torchrun under --slurm (its SIGTERM grace period "
+        "is configurable, deepspeed's launcher kills after a fixed 30 s)",
+    )
+    p.add_argument(
+        "--no-ssh",
+        action="store_true",
+        help="deepspeed: start only this node "
+        "(run the same command on every node with its --node-rank)",
+    )
+    p.add_argument(
+        "--ds-backend",
+        default="pdsh",
+        choices=sorted(L.DS_BACKENDS),
+        help="how deepspeed starts the other nodes of a hostfile (default pdsh)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override passed to the trainer (repeatable)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--dry-run", action="store_true", help="print the command, start nothing")
     s = p.add_argument_group("SLURM")
-    s.add_argument("--slurm", action="store_true",
-                   help="write RUN_DIR/slurm.sbatch (one launcher per node, requeue on timeout)")
+    s.add_argument(
+        "--slurm",
+        action="store_true",
+        help="write RUN_DIR/slurm.sbatch (one launcher per node, requeue on timeout)",
+    )
     s.add_argument("--partition")
     s.add_argument("--account")
     s.add_argument("--time", default="24:00:00", help="time limit (default 24:00:00)")
     s.add_argument("--cpus-per-task", type=int, help="CPUs per node (default 8 per GPU)")
-    s.add_argument("--signal-lead", type=int, default=300, metavar="SECONDS",
-                   help="checkpoint and requeue this long before the time limit (default 300)")
+    s.add_argument(
+        "--signal-lead",
+        type=int,
+        default=300,
+        metavar="SECONDS",
+        help="checkpoint and requeue this long before the time limit (default 300)",
+    )
     s.add_argument("--job-name", default=None, help="SLURM job name (default cgpt-PLAN)")
     s.add_argument("--submit", action="store_true", help="sbatch the script")
     p.set_defaults(func=cmd_launch)
@@ -58,18 +98,29 @@ def register(sub) -> None:
 
     p.error = one_line_error
 
-    d = sub.add_parser("demo", help="the whole pipeline on the offline corpus, on CPU",
-                       description="Corpus -> tokenizer -> token shards -> compute-optimal plan "
-                       "-> DeepSpeed training -> evaluation -> Hugging Face export -> a sample "
-                       "generated with transformers. Re-running reuses the tokenizer and data.")
+    d = sub.add_parser(
+        "demo",
+        help="the whole pipeline on the offline corpus, on CPU",
+        description="Corpus -> tokenizer -> token shards -> compute-optimal plan "
+        "-> DeepSpeed training -> evaluation -> Hugging Face export -> a sample "
+        "generated with transformers. Re-running reuses the tokenizer and data.",
+    )
     d.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
     d.add_argument("--config", default=None, help="demo run config (default configs/demo-cpu.yaml)")
-    d.add_argument("--max-steps", type=int, default=None,
-                   help="stop training after this many steps (smoke runs)")
-    d.add_argument("--corpus-docs", type=int, default=None,
-                   help="use only the first N documents of the corpus")
-    d.add_argument("--fresh", action="store_true", help="start a new run folder instead of "
-                   "resuming an unfinished demo run")
+    d.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stop training after this many steps (smoke runs)",
+    )
+    d.add_argument(
+        "--corpus-docs", type=int, default=None, help="use only the first N documents of the corpus"
+    )
+    d.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start a new run folder instead of resuming an unfinished demo run",
+    )
     d.add_argument("--prompt", default="def ", help="prompt for the generated sample")
     d.set_defaults(func=cmd_demo)
 
@@ -77,16 +128,24 @@ def register(sub) -> None:
 def cmd_demo(args) -> int:
     from cgpt.launch.demo import run_demo
 
-    run_demo(out=args.out, config=args.config, max_steps=args.max_steps,
-             corpus_docs=args.corpus_docs, fresh=args.fresh, prompt=args.prompt)
+    run_demo(
+        out=args.out,
+        config=args.config,
+        max_steps=args.max_steps,
+        corpus_docs=args.corpus_docs,
+        fresh=args.fresh,
+        prompt=args.prompt,
+    )
     return 0
 
 
 def _topology(args, slurm: bool) -> L.Topology:
     if slurm:
         if args.hostfile or args.node_rank or args.master_addr:
-            raise CgptError("--slurm takes the nodes from the allocation: drop --hostfile, "
-                            "--node-rank and --master-addr")
+            raise CgptError(
+                "--slurm takes the nodes from the allocation: drop --hostfile, "
+                "--node-rank and --master-addr"
+            )
         if args.gpus_per_node is None:
             raise CgptError("--slurm needs --gpus-per-node (GPUs to use on each node)")
         nodes = 1 if args.nodes is None else L.check_count("--nodes", args.nodes, 1)
@@ -98,12 +157,26 @@ def _topology(args, slurm: bool) -> L.Topology:
     hosts = read_hostfile(args.hostfile) if args.hostfile else None
     import torch
 
-    topo = L.make_topology(args.nodes, args.gpus_per_node, hosts, args.hostfile,
-                           args.node_rank, args.master_addr, args.master_port,
-                           default_gpus=torch.cuda.device_count() or 1)
+    topo = L.make_topology(
+        args.nodes,
+        args.gpus_per_node,
+        hosts,
+        args.hostfile,
+        args.node_rank,
+        args.master_addr,
+        args.master_port,
+        default_gpus=torch.cuda.device_count() or 1,
+    )
     if args.master_port is None and topo.nodes == 1:
-        topo = L.Topology(topo.nodes, topo.gpus_per_node, 0, topo.master_addr, L.free_port(),
-                          topo.hostfile, topo.hosts)
+        topo = L.Topology(
+            topo.nodes,
+            topo.gpus_per_node,
+            0,
+            topo.master_addr,
+            L.free_port(),
+            topo.hostfile,
+            topo.hosts,
+        )
     return topo
 
 
@@ -134,13 +207,17 @@ def cmd_launch(args) -> int:
             if not args.dry_run or "not found" not in str(e):
                 raise
             warning = f"cgpt launch: warning: {e}"  # still show what would run
-            cmd = L.build_command(launcher, topo, targs, args.no_ssh, args.ds_backend,
-                                  resolve_binary=False)
+            cmd = L.build_command(
+                launcher, topo, targs, args.no_ssh, args.ds_backend, resolve_binary=False
+            )
     if note:
         print(f"cgpt launch: {note}", file=sys.stderr)
-    print(f"cgpt launch: {topo.nodes} node(s) x {topo.gpus_per_node} process(es) = "
-          f"{topo.world_size} rank(s); global batch {cfg.plan.global_batch_seqs} sequences, "
-          f"micro-batch {micro}", file=sys.stderr)
+    print(
+        f"cgpt launch: {topo.nodes} node(s) x {topo.gpus_per_node} process(es) = "
+        f"{topo.world_size} rank(s); global batch {cfg.plan.global_batch_seqs} sequences, "
+        f"micro-batch {micro}",
+        file=sys.stderr,
+    )
     if args.slurm:
         return _slurm(args, cfg, script)
     if warning:
@@ -159,15 +236,28 @@ def _sbatch_text(args, cfg, topo: L.Topology, overrides: list[str]) -> str:
 
     job_name = args.job_name
     if job_name is None:  # the plan's name becomes the job name: same rules, its own message
-        check_name("plan.name", cfg.plan.name, hint="; rename the plan or pass --job-name "
-                   "(the job name defaults to cgpt-PLAN)")
+        check_name(
+            "plan.name",
+            cfg.plan.name,
+            hint="; rename the plan or pass --job-name (the job name defaults to cgpt-PLAN)",
+        )
         job_name = f"cgpt-{cfg.plan.name}"
-    opts = SlurmOptions(time=args.time, partition=args.partition, account=args.account,
-                        cpus_per_task=args.cpus_per_task, signal_lead_s=args.signal_lead,
-                        job_name=job_name)
+    opts = SlurmOptions(
+        time=args.time,
+        partition=args.partition,
+        account=args.account,
+        cpus_per_task=args.cpus_per_task,
+        signal_lead_s=args.signal_lead,
+        job_name=job_name,
+    )
     # --resume always: a requeued job continues; a first start finds no checkpoint
-    return render_sbatch(topo, L.train_args(args.config, overrides, resume=True),
-                         cfg.runtime.out_dir, opts, launcher=args.launcher or "torchrun")
+    return render_sbatch(
+        topo,
+        L.train_args(args.config, overrides, resume=True),
+        cfg.runtime.out_dir,
+        opts,
+        launcher=args.launcher or "torchrun",
+    )
 
 
 def _slurm(args, cfg, text: str) -> int:
@@ -177,9 +267,12 @@ def _slurm(args, cfg, text: str) -> int:
         print(text)
         return 0
     if not output_in_header(cfg.runtime.out_dir):
-        print("cgpt launch: note: the run folder's path has characters an #SBATCH line cannot "
-              "carry; the script itself sends the job's output to RUN_DIR/slurm-JOBID.out "
-              "(SLURM's own messages stay in slurm-JOBID.out where you submit)", file=sys.stderr)
+        print(
+            "cgpt launch: note: the run folder's path has characters an #SBATCH line cannot "
+            "carry; the script itself sends the job's output to RUN_DIR/slurm-JOBID.out "
+            "(SLURM's own messages stay in slurm-JOBID.out where you submit)",
+            file=sys.stderr,
+        )
     path = write_sbatch(text, cfg.runtime.out_dir)
     print(f"cgpt launch: wrote {path}")
     if args.submit:

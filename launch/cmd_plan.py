@@ -1,12 +1,12 @@
 """`cgpt plan`: a size, a shape or a budget -> the full training recipe (table, JSON, run YAML).
 
-    cgpt plan 111M                                  the published recipe
-    cgpt plan --params 400M                         the family's rules at any size
-    cgpt plan --layers 20 --width 1280
-    cgpt plan --flops 1e21                          compute-optimal for a FLOP budget
-    cgpt plan --gpu-hours 2000 --gpu h100 --mfu 0.4
-    cgpt plan 1.3B --gpus 48 --gpu h100 --zero-stage 1 --json     (48 ranks split its 528)
-    cgpt plan 111M --gpus 8 --gpu h100 --write run.yaml --data data/pile
+cgpt plan 111M                                  the published recipe
+cgpt plan --params 400M                         the family's rules at any size
+cgpt plan --layers 20 --width 1280
+cgpt plan --flops 1e21                          compute-optimal for a FLOP budget
+cgpt plan --gpu-hours 2000 --gpu h100 --mfu 0.4
+cgpt plan 1.3B --gpus 48 --gpu h100 --zero-stage 1 --json     (48 ranks split its 528)
+cgpt plan 111M --gpus 8 --gpu h100 --write run.yaml --data data/pile
 """
 
 from __future__ import annotations
@@ -35,8 +35,12 @@ def parse_count(text: str, what: str) -> float:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("plan", help="plan a compute-optimal run (size, shape or budget)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "plan",
+        help="plan a compute-optimal run (size, shape or budget)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     what = p.add_argument_group("what to plan (exactly one)")
     what.add_argument("size", nargs="?", help="a published size: 111M 256M 590M 1.3B 2.7B 6.7B 13B")
     what.add_argument("--params", help="parameter count, e.g. 400M")
@@ -48,8 +52,11 @@ def register(sub) -> None:
     rules = p.add_argument_group("rules")
     rules.add_argument("--tokens-per-param", type=float, help="default 20 (or the --fit value)")
     rules.add_argument("--fit", metavar="FIT.json", help="a sweep's fit: tokens/param, loss law")
-    rules.add_argument("--rules", action="store_true",
-                       help="for a published size: the rule-based plan, not the published one")
+    rules.add_argument(
+        "--rules",
+        action="store_true",
+        help="for a published size: the rule-based plan, not the published one",
+    )
     rules.add_argument("--seq-len", type=int, default=SEQ_LEN)
     rules.add_argument("--vocab-size", type=int, default=GPT2_VOCAB)
     rules.add_argument("--batch-seqs", type=int, help="override the global batch (sequences)")
@@ -61,11 +68,19 @@ def register(sub) -> None:
     cl.add_argument("--nodes", type=int)
     cl.add_argument("--gpus-per-node", type=int)
     cl.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation")
-    cl.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3],
-                    help="default: the lowest of 1, 2, 3 that fits")
+    cl.add_argument(
+        "--zero-stage",
+        type=int,
+        choices=[0, 1, 2, 3],
+        help="default: the lowest of 1, 2, 3 that fits",
+    )
     cl.add_argument("--micro-batch", type=int, help="default: the largest that fits")
-    cl.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction,
-                    default=None, help="default: only when needed to fit")
+    cl.add_argument(
+        "--activation-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default: only when needed to fit",
+    )
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print one JSON object")
     out.add_argument("--write", metavar="RUN.yaml", help="write a run config for `cgpt train`")
@@ -79,17 +94,37 @@ def build_plan(args):
     """Parse the flags into a PlanRequest and plan it (cgpt.train.plan.request)."""
     from cgpt.train.plan.request import PlanRequest, plan
 
-    counts = {name: parse_count(getattr(args, name), flag) if getattr(args, name) else None
-              for name, flag in (("params", "--params"), ("flops", "--flops"),
-                                 ("gpu_hours", "--gpu-hours"))}
+    counts = {
+        name: parse_count(getattr(args, name), flag) if getattr(args, name) else None
+        for name, flag in (
+            ("params", "--params"),
+            ("flops", "--flops"),
+            ("gpu_hours", "--gpu-hours"),
+        )
+    }
     req = PlanRequest(
-        size=args.size, layers=args.layers, width=args.width, heads=args.heads,
-        tokens_per_param=args.tokens_per_param, fit=args.fit, rules=args.rules,
-        seq_len=args.seq_len, vocab_size=args.vocab_size, batch_seqs=args.batch_seqs,
-        lr=args.lr, mup=args.mup, gpu=args.gpu, gpus=args.gpus, nodes=args.nodes,
-        gpus_per_node=args.gpus_per_node, mfu=args.mfu, zero_stage=args.zero_stage,
-        micro_batch=args.micro_batch, activation_checkpointing=args.activation_checkpointing,
-        **counts)
+        size=args.size,
+        layers=args.layers,
+        width=args.width,
+        heads=args.heads,
+        tokens_per_param=args.tokens_per_param,
+        fit=args.fit,
+        rules=args.rules,
+        seq_len=args.seq_len,
+        vocab_size=args.vocab_size,
+        batch_seqs=args.batch_seqs,
+        lr=args.lr,
+        mup=args.mup,
+        gpu=args.gpu,
+        gpus=args.gpus,
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        mfu=args.mfu,
+        zero_stage=args.zero_stage,
+        micro_batch=args.micro_batch,
+        activation_checkpointing=args.activation_checkpointing,
+        **counts,
+    )
     return plan(req), req.device
 
 
@@ -132,8 +167,11 @@ def format_plan(plan, device=None, mfu: float = 0.4) -> str:
     rows = [
         ("plan", f"{plan.name} ({plan.source})"),
         ("params", f"{plan.params:,}"),
-        ("shape", f"{m.n_layer} layers × d_model {m.n_embd}, {m.n_head} heads of {m.head_dim}, "
-                  f"d_ffn {m.n_inner}, vocab {m.vocab_size:,}"),
+        (
+            "shape",
+            f"{m.n_layer} layers × d_model {m.n_embd}, {m.n_head} heads of {m.head_dim}, "
+            f"d_ffn {m.n_inner}, vocab {m.vocab_size:,}",
+        ),
         ("init out-proj std", f"{m.out_init_std:.6f}"),
         ("seq_len", f"{plan.seq_len:,}"),
         ("tokens", f"{plan.tokens:,} ({plan.tokens / plan.params:.2f} tokens/param)"),
@@ -141,41 +179,70 @@ def format_plan(plan, device=None, mfu: float = 0.4) -> str:
     ]
     for i, ph in enumerate(plan.phases()):
         tag = f"phase {i + 1}: " if plan.batch_schedule else ""
-        rows.append((f"global batch{' ' + str(i + 1) if plan.batch_schedule else ''}",
-                     f"{tag}{ph.global_batch_seqs:,} seqs = {ph.global_batch_seqs * plan.seq_len:,}"
-                     f" tokens × {ph.steps:,} steps"
-                     + (f" (schedule counter from {ph.schedule_start_step:,})"
-                        if plan.batch_schedule else "")))
-        rows.append((f"LR schedule{' ' + str(i + 1) if plan.batch_schedule else ''}",
-                     f"warmup {ph.warmup_steps:,} steps, {ph.decay} decay over "
-                     f"{ph.decay_steps:,} steps"))
+        rows.append(
+            (
+                f"global batch{' ' + str(i + 1) if plan.batch_schedule else ''}",
+                f"{tag}{ph.global_batch_seqs:,} seqs = {ph.global_batch_seqs * plan.seq_len:,}"
+                f" tokens × {ph.steps:,} steps"
+                + (
+                    f" (schedule counter from {ph.schedule_start_step:,})"
+                    if plan.batch_schedule
+                    else ""
+                ),
+            )
+        )
+        rows.append(
+            (
+                f"LR schedule{' ' + str(i + 1) if plan.batch_schedule else ''}",
+                f"warmup {ph.warmup_steps:,} steps, {ph.decay} decay over {ph.decay_steps:,} steps",
+            )
+        )
     rows += [
         ("peak / final LR", f"{plan.lr:.3g} / {plan.min_lr:.3g}"),
-        ("AdamW", f"betas {tuple(plan.adam_betas)}, eps {plan.adam_eps:g}, "
-                  f"weight decay {plan.weight_decay:g}, grad clip {plan.grad_clip:g}"),
-        ("train FLOPs", f"{plan.train_flops:.3e} algorithmic (paper), "
-                        f"{plan.train_flops_mfu:.3e} 6N+12LTd (MFU)"),
-        ("predicted loss", f"{plan.predicted_loss:.3f} (L = (C/{plan.law.a:.4g})^-{plan.law.b:g} + "
-                           f"{plan.law.c:g}, {plan.law.source})"),
+        (
+            "AdamW",
+            f"betas {tuple(plan.adam_betas)}, eps {plan.adam_eps:g}, "
+            f"weight decay {plan.weight_decay:g}, grad clip {plan.grad_clip:g}",
+        ),
+        (
+            "train FLOPs",
+            f"{plan.train_flops:.3e} algorithmic (paper), "
+            f"{plan.train_flops_mfu:.3e} 6N+12LTd (MFU)",
+        ),
+        (
+            "predicted loss",
+            f"{plan.predicted_loss:.3f} (L = (C/{plan.law.a:.4g})^-{plan.law.b:g} + "
+            f"{plan.law.c:g}, {plan.law.source})",
+        ),
     ]
     c = plan.cluster
     if c:
         mem = c.memory
         rows += [
             ("cluster", f"{c.gpus} × {c.device.name}, ZeRO stage {c.zero_stage}, MFU {c.mfu:g}"),
-            ("batch split", f"micro-batch {c.micro_batch} × grad accum "
-                            f"{' / '.join(map(str, c.grad_accum))} × {c.gpus} ranks"),
+            (
+                "batch split",
+                f"micro-batch {c.micro_batch} × grad accum "
+                f"{' / '.join(map(str, c.grad_accum))} × {c.gpus} ranks",
+            ),
             ("activation ckpt", "on" if c.activation_checkpointing else "off"),
-            ("memory per GPU", f"{fmt_bytes(mem.total)} of {fmt_bytes(c.device.memory_bytes)}: "
-                               f"weights {fmt_bytes(mem.weights)}, grads {fmt_bytes(mem.grads)}, "
-                               f"optimizer {fmt_bytes(mem.optimizer)}, activations "
-                               f"{fmt_bytes(mem.activations)}, logits {fmt_bytes(mem.logits)}, "
-                               f"overhead {fmt_bytes(mem.overhead)}"),
+            (
+                "memory per GPU",
+                f"{fmt_bytes(mem.total)} of {fmt_bytes(c.device.memory_bytes)}: "
+                f"weights {fmt_bytes(mem.weights)}, grads {fmt_bytes(mem.grads)}, "
+                f"optimizer {fmt_bytes(mem.optimizer)}, activations "
+                f"{fmt_bytes(mem.activations)}, logits {fmt_bytes(mem.logits)}, "
+                f"overhead {fmt_bytes(mem.overhead)}",
+            ),
             ("time", f"{c.hours:,.1f} h wall clock, {c.gpu_hours:,.0f} GPU-hours"),
         ]
     elif device:
-        rows.append(("time", f"{time_on(plan, 1, device, mfu)[1]:,.0f} {device.name} GPU-hours "
-                             f"at MFU {mfu:g}"))
+        rows.append(
+            (
+                "time",
+                f"{time_on(plan, 1, device, mfu)[1]:,.0f} {device.name} GPU-hours at MFU {mfu:g}",
+            )
+        )
     rows += [("note", n) for n in plan.notes]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

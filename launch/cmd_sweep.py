@@ -25,23 +25,43 @@ ready configs: configs/sweep-cpu.yaml, configs/sweep-isoflop-cpu.yaml
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sweep", help="run a scaling sweep, or fit one (`cgpt sweep fit DIR`)",
-                       description="Scaling experiments: many small compute-optimal runs and "
-                                   "the scaling laws fitted to them.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("target", metavar="SWEEP.yaml | fit",
-                   help="a sweep file to run, or the word `fit`")
-    p.add_argument("sweep_dir", nargs="?", metavar="SWEEP_DIR",
-                   help="with `fit`: the sweep folder (the sweep file's out_dir)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print what would be done (tokenizer training and data preparation "
-                        "when the data is missing, then the planned points: params, tokens, "
-                        "steps, FLOPs) and stop, writing nothing")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="rerun points recorded as failed (default: keep their failure)")
+    p = sub.add_parser(
+        "sweep",
+        help="run a scaling sweep, or fit one (`cgpt sweep fit DIR`)",
+        description="Scaling experiments: many small compute-optimal runs and "
+        "the scaling laws fitted to them.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "target", metavar="SWEEP.yaml | fit", help="a sweep file to run, or the word `fit`"
+    )
+    p.add_argument(
+        "sweep_dir",
+        nargs="?",
+        metavar="SWEEP_DIR",
+        help="with `fit`: the sweep folder (the sweep file's out_dir)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be done (tokenizer training and data preparation "
+        "when the data is missing, then the planned points: params, tokens, "
+        "steps, FLOPs) and stop, writing nothing",
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="rerun points recorded as failed (default: keep their failure)",
+    )
     p.add_argument("--no-fit", action="store_true", help="do not fit at the end")
-    p.add_argument("--bootstrap", type=int, default=500, metavar="N",
-                   help="bootstrap resamples for the fit's intervals (default 500)")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=500,
+        metavar="N",
+        help="bootstrap resamples for the fit's intervals (default 500)",
+    )
     p.set_defaults(func=run)
 
 
@@ -61,15 +81,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.sweep_dir}/fit.json and the plots")
         return 0
     if args.sweep_dir:
-        raise CgptError(f"unexpected argument {args.sweep_dir!r}: run a sweep with "
-                        "`cgpt sweep SWEEP.yaml`, fit one with `cgpt sweep fit SWEEP_DIR`")
-    res = run_sweep(args.target, retry_failed=args.retry_failed, dry_run=args.dry_run,
-                    fit=not args.no_fit, log=_print)
+        raise CgptError(
+            f"unexpected argument {args.sweep_dir!r}: run a sweep with "
+            "`cgpt sweep SWEEP.yaml`, fit one with `cgpt sweep fit SWEEP_DIR`"
+        )
+    res = run_sweep(
+        args.target,
+        retry_failed=args.retry_failed,
+        dry_run=args.dry_run,
+        fit=not args.no_fit,
+        log=_print,
+    )
     if args.dry_run:
         return 0
     failed = [r for r in res["results"] if r["status"] != "ok"]
-    print(f"sweep finished: {len(res['results']) - len(failed)} points ok, {len(failed)} "
-          f"failed -> {res['out_dir']}/results.jsonl")
+    print(
+        f"sweep finished: {len(res['results']) - len(failed)} points ok, {len(failed)} "
+        f"failed -> {res['out_dir']}/results.jsonl"
+    )
     if res["fit_error"]:
         print(f"cgpt sweep: the fit needs more: {res['fit_error']}", file=sys.stderr)
         return 2

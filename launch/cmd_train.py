@@ -11,10 +11,13 @@ from __future__ import annotations
 def register(sub) -> None:
     from cgpt.train.loop.entry import add_train_args, run_train
 
-    p = sub.add_parser("train", help="train a model from a run config (DeepSpeed)",
-                       description="Train a model from a run config with DeepSpeed. On SIGTERM or "
-                                   "Ctrl-C it saves a checkpoint and exits 0; continue with "
-                                   "--resume.")
+    p = sub.add_parser(
+        "train",
+        help="train a model from a run config (DeepSpeed)",
+        description="Train a model from a run config with DeepSpeed. On SIGTERM or "
+        "Ctrl-C it saves a checkpoint and exits 0; continue with "
+        "--resume.",
+    )
     add_train_args(p)
     p.set_defaults(func=run_train)
     try:

@@ -49,12 +49,15 @@ class _Steps:
 
 # ---- configuration -------------------------------------------------------------------------
 
+
 def demo_config(config: str | Path | None = None) -> RunConfig:
     """The demo's run config (configs/demo-cpu.yaml unless `config`)."""
     path = Path(config) if config else DEFAULT_CONFIG
     if not path.is_file():
-        raise CgptError(f"demo config {str(path)!r} not found" + (
-            "" if config else "; run cgpt demo from a source checkout or pass --config"))
+        raise CgptError(
+            f"demo config {str(path)!r} not found"
+            + ("" if config else "; run cgpt demo from a source checkout or pass --config")
+        )
     return load_run_config(path)
 
 
@@ -64,9 +67,15 @@ def plan_demo(base: RunConfig, out: Path, max_steps: int | None):
     from cgpt.train.plan.planner import plan_for_shape
 
     m, p = base.model, base.plan
-    plan = plan_for_shape(m.n_layer, m.n_embd, m.n_head, seq_len=p.seq_len,
-                          vocab_size=m.vocab_size, tokens_per_param=TOKENS_PER_PARAM,
-                          name=p.name)
+    plan = plan_for_shape(
+        m.n_layer,
+        m.n_embd,
+        m.n_head,
+        seq_len=p.seq_len,
+        vocab_size=m.vocab_size,
+        tokens_per_param=TOKENS_PER_PARAM,
+        name=p.name,
+    )
     runtime = base.runtime.model_dump()
     runtime.update(max_steps=max_steps)
     cfg = plan.to_run_config(str(out / "data"), str(out / "tokenizer"), runtime)
@@ -87,6 +96,7 @@ def _write_stamp(out: Path, key: str, value: dict) -> None:
 
 
 # ---- the reusable steps --------------------------------------------------------------------
+
 
 def corpus_spec(corpus_docs: int | None) -> str:
     if corpus_docs is not None and corpus_docs <= 0:
@@ -141,6 +151,7 @@ def ensure_data(out: Path, spec: str, tok):
 
 # ---- run folders ---------------------------------------------------------------------------
 
+
 def _status(run_dir: Path) -> str | None:
     """None: no run there; 'unfinished'; or the summary's status."""
     if not (run_dir / "config.yaml").is_file():
@@ -165,8 +176,9 @@ def _same_run(run_dir: Path, cfg: RunConfig) -> bool:
 def choose_run_dir(out: Path, cfg: RunConfig, fresh: bool) -> tuple[Path, bool]:
     """(run folder, resume?): continue the newest run if it is unfinished (or stopped
     early) and has the same plan; otherwise the next free run, run-2, run-3, ..."""
-    dirs = [out / "run"] + sorted((d for d in out.glob("run-*") if d.name[4:].isdigit()),
-                                  key=lambda d: int(d.name[4:]))
+    dirs = [out / "run"] + sorted(
+        (d for d in out.glob("run-*") if d.name[4:].isdigit()), key=lambda d: int(d.name[4:])
+    )
     existing = [d for d in dirs if _status(d) is not None]
     if existing and not fresh:
         last = existing[-1]
@@ -181,6 +193,7 @@ def choose_run_dir(out: Path, cfg: RunConfig, fresh: bool) -> tuple[Path, bool]:
 
 # ---- evaluation and the sample ---------------------------------------------------------------
 
+
 def evaluate_hf(hf_dir: Path, cfg: RunConfig) -> float:
     """Mean val loss of the exported model, run by transformers, on the trainer's val batches."""
     import torch
@@ -194,8 +207,9 @@ def evaluate_hf(hf_dir: Path, cfg: RunConfig) -> float:
     with torch.no_grad():
         for x, y in val.val_batches(cfg.runtime.eval_batches, cfg.runtime.micro_batch):
             logits = model(input_ids=x).logits
-            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(),
-                                                     ignore_index=-1)
+            loss = torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1
+            )
             total, n = total + loss.item() * x.size(0), n + x.size(0)
     return total / max(n, 1)
 
@@ -210,16 +224,29 @@ def sample_hf(hf_dir: Path, prompt: str, max_new_tokens: int = 80, seed: int = 0
     ids = tok(prompt, return_tensors="pt").input_ids
     torch.manual_seed(seed)
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=40,
-                             temperature=0.8, max_new_tokens=max_new_tokens,
-                             pad_token_id=tok.eos_token_id)
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            top_k=40,
+            temperature=0.8,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tok.eos_token_id,
+        )
     return tok.decode(out[0], skip_special_tokens=True)
 
 
 # ---- the pipeline --------------------------------------------------------------------------
 
-def run_demo(out: str = "runs/demo", config: str | None = None, max_steps: int | None = None,
-             corpus_docs: int | None = None, fresh: bool = False, prompt: str = "def ") -> dict:
+
+def run_demo(
+    out: str = "runs/demo",
+    config: str | None = None,
+    max_steps: int | None = None,
+    corpus_docs: int | None = None,
+    fresh: bool = False,
+    prompt: str = "def ",
+) -> dict:
     """Run every step; returns the paths and numbers it printed (tests read them)."""
     steps, out_dir = _Steps(), Path(out).resolve()
     base = demo_config(config)
@@ -237,8 +264,10 @@ def run_demo(out: str = "runs/demo", config: str | None = None, max_steps: int |
     steps.start("token shards")
     meta, reused = ensure_data(out_dir, spec, tok)
     train_tokens = meta["splits"]["train"]["tokens"]
-    steps.done(f"{'reused' if reused else 'wrote'} {out_dir / 'data'}: {train_tokens:,} train / "
-               f"{meta['splits']['val']['tokens']:,} val tokens")
+    steps.done(
+        f"{'reused' if reused else 'wrote'} {out_dir / 'data'}: {train_tokens:,} train / "
+        f"{meta['splits']['val']['tokens']:,} val tokens"
+    )
 
     steps.start("plan: a compute-optimal tiny Cerebras-GPT")
     run_dir, resume = choose_run_dir(out_dir, cfg, fresh)
@@ -254,53 +283,80 @@ def run_demo(out: str = "runs/demo", config: str | None = None, max_steps: int |
     summary = train(cfg, resume=resume)
     if summary["status"] == "preempted":
         raise CgptError(f"training was interrupted; continue with: cgpt demo --out {out}")
-    steps.done(f"{summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens, "
-               f"train loss {summary['loss']:.3f}, val loss {summary['val_loss']:.3f}")
+    steps.done(
+        f"{summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens, "
+        f"train loss {summary['loss']:.3f}, val loss {summary['val_loss']:.3f}"
+    )
 
     hf_dir = run_dir / "hf"
     steps.start("evaluate the Hugging Face export with transformers")
     hf_loss = evaluate_hf(hf_dir, cfg)
     uniform = math.log(cfg.model.vocab_size)
-    steps.done(f"val loss {hf_loss:.4f} (trainer: {summary['val_loss']:.4f}), perplexity "
-               f"{math.exp(hf_loss):.1f}; a uniform guess scores {uniform:.2f}")
+    steps.done(
+        f"val loss {hf_loss:.4f} (trainer: {summary['val_loss']:.4f}), perplexity "
+        f"{math.exp(hf_loss):.1f}; a uniform guess scores {uniform:.2f}"
+    )
 
     steps.start(f"generate with transformers from {prompt!r}")
     text = sample_hf(hf_dir, prompt)
     steps.done("sample:\n" + "\n".join("        | " + line for line in text.splitlines()))
     result = _final_paths(run_dir, run_yaml)
-    result.update(summary=summary, hf_val_loss=hf_loss, sample=text, plan=plan.to_json(),
-                  resumed=resume, wall_s=time.time() - steps.t0)
+    result.update(
+        summary=summary,
+        hf_val_loss=hf_loss,
+        sample=text,
+        plan=plan.to_json(),
+        resumed=resume,
+        wall_s=time.time() - steps.t0,
+    )
     _print_paths(result)
     return result
 
 
 def _print_plan(plan, cfg: RunConfig, train_tokens: int) -> None:
     p = cfg.plan
-    print(f"      model {plan.model.n_layer} layers x {plan.model.n_embd} wide, "
-          f"{plan.model.n_head} head(s), vocab {plan.model.vocab_size}: {plan.params:,} params")
-    print(f"      {p.tokens:,} tokens ({p.tokens / plan.params:.1f} per param) = {p.steps} steps "
-          f"x {p.global_batch_seqs} seqs x {p.seq_len}; peak LR {p.lr:g}, warmup "
-          f"{p.warmup_steps}, {p.decay} decay to {p.min_lr:g}")
+    print(
+        f"      model {plan.model.n_layer} layers x {plan.model.n_embd} wide, "
+        f"{plan.model.n_head} head(s), vocab {plan.model.vocab_size}: {plan.params:,} params"
+    )
+    print(
+        f"      {p.tokens:,} tokens ({p.tokens / plan.params:.1f} per param) = {p.steps} steps "
+        f"x {p.global_batch_seqs} seqs x {p.seq_len}; peak LR {p.lr:g}, warmup "
+        f"{p.warmup_steps}, {p.decay} decay to {p.min_lr:g}"
+    )
     if p.tokens > train_tokens:
-        print(f"      the corpus has {train_tokens:,} train tokens: "
-              f"{p.tokens / train_tokens:.2f} epochs")
+        print(
+            f"      the corpus has {train_tokens:,} train tokens: "
+            f"{p.tokens / train_tokens:.2f} epochs"
+        )
     if cfg.runtime.max_steps and cfg.runtime.max_steps < p.steps:
         print(f"      --max-steps {cfg.runtime.max_steps}: stopping early")
 
 
 def _final_paths(run_dir: Path, run_yaml: Path) -> dict:
     wandb_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
-    return {"run_dir": run_dir, "run_yaml": run_yaml, "loss_png": run_dir / "loss.png",
-            "metrics": run_dir / "metrics.jsonl", "hf_dir": run_dir / "hf",
-            "wandb_run": wandb_runs[-1] if wandb_runs else None}
+    return {
+        "run_dir": run_dir,
+        "run_yaml": run_yaml,
+        "loss_png": run_dir / "loss.png",
+        "metrics": run_dir / "metrics.jsonl",
+        "hf_dir": run_dir / "hf",
+        "wandb_run": wandb_runs[-1] if wandb_runs else None,
+    }
 
 
 def _print_paths(r: dict) -> None:
-    wandb = (f"{r['wandb_run']}  (upload: wandb sync {r['wandb_run']})"
-             if r["wandb_run"] else "off (runtime.wandb)")
-    print(f"\ncgpt demo: done in {r['wall_s'] / 60:.1f} min\n"
-          f"  loss plot        {r['loss_png']}\n"
-          f"  metrics          {r['metrics']}\n"
-          f"  wandb (offline)  {wandb}\n"
-          f"  Hugging Face     {r['hf_dir']}  (AutoModelForCausalLM.from_pretrained)\n"
-          f"  run config       {r['run_yaml']}  (cgpt train / cgpt launch take it)", flush=True)
+    wandb = (
+        f"{r['wandb_run']}  (upload: wandb sync {r['wandb_run']})"
+        if r["wandb_run"]
+        else "off (runtime.wandb)"
+    )
+    print(
+        f"\ncgpt demo: done in {r['wall_s'] / 60:.1f} min\n"
+        f"  loss plot        {r['loss_png']}\n"
+        f"  metrics          {r['metrics']}\n"
+        f"  wandb (offline)  {wandb}\n"
+        f"  Hugging Face     {r['hf_dir']}  (AutoModelForCausalLM.from_pretrained)\n"
+        f"  run config       {r['run_yaml']}  (cgpt train / cgpt launch take it)",
+        flush=True,
+    )

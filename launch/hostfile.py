@@ -28,8 +28,7 @@ def check_host(label: str, name: str) -> str:
         raise CgptError(f"{label} is empty")
     bad = next((c for c in name if not _HOST_CHAR.fullmatch(c)), None)
     if bad is not None:
-        raise CgptError(f"{label} {name!r} contains {bad!r}; a host name may only use "
-                        f"{HOST_CHARS}")
+        raise CgptError(f"{label} {name!r} contains {bad!r}; a host name may only use {HOST_CHARS}")
     if name.startswith("-"):
         raise CgptError(f"{label} {name!r} starts with '-' (it would read as an option)")
     return name

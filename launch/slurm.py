@@ -26,9 +26,8 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from cgpt.model.errors import CgptError
-
 from cgpt.launch.launchers import Topology, build_command, check_count, find_program
+from cgpt.model.errors import CgptError
 
 SCRIPT_NAME = "slurm.sbatch"
 # stand-ins for the launcher's master address and hostfile; the script's shell variables
@@ -58,8 +57,9 @@ def check_name(label: str, value: str, hint: str = "") -> str:
         raise CgptError(f"{label} is empty{hint}")
     bad = _bad_char(value, _NAME_CHAR)
     if bad is not None:
-        raise CgptError(f"{label} {value!r} contains {bad!r}; a SLURM name may only use "
-                        f"{NAME_CHARS}{hint}")
+        raise CgptError(
+            f"{label} {value!r} contains {bad!r}; a SLURM name may only use {NAME_CHARS}{hint}"
+        )
     return value
 
 
@@ -68,8 +68,10 @@ def check_printable(label: str, value: str) -> str:
     such a value would split a line of the script (or of SLURM's own files)."""
     bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
     if bad is not None:
-        raise CgptError(f"{label} {value!r} contains the control character {bad!r}, which "
-                        "cannot go into a job script")
+        raise CgptError(
+            f"{label} {value!r} contains the control character {bad!r}, which "
+            "cannot go into a job script"
+        )
     return value
 
 
@@ -98,8 +100,9 @@ def time_limit_seconds(value: str) -> int:
     m = _TIME.fullmatch(value)
     if bad is not None or not m:
         why = f": {bad!r} is not allowed" if bad is not None else ""
-        raise CgptError(f"--time {value!r} is not a SLURM time (e.g. 90, 12:00:00, "
-                        f"2-00:00:00){why}")
+        raise CgptError(
+            f"--time {value!r} is not a SLURM time (e.g. 90, 12:00:00, 2-00:00:00){why}"
+        )
     days, parts = m.group(1), [int(x) for x in m.groups()[1:] if x is not None]
     if days is not None:  # D-H, D-H:M, D-H:M:S
         h, mi, s = parts + [0] * (3 - len(parts))
@@ -109,9 +112,14 @@ def time_limit_seconds(value: str) -> int:
     return parts[0] * 60 + (parts[1] if len(parts) == 2 else 0)  # M or M:S
 
 
-def render_sbatch(topo: Topology, train_args: list[str], run_dir: str | Path,
-                  opts: SlurmOptions, launcher: str = "torchrun",
-                  workdir: str | Path = ".") -> str:
+def render_sbatch(
+    topo: Topology,
+    train_args: list[str],
+    run_dir: str | Path,
+    opts: SlurmOptions,
+    launcher: str = "torchrun",
+    workdir: str | Path = ".",
+) -> str:
     """The sbatch script text for `topo.nodes` nodes × `topo.gpus_per_node` GPUs.
 
     Every value is checked first (CgptError, one line, nothing written): names in the
@@ -130,11 +138,19 @@ def render_sbatch(topo: Topology, train_args: list[str], run_dir: str | Path,
             check_name(label, value)
     limit = time_limit_seconds(opts.time)
     if opts.signal_lead_s >= limit:
-        raise CgptError(f"--time {opts.time} is shorter than the {opts.signal_lead_s}s the job "
-                        "needs to checkpoint before its limit; ask for more time")
+        raise CgptError(
+            f"--time {opts.time} is shorter than the {opts.signal_lead_s}s the job "
+            "needs to checkpoint before its limit; ask for more time"
+        )
     for i, arg in enumerate(train_args):
-        check_printable("the config path" if i == 0 else "--set" if train_args[i - 1] == "--set"
-                        else "a trainer argument", arg)
+        check_printable(
+            "the config path"
+            if i == 0
+            else "--set"
+            if train_args[i - 1] == "--set"
+            else "a trainer argument",
+            arg,
+        )
     grace = max(30, opts.signal_lead_s - 60)  # leave a minute for requeue and teardown
     run_dir = Path(run_dir).resolve()
     workdir = Path(workdir).resolve()
@@ -144,18 +160,25 @@ def render_sbatch(topo: Topology, train_args: list[str], run_dir: str | Path,
 
     # ---- the text ------------------------------------------------------------------------
     q = shlex.quote
-    sbatch = [f"--job-name={opts.job_name}", f"--nodes={topo.nodes}", "--ntasks-per-node=1",
-              f"--gpus-per-node={topo.gpus_per_node}", f"--cpus-per-task={cpus}",
-              f"--time={opts.time}"]
+    sbatch = [
+        f"--job-name={opts.job_name}",
+        f"--nodes={topo.nodes}",
+        "--ntasks-per-node=1",
+        f"--gpus-per-node={topo.gpus_per_node}",
+        f"--cpus-per-task={cpus}",
+        f"--time={opts.time}",
+    ]
     sbatch += [f"--partition={opts.partition}"] if opts.partition is not None else []
     sbatch += [f"--account={opts.account}"] if opts.account is not None else []
     if output_in_header(run_dir):
         sbatch += [f"--output={run_dir}/slurm-%j.out", "--open-mode=append"]
         redirect = ""
     else:  # sbatch cannot take this path: the script sends its own output there
-        redirect = ("# the run folder's path has characters an #SBATCH line cannot carry: the "
-                    "job's output goes there from here on\n"
-                    f'exec >>{q(str(run_dir))}/"slurm-$SLURM_JOB_ID.out" 2>&1\n')
+        redirect = (
+            "# the run folder's path has characters an #SBATCH line cannot carry: the "
+            "job's output goes there from here on\n"
+            f'exec >>{q(str(run_dir))}/"slurm-$SLURM_JOB_ID.out" 2>&1\n'
+        )
     sbatch += [f"--signal=B:USR1@{opts.signal_lead_s}", "--requeue"]
     for arg in sbatch:  # the guard: only checked values can have got here
         if not _SBATCH_ARG.fullmatch(arg):
@@ -206,10 +229,17 @@ exit "$rc"
 def _per_node_command(topo: Topology, train_args: list[str], launcher: str) -> str:
     """The launcher command one srun task runs; node rank, master address and hostfile
     are left to the shell on that node. Every other word is shell-quoted."""
-    templ = Topology(topo.nodes, topo.gpus_per_node, 0, _MASTER, topo.master_port,
-                     _HOSTFILE if launcher == "deepspeed" else None)
-    cmd = build_command(launcher, templ, train_args, no_ssh=launcher == "deepspeed",
-                        resolve_binary=False)
+    templ = Topology(
+        topo.nodes,
+        topo.gpus_per_node,
+        0,
+        _MASTER,
+        topo.master_port,
+        _HOSTFILE if launcher == "deepspeed" else None,
+    )
+    cmd = build_command(
+        launcher, templ, train_args, no_ssh=launcher == "deepspeed", resolve_binary=False
+    )
     try:  # the launcher of this environment (shared filesystem); else whatever PATH has
         cmd[0] = find_program(launcher)
     except CgptError:
@@ -218,8 +248,11 @@ def _per_node_command(topo: Topology, train_args: list[str], launcher: str) -> s
     # by position, in the launcher's own options only (never inside the trainer's arguments)
     n_launcher = len(cmd) - len(train_args)
     assert cmd[n_launcher:] == list(train_args)
-    shell = {"--node_rank": '"$SLURM_NODEID"', "--master_addr": '"$MASTER_ADDR"',
-             "--hostfile": '"$HOSTFILE"'}
+    shell = {
+        "--node_rank": '"$SLURM_NODEID"',
+        "--master_addr": '"$MASTER_ADDR"',
+        "--hostfile": '"$HOSTFILE"',
+    }
     words = []
     for i, word in enumerate(cmd):
         flag = cmd[i - 1] if 0 < i < n_launcher else None
@@ -272,8 +305,10 @@ def submit(path: str | Path) -> str:
     """sbatch the script; CgptError when sbatch is missing or refuses it."""
     sbatch = shutil.which("sbatch")
     if not sbatch:
-        raise CgptError(f"sbatch not found: this machine is not a SLURM login node. The script "
-                        f"is at {path}; submit it on the cluster with: sbatch {path}")
+        raise CgptError(
+            f"sbatch not found: this machine is not a SLURM login node. The script "
+            f"is at {path}; submit it on the cluster with: sbatch {path}"
+        )
     res = subprocess.run([sbatch, str(path)], capture_output=True, text=True)
     if res.returncode:
         msg = (res.stderr or res.stdout).strip().splitlines()

@@ -17,7 +17,16 @@ from cgpt.model.sizes import (
 )
 
 __all__ = [
-    "GPT", "GPTConfig", "MuPConfig", "CgptError", "ConfigError", "PUBLISHED", "canonical_name",
-    "published", "num_params", "num_non_embedding_params", "flops_per_token_algorithmic",
+    "GPT",
+    "GPTConfig",
+    "MuPConfig",
+    "CgptError",
+    "ConfigError",
+    "PUBLISHED",
+    "canonical_name",
+    "published",
+    "num_params",
+    "num_non_embedding_params",
+    "flops_per_token_algorithmic",
     "flops_per_token_mfu",
 ]

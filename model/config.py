@@ -94,11 +94,16 @@ class GPTConfig:
         return self.n_embd / self.mup.base_width if self.mup else 1.0
 
     @classmethod
-    def from_name(cls, name: str, **overrides) -> "GPTConfig":
+    def from_name(cls, name: str, **overrides) -> GPTConfig:
         """A published size: '111M' ... '13B', also 'cerebras-gpt-111m' style names."""
         s = published(name)
-        kw = dict(n_layer=s.n_layer, n_embd=s.n_embd, n_head=s.n_head, n_inner=s.n_inner,
-                  out_init_std=s.out_init_std)
+        kw = dict(
+            n_layer=s.n_layer,
+            n_embd=s.n_embd,
+            n_head=s.n_head,
+            n_inner=s.n_inner,
+            out_init_std=s.out_init_std,
+        )
         kw.update(overrides)
         return cls(**kw)
 
@@ -109,7 +114,7 @@ class GPTConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
+    def from_dict(cls, d: dict) -> GPTConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -72,8 +72,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 @torch.compiler.disable  # torch.compile of the model: a graph break here, the op runs eager
-def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor,
-                         targets: torch.Tensor) -> torch.Tensor:
+def linear_cross_entropy(
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """Mean cross-entropy of ``x @ weight.T`` against ``targets`` (-1 = ignore).
 
     x (..., d), weight (V, d), targets (...) -> scalar fp32. Equal to

@@ -37,7 +37,11 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
         # (B, nh, T, hd); SDPA picks flash / memory-efficient kernels on GPU
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, scale=self.scale,
+            q,
+            k,
+            v,
+            is_causal=True,
+            scale=self.scale,
             dropout_p=self.dropout if self.training else 0.0,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
@@ -73,13 +77,15 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg = config
         wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.transformer = nn.ModuleDict(dict(
-            wte=wte,
-            wpe=nn.Embedding(cfg.n_positions, cfg.n_embd),
-            drop=nn.Dropout(cfg.dropout),
-            h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
-            ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon),
-        ))
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=wte,
+                wpe=nn.Embedding(cfg.n_positions, cfg.n_embd),
+                drop=nn.Dropout(cfg.dropout),
+                h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+                ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon),
+            )
+        )
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = wte.weight  # tied (docs/REFERENCE.md, Architecture)
         self.gradient_checkpointing = False
@@ -103,7 +109,7 @@ class GPT(nn.Module):
         else:  # docs/REFERENCE.md, Cerebras-GPT-μP: 0.08, 0.08/sqrt(m), 0.08/sqrt(2·m·L)
             base, m = cfg.mup.base_init_std, cfg.mup_width_mult
             emb, hidden, out = base, base / math.sqrt(m), base / math.sqrt(2 * m * cfg.n_layer)
-        for name, p in self.named_parameters():
+        for name, _ in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 stds[name] = out
             elif name.endswith(("c_attn.weight", "c_fc.weight")):
@@ -120,7 +126,11 @@ class GPT(nn.Module):
             if name in stds:
                 s = stds[name]
                 nn.init.trunc_normal_(p, mean=0.0, std=s, a=-2 * s, b=2 * s)
-            elif name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name.endswith("ln_f.weight"):
+            elif (
+                name.endswith("ln_1.weight")
+                or name.endswith("ln_2.weight")
+                or name.endswith("ln_f.weight")
+            ):
                 nn.init.ones_(p)
             else:
                 nn.init.zeros_(p)
@@ -160,18 +170,24 @@ class GPT(nn.Module):
             logits = logits * self.output_multiplier
         if targets is None:
             return logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                               ignore_index=-1)
+        return F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
+        )
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weight counted once
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+    ) -> torch.Tensor:
         """Sample continuations (B, T) -> (B, T + max_new_tokens); greedy when temperature 0."""
         for _ in range(max_new_tokens):
-            ctx = idx[:, -self.config.n_positions:]
+            ctx = idx[:, -self.config.n_positions :]
             logits = self(ctx)[:, -1, :].float()
             if temperature == 0:
                 nxt = logits.argmax(-1, keepdim=True)

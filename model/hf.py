@@ -24,8 +24,17 @@ from cgpt.model.config import GPTConfig
 from cgpt.model.errors import CgptError
 from cgpt.model.gpt import GPT
 from cgpt.model.io import (
-    LM_HEAD, WTE, atomic_dir, build_from_state_dict, check_file, is_tied, load_model,
-    read_safetensors, read_torch_weights, save_file_atomic, save_model,
+    LM_HEAD,
+    WTE,
+    atomic_dir,
+    build_from_state_dict,
+    check_file,
+    is_tied,
+    load_model,
+    read_safetensors,
+    read_torch_weights,
+    save_file_atomic,
+    save_model,
 )
 
 # ---- the key map ---------------------------------------------------------------------------
@@ -35,9 +44,20 @@ from cgpt.model.io import (
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # shard above this, as huggingface_hub / save_pretrained: 13B fp32 (52 GB) is 11 shards
 DEFAULT_SHARD_SIZE = "5GB"
-_BLOCK = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
-          "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
-          "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
+_BLOCK = (
+    "ln_1.weight",
+    "ln_1.bias",
+    "attn.c_attn.weight",
+    "attn.c_attn.bias",
+    "attn.c_proj.weight",
+    "attn.c_proj.bias",
+    "ln_2.weight",
+    "ln_2.bias",
+    "mlp.c_fc.weight",
+    "mlp.c_fc.bias",
+    "mlp.c_proj.weight",
+    "mlp.c_proj.bias",
+)
 KEY_MAP: list[tuple[str, str, bool]] = [
     ("transformer.wte.weight", "transformer.wte.weight", False),
     ("transformer.wpe.weight", "transformer.wpe.weight", False),
@@ -73,8 +93,10 @@ def to_hf_state_dict(model_or_sd: GPT | dict[str, torch.Tensor]) -> dict[str, to
     """
     if isinstance(model_or_sd, GPT):
         if model_or_sd.config.mup is not None:
-            raise CgptError("a μP model's multipliers must be folded into its weights first "
-                            "(export_hf does it through cgpt.model.mup_export.fold_mup)")
+            raise CgptError(
+                "a μP model's multipliers must be folded into its weights first "
+                "(export_hf does it through cgpt.model.mup_export.fold_mup)"
+            )
         sd = model_or_sd.state_dict()
     else:
         sd = dict(model_or_sd)
@@ -103,12 +125,16 @@ def _normalize_hf_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _expected_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in GPT(GPTConfig(**{**cfg.to_dict(), "mup": None}))
-                .state_dict().items() if k != LM_HEAD}
+        return {
+            k: tuple(v.shape)
+            for k, v in GPT(GPTConfig(**{**cfg.to_dict(), "mup": None})).state_dict().items()
+            if k != LM_HEAD
+        }
 
 
-def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: GPTConfig, tied: bool = True,
-                       where: str = "HF checkpoint") -> tuple[dict[str, torch.Tensor], bool]:
+def from_hf_state_dict(
+    sd: dict[str, torch.Tensor], cfg: GPTConfig, tied: bool = True, where: str = "HF checkpoint"
+) -> tuple[dict[str, torch.Tensor], bool]:
     """(state dict in our naming, tied) from HF GPT-2 tensors, checked against ``cfg``.
 
     As transformers does, a tied config ignores any stored ``lm_head.weight``; an untied one
@@ -126,8 +152,9 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: GPTConfig, tied: bool =
         want = expected.get(our_key)
         want = tuple(reversed(want)) if want is not None and entry[1] else want
         if want is not None and tuple(tensor.shape) != want:
-            raise CgptError(f"{where}: {hf_key} has shape {tuple(tensor.shape)} but config.json "
-                            f"implies {want}")
+            raise CgptError(
+                f"{where}: {hf_key} has shape {tuple(tensor.shape)} but config.json implies {want}"
+            )
     ours = _convert(sd, _HF, where)
     if not tied:
         if head is None:
@@ -140,9 +167,13 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: GPTConfig, tied: bool =
 
 
 # ---- config.json ---------------------------------------------------------------------------
-def gpt_config_to_hf(cfg: GPTConfig, bos_token_id: int | None = None,
-                     eos_token_id: int | None = None, tie_word_embeddings: bool = True,
-                     dtype: torch.dtype = torch.float32) -> dict:
+def gpt_config_to_hf(
+    cfg: GPTConfig,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    tie_word_embeddings: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> dict:
     """config.json for GPT2LMHeadModel (fields: docs/REFERENCE.md, Architecture).
 
     Without a tokenizer, bos/eos default to the last id: GPT-2 BPE's <|endoftext|> is 50256
@@ -152,44 +183,71 @@ def gpt_config_to_hf(cfg: GPTConfig, bos_token_id: int | None = None,
     bos = eos if bos_token_id is None else bos_token_id
     name = str(dtype).removeprefix("torch.")
     return {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-        "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head,
-        "n_inner": cfg.n_inner, "n_positions": cfg.n_positions, "n_ctx": cfg.n_positions,
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "n_layer": cfg.n_layer,
+        "n_embd": cfg.n_embd,
+        "n_head": cfg.n_head,
+        "n_inner": cfg.n_inner,
+        "n_positions": cfg.n_positions,
+        "n_ctx": cfg.n_positions,
         "vocab_size": cfg.vocab_size,
         "activation_function": "gelu",  # exact erf GELU, not GPT-2's gelu_new
-        "layer_norm_epsilon": cfg.layer_norm_epsilon, "initializer_range": cfg.init_std,
-        "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+        "layer_norm_epsilon": cfg.layer_norm_epsilon,
+        "initializer_range": cfg.init_std,
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
         "summary_first_dropout": cfg.dropout,
-        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
-        "reorder_and_upcast_attn": False, "add_cross_attention": False,
-        "tie_word_embeddings": tie_word_embeddings, "use_cache": True,
-        "bos_token_id": bos, "eos_token_id": eos,
-        "dtype": name, "torch_dtype": name,  # transformers 5 reads "dtype", 4.x "torch_dtype"
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "add_cross_attention": False,
+        "tie_word_embeddings": tie_word_embeddings,
+        "use_cache": True,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "dtype": name,
+        "torch_dtype": name,  # transformers 5 reads "dtype", 4.x "torch_dtype"
     }
 
 
 def hf_config_to_gpt(d: dict, where: str = "config.json") -> tuple[GPTConfig, bool]:
     """(GPTConfig, tie_word_embeddings) from a HF config dict; refuses what we can't run."""
     if d.get("model_type") != "gpt2":
-        raise CgptError(f"{where}: model_type is {d.get('model_type')!r}; cgpt imports GPT-2 "
-                        "architecture models (model_type 'gpt2') only")
+        raise CgptError(
+            f"{where}: model_type is {d.get('model_type')!r}; cgpt imports GPT-2 "
+            "architecture models (model_type 'gpt2') only"
+        )
     act = d.get("activation_function", "gelu_new")  # HF GPT2Config's default
     if act != "gelu":
-        raise CgptError(f"{where}: activation_function {act!r} is not supported; cgpt uses the "
-                        "exact erf GELU ('gelu'), and 'gelu_new' (tanh) gives different outputs")
-    for key, bad in (("scale_attn_weights", False), ("scale_attn_by_inverse_layer_idx", True),
-                     ("add_cross_attention", True)):
+        raise CgptError(
+            f"{where}: activation_function {act!r} is not supported; cgpt uses the "
+            "exact erf GELU ('gelu'), and 'gelu_new' (tanh) gives different outputs"
+        )
+    for key, bad in (
+        ("scale_attn_weights", False),
+        ("scale_attn_by_inverse_layer_idx", True),
+        ("add_cross_attention", True),
+    ):
         if d.get(key, not bad) == bad:
-            raise CgptError(f"{where}: {key}={bad} is not supported (cgpt scales attention "
-                            "by 1/sqrt(d_head) in every layer and has no cross-attention)")
+            raise CgptError(
+                f"{where}: {key}={bad} is not supported (cgpt scales attention "
+                "by 1/sqrt(d_head) in every layer and has no cross-attention)"
+            )
     # reorder_and_upcast_attn only changes precision (scores in fp32), not the math: accepted.
     pdrops = {float(d.get(k, 0.0)) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
     try:
         cfg = GPTConfig(
-            n_layer=d["n_layer"], n_embd=d["n_embd"], n_head=d["n_head"],
-            n_inner=d.get("n_inner"), n_positions=d.get("n_positions", 1024),
-            vocab_size=d["vocab_size"], layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
-            init_std=d.get("initializer_range", 0.02), dropout=max(pdrops),
+            n_layer=d["n_layer"],
+            n_embd=d["n_embd"],
+            n_head=d["n_head"],
+            n_inner=d.get("n_inner"),
+            n_positions=d.get("n_positions", 1024),
+            vocab_size=d["vocab_size"],
+            layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
+            init_std=d.get("initializer_range", 0.02),
+            dropout=max(pdrops),
         )
     except KeyError as e:
         raise CgptError(f"{where}: required field {e.args[0]!r} is missing") from None
@@ -199,8 +257,15 @@ def hf_config_to_gpt(d: dict, where: str = "config.json") -> tuple[GPTConfig, bo
 
 
 # ---- tokenizer -----------------------------------------------------------------------------
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
 
 
 def tokenizer_info(tok_dir: str | os.PathLike) -> dict:
@@ -216,7 +281,9 @@ def tokenizer_info(tok_dir: str | os.PathLike) -> dict:
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises plain Exception subclasses on bad JSON
-        raise CgptError(f"{path} is not a readable tokenizer file: {str(e).splitlines()[0]}") from None
+        raise CgptError(
+            f"{path} is not a readable tokenizer file: {str(e).splitlines()[0]}"
+        ) from None
     special = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):  # later wins
         if (tok_dir / name).is_file():
@@ -245,15 +312,21 @@ def _export_state(model: GPT) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         from cgpt.model.mup_export import fold_mup
     except ImportError:
-        raise CgptError("μP export needs cgpt.model.mup_export (not installed in this "
-                        "version)") from None
+        raise CgptError(
+            "μP export needs cgpt.model.mup_export (not installed in this version)"
+        ) from None
     sd, overrides = fold_mup(model)
     return sd, dict(overrides or {})
 
 
-def export_hf(model: GPT, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
-              verify: bool = True, force: bool = False,
-              max_shard_size: int | str = DEFAULT_SHARD_SIZE) -> Path:
+def export_hf(
+    model: GPT,
+    out_dir: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike | None = None,
+    verify: bool = True,
+    force: bool = False,
+    max_shard_size: int | str = DEFAULT_SHARD_SIZE,
+) -> Path:
     """Write ``out_dir`` as a transformers GPT2LMHeadModel folder (weights in the model's dtype).
 
     config.json, generation_config.json, model.safetensors (or, above ``max_shard_size``,
@@ -268,15 +341,20 @@ def export_hf(model: GPT, out_dir: str | os.PathLike, tokenizer_dir: str | os.Pa
     tied = LM_HEAD not in hf_sd
     tok = tokenizer_info(tokenizer_dir) if tokenizer_dir is not None else None
     if tok and tok["vocab_size"] > model.config.vocab_size:
-        raise CgptError(f"tokenizer {tokenizer_dir} has {tok['vocab_size']} tokens but the model's "
-                        f"vocab_size is {model.config.vocab_size}: wrong tokenizer for this model")
+        raise CgptError(
+            f"tokenizer {tokenizer_dir} has {tok['vocab_size']} tokens but the model's "
+            f"vocab_size is {model.config.vocab_size}: wrong tokenizer for this model"
+        )
     dtype = hf_sd[WTE].dtype
     bos: int | None = tok["bos"] if tok else None
     eos: int | None = tok["eos"] if tok else None
     config = gpt_config_to_hf(model.config, bos, eos, tied, dtype)
     config.update(overrides)
-    gen = {"_from_model_config": True, "bos_token_id": config["bos_token_id"],
-           "eos_token_id": config["eos_token_id"]}
+    gen = {
+        "_from_model_config": True,
+        "bos_token_id": config["bos_token_id"],
+        "eos_token_id": config["eos_token_id"],
+    }
     with atomic_dir(out_dir, force) as tmp:
         _save_weights(hf_sd, tmp, max_shard_size)
         del hf_sd
@@ -288,12 +366,13 @@ def export_hf(model: GPT, out_dir: str | os.PathLike, tokenizer_dir: str | os.Pa
             if _transformers_available():
                 compare_with_hf(model, tmp, check_tokenizer=tokenizer_dir is not None)
             else:
-                warnings.warn("transformers is not installed: the export was not verified")
+                warnings.warn(
+                    "transformers is not installed: the export was not verified", stacklevel=2
+                )
     return Path(out_dir)
 
 
-def _save_weights(hf_sd: dict[str, torch.Tensor], folder: Path,
-                  max_shard_size: int | str) -> None:
+def _save_weights(hf_sd: dict[str, torch.Tensor], folder: Path, max_shard_size: int | str) -> None:
     """One model.safetensors, or shards + index (huggingface_hub's split, HF's file names)."""
     from huggingface_hub import split_torch_state_dict_into_shards
 
@@ -304,8 +383,10 @@ def _save_weights(hf_sd: dict[str, torch.Tensor], folder: Path,
     for filename, names in split.filename_to_tensors.items():
         save_file_atomic({n: hf_sd[n] for n in names}, folder / filename, {"format": "pt"})
     if split.is_sharded:
-        _write_json(folder / "model.safetensors.index.json",
-                    {"metadata": split.metadata, "weight_map": split.tensor_to_filename})
+        _write_json(
+            folder / "model.safetensors.index.json",
+            {"metadata": split.metadata, "weight_map": split.tensor_to_filename},
+        )
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -325,8 +406,10 @@ def _read_json(path: Path) -> dict:
 # ---- import --------------------------------------------------------------------------------
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of a HF folder: model.safetensors, a sharded index, or pytorch_model.bin."""
-    for single, reader in (("model.safetensors", lambda p: read_safetensors(p)[0]),
-                           ("pytorch_model.bin", read_torch_weights)):
+    for single, reader in (
+        ("model.safetensors", lambda p: read_safetensors(p)[0]),
+        ("pytorch_model.bin", read_torch_weights),
+    ):
         if (folder / single).is_file():
             return reader(folder / single)
         index = folder / f"{single}.index.json"
@@ -341,12 +424,12 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
                     raise CgptError(f"{index}: shard {name!r} is outside {folder}")
                 sd.update(reader(path))
             return sd
-    raise CgptError(f"{folder} has no model.safetensors (nor a sharded index or "
-                    "pytorch_model.bin)")
+    raise CgptError(f"{folder} has no model.safetensors (nor a sharded index or pytorch_model.bin)")
 
 
-def import_hf(path: str | os.PathLike, verify: bool = False,
-              device: str | torch.device = "cpu") -> GPT:
+def import_hf(
+    path: str | os.PathLike, verify: bool = False, device: str | torch.device = "cpu"
+) -> GPT:
     """A GPT holding the weights of a HF GPT-2 folder (dtype as stored).
 
     With ``verify`` (needs transformers) transformers loads the same folder and the logits
@@ -356,8 +439,10 @@ def import_hf(path: str | os.PathLike, verify: bool = False,
     if not folder.exists():
         raise CgptError(f"Hugging Face folder {folder} does not exist")
     if not folder.is_dir():
-        raise CgptError(f"{folder} is not a folder; import-hf reads a Hugging Face model folder "
-                        "(config.json + model.safetensors)")
+        raise CgptError(
+            f"{folder} is not a folder; import-hf reads a Hugging Face model folder "
+            "(config.json + model.safetensors)"
+        )
     if not (folder / "config.json").is_file():
         raise CgptError(f"{folder} has no config.json; not a Hugging Face model folder")
     cfg, tied = hf_config_to_gpt(_read_json(folder / "config.json"), str(folder / "config.json"))
@@ -383,7 +468,6 @@ def load_hf_model(folder: str | os.PathLike, dtype: torch.dtype = torch.float32)
     """transformers' GPT2LMHeadModel from ``folder``, refusing one with missing weights."""
     import transformers
     from transformers import AutoModelForCausalLM
-
     from transformers.utils import logging as hf_logging
 
     kw = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": dtype}
@@ -391,8 +475,12 @@ def load_hf_model(folder: str | os.PathLike, dtype: torch.dtype = torch.float32)
     hf_logging.disable_progress_bar()  # a verification step, not a user-facing download
     try:
         # with output_loading_info it returns (model, info); transformers' stubs say model only
-        model, info = cast(tuple[Any, dict[str, Any]], AutoModelForCausalLM.from_pretrained(
-            str(folder), local_files_only=True, output_loading_info=True, **kw))
+        model, info = cast(
+            tuple[Any, dict[str, Any]],
+            AutoModelForCausalLM.from_pretrained(
+                str(folder), local_files_only=True, output_loading_info=True, **kw
+            ),
+        )
     except (OSError, ValueError) as e:
         raise CgptError(f"transformers cannot load {folder}: {str(e).splitlines()[0]}") from None
     finally:
@@ -400,14 +488,22 @@ def load_hf_model(folder: str | os.PathLike, dtype: torch.dtype = torch.float32)
             hf_logging.enable_progress_bar()
     bad = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
     if bad or type(model).__name__ != "GPT2LMHeadModel":
-        raise CgptError(f"transformers loaded {folder} as {type(model).__name__} with {bad}; "
-                        "the folder is not a complete GPT2LMHeadModel")
+        raise CgptError(
+            f"transformers loaded {folder} as {type(model).__name__} with {bad}; "
+            "the folder is not a complete GPT2LMHeadModel"
+        )
     return model.eval()
 
 
 @torch.no_grad()
-def compare_with_hf(model: GPT, folder: str | os.PathLike, atol: float = 1e-4,
-                    rtol: float = 1e-4, seed: int = 0, check_tokenizer: bool = False) -> float:
+def compare_with_hf(
+    model: GPT,
+    folder: str | os.PathLike,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    seed: int = 0,
+    check_tokenizer: bool = False,
+) -> float:
     """Max |logit difference| between ``model`` and transformers' load of ``folder``.
 
     Both run in fp32 (a bf16/fp16 model is upcast for the comparison and restored after;
@@ -434,15 +530,30 @@ def compare_with_hf(model: GPT, folder: str | os.PathLike, atol: float = 1e-4,
             diff = (ours - theirs).abs()
             worst = max(worst, diff.max().item())
             if not torch.all(diff <= atol + rtol * theirs.abs()):
-                raise CgptError(f"exported logits differ from the model's: max |diff| "
-                                f"{diff.max().item():.3g} (atol {atol}, rtol {rtol}) at batch "
-                                f"{tuple(idx.shape)}: the conversion is wrong")
+                raise CgptError(
+                    f"exported logits differ from the model's: max |diff| "
+                    f"{diff.max().item():.3g} (atol {atol}, rtol {rtol}) at batch "
+                    f"{tuple(idx.shape)}: the conversion is wrong"
+                )
     finally:
         model.to(dtype).train(was_training)
         del hf
     return worst
 
 
-__all__ = ["KEY_MAP", "to_hf_state_dict", "from_hf_state_dict", "gpt_config_to_hf",
-           "hf_config_to_gpt", "export_hf", "import_hf", "compare_with_hf", "load_hf_model",
-           "read_hf_weights", "tokenizer_info", "save_model", "load_model", "is_tied"]
+__all__ = [
+    "KEY_MAP",
+    "to_hf_state_dict",
+    "from_hf_state_dict",
+    "gpt_config_to_hf",
+    "hf_config_to_gpt",
+    "export_hf",
+    "import_hf",
+    "compare_with_hf",
+    "load_hf_model",
+    "read_hf_weights",
+    "tokenizer_info",
+    "save_model",
+    "load_model",
+    "is_tied",
+]

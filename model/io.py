@@ -15,8 +15,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -65,8 +65,10 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CgptError(f"{p} is not a readable safetensors file (truncated or corrupt?): "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise CgptError(
+            f"{p} is not a readable safetensors file (truncated or corrupt?): "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     return tensors, meta
 
 
@@ -79,11 +81,15 @@ def read_torch_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as e:
-        raise CgptError(f"{path} holds objects other than tensors, refused ({PICKLE_MSG}): "
-                        f"{str(e).splitlines()[0]}") from None
+        raise CgptError(
+            f"{path} holds objects other than tensors, refused ({PICKLE_MSG}): "
+            f"{str(e).splitlines()[0]}"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CgptError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise CgptError(
+            f"{path} is not a readable torch checkpoint (truncated or corrupt?): "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CgptError(f"{path} is not a state dict of tensors")
     return sd
@@ -131,7 +137,9 @@ def _install(tmp: Path, out: Path, force: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+def save_file_atomic(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
+) -> None:
     """safetensors save to a temporary name in the same folder, then rename over ``path``."""
     from safetensors.torch import save_file
 
@@ -158,10 +166,18 @@ def save_model(model: GPT, path: str | os.PathLike, force: bool = True) -> Path:
         raise CgptError(f"model files end in .safetensors, got {path}")
     _check_target(path, force)
     tied = is_tied(model)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-               if not (tied and k == LM_HEAD)}  # the tied head is the embedding: store once
-    meta = {"format": "pt", "format_name": FORMAT, "version": VERSION,
-            "config": json.dumps(model.config.to_dict()), "tied": json.dumps(tied)}
+    tensors = {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if not (tied and k == LM_HEAD)
+    }  # the tied head is the embedding: store once
+    meta = {
+        "format": "pt",
+        "format_name": FORMAT,
+        "version": VERSION,
+        "config": json.dumps(model.config.to_dict()),
+        "tied": json.dumps(tied),
+    }
     save_file_atomic(tensors, path, meta)
     return path
 
@@ -170,11 +186,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> G
     """A GPT from a file written by :func:`save_model` (dtype as stored)."""
     tensors, meta = read_safetensors(path)
     if meta.get("format_name") != FORMAT:
-        raise CgptError(f"{path} is not a cgpt model file (no cgpt config in its metadata); "
-                        "for a Hugging Face folder use `cgpt import-hf`")
+        raise CgptError(
+            f"{path} is not a cgpt model file (no cgpt config in its metadata); "
+            "for a Hugging Face folder use `cgpt import-hf`"
+        )
     if meta.get("version") != VERSION:
-        raise CgptError(f"{path} is cgpt model format version {meta.get('version')}; "
-                        f"this cgpt reads version {VERSION}")
+        raise CgptError(
+            f"{path} is cgpt model format version {meta.get('version')}; "
+            f"this cgpt reads version {VERSION}"
+        )
     try:
         cfg = GPTConfig.from_dict(json.loads(meta["config"]))
         tied = bool(json.loads(meta.get("tied", "true")))
@@ -183,8 +203,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> G
     return build_from_state_dict(cfg, tensors, tied, str(path), device)
 
 
-def build_from_state_dict(cfg: GPTConfig, sd: dict[str, torch.Tensor], tied: bool, where: str,
-                          device: str | torch.device = "cpu") -> GPT:
+def build_from_state_dict(
+    cfg: GPTConfig,
+    sd: dict[str, torch.Tensor],
+    tied: bool,
+    where: str,
+    device: str | torch.device = "cpu",
+) -> GPT:
     """GPT(cfg) holding exactly the tensors in ``sd`` (our naming); no random init is run.
 
     Shapes and key sets are checked first so a mismatch is one clear line, not a traceback.
@@ -193,8 +218,9 @@ def build_from_state_dict(cfg: GPTConfig, sd: dict[str, torch.Tensor], tied: boo
         model = GPT(cfg)  # meta: no memory, no init cost; every tensor comes from sd
     if not tied:
         model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.lm_head.weight))
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()
-                if not (tied and k == LM_HEAD)}
+    expected = {
+        k: tuple(v.shape) for k, v in model.state_dict().items() if not (tied and k == LM_HEAD)
+    }
     check_keys_and_shapes(sd, expected, where)
     sd = {k: v.to(device) for k, v in sd.items()}
     if tied:
@@ -205,7 +231,9 @@ def build_from_state_dict(cfg: GPTConfig, sd: dict[str, torch.Tensor], tied: boo
     return model
 
 
-def check_keys_and_shapes(sd: dict[str, torch.Tensor], expected: dict[str, tuple], where: str) -> None:
+def check_keys_and_shapes(
+    sd: dict[str, torch.Tensor], expected: dict[str, tuple], where: str
+) -> None:
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     if missing or unexpected:
@@ -217,11 +245,20 @@ def check_keys_and_shapes(sd: dict[str, torch.Tensor], expected: dict[str, tuple
         raise CgptError(f"{where}: weights do not match the config: {'; '.join(parts)}")
     for k, shape in expected.items():
         if tuple(sd[k].shape) != shape:
-            raise CgptError(f"{where}: {k} has shape {tuple(sd[k].shape)} but the config "
-                            f"implies {shape}")
+            raise CgptError(
+                f"{where}: {k} has shape {tuple(sd[k].shape)} but the config implies {shape}"
+            )
         if not sd[k].is_floating_point():
             raise CgptError(f"{where}: {k} has dtype {sd[k].dtype}; weights must be floating point")
 
 
-__all__ = ["save_model", "load_model", "read_safetensors", "read_torch_weights", "atomic_dir",
-           "build_from_state_dict", "check_keys_and_shapes", "PICKLE_MSG"]
+__all__ = [
+    "save_model",
+    "load_model",
+    "read_safetensors",
+    "read_torch_weights",
+    "atomic_dir",
+    "build_from_state_dict",
+    "check_keys_and_shapes",
+    "PICKLE_MSG",
+]

@@ -31,9 +31,11 @@ import torch.nn as nn
 
 from cgpt.model.gpt import GPT
 
-FOLD_NOTE = ("μP multipliers folded into the weights by cgpt: embeddings_multiplier into "
-             "wte and wpe, the 1/d_head attention scale into the query rows of c_attn, "
-             "output_multiplier/width_mult into a separate (untied) lm_head")
+FOLD_NOTE = (
+    "μP multipliers folded into the weights by cgpt: embeddings_multiplier into "
+    "wte and wpe, the 1/d_head attention scale into the query rows of c_attn, "
+    "output_multiplier/width_mult into a separate (untied) lm_head"
+)
 
 
 def fold_mup(model: GPT) -> tuple[dict[str, torch.Tensor], dict]:

@@ -47,7 +47,7 @@ def canonical_name(name: str) -> str:
     key = name.strip().split("/")[-1].lower()
     for prefix in ("cerebras-gpt-", "cerebras_gpt_", "cgpt-"):
         if key.startswith(prefix):
-            key = key[len(prefix):]
+            key = key[len(prefix) :]
     for known in PUBLISHED:
         if key == known.lower():
             return known
@@ -69,11 +69,15 @@ def num_params(cfg, *, tied: bool = True) -> int:
     d, L, V, P, f = _shape(cfg)
     per_layer = (
         2 * d  # ln_1
-        + 3 * d * d + 3 * d  # attn.c_attn
-        + d * d + d  # attn.c_proj
+        + 3 * d * d
+        + 3 * d  # attn.c_attn
+        + d * d
+        + d  # attn.c_proj
         + 2 * d  # ln_2
-        + d * f + f  # mlp.c_fc
-        + f * d + d  # mlp.c_proj
+        + d * f
+        + f  # mlp.c_fc
+        + f * d
+        + d  # mlp.c_proj
     )
     total = V * d + P * d + L * per_layer + 2 * d  # wte, wpe, blocks, ln_f
     return total if tied else total + V * d

@@ -60,8 +60,22 @@ def test_coord_check_catches_a_broken_mup(data, monkeypatch):
 
 
 def test_cli_coord_check_writes_plot_and_verdict(tmp_path, capsys):
-    rc = cli_main(["mup", "coord-check", "--widths", "32,64,128", "--steps", "3", "--seeds", "1",
-                   "--seq-len", "32", "--out", str(tmp_path)])
+    rc = cli_main(
+        [
+            "mup",
+            "coord-check",
+            "--widths",
+            "32,64,128",
+            "--steps",
+            "3",
+            "--seeds",
+            "1",
+            "--seq-len",
+            "32",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "coordinate check PASS" in out
     assert (tmp_path / "coord_check.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -71,15 +85,18 @@ def test_cli_coord_check_writes_plot_and_verdict(tmp_path, capsys):
     assert len(d["scales"]["mup"]["logits"][0]) == 3  # one per width
 
 
-@pytest.mark.parametrize("argv, msg", [
-    (["coord-check", "--widths", "32,x"], "--widths: expected comma-separated ints"),
-    (["coord-check", "--widths", "64"], "at least two different widths"),
-    (["coord-check", "--widths", "30,60"], "multiple of n_head=4"),
-    (["coord-check", "--steps", "0"], "--steps must be positive"),
-    (["transfer", "--lrs", "1e-3,2e-3"], "at least three learning rates"),
-    (["transfer", "--lrs", "1e-3,-2,3"], "positive numbers"),
-    (["transfer", "--widths", "64,100"], "multiples of the head size 32"),
-])
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["coord-check", "--widths", "32,x"], "--widths: expected comma-separated ints"),
+        (["coord-check", "--widths", "64"], "at least two different widths"),
+        (["coord-check", "--widths", "30,60"], "multiple of n_head=4"),
+        (["coord-check", "--steps", "0"], "--steps must be positive"),
+        (["transfer", "--lrs", "1e-3,2e-3"], "at least three learning rates"),
+        (["transfer", "--lrs", "1e-3,-2,3"], "positive numbers"),
+        (["transfer", "--widths", "64,100"], "multiples of the head size 32"),
+    ],
+)
 def test_cli_bad_input_one_line(argv, msg, tmp_path, capsys):
     assert cli_main(["mup", *argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
@@ -87,8 +104,15 @@ def test_cli_bad_input_one_line(argv, msg, tmp_path, capsys):
 
 
 def test_transfer_smoke(data, tmp_path, capsys):
-    res = run_transfer(widths=(32, 64), lrs=(1e-3, 1e-2, 1e-1), steps=12, batch=4, seq_len=16,
-                       eval_batches=2, data=data)
+    res = run_transfer(
+        widths=(32, 64),
+        lrs=(1e-3, 1e-2, 1e-1),
+        steps=12,
+        batch=4,
+        seq_len=16,
+        eval_batches=2,
+        data=data,
+    )
     for param in ("sp", "mup"):
         for w in ("32", "64"):
             vals = res.losses[param][w]
@@ -102,8 +126,24 @@ def test_transfer_smoke(data, tmp_path, capsys):
 
 
 def test_cli_transfer(tmp_path, capsys):
-    rc = cli_main(["mup", "transfer", "--widths", "32,64", "--lrs", "1e-3,1e-2,1e-1",
-                   "--steps", "10", "--seq-len", "16", "--batch", "4", "--out", str(tmp_path)])
+    rc = cli_main(
+        [
+            "mup",
+            "transfer",
+            "--widths",
+            "32,64",
+            "--lrs",
+            "1e-3,1e-2,1e-1",
+            "--steps",
+            "10",
+            "--seq-len",
+            "16",
+            "--batch",
+            "4",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0 and "best LR per width" in capsys.readouterr().out
     d = json.loads((tmp_path / "lr_transfer.json").read_text())
     assert d["lrs"] == [1e-3, 1e-2, 1e-1] and set(d["best_lr"]["mup"]) == {"32", "64"}

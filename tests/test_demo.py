@@ -25,8 +25,9 @@ def test_demo_config_is_a_compute_optimal_plan(tmp_path):
     # the file is exactly what the planner gives for its shape at 20 tokens/param
     assert cfg.model == base.model and cfg.plan == base.plan
     rt, want = cfg.runtime.model_dump(), base.runtime.model_dump()
-    assert {k: v for k, v in rt.items() if k != "out_dir"} == \
-        {k: v for k, v in want.items() if k != "out_dir"}
+    assert {k: v for k, v in rt.items() if k != "out_dir"} == {
+        k: v for k, v in want.items() if k != "out_dir"
+    }
     assert plan.params == base.plan.params
     one_batch = base.plan.global_batch_seqs * base.plan.seq_len
     assert 20 * plan.params - one_batch < base.plan.tokens <= 20 * plan.params
@@ -57,9 +58,25 @@ def _demo(out: Path, *extra: str) -> str:
     env = dict(os.environ)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    res = subprocess.run([sys.executable, "-m", "cgpt.launch", "demo", "--out", str(out),
-                          "--corpus-docs", "60", "--max-steps", "3", *extra],
-                         env=env, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cgpt.launch",
+            "demo",
+            "--out",
+            str(out),
+            "--corpus-docs",
+            "60",
+            "--max-steps",
+            "3",
+            *extra,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res.stdout
 
@@ -71,7 +88,7 @@ def test_demo_end_to_end_reduced(tmp_path):
     for n in range(1, demo.STEPS + 1):
         assert f"[{n}/{demo.STEPS}]" in text
     run = out / "run"
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
     assert (run / "loss.png").stat().st_size > 0
     assert (run / "hf" / "config.json").is_file() and (run / "hf" / "model.safetensors").is_file()

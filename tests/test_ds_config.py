@@ -7,19 +7,33 @@ import torch
 
 from cgpt.model import GPT
 from cgpt.model.errors import CgptError
-from cgpt.train.plan.batch import split_batch
-from cgpt.train.loop.engine import build_ds_config, build_optimizer, check_precision
 from cgpt.train.config import parse_run_config
+from cgpt.train.loop.engine import build_ds_config, build_optimizer, check_precision
+from cgpt.train.plan.batch import split_batch
 
 
 def _cfg(**runtime):
-    return parse_run_config({
-        "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 64, "n_positions": 16},
-        "data": {"path": "unused"},
-        "plan": {"params": 1, "seq_len": 16, "tokens": 1, "steps": 10, "global_batch_seqs": 24,
-                 "lr": 6e-4, "min_lr": 6e-5, "warmup_steps": 2, "decay_steps": 8,
-                 "grad_clip": 0.5, "adam_eps": 1e-9, "weight_decay": 0.1},
-        "runtime": runtime})
+    return parse_run_config(
+        {
+            "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 64, "n_positions": 16},
+            "data": {"path": "unused"},
+            "plan": {
+                "params": 1,
+                "seq_len": 16,
+                "tokens": 1,
+                "steps": 10,
+                "global_batch_seqs": 24,
+                "lr": 6e-4,
+                "min_lr": 6e-5,
+                "warmup_steps": 2,
+                "decay_steps": 8,
+                "grad_clip": 0.5,
+                "adam_eps": 1e-9,
+                "weight_decay": 0.1,
+            },
+            "runtime": runtime,
+        }
+    )
 
 
 @pytest.mark.parametrize("stage, precision", [(0, "fp32"), (1, "bf16"), (3, "fp16")])

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_trainer import _write, losses, make_cfg, make_data
 
 from cgpt.train.loop.distributed import free_port
-from test_trainer import _write, losses, make_cfg, make_data
 
 pytestmark = pytest.mark.slow
 
@@ -30,18 +30,40 @@ def _env() -> dict:
 def test_two_ranks_match_one_rank(tmp_path, zero_stage, precision, tol):
     launcher = shutil.which("deepspeed") or str(Path(os.sys.executable).parent / "deepspeed")
     data = make_data(tmp_path / "data", n_files=6)
-    d = make_cfg(tmp_path, data, steps=6, batch=8, eval_every=3, save_every=0,
-                 zero_stage=zero_stage, micro_batch=2, out_dir=str(tmp_path / "two"),
-                 precision=precision)
+    d = make_cfg(
+        tmp_path,
+        data,
+        steps=6,
+        batch=8,
+        eval_every=3,
+        save_every=0,
+        zero_stage=zero_stage,
+        micro_batch=2,
+        out_dir=str(tmp_path / "two"),
+        precision=precision,
+    )
     two = _write(tmp_path, d, "two.yaml")
     d["runtime"].update(micro_batch=4, out_dir=str(tmp_path / "one"))
     one = _write(tmp_path, d, "one.yaml")
-    cmd = [launcher, "--num_gpus", "2", "--master_port", str(free_port()), "--module",
-           "cgpt.train", str(two)]
+    cmd = [
+        launcher,
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "--module",
+        "cgpt.train",
+        str(two),
+    ]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    r = subprocess.run([os.sys.executable, "-m", "cgpt.train", str(one)], env=_env(),
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [os.sys.executable, "-m", "cgpt.train", str(one)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     from cgpt.train.loop import checkpoint as ckpt
 

@@ -35,8 +35,17 @@ def data(tmp_path_factory) -> Path:
 
 
 def _cfg(tmp: Path, data: Path, name: str, **rt) -> dict:
-    return make_cfg(tmp, data, out=name, steps=6, batch=4, eval_every=0, save_every=EARLIER,
-                    max_steps=LAST, **rt)
+    return make_cfg(
+        tmp,
+        data,
+        out=name,
+        steps=6,
+        batch=4,
+        eval_every=0,
+        save_every=EARLIER,
+        max_steps=LAST,
+        **rt,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +58,9 @@ def runs(tmp_path_factory, data):
     def get(zero_stage: int, precision: str = "fp32") -> Path:
         key = (zero_stage, precision)
         if key not in made:
-            d = _cfg(root, data, f"z{zero_stage}-{precision}", zero_stage=zero_stage,
-                     precision=precision)
+            d = _cfg(
+                root, data, f"z{zero_stage}-{precision}", zero_stage=zero_stage, precision=precision
+            )
             s = train(parse_run_config(d))
             assert s["status"] == "stopped" and s["steps"] == LAST
             made[key] = Path(s["run_dir"])
@@ -93,8 +103,9 @@ def _check_export(run: Path, out: Path, precision: str) -> None:
 
 
 # ---------------------------------------------------------------------------- one process
-@pytest.mark.parametrize("zero_stage, precision", [(0, "fp32"), (1, "fp32"), (3, "fp32"),
-                                                   (1, "bf16")])
+@pytest.mark.parametrize(
+    "zero_stage, precision", [(0, "fp32"), (1, "fp32"), (3, "fp32"), (1, "bf16")]
+)
 def test_export_checkpoint_the_trainer_wrote(runs, tmp_path, capsys, zero_stage, precision):
     run = runs(zero_stage, precision)
     step = run / "checkpoints" / f"step-{LAST}"
@@ -105,8 +116,10 @@ def test_export_checkpoint_the_trainer_wrote(runs, tmp_path, capsys, zero_stage,
     _check_export(run, tmp_path / "hf", precision)
     # the earlier checkpoint is a different model: the step folder named is the one read
     early = consolidate_checkpoint(run / "checkpoints" / f"step-{EARLIER}")
-    assert not torch.equal(early.transformer.wte.weight,
-                           load_model(run / "model.safetensors").transformer.wte.weight.float())
+    assert not torch.equal(
+        early.transformer.wte.weight,
+        load_model(run / "model.safetensors").transformer.wte.weight.float(),
+    )
     assert early.lm_head.weight is early.transformer.wte.weight  # tied, as trained
 
 
@@ -115,8 +128,18 @@ def test_bf16_checkpoint_exports_as_trained_with_dtype(runs, tmp_path):
     from cgpt.model.hf import import_hf
 
     run = runs(1, "bf16")
-    assert main(["export", str(run / "checkpoints" / f"step-{LAST}"), str(tmp_path / "hf"),
-                 "--dtype", "bfloat16"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(run / "checkpoints" / f"step-{LAST}"),
+                str(tmp_path / "hf"),
+                "--dtype",
+                "bfloat16",
+            ]
+        )
+        == 0
+    )
     ref, got = load_model(run / "model.safetensors"), import_hf(tmp_path / "hf")
     for (k, a), b in zip(ref.state_dict().items(), got.state_dict().values()):
         assert b.dtype == torch.bfloat16 and torch.equal(a, b), k
@@ -128,8 +151,9 @@ def test_run_folder_source_final_model_else_newest_complete_checkpoint(runs, tmp
     # the final weights of a finished (here: stopped) run
     assert resolve_source(run) == run / "model.safetensors"
     # an interrupted save (no `complete` marker) is never exported, not even as the newest
-    shutil.copytree(ckpts / f"step-{LAST}", ckpts / "tmp-step-5",
-                    ignore=shutil.ignore_patterns("complete"))
+    shutil.copytree(
+        ckpts / f"step-{LAST}", ckpts / "tmp-step-5", ignore=shutil.ignore_patterns("complete")
+    )
     (ckpts / "step-4").mkdir()
     # a preempted (or diverged) run has no model.safetensors: its newest complete checkpoint
     final = (run / "model.safetensors").rename(tmp_path / "final.safetensors")
@@ -190,16 +214,20 @@ def _drop_marker(step: Path) -> None:
     (step / "complete").unlink()
 
 
-@pytest.mark.parametrize("stage, damage, message", [
-    (1, _poison_zero1, "2 of 28 tensors hold non-finite values"),
-    (0, _poison_zero0, "1 of 28 tensors hold non-finite values"),
-    (1, _foreign_object, "outside the checkpoint allowlist (fractions.Fraction)"),
-    (1, _drop_optim, "has no *_optim_states.pt"),
-    (1, _drop_config, "has no config.yaml"),
-    (1, _drop_marker, "not a complete checkpoint"),
-])
-def test_bad_checkpoint_is_one_line_and_writes_nothing(runs, tmp_path, capsys, stage, damage,
-                                                       message):
+@pytest.mark.parametrize(
+    "stage, damage, message",
+    [
+        (1, _poison_zero1, "2 of 28 tensors hold non-finite values"),
+        (0, _poison_zero0, "1 of 28 tensors hold non-finite values"),
+        (1, _foreign_object, "outside the checkpoint allowlist (fractions.Fraction)"),
+        (1, _drop_optim, "has no *_optim_states.pt"),
+        (1, _drop_config, "has no config.yaml"),
+        (1, _drop_marker, "not a complete checkpoint"),
+    ],
+)
+def test_bad_checkpoint_is_one_line_and_writes_nothing(
+    runs, tmp_path, capsys, stage, damage, message
+):
     run = shutil.copytree(runs(stage), tmp_path / "run")
     step = run / "checkpoints" / f"step-{LAST}"
     damage(step)
@@ -238,8 +266,13 @@ def test_diverged_checkpoint_cli_is_one_line_without_deepspeed_noise(runs, tmp_p
     run = shutil.copytree(runs(1), tmp_path / "run")
     _poison_zero1(run / "checkpoints" / f"step-{LAST}")
     (run / "model.safetensors").unlink()  # a diverged run has no final weights
-    r = subprocess.run([CGPT, "export", str(run), str(tmp_path / "hf")], capture_output=True,
-                       text=True, env=_env(), timeout=300)
+    r = subprocess.run(
+        [CGPT, "export", str(run), str(tmp_path / "hf")],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "2 of 28 tensors hold non-finite values" in lines[0], r.stderr
@@ -255,8 +288,16 @@ def test_two_rank_checkpoint_consolidates(tmp_path, data, capsys, zero_stage, pr
 
     launcher = str(Path(sys.executable).with_name("deepspeed"))
     d = _cfg(tmp_path, data, "two", zero_stage=zero_stage, precision=precision)
-    cmd = [launcher, "--num_gpus", "2", "--master_port", str(free_port()), "--module",
-           "cgpt.train", str(_write(tmp_path, d, "two.yaml"))]
+    cmd = [
+        launcher,
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "--module",
+        "cgpt.train",
+        str(_write(tmp_path, d, "two.yaml")),
+    ]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     step = tmp_path / "two" / "checkpoints" / f"step-{LAST}"

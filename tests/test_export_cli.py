@@ -30,16 +30,27 @@ def tiny(seed=0, vocab=300) -> GPT:
 
 def run_cli(*argv):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([CGPT, *map(str, argv)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [CGPT, *map(str, argv)], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_export_model_file_then_import_back(tmp_path, capsys):
     model = tiny()
     save_model(model, tmp_path / "m.safetensors")
     tok = make_tokenizer(tmp_path / "tok", vocab_size=280)
-    assert main(["export", str(tmp_path / "m.safetensors"), str(tmp_path / "hf"),
-                 "--tokenizer", str(tok)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "m.safetensors"),
+                str(tmp_path / "hf"),
+                "--tokenizer",
+                str(tok),
+            ]
+        )
+        == 0
+    )
     assert "verified against transformers" in capsys.readouterr().out
     assert (tmp_path / "hf/tokenizer.json").is_file()
     assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "back.safetensors")]) == 0
@@ -49,9 +60,20 @@ def test_export_model_file_then_import_back(tmp_path, capsys):
     assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "back.safetensors")]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "back.safetensors").read_bytes() == before
-    assert main(["export", str(tmp_path / "m.safetensors"), str(tmp_path / "hf"),
-                 "--dtype", "bfloat16",
-                 "--no-verify", "--force"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "m.safetensors"),
+                str(tmp_path / "hf"),
+                "--dtype",
+                "bfloat16",
+                "--no-verify",
+                "--force",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "hf/config.json").read_text())["dtype"] == "bfloat16"
     assert sorted(os.listdir(tmp_path)) == ["back.safetensors", "hf", "m.safetensors", "tok"]
 
@@ -88,12 +110,15 @@ def _pickle(tmp_path: Path) -> Path:
     return tmp_path / "m.pt"
 
 
-@pytest.mark.parametrize("make_src,message", [
-    (lambda p: p / "missing.safetensors", "does not exist"),
-    (_truncated, "truncated or corrupt"),
-    (_pickle, "pickle checkpoints are not loaded"),
-    (_empty_run, "no complete checkpoint"),
-])
+@pytest.mark.parametrize(
+    "make_src,message",
+    [
+        (lambda p: p / "missing.safetensors", "does not exist"),
+        (_truncated, "truncated or corrupt"),
+        (_pickle, "pickle checkpoints are not loaded"),
+        (_empty_run, "no complete checkpoint"),
+    ],
+)
 def test_export_bad_source_is_one_line_and_leaves_nothing(tmp_path, make_src, message):
     src = make_src(tmp_path)
     before = sorted(os.listdir(tmp_path))
@@ -122,8 +147,18 @@ def test_sharded_export_loads_in_transformers_and_imports_back(tmp_path, capsys)
     export verifies itself through transformers, and import-hf reads the shards back."""
     model = tiny(seed=3)
     save_model(model, tmp_path / "m.safetensors")
-    assert main(["export", str(tmp_path / "m.safetensors"), str(tmp_path / "hf"),
-                 "--max-shard-size", "20KB"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "m.safetensors"),
+                str(tmp_path / "hf"),
+                "--max-shard-size",
+                "20KB",
+            ]
+        )
+        == 0
+    )
     assert "verified against transformers" in capsys.readouterr().out
     files = sorted(os.listdir(tmp_path / "hf"))
     shards = [f for f in files if f.startswith("model-")]
@@ -142,8 +177,18 @@ def test_sharded_export_loads_in_transformers_and_imports_back(tmp_path, capsys)
     assert index["metadata"]["total_size"] == total
     assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "back.safetensors")]) == 0
     assert_bit_identical(model, load_model(tmp_path / "back.safetensors"))
-    assert main(["export", str(tmp_path / "m.safetensors"), str(tmp_path / "bad"),
-                 "--max-shard-size", "5 gigs"]) == 2
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "m.safetensors"),
+                str(tmp_path / "bad"),
+                "--max-shard-size",
+                "5 gigs",
+            ]
+        )
+        == 2
+    )
     assert "max shard size" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 

@@ -5,9 +5,18 @@ import math
 import numpy as np
 import pytest
 
-from cgpt.train.scaling.fit import (PAPER_LAW, FitError, chinchilla_loss, chinchilla_tokens_per_param,
-                            fit_chinchilla, fit_isoflop, fit_paper_law, fit_results,
-                            monotonic_report, paper_law)
+from cgpt.train.scaling.fit import (
+    PAPER_LAW,
+    FitError,
+    chinchilla_loss,
+    chinchilla_tokens_per_param,
+    fit_chinchilla,
+    fit_isoflop,
+    fit_paper_law,
+    fit_results,
+    monotonic_report,
+    paper_law,
+)
 from cgpt.train.scaling.plots import plot_isoflop, plot_scaling
 
 # docs/REFERENCE.md, Results: train FLOPs and Pile loss of the seven standard models, and the
@@ -38,7 +47,8 @@ def test_paper_law_recovered_from_noisy_points():
     assert lo < 0.15 < hi and lo < fit["b"] < hi
     # the fitted curve predicts an unseen, larger budget well
     assert paper_law(1e17, fit["a"], fit["b"], fit["c"]) == pytest.approx(
-        paper_law(1e17, 3e17, 0.15, 1.2), abs=0.03)
+        paper_law(1e17, 3e17, 0.15, 1.2), abs=0.03
+    )
 
 
 def test_refit_of_published_points_reproduces_paper_predictions():
@@ -57,8 +67,9 @@ def _isoflop_groups(noise=0.002, seed=0):
             n = n_guess * f
             d = c / 6 / n
             loss = chinchilla_loss(n, d, **CHIN) * math.exp(rng.normal(0, noise))
-            groups.setdefault(c, []).append(dict(params=n, tokens=d, loss=loss, flops=c,
-                                                 budget=c, name=f"{c:g}-{f}"))
+            groups.setdefault(c, []).append(
+                dict(params=n, tokens=d, loss=loss, flops=c, budget=c, name=f"{c:g}-{f}")
+            )
     return groups
 
 
@@ -69,9 +80,16 @@ def test_isoflop_recovers_chinchilla_allocation():
     assert iso["alpha"] == pytest.approx(b / (a + b), abs=0.02)
     assert iso["beta"] == pytest.approx(a / (a + b), abs=0.02)
     assert iso["alpha"] + iso["beta"] == pytest.approx(1.0, abs=0.01)  # C ∝ N·D
-    exact = [chinchilla_tokens_per_param(
-        {"n_opt_coefficient": (a * CHIN["A"] / (b * CHIN["B"])) ** (1 / (a + b)),
-         "n_opt_exponent": b / (a + b)}, c) for c in (1e17, 1e18, 1e19, 1e20)]
+    exact = [
+        chinchilla_tokens_per_param(
+            {
+                "n_opt_coefficient": (a * CHIN["A"] / (b * CHIN["B"])) ** (1 / (a + b)),
+                "n_opt_exponent": b / (a + b),
+            },
+            c,
+        )
+        for c in (1e17, 1e18, 1e19, 1e20)
+    ]
     got = [x["tokens_per_param"] for x in iso["budgets"]]
     np.testing.assert_allclose(got, exact, rtol=0.15)
     assert all(x["bracketed"] for x in iso["budgets"])
@@ -79,8 +97,9 @@ def test_isoflop_recovers_chinchilla_allocation():
 
 def test_chinchilla_approach3_recovers_parameters():
     pts = [p for g in _isoflop_groups(noise=0.001).values() for p in g]
-    fit = fit_chinchilla([p["params"] for p in pts], [p["tokens"] for p in pts],
-                         [p["loss"] for p in pts], n_boot=30)
+    fit = fit_chinchilla(
+        [p["params"] for p in pts], [p["tokens"] for p in pts], [p["loss"] for p in pts], n_boot=30
+    )
     assert fit["alpha"] == pytest.approx(CHIN["alpha"], abs=0.03)
     assert fit["beta"] == pytest.approx(CHIN["beta"], abs=0.03)
     assert fit["E"] == pytest.approx(CHIN["E"], abs=0.1)
@@ -117,8 +136,16 @@ def test_rising_loss_is_refused_and_non_convex_budget_skipped():
 def test_fit_results_excludes_nan_and_failed_points():
     recs = []
     for i, c in enumerate(np.logspace(12, 15, 6)):
-        recs.append(dict(name=f"p{i}", status="ok", params=1e5 * 2 ** i, tokens=2e6 * 2 ** i,
-                         flops=float(c), val_loss=float(paper_law(c, 1e17, 0.12, 1.0))))
+        recs.append(
+            dict(
+                name=f"p{i}",
+                status="ok",
+                params=1e5 * 2**i,
+                tokens=2e6 * 2**i,
+                flops=float(c),
+                val_loss=float(paper_law(c, 1e17, 0.12, 1.0)),
+            )
+        )
     recs[2]["val_loss"] = float("nan")
     recs.append(dict(name="bad", status="failed", reason="loss became nan at step 3"))
     fit = fit_results(recs, kind="tokens_per_param", tokens_per_param=20.0, n_boot=50)

@@ -4,8 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cgpt.model import GPT, GPTConfig
-from cgpt.model import fused_ce
+from cgpt.model import GPT, GPTConfig, fused_ce
 from cgpt.model.config import MuPConfig
 
 
@@ -64,8 +63,14 @@ def test_autocast_and_no_grad():
 
 @pytest.mark.parametrize("mup", [False, True])
 def test_model_fused_equals_plain_path(mup):
-    cfg = GPTConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=97, n_positions=16,
-                    mup=MuPConfig(base_width=16) if mup else None)
+    cfg = GPTConfig(
+        n_layer=2,
+        n_embd=32,
+        n_head=4,
+        vocab_size=97,
+        n_positions=16,
+        mup=MuPConfig(base_width=16) if mup else None,
+    )
     torch.manual_seed(0)
     idx, tgt = torch.randint(0, 97, (3, 16)), torch.randint(0, 97, (3, 16))
     results = []

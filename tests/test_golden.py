@@ -43,18 +43,42 @@ def bigram_tokens(n: int, seed: int) -> np.ndarray:
 
 
 def test_tiny_fp32_loss_curve_is_golden(tmp_path):
-    write_token_data(tmp_path / "data", bigram_tokens(40_000, 0), bigram_tokens(4_000, 1),
-                     vocab_size=VOCAB, eos_id=VOCAB - 1, source="bigram")
-    cfg = {"model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32,
-                     "vocab_size": VOCAB},
-           "data": {"path": str(tmp_path / "data")},
-           "plan": {"params": 30000, "seq_len": 32, "tokens": 32 * 8 * STEPS, "steps": STEPS,
-                    "global_batch_seqs": 8, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 2,
-                    "decay_steps": STEPS - 2},
-           "runtime": {"out_dir": str(tmp_path / "run"), "micro_batch": 4, "zero_stage": 0,
-                       "precision": "fp32", "eval_every": 0, "eval_batches": 2,
-                       "save_every": 0, "log_every": 1, "wandb": "off", "seed": 11,
-                       "export_hf": False}}
+    write_token_data(
+        tmp_path / "data",
+        bigram_tokens(40_000, 0),
+        bigram_tokens(4_000, 1),
+        vocab_size=VOCAB,
+        eos_id=VOCAB - 1,
+        source="bigram",
+    )
+    cfg = {
+        "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32, "vocab_size": VOCAB},
+        "data": {"path": str(tmp_path / "data")},
+        "plan": {
+            "params": 30000,
+            "seq_len": 32,
+            "tokens": 32 * 8 * STEPS,
+            "steps": STEPS,
+            "global_batch_seqs": 8,
+            "lr": 3e-3,
+            "min_lr": 3e-4,
+            "warmup_steps": 2,
+            "decay_steps": STEPS - 2,
+        },
+        "runtime": {
+            "out_dir": str(tmp_path / "run"),
+            "micro_batch": 4,
+            "zero_stage": 0,
+            "precision": "fp32",
+            "eval_every": 0,
+            "eval_batches": 2,
+            "save_every": 0,
+            "log_every": 1,
+            "wandb": "off",
+            "seed": 11,
+            "export_hf": False,
+        },
+    }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     assert cli_main(["train", str(tmp_path / "run.yaml")]) == 0
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")

@@ -9,17 +9,25 @@ import math
 
 import pytest
 import torch
+from test_trainer import make_cfg, make_data
 
 from cgpt.train.bench.train_step import bench
-from cgpt.train.loop.metrics import read_metrics
 from cgpt.train.config import parse_run_config
-from test_trainer import make_cfg, make_data
+from cgpt.train.loop.metrics import read_metrics
 
 
 @pytest.mark.gpu
 def test_bench_reports_mfu_on_cuda():
-    out = bench("111M", steps=3, warmup=1, seq_len=512, micro_batch=4, n_layer=2,
-                device="cuda", compare_hf=True)
+    out = bench(
+        "111M",
+        steps=3,
+        warmup=1,
+        seq_len=512,
+        micro_batch=4,
+        n_layer=2,
+        device="cuda",
+        compare_hf=True,
+    )
     ours = out["results"][0]
     assert out["precision"] == "bf16" and out["device"] != "cpu"
     assert ours["tokens_per_s"] > 0 and ours["peak_memory_bytes"] > 0

@@ -26,21 +26,30 @@ from cgpt.train.loop.distributed import (
 from cgpt.train.loop.watchdog import StepWatchdog
 
 # the exact messages gloo raised here (torch 2.13) when its peer sleeps past a 3 s timeout
-GLOO_RECV = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] "
-             "Timed out waiting 3000ms for recv operation to complete")
-GLOO_SEND = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:129] "
-             "Timed out waiting 3000ms for send operation to complete")
+GLOO_RECV = (
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] "
+    "Timed out waiting 3000ms for recv operation to complete"
+)
+GLOO_SEND = (
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:129] "
+    "Timed out waiting 3000ms for send operation to complete"
+)
 
 
 # ---------------------------------------------------------------------------- is_timeout
-@pytest.mark.parametrize("msg", [
-    GLOO_RECV, GLOO_SEND, "Application timeout caused pair closure",
-    "[Rank 0] Work WorkNCCL(SeqNum=7, OpType=ALLREDUCE) timed out in blocking wait "
-    "(TORCH_NCCL_BLOCKING_WAIT=1).",
-    "[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=7, "
-    "OpType=ALLREDUCE, Timeout(ms)=600000) ran for 600012 milliseconds before timing out.",
-    "Timed out after 4 seconds waiting for clients. 1/2 clients joined.",
-])
+@pytest.mark.parametrize(
+    "msg",
+    [
+        GLOO_RECV,
+        GLOO_SEND,
+        "Application timeout caused pair closure",
+        "[Rank 0] Work WorkNCCL(SeqNum=7, OpType=ALLREDUCE) timed out in blocking wait "
+        "(TORCH_NCCL_BLOCKING_WAIT=1).",
+        "[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=7, "
+        "OpType=ALLREDUCE, Timeout(ms)=600000) ran for 600012 milliseconds before timing out.",
+        "Timed out after 4 seconds waiting for clients. 1/2 clients joined.",
+    ],
+)
 def test_is_timeout_recognises_collective_timeouts(msg):
     assert is_timeout(RuntimeError(msg))
     import torch.distributed as dist
@@ -55,23 +64,33 @@ def test_is_timeout_recognises_collective_timeouts(msg):
         assert is_timeout(wrapped)
 
 
-@pytest.mark.parametrize("exc", [
-    RuntimeError("[.../gloo/transport/tcp/pair.cc:553] Connection closed by peer "
-                 "[127.0.0.1]:29382. This is typically caused by a remote worker crashing."),
-    RuntimeError("CUDA out of memory"), ValueError("Timed out waiting 3000ms for recv operation"),
-    TimeoutError("read timed out"), KeyboardInterrupt(),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        RuntimeError(
+            "[.../gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+            "[127.0.0.1]:29382. This is typically caused by a remote worker crashing."
+        ),
+        RuntimeError("CUDA out of memory"),
+        ValueError("Timed out waiting 3000ms for recv operation"),
+        TimeoutError("read timed out"),
+        KeyboardInterrupt(),
+    ],
+)
 def test_is_timeout_rejects_other_errors(exc):
     assert not is_timeout(exc)
 
 
 def test_timeout_message():
     line = timeout_message(600.0, 1200, Path("/runs/a/checkpoints/step_00001000"))
-    assert line == ("no answer from another rank within runtime.collective_timeout_s=600s "
-                    "after step 1200 (a rank died or stalled); last checkpoint: "
-                    "/runs/a/checkpoints/step_00001000")
-    assert timeout_message(2.5, 0, None).endswith("=2.5s after step 0 (a rank died or "
-                                                  "stalled); last checkpoint: none yet")
+    assert line == (
+        "no answer from another rank within runtime.collective_timeout_s=600s "
+        "after step 1200 (a rank died or stalled); last checkpoint: "
+        "/runs/a/checkpoints/step_00001000"
+    )
+    assert timeout_message(2.5, 0, None).endswith(
+        "=2.5s after step 0 (a rank died or stalled); last checkpoint: none yet"
+    )
 
 
 # ---------------------------------------------------------------------------- watchdog
@@ -99,9 +118,11 @@ def test_watchdog_warns_once_per_stall():
     assert wd.check() is None
     clock.t += 0.02
     msg = wd.check()
-    assert msg == (f"no step finished for {10 * avg + 0.01:.0f} s (average {avg:.3g} s per "
-                   "step) after step 39: a rank may be stalled or dead; collectives time out "
-                   "after runtime.collective_timeout_s=600s")
+    assert msg == (
+        f"no step finished for {10 * avg + 0.01:.0f} s (average {avg:.3g} s per "
+        "step) after step 39: a rank may be stalled or dead; collectives time out "
+        "after runtime.collective_timeout_s=600s"
+    )
     clock.t += 1000.0
     assert wd.check() is None  # one warning per stall
     wd.beat(40)  # it moved again: the next stall warns again
@@ -136,8 +157,10 @@ def test_watchdog_thread_prints_one_line_and_closes():
         time.sleep(0.8)  # a stall of 4x the threshold: still one line
         assert len(lines) == 1 and wd.warnings == 1, lines
         assert lines[0].startswith("no step finished for 0.")
-        assert lines[0].endswith("after step 5: a rank may be stalled or dead; collectives "
-                                 "time out after runtime.collective_timeout_s=3s")
+        assert lines[0].endswith(
+            "after step 5: a rank may be stalled or dead; collectives "
+            "time out after runtime.collective_timeout_s=3s"
+        )
         wd.beat(6)
         time.sleep(0.5)
         assert len(lines) == 2 and "after step 6" in lines[1]
@@ -174,8 +197,10 @@ def test_stale_lock_is_one_clean_line(ext_dir):
         check_extension_locks(max_age_s=600)
     msg = str(e.value)
     assert "\n" not in msg
-    assert msg.startswith(f"stale torch extension build lock {lock} (3600 s old): a build of "
-                          "deepspeed_shm_comm was interrupted (no build takes over 600 s)")
+    assert msg.startswith(
+        f"stale torch extension build lock {lock} (3600 s old): a build of "
+        "deepspeed_shm_comm was interrupted (no build takes over 600 s)"
+    )
     rm = msg.split("remove it with: ", 1)[1]
     assert rm == f"rm {shlex.quote(str(lock))}" and shlex.split(rm) == ["rm", str(lock)]
 
@@ -184,8 +209,9 @@ def test_young_lock_says_it_waits(ext_dir, capsys):
     lock = _lock(ext_dir, "deepspeed_shm_comm", 30)
     check_extension_locks(max_age_s=600)
     err = capsys.readouterr().err
-    assert err == (f"waiting for another process's build of deepspeed_shm_comm (lock {lock}, "
-                   "30 s old)\n")
+    assert err == (
+        f"waiting for another process's build of deepspeed_shm_comm (lock {lock}, 30 s old)\n"
+    )
     assert lock.exists()  # someone else's: never touched
 
 
@@ -235,13 +261,20 @@ def _env(**extra) -> dict:
 def test_init_distributed_refuses_a_stale_lock_before_building(tmp_path):
     root = tmp_path / "ext"
     lock = _lock(root, "deepspeed_shm_comm", 3600)
-    code = ("from cgpt.train.loop.distributed import init_distributed\n"
-            "from cgpt.model.errors import CgptError\n"
-            "try:\n    init_distributed('cpu', timeout_s=30)\n"
-            "except CgptError as e:\n    print('CGPT:', e)\n")
+    code = (
+        "from cgpt.train.loop.distributed import init_distributed\n"
+        "from cgpt.model.errors import CgptError\n"
+        "try:\n    init_distributed('cpu', timeout_s=30)\n"
+        "except CgptError as e:\n    print('CGPT:', e)\n"
+    )
     # without the check DeepSpeed would wait on that lock forever: the timeout is the failure
-    r = subprocess.run([sys.executable, "-c", code], env=_env(TORCH_EXTENSIONS_DIR=str(root)),
-                       capture_output=True, text=True, timeout=240)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_env(TORCH_EXTENSIONS_DIR=str(root)),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"CGPT: stale torch extension build lock {lock}" in r.stdout
     assert r.stdout.count("\n") == 1
@@ -279,10 +312,22 @@ def test_stalled_rank_times_out(tmp_path):
     procs: list[subprocess.Popen] = []
     try:
         for rank in (0, 1):
-            env = _env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-            procs.append(subprocess.Popen([sys.executable, "-c", _RANK], env=env, text=True,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            env = _env(
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                WORLD_SIZE="2",
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+            )
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _RANK],
+                    env=env,
+                    text=True,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+            )
         out, err = procs[0].communicate(timeout=240)  # start-up (imports) included
         t_exit = time.time()
         assert procs[0].returncode == 0, err[-3000:]
@@ -292,12 +337,16 @@ def test_stalled_rank_times_out(tmp_path):
         assert res["type"] == "RuntimeError" and "Timed out waiting 3000ms" in res["msg"]
         assert 2.5 < res["elapsed"] < 30, res
         assert t_exit - res["t_fail"] < 30  # and the failed rank exits (no hang at exit)
-        assert res["line"] == ("no answer from another rank within "
-                               "runtime.collective_timeout_s=3s after step 7 (a rank died or "
-                               "stalled); last checkpoint: none yet")
+        assert res["line"] == (
+            "no answer from another rank within "
+            "runtime.collective_timeout_s=3s after step 7 (a rank died or "
+            "stalled); last checkpoint: none yet"
+        )
         assert procs[1].poll() is None  # rank 1 really was stalled, not dead
-        print(f"rank 0: all-reduce failed after {res['elapsed']:.2f} s, process exited "
-              f"{t_exit - res['t_fail']:.2f} s later")
+        print(
+            f"rank 0: all-reduce failed after {res['elapsed']:.2f} s, process exited "
+            f"{t_exit - res['t_fail']:.2f} s later"
+        )
     finally:
         for p in procs:
             if p.poll() is None:
@@ -323,16 +372,31 @@ def test_cgpt_launch_with_a_stalled_rank_exits_within_the_timeout(tmp_path):
 
     timeout_s = 5
     data = make_data(tmp_path / "data", n_files=6)
-    d = make_cfg(tmp_path, data, steps=3000, batch=8, eval_every=0, save_every=0,
-                 zero_stage=1, micro_batch=2, log_every=1, collective_timeout_s=timeout_s)
+    d = make_cfg(
+        tmp_path,
+        data,
+        steps=3000,
+        batch=8,
+        eval_every=0,
+        save_every=0,
+        zero_stage=1,
+        micro_batch=2,
+        log_every=1,
+        collective_timeout_s=timeout_s,
+    )
     cfg = _write(tmp_path, d)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR"):
         env.pop(k, None)
     cgpt = str(Path(sys.executable).parent / "cgpt")
-    proc = subprocess.Popen([cgpt, "launch", str(cfg), "--gpus-per-node", "2"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [cgpt, "launch", str(cfg), "--gpus-per-node", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     stalled = None
     try:
         metrics = tmp_path / "run" / "metrics.jsonl"
@@ -375,7 +439,10 @@ def _rank_pid(rank: int, config: str) -> int | None:
             env = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(config.encode() in c for c in cmd) and b"cgpt.train" in b" ".join(cmd) \
-                and f"RANK={rank}".encode() in env:
+        if (
+            any(config.encode() in c for c in cmd)
+            and b"cgpt.train" in b" ".join(cmd)
+            and f"RANK={rank}".encode() in env
+        ):
             return int(proc.name)
     return None

@@ -16,7 +16,13 @@ from cgpt.model import hf as H
 from cgpt.model.io import build_from_state_dict, load_model, save_model
 
 transformers = pytest.importorskip("transformers", reason="parity tests need transformers")
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+)
 
 # (n_layer, n_embd, n_head): square heads, an odd head count (17), d_head 80
 SHAPES = [(2, 32, 4), (1, 68, 17), (2, 160, 2)]
@@ -28,13 +34,18 @@ def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if p.dim() == 1 and p.shape[0] % 2 else 0.0))
+            p.copy_(
+                torch.randn(p.shape, generator=g) * 0.3
+                + (1.0 if p.dim() == 1 and p.shape[0] % 2 else 0.0)
+            )
     return module
 
 
 def tiny_gpt(shape=(2, 32, 4), seed=0, **kw) -> GPT:
     L, d, h = shape
-    return randomize(GPT(GPTConfig(n_layer=L, n_embd=d, n_head=h, vocab_size=VOCAB, n_positions=CTX, **kw)), seed).eval()
+    return randomize(
+        GPT(GPTConfig(n_layer=L, n_embd=d, n_head=h, vocab_size=VOCAB, n_positions=CTX, **kw)), seed
+    ).eval()
 
 
 def ids(batch=2, T=CTX, seed=1):
@@ -67,9 +78,22 @@ def test_parity_ours_to_transformers(shape):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_parity_transformers_to_ours(shape):
     L, d, h = shape
-    hf = randomize(GPT2LMHeadModel(GPT2Config(
-        n_layer=L, n_embd=d, n_head=h, vocab_size=VOCAB, n_positions=CTX, activation_function="gelu",
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)), seed=3).eval()
+    hf = randomize(
+        GPT2LMHeadModel(
+            GPT2Config(
+                n_layer=L,
+                n_embd=d,
+                n_head=h,
+                vocab_size=VOCAB,
+                n_positions=CTX,
+                activation_function="gelu",
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+            )
+        ),
+        seed=3,
+    ).eval()
     cfg, tied = H.hf_config_to_gpt(hf.config.to_dict())
     sd, tied = H.from_hf_state_dict(hf.state_dict(), cfg, tied)
     ours = build_from_state_dict(cfg, sd, tied, "test").eval()
@@ -79,9 +103,22 @@ def test_parity_transformers_to_ours(shape):
 
 
 def test_import_of_transformers_save_pretrained(tmp_path):
-    hf = randomize(GPT2LMHeadModel(GPT2Config(
-        n_layer=2, n_embd=68, n_head=17, vocab_size=VOCAB, n_positions=CTX, activation_function="gelu",
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)), seed=4).eval()
+    hf = randomize(
+        GPT2LMHeadModel(
+            GPT2Config(
+                n_layer=2,
+                n_embd=68,
+                n_head=17,
+                vocab_size=VOCAB,
+                n_positions=CTX,
+                activation_function="gelu",
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+            )
+        ),
+        seed=4,
+    ).eval()
     hf.save_pretrained(tmp_path / "hf")
     ours = H.import_hf(tmp_path / "hf", verify=True).eval()
     assert ours.lm_head.weight is ours.transformer.wte.weight
@@ -146,11 +183,15 @@ def make_tokenizer(path: Path, vocab_size: int = 90) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(["hello world, the export round trip"] * 20, trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
-                            bos_token="<|endoftext|>").save_pretrained(path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    ).save_pretrained(path)
     return path
 
 
@@ -216,18 +257,23 @@ def write_hf_folder(folder: Path, model: GPT, **cfg_overrides) -> Path:
     from safetensors.torch import save_file
 
     save_file(H.to_hf_state_dict(model), str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({**H.gpt_config_to_hf(model.config), **cfg_overrides}))
+    (folder / "config.json").write_text(
+        json.dumps({**H.gpt_config_to_hf(model.config), **cfg_overrides})
+    )
     return folder
 
 
-@pytest.mark.parametrize("overrides,match", [
-    ({"model_type": "llama"}, "model_type is 'llama'"),
-    ({"activation_function": "gelu_new"}, "gelu_new"),
-    ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
-    ({"n_embd": 64, "n_inner": 256}, "has shape"),
-    ({"n_layer": 3}, "missing 12 tensor"),
-    ({"n_head": 5}, "divisible"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"model_type": "llama"}, "model_type is 'llama'"),
+        ({"activation_function": "gelu_new"}, "gelu_new"),
+        ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
+        ({"n_embd": 64, "n_inner": 256}, "has shape"),
+        ({"n_layer": 3}, "missing 12 tensor"),
+        ({"n_head": 5}, "divisible"),
+    ],
+)
 def test_import_refuses_foreign_or_mismatched_config(tmp_path, overrides, match):
     folder = write_hf_folder(tmp_path / "hf", tiny_gpt(), **overrides)
     with pytest.raises(CgptError, match=match):

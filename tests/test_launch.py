@@ -26,9 +26,18 @@ def write_config(tmp_path: Path, global_batch=12, micro_batch=4, **plan) -> Path
     cfg = {
         "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 256},
         "data": {"path": str(tmp_path / "data")},
-        "plan": {"params": 30000, "seq_len": 32, "tokens": 100000, "steps": 10,
-                 "global_batch_seqs": global_batch, "lr": 1e-3, "min_lr": 1e-4,
-                 "warmup_steps": 2, "decay_steps": 8, **plan},
+        "plan": {
+            "params": 30000,
+            "seq_len": 32,
+            "tokens": 100000,
+            "steps": 10,
+            "global_batch_seqs": global_batch,
+            "lr": 1e-3,
+            "min_lr": 1e-4,
+            "warmup_steps": 2,
+            "decay_steps": 8,
+            **plan,
+        },
         "runtime": {"out_dir": str(tmp_path / "run"), "micro_batch": micro_batch},
     }
     path = tmp_path / "run.yaml"
@@ -58,6 +67,7 @@ def ds_world(cmd: list[str]) -> tuple[object, dict]:
 
 # ---- hostfiles --------------------------------------------------------------------------
 
+
 def test_hostfile_parses_like_deepspeed(tmp_path):
     from deepspeed.launcher import runner
 
@@ -69,18 +79,23 @@ def test_hostfile_parses_like_deepspeed(tmp_path):
     assert read_hostfile(path) == parse_hostfile(text)
 
 
-@pytest.mark.parametrize("text, words", [
-    ("node-0 slots=8\nnode-1 8\n", "line 2"),
-    ("node-0 slots=8\nnode-0 slots=8\n", "listed twice"),
-    ("node-0 slots=0\n", "at least 1"),
-    ("# only a comment\n", "no hosts"),
-    ("node-0 slots=8 gpus=2\n", "line 1"),
-    ("node-0 slots=8\nn$(touch${IFS}PWNED) slots=8\n", "line 2: host 'n$(touch${IFS}PWNED)' "
-     "contains '$'"),
-    ("`touch${IFS}PWNED` slots=1\n", "contains '`'"),
-    ("node-0;id slots=1\n", "contains ';'"),
-    ("-oProxyCommand slots=1\n", "starts with '-'"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("node-0 slots=8\nnode-1 8\n", "line 2"),
+        ("node-0 slots=8\nnode-0 slots=8\n", "listed twice"),
+        ("node-0 slots=0\n", "at least 1"),
+        ("# only a comment\n", "no hosts"),
+        ("node-0 slots=8 gpus=2\n", "line 1"),
+        (
+            "node-0 slots=8\nn$(touch${IFS}PWNED) slots=8\n",
+            "line 2: host 'n$(touch${IFS}PWNED)' contains '$'",
+        ),
+        ("`touch${IFS}PWNED` slots=1\n", "contains '`'"),
+        ("node-0;id slots=1\n", "contains ';'"),
+        ("-oProxyCommand slots=1\n", "starts with '-'"),
+    ],
+)
 def test_bad_hostfile_is_one_clear_error(tmp_path, capsys, text, words):
     hosts = tmp_path / "hosts"
     hosts.write_text(text)
@@ -97,6 +112,7 @@ def test_missing_hostfile(tmp_path, capsys):
 
 # ---- the batch split ----------------------------------------------------------------------
 
+
 def test_resplit_keeps_global_batch_and_lowers_micro_batch(tmp_path):
     plan = parse_run_config(yaml.safe_load(write_config(tmp_path).read_text())).plan
     assert L.resolve_micro_batch(plan, 4, 1) == (4, None)
@@ -110,8 +126,10 @@ def test_resplit_keeps_global_batch_and_lowers_micro_batch(tmp_path):
 
 
 def test_resplit_covers_every_batch_phase(tmp_path):
-    phases = [{"global_batch_seqs": 12, "steps": 4, "warmup_steps": 2, "decay_steps": 2},
-              {"global_batch_seqs": 18, "steps": 6, "warmup_steps": 0, "decay_steps": 6}]
+    phases = [
+        {"global_batch_seqs": 12, "steps": 4, "warmup_steps": 2, "decay_steps": 2},
+        {"global_batch_seqs": 18, "steps": 6, "warmup_steps": 0, "decay_steps": 6},
+    ]
     raw = yaml.safe_load(write_config(tmp_path, batch_schedule=phases).read_text())
     plan = parse_run_config(raw).plan
     assert L.resolve_micro_batch(plan, 6, 2)[0] == 3  # 6 and 9 per rank: 3 fits both
@@ -133,10 +151,12 @@ def test_unsplittable_batch_starts_nothing(tmp_path, capsys, monkeypatch):
 
 # ---- the commands -----------------------------------------------------------------------
 
+
 def test_deepspeed_single_node(tmp_path, capsys):
     cfg = write_config(tmp_path)
-    cmd = launch_dry(capsys, cfg, "--gpus-per-node", 2, "--master-port", 29555,
-                     "--set", "runtime.zero_stage=2")
+    cmd = launch_dry(
+        capsys, cfg, "--gpus-per-node", 2, "--master-port", 29555, "--set", "runtime.zero_stage=2"
+    )
     args, active = ds_world(cmd)
     assert sum(len(v) for v in active.values()) == 2 and args.num_nodes == 1
     assert args.master_port == 29555 and args.module and args.no_local_rank
@@ -148,8 +168,16 @@ def test_deepspeed_single_node(tmp_path, capsys):
 def test_deepspeed_hostfile_multi_node(tmp_path, capsys):
     hosts = tmp_path / "hosts"
     hosts.write_text("gpu-a slots=4\ngpu-b slots=4\ngpu-c slots=4\n")
-    cmd = launch_dry(capsys, write_config(tmp_path, global_batch=24), "--hostfile", hosts,
-                     "--nodes", 2, "--master-port", 29600)
+    cmd = launch_dry(
+        capsys,
+        write_config(tmp_path, global_batch=24),
+        "--hostfile",
+        hosts,
+        "--nodes",
+        2,
+        "--master-port",
+        29600,
+    )
     args, active = ds_world(cmd)
     assert list(active) == ["gpu-a", "gpu-b"] and sum(len(v) for v in active.values()) == 8
     assert args.hostfile == str(hosts.resolve()) and args.master_addr == "gpu-a"
@@ -159,8 +187,19 @@ def test_deepspeed_hostfile_multi_node(tmp_path, capsys):
 def test_deepspeed_no_ssh_node_rank(tmp_path, capsys):
     hosts = tmp_path / "hosts"
     hosts.write_text("node0 slots=1\nnode1 slots=1\n")
-    cmd = launch_dry(capsys, write_config(tmp_path), "--hostfile", hosts, "--no-ssh",
-                     "--node-rank", 1, "--master-addr", "127.0.0.1", "--master-port", 29601)
+    cmd = launch_dry(
+        capsys,
+        write_config(tmp_path),
+        "--hostfile",
+        hosts,
+        "--no-ssh",
+        "--node-rank",
+        1,
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        29601,
+    )
     args, active = ds_world(cmd)
     assert args.no_ssh and args.node_rank == 1 and args.master_addr == "127.0.0.1"
     assert sum(len(v) for v in active.values()) == 2
@@ -170,27 +209,69 @@ def test_torchrun_multi_node(tmp_path, capsys):
     from torch.distributed.run import get_args_parser
 
     cfg = write_config(tmp_path, global_batch=16)
-    cmd = launch_dry(capsys, cfg, "--launcher", "torchrun", "--nodes", 2, "--gpus-per-node", 4,
-                     "--node-rank", 1, "--master-addr", "10.1.2.3", "--resume")
+    cmd = launch_dry(
+        capsys,
+        cfg,
+        "--launcher",
+        "torchrun",
+        "--nodes",
+        2,
+        "--gpus-per-node",
+        4,
+        "--node-rank",
+        1,
+        "--master-addr",
+        "10.1.2.3",
+        "--resume",
+    )
     assert Path(cmd[0]).name == "torchrun"
     a = get_args_parser().parse_args(cmd[1:])
     assert (a.nnodes, a.nproc_per_node, a.node_rank) == ("2", "4", 1)
     assert (a.master_addr, a.master_port) == ("10.1.2.3", L.DEFAULT_MASTER_PORT)
     assert a.module and a.training_script == "cgpt.train"
-    assert a.training_script_args == [str(cfg.resolve()), "--set", "runtime.micro_batch=2",
-                                      "--resume"]
+    assert a.training_script_args == [
+        str(cfg.resolve()),
+        "--set",
+        "runtime.micro_batch=2",
+        "--resume",
+    ]
 
 
 def test_multi_node_needs_a_master(tmp_path, capsys):
-    assert main(["launch", str(write_config(tmp_path)), "--launcher", "torchrun",
-                 "--nodes", "2", "--dry-run"]) == 2
+    assert (
+        main(
+            [
+                "launch",
+                str(write_config(tmp_path)),
+                "--launcher",
+                "torchrun",
+                "--nodes",
+                "2",
+                "--dry-run",
+            ]
+        )
+        == 2
+    )
     assert "--master-addr" in capsys.readouterr().err
-    assert main(["launch", str(write_config(tmp_path)), "--nodes", "2", "--master-addr", "h0",
-                 "--dry-run"]) == 2
+    assert (
+        main(
+            [
+                "launch",
+                str(write_config(tmp_path)),
+                "--nodes",
+                "2",
+                "--master-addr",
+                "h0",
+                "--dry-run",
+            ]
+        )
+        == 2
+    )
     assert "need --hostfile" in capsys.readouterr().err
 
 
 # ---- bad input: nothing starts --------------------------------------------------------------
+
 
 def _no_process(*a, **k):
     raise AssertionError(f"a process was started: {a}")
@@ -235,6 +316,7 @@ def test_port_check_ignores_other_machines():
 
 # ---- running --------------------------------------------------------------------------------
 
+
 def test_signals_reach_the_launcher(tmp_path):
     """SIGTERM to `cgpt launch` reaches the launcher (so the trainer can checkpoint)."""
     marker = tmp_path / "got"
@@ -247,8 +329,10 @@ def test_signals_reach_the_launcher(tmp_path):
         print("ready", flush=True)
         time.sleep(60)
     """)
-    parent = ("import sys; from cgpt.launch.cmd_launch import run_forwarding_signals as r; "
-              f"sys.exit(r([sys.executable, '-c', {child!r}]))")
+    parent = (
+        "import sys; from cgpt.launch.cmd_launch import run_forwarding_signals as r; "
+        f"sys.exit(r([sys.executable, '-c', {child!r}]))"
+    )
     proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGTERM)
@@ -256,8 +340,8 @@ def test_signals_reach_the_launcher(tmp_path):
     assert marker.read_text() == "TERM"
 
 
-
 # ---- numbers and names out of range: one line, nothing starts ---------------------------------
+
 
 def _refused(capsys, argv: list[str], *words: str) -> str:
     """`cgpt launch ARGV` exits 2 with one line on stderr that contains `words`."""
@@ -274,25 +358,30 @@ def _refused(capsys, argv: list[str], *words: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--gpus-per-node", "0"], ["--gpus-per-node must be at least 1, got 0"]),
-    (["--gpus-per-node", "-1"], ["--gpus-per-node must be at least 1, got -1"]),
-    (["--nodes", "0"], ["--nodes must be at least 1, got 0"]),
-    (["--nodes", "-3"], ["--nodes must be at least 1, got -3"]),
-    (["--nodes", "2", "--master-addr", "h0", "--launcher", "torchrun", "--node-rank", "2"],
-     ["--node-rank 2 is outside 0..1"]),
-    (["--node-rank", "-1"], ["--node-rank -1 is outside 0..0"]),
-    (["--node-rank", "1"], ["--node-rank 1 is outside 0..0"]),
-    (["--master-port", "0"], ["--master-port must be in 1..65535, got 0"]),
-    (["--master-port", "65536"], ["--master-port must be in 1..65535, got 65536"]),
-    (["--master-port", "-1"], ["--master-port must be in 1..65535, got -1"]),
-    (["--gpus-per-node", "two"], ["--gpus-per-node", "invalid int value: 'two'"]),
-    (["--nodes", "1\n2"], ["--nodes", "invalid int value: '1\\n2'"]),
-    (["--master-port", "$(touch PWNED)"], ["--master-port", "invalid int value"]),
-    (["--master-addr", "h0;touch PWNED"], ["--master-addr", "';'"]),
-    (["--master-addr", "$(touch PWNED)"], ["--master-addr", "'$'"]),
-    (["--master-addr=-oProxyCommand"], ["--master-addr", "starts with '-'"]),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--gpus-per-node", "0"], ["--gpus-per-node must be at least 1, got 0"]),
+        (["--gpus-per-node", "-1"], ["--gpus-per-node must be at least 1, got -1"]),
+        (["--nodes", "0"], ["--nodes must be at least 1, got 0"]),
+        (["--nodes", "-3"], ["--nodes must be at least 1, got -3"]),
+        (
+            ["--nodes", "2", "--master-addr", "h0", "--launcher", "torchrun", "--node-rank", "2"],
+            ["--node-rank 2 is outside 0..1"],
+        ),
+        (["--node-rank", "-1"], ["--node-rank -1 is outside 0..0"]),
+        (["--node-rank", "1"], ["--node-rank 1 is outside 0..0"]),
+        (["--master-port", "0"], ["--master-port must be in 1..65535, got 0"]),
+        (["--master-port", "65536"], ["--master-port must be in 1..65535, got 65536"]),
+        (["--master-port", "-1"], ["--master-port must be in 1..65535, got -1"]),
+        (["--gpus-per-node", "two"], ["--gpus-per-node", "invalid int value: 'two'"]),
+        (["--nodes", "1\n2"], ["--nodes", "invalid int value: '1\\n2'"]),
+        (["--master-port", "$(touch PWNED)"], ["--master-port", "invalid int value"]),
+        (["--master-addr", "h0;touch PWNED"], ["--master-addr", "';'"]),
+        (["--master-addr", "$(touch PWNED)"], ["--master-addr", "'$'"]),
+        (["--master-addr=-oProxyCommand"], ["--master-addr", "starts with '-'"]),
+    ],
+)
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_bad_numbers_start_nothing(tmp_path, capsys, monkeypatch, extra, words, dry_run):
     """`--gpus-per-node 0` used to run 1 process and `--nodes 0` one node: now every count,
@@ -307,10 +396,23 @@ def test_zero_nodes_with_a_hostfile_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", _no_process)
     hosts = tmp_path / "hosts"
     hosts.write_text("a slots=1\nb slots=1\n")
-    _refused(capsys, [str(write_config(tmp_path)), "--hostfile", str(hosts), "--nodes", "0",
-                      "--dry-run"], "--nodes must be at least 1, got 0")
-    _refused(capsys, [str(write_config(tmp_path)), "--hostfile", str(hosts),
-                      "--gpus-per-node", "0", "--dry-run"], "--gpus-per-node must be at least 1")
+    _refused(
+        capsys,
+        [str(write_config(tmp_path)), "--hostfile", str(hosts), "--nodes", "0", "--dry-run"],
+        "--nodes must be at least 1, got 0",
+    )
+    _refused(
+        capsys,
+        [
+            str(write_config(tmp_path)),
+            "--hostfile",
+            str(hosts),
+            "--gpus-per-node",
+            "0",
+            "--dry-run",
+        ],
+        "--gpus-per-node must be at least 1",
+    )
 
 
 def test_topology_checks_for_callers():
@@ -325,9 +427,17 @@ def test_topology_checks_for_callers():
     assert L.make_topology(gpus_per_node=None, default_gpus=3).gpus_per_node == 3
 
 
-@pytest.mark.parametrize("value, bad", [("$(touch PWNED)", "$"), ("a;touch PWNED", ";"),
-                                        ("a`touch PWNED`", "`"), ('a"b', '"'), ("a'b", "'"),
-                                        ("a%n", "%")])
+@pytest.mark.parametrize(
+    "value, bad",
+    [
+        ("$(touch PWNED)", "$"),
+        ("a;touch PWNED", ";"),
+        ("a`touch PWNED`", "`"),
+        ('a"b', '"'),
+        ("a'b", "'"),
+        ("a%n", "%"),
+    ],
+)
 def test_pdsh_remote_shell_refuses_shell_characters(tmp_path, capsys, monkeypatch, value, bad):
     """DeepSpeed's pdsh backend hands the command to a shell on every node: a --set value
     that shell would run or change is refused; the per-node starts take it as it is."""
@@ -336,11 +446,17 @@ def test_pdsh_remote_shell_refuses_shell_characters(tmp_path, capsys, monkeypatc
     hosts.write_text("a slots=1\nb slots=1\n")
     cfg = str(write_config(tmp_path))
     item = f"runtime.wandb_project={value}"
-    line = _refused(capsys, [cfg, "--hostfile", str(hosts), "--set", item, "--dry-run"],
-                    "--set", repr(bad), "pdsh")
+    line = _refused(
+        capsys,
+        [cfg, "--hostfile", str(hosts), "--set", item, "--dry-run"],
+        "--set",
+        repr(bad),
+        "pdsh",
+    )
     assert "--no-ssh" in line
-    cmd = launch_dry(capsys, cfg, "--hostfile", hosts, "--set", item, "--no-ssh",
-                     "--master-port", 29602)
+    cmd = launch_dry(
+        capsys, cfg, "--hostfile", hosts, "--set", item, "--no-ssh", "--master-port", 29602
+    )
     assert item in cmd  # one argument, unchanged
     cmd = launch_dry(capsys, cfg, "--launcher", "torchrun", "--set", item)
     assert item in cmd
@@ -350,6 +466,14 @@ def test_pdsh_remote_shell_refuses_shell_characters(tmp_path, capsys, monkeypatc
 def test_pdsh_accepts_plain_values_with_spaces(tmp_path, capsys):
     hosts = tmp_path / "hosts"
     hosts.write_text("a slots=1\nb slots=1\n")
-    cmd = launch_dry(capsys, write_config(tmp_path), "--hostfile", hosts,
-                     "--set", "runtime.wandb_project=my project", "--master-port", 29603)
+    cmd = launch_dry(
+        capsys,
+        write_config(tmp_path),
+        "--hostfile",
+        hosts,
+        "--set",
+        "runtime.wandb_project=my project",
+        "--master-port",
+        29603,
+    )
     assert "runtime.wandb_project=my project" in cmd

@@ -30,7 +30,7 @@ def _starts(batches):
 def test_windows_and_targets(data):
     ld = TokenLoader(data, SEQ, seed=3)
     assert ld.n_windows == 40
-    (x, y), = ld.next_step(4, 4)
+    ((x, y),) = ld.next_step(4, 4)
     assert x.shape == y.shape == (4, SEQ) and x.dtype == torch.long
     torch.testing.assert_close(x[:, 1:], y[:, :-1])
     for row_x, row_y in zip(x, y):
@@ -87,7 +87,7 @@ def test_same_global_step_for_any_data_parallel_split(data):
     single = TokenLoader(data, SEQ, seed=4)
     ranks = [TokenLoader(data, SEQ, rank=r, world_size=2, seed=4) for r in (0, 1)]
     for _ in range(7):
-        (x, y), = single.next_step(6, 6)
+        ((x, y),) = single.next_step(6, 6)
         b0, b1 = (ld.next_step(6, 3) for ld in ranks)
         assert len(b0) == len(b1) == 1
         assert torch.equal(torch.cat([b0[0][0], b1[0][0]]), x)
@@ -98,7 +98,7 @@ def test_resume_with_a_different_world_size(data):
     one = TokenLoader(data, SEQ, seed=2)
     one.next_step(4, 2)
     state = one.state_dict()
-    (x, _), = one.next_step(4, 4)
+    ((x, _),) = one.next_step(4, 4)
     halves = []
     for r in (0, 1):
         ld = TokenLoader(data, SEQ, rank=r, world_size=2, seed=2)
@@ -109,6 +109,7 @@ def test_resume_with_a_different_world_size(data):
 
 def test_epoch_rollover_warns_with_repeat_count(data):
     import warnings
+
     ld = TokenLoader(data, SEQ, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # ending exactly on the boundary repeats nothing yet
@@ -155,8 +156,9 @@ def test_val_batches_fixed_and_split_across_ranks(data):
     assert len(a) == 2 and all(torch.equal(p[0], q[0]) for p, q in zip(a, b))
     # in file order: window i starts with token 7 + i*SEQ
     assert [int(x[i, 0]) for x, _ in a for i in range(3)] == [7 + i * SEQ for i in range(6)]
-    shares = [TokenLoader(data, SEQ, rank=r, world_size=2, split="val").val_batches(2, 2)
-              for r in (0, 1)]
+    shares = [
+        TokenLoader(data, SEQ, rank=r, world_size=2, split="val").val_batches(2, 2) for r in (0, 1)
+    ]
     rows = [int(x[i, 0]) for s in shares for x, _ in s for i in range(2)]
     assert rows == [7 + i * SEQ for i in range(8)]
     # more requested than the split holds: all 10 windows, equal shares
@@ -186,10 +188,13 @@ def test_windows_across_shard_files(tmp_path):
     assert sorted(seen) == list(range(20))
 
 
-@pytest.mark.parametrize("edit,pattern", [
-    ({"vocab_size": 100}, r"edited or corrupted after prepare"),
-    ({"dtype": "uint8"}, r"edited or corrupted after prepare"),
-])
+@pytest.mark.parametrize(
+    "edit,pattern",
+    [
+        ({"vocab_size": 100}, r"edited or corrupted after prepare"),
+        ({"dtype": "uint8"}, r"edited or corrupted after prepare"),
+    ],
+)
 def test_edited_meta_fails_before_any_batch(tmp_path, edit, pattern):
     """A meta.json edited after prepare (a vocab smaller than the ids, a wrong dtype) is a
     one-line CgptError when the loader opens the data, not an IndexError in the model."""

@@ -4,9 +4,14 @@ import pytest
 import torch
 
 from cgpt.model import GPT, CgptError, GPTConfig
-from cgpt.train.plan.devices import GiB, Device
-from cgpt.train.plan.memory import (estimate_memory, fit_micro_batch, head_bytes,
-                               layer_activation_bytes, state_bytes)
+from cgpt.train.plan.devices import Device, GiB
+from cgpt.train.plan.memory import (
+    estimate_memory,
+    fit_micro_batch,
+    head_bytes,
+    layer_activation_bytes,
+    state_bytes,
+)
 
 
 def test_zero_stages_match_the_zero_paper():
@@ -47,19 +52,24 @@ def test_saved_activations_match_autograd():
     x = torch.randint(0, cfg.vocab_size, (B, T))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(x, x)
-    est = (cfg.n_layer * layer_activation_bytes(cfg, T, B, 4) + head_bytes(cfg, T, B, 4)
-           + 4 * T * B * cfg.vocab_size)  # + fp32 log-softmax
+    est = (
+        cfg.n_layer * layer_activation_bytes(cfg, T, B, 4)
+        + head_bytes(cfg, T, B, 4)
+        + 4 * T * B * cfg.vocab_size
+    )  # + fp32 log-softmax
     assert 0.9 < est / sum(seen.values()) < 1.1, (est, sum(seen.values()))
 
 
-@pytest.mark.parametrize("L, V, B, T, ac", [(2, 512, 4, 64, False), (2, 512, 4, 64, True),
-                                            (4, 256, 2, 128, True)])
+@pytest.mark.parametrize(
+    "L, V, B, T, ac", [(2, 512, 4, 64, False), (2, 512, 4, 64, True), (4, 256, 2, 128, True)]
+)
 def test_estimate_matches_real_peak(L, V, B, T, ac):
     """Peak of real CPU allocations during one steady-state AdamW step (torch's MemTracker,
     which follows every tensor alive) vs the estimate: components exact, total within
     1.0-1.25x (the estimate is deliberately not below the real peak)."""
-    mem_tracker = pytest.importorskip("torch.distributed._tools.mem_tracker",
-                                      reason="this torch build has no MemTracker")
+    mem_tracker = pytest.importorskip(
+        "torch.distributed._tools.mem_tracker", reason="this torch build has no MemTracker"
+    )
     cfg = _tiny(L, 64, V, T)
     model = GPT(cfg)
     model.gradient_checkpointing = ac
@@ -76,10 +86,13 @@ def test_estimate_matches_real_peak(L, V, B, T, ac):
         opt.zero_grad(set_to_none=False)  # gradients stay allocated, as under accumulation
         if track:
             mt.__exit__(None, None, None)
-    peak = {getattr(k, "value", k): v for k, v in
-            mt.get_tracker_snapshot("peak")[torch.device("cpu")].items()}
-    est = estimate_memory(cfg, T, B, zero_stage=0, activation_checkpointing=ac,
-                          precision="fp32", overhead=False)
+    peak = {
+        getattr(k, "value", k): v
+        for k, v in mt.get_tracker_snapshot("peak")[torch.device("cpu")].items()
+    }
+    est = estimate_memory(
+        cfg, T, B, zero_stage=0, activation_checkpointing=ac, precision="fp32", overhead=False
+    )
     assert peak["Parameter"] == est.weights and peak["Gradient"] == est.grads
     assert peak["Optstate"] == pytest.approx(est.optimizer, rel=0.01)
     assert 1.0 <= est.total / peak["Total"] <= 1.25, (est, peak)

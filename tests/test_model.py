@@ -5,9 +5,15 @@ from cgpt.model import GPT, CgptError, ConfigError, GPTConfig, num_params
 from cgpt.model.sizes import flops_per_token_algorithmic, num_non_embedding_params
 
 # docs/REFERENCE.md, Model sizes: exact GPT2LMHeadModel counts (tied embeddings)
-EXACT = {"111M": 111_050_496, "256M": 255_977_024, "590M": 590_310_912,
-         "1.3B": 1_315_723_264, "2.7B": 2_651_553_280, "6.7B": 6_658_404_352,
-         "13B": 12_853_386_240}
+EXACT = {
+    "111M": 111_050_496,
+    "256M": 255_977_024,
+    "590M": 590_310_912,
+    "1.3B": 1_315_723_264,
+    "2.7B": 2_651_553_280,
+    "6.7B": 6_658_404_352,
+    "13B": 12_853_386_240,
+}
 
 
 @pytest.mark.parametrize("name", list(EXACT))
@@ -33,7 +39,9 @@ def test_bad_shapes_name_the_field():
     with pytest.raises(ConfigError, match="base_width"):
         GPTConfig(n_layer=2, n_embd=32, n_head=4, mup={"base_width": 64})
     with pytest.raises(ConfigError, match="embeddings_multiplier"):
-        GPTConfig(n_layer=2, n_embd=64, n_head=4, mup={"base_width": 32, "embeddings_multiplier": 0})
+        GPTConfig(
+            n_layer=2, n_embd=64, n_head=4, mup={"base_width": 32, "embeddings_multiplier": 0}
+        )
 
 
 def test_paper_flops_column():

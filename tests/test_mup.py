@@ -10,11 +10,17 @@ from cgpt.launch.cli import main as cli_main
 from cgpt.model import GPT, ConfigError, GPTConfig
 from cgpt.model.config import MuPConfig
 from cgpt.model.errors import CgptError
-from cgpt.train.loop.optim import param_groups
-from cgpt.train.plan.planner import plan_for_shape, plan_published
-from cgpt.train.plan.mup import MUP_SIZES, apply_mup, config_path, mup_run_config, plan_published_mup
 from cgpt.train.config import load_run_config, parse_run_config
+from cgpt.train.loop.optim import param_groups
 from cgpt.train.loop.schedule import lr_at
+from cgpt.train.plan.mup import (
+    MUP_SIZES,
+    apply_mup,
+    config_path,
+    mup_run_config,
+    plan_published_mup,
+)
+from cgpt.train.plan.planner import plan_for_shape, plan_published
 
 TINY = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=97, n_positions=16)
 
@@ -22,8 +28,13 @@ TINY = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=97, n_positions=16)
 def test_mup_off_is_exactly_the_standard_model():
     # neutral μP (m = 1, multipliers 1, sqrt(d_head) attention, base std 0.02) must reproduce
     # the standard model bit for bit: same init draws, same logits, same optimizer groups
-    neutral = MuPConfig(base_width=64, embeddings_multiplier=1, output_multiplier=1,
-                        attn_scale_by_d_head=False, base_init_std=0.02)
+    neutral = MuPConfig(
+        base_width=64,
+        embeddings_multiplier=1,
+        output_multiplier=1,
+        attn_scale_by_d_head=False,
+        base_init_std=0.02,
+    )
     torch.manual_seed(0)
     sp = GPT(GPTConfig(**TINY))
     torch.manual_seed(0)
@@ -77,8 +88,11 @@ def test_mup_init_and_lr_groups_match_reference(name):
 
 def test_init_stds_realised_on_a_small_mup_model():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_embd=512, n_head=8, vocab_size=512, n_positions=64,
-                          mup={"base_width": 128}))
+    model = GPT(
+        GPTConfig(
+            n_layer=2, n_embd=512, n_head=8, vocab_size=512, n_positions=64, mup={"base_width": 128}
+        )
+    )
     trunc = 0.8796  # std of a normal truncated at ±2σ, in units of σ
     for name, s in model.init_stds().items():
         p = dict(model.named_parameters())[name]
@@ -93,9 +107,13 @@ def test_five_mup_plans_equal_reference(name):
     assert mup.decay == row.decay == ("cosine" if name in ("1.3B", "2.7B") else "linear")
     for key in ("steps", "warmup_steps", "decay_steps", "global_batch_seqs", "tokens", "seq_len"):
         assert getattr(mup, key) == getattr(std, key), key
-    assert mup.model.mup == MuPConfig(base_width=256, embeddings_multiplier=10,
-                                      output_multiplier=1, attn_scale_by_d_head=True,
-                                      base_init_std=0.08)
+    assert mup.model.mup == MuPConfig(
+        base_width=256,
+        embeddings_multiplier=10,
+        output_multiplier=1,
+        attn_scale_by_d_head=True,
+        base_init_std=0.08,
+    )
     assert mup.model.mup_width_mult == row.width_mult
     rec = mup.extra["mup_recipe"]
     assert round(rec["logits_multiplier"], 4) == row.logits_multiplier
@@ -136,13 +154,16 @@ def test_cli_plan_mup(capsys):
     assert "111M, 256M, 590M, 1.3B, 2.7B" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("mup, field", [
-    ({"base_width": 1024}, "base_width"),  # wider than the 768-wide model
-    ({"base_width": 0}, "base_width"),
-    ({"embeddings_multiplier": 0}, "embeddings_multiplier"),
-    ({"output_multiplier": 0}, "output_multiplier"),
-    ({"base_init_std": -1}, "base_init_std"),
-])
+@pytest.mark.parametrize(
+    "mup, field",
+    [
+        ({"base_width": 1024}, "base_width"),  # wider than the 768-wide model
+        ({"base_width": 0}, "base_width"),
+        ({"embeddings_multiplier": 0}, "embeddings_multiplier"),
+        ({"output_multiplier": 0}, "output_multiplier"),
+        ({"base_init_std": -1}, "base_init_std"),
+    ],
+)
 def test_bad_mup_settings_name_the_field(mup, field):
     with pytest.raises(ConfigError, match=f"mup.{field}"):
         GPTConfig.from_name("111M", mup=mup)

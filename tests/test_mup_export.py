@@ -16,17 +16,24 @@ def trained_like(mup: dict | None) -> GPT:
     torch.manual_seed(0)
     model = GPT(GPTConfig(**CFG, mup=mup))
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _, p in model.named_parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return model.eval()
 
 
-@pytest.mark.parametrize("mup", [
-    {"base_width": 16},  # m = 4, the multipliers of docs/REFERENCE.md, Cerebras-GPT-μP
-    {"base_width": 32, "embeddings_multiplier": 3.5, "output_multiplier": 2.0,
-     "attn_scale_by_d_head": False},
-])
+@pytest.mark.parametrize(
+    "mup",
+    [
+        {"base_width": 16},  # m = 4, the multipliers of docs/REFERENCE.md, Cerebras-GPT-μP
+        {
+            "base_width": 32,
+            "embeddings_multiplier": 3.5,
+            "output_multiplier": 2.0,
+            "attn_scale_by_d_head": False,
+        },
+    ],
+)
 def test_fold_equals_mup_forward(mup):
     model = trained_like(mup)
     sd, overrides = fold_mup(model)

@@ -3,19 +3,18 @@ family; budgets invert."""
 
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
 import yaml
 
 from cgpt.launch.cli import main
-from cgpt.model import GPTConfig, CgptError
+from cgpt.model import CgptError, GPTConfig
+from cgpt.train.config import load_run_config, parse_run_config
+from cgpt.train.loop.schedule import global_batch_at, lr_at, tokens_before
 from cgpt.train.plan import planner as P
 from cgpt.train.plan import rules as R
 from cgpt.train.plan.devices import get_device
-from cgpt.train.config import load_run_config, parse_run_config
-from cgpt.train.loop.schedule import global_batch_at, lr_at, tokens_before
 
 # docs/REFERENCE.md, Training recipe, typed in again here so the planner's table is checked
 # against an independent copy: lr, batch seqs, batch tokens, steps, tokens, warmup, decay, eps
@@ -27,13 +26,34 @@ TABLE = {
     "2.7B": (2.0e-4, 528, 1_081_344, 49_041, 5.30e10, 346, "cosine", 1e-8),
     "6.7B": (1.2e-4, 1040, 2_129_920, 62_522, 1.33e11, 176, "linear", 1e-9),
 }
-OUT_STD = {"111M": 0.004472, "256M": 0.003780, "590M": 0.003333, "1.3B": 0.0025,
-           "2.7B": 0.0025, "6.7B": 0.0025, "13B": 0.0025}
+OUT_STD = {
+    "111M": 0.004472,
+    "256M": 0.003780,
+    "590M": 0.003333,
+    "1.3B": 0.0025,
+    "2.7B": 0.0025,
+    "6.7B": 0.0025,
+    "13B": 0.0025,
+}
 # docs/REFERENCE.md, Results: train FLOPs and the law's predictions
-FLOPS = {"111M": 2.6e18, "256M": 1.3e19, "590M": 6.1e19, "1.3B": 2.8e20, "2.7B": 1.1e21,
-         "6.7B": 6.3e21, "13B": 2.3e22}
-PREDICTED = {"111M": 2.603, "256M": 2.369, "590M": 2.168, "1.3B": 1.992, "2.7B": 1.849,
-             "6.7B": 1.687, "13B": 1.580}
+FLOPS = {
+    "111M": 2.6e18,
+    "256M": 1.3e19,
+    "590M": 6.1e19,
+    "1.3B": 2.8e20,
+    "2.7B": 1.1e21,
+    "6.7B": 6.3e21,
+    "13B": 2.3e22,
+}
+PREDICTED = {
+    "111M": 2.603,
+    "256M": 2.369,
+    "590M": 2.168,
+    "1.3B": 1.992,
+    "2.7B": 1.849,
+    "6.7B": 1.687,
+    "13B": 1.580,
+}
 
 
 @pytest.mark.parametrize("name", list(TABLE))
@@ -62,10 +82,22 @@ def test_flops_and_predicted_loss(name):
 def test_13b_batch_schedule_and_lr():
     p = P.plan_published("13B")
     a, b = p.batch_schedule
-    assert (a.global_batch_seqs, a.steps, a.schedule_start_step, a.warmup_steps,
-            a.decay_steps, a.decay) == (720, 57_000, 0, 254, 174_081, "cosine")
-    assert (b.global_batch_seqs, b.steps, b.schedule_start_step, b.warmup_steps,
-            b.decay_steps, b.decay) == (1080, 78_223, 38_000, 169, 116_054, "cosine")
+    assert (
+        a.global_batch_seqs,
+        a.steps,
+        a.schedule_start_step,
+        a.warmup_steps,
+        a.decay_steps,
+        a.decay,
+    ) == (720, 57_000, 0, 254, 174_081, "cosine")
+    assert (
+        b.global_batch_seqs,
+        b.steps,
+        b.schedule_start_step,
+        b.warmup_steps,
+        b.decay_steps,
+        b.decay,
+    ) == (1080, 78_223, 38_000, 169, 116_054, "cosine")
     assert p.steps == 135_223 and p.lr == 1.2e-4 and p.adam_eps == 1e-9
     assert round(p.tokens / 1e9) == 257  # 257B tokens (docs/REFERENCE.md, The 13B batch change)
     # docs/REFERENCE.md, The 13B batch change: 174,335 steps in 720-sequence units
@@ -86,7 +118,7 @@ def test_13b_batch_schedule_and_lr():
 def test_rules_reproduce_steps_and_warmup_exactly():
     for name, r in R.RECIPES.items():
         params = P.plan_published(name).params
-        for ph in (r.phases or (R.Phase(r.global_batch_seqs, r.steps, 0, r.warmup_steps, 0),)):
+        for ph in r.phases or (R.Phase(r.global_batch_seqs, r.steps, 0, r.warmup_steps, 0),):
             btok = ph.global_batch_seqs * 2048
             assert R.warmup_rule(btok, 10**9) == ph.warmup_steps, name
         if not r.phases:
@@ -99,11 +131,15 @@ def test_fitted_constants_match_the_table():
     n = np.log([P.plan_published(k).params for k in names])
     batch = [R.RECIPES[k].global_batch_seqs * 2048 for k in names[:-1]] + [1080 * 2048]
     slope, icpt = np.polyfit(n, np.log(batch), 1)
-    assert (slope, math.exp(icpt)) == (pytest.approx(R.BATCH_EXP, abs=1e-4),
-                                        pytest.approx(R.BATCH_COEF, rel=1e-3))
+    assert (slope, math.exp(icpt)) == (
+        pytest.approx(R.BATCH_EXP, abs=1e-4),
+        pytest.approx(R.BATCH_COEF, rel=1e-3),
+    )
     slope, icpt = np.polyfit(n, np.log([R.RECIPES[k].lr for k in names]), 1)
-    assert (slope, math.exp(icpt)) == (pytest.approx(R.LR_EXP, abs=1e-4),
-                                        pytest.approx(R.LR_COEF, rel=1e-3))
+    assert (slope, math.exp(icpt)) == (
+        pytest.approx(R.LR_EXP, abs=1e-4),
+        pytest.approx(R.LR_COEF, rel=1e-3),
+    )
 
 
 def test_rule_deviations_are_exactly_the_documented_ones():
@@ -190,14 +226,22 @@ def test_bad_cluster_inputs_give_choices():
 
 def test_fit_file(tmp_path):
     f = tmp_path / "fit.json"
-    f.write_text(json.dumps({"tokens_per_param": 10, "loss_law": {"form": "paper", "a": 1e22,
-                                                                  "b": 0.05, "c": 1.0}}))
+    f.write_text(
+        json.dumps(
+            {"tokens_per_param": 10, "loss_law": {"form": "paper", "a": 1e22, "b": 0.05, "c": 1.0}}
+        )
+    )
     fit = R.load_fit(f)
     p = P.plan_for_params(400e6, fit=fit)
     assert p.target_tokens_per_param == 10 and p.law.a == 1e22
     assert p.predicted_loss == pytest.approx((p.train_flops / 1e22) ** -0.05 + 1.0)
-    for bad in ("{", "[]", '{"tokens_per_param": -1}', '{"loss_law": {"form": "chinchilla"}}',
-                '{"loss_law": {"a": 1, "b": 0}}'):
+    for bad in (
+        "{",
+        "[]",
+        '{"tokens_per_param": -1}',
+        '{"loss_law": {"form": "chinchilla"}}',
+        '{"loss_law": {"a": 1, "b": 0}}',
+    ):
         f.write_text(bad)
         with pytest.raises(CgptError, match=str(f)):
             R.load_fit(f)
@@ -215,14 +259,53 @@ def test_run_config_round_trip():
 
 def test_cli_json_and_write(tmp_path, capsys):
     out = tmp_path / "run.yaml"
-    assert main(["plan", "111M", "--gpus", "8", "--gpu", "h100", "--json", "--write", str(out),
-                 "--data", "data/pile"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "111M",
+                "--gpus",
+                "8",
+                "--gpu",
+                "h100",
+                "--json",
+                "--write",
+                str(out),
+                "--data",
+                "data/pile",
+            ]
+        )
+        == 0
+    )
     d = json.loads(capsys.readouterr().out)
-    for key in ("name", "params", "n_layer", "n_embd", "n_head", "d_ffn", "seq_len", "tokens",
-                "steps", "global_batch_seqs", "global_batch_tokens", "lr", "min_lr",
-                "warmup_steps", "decay", "decay_steps", "adam_betas", "adam_eps",
-                "weight_decay", "grad_clip", "train_flops", "predicted_loss", "micro_batch",
-                "grad_accum", "memory_per_gpu_bytes", "hours"):
+    for key in (
+        "name",
+        "params",
+        "n_layer",
+        "n_embd",
+        "n_head",
+        "d_ffn",
+        "seq_len",
+        "tokens",
+        "steps",
+        "global_batch_seqs",
+        "global_batch_tokens",
+        "lr",
+        "min_lr",
+        "warmup_steps",
+        "decay",
+        "decay_steps",
+        "adam_betas",
+        "adam_eps",
+        "weight_decay",
+        "grad_clip",
+        "train_flops",
+        "predicted_loss",
+        "micro_batch",
+        "grad_accum",
+        "memory_per_gpu_bytes",
+        "hours",
+    ):
         assert key in d, key
     assert d["micro_batch"] * d["grad_accum"] * 8 == 120
     cfg = load_run_config(out)
@@ -232,14 +315,22 @@ def test_cli_json_and_write(tmp_path, capsys):
     assert "predicted loss" in table and "," in table
 
 
-@pytest.mark.parametrize("argv, msg", [
-    (["--flops", "0"], "positive"), (["--flops", "abc"], "expected a number"),
-    (["--gpu-hours", "10", "--gpu", "tpu"], "unknown GPU"), (["--gpu-hours", "10"], "--gpu"),
-    (["13B", "--gpus", "7", "--gpu", "h100"], "cannot be split"), ([], "exactly one"),
-    (["111M", "--params", "1M"], "exactly one"), (["--params", "1k"], "smallest"),
-    (["7B"], "unknown model size"), (["111M", "--gpus", "8"], "--gpu"),
-    (["--params", "400M", "--tokens-per-param", "-2"], "tokens per parameter"),
-])
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["--flops", "0"], "positive"),
+        (["--flops", "abc"], "expected a number"),
+        (["--gpu-hours", "10", "--gpu", "tpu"], "unknown GPU"),
+        (["--gpu-hours", "10"], "--gpu"),
+        (["13B", "--gpus", "7", "--gpu", "h100"], "cannot be split"),
+        ([], "exactly one"),
+        (["111M", "--params", "1M"], "exactly one"),
+        (["--params", "1k"], "smallest"),
+        (["7B"], "unknown model size"),
+        (["111M", "--gpus", "8"], "--gpu"),
+        (["--params", "400M", "--tokens-per-param", "-2"], "tokens per parameter"),
+    ],
+)
 def test_cli_bad_input_one_line(argv, msg, capsys):
     assert main(["plan", *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -268,8 +359,11 @@ def test_every_example_in_plan_help_works(capsys, tmp_path, monkeypatch):
     from cgpt.launch import cmd_plan
 
     monkeypatch.chdir(tmp_path)  # the --write example writes run.yaml here
-    examples = [line.strip().split("  ")[0] for line in cmd_plan.__doc__.splitlines()
-                if line.strip().startswith("cgpt plan ")]
+    examples = [
+        line.strip().split("  ")[0]
+        for line in cmd_plan.__doc__.splitlines()
+        if line.strip().startswith("cgpt plan ")
+    ]
     assert len(examples) >= 6
     for ex in examples:
         assert main(shlex.split(ex)[1:]) == 0, (ex, capsys.readouterr().err)

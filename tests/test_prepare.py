@@ -44,8 +44,10 @@ def test_round_trip_counts_and_split(tok_dir, tmp_path):
     docs = list(iter_documents(DOCS))
     mask = val_mask(0, len(docs), 0.1)
     assert mask.sum() == 4 and mask[0]  # exactly the fraction, document 0 first
-    for split, want in (("train", [d for d, m in zip(docs, mask) if not m]),
-                        ("val", [d for d, m in zip(docs, mask) if m])):
+    for split, want in (
+        ("train", [d for d, m in zip(docs, mask) if not m]),
+        ("val", [d for d, m in zip(docs, mask) if m]),
+    ):
         got = _split_docs(data.split(split), tok.eos_id)
         assert [tok.decode(g) for g in got] == want
         assert meta["splits"][split]["tokens"] == sum(len(tok.encode(d)) + 1 for d in want)
@@ -109,18 +111,73 @@ def test_bad_input_leaves_nothing(tok_dir, tmp_path):
 
 def test_cli_tokenizer_train_and_prepare(tmp_path, capsys):
     tok, data = str(tmp_path / "tok"), str(tmp_path / "data")
-    assert cli(["tokenizer", "train", "--input", "stdlib:max_docs=20", "--vocab-size", "400",
-                "--out", tok]) == 0
-    assert cli(["prepare", "--input", "stdlib:max_docs=20", "--tokenizer", tok, "--out", data,
-                "--val-fraction", "0.1", "--num-proc", "1"]) == 0
+    assert (
+        cli(
+            [
+                "tokenizer",
+                "train",
+                "--input",
+                "stdlib:max_docs=20",
+                "--vocab-size",
+                "400",
+                "--out",
+                tok,
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli(
+            [
+                "prepare",
+                "--input",
+                "stdlib:max_docs=20",
+                "--tokenizer",
+                tok,
+                "--out",
+                data,
+                "--val-fraction",
+                "0.1",
+                "--num-proc",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "tokens/s" in capsys.readouterr().out
     assert open_token_data(data).meta["documents"] == 20
-    assert cli(["prepare", "--input", str(tmp_path / "missing"), "--tokenizer", tok,
-                "--out", str(tmp_path / "d2")]) == 2
+    assert (
+        cli(
+            [
+                "prepare",
+                "--input",
+                str(tmp_path / "missing"),
+                "--tokenizer",
+                tok,
+                "--out",
+                str(tmp_path / "d2"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("cgpt prepare: error: input") and "Traceback" not in err
-    assert cli(["prepare", "--input", "stdlib:max_docs=2", "--tokenizer", tok, "--out", data,
-                "--val-fraction", "1.5"]) == 2
+    assert (
+        cli(
+            [
+                "prepare",
+                "--input",
+                "stdlib:max_docs=2",
+                "--tokenizer",
+                tok,
+                "--out",
+                data,
+                "--val-fraction",
+                "1.5",
+            ]
+        )
+        == 2
+    )
     assert cli(["tokenizer", "train", "--vocab-size", "400", "--out", tok]) == 2
     assert "--force" in capsys.readouterr().err
 
@@ -162,13 +219,32 @@ def test_two_prepares_into_one_folder(tok_dir, tmp_path, capsys):
     """The second concurrent prepare is refused with the holder named; the first finishes and
     nothing it wrote is lost."""
     out, go = tmp_path / "d", tmp_path / "go"
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(tok_dir), str(out), str(go)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(tok_dir), str(out), str(go)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for_holder(out / ".cgpt.lock", proc.pid, proc)
         for force in ([], ["--force"]):
-            assert cli(["prepare", "--input", "stdlib:max_docs=3", "--tokenizer", str(tok_dir),
-                        "--out", str(out), "--num-proc", "1", *force]) == 2
+            assert (
+                cli(
+                    [
+                        "prepare",
+                        "--input",
+                        "stdlib:max_docs=3",
+                        "--tokenizer",
+                        str(tok_dir),
+                        "--out",
+                        str(out),
+                        "--num-proc",
+                        "1",
+                        *force,
+                    ]
+                )
+                == 2
+            )
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and "Traceback" not in err
             assert f"is in use by pid {proc.pid} on host {socket.gethostname()}" in err
@@ -217,8 +293,22 @@ def test_progress_lines_in_logs(tok_dir, tmp_path, capsys, monkeypatch):
     from cgpt.train.data import prepare as prep
 
     monkeypatch.setattr(prep._Progress, "DELAY_S", 0.0)
-    assert cli(["prepare", "--input", "stdlib:max_docs=300", "--tokenizer", str(tok_dir),
-                "--out", str(tmp_path / "d"), "--num-proc", "1"]) == 0
+    assert (
+        cli(
+            [
+                "prepare",
+                "--input",
+                "stdlib:max_docs=300",
+                "--tokenizer",
+                str(tok_dir),
+                "--out",
+                str(tmp_path / "d"),
+                "--num-proc",
+                "1",
+            ]
+        )
+        == 0
+    )
     cap = capsys.readouterr()
     assert "\r" not in cap.err  # stderr is not a terminal here: whole lines only
     lines = cap.err.splitlines()
@@ -301,31 +391,51 @@ BAD = {  # name: (setup(tmp, tok) -> extra argv, pattern of the one stderr line)
     "one document: no train tokens": (
         lambda t, k: ["--input", _one_doc(t), "--out", str(t / "d")],
         r"gave 1 document \(\d+ tokens, EOS included\).*train split would hold 0 tokens.*"
-        r"at least 2 documents"),
+        r"at least 2 documents",
+    ),
     "one document over existing data (--force)": (
         lambda t, k: ["--input", _one_doc(t), "--out", _existing(t, k), "--force"],
-        r"train split would hold 0 tokens"),
+        r"train split would hold 0 tokens",
+    ),
     "only empty documents": (
         lambda t, k: ["--input", _empty_docs(t), "--out", str(t / "d")],
-        r"holds no documents \(3 empty ones skipped\)"),
+        r"holds no documents \(3 empty ones skipped\)",
+    ),
     "val fraction 0": (
         lambda t, k: ["--out", str(t / "d"), "--val-fraction", "0"],
-        r"--val-fraction 0 would leave the val split empty.*cgpt train"),
+        r"--val-fraction 0 would leave the val split empty.*cgpt train",
+    ),
     "val fraction 1.5": (
         lambda t, k: ["--out", str(t / "d"), "--val-fraction", "1.5"],
-        r"--val-fraction must be in \(0, 1\), got 1.5"),
+        r"--val-fraction must be in \(0, 1\), got 1.5",
+    ),
     "existing data without --force": (
-        lambda t, k: ["--out", _existing(t, k)], r"already holds prepared data; pass --force"),
+        lambda t, k: ["--out", _existing(t, k)],
+        r"already holds prepared data; pass --force",
+    ),
     "foreign folder": (
-        lambda t, k: ["--out", _foreign(t, k), "--force"], r"not a cgpt data folder"),
+        lambda t, k: ["--out", _foreign(t, k), "--force"],
+        r"not a cgpt data folder",
+    ),
     "missing input": (
-        lambda t, k: ["--input", str(t / "missing"), "--out", str(t / "d")], r"not found"),
+        lambda t, k: ["--input", str(t / "missing"), "--out", str(t / "d")],
+        r"not found",
+    ),
     "jsonl without the field": (
-        lambda t, k: ["--input", _write(t / "f.jsonl", '{"body": "x"}\n'), "--out",
-                      str(t / "d"), "--num-proc", "2"], r"its fields are: body"),
+        lambda t, k: [
+            "--input",
+            _write(t / "f.jsonl", '{"body": "x"}\n'),
+            "--out",
+            str(t / "d"),
+            "--num-proc",
+            "2",
+        ],
+        r"its fields are: body",
+    ),
     "folder in use": (
         lambda t, k: ["--out", _held(t, k), "--force"],
-        rf"is in use by pid {os.getpid()} on host"),
+        rf"is in use by pid {os.getpid()} on host",
+    ),
 }
 
 
@@ -339,8 +449,15 @@ def test_bad_input_one_line_exit_2_nothing_changed(case, tok_dir, tmp_path, caps
     setup, pattern = BAD[case]
     work = tmp_path / "work"
     work.mkdir()
-    argv = ["prepare", "--tokenizer", str(tok_dir), "--input", "stdlib:max_docs=5",
-            "--num-proc", "1"] + setup(work, tok_dir)
+    argv = [
+        "prepare",
+        "--tokenizer",
+        str(tok_dir),
+        "--input",
+        "stdlib:max_docs=5",
+        "--num-proc",
+        "1",
+    ] + setup(work, tok_dir)
     before = _digest(tmp_path)
     capsys.readouterr()
     try:

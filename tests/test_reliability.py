@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_trainer import _write, losses, make_cfg, make_data, tree_digest
 
 from cgpt.launch.cli import main as cli_main
 from cgpt.train.loop import checkpoint as ckpt
-from test_trainer import _write, losses, make_cfg, make_data, tree_digest
 
 CGPT = str(Path(sys.executable).parent / "cgpt")
 
@@ -63,9 +63,13 @@ def test_lr_spike_never_publishes_nonfinite_weights(tmp_path, data):
     """The issue's reproduction: plan.lr=1e6, save every 2 steps."""
     d = make_cfg(tmp_path, data, steps=30, save_every=2, eval_every=0, keep_last=30)
     path = _write(tmp_path, d)
-    res = subprocess.run([CGPT, "train", str(path), "--set", "plan.lr=1e6", "--set",
-                          "plan.min_lr=1e5"], env=_env(), capture_output=True, text=True,
-                         timeout=600)
+    res = subprocess.run(
+        [CGPT, "train", str(path), "--set", "plan.lr=1e6", "--set", "plan.min_lr=1e5"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 2, res.stderr
     err = [ln for ln in res.stderr.splitlines() if "error:" in ln][-1]
     assert "cgpt train" in err and "--resume" in err and "--allow-change plan.lr" in err
@@ -74,8 +78,11 @@ def test_lr_spike_never_publishes_nonfinite_weights(tmp_path, data):
         for name, t in _model_weights(folder).items():
             assert torch.isfinite(t).all(), (folder, name)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert any(r.get("grad_norm") is not None and r["grad_norm"] != r["grad_norm"]
-               for r in rows if "loss" in r)  # a NaN grad norm was logged: a skipped step
+    assert any(
+        r.get("grad_norm") is not None and r["grad_norm"] != r["grad_norm"]
+        for r in rows
+        if "loss" in r
+    )  # a NaN grad norm was logged: a skipped step
 
 
 def test_rewind_command_continues_from_the_named_step(tmp_path, data, monkeypatch, capsys):
@@ -126,8 +133,18 @@ def test_rewind_refuses_unknown_step_and_unlisted_change(tmp_path, data, capsys)
     assert "step-3" in err and "step-6" in err  # names the checkpoints that exist
     err = _one_line_error(capsys, ["train", str(run), "--resume", "--set", "plan.lr=1e-3"])
     assert "--allow-change plan.lr" in err
-    err = _one_line_error(capsys, ["train", str(run), "--resume", "--allow-change",
-                                   "plan.seq_len", "--set", "plan.seq_len=16"])
+    err = _one_line_error(
+        capsys,
+        [
+            "train",
+            str(run),
+            "--resume",
+            "--allow-change",
+            "plan.seq_len",
+            "--set",
+            "plan.seq_len=16",
+        ],
+    )
     assert "may change only" in err
     assert tree_digest(run) == before
 
@@ -137,8 +154,13 @@ def test_rewind_refuses_unknown_step_and_unlisted_change(tmp_path, data, capsys)
 def test_second_trainer_on_a_run_folder_is_refused(tmp_path, data, capsys):
     d = make_cfg(tmp_path, data, steps=3000, save_every=0, eval_every=0, log_every=1)
     path = _write(tmp_path, d)
-    proc = subprocess.Popen([CGPT, "train", str(path)], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [CGPT, "train", str(path)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         metrics = tmp_path / "run" / "metrics.jsonl"
         deadline = time.time() + 300
@@ -157,8 +179,10 @@ def test_second_trainer_on_a_run_folder_is_refused(tmp_path, data, capsys):
         out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     # the lock died with its holder: the run continues normally
-    assert cli_main(["train", str(tmp_path / "run"), "--resume", "--set",
-                     "runtime.max_steps=3"]) == 0 or True
+    assert (
+        cli_main(["train", str(tmp_path / "run"), "--resume", "--set", "runtime.max_steps=3"]) == 0
+        or True
+    )
 
 
 # ---------------------------------------------------------------------------- broken files
@@ -179,8 +203,10 @@ def test_broken_newest_checkpoint_falls_back_to_the_previous(tmp_path, data, cap
         (newest / "rng-rank0.pt").write_bytes(b"not a torch file")
     capsys.readouterr()
     # the first run stopped at runtime.max_steps=9, which its config records: lift it
-    assert cli_main(["train", str(tmp_path / "run"), "--resume", "--set",
-                     "runtime.max_steps=null"]) == 0
+    assert (
+        cli_main(["train", str(tmp_path / "run"), "--resume", "--set", "runtime.max_steps=null"])
+        == 0
+    )
     out = capsys.readouterr()
     assert "step-9 is unusable" in out.out + out.err
     assert losses(tmp_path / "run") == losses(tmp_path / "straight")
@@ -230,8 +256,11 @@ def test_bad_run_folder_is_one_line(tmp_path, data, capsys, case):
 def _tmpfs(path: Path, size_bytes: int) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs",
-                            str(path)], capture_output=True, timeout=30)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
+            capture_output=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return False
     return r.returncode == 0
@@ -241,14 +270,24 @@ def _tmpfs(path: Path, size_bytes: int) -> bool:
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, data, capsys):
     probe = make_cfg(tmp_path, data, out="probe", steps=3, save_every=0, eval_every=0)
     assert cli_main(["train", str(_write(tmp_path, probe, "probe.yaml"))]) == 0
-    one = sum(f.stat().st_size for f in (tmp_path / "probe" / "checkpoints" / "step-3").rglob("*")
-              if f.is_file())
+    one = sum(
+        f.stat().st_size
+        for f in (tmp_path / "probe" / "checkpoints" / "step-3").rglob("*")
+        if f.is_file()
+    )
     disk = tmp_path / "disk"
     if not _tmpfs(disk, int(one * 1.6) + 256 * 1024):
         pytest.skip("cannot mount a tmpfs here (needs root): disk-full path untested")
     try:
-        d = make_cfg(tmp_path, data, steps=12, save_every=4, eval_every=0, keep_last=3,
-                     out_dir=str(disk / "run"))
+        d = make_cfg(
+            tmp_path,
+            data,
+            steps=12,
+            save_every=4,
+            eval_every=0,
+            keep_last=3,
+            out_dir=str(disk / "run"),
+        )
         capsys.readouterr()
         err = _one_line_error(capsys, ["train", str(_write(tmp_path, d))], after_training=True)
         cdir = disk / "run" / "checkpoints"

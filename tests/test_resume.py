@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from cgpt.train.loop import checkpoint as ckpt
-from cgpt.train.config import parse_run_config
 from test_trainer import _write, losses, make_cfg, make_data
+
+from cgpt.train.config import parse_run_config
+from cgpt.train.loop import checkpoint as ckpt
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +79,36 @@ def test_sigterm_saves_and_the_printed_command_resumes_this_run(tmp_path, data):
     import shlex
 
     upto = 60
-    d = make_cfg(tmp_path, data, steps=3000, save_every=0, eval_every=0, log_every=1,
-                 out_dir=str(tmp_path / "default-out"))
+    d = make_cfg(
+        tmp_path,
+        data,
+        steps=3000,
+        save_every=0,
+        eval_every=0,
+        log_every=1,
+        out_dir=str(tmp_path / "default-out"),
+    )
     cfg_path = _write(tmp_path, d)
     out_dir = tmp_path / "elsewhere" / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR"):
         env.pop(k, None)  # set by the in-process runs above: this is a fresh plain run
     cgpt = str(Path(sys.executable).parent / "cgpt")
-    proc = subprocess.Popen([cgpt, "train", str(cfg_path), "--set", f"runtime.out_dir={out_dir}",
-                             "--set", f"runtime.max_steps={upto}"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            cgpt,
+            "train",
+            str(cfg_path),
+            "--set",
+            f"runtime.out_dir={out_dir}",
+            "--set",
+            f"runtime.max_steps={upto}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     metrics = out_dir / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -108,8 +127,9 @@ def test_sigterm_saves_and_the_printed_command_resumes_this_run(tmp_path, data):
     argv = shlex.split(command)
     other_cwd = tmp_path / "somewhere-else"
     other_cwd.mkdir()
-    res = subprocess.run([cgpt, *argv[1:]], cwd=other_cwd, env=env, capture_output=True,
-                         text=True, timeout=300)
+    res = subprocess.run(
+        [cgpt, *argv[1:]], cwd=other_cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr
     assert not (tmp_path / "default-out").exists() and not any(other_cwd.iterdir())
     straight = _train(d, out_dir=str(tmp_path / "straight"), max_steps=upto)
@@ -123,8 +143,17 @@ def test_bf16_zero1_trains_and_resumes_exactly(tmp_path, data):
     import json
 
     k = 6
-    d = make_cfg(tmp_path, data, steps=2 * k, batch=8, micro_batch=2, precision="bf16",
-                 zero_stage=1, save_every=k, eval_every=k)
+    d = make_cfg(
+        tmp_path,
+        data,
+        steps=2 * k,
+        batch=8,
+        micro_batch=2,
+        precision="bf16",
+        zero_stage=1,
+        save_every=k,
+        eval_every=k,
+    )
     _train(d, out_dir=str(tmp_path / "straight"))
     ds = json.loads((tmp_path / "straight" / "ds_config.json").read_text())
     assert ds["data_types"] == {"grad_accum_dtype": "fp32"} and ds["bf16"]["enabled"]
@@ -132,8 +161,11 @@ def test_bf16_zero1_trains_and_resumes_exactly(tmp_path, data):
     assert a[-1] < a[0] - 0.5  # it learns
     from cgpt.train.loop.metrics import read_metrics
 
-    norms = [r["grad_norm"] for r in read_metrics(tmp_path / "straight" / "metrics.jsonl")
-             if "grad_norm" in r]
+    norms = [
+        r["grad_norm"]
+        for r in read_metrics(tmp_path / "straight" / "metrics.jsonl")
+        if "grad_norm" in r
+    ]
     assert norms and all(n is not None and n > 0 for n in norms)
     _train(d, max_steps=k)
     _train(d, resume=True)
@@ -141,12 +173,12 @@ def test_bf16_zero1_trains_and_resumes_exactly(tmp_path, data):
 
 
 @pytest.mark.parametrize("stage, precision", [(2, "bf16"), (3, "fp32")])
-def test_zero_checkpoints_resume_through_the_restricted_unpickler(tmp_path, data, stage,
-                                                                  precision):
+def test_zero_checkpoints_resume_through_the_restricted_unpickler(tmp_path, data, stage, precision):
     """DeepSpeed's ZeRO optimizer files load with weights_only=True (its data types
     allow-listed): the resumed losses equal a straight run's."""
-    d = make_cfg(tmp_path, data, steps=6, zero_stage=stage, precision=precision,
-                 save_every=3, eval_every=0)
+    d = make_cfg(
+        tmp_path, data, steps=6, zero_stage=stage, precision=precision, save_every=3, eval_every=0
+    )
     _train(d, out_dir=str(tmp_path / "straight"))
     _train(d, max_steps=3)
     _train(d, resume=True)
@@ -175,6 +207,8 @@ def test_a_checkpoint_holding_code_is_refused(tmp_path, data, capsys):
     capsys.readouterr()
     assert main(["train", str(cfg_path), "--resume", "--set", "runtime.max_steps=6"]) == 2
     err = capsys.readouterr().err
-    assert "CGPT_TRUST_CHECKPOINTS" in err and "system" in err and len(err.strip().splitlines()) == 1
+    assert (
+        "CGPT_TRUST_CHECKPOINTS" in err and "system" in err and len(err.strip().splitlines()) == 1
+    )
     assert not (tmp_path / "pwned").exists()
     assert sorted(p.name for p in step.iterdir()) == before

@@ -1,17 +1,26 @@
 import pytest
 
 from cgpt.model.errors import CgptError, ConfigError
-from cgpt.train.plan.batch import split_batch
 from cgpt.train.config import apply_overrides, load_run_config, parse_run_config
 from cgpt.train.loop.schedule import lr_at, tokens_before
+from cgpt.train.plan.batch import split_batch
 
 
 def _cfg(**runtime):
     return {
         "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 100, "n_positions": 16},
         "data": {"path": "data"},
-        "plan": {"params": 1, "seq_len": 16, "tokens": 1600, "steps": 10, "global_batch_seqs": 10,
-                 "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 2, "decay_steps": 8},
+        "plan": {
+            "params": 1,
+            "seq_len": 16,
+            "tokens": 1600,
+            "steps": 10,
+            "global_batch_seqs": 10,
+            "lr": 1e-3,
+            "min_lr": 1e-4,
+            "warmup_steps": 2,
+            "decay_steps": 8,
+        },
         "runtime": runtime,
     }
 

@@ -19,8 +19,16 @@ def _tokens(n, vocab, seed=0, eos=0):
 
 def test_round_trip_uint16(tmp_path):
     train, val = _tokens(1000, 300), _tokens(100, 300, seed=1)
-    meta = write_token_data(tmp_path / "d", train, val, vocab_size=300, eos_id=0,
-                            tokenizer_fingerprint="abc", source="unit", tokenizer_dir="/tok")
+    meta = write_token_data(
+        tmp_path / "d",
+        train,
+        val,
+        vocab_size=300,
+        eos_id=0,
+        tokenizer_fingerprint="abc",
+        source="unit",
+        tokenizer_dir="/tok",
+    )
     td = open_token_data(tmp_path / "d")
     assert td.dtype == np.uint16 and td.train.dtype == np.uint16
     np.testing.assert_array_equal(td.train, train)
@@ -67,8 +75,11 @@ def test_edited_shard_fails_checksum(tmp_path):
     b = bytearray(p.read_bytes())
     b[10] ^= 1
     p.write_bytes(bytes(b))
-    with pytest.raises(CgptError, match="shard val.bin fails its checksum: it was truncated "
-                                        "or edited after prepare; re-run cgpt prepare"):
+    with pytest.raises(
+        CgptError,
+        match="shard val.bin fails its checksum: it was truncated "
+        "or edited after prepare; re-run cgpt prepare",
+    ):
         open_token_data(tmp_path / "d")
     open_token_data(tmp_path / "d", verify="size")  # size-only check cannot see the edit
 
@@ -128,7 +139,11 @@ def test_several_shards_concatenate(tmp_path):
         w.write("val", train[:5], 0)
         meta = w.commit(source="unit")
     assert [f["name"] for f in meta["splits"]["train"]["files"]] == [
-        "train-00000.bin", "train-00001.bin", "train-00002.bin", "train-00003.bin"]
+        "train-00000.bin",
+        "train-00001.bin",
+        "train-00002.bin",
+        "train-00003.bin",
+    ]
     assert meta["splits"]["train"]["documents"] == 7
     td = open_token_data(tmp_path / "d")
     assert len(td.train) == 1000
@@ -149,8 +164,15 @@ class _Tok:
 
 
 def test_check_vocab(tmp_path):
-    write_token_data(tmp_path / "d", _tokens(100, 300), _tokens(10, 300), 300, 0,
-                     tokenizer_fingerprint="f" * 64, tokenizer_dir="/tok")
+    write_token_data(
+        tmp_path / "d",
+        _tokens(100, 300),
+        _tokens(10, 300),
+        300,
+        0,
+        tokenizer_fingerprint="f" * 64,
+        tokenizer_dir="/tok",
+    )
     td = open_token_data(tmp_path / "d")
     check_vocab(td, 300)
     check_vocab(td, 512, _Tok(300, "f" * 64))  # a padded model vocab is fine
@@ -183,15 +205,24 @@ def _set_split(split, key, value):
 META_EDITS = {  # name: (edit, the message for a meta.json without its checksum)
     "dtype uint8": (_set("dtype", "uint8"), r"says dtype 'uint8', which cgpt never writes"),
     "dtype uint32 for uint16 shards": (
-        _set("dtype", "uint32"), r"dtype uint32 \(4 bytes a token\) but shard train.bin is "
-                                 r"recorded as 2000 bytes for 1000 tokens"),
+        _set("dtype", "uint32"),
+        r"dtype uint32 \(4 bytes a token\) but shard train.bin is "
+        r"recorded as 2000 bytes for 1000 tokens",
+    ),
     "vocab below the largest id": (
-        _set("vocab_size", 200), r"vocab_size 200 but the train split holds token id 29\d"),
+        _set("vocab_size", 200),
+        r"vocab_size 200 but the train split holds token id 29\d",
+    ),
     "vocab too big for uint16": (
-        _set("vocab_size", 70000), r"vocab_size 70000 with dtype uint16, which cannot hold"),
+        _set("vocab_size", 70000),
+        r"vocab_size 70000 with dtype uint16, which cannot hold",
+    ),
     "eos outside the vocab": (_set("eos_id", 300), r"eos_id 300, outside its vocab of 300"),
-    "split token count": (_set_split("val", "tokens", 7), r"val split holds 7 tokens but its "
-                                                          r"shards hold 100"),
+    "split token count": (
+        _set_split("val", "tokens", 7),
+        r"val split holds 7 tokens but its "
+        r"shards hold 100",
+    ),
 }
 
 
@@ -202,9 +233,12 @@ def test_edited_meta_is_refused(case, tmp_path):
     write_token_data(d, _tokens(1000, 300), _tokens(100, 300, seed=1), 300, 0)
     _edit_meta(d, edit)
     for verify in (True, "size", False):  # meta.json is small: always checked
-        with pytest.raises(CgptError, match=r"meta.json was edited or corrupted after prepare "
-                                            r"\(its content no longer matches its meta_sha256\)"
-                                            r"; re-run `cgpt prepare`"):
+        with pytest.raises(
+            CgptError,
+            match=r"meta.json was edited or corrupted after prepare "
+            r"\(its content no longer matches its meta_sha256\)"
+            r"; re-run `cgpt prepare`",
+        ):
             open_token_data(d, verify=verify)
     _edit_meta(d, lambda m: None, keep_checksum=False)  # as an older cgpt wrote it
     with pytest.raises(CgptError, match=old_style_msg) as e:
@@ -235,8 +269,11 @@ def test_old_meta_without_new_fields(tmp_path, recwarn):
     td = open_token_data(d)
     assert "meta_sha256" not in td.meta and not recwarn.list
     _edit_meta(d, _set("vocab_size", 250), keep_checksum=False)
-    with pytest.raises(CgptError, match=r"the train split of .* holds token id 29\d but "
-                                        r"meta.json says vocab_size 250"):
+    with pytest.raises(
+        CgptError,
+        match=r"the train split of .* holds token id 29\d but "
+        r"meta.json says vocab_size 250",
+    ):
         open_token_data(d, verify=True)
     open_token_data(d, verify="size")  # no scan without verify=True
 
@@ -289,8 +326,11 @@ def test_disk_error_is_one_line_and_publishes_nothing(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(shards.os, "fsync", full)
-    with pytest.raises(CgptError, match=r"cannot write the data for .*: No space left on "
-                                        r"device; nothing was published") as e:
+    with pytest.raises(
+        CgptError,
+        match=r"cannot write the data for .*: No space left on "
+        r"device; nothing was published",
+    ) as e:
         write_token_data(d, _tokens(60, 300), _tokens(10, 300), 300, 0)
     assert "\n" not in str(e.value)
     monkeypatch.undo()

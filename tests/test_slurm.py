@@ -18,34 +18,52 @@ import time
 from pathlib import Path
 
 import pytest
+from test_launch import write_config
 
 from cgpt.launch import slurm
 from cgpt.launch.cli import main
 from cgpt.launch.launchers import Topology, train_args
 from cgpt.model.errors import CgptError
-from test_launch import write_config
 
 
 def sbatch_lines(text: str) -> dict[str, str]:
     out = {}
     for line in text.splitlines():
         if line.startswith("#SBATCH --"):
-            key, _, value = line[len("#SBATCH --"):].partition("=")
+            key, _, value = line[len("#SBATCH --") :].partition("=")
             out[key] = value
     return out
 
 
 def srun_command(text: str) -> list[str]:
     """The per-node command inside `bash -c '...'` of the srun line."""
-    line = text[text.index("bash -c ") + len("bash -c "):].splitlines()[0]
+    line = text[text.index("bash -c ") + len("bash -c ") :].splitlines()[0]
     inner = shlex.split(line)[0]
     return shlex.split(inner)
 
 
 def test_script_is_valid_bash_with_the_topology(tmp_path, capsys):
     cfg = write_config(tmp_path, global_batch=64)
-    assert main(["launch", str(cfg), "--slurm", "--nodes", "4", "--gpus-per-node", "8",
-                 "--partition", "gpu", "--account", "proj1", "--time", "2-00:00:00"]) == 0
+    assert (
+        main(
+            [
+                "launch",
+                str(cfg),
+                "--slurm",
+                "--nodes",
+                "4",
+                "--gpus-per-node",
+                "8",
+                "--partition",
+                "gpu",
+                "--account",
+                "proj1",
+                "--time",
+                "2-00:00:00",
+            ]
+        )
+        == 0
+    )
     path = tmp_path / "run" / "slurm.sbatch"
     assert str(path) in capsys.readouterr().out
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
@@ -62,14 +80,34 @@ def test_script_is_valid_bash_with_the_topology(tmp_path, capsys):
     assert cmd[i("--nnodes") + 1] == "4" and cmd[i("--nproc_per_node") + 1] == "8"
     assert cmd[i("--node_rank") + 1] == "$SLURM_NODEID"
     assert cmd[i("--master_addr") + 1] == "$MASTER_ADDR"
-    assert cmd[i("-m") + 1:] == ["cgpt.train", str(cfg.resolve()), "--set",
-                                  "runtime.micro_batch=2", "--resume"]
+    assert cmd[i("-m") + 1 :] == [
+        "cgpt.train",
+        str(cfg.resolve()),
+        "--set",
+        "runtime.micro_batch=2",
+        "--resume",
+    ]
 
 
 def test_deepspeed_variant_uses_the_allocation_hostfile(tmp_path, capsys):
     cfg = write_config(tmp_path, global_batch=16)
-    assert main(["launch", str(cfg), "--slurm", "--nodes", "2", "--gpus-per-node", "8",
-                 "--launcher", "deepspeed", "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "launch",
+                str(cfg),
+                "--slurm",
+                "--nodes",
+                "2",
+                "--gpus-per-node",
+                "8",
+                "--launcher",
+                "deepspeed",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     cmd = srun_command(text)
     assert Path(cmd[1]).name == "deepspeed"
@@ -108,8 +146,10 @@ def _shim(folder: Path, name: str, body: str) -> None:
 def test_submit_with_sbatch(tmp_path, capsys, monkeypatch):
     _shim(tmp_path, "sbatch", 'echo "Submitted batch job 42 ($1)"\n')
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    assert main(["launch", str(write_config(tmp_path)), "--slurm", "--gpus-per-node", "4",
-                 "--submit"]) == 0
+    assert (
+        main(["launch", str(write_config(tmp_path)), "--slurm", "--gpus-per-node", "4", "--submit"])
+        == 0
+    )
     script = tmp_path / "run" / "slurm.sbatch"
     assert f"Submitted batch job 42 ({script})" in capsys.readouterr().out
 
@@ -125,24 +165,43 @@ def test_time_limit_checkpoints_then_requeues(tmp_path, monkeypatch):
     bin_ = tmp_path / "bin"
     bin_.mkdir()
     log = tmp_path / "log"
-    _shim(bin_, "scontrol", f'''
+    _shim(
+        bin_,
+        "scontrol",
+        f"""
 if [ "$1 $2" = "show hostnames" ]; then printf 'node-a\\nnode-b\\n'; exit 0; fi
 echo "scontrol $*" >> {log}
-''')
+""",
+    )
     _shim(bin_, "srun", 'while [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
-    _shim(bin_, "torchrun", f'''
+    _shim(
+        bin_,
+        "torchrun",
+        f"""
 echo "torchrun $* master=$MASTER_ADDR:$MASTER_PORT grace=$TORCH_ELASTIC_SHUTDOWN_TIMEOUT" >> {log}
 trap 'sleep 1; echo "checkpoint written" >> {log}; exit 0' TERM
 echo started > {tmp_path}/started
 while true; do sleep 0.1; done
-''')
+""",
+    )
     monkeypatch.setattr(slurm, "find_program", lambda name: (_ for _ in ()).throw(CgptError("")))
     run_dir = tmp_path / "run"
-    text = slurm.render_sbatch(Topology(2, 4), train_args(tmp_path / "run.yaml", [], True),
-                               run_dir, slurm.SlurmOptions(), workdir=tmp_path)
+    text = slurm.render_sbatch(
+        Topology(2, 4),
+        train_args(tmp_path / "run.yaml", [], True),
+        run_dir,
+        slurm.SlurmOptions(),
+        workdir=tmp_path,
+    )
     path = slurm.write_sbatch(text, run_dir)
-    env = dict(os.environ, PATH=f"{bin_}:{os.environ['PATH']}", SLURM_JOB_ID="77",
-               SLURM_JOB_NODELIST="node-[a-b]", SLURM_JOB_NUM_NODES="2", SLURM_NODEID="1")
+    env = dict(
+        os.environ,
+        PATH=f"{bin_}:{os.environ['PATH']}",
+        SLURM_JOB_ID="77",
+        SLURM_JOB_NODELIST="node-[a-b]",
+        SLURM_JOB_NUM_NODES="2",
+        SLURM_NODEID="1",
+    )
     job = subprocess.Popen(["bash", str(path)], env=env, stdout=subprocess.PIPE, text=True)
     deadline = time.time() + 20
     while not (tmp_path / "started").exists():
@@ -156,7 +215,6 @@ while true; do sleep 0.1; done
     assert lines[1:] == ["checkpoint written", "scontrol requeue 77"]  # in this order
     assert (run_dir / "hostfile.77").read_text() == "node-a slots=4\nnode-b slots=4\n"
     assert "requeueing job 77" in out and job.returncode == 0
-
 
 
 # ---- injection: refused before anything is written ----------------------------------------
@@ -204,13 +262,13 @@ def _name_value_args(option: str, value: str) -> list[str]:
 
 
 @pytest.mark.parametrize("kind", EVIL)
-@pytest.mark.parametrize("option", ["--partition", "--account", "--job-name", "--time",
-                                    "plan.name"])
+@pytest.mark.parametrize(
+    "option", ["--partition", "--account", "--job-name", "--time", "plan.name"]
+)
 def test_sbatch_values_are_refused(tmp_path, capsys, option, kind):
     value = EVIL[kind]
     cfg = write_config(tmp_path)
-    argv = ["launch", str(cfg), "--slurm", "--gpus-per-node", "2",
-            *_name_value_args(option, value)]
+    argv = ["launch", str(cfg), "--slurm", "--gpus-per-node", "2", *_name_value_args(option, value)]
     ok = set("0123456789:-") if option == "--time" else _NAME_OK
     bad = next(c for c in value if c not in ok)
     assert_refused(tmp_path, capsys, argv, option, repr(bad))
@@ -221,33 +279,66 @@ def test_sbatch_values_are_refused(tmp_path, capsys, option, kind):
 
 @pytest.mark.parametrize("value", ["", " gpu", "gpu ", "gpu#x", "gpu\\x", "gp%u", "gpü"])
 def test_partition_outside_the_name_characters(tmp_path, capsys, value):
-    argv = ["launch", str(write_config(tmp_path)), "--slurm", "--gpus-per-node", "2",
-            "--partition", value]
+    argv = [
+        "launch",
+        str(write_config(tmp_path)),
+        "--slurm",
+        "--gpus-per-node",
+        "2",
+        "--partition",
+        value,
+    ]
     assert_refused(tmp_path, capsys, argv, "--partition")
 
 
 @pytest.mark.parametrize("kind", EVIL)
-@pytest.mark.parametrize("option", ["--nodes", "--gpus-per-node", "--cpus-per-task",
-                                    "--signal-lead", "--master-port"])
+@pytest.mark.parametrize(
+    "option", ["--nodes", "--gpus-per-node", "--cpus-per-task", "--signal-lead", "--master-port"]
+)
 def test_number_options_refuse_words(tmp_path, capsys, option, kind):
-    argv = ["launch", str(write_config(tmp_path)), "--slurm", "--gpus-per-node", "2",
-            option, EVIL[kind]]
+    argv = [
+        "launch",
+        str(write_config(tmp_path)),
+        "--slurm",
+        "--gpus-per-node",
+        "2",
+        option,
+        EVIL[kind],
+    ]
     assert_refused(tmp_path, capsys, argv, option, "invalid int value")
 
 
-@pytest.mark.parametrize("option, value, words", [
-    ("--nodes", "0", "at least 1"), ("--nodes", "-2", "at least 1"),
-    ("--gpus-per-node", "0", "at least 1"), ("--gpus-per-node", "-1", "at least 1"),
-    ("--cpus-per-task", "0", "at least 1"), ("--cpus-per-task", "-8", "at least 1"),
-    ("--signal-lead", "0", "1..65535"), ("--signal-lead", "-5", "1..65535"),
-    ("--signal-lead", "70000", "1..65535"),
-    ("--master-port", "0", "1..65535"), ("--master-port", "65536", "1..65535"),
-    ("--master-port", "-1", "1..65535"),
-    ("--node-rank", "1", "drop"), ("--master-addr", "h0", "drop"),
-])
+@pytest.mark.parametrize(
+    "option, value, words",
+    [
+        ("--nodes", "0", "at least 1"),
+        ("--nodes", "-2", "at least 1"),
+        ("--gpus-per-node", "0", "at least 1"),
+        ("--gpus-per-node", "-1", "at least 1"),
+        ("--cpus-per-task", "0", "at least 1"),
+        ("--cpus-per-task", "-8", "at least 1"),
+        ("--signal-lead", "0", "1..65535"),
+        ("--signal-lead", "-5", "1..65535"),
+        ("--signal-lead", "70000", "1..65535"),
+        ("--master-port", "0", "1..65535"),
+        ("--master-port", "65536", "1..65535"),
+        ("--master-port", "-1", "1..65535"),
+        ("--node-rank", "1", "drop"),
+        ("--master-addr", "h0", "drop"),
+    ],
+)
 def test_slurm_numbers_out_of_range(tmp_path, capsys, option, value, words):
-    argv = ["launch", str(write_config(tmp_path)), "--slurm", "--nodes", "2",
-            "--gpus-per-node", "2", option, value]
+    argv = [
+        "launch",
+        str(write_config(tmp_path)),
+        "--slurm",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "2",
+        option,
+        value,
+    ]
     assert_refused(tmp_path, capsys, argv, option, words)
 
 
@@ -258,8 +349,13 @@ def test_time_is_checked_exactly():
 
 
 # the places where a path or a free string legitimately reaches the script's command lines
-SLOTS = ["runtime.out_dir", "the config path", "--set", "the working directory",
-         "the torchrun path"]
+SLOTS = [
+    "runtime.out_dir",
+    "the config path",
+    "--set",
+    "the working directory",
+    "the torchrun path",
+]
 
 
 def _odd_setup(tmp_path, monkeypatch, value: str, launcher: str = "torchrun"):
@@ -276,10 +372,21 @@ def _odd_setup(tmp_path, monkeypatch, value: str, launcher: str = "torchrun"):
     venv_bin.mkdir(parents=True)
     _shim(venv_bin, launcher, 'printf "%s\\0" "$@" > "$CGPT_TEST_LOG/launcher.$$"\n')
     monkeypatch.setattr("sys.executable", str(venv_bin / "python"))
-    sets = [f"runtime.out_dir={json.dumps(str(out_dir))}",
-            f"runtime.wandb_project={json.dumps(value)}"]
-    argv = ["launch", str(cfg), "--slurm", "--nodes", "2", "--gpus-per-node", "2",
-            "--launcher", launcher]
+    sets = [
+        f"runtime.out_dir={json.dumps(str(out_dir))}",
+        f"runtime.wandb_project={json.dumps(value)}",
+    ]
+    argv = [
+        "launch",
+        str(cfg),
+        "--slurm",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "2",
+        "--launcher",
+        launcher,
+    ]
     for item in sets:
         argv += ["--set", item]
     return argv, cfg, out_dir, work, venv_bin / launcher, sets
@@ -294,7 +401,8 @@ def test_control_characters_are_refused_in_every_path(tmp_path, capsys, monkeypa
     evil = EVIL["newline"]
     if slot == "runtime.out_dir":
         argv[argv.index(next(a for a in argv if a.startswith("runtime.out_dir=")))] = (
-            f"runtime.out_dir={json.dumps(str(tmp_path / evil))}")
+            f"runtime.out_dir={json.dumps(str(tmp_path / evil))}"
+        )
     elif slot == "the config path":
         folder = tmp_path / f"cfg {evil}"
         folder.mkdir()
@@ -319,28 +427,37 @@ def _stand_ins(folder: Path, nodes=("node-a", "node-b")) -> None:
     folder.mkdir()
     record = 'printf "%s\\0" "$@" > "$CGPT_TEST_LOG/{name}.$$"\n'
     _shim(folder, "sbatch", record.format(name="sbatch") + 'echo "Submitted batch job 77"\n')
-    _shim(folder, "scontrol", record.format(name="scontrol")
-          + f'if [ "$1 $2" = "show hostnames" ]; then printf "%s\\n" {" ".join(nodes)}; fi\n')
-    _shim(folder, "srun", record.format(name="srun")
-          + 'while [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+    _shim(
+        folder,
+        "scontrol",
+        record.format(name="scontrol")
+        + f'if [ "$1 $2" = "show hostnames" ]; then printf "%s\\n" {" ".join(nodes)}; fi\n',
+    )
+    _shim(
+        folder,
+        "srun",
+        record.format(name="srun") + 'while [[ "$1" == --* ]]; do shift; done\nexec "$@"\n',
+    )
 
 
 def _calls(log: Path, name: str) -> list[list[str]]:
-    return [f.read_bytes().decode("utf-8", "surrogateescape").split("\0")[:-1]
-            for f in sorted(log.glob(f"{name}.*"))]
+    return [
+        f.read_bytes().decode("utf-8", "surrogateescape").split("\0")[:-1]
+        for f in sorted(log.glob(f"{name}.*"))
+    ]
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
 @pytest.mark.parametrize("kind", [k for k in EVIL if k != "newline"])
-def test_odd_paths_and_values_pass_through_intact(tmp_path, capsys, monkeypatch, kind,
-                                                  launcher):
+def test_odd_paths_and_values_pass_through_intact(tmp_path, capsys, monkeypatch, kind, launcher):
     """Quotes, $(...), backticks, ; and spaces in the run folder, the config path, a --set
     value, the working directory and the venv: the script is valid bash, sbatch gets the
     script's path as one argument, and run with stand-ins it hands every value to the
     launcher unchanged, one argument each, without running any of it."""
     value = EVIL[kind]
-    argv, cfg, out_dir, work, launcher_path, sets = _odd_setup(tmp_path, monkeypatch, value,
-                                                               launcher)
+    argv, cfg, out_dir, work, launcher_path, sets = _odd_setup(
+        tmp_path, monkeypatch, value, launcher
+    )
     bin_, log = tmp_path / "bin", tmp_path / "log"
     _stand_ins(bin_)
     log.mkdir()
@@ -360,46 +477,77 @@ def test_odd_paths_and_values_pass_through_intact(tmp_path, capsys, monkeypatch,
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = dict(os.environ, SLURM_JOB_ID="77", SLURM_JOB_NODELIST="node-[a-b]",
-               SLURM_JOB_NUM_NODES="2", SLURM_NODEID="1")
-    res = subprocess.run(["bash", str(script)], env=env, cwd=elsewhere, capture_output=True,
-                         text=True, timeout=60)
+    env = dict(
+        os.environ,
+        SLURM_JOB_ID="77",
+        SLURM_JOB_NODELIST="node-[a-b]",
+        SLURM_JOB_NUM_NODES="2",
+        SLURM_NODEID="1",
+    )
+    res = subprocess.run(
+        ["bash", str(script)], env=env, cwd=elsewhere, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     assert not list(tmp_path.rglob("PWNED")), "a value was run as a command"
-    assert "cgpt: job 77 on 2 node(s), master node-a:29500" in (
-        out_dir / "slurm-77.out").read_text()
+    assert (
+        "cgpt: job 77 on 2 node(s), master node-a:29500" in (out_dir / "slurm-77.out").read_text()
+    )
     assert (out_dir / "hostfile.77").read_text() == "node-a slots=2\nnode-b slots=2\n"
 
     [srun] = _calls(log, "srun")
-    assert srun[:5] == ["--ntasks-per-node=1", "--cpus-per-task=16", "--kill-on-bad-exit=1",
-                        "bash", "-c"] and len(srun) == 6
+    assert (
+        srun[:5]
+        == ["--ntasks-per-node=1", "--cpus-per-task=16", "--kill-on-bad-exit=1", "bash", "-c"]
+        and len(srun) == 6
+    )
     [cmd] = _calls(log, "launcher")
     i = cmd.index
     if launcher == "torchrun":
-        assert cmd[:10] == ["--nnodes", "2", "--nproc_per_node", "2", "--node_rank", "1",
-                            "--master_addr", "node-a", "--master_port", "29500"]
+        assert cmd[:10] == [
+            "--nnodes",
+            "2",
+            "--nproc_per_node",
+            "2",
+            "--node_rank",
+            "1",
+            "--master_addr",
+            "node-a",
+            "--master_port",
+            "29500",
+        ]
     else:
         assert cmd[i("--hostfile") + 1] == str(out_dir / "hostfile.77")
         assert cmd[i("--node_rank") + 1] == "1" and cmd[i("--master_addr") + 1] == "node-a"
     # the trainer's arguments: the odd strings intact, one argument each
-    assert cmd[i("cgpt.train") + 1:] == [str(cfg.resolve()), "--set", sets[0],
-                                         "--set", sets[1], "--resume"]
+    assert cmd[i("cgpt.train") + 1 :] == [
+        str(cfg.resolve()),
+        "--set",
+        sets[0],
+        "--set",
+        sets[1],
+        "--resume",
+    ]
     assert _calls(log, "scontrol") == [["show", "hostnames", "node-[a-b]"]] * 2
 
 
 def test_launcher_placeholders_only_replace_launcher_options(tmp_path):
     """A trainer argument that happens to spell the script's internal stand-ins, or a flag
     name, stays as typed."""
-    args = train_args(tmp_path / "run.yaml", ["runtime.wandb_project=CGPT_MASTER_ADDR",
-                                              "--node_rank", "CGPT_HOSTFILE"], True)
+    args = train_args(
+        tmp_path / "run.yaml",
+        ["runtime.wandb_project=CGPT_MASTER_ADDR", "--node_rank", "CGPT_HOSTFILE"],
+        True,
+    )
     for launcher in ("torchrun", "deepspeed"):
-        text = slurm.render_sbatch(Topology(2, 2), args, tmp_path / "run",
-                                   slurm.SlurmOptions(), launcher=launcher)
+        text = slurm.render_sbatch(
+            Topology(2, 2), args, tmp_path / "run", slurm.SlurmOptions(), launcher=launcher
+        )
         cmd = srun_command(text)
-        assert cmd[cmd.index("cgpt.train") + 1:] == args
+        assert cmd[cmd.index("cgpt.train") + 1 :] == args
 
 
 # ---- writing: atomic, never partial -----------------------------------------------------------
+
 
 def test_script_is_written_atomically(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"

@@ -33,8 +33,7 @@ def test_text_files_are_one_document_each_in_sorted_order(tmp_path):
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "d.txt").write_text("hidden\n")
     src = open_source(str(tmp_path))
-    assert list(src) == ["first line\nsecond line\n", "second\nfile\n\n  indented\n",
-                         "# third\n"]
+    assert list(src) == ["first line\nsecond line\n", "second\nfile\n\n  indented\n", "# third\n"]
     assert src.stats.documents == 3 and "3 files" in src.description
     assert list(iter_documents(str(tmp_path / "*.txt"))) == list(src)[:2]
     assert list(iter_documents(str(tmp_path / "b.txt"))) == ["second\nfile\n\n  indented\n"]
@@ -109,7 +108,9 @@ def test_progress_total(tmp_path):
     assert open_source(str(tmp_path)).progress_total() == (14, "B")
     assert open_source(str(tmp_path), max_docs=5).progress_total() == (2, " docs")
     assert open_source("stdlib").progress_total() == (
-        sum(f.stat().st_size for f in stdlib_files()), "B")
+        sum(f.stat().st_size for f in stdlib_files()),
+        "B",
+    )
     assert open_source("stdlib:max_docs=7").progress_total() == (7, " docs")
     (tmp_path / "c.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
     assert open_source(str(tmp_path)).progress_total() is None  # how many lines? unknown

@@ -15,29 +15,50 @@ from cgpt.model.errors import CgptError
 from cgpt.train.data.shards import write_token_data
 from cgpt.train.scaling.sweep import fit_sweep_dir, load_sweep, parse_sweep, plan_points
 
-SIZES = [{"n_layer": 1, "n_embd": 8, "n_head": 2}, {"n_layer": 1, "n_embd": 16, "n_head": 2},
-         {"n_layer": 2, "n_embd": 16, "n_head": 2}]
+SIZES = [
+    {"n_layer": 1, "n_embd": 8, "n_head": 2},
+    {"n_layer": 1, "n_embd": 16, "n_head": 2},
+    {"n_layer": 2, "n_embd": 16, "n_head": 2},
+]
 
 
 def make_data(folder: Path) -> Path:
     """Real text: bytes of a few stdlib sources (vocab 256 + EOS)."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    docs = [np.frombuffer((root / n).read_bytes(), np.uint8).astype(np.uint16)
-            for n in ("argparse.py", "typing.py", "inspect.py", "pathlib.py")]
+    docs = [
+        np.frombuffer((root / n).read_bytes(), np.uint8).astype(np.uint16)
+        for n in ("argparse.py", "typing.py", "inspect.py", "pathlib.py")
+    ]
     toks = np.concatenate([np.append(d, 256) for d in docs])
     cut = int(len(toks) * 0.95)
-    write_token_data(folder, toks[:cut], toks[cut:], vocab_size=257, eos_id=256,
-                     source="stdlib-bytes")
+    write_token_data(
+        folder, toks[:cut], toks[cut:], vocab_size=257, eos_id=256, source="stdlib-bytes"
+    )
     return folder
 
 
 def sweep_dict(tmp: Path, data_dir: Path, **kw) -> dict:
-    d = {"name": "tiny", "out_dir": str(tmp / "sweep"), "data": {"path": str(data_dir)},
-         "model": {"seq_len": 32}, "tokens_per_param": 2, "sizes": [dict(s) for s in SIZES],
-         "plan": {"global_batch_seqs": 8, "lr": 3e-3, "min_steps": 10},
-         "runtime": {"micro_batch": 8, "precision": "fp32", "zero_stage": 0, "device": "cpu",
-                     "eval_every": 0, "eval_batches": 2, "save_every": 10, "log_every": 10,
-                     "wandb": "off", "export_hf": False}}
+    d = {
+        "name": "tiny",
+        "out_dir": str(tmp / "sweep"),
+        "data": {"path": str(data_dir)},
+        "model": {"seq_len": 32},
+        "tokens_per_param": 2,
+        "sizes": [dict(s) for s in SIZES],
+        "plan": {"global_batch_seqs": 8, "lr": 3e-3, "min_steps": 10},
+        "runtime": {
+            "micro_batch": 8,
+            "precision": "fp32",
+            "zero_stage": 0,
+            "device": "cpu",
+            "eval_every": 0,
+            "eval_batches": 2,
+            "save_every": 10,
+            "log_every": 10,
+            "wandb": "off",
+            "export_hf": False,
+        },
+    }
     d.update(kw)
     return d
 
@@ -80,8 +101,9 @@ def test_sweep_end_to_end_failure_resume(tmp_path, data, capsys):
     assert cli(["sweep", str(path)]) == 0
     text = capsys.readouterr().out
     assert text.count("finished earlier") == 3 and "failed earlier" in text
-    assert stamps == {n: Path(r["run_dir"], "summary.json").stat().st_mtime_ns
-                      for n, r in recs.items()}
+    assert stamps == {
+        n: Path(r["run_dir"], "summary.json").stat().st_mtime_ns for n, r in recs.items()
+    }
 
     # an interrupted point (no completed summary) continues from its checkpoint
     victim = Path(recs["L2-d16-h2"]["run_dir"])
@@ -93,8 +115,10 @@ def test_sweep_end_to_end_failure_resume(tmp_path, data, capsys):
 
     # the planner takes the fit
     capsys.readouterr()
-    assert cli(["plan", "--layers", "2", "--width", "64", "--fit", str(out / "fit.json"),
-                "--json"]) == 0
+    assert (
+        cli(["plan", "--layers", "2", "--width", "64", "--fit", str(out / "fit.json"), "--json"])
+        == 0
+    )
     plan = json.loads(capsys.readouterr().out)
     assert plan["loss_law"]["b"] == pytest.approx(fit["loss_law"]["b"])
     assert plan["tokens_per_param"] == pytest.approx(2, rel=0.05)
@@ -121,8 +145,11 @@ def test_bad_sweep_files(tmp_path, data):
     with pytest.raises(CgptError, match="either sizes/params .* or isoflop"):
         parse_sweep(both)
     with pytest.raises(CgptError, match="unknown key 'plan.learning_rate'"):
-        parse_sweep(sweep_dict(tmp_path, data, plan={"global_batch_seqs": 8, "lr": 1e-3,
-                                                     "learning_rate": 1}))
+        parse_sweep(
+            sweep_dict(
+                tmp_path, data, plan={"global_batch_seqs": 8, "lr": 1e-3, "learning_rate": 1}
+            )
+        )
     missing = sweep_dict(tmp_path, data, data={"path": str(tmp_path / "nope")})
     assert cli(["sweep", str(write_sweep(tmp_path, missing))]) == 2
     with pytest.raises(CgptError, match="sweep file .* not found"):
@@ -136,16 +163,25 @@ def test_bad_sweep_files(tmp_path, data):
 def _fake_sweep_dir(tmp: Path, records: list[dict]) -> Path:
     out = tmp / "fake"
     out.mkdir()
-    (out / "sweep.yaml").write_text(yaml.safe_dump({"name": "fake", "kind": "tokens_per_param",
-                                                    "tokens_per_param": 20}))
+    (out / "sweep.yaml").write_text(
+        yaml.safe_dump({"name": "fake", "kind": "tokens_per_param", "tokens_per_param": 20})
+    )
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return out
 
 
 def _rec(i: int, **kw) -> dict:
-    c = 1e12 * 4 ** i
-    return {"name": f"p{i}", "status": "ok", "params": 1e4 * 2 ** i, "tokens": 2e5 * 2 ** i,
-            "flops": c, "val_loss": (c / 1e16) ** -0.1 + 1.5, "data_id": "A", **kw}
+    c = 1e12 * 4**i
+    return {
+        "name": f"p{i}",
+        "status": "ok",
+        "params": 1e4 * 2**i,
+        "tokens": 2e5 * 2**i,
+        "flops": c,
+        "val_loss": (c / 1e16) ** -0.1 + 1.5,
+        "data_id": "A",
+        **kw,
+    }
 
 
 def test_fit_refuses_mixed_data_and_says_how_many_more(tmp_path, capsys):
@@ -156,8 +192,9 @@ def test_fit_refuses_mixed_data_and_says_how_many_more(tmp_path, capsys):
     out2 = tmp_path / "few"
     out2.mkdir()
     (out2 / "sweep.yaml").write_text(yaml.safe_dump({"name": "few", "kind": "tokens_per_param"}))
-    (out2 / "results.jsonl").write_text("".join(
-        json.dumps(r) + "\n" for r in [_rec(0), _rec(1), _rec(2, val_loss=float("nan"))]))
+    (out2 / "results.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in [_rec(0), _rec(1), _rec(2, val_loss=float("nan"))])
+    )
     assert cli(["sweep", "fit", str(out2)]) == 2
     err = capsys.readouterr().err
     assert "has 2: add 1 more" in err and err.count("\n") == 1
@@ -194,8 +231,9 @@ def test_resume_refuses_changed_data(tmp_path, data):
     path = write_sweep(tmp_path, sweep_dict(tmp_path, data))
     out = tmp_path / "sweep"
     out.mkdir()
-    (out / "results.jsonl").write_text(json.dumps(
-        {"name": "L1-d8-h2", "status": "ok", "val_loss": 3.0, "data_id": "other"}) + "\n")
+    (out / "results.jsonl").write_text(
+        json.dumps({"name": "L1-d8-h2", "status": "ok", "val_loss": 3.0, "data_id": "other"}) + "\n"
+    )
     with pytest.raises(CgptError, match="data in .* changed since L1-d8-h2"):
         run_sweep(path, log=lambda m: None)
     assert not (out / "runs").exists() and not (out / "sweep.yaml").exists()
@@ -241,11 +279,17 @@ def _missing_no_recipe(folder: Path) -> None:
     shutil.rmtree(folder)
 
 
-@pytest.mark.parametrize("damage,pattern", [
-    (_edited_meta, r"meta.json was edited or corrupted after prepare"),
-    (_missing_no_recipe, r"data folder .* not found; create it with `cgpt prepare` or add "
-                         r"data.prepare"),
-])
+@pytest.mark.parametrize(
+    "damage,pattern",
+    [
+        (_edited_meta, r"meta.json was edited or corrupted after prepare"),
+        (
+            _missing_no_recipe,
+            r"data folder .* not found; create it with `cgpt prepare` or add "
+            r"data.prepare",
+        ),
+    ],
+)
 def test_dry_run_bad_data_one_line(damage, pattern, tmp_path, capsys):
     import hashlib
     import re
@@ -255,8 +299,10 @@ def test_dry_run_bad_data_one_line(damage, pattern, tmp_path, capsys):
     path = write_sweep(tmp_path, sweep_dict(tmp_path, folder))
 
     def digest():
-        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-                for p in sorted(tmp_path.rglob("*"))}
+        return {
+            str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(tmp_path.rglob("*"))
+        }
 
     before = digest()
     capsys.readouterr()

@@ -37,8 +37,12 @@ def sp_dir(tmp_path_factory):
 
 def test_trained_folder_layout(sp_dir):
     names = {p.name for p in sp_dir.iterdir()}
-    assert {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-            "cgpt_tokenizer.json"} <= names
+    assert {
+        "tokenizer.model",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "cgpt_tokenizer.json",
+    } <= names
     tok = load_tokenizer(sp_dir)
     assert isinstance(tok, SentencePieceTokenizer)
     assert tok.vocab_size == 600 and tok.sp.id_to_piece(tok.eos_id) == EOS
@@ -115,13 +119,15 @@ def bytelevel_dir(tmp_path_factory):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(iter_documents("stdlib", max_docs=30), trainer)
     out = tmp_path_factory.mktemp("gpt2ish")
     tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "GPT2TokenizerFast", "eos_token": EOS}))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "GPT2TokenizerFast", "eos_token": EOS})
+    )
     tok.model.save(str(out))  # vocab.json + merges.txt, GPT-2's original layout
     return out
 
@@ -153,7 +159,8 @@ def test_hf_folder_without_eos(tmp_path):
     from tokenizers import Tokenizer, models
 
     Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")).save(
-        str(tmp_path / "tokenizer.json"))
+        str(tmp_path / "tokenizer.json")
+    )
     with pytest.raises(CgptError, match="no end-of-text token"):
         load_tokenizer(tmp_path)
 
@@ -163,14 +170,17 @@ SP_BAD = {  # name: (argv tail, pattern of the one stderr line)
     "vocab too small for the characters": (
         ["--input", "stdlib:max_docs=2", "--vocab-size", "300"],
         r"a vocab of 300 is too small for the characters of the corpus \(2 documents\).* need "
-        r"(\d+); raise --vocab-size to at least \1, or lower --character-coverage"),
+        r"(\d+); raise --vocab-size to at least \1, or lower --character-coverage",
+    ),
     "vocab too large for the corpus": (
         ["--input", "stdlib:max_docs=2", "--vocab-size", "50000"],
         r"the corpus \(2 documents\) is too small for a vocab of 50000: it yields at most "
-        r"(\d+) pieces; lower --vocab-size to at most \1, or give more text"),
+        r"(\d+) pieces; lower --vocab-size to at most \1, or give more text",
+    ),
     "below the byte pieces": (
         ["--input", "stdlib:max_docs=2", "--vocab-size", "100"],
-        r"vocab size 100 is too small.*use at least 260"),
+        r"vocab size 100 is too small.*use at least 260",
+    ),
 }
 
 

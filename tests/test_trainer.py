@@ -15,9 +15,9 @@ import torch
 import yaml
 
 from cgpt.launch.cli import main as cli_main
-from cgpt.train.loop.metrics import read_metrics
 from cgpt.train.config import parse_run_config
 from cgpt.train.data.shards import write_token_data
+from cgpt.train.loop.metrics import read_metrics
 
 EOS = 256  # byte-level "tokenizer": ids 0..255 are bytes, 256 ends a document
 
@@ -30,24 +30,45 @@ def make_data(folder: Path, n_files: int = 12) -> Path:
         parts += [np.frombuffer(f.read_bytes(), np.uint8).astype(np.int64), np.array([EOS])]
     toks = np.concatenate(parts)
     cut = int(len(toks) * 0.95)
-    write_token_data(folder, toks[:cut], toks[cut:], vocab_size=257, eos_id=EOS,
-                     source="stdlib-bytes")
+    write_token_data(
+        folder, toks[:cut], toks[cut:], vocab_size=257, eos_id=EOS, source="stdlib-bytes"
+    )
     return folder
 
 
-def make_cfg(tmp: Path, data: Path, out: str = "run", steps: int = 30, batch: int = 8,
-             **runtime) -> dict:
-    rt = {"out_dir": str(tmp / out), "micro_batch": 2, "zero_stage": 0, "precision": "fp32",
-          "eval_every": 10, "eval_batches": 2, "save_every": 10, "log_every": 10,
-          "wandb": "off", "seed": 7, "export_hf": False}
+def make_cfg(
+    tmp: Path, data: Path, out: str = "run", steps: int = 30, batch: int = 8, **runtime
+) -> dict:
+    rt = {
+        "out_dir": str(tmp / out),
+        "micro_batch": 2,
+        "zero_stage": 0,
+        "precision": "fp32",
+        "eval_every": 10,
+        "eval_batches": 2,
+        "save_every": 10,
+        "log_every": 10,
+        "wandb": "off",
+        "seed": 7,
+        "export_hf": False,
+    }
     rt.update(runtime)
-    return {"model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32,
-                      "vocab_size": 257},
-            "data": {"path": str(data)},
-            "plan": {"params": 30000, "seq_len": 32, "tokens": 32 * batch * steps,
-                     "steps": steps, "global_batch_seqs": batch, "lr": 3e-3, "min_lr": 3e-4,
-                     "warmup_steps": 3, "decay_steps": steps - 3},
-            "runtime": rt}
+    return {
+        "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32, "vocab_size": 257},
+        "data": {"path": str(data)},
+        "plan": {
+            "params": 30000,
+            "seq_len": 32,
+            "tokens": 32 * batch * steps,
+            "steps": steps,
+            "global_batch_seqs": batch,
+            "lr": 3e-3,
+            "min_lr": 3e-4,
+            "warmup_steps": 3,
+            "decay_steps": steps - 3,
+        },
+        "runtime": rt,
+    }
 
 
 def losses(run_dir: Path, key: str = "loss") -> list[float]:
@@ -71,8 +92,11 @@ def tree_digest(folder: Path) -> str:
 def test_train_end_to_end_loss_falls_and_run_folder(tmp_path, data):
     from cgpt.train.loop.trainer import train
 
-    cfg = parse_run_config(make_cfg(tmp_path, data, steps=40, export_hf=True,
-                                    wandb="offline", eval_every=20, save_every=20))
+    cfg = parse_run_config(
+        make_cfg(
+            tmp_path, data, steps=40, export_hf=True, wandb="offline", eval_every=20, save_every=20
+        )
+    )
     s = train(cfg)
     run = Path(s["run_dir"])
     assert s["status"] == "completed" and s["steps"] == 40 and s["tokens"] == 40 * 8 * 32
@@ -84,12 +108,22 @@ def test_train_end_to_end_loss_falls_and_run_folder(tmp_path, data):
         assert all(key in r for r in rows if "loss" in r), key
     vals = losses(run, "val_loss")
     assert len(vals) == 2 and vals[-1] < vals[0] < math.log(257) and vals[-1] == s["val_loss"]
-    for name in ("config.yaml", "ds_config.json", "loss.png", "model.safetensors",
-                 "summary.json", "hf/config.json", "checkpoints/step-40/complete"):
+    for name in (
+        "config.yaml",
+        "ds_config.json",
+        "loss.png",
+        "model.safetensors",
+        "summary.json",
+        "hf/config.json",
+        "checkpoints/step-40/complete",
+    ):
         assert (run / name).is_file(), name
     ds = json.loads((run / "ds_config.json").read_text())
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"],
-            ds["gradient_accumulation_steps"]) == (8, 2, 4)
+    assert (
+        ds["train_batch_size"],
+        ds["train_micro_batch_size_per_gpu"],
+        ds["gradient_accumulation_steps"],
+    ) == (8, 2, 4)
     assert any((run / "wandb").rglob("*.wandb"))  # offline wandb run mirrored the metrics
     # the exported folder is what transformers loads, and it is the trained model
     from transformers import GPT2LMHeadModel
@@ -114,16 +148,27 @@ def test_two_phase_batch_schedule_matches_plain_torch(tmp_path, data):
     d = make_cfg(tmp_path, data, steps=6, batch=4, eval_every=0, save_every=0)
     d["plan"]["batch_schedule"] = [
         {"global_batch_seqs": 4, "steps": 3, "warmup_steps": 2, "decay_steps": 1},
-        {"global_batch_seqs": 8, "steps": 3, "schedule_start_step": 1, "warmup_steps": 0,
-         "decay_steps": 3, "decay": "cosine"}]
+        {
+            "global_batch_seqs": 8,
+            "steps": 3,
+            "schedule_start_step": 1,
+            "warmup_steps": 0,
+            "decay_steps": 3,
+            "decay": "cosine",
+        },
+    ]
     cfg = parse_run_config(d)
     s = train(cfg)
     got = losses(Path(s["run_dir"]))
     assert s["tokens"] == (3 * 4 + 3 * 8) * 32
     torch.manual_seed(cfg.runtime.seed)
     model = GPT(cfg.model)
-    opt = torch.optim.AdamW(param_groups(model, cfg.plan.weight_decay), lr=1.0,
-                            betas=cfg.plan.adam_betas, eps=cfg.plan.adam_eps)
+    opt = torch.optim.AdamW(
+        param_groups(model, cfg.plan.weight_decay),
+        lr=1.0,
+        betas=cfg.plan.adam_betas,
+        eps=cfg.plan.adam_eps,
+    )
     loader = TokenLoader(data, 32, seed=cfg.runtime.seed)
     want = []
     for step in range(6):
@@ -161,18 +206,23 @@ def test_mistyped_key_names_nearest(tmp_path, data, capsys):
     d["runtime"]["micro_bach"] = d["runtime"].pop("micro_batch")
     err = _cli_error(capsys, ["train", str(_write(tmp_path, d))])
     assert "runtime.micro_bach" in err and "'micro_batch'" in err
-    err = _cli_error(capsys, ["train", str(_write(tmp_path, make_cfg(tmp_path, data))),
-                              "--set", "runtime.zero_stag=1"])
+    err = _cli_error(
+        capsys,
+        ["train", str(_write(tmp_path, make_cfg(tmp_path, data))), "--set", "runtime.zero_stag=1"],
+    )
     assert "zero_stage" in err
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("change, needle", [
-    ({"model": {"vocab_size": 200}}, "vocab_size to at least 257"),
-    ({"runtime": {"precision": "fp16"}}, "fp16 needs a CUDA GPU"),
-    ({"runtime": {"micro_batch": 3}}, "feasible micro-batches"),
-    ({"model": {"n_layer": 80, "n_embd": 8192, "n_head": 64}}, "memory"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"model": {"vocab_size": 200}}, "vocab_size to at least 257"),
+        ({"runtime": {"precision": "fp16"}}, "fp16 needs a CUDA GPU"),
+        ({"runtime": {"micro_batch": 3}}, "feasible micro-batches"),
+        ({"model": {"n_layer": 80, "n_embd": 8192, "n_head": 64}}, "memory"),
+    ],
+)
 def test_bad_input_leaves_no_run_folder(tmp_path, data, capsys, change, needle):
     d = make_cfg(tmp_path, data)
     for section, kv in change.items():
@@ -244,8 +294,15 @@ def test_zero3_partitioned_head_matches_zero0(tmp_path, data):
 
     runs = {}
     for stage in (3, 0):
-        d = make_cfg(tmp_path, data, steps=4, zero_stage=stage, save_every=0, eval_every=0,
-                     out_dir=str(tmp_path / f"z{stage}"))
+        d = make_cfg(
+            tmp_path,
+            data,
+            steps=4,
+            zero_stage=stage,
+            save_every=0,
+            eval_every=0,
+            out_dir=str(tmp_path / f"z{stage}"),
+        )
         d["model"].update(n_embd=512, n_head=8)
         d["plan"]["params"] = 10**6
         assert train(parse_run_config(d))["status"] == "completed"

@@ -1,6 +1,7 @@
 """The run config: one YAML file, fully resolved, typed and validated on load.
 
-Sections: ``model`` (the model's own :class:`cgpt.model.GPTConfig`, validated by it), ``data`` (prepared token shards + tokenizer),
+Sections: ``model`` (the model's own :class:`cgpt.model.GPTConfig`, validated by it),
+``data`` (prepared token shards + tokenizer),
 ``plan`` (what the planner decides: tokens, steps, batch, LR schedule, optimizer) and
 ``runtime`` (how this run executes: micro-batch, ZeRO, precision, logging, checkpoints).
 `cgpt plan --write` produces it; `cgpt train` consumes it; the resolved copy is written
@@ -79,9 +80,15 @@ class PlanSection(Strict):
     def phases(self) -> list[BatchPhase]:
         if self.batch_schedule:
             return list(self.batch_schedule)
-        return [BatchPhase(global_batch_seqs=self.global_batch_seqs, steps=self.steps,
-                           warmup_steps=self.warmup_steps, decay_steps=self.decay_steps,
-                           decay=self.decay)]
+        return [
+            BatchPhase(
+                global_batch_seqs=self.global_batch_seqs,
+                steps=self.steps,
+                warmup_steps=self.warmup_steps,
+                decay_steps=self.decay_steps,
+                decay=self.decay,
+            )
+        ]
 
     @model_validator(mode="after")
     def _check(self):
@@ -136,13 +143,18 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _check_shapes(self):
         if self.plan.seq_len > self.model.n_positions:
-            raise ValueError(f"plan.seq_len ({self.plan.seq_len}) exceeds model.n_positions "
-                             f"({self.model.n_positions})")
+            raise ValueError(
+                f"plan.seq_len ({self.plan.seq_len}) exceeds model.n_positions "
+                f"({self.model.n_positions})"
+            )
         return self
 
     # ---- io -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        d = self.model_dump(mode="json")
+        if d.get("provenance") is None:
+            d.pop("provenance", None)  # only a run folder's copy carries it
+        return d
 
     def save(self, path: str | os.PathLike) -> None:
         """Write YAML atomically (temporary file, then rename)."""
@@ -171,8 +183,7 @@ def _fields_of(cls) -> dict:
         return cls.model_fields
     if dataclasses.is_dataclass(cls):
         hints = typing.get_type_hints(cls)
-        return {f.name: SimpleNamespace(annotation=hints[f.name])
-                for f in dataclasses.fields(cls)}
+        return {f.name: SimpleNamespace(annotation=hints[f.name]) for f in dataclasses.fields(cls)}
     return {}
 
 
@@ -186,9 +197,14 @@ def _section_model(loc: tuple) -> type | None:
             return None
         ann = field.annotation
         for cand in (MuPConfig, GPTConfig, DataSection, PlanSection, RuntimeSection, BatchPhase):
-            if ann is cand or cand in getattr(ann, "__args__", ()) or (
-                    getattr(ann, "__args__", None) and any(
-                        cand in getattr(a, "__args__", ()) for a in ann.__args__)):
+            if (
+                ann is cand
+                or cand in getattr(ann, "__args__", ())
+                or (
+                    getattr(ann, "__args__", None)
+                    and any(cand in getattr(a, "__args__", ()) for a in ann.__args__)
+                )
+            ):
                 cur = cand
                 break
         else:
@@ -205,8 +221,9 @@ def format_validation_error(e: ValidationError) -> str:
             section = _section_model(loc)
             valid = list(_fields_of(section)) if section else []
             msgs.append(f"unknown key {where!r}{_nearest(str(loc[-1]), valid)}")
-        elif err["type"] == "value_error" and isinstance(err.get("ctx", {}).get("error"),
-                                                           ConfigError):
+        elif err["type"] == "value_error" and isinstance(
+            err.get("ctx", {}).get("error"), ConfigError
+        ):
             msgs.append(f"{where}: {err['ctx']['error']}")  # GPTConfig's own message
         elif err["type"] == "missing":
             msgs.append(f"missing key {where!r}")
@@ -262,8 +279,9 @@ def read_yaml(path: str | os.PathLike, what: str = "run config"):
     try:
         return yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e.__class__.__name__}: "
-                          f"{str(e).splitlines()[0]})") from None
+        raise ConfigError(
+            f"{p}: not valid YAML ({e.__class__.__name__}: {str(e).splitlines()[0]})"
+        ) from None
 
 
 RUN_CONFIG = "config.yaml"  # the resolved config inside every run folder
@@ -276,8 +294,10 @@ def load_run_config(path: str | os.PathLike, overrides: list[str] | None = None)
     p = Path(path)
     if p.is_dir():
         if not (p / RUN_CONFIG).is_file():
-            raise ConfigError(f"{str(p)!r} is a folder without {RUN_CONFIG}: pass a run config "
-                              "YAML, or the folder of a run that has started")
+            raise ConfigError(
+                f"{str(p)!r} is a folder without {RUN_CONFIG}: pass a run config "
+                "YAML, or the folder of a run that has started"
+            )
         data = read_yaml(p / RUN_CONFIG) or {}
         if isinstance(data, dict):
             data.pop("provenance", None)

@@ -34,26 +34,34 @@ class FolderLock:
 
     def acquire(self) -> FolderLock:
         if self.folder.exists() and not self.folder.is_dir():
-            raise CgptError(f"{self.what} {str(self.folder)!r} is a file, not a folder; "
-                            "choose another path")
+            raise CgptError(
+                f"{self.what} {str(self.folder)!r} is a file, not a folder; choose another path"
+            )
         self._created = not self.folder.exists()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             self._cleanup_created()
-            raise CgptError(f"cannot create {self.what} {str(self.folder)!r}: "
-                            f"{e.strerror or e}") from None
+            raise CgptError(
+                f"cannot create {self.what} {str(self.folder)!r}: {e.strerror or e}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _describe(fd)
             os.close(fd)
-            raise CgptError(f"{self.what} {str(self.folder)!r} is in use by {holder}; wait for "
-                            "it to finish or stop it, or use another folder") from None
+            raise CgptError(
+                f"{self.what} {str(self.folder)!r} is in use by {holder}; wait for "
+                "it to finish or stop it, or use another folder"
+            ) from None
         self._fd = fd
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                "argv": sys.argv}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.time(),
+            "argv": sys.argv,
+        }
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)

@@ -26,9 +26,15 @@ def git_revision() -> str | None:
     """The commit of the checkout cgpt runs from, with "-dirty" for local changes; None when
     cgpt is not run from a git checkout (a wheel install) or git is missing."""
     try:
+
         def git(*args: str) -> str:
-            return subprocess.run(["git", "-C", str(SOURCE), *args], capture_output=True,
-                                  text=True, timeout=10, check=True).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", str(SOURCE), *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
 
         if Path(git("rev-parse", "--show-toplevel")).resolve() != SOURCE:
             return None  # some enclosing repository, not cgpt's own

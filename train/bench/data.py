@@ -39,8 +39,12 @@ def _raw_encode(tok, docs) -> tuple[float, int, int]:
 
 
 def _prepare_child(source: str, tok_dir: Path, out: Path, num_proc: int) -> dict:
-    r = subprocess.run([sys.executable, "-c", _CHILD, source, str(tok_dir), str(out),
-                        str(num_proc)], capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, "-c", _CHILD, source, str(tok_dir), str(out), str(num_proc)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -64,23 +68,31 @@ def bench_prepare(work: Path, tok, num_proc: int, scale: int) -> None:
     raw_s, nbytes, ntok = _raw_encode(tok, docs)
     raw_mbs = nbytes / 1e6 / raw_s
     small = _prepare_child("stdlib", Path(tok.dir), work / "d1", num_proc)
-    print(f"raw sentencepiece encode_as_ids (1 core): {raw_mbs:.2f} MB/s, "
-          f"{ntok / raw_s:,.0f} tokens/s on {nbytes / 1e6:.1f} MB")
-    print(f"prepare stdlib ({num_proc} procs): {small['mb_per_s']:.2f} MB/s, "
-          f"{small['tokens_per_s']:,.0f} tokens/s, wall {small['wall_s']:.1f} s -> "
-          f"{small['mb_per_s'] / (raw_mbs * num_proc):.2f} of raw x {num_proc} "
-          f"({small['mb_per_s'] / raw_mbs:.2f} x raw)")
+    print(
+        f"raw sentencepiece encode_as_ids (1 core): {raw_mbs:.2f} MB/s, "
+        f"{ntok / raw_s:,.0f} tokens/s on {nbytes / 1e6:.1f} MB"
+    )
+    print(
+        f"prepare stdlib ({num_proc} procs): {small['mb_per_s']:.2f} MB/s, "
+        f"{small['tokens_per_s']:,.0f} tokens/s, wall {small['wall_s']:.1f} s -> "
+        f"{small['mb_per_s'] / (raw_mbs * num_proc):.2f} of raw x {num_proc} "
+        f"({small['mb_per_s'] / raw_mbs:.2f} x raw)"
+    )
     one_proc = _prepare_child("stdlib", Path(tok.dir), work / "d0", 1)
     raw2_s, _, _ = _raw_encode(tok, docs)  # again, right after: the machine may be shared
-    print(f"prepare stdlib (1 proc): {one_proc['mb_per_s']:.2f} MB/s -> "
-          f"{one_proc['mb_per_s'] / (nbytes / 1e6 / raw2_s):.2f} of raw (1 core, re-measured "
-          f"{nbytes / 1e6 / raw2_s:.2f} MB/s)")
+    print(
+        f"prepare stdlib (1 proc): {one_proc['mb_per_s']:.2f} MB/s -> "
+        f"{one_proc['mb_per_s'] / (nbytes / 1e6 / raw2_s):.2f} of raw (1 core, re-measured "
+        f"{nbytes / 1e6 / raw2_s:.2f} MB/s)"
+    )
     # the same kind of input (jsonl) at two sizes, so only the size differs
     one = _prepare_child(_big_corpus(work / "one", 1), Path(tok.dir), work / "d2", num_proc)
     big = _prepare_child(_big_corpus(work / "big", scale), Path(tok.dir), work / "d3", num_proc)
     for name, r in (("stdlib x1 jsonl", one), (f"stdlib x{scale} jsonl", big)):
-        print(f"peak RSS {name}: {r['peak_rss_mb']:.0f} MB (largest process) for "
-              f"{r['tokens']:,} tokens, {r['mb_per_s']:.2f} MB/s")
+        print(
+            f"peak RSS {name}: {r['peak_rss_mb']:.0f} MB (largest process) for "
+            f"{r['tokens']:,} tokens, {r['mb_per_s']:.2f} MB/s"
+        )
     print(f"peak RSS stdlib (files): {small['peak_rss_mb']:.0f} MB")
 
 
@@ -96,11 +108,12 @@ def bench_loader(data_dir: Path, seq_len: int = 256, batch: int = 8, steps: int 
     for _ in range(200):
         ld.next_step(batch, batch)
     load_s = (time.perf_counter() - t0) / 200
-    cfg = GPTConfig(n_layer=2, n_embd=64, n_head=2, n_positions=seq_len,
-                    vocab_size=ld.data.vocab_size)
+    cfg = GPTConfig(
+        n_layer=2, n_embd=64, n_head=2, n_positions=seq_len, vocab_size=ld.data.vocab_size
+    )
     model = GPT(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    (x, y), = ld.next_step(batch, batch)
+    ((x, y),) = ld.next_step(batch, batch)
     for i in range(steps + 2):
         if i == 2:
             t0 = time.perf_counter()
@@ -109,9 +122,11 @@ def bench_loader(data_dir: Path, seq_len: int = 256, batch: int = 8, steps: int 
         opt.step()
         opt.zero_grad(set_to_none=True)
     step_s = (time.perf_counter() - t0) / steps
-    print(f"loader: {1 / load_s:,.0f} batches/s ({batch}x{seq_len}); tiny CPU train step "
-          f"(2 layers, width 64): {step_s * 1e3:.1f} ms -> loader is {step_s / load_s:,.0f}x "
-          "faster than the trainer consumes")
+    print(
+        f"loader: {1 / load_s:,.0f} batches/s ({batch}x{seq_len}); tiny CPU train step "
+        f"(2 layers, width 64): {step_s * 1e3:.1f} ms -> loader is {step_s / load_s:,.0f}x "
+        "faster than the trainer consumes"
+    )
 
 
 def main(argv=None) -> int:

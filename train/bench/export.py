@@ -34,8 +34,13 @@ def _timed(fn, *a, **kw):
 def bench(size: str, dtype: torch.dtype, workdir: Path) -> dict:
     torch.manual_seed(0)
     model, t_init = _timed(lambda: GPT(GPTConfig.from_name(size)).to(dtype).eval())
-    r = {"size": size, "params": model.num_params(), "dtype": str(dtype).removeprefix("torch."),
-         "threads": torch.get_num_threads(), "init_s": t_init}
+    r = {
+        "size": size,
+        "params": model.num_params(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "init_s": t_init,
+    }
     path, r["save_model_s"] = _timed(save_model, model, workdir / "model.safetensors")
     r["model_file_bytes"] = path.stat().st_size
     _, r["load_model_s"] = _timed(load_model, path)

@@ -35,8 +35,9 @@ class Shape:
     zero_stage: int = 1
 
 
-def resolve_shape(target: str, seq_len: int | None, micro_batch: int | None,
-                  n_layer: int | None = None) -> Shape:
+def resolve_shape(
+    target: str, seq_len: int | None, micro_batch: int | None, n_layer: int | None = None
+) -> Shape:
     """A published size ('111M', 'cerebras-gpt-1.3b') or a run config YAML."""
     overrides = {"n_layer": n_layer} if n_layer else {}
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
@@ -46,9 +47,14 @@ def resolve_shape(target: str, seq_len: int | None, micro_batch: int | None,
         gcfg = cfg.model
         if overrides:
             gcfg = GPTConfig.from_dict({**gcfg.to_dict(), **overrides})
-        return Shape(Path(target).stem, gcfg, seq_len or cfg.plan.seq_len,
-                     micro_batch or cfg.runtime.micro_batch, cfg.runtime.precision,
-                     cfg.runtime.zero_stage)
+        return Shape(
+            Path(target).stem,
+            gcfg,
+            seq_len or cfg.plan.seq_len,
+            micro_batch or cfg.runtime.micro_batch,
+            cfg.runtime.precision,
+            cfg.runtime.zero_stage,
+        )
     gcfg = GPTConfig.from_name(target, **overrides)
     return Shape(target, gcfg, seq_len or gcfg.n_positions, micro_batch or 1)
 
@@ -57,8 +63,9 @@ def _hf_model(cfg: GPTConfig):
     try:
         from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError:
-        raise CgptError("the side-by-side benchmark needs transformers: "
-                        "pip install 'cgpt[hf]'") from None
+        raise CgptError(
+            "the side-by-side benchmark needs transformers: pip install 'cgpt[hf]'"
+        ) from None
     from cgpt.model.hf import gpt_config_to_hf
 
     d = gpt_config_to_hf(cfg)
@@ -124,11 +131,20 @@ class _EngineRunner(_Runner):
 
     name = "cgpt"
 
-    def __init__(self, cfg: GPTConfig, device: torch.device, precision: str, zero_stage: int,
-                 micro_batch: int, compile_: bool, hf: bool = False, fused_loss: bool = True):
-        from cgpt.train.plan.batch import split_batch
+    def __init__(
+        self,
+        cfg: GPTConfig,
+        device: torch.device,
+        precision: str,
+        zero_stage: int,
+        micro_batch: int,
+        compile_: bool,
+        hf: bool = False,
+        fused_loss: bool = True,
+    ):
         from cgpt.train.loop.distributed import init_distributed
         from cgpt.train.loop.engine import engine_config, initialize_engine
+        from cgpt.train.plan.batch import split_batch
 
         super().__init__(device)
         dist = init_distributed(device.type)
@@ -140,8 +156,7 @@ class _EngineRunner(_Runner):
         else:
             model.fused_loss = fused_loss
         opt = _adamw(model, device)
-        ds = engine_config(split_batch(micro_batch, 1, micro_batch), 1.0, zero_stage,
-                           precision)
+        ds = engine_config(split_batch(micro_batch, 1, micro_batch), 1.0, zero_stage, precision)
         self.engine = initialize_engine(model, opt, ds, dist.world_size)
         if compile_:
             self.engine.compile()
@@ -195,17 +210,34 @@ def _report(r: _Runner, shape: Shape, peak: float | None) -> dict:
     tokens = shape.micro_batch * shape.seq_len
     tps = tokens / med
     fpt = flops_per_token_mfu(shape.config, shape.seq_len)
-    return {"model": r.name, "step_ms": med * 1e3, "step_ms_min": min(r.times) * 1e3,
-            "tokens_per_s": tps, "tflops": fpt * tps / 1e12,
-            "mfu": fpt * tps / peak if peak else None, "peak_memory_bytes": r.peak_mem,
-            "steps": len(r.times)}
+    return {
+        "model": r.name,
+        "step_ms": med * 1e3,
+        "step_ms_min": min(r.times) * 1e3,
+        "tokens_per_s": tps,
+        "tflops": fpt * tps / 1e12,
+        "mfu": fpt * tps / peak if peak else None,
+        "peak_memory_bytes": r.peak_mem,
+        "steps": len(r.times),
+    }
 
 
-def bench(target: str = "111M", steps: int = 10, warmup: int = 2, seq_len: int | None = None,
-          micro_batch: int | None = None, compare_hf: bool = False, compile_: bool = False,
-          device: str = "auto", precision: str = "auto", n_layer: int | None = None,
-          zero_stage: int | None = None, hf_deepspeed: bool = False, fused_loss: bool = True,
-          seed: int = 0) -> dict:
+def bench(
+    target: str = "111M",
+    steps: int = 10,
+    warmup: int = 2,
+    seq_len: int | None = None,
+    micro_batch: int | None = None,
+    compare_hf: bool = False,
+    compile_: bool = False,
+    device: str = "auto",
+    precision: str = "auto",
+    n_layer: int | None = None,
+    zero_stage: int | None = None,
+    hf_deepspeed: bool = False,
+    fused_loss: bool = True,
+    seed: int = 0,
+) -> dict:
     """Time `steps` training steps (after `warmup`); returns a JSON-ready dict.
 
     precision/zero_stage "auto"/None: the run config's (a size: bf16, ZeRO-1, as
@@ -215,29 +247,38 @@ def bench(target: str = "111M", steps: int = 10, warmup: int = 2, seq_len: int |
 
     if steps < 1 or warmup < 0:
         raise CgptError("--steps must be at least 1 and --warmup at least 0")
-    dev = torch.device("cuda" if device == "cuda" or (device == "auto" and
-                                                      torch.cuda.is_available()) else "cpu")
+    dev = torch.device(
+        "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CgptError("--device cuda but no CUDA GPU is visible")
     shape = resolve_shape(target, seq_len, micro_batch, n_layer)
     prec = shape.precision if precision == "auto" else precision
     if prec not in ("bf16", "fp32"):
-        raise CgptError(f"cgpt bench times bf16 or fp32 steps, not {prec}: "
-                        "pass --precision bf16 or fp32")
+        raise CgptError(
+            f"cgpt bench times bf16 or fp32 steps, not {prec}: pass --precision bf16 or fp32"
+        )
     stage = shape.zero_stage if zero_stage is None else zero_stage
     if stage not in (0, 1, 2, 3):
         raise CgptError(f"--zero-stage must be 0, 1, 2 or 3, got {stage}")
     if shape.seq_len > shape.config.n_positions:
-        raise CgptError(f"seq_len {shape.seq_len} exceeds the model's n_positions "
-                        f"{shape.config.n_positions}")
+        raise CgptError(
+            f"seq_len {shape.seq_len} exceeds the model's n_positions {shape.config.n_positions}"
+        )
     torch.manual_seed(seed)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    makers = [lambda: _EngineRunner(shape.config, dev, prec, stage, shape.micro_batch,
-                                    compile_, fused_loss=fused_loss)]
+    makers = [
+        lambda: _EngineRunner(
+            shape.config, dev, prec, stage, shape.micro_batch, compile_, fused_loss=fused_loss
+        )
+    ]
     if compare_hf and hf_deepspeed:
-        makers.append(lambda: _EngineRunner(shape.config, dev, prec, stage, shape.micro_batch,
-                                            compile_, hf=True))
+        makers.append(
+            lambda: _EngineRunner(
+                shape.config, dev, prec, stage, shape.micro_batch, compile_, hf=True
+            )
+        )
     elif compare_hf:
         makers.append(lambda: _HFRunner(shape.config, dev, prec, compile_))
     g = torch.Generator().manual_seed(seed)
@@ -261,15 +302,25 @@ def bench(target: str = "111M", steps: int = 10, warmup: int = 2, seq_len: int |
             losses[r.name] = r.step(x, y, timed=True)
             r.peak_mem = max(r.peak_mem, _peak_memory(dev, r.state_bytes, before))
     peak = detect_peak_flops() if dev.type == "cuda" else None
-    out = {"shape": shape.name, "n_layer": shape.config.n_layer, "n_embd": shape.config.n_embd,
-           "n_head": shape.config.n_head, "vocab_size": V, "params": num_params(shape.config),
-           "seq_len": shape.seq_len, "micro_batch": shape.micro_batch, "device": _dev_name(dev),
-           "precision": prec, "zero_stage": stage, "compile": compile_,
-           "fused_loss": fused_loss,
-           "reference_loop": ("deepspeed" if hf_deepspeed else "hf-trainer") if compare_hf
-           else None,
-           "peak_flops": peak, "results": [_report(r, shape, peak) for r in runners],
-           "final_loss": losses}
+    out = {
+        "shape": shape.name,
+        "n_layer": shape.config.n_layer,
+        "n_embd": shape.config.n_embd,
+        "n_head": shape.config.n_head,
+        "vocab_size": V,
+        "params": num_params(shape.config),
+        "seq_len": shape.seq_len,
+        "micro_batch": shape.micro_batch,
+        "device": _dev_name(dev),
+        "precision": prec,
+        "zero_stage": stage,
+        "compile": compile_,
+        "fused_loss": fused_loss,
+        "reference_loop": ("deepspeed" if hf_deepspeed else "hf-trainer") if compare_hf else None,
+        "peak_flops": peak,
+        "results": [_report(r, shape, peak) for r in runners],
+        "final_loss": losses,
+    }
     if compare_hf:
         ours, ref = out["results"]
         out["speedup_vs_hf"] = ref["step_ms"] / ours["step_ms"]
@@ -283,19 +334,26 @@ def _dev_name(dev: torch.device) -> str:
 
 
 def format_report(r: dict) -> str:
-    lines = [f"{r['shape']}: {r['params'] / 1e6:.1f}M params, L={r['n_layer']} d={r['n_embd']}, "
-             f"seq {r['seq_len']} x micro-batch {r['micro_batch']}, {r['precision']}, "
-             f"ZeRO-{r['zero_stage']}"
-             f"{', compiled' if r['compile'] else ''}"
-             f"{'' if r['fused_loss'] else ', plain loss'} on {r['device']}"]
+    lines = [
+        f"{r['shape']}: {r['params'] / 1e6:.1f}M params, L={r['n_layer']} d={r['n_embd']}, "
+        f"seq {r['seq_len']} x micro-batch {r['micro_batch']}, {r['precision']}, "
+        f"ZeRO-{r['zero_stage']}"
+        f"{', compiled' if r['compile'] else ''}"
+        f"{'' if r['fused_loss'] else ', plain loss'} on {r['device']}"
+    ]
     mem = "process RSS" if r["device"].startswith("cpu") else "peak mem"  # see _peak_memory
     for m in r["results"]:
         mfu = f"{m['mfu']:.1%}" if m["mfu"] is not None else "n/a"
-        lines.append(f"  {m['model']:<13} {m['tokens_per_s']:>11,.0f} tok/s  step "
-                     f"{m['step_ms']:>9.1f} ms  {m['tflops']:7.2f} TFLOP/s  MFU {mfu:>6}  "
-                     f"{mem} {m['peak_memory_bytes'] / 2**30:6.2f} GiB")
+        lines.append(
+            f"  {m['model']:<13} {m['tokens_per_s']:>11,.0f} tok/s  step "
+            f"{m['step_ms']:>9.1f} ms  {m['tflops']:7.2f} TFLOP/s  MFU {mfu:>6}  "
+            f"{mem} {m['peak_memory_bytes'] / 2**30:6.2f} GiB"
+        )
     if "speedup_vs_hf" in r:
-        loop = ("both in the same DeepSpeed engine" if r["reference_loop"] == "deepspeed"
-                else "transformers in HF Trainer's loop")
+        loop = (
+            "both in the same DeepSpeed engine"
+            if r["reference_loop"] == "deepspeed"
+            else "transformers in HF Trainer's loop"
+        )
         lines.append(f"  ours / transformers: {r['speedup_vs_hf']:.2f}x ({loop})")
     return "\n".join(lines)

@@ -27,8 +27,15 @@ class DataRepeatWarning(UserWarning):
 
 
 class TokenLoader:
-    def __init__(self, data: str | os.PathLike | TokenData, seq_len: int, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, split: str = "train"):
+    def __init__(
+        self,
+        data: str | os.PathLike | TokenData,
+        seq_len: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        split: str = "train",
+    ):
         if not isinstance(data, TokenData):
             data = open_token_data(data)
         if seq_len <= 0:
@@ -40,11 +47,12 @@ class TokenLoader:
         self.tokens = data.split(split)
         self.n_windows = (len(self.tokens) - 1) // self.seq_len if len(self.tokens) else 0
         if self.n_windows < 1:
-            hint = ("raise --val-fraction in cgpt prepare" if split == "val"
-                    else "prepare more data")
-            raise CgptError(f"the {split} split of {str(data.dir)!r} holds {len(self.tokens)} "
-                            f"tokens, fewer than one window of seq_len+1 = {self.seq_len + 1}; "
-                            f"{hint} or lower plan.seq_len")
+            hint = "raise --val-fraction in cgpt prepare" if split == "val" else "prepare more data"
+            raise CgptError(
+                f"the {split} split of {str(data.dir)!r} holds {len(self.tokens)} "
+                f"tokens, fewer than one window of seq_len+1 = {self.seq_len + 1}; "
+                f"{hint} or lower plan.seq_len"
+            )
         self.epoch = 0
         self.position = 0  # windows of the current epoch already consumed (globally)
         self.samples_seen = 0  # windows consumed since the start, over all epochs
@@ -65,7 +73,7 @@ class TokenLoader:
         pos %= self.n_windows
         while count > 0:
             take = min(count, self.n_windows - pos)
-            out.append(self._permutation(epoch)[pos: pos + take])
+            out.append(self._permutation(epoch)[pos : pos + take])
             count -= take
             epoch, pos = epoch + 1, 0
         return np.concatenate(out) if out else np.zeros(0, np.int64)
@@ -89,7 +97,9 @@ class TokenLoader:
             f"the run needs more tokens than the {self.split} split holds "
             f"({self.n_windows} windows of {self.seq_len} tokens): starting epoch {epoch + 1}, "
             f"so every window will have been seen {epoch + 1} times (repeat count {epoch})",
-            DataRepeatWarning, stacklevel=4)
+            DataRepeatWarning,
+            stacklevel=4,
+        )
 
     # ------------------------------------------------------------------ batches
     def _windows(self, idx: np.ndarray) -> torch.Tensor:
@@ -99,15 +109,24 @@ class TokenLoader:
             offsets = idx.astype(np.int64)[:, None] * T + np.arange(T + 1)
             w = np.asarray(self.tokens[offsets], dtype=np.int64)
         else:  # several shards: windows may straddle a file boundary
-            w = np.stack([np.asarray(self.tokens[int(i) * T: int(i) * T + T + 1], np.int64)
-                          for i in idx]) if len(idx) else np.zeros((0, T + 1), np.int64)
+            w = (
+                np.stack(
+                    [
+                        np.asarray(self.tokens[int(i) * T : int(i) * T + T + 1], np.int64)
+                        for i in idx
+                    ]
+                )
+                if len(idx)
+                else np.zeros((0, T + 1), np.int64)
+            )
         return torch.from_numpy(w)
 
     def _pairs(self, w: torch.Tensor, micro_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [(m[:, :-1].contiguous(), m[:, 1:].contiguous()) for m in w.split(micro_batch)]
 
-    def next_step(self, global_batch_seqs: int,
-                  micro_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def next_step(
+        self, global_batch_seqs: int, micro_batch: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's micro-batches (x, y), each (micro_batch, seq_len) long, for one step."""
         G, ws = int(global_batch_seqs), self.world_size
         if G <= 0 or micro_batch <= 0:
@@ -116,24 +135,29 @@ class TokenLoader:
             raise CgptError(f"global batch {G} is not divisible by the {ws} data-parallel ranks")
         share = G // ws
         if share % micro_batch:
-            raise CgptError(f"each rank's share of {share} sequences is not divisible by "
-                            f"micro_batch {micro_batch}")
+            raise CgptError(
+                f"each rank's share of {share} sequences is not divisible by "
+                f"micro_batch {micro_batch}"
+            )
         idx = self._stream(self.rank * share, share)
         self._advance(G)
         return self._pairs(self._windows(idx), micro_batch)
 
-    def val_batches(self, num_batches: int,
-                    batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def val_batches(
+        self, num_batches: int, batch_size: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Fixed validation batches: the first ``num_batches*batch_size*world_size`` windows
         of this loader's split in file order, this rank's contiguous share. The same data on
         every call and in every run, so val losses are comparable. A split with fewer windows
         uses all of them (an equal number per rank)."""
         total = num_batches * batch_size * self.world_size
         if self.n_windows < self.world_size:
-            raise CgptError(f"the {self.split} split of {str(self.data.dir)!r} holds "
-                            f"{len(self.tokens)} tokens: too few for one window of "
-                            f"{self.seq_len + 1} tokens per rank ({self.world_size} ranks); "
-                            "raise --val-fraction in cgpt prepare or lower plan.seq_len")
+            raise CgptError(
+                f"the {self.split} split of {str(self.data.dir)!r} holds "
+                f"{len(self.tokens)} tokens: too few for one window of "
+                f"{self.seq_len + 1} tokens per rank ({self.world_size} ranks); "
+                "raise --val-fraction in cgpt prepare or lower plan.seq_len"
+            )
         per_rank = min(total, self.n_windows) // self.world_size
         start = self.rank * per_rank
         idx = np.arange(start, start + per_rank)
@@ -142,20 +166,34 @@ class TokenLoader:
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict:
         """The whole state, the same on every rank (global position)."""
-        return {"seed": self.seed, "epoch": self.epoch, "position": self.position,
-                "samples_seen": self.samples_seen, "seq_len": self.seq_len,
-                "split": self.split, "n_windows": self.n_windows}
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "position": self.position,
+            "samples_seen": self.samples_seen,
+            "seq_len": self.seq_len,
+            "split": self.split,
+            "n_windows": self.n_windows,
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        for key, mine in (("seq_len", self.seq_len), ("seed", self.seed),
-                          ("split", self.split), ("n_windows", self.n_windows)):
+        for key, mine in (
+            ("seq_len", self.seq_len),
+            ("seed", self.seed),
+            ("split", self.split),
+            ("n_windows", self.n_windows),
+        ):
             if key in state and state[key] != mine:
-                raise CgptError(f"the data loader state in the checkpoint has {key}="
-                                f"{state[key]!r} but this run has {key}={mine!r}; resume with "
-                                "the same data, seq_len and seed")
+                raise CgptError(
+                    f"the data loader state in the checkpoint has {key}="
+                    f"{state[key]!r} but this run has {key}={mine!r}; resume with "
+                    "the same data, seq_len and seed"
+                )
         epoch, position = int(state["epoch"]), int(state["position"])
         if not 0 <= position < self.n_windows or epoch < 0:
-            raise CgptError(f"data loader state position {position} / epoch {epoch} is out of "
-                            f"range for {self.n_windows} windows")
+            raise CgptError(
+                f"data loader state position {position} / epoch {epoch} is out of "
+                f"range for {self.n_windows} windows"
+            )
         self.epoch, self.position = epoch, position
         self.samples_seen = int(state.get("samples_seen", epoch * self.n_windows + position))

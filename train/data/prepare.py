@@ -52,7 +52,7 @@ def _encode_chunk(docs: list[str], tok=None) -> tuple[np.ndarray, np.ndarray, in
     flat = np.empty(int(lengths.sum()), dtype)
     ends = np.cumsum(lengths)
     for e, end in zip(encoded, ends):
-        flat[end - len(e) - 1: end - 1] = e
+        flat[end - len(e) - 1 : end - 1] = e
     flat[ends - 1] = tok.eos_id
     nbytes = sum(len(d.encode("utf-8", "surrogatepass")) for d in docs)
     return flat, lengths, nbytes
@@ -110,8 +110,10 @@ class _Progress:
     """
 
     DELAY_S = 2.0
-    BAR_FORMAT = ("{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt}{unit} "
-                  "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+    BAR_FORMAT = (
+        "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt}{unit} "
+        "[{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+    )
 
     def __init__(self, enabled: bool, total: tuple[int, str] | None, file=None):
         self.enabled, self.file = enabled, file or sys.stderr
@@ -124,9 +126,17 @@ class _Progress:
         if enabled and _isatty(self.file):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, desc="prepare", unit=self.unit,
-                            unit_scale=self.unit == "B", unit_divisor=1000, file=self.file,
-                            mininterval=1.0, delay=self.DELAY_S, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=self.total,
+                desc="prepare",
+                unit=self.unit,
+                unit_scale=self.unit == "B",
+                unit_divisor=1000,
+                file=self.file,
+                mininterval=1.0,
+                delay=self.DELAY_S,
+                dynamic_ncols=True,
+            )
 
     def update(self, docs: int, nbytes: int, tokens: int, final: bool = False) -> None:
         if not self.enabled:
@@ -158,10 +168,17 @@ class _Progress:
         self.last, self.last_decile, self.last_n = now, decile, n
         from tqdm import tqdm
 
-        line = tqdm.format_meter(n, self.total, now - self.t0, prefix="prepare",
-                                 unit=self.unit, unit_scale=self.unit == "B",
-                                 unit_divisor=1000, postfix=postfix,
-                                 bar_format=self.BAR_FORMAT if self.total else None)
+        line = tqdm.format_meter(
+            n,
+            self.total,
+            now - self.t0,
+            prefix="prepare",
+            unit=self.unit,
+            unit_scale=self.unit == "B",
+            unit_divisor=1000,
+            postfix=postfix,
+            bar_format=self.BAR_FORMAT if self.total else None,
+        )
         print(line, file=self.file, flush=True)
 
     def close(self) -> None:
@@ -192,10 +209,19 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def prepare(source: str, tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike,
-            val_fraction: float = 0.005, text_field: str = "text", num_proc: int | None = None,
-            split: str = "train", max_docs: int | None = None, force: bool = False,
-            shard_tokens: int = DEFAULT_SHARD_TOKENS, progress: bool = False) -> dict:
+def prepare(
+    source: str,
+    tokenizer_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    val_fraction: float = 0.005,
+    text_field: str = "text",
+    num_proc: int | None = None,
+    split: str = "train",
+    max_docs: int | None = None,
+    force: bool = False,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    progress: bool = False,
+) -> dict:
     """Tokenize ``source`` with the tokenizer in ``tokenizer_dir`` into ``out_dir``; return
     the meta dict (also written as meta.json). Raises CgptError on bad input (including a
     corpus that leaves the train or val split empty), leaving no partial output behind.
@@ -206,9 +232,11 @@ def prepare(source: str, tokenizer_dir: str | os.PathLike, out_dir: str | os.Pat
     if not 0 <= val_fraction < 1:
         raise CgptError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     if val_fraction == 0:
-        raise CgptError("--val-fraction 0 would leave the val split empty, but `cgpt train` "
-                        "evaluates on it (it needs at least one window of seq_len+1 val tokens "
-                        "per rank); use a small fraction such as 0.005 (the default)")
+        raise CgptError(
+            "--val-fraction 0 would leave the val split empty, but `cgpt train` "
+            "evaluates on it (it needs at least one window of seq_len+1 val tokens "
+            "per rank); use a small fraction such as 0.005 (the default)"
+        )
     num_proc = num_proc or available_cores()
     if num_proc < 1:
         raise CgptError(f"--num-proc must be at least 1, got {num_proc}")
@@ -218,8 +246,12 @@ def prepare(source: str, tokenizer_dir: str | os.PathLike, out_dir: str | os.Pat
     t0 = time.perf_counter()
     nbytes = docs = 0
     # the writer holds out_dir's lock from here until the data is published (or dropped)
-    with ShardWriter(out_dir, tok.vocab_size, tok.eos_id, overwrite=force,
-                     shard_tokens=shard_tokens) as writer, _closing(bar):
+    with (
+        ShardWriter(
+            out_dir, tok.vocab_size, tok.eos_id, overwrite=force, shard_tokens=shard_tokens
+        ) as writer,
+        _closing(bar),
+    ):
         for flat, lengths, b in _encoded_chunks(_chunked(iter(src), CHUNK_CHARS), tok, num_proc):
             mask = val_mask(docs, len(lengths), val_fraction)
             token_mask = np.repeat(mask, lengths)
@@ -228,9 +260,11 @@ def prepare(source: str, tokenizer_dir: str | os.PathLike, out_dir: str | os.Pat
             docs, nbytes = docs + len(lengths), nbytes + b
             bar.update(docs, nbytes, writer.splits["train"].tokens + writer.splits["val"].tokens)
         if docs == 0:
-            raise CgptError(f"input {source!r} holds no documents "
-                            f"({src.stats.empty_documents} empty ones skipped); nothing to "
-                            "prepare: point --input at text, or check --text-field")
+            raise CgptError(
+                f"input {source!r} holds no documents "
+                f"({src.stats.empty_documents} empty ones skipped); nothing to "
+                "prepare: point --input at text, or check --text-field"
+            )
         wall = time.perf_counter() - t0
         train_tokens = writer.splits["train"].tokens
         val_tokens = writer.splits["val"].tokens
@@ -240,19 +274,32 @@ def prepare(source: str, tokenizer_dir: str | os.PathLike, out_dir: str | os.Pat
                 f"input {source!r} gave {docs:,} document{'s' if docs != 1 else ''} "
                 f"({tokens:,} tokens, EOS included) and all of it went to the val split, so "
                 "the train split would hold 0 tokens (the split sends document 0 to val); "
-                "give at least 2 documents (more text, or a larger --max-docs)")
+                "give at least 2 documents (more text, or a larger --max-docs)"
+            )
         if val_tokens == 0:
-            raise CgptError(f"input {source!r} gave {docs:,} documents ({tokens:,} tokens) but "
-                            "none went to the val split, which `cgpt train` evaluates on; "
-                            "raise --val-fraction")
+            raise CgptError(
+                f"input {source!r} gave {docs:,} documents ({tokens:,} tokens) but "
+                "none went to the val split, which `cgpt train` evaluates on; "
+                "raise --val-fraction"
+            )
         bar.update(docs, nbytes, tokens, final=True)
         meta = writer.commit(
-            tokenizer_fingerprint=tok.fingerprint, tokenizer_dir=str(Path(tok.dir).resolve()),
-            source=src.description, replacement_chars=src.stats.replacement_chars,
-            tokenizer_kind=tok.kind, text_field=text_field, val_fraction=val_fraction,
+            tokenizer_fingerprint=tok.fingerprint,
+            tokenizer_dir=str(Path(tok.dir).resolve()),
+            source=src.description,
+            replacement_chars=src.stats.replacement_chars,
+            tokenizer_kind=tok.kind,
+            text_field=text_field,
+            val_fraction=val_fraction,
             split_rule="document i is val iff floor((i+1)f + 1-f) > floor(i f + 1-f)",
-            documents=docs, empty_documents=src.stats.empty_documents, input_bytes=nbytes)
-    meta["_stats"] = {"wall_s": wall, "num_proc": num_proc,
-                      "mb_per_s": nbytes / 1e6 / max(wall, 1e-9),
-                      "tokens_per_s": tokens / max(wall, 1e-9)}
+            documents=docs,
+            empty_documents=src.stats.empty_documents,
+            input_bytes=nbytes,
+        )
+    meta["_stats"] = {
+        "wall_s": wall,
+        "num_proc": num_proc,
+        "mb_per_s": nbytes / 1e6 / max(wall, 1e-9),
+        "tokens_per_s": tokens / max(wall, 1e-9),
+    }
     return meta

@@ -85,8 +85,11 @@ class _SplitWriter:
         os.fsync(self._fh.fileno())  # on disk before the rename that publishes it
         self._fh.close()
         entry = self.files[-1]
-        entry.update(tokens=self._cur_tokens, bytes=self._cur_tokens * self.dtype.itemsize,
-                     sha256=self._hash.hexdigest())
+        entry.update(
+            tokens=self._cur_tokens,
+            bytes=self._cur_tokens * self.dtype.itemsize,
+            sha256=self._hash.hexdigest(),
+        )
         self._fh = None
 
     def write(self, tokens: np.ndarray, documents: int) -> None:
@@ -104,7 +107,7 @@ class _SplitWriter:
             self._hash.update(buf)
             self._cur_tokens += take.size
             self.tokens += take.size
-            arr = arr[take.size:]
+            arr = arr[take.size :]
 
     def finish(self) -> dict[str, Any]:
         if self._fh is None and not self.files:
@@ -114,8 +117,12 @@ class _SplitWriter:
             only = self.files[0]
             (self.folder / only["name"]).rename(self.folder / f"{self.split}.bin")
             only["name"] = f"{self.split}.bin"
-        return {"tokens": self.tokens, "documents": self.documents,
-                "max_token_id": self.max_token_id, "files": self.files}
+        return {
+            "tokens": self.tokens,
+            "documents": self.documents,
+            "max_token_id": self.max_token_id,
+            "files": self.files,
+        }
 
 
 class ShardWriter:
@@ -128,8 +135,14 @@ class ShardWriter:
     half-written is left behind.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, vocab_size: int, eos_id: int,
-                 overwrite: bool = False, shard_tokens: int = DEFAULT_SHARD_TOKENS):
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        vocab_size: int,
+        eos_id: int,
+        overwrite: bool = False,
+        shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    ):
         from cgpt.train.lock import FolderLock
 
         self.out_dir = Path(out_dir)
@@ -142,42 +155,55 @@ class ShardWriter:
         self.lock = FolderLock(self.out_dir, "prepare output").acquire()
         try:
             _check_target(self.out_dir, overwrite)  # again: another writer may have finished
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", suffix=".tmp",
-                                             dir=self.out_dir.parent))
+            self.tmp = Path(
+                tempfile.mkdtemp(
+                    prefix=f".{self.out_dir.name}.", suffix=".tmp", dir=self.out_dir.parent
+                )
+            )
             self.tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
         except BaseException as e:
             self.lock.release(cleanup_if_unused=True)
             if isinstance(e, OSError):
-                raise CgptError(f"cannot write next to {str(self.out_dir)!r}: "
-                                f"{e.strerror or e}") from None
+                raise CgptError(
+                    f"cannot write next to {str(self.out_dir)!r}: {e.strerror or e}"
+                ) from None
             raise
         self.splits = {s: _SplitWriter(self.tmp, s, self.dtype, shard_tokens) for s in SPLITS}
 
     def write(self, split: str, tokens: np.ndarray, documents: int) -> None:
         tokens = np.asarray(tokens)
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise CgptError(f"token ids must lie in [0, {self.vocab_size}); got "
-                            f"[{tokens.min()}, {tokens.max()}]")
+            raise CgptError(
+                f"token ids must lie in [0, {self.vocab_size}); got "
+                f"[{tokens.min()}, {tokens.max()}]"
+            )
         try:
             self.splits[split].write(tokens, documents)
         except OSError as e:  # a full disk, a quota: one line, and nothing is published
             raise self._write_error(e) from None
 
     def _write_error(self, e: OSError) -> CgptError:
-        return CgptError(f"cannot write the data for {str(self.out_dir)!r} (in "
-                         f"{str(self.tmp)!r}): {e.strerror or e}; nothing was published and "
-                         "what was there is unchanged")
+        return CgptError(
+            f"cannot write the data for {str(self.out_dir)!r} (in "
+            f"{str(self.tmp)!r}): {e.strerror or e}; nothing was published and "
+            "what was there is unchanged"
+        )
 
     def commit(self, **info: Any) -> dict[str, Any]:
         """Close and fsync the files, write meta.json, publish the folder as ``out_dir``
         (one atomic rename), release the lock; return meta."""
         assert self.tmp is not None, "commit() after abort()"
         meta = {
-            "format": FORMAT, "version": VERSION, "dtype": self.dtype.name,
-            "vocab_size": self.vocab_size, "eos_id": self.eos_id,
+            "format": FORMAT,
+            "version": VERSION,
+            "dtype": self.dtype.name,
+            "vocab_size": self.vocab_size,
+            "eos_id": self.eos_id,
             "splits": self._finish_splits(),
-            "tokenizer": {"fingerprint": info.pop("tokenizer_fingerprint", None),
-                          "dir": info.pop("tokenizer_dir", None)},
+            "tokenizer": {
+                "fingerprint": info.pop("tokenizer_fingerprint", None),
+                "dir": info.pop("tokenizer_dir", None),
+            },
             "source": info.pop("source", "synthetic"),
             "replacement_chars": int(info.pop("replacement_chars", 0)),
         }
@@ -223,8 +249,9 @@ def meta_checksum(meta: dict) -> str:
     """sha256 of meta.json's content without its own ``meta_sha256`` field, as canonical
     JSON (sorted keys, no whitespace): re-indenting the file keeps it, editing a value not."""
     body = {k: v for k, v in meta.items() if k != "meta_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
-                          .encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -251,8 +278,7 @@ def _exchange(a: Path, b: Path) -> bool:
     except (OSError, AttributeError):
         return False
     at_fdcwd = -100
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                   ctypes.c_uint]
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()
@@ -277,9 +303,11 @@ def _publish(tmp: Path, out: Path) -> None:
                 where = "it is unchanged"
             except OSError:
                 where = f"what was there is now in {str(old / 'data')!r}"
-            raise CgptError(f"could not move the finished data into {str(out)!r} "
-                            f"({e.strerror or e}; did another process create it meanwhile?); "
-                            f"nothing was published and {where}; run prepare again") from None
+            raise CgptError(
+                f"could not move the finished data into {str(out)!r} "
+                f"({e.strerror or e}; did another process create it meanwhile?); "
+                f"nothing was published and {where}; run prepare again"
+            ) from None
     _fsync_dir(out.parent)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -294,17 +322,28 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
     if not any(p.name != LOCK_NAME for p in out_dir.iterdir()):
         return  # empty, or only the lock file of an earlier (or the current) writer
     if not (out_dir / "meta.json").is_file():
-        raise CgptError(f"output folder {str(out_dir)!r} is not empty and is not a cgpt data "
-                        "folder; choose a new folder")
+        raise CgptError(
+            f"output folder {str(out_dir)!r} is not empty and is not a cgpt data "
+            "folder; choose a new folder"
+        )
     if not overwrite:
-        raise CgptError(f"output folder {str(out_dir)!r} already holds prepared data; "
-                        "pass --force to replace it")
+        raise CgptError(
+            f"output folder {str(out_dir)!r} already holds prepared data; "
+            "pass --force to replace it"
+        )
 
 
-def write_token_data(out_dir: str | os.PathLike, train_tokens: np.ndarray,
-                     val_tokens: np.ndarray, vocab_size: int, eos_id: int,
-                     tokenizer_fingerprint: str | None = None, source: str = "synthetic",
-                     tokenizer_dir: str | None = None, overwrite: bool = True) -> dict:
+def write_token_data(
+    out_dir: str | os.PathLike,
+    train_tokens: np.ndarray,
+    val_tokens: np.ndarray,
+    vocab_size: int,
+    eos_id: int,
+    tokenizer_fingerprint: str | None = None,
+    source: str = "synthetic",
+    tokenizer_dir: str | None = None,
+    overwrite: bool = True,
+) -> dict:
     """Write already-tokenized splits (tests, synthetic data) as a data folder; return meta.
 
     Documents are counted as EOS tokens. An existing data folder is replaced (atomically)
@@ -315,8 +354,11 @@ def write_token_data(out_dir: str | os.PathLike, train_tokens: np.ndarray,
         for split, toks in (("train", train_tokens), ("val", val_tokens)):
             toks = np.asarray(toks).reshape(-1)
             w.write(split, toks, documents=int(np.count_nonzero(toks == eos)))
-        return w.commit(tokenizer_fingerprint=tokenizer_fingerprint, source=source,
-                        tokenizer_dir=str(tokenizer_dir) if tokenizer_dir else None)
+        return w.commit(
+            tokenizer_fingerprint=tokenizer_fingerprint,
+            source=source,
+            tokenizer_dir=str(tokenizer_dir) if tokenizer_dir else None,
+        )
 
 
 # ---------------------------------------------------------------------------- reading
@@ -345,7 +387,7 @@ class ConcatTokens:
         while start < stop:
             p = int(np.searchsorted(self.starts, start, side="right") - 1)
             end = min(stop, int(self.starts[p + 1]))
-            out.append(self.parts[p][start - self.starts[p]: end - self.starts[p]])
+            out.append(self.parts[p][start - self.starts[p] : end - self.starts[p]])
             start = end
         return np.concatenate(out) if out else np.zeros(0, self.dtype)
 
@@ -402,18 +444,24 @@ def _read_meta(folder: Path) -> dict:
         raise CgptError(f"data folder {str(folder)!r} not found; create it with `cgpt prepare`")
     path = folder / "meta.json"
     if not path.is_file():
-        raise CgptError(f"{str(folder)!r} has no meta.json: not a prepared data folder "
-                        "(or a prepare run did not finish); re-run `cgpt prepare`")
+        raise CgptError(
+            f"{str(folder)!r} has no meta.json: not a prepared data folder "
+            "(or a prepare run did not finish); re-run `cgpt prepare`"
+        )
     try:
         meta = json.loads(path.read_text())
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ValueError("format")
         if int(meta.get("version", 0)) > VERSION:
-            raise CgptError(f"{path} has format version {meta['version']}, newer than this "
-                            f"cgpt reads ({VERSION}); upgrade cgpt")
+            raise CgptError(
+                f"{path} has format version {meta['version']}, newer than this "
+                f"cgpt reads ({VERSION}); upgrade cgpt"
+            )
         if "meta_sha256" in meta and meta["meta_sha256"] != meta_checksum(meta):
-            raise CgptError(f"{path} was edited or corrupted after prepare (its content no "
-                            "longer matches its meta_sha256); re-run `cgpt prepare`")
+            raise CgptError(
+                f"{path} was edited or corrupted after prepare (its content no "
+                "longer matches its meta_sha256); re-run `cgpt prepare`"
+            )
         np.dtype(meta["dtype"]), int(meta["vocab_size"]), int(meta["eos_id"])
         for s in SPLITS:
             for f in meta["splits"][s]["files"]:
@@ -422,8 +470,10 @@ def _read_meta(folder: Path) -> dict:
     except CgptError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise CgptError(f"{path} is not a valid cgpt meta.json ({e.__class__.__name__}: {e}); "
-                        "re-run `cgpt prepare`") from None
+        raise CgptError(
+            f"{path} is not a valid cgpt meta.json ({e.__class__.__name__}: {e}); "
+            "re-run `cgpt prepare`"
+        ) from None
     return meta
 
 
@@ -433,12 +483,16 @@ def _check_meta(meta: dict, path: Path) -> None:
     fix = "meta.json was edited or corrupted after prepare; re-run `cgpt prepare`"
     name, vocab, eos = str(meta["dtype"]), int(meta["vocab_size"]), int(meta["eos_id"])
     if name not in SUPPORTED_DTYPES:
-        raise CgptError(f"{path} says dtype {name!r}, which cgpt never writes (token shards are "
-                        f"{' or '.join(SUPPORTED_DTYPES)}); {fix}")
+        raise CgptError(
+            f"{path} says dtype {name!r}, which cgpt never writes (token shards are "
+            f"{' or '.join(SUPPORTED_DTYPES)}); {fix}"
+        )
     dtype = np.dtype(name)
     if vocab <= 0 or vocab - 1 > np.iinfo(dtype).max:
-        raise CgptError(f"{path} says vocab_size {vocab} with dtype {name}, which cannot hold "
-                        f"its ids (at most {np.iinfo(dtype).max + 1} entries); {fix}")
+        raise CgptError(
+            f"{path} says vocab_size {vocab} with dtype {name}, which cannot hold "
+            f"its ids (at most {np.iinfo(dtype).max + 1} entries); {fix}"
+        )
     if not 0 <= eos < vocab:
         raise CgptError(f"{path} says eos_id {eos}, outside its vocab of {vocab}; {fix}")
     for s in SPLITS:
@@ -448,24 +502,30 @@ def _check_meta(meta: dict, path: Path) -> None:
             nbytes = int(f["bytes"])
             tokens = int(f.get("tokens", nbytes // dtype.itemsize))
             if nbytes != tokens * dtype.itemsize:
-                raise CgptError(f"{path} says dtype {name} ({dtype.itemsize} bytes a token) but "
-                                f"shard {f['name']} is recorded as {nbytes} bytes for {tokens} "
-                                f"tokens; {fix}")
+                raise CgptError(
+                    f"{path} says dtype {name} ({dtype.itemsize} bytes a token) but "
+                    f"shard {f['name']} is recorded as {nbytes} bytes for {tokens} "
+                    f"tokens; {fix}"
+                )
             total += tokens
         if "tokens" in split and int(split["tokens"]) != total:
-            raise CgptError(f"{path} says the {s} split holds {split['tokens']} tokens but its "
-                            f"shards hold {total}; {fix}")
+            raise CgptError(
+                f"{path} says the {s} split holds {split['tokens']} tokens but its "
+                f"shards hold {total}; {fix}"
+            )
         top = split.get("max_token_id")
         if top is not None and not int(top) < vocab:
-            raise CgptError(f"{path} says vocab_size {vocab} but the {s} split holds token id "
-                            f"{int(top)}: the vocab must exceed every token id; {fix}")
+            raise CgptError(
+                f"{path} says vocab_size {vocab} but the {s} split holds token id "
+                f"{int(top)}: the vocab must exceed every token id; {fix}"
+            )
 
 
 def _max_token_id(arr) -> int | None:
     """Largest id in a split, read in chunks (an old meta.json does not record it)."""
     top = None
     for start in range(0, len(arr), _SCAN_TOKENS):
-        m = int(np.asarray(arr[start: start + _SCAN_TOKENS]).max())
+        m = int(np.asarray(arr[start : start + _SCAN_TOKENS]).max())
         top = m if top is None else max(top, m)
     return top
 
@@ -473,16 +533,21 @@ def _max_token_id(arr) -> int | None:
 def _open_file(folder: Path, entry: dict, dtype: np.dtype, verify) -> np.ndarray:
     path = folder / entry["name"]
     if not path.is_file():
-        raise CgptError(f"shard {entry['name']} is missing from {str(folder)!r}; "
-                        "re-run cgpt prepare")
+        raise CgptError(
+            f"shard {entry['name']} is missing from {str(folder)!r}; re-run cgpt prepare"
+        )
     size = path.stat().st_size
     if size != int(entry["bytes"]):
-        raise CgptError(f"shard {entry['name']} has {size} bytes but meta.json records "
-                        f"{entry['bytes']}: it was truncated or edited after prepare; "
-                        "re-run cgpt prepare")
+        raise CgptError(
+            f"shard {entry['name']} has {size} bytes but meta.json records "
+            f"{entry['bytes']}: it was truncated or edited after prepare; "
+            "re-run cgpt prepare"
+        )
     if verify is True and _sha256_file(path) != entry["sha256"]:
-        raise CgptError(f"shard {entry['name']} fails its checksum: it was truncated or "
-                        "edited after prepare; re-run cgpt prepare")
+        raise CgptError(
+            f"shard {entry['name']} fails its checksum: it was truncated or "
+            "edited after prepare; re-run cgpt prepare"
+        )
     if size == 0:
         return np.zeros(0, dtype)
     return np.memmap(path, dtype=dtype.newbyteorder("<"), mode="r")
@@ -511,10 +576,12 @@ def open_token_data(data_dir: str | os.PathLike, verify: bool | str = True) -> T
             # an older meta.json: scan for the largest id (reads every byte, as sha256 did)
             top = _max_token_id(arrays[s])
             if top is not None and top >= int(meta["vocab_size"]):
-                raise CgptError(f"the {s} split of {str(folder)!r} holds token id {top} but "
-                                f"meta.json says vocab_size {meta['vocab_size']}: the vocab "
-                                "must exceed every token id; meta.json was edited or the "
-                                "shards come from another tokenizer; re-run `cgpt prepare`")
+                raise CgptError(
+                    f"the {s} split of {str(folder)!r} holds token id {top} but "
+                    f"meta.json says vocab_size {meta['vocab_size']}: the vocab "
+                    "must exceed every token id; meta.json was edited or the "
+                    "shards come from another tokenizer; re-run `cgpt prepare`"
+                )
     return TokenData(dir=folder, meta=meta, train=arrays["train"], val=arrays["val"])
 
 
@@ -525,19 +592,25 @@ def check_vocab(data: TokenData, model_vocab_size: int, tokenizer=None) -> None:
     tokenizer must be the one that produced the shards (same fingerprint and vocab).
     """
     if data.vocab_size > model_vocab_size:
-        raise CgptError(f"the data in {str(data.dir)!r} was tokenized with a vocab of "
-                        f"{data.vocab_size} but the model's vocab_size is {model_vocab_size}; "
-                        f"set model.vocab_size to at least {data.vocab_size}")
+        raise CgptError(
+            f"the data in {str(data.dir)!r} was tokenized with a vocab of "
+            f"{data.vocab_size} but the model's vocab_size is {model_vocab_size}; "
+            f"set model.vocab_size to at least {data.vocab_size}"
+        )
     if tokenizer is None:
         return
     if tokenizer.vocab_size != data.vocab_size:
-        raise CgptError(f"tokenizer {getattr(tokenizer, 'dir', '')!s} has vocab "
-                        f"{tokenizer.vocab_size} but the data in {str(data.dir)!r} was "
-                        f"tokenized with vocab {data.vocab_size}; use the tokenizer recorded "
-                        f"in meta.json ({data.tokenizer_dir}) or re-run cgpt prepare")
+        raise CgptError(
+            f"tokenizer {getattr(tokenizer, 'dir', '')!s} has vocab "
+            f"{tokenizer.vocab_size} but the data in {str(data.dir)!r} was "
+            f"tokenized with vocab {data.vocab_size}; use the tokenizer recorded "
+            f"in meta.json ({data.tokenizer_dir}) or re-run cgpt prepare"
+        )
     fp = getattr(tokenizer, "fingerprint", None)
     if data.fingerprint and fp and fp != data.fingerprint:
-        raise CgptError(f"tokenizer {getattr(tokenizer, 'dir', '')!s} is not the one that "
-                        f"produced the data in {str(data.dir)!r} (fingerprint {fp[:12]} vs "
-                        f"{data.fingerprint[:12]}); use {data.tokenizer_dir} or re-run "
-                        "cgpt prepare")
+        raise CgptError(
+            f"tokenizer {getattr(tokenizer, 'dir', '')!s} is not the one that "
+            f"produced the data in {str(data.dir)!r} (fingerprint {fp[:12]} vs "
+            f"{data.fingerprint[:12]}); use {data.tokenizer_dir} or re-run "
+            "cgpt prepare"
+        )

@@ -29,8 +29,12 @@ from pathlib import Path
 from cgpt.model.errors import CgptError
 
 TEXT_EXT = {".txt", ".text", ".md"}
-BUILDERS = {**{e: "text" for e in TEXT_EXT}, ".jsonl": "json", ".json": "json",
-            ".parquet": "parquet"}
+BUILDERS = {
+    **{e: "text" for e in TEXT_EXT},
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+}
 # stdlib folders that are test suites (some hold deliberately broken encodings) or not stdlib
 _STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 
@@ -56,8 +60,10 @@ class SourceStats:
 
 
 def _hub_offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
+        for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def stdlib_files() -> list[Path]:
@@ -91,15 +97,22 @@ def _local_files(spec: str) -> list[Path]:
         return [path]
     if path.is_dir():
         everything = sorted(p for p in path.rglob("*") if p.is_file())
-        files = [p for p in everything if p.suffix.lower() in BUILDERS
-                 and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+        files = [
+            p
+            for p in everything
+            if p.suffix.lower() in BUILDERS
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        ]
         if not files:
             kinds = sorted({p.suffix or p.name for p in everything})[:10]
-            raise CgptError(f"input folder {spec!r} holds no .txt/.md/.jsonl/.json/.parquet "
-                            f"files (found: {', '.join(kinds) or 'nothing'})")
+            raise CgptError(
+                f"input folder {spec!r} holds no .txt/.md/.jsonl/.json/.parquet "
+                f"files (found: {', '.join(kinds) or 'nothing'})"
+            )
         return files
-    raise CgptError(f"input {spec!r} not found: give a file, a folder, a glob, 'stdlib' or "
-                    "hf:NAME[:CONFIG]")
+    raise CgptError(
+        f"input {spec!r} not found: give a file, a folder, a glob, 'stdlib' or hf:NAME[:CONFIG]"
+    )
 
 
 def _group_by_builder(files: list[Path]) -> list[tuple[str, list[str]]]:
@@ -117,8 +130,13 @@ def _group_by_builder(files: list[Path]) -> list[tuple[str, list[str]]]:
 class Source:
     """An iterable of documents (str) from a spec; ``stats`` fills in while iterating."""
 
-    def __init__(self, spec: str = "stdlib", text_field: str = "text", split: str = "train",
-                 max_docs: int | None = None):
+    def __init__(
+        self,
+        spec: str = "stdlib",
+        text_field: str = "text",
+        split: str = "train",
+        max_docs: int | None = None,
+    ):
         self.spec = (spec or "stdlib").strip()
         self.text_field, self.split = text_field, split
         self.max_docs = max_docs
@@ -128,11 +146,12 @@ class Source:
     def _resolve(self):
         spec = self.spec
         if spec == "stdlib" or spec.startswith("stdlib:"):
-            opts = _parse_options(spec[len("stdlib:"):], spec)
+            opts = _parse_options(spec[len("stdlib:") :], spec)
             unknown = set(opts) - {"max_docs"}
             if unknown:
-                raise CgptError(f"source {spec!r}: unknown option(s) {sorted(unknown)}; "
-                                "valid: max_docs")
+                raise CgptError(
+                    f"source {spec!r}: unknown option(s) {sorted(unknown)}; valid: max_docs"
+                )
             if "max_docs" in opts:
                 try:
                     n = int(opts["max_docs"])
@@ -155,8 +174,10 @@ class Source:
             return f"stdlib: *.py files under {root}{cap}"
         if self.kind == "hub":
             name, config = self._target
-            return (f"hf:{name}{':' + config if config else ''} split={self.split} "
-                    f"field={self.text_field}{cap}")
+            return (
+                f"hf:{name}{':' + config if config else ''} split={self.split} "
+                f"field={self.text_field}{cap}"
+            )
         files = self._target
         where = str(files[0]) if len(files) == 1 else f"{len(files)} files from {self.spec}"
         return f"local: {where}{cap}"
@@ -170,7 +191,8 @@ class Source:
             return (self.max_docs, " docs") if self.max_docs else None
         files: list[Path] = self._target
         whole_files = self.kind == "stdlib" or all(
-            BUILDERS.get(f.suffix.lower(), "text") == "text" for f in files)
+            BUILDERS.get(f.suffix.lower(), "text") == "text" for f in files
+        )
         if self.max_docs is not None:
             n = min(self.max_docs, len(files)) if whole_files else self.max_docs
             return (n, " docs") if n > 0 else None
@@ -184,8 +206,9 @@ class Source:
     # ------------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[str]:
         self.stats = SourceStats()
-        raw = {"stdlib": self._iter_stdlib, "hub": self._iter_hub,
-               "local": self._iter_local}[self.kind]()
+        raw = {"stdlib": self._iter_stdlib, "hub": self._iter_hub, "local": self._iter_local}[
+            self.kind
+        ]()
         for text in raw:
             if self.max_docs is not None and self.stats.documents >= self.max_docs:
                 break
@@ -213,33 +236,43 @@ class Source:
     def _iter_dataset(self, builder: str, files: list[str]) -> Iterator[str]:
         import datasets
 
-        kwargs = {"sample_by": "document", "encoding_errors": "cgpt-count-replace"} \
-            if builder == "text" else {}
+        kwargs = (
+            {"sample_by": "document", "encoding_errors": "cgpt-count-replace"}
+            if builder == "text"
+            else {}
+        )
         try:
-            ds = datasets.load_dataset(builder, data_files=files, split="train",
-                                       streaming=True, **kwargs)
+            ds = datasets.load_dataset(
+                builder, data_files=files, split="train", streaming=True, **kwargs
+            )
             yield from self._fields(ds, files[0] if len(files) == 1 else f"{builder} files")
         except CgptError:
             raise
         except (UnicodeDecodeError, ValueError, TypeError, OSError) as e:
             if builder == "text":
                 raise
-            raise CgptError(f"could not read {builder} input {files[0]!r}"
-                            f"{f' (or one of {len(files)} files)' if len(files) > 1 else ''}: "
-                            f"{e.__class__.__name__}: {str(e).splitlines()[0][:200]}; "
-                            f"{builder} files must be valid UTF-8 {builder}") from None
+            raise CgptError(
+                f"could not read {builder} input {files[0]!r}"
+                f"{f' (or one of {len(files)} files)' if len(files) > 1 else ''}: "
+                f"{e.__class__.__name__}: {str(e).splitlines()[0][:200]}; "
+                f"{builder} files must be valid UTF-8 {builder}"
+            ) from None
 
     def _fields(self, ds, where: str) -> Iterator[str]:
         before = _replaced[0]
         for i, example in enumerate(ds):
             if self.text_field not in example:
-                raise CgptError(f"{where} has no field {self.text_field!r}; its fields are: "
-                                f"{', '.join(sorted(example)) or '(none)'}; pass "
-                                "--text-field NAME")
+                raise CgptError(
+                    f"{where} has no field {self.text_field!r}; its fields are: "
+                    f"{', '.join(sorted(example)) or '(none)'}; pass "
+                    "--text-field NAME"
+                )
             value = example[self.text_field]
             if value is not None and not isinstance(value, str):
-                raise CgptError(f"{where}: field {self.text_field!r} of record {i} is a "
-                                f"{type(value).__name__}, not text; pick a text field")
+                raise CgptError(
+                    f"{where}: field {self.text_field!r} of record {i} is a "
+                    f"{type(value).__name__}, not text; pick a text field"
+                )
             self.stats.replacement_chars += _replaced[0] - before
             before = _replaced[0]
             yield value or ""
@@ -247,10 +280,12 @@ class Source:
     def _iter_hub(self) -> Iterator[str]:
         name, config = self._target
         if _hub_offline():
-            raise CgptError(f"cannot stream hf:{name}: the Hugging Face Hub is offline here "
-                            "(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set); use local files "
-                            "(--input PATH to .txt/.jsonl/.parquet) or the offline default "
-                            "'stdlib'")
+            raise CgptError(
+                f"cannot stream hf:{name}: the Hugging Face Hub is offline here "
+                "(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set); use local files "
+                "(--input PATH to .txt/.jsonl/.parquet) or the offline default "
+                "'stdlib'"
+            )
         import datasets
 
         try:
@@ -259,20 +294,30 @@ class Source:
         except CgptError:
             raise
         except Exception as e:  # the hub client raises many types for "no network/no such"
-            raise CgptError(f"cannot stream hf:{name}{':' + config if config else ''} "
-                            f"(split {self.split}): {e.__class__.__name__}: "
-                            f"{str(e).splitlines()[0][:200] if str(e) else ''}; without "
-                            "network access use local files (--input PATH) or 'stdlib'") from None
+            raise CgptError(
+                f"cannot stream hf:{name}{':' + config if config else ''} "
+                f"(split {self.split}): {e.__class__.__name__}: "
+                f"{str(e).splitlines()[0][:200] if str(e) else ''}; without "
+                "network access use local files (--input PATH) or 'stdlib'"
+            ) from None
 
 
-def open_source(spec: str = "stdlib", text_field: str = "text", split: str = "train",
-                max_docs: int | None = None) -> Source:
+def open_source(
+    spec: str = "stdlib",
+    text_field: str = "text",
+    split: str = "train",
+    max_docs: int | None = None,
+) -> Source:
     """Resolve a spec (raising CgptError for a missing path, bad option, ...) without
     reading any document yet."""
     return Source(spec, text_field=text_field, split=split, max_docs=max_docs)
 
 
-def iter_documents(spec: str = "stdlib", text_field: str = "text", split: str = "train",
-                   max_docs: int | None = None) -> Iterator[str]:
+def iter_documents(
+    spec: str = "stdlib",
+    text_field: str = "text",
+    split: str = "train",
+    max_docs: int | None = None,
+) -> Iterator[str]:
     """The documents of a source, one string each, in a deterministic order."""
     return iter(open_source(spec, text_field=text_field, split=split, max_docs=max_docs))

@@ -113,8 +113,10 @@ class HFTokenizer:
             tid = self.tok.token_to_id(name)
             if tid is not None:
                 return tid
-        raise CgptError(f"tokenizer in {str(folder)!r} has no end-of-text token (looked for "
-                        f"eos_token in its config, {EOS}, </s>, <eos>)")
+        raise CgptError(
+            f"tokenizer in {str(folder)!r} has no end-of-text token (looked for "
+            f"eos_token in its config, {EOS}, </s>, <eos>)"
+        )
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
@@ -145,15 +147,20 @@ def load_tokenizer(folder: str | os.PathLike):
     """Open a tokenizer folder: ours (sentencepiece) or any Hugging Face one."""
     path = Path(folder)
     if not path.is_dir():
-        raise CgptError(f"tokenizer folder {str(path)!r} not found; train one with "
-                        "`cgpt tokenizer train` or point at a Hugging Face tokenizer folder")
+        raise CgptError(
+            f"tokenizer folder {str(path)!r} not found; train one with "
+            "`cgpt tokenizer train` or point at a Hugging Face tokenizer folder"
+        )
     if (path / "tokenizer.model").is_file():
         return SentencePieceTokenizer(path)
     if (path / "tokenizer.json").is_file() or (
-            (path / "vocab.json").is_file() and (path / "merges.txt").is_file()):
+        (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
+    ):
         return HFTokenizer(path)
-    raise CgptError(f"{str(path)!r} holds no tokenizer (expected tokenizer.model, "
-                    "tokenizer.json, or vocab.json + merges.txt)")
+    raise CgptError(
+        f"{str(path)!r} holds no tokenizer (expected tokenizer.model, "
+        "tokenizer.json, or vocab.json + merges.txt)"
+    )
 
 
 # ---------------------------------------------------------------------------- training
@@ -180,23 +187,40 @@ def _chunks(docs: Iterable[str]) -> Iterator[str]:
 
 def _sp_options(vocab_size: int, character_coverage: float, max_sentences: int) -> dict:
     return dict(
-        model_type="bpe", vocab_size=vocab_size, byte_fallback=True,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,
         character_coverage=character_coverage,
         normalization_rule_name="identity",  # no NFKC: text round-trips exactly
-        remove_extra_whitespaces=False, add_dummy_prefix=False,
-        allow_whitespace_only_pieces=True, split_digits=True,
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        allow_whitespace_only_pieces=True,
+        split_digits=True,
         max_sentence_length=4 * _CHUNK_CHARS,  # bytes; a chunk is at most 4 bytes/char
-        unk_id=0, unk_piece=UNK, eos_id=1, eos_piece=EOS, bos_id=-1, pad_id=-1,
-        input_sentence_size=max_sentences, shuffle_input_sentence=True,
+        unk_id=0,
+        unk_piece=UNK,
+        eos_id=1,
+        eos_piece=EOS,
+        bos_id=-1,
+        pad_id=-1,
+        input_sentence_size=max_sentences,
+        shuffle_input_sentence=True,
         num_threads=1,  # one thread: the same input gives byte-identical models
         minloglevel=2,
     )
 
 
-def train_tokenizer(source_spec: str, vocab_size: int, out_dir: str | os.PathLike,
-                    seed: int = 0, max_docs: int | None = None, text_field: str = "text",
-                    character_coverage: float = 0.9995, max_sentences: int = 2_000_000,
-                    force: bool = False):
+def train_tokenizer(
+    source_spec: str,
+    vocab_size: int,
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    max_docs: int | None = None,
+    text_field: str = "text",
+    character_coverage: float = 0.9995,
+    max_sentences: int = 2_000_000,
+    force: bool = False,
+):
     """Train a sentencepiece BPE tokenizer on a source and write it, plus its Hugging Face
     twin, to ``out_dir`` (built under a temporary name, renamed at the end). Returns the
     loaded :class:`SentencePieceTokenizer`."""
@@ -207,8 +231,10 @@ def train_tokenizer(source_spec: str, vocab_size: int, out_dir: str | os.PathLik
     out = Path(out_dir)
     _check_out_dir(out, force)
     if vocab_size < 260:
-        raise CgptError(f"vocab size {vocab_size} is too small: the 256 byte-fallback pieces "
-                        "and 2 specials alone need 258; use at least 260")
+        raise CgptError(
+            f"vocab size {vocab_size} is too small: the 256 byte-fallback pieces "
+            "and 2 specials alone need 258; use at least 260"
+        )
     source = open_source(source_spec, text_field=text_field, max_docs=max_docs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -218,16 +244,23 @@ def train_tokenizer(source_spec: str, vocab_size: int, out_dir: str | os.PathLik
         try:
             model = io.BytesIO()  # in memory: a model_prefix path would be stored in it
             spm.SentencePieceTrainer.train(
-                sentence_iterator=_chunks(source), model_writer=model,
-                **_sp_options(vocab_size, character_coverage, max_sentences))
+                sentence_iterator=_chunks(source),
+                model_writer=model,
+                **_sp_options(vocab_size, character_coverage, max_sentences),
+            )
         except RuntimeError as e:
             raise CgptError(_explain_sp_error(e, source, vocab_size)) from None
         (tmp / "tokenizer.model").write_bytes(model.getvalue())
         _write_hf_files(tmp, model_max_length=CONTEXT)
-        meta = {"kind": "sentencepiece", "vocab_size": vocab_size, "seed": seed,
-                "source": source.description, "documents": source.stats.documents,
-                "replacement_chars": source.stats.replacement_chars,
-                "options": _sp_options(vocab_size, character_coverage, max_sentences)}
+        meta = {
+            "kind": "sentencepiece",
+            "vocab_size": vocab_size,
+            "seed": seed,
+            "source": source.description,
+            "documents": source.stats.documents,
+            "replacement_chars": source.stats.replacement_chars,
+            "options": _sp_options(vocab_size, character_coverage, max_sentences),
+        }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -251,33 +284,41 @@ def _explain_sp_error(e: Exception, source, vocab_size: int) -> str:
     m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", msg)
     if m:
         need = int(m.group(2))
-        return (f"a vocab of {vocab_size} is too small for the characters of the corpus "
-                f"({docs}): their pieces plus the 256 byte pieces and the specials need "
-                f"{need}; raise --vocab-size to at least {need}, or lower "
-                "--character-coverage so that rare characters fall back to bytes")
+        return (
+            f"a vocab of {vocab_size} is too small for the characters of the corpus "
+            f"({docs}): their pieces plus the 256 byte pieces and the specials need "
+            f"{need}; raise --vocab-size to at least {need}, or lower "
+            "--character-coverage so that rare characters fall back to bytes"
+        )
     # "Vocabulary size too high (50000). Please set it to a value <= 1915.": the corpus has
     # too little text to learn that many pieces
     m = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", msg)
     if m:
         most = int(m.group(2))
-        return (f"the corpus ({docs}) is too small for a vocab of {vocab_size}: it yields at "
-                f"most {most} pieces; lower --vocab-size to at most {most}, or give more text "
-                "(a larger --max-docs or more input)")
+        return (
+            f"the corpus ({docs}) is too small for a vocab of {vocab_size}: it yields at "
+            f"most {most} pieces; lower --vocab-size to at most {most}, or give more text "
+            "(a larger --max-docs or more input)"
+        )
     if "Vocabulary size" in msg or "vocab_size" in msg:
-        return (f"sentencepiece cannot train a vocab of {vocab_size} on this corpus ({docs}): "
-                f"{msg}")
+        return f"sentencepiece cannot train a vocab of {vocab_size} on this corpus ({docs}): {msg}"
     return f"sentencepiece training failed: {msg}"
 
 
 def _check_out_dir(out: Path, force: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not force:
-            raise CgptError(f"output {str(out)!r} already exists and is not empty; pass "
-                            "--force to replace it or choose a new folder")
-        if not out.is_dir() or not any((out / n).exists() for n in
-                                       ("tokenizer.model", "tokenizer.json", META_FILE)):
-            raise CgptError(f"output {str(out)!r} is not a tokenizer folder; refusing to "
-                            "replace it even with --force")
+            raise CgptError(
+                f"output {str(out)!r} already exists and is not empty; pass "
+                "--force to replace it or choose a new folder"
+            )
+        if not out.is_dir() or not any(
+            (out / n).exists() for n in ("tokenizer.model", "tokenizer.json", META_FILE)
+        ):
+            raise CgptError(
+                f"output {str(out)!r} is not a tokenizer folder; refusing to "
+                "replace it even with --force"
+            )
 
 
 # ---------------------------------------------------------------------------- HF twin
@@ -317,14 +358,23 @@ def build_hf_tokenizer(model_path: str | os.PathLike):
     pieces = _sp_pieces(Path(model_path))
     vocab = {p: i for i, (p, _) in enumerate(pieces)}
     normal = [p for p, t in pieces if t == 1]
-    tok = RustTokenizer(BPE(vocab=vocab, merges=_merges(vocab, normal), unk_token=UNK,
-                            byte_fallback=True, fuse_unk=True))
+    tok = RustTokenizer(
+        BPE(
+            vocab=vocab,
+            merges=_merges(vocab, normal),
+            unk_token=UNK,
+            byte_fallback=True,
+            fuse_unk=True,
+        )
+    )
     tok.normalizer = normalizers.Replace(" ", "\u2581")
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
-                                     decoders.Fuse()])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
     # sentencepiece never matches control tokens inside text, so neither may we
-    tok.add_special_tokens([AddedToken(p, special=True, normalized=False)
-                            for p, t in pieces if t in (2, 3)])
+    tok.add_special_tokens(
+        [AddedToken(p, special=True, normalized=False) for p, t in pieces if t in (2, 3)]
+    )
     return tok
 
 
@@ -333,12 +383,17 @@ def _write_hf_files(folder: Path, model_max_length: int) -> None:
     tok.save(str(folder / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "eos_token": EOS, "unk_token": UNK, "bos_token": None, "pad_token": None,
-        "add_bos_token": False, "add_eos_token": False,
+        "eos_token": EOS,
+        "unk_token": UNK,
+        "bos_token": None,
+        "pad_token": None,
+        "add_bos_token": False,
+        "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "split_special_tokens": True,  # text "<|endoftext|>" is text, as in sentencepiece
         "model_max_length": model_max_length,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (folder / "special_tokens_map.json").write_text(
-        json.dumps({"eos_token": EOS, "unk_token": UNK}, indent=2) + "\n")
+        json.dumps({"eos_token": EOS, "unk_token": UNK}, indent=2) + "\n"
+    )

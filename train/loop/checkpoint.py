@@ -30,9 +30,8 @@ import numpy as np
 import torch
 
 from cgpt.model.errors import CgptError
-
-from cgpt.train.loop.distributed import barrier
 from cgpt.train.config import RunConfig, write_text_atomic
+from cgpt.train.loop.distributed import barrier
 
 COMPLETE = "complete"
 STATE = "trainer_state.json"
@@ -94,8 +93,7 @@ def newest_readable(ckpt_dir: str | Path) -> tuple[tuple[int, Path] | None, list
         why = problem(folder)
         if why is None:
             return (step, folder), warnings
-        warnings.append(f"checkpoint {folder} is unusable ({why}); falling back to an "
-                        "earlier one")
+        warnings.append(f"checkpoint {folder} is unusable ({why}); falling back to an earlier one")
     return None, warnings
 
 
@@ -120,11 +118,19 @@ def rng_state() -> dict:
 def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     gauss = s["python_gauss"].tolist()
-    random.setstate((int(s["python_version"]), tuple(s["python_state"].tolist()),
-                     gauss[0] if gauss else None))
+    random.setstate(
+        (int(s["python_version"]), tuple(s["python_state"].tolist()), gauss[0] if gauss else None)
+    )
     pos, has_gauss = s["numpy_pos"].tolist()
-    np.random.set_state(("MT19937", s["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss,
-                         float(s["numpy_gauss"][0])))
+    np.random.set_state(
+        (
+            "MT19937",
+            s["numpy_keys"].numpy().astype(np.uint32),
+            pos,
+            has_gauss,
+            float(s["numpy_gauss"][0]),
+        )
+    )
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state(s["cuda"])
 
@@ -148,8 +154,10 @@ class Checkpointer:
         bad, total = local_weights_finite(engine.module)
         bad, total = (int(v) for v in all_sum([bad, total], _device_of(engine)))
         if bad:
-            raise CgptError(f"the weights are not finite at step {step} ({bad} of {total} "
-                            "tensors); checkpoint not saved")
+            raise CgptError(
+                f"the weights are not finite at step {step} ({bad} of {total} "
+                "tensors); checkpoint not saved"
+            )
         tag, tmp_tag = tag_for(step), "tmp-" + tag_for(step)
         tmp, final = self.dir / tmp_tag, self.dir / tag
         failed = 0.0
@@ -158,8 +166,9 @@ class Checkpointer:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 shutil.rmtree(tmp, ignore_errors=True)  # left over by an interrupted save
             barrier()
-            engine.save_checkpoint(str(self.dir), tag=tmp_tag, client_state={"step": step},
-                                   save_latest=False)
+            engine.save_checkpoint(
+                str(self.dir), tag=tmp_tag, client_state={"step": step}, save_latest=False
+            )
             tmp.mkdir(parents=True, exist_ok=True)  # ranks without DeepSpeed files of their own
             torch.save(rng_state(), tmp / f"rng-rank{self.rank}.pt")
             _fsync_tree(tmp)
@@ -175,8 +184,9 @@ class Checkpointer:
         if self.rank == 0:
             try:
                 cfg.save(tmp / "config.yaml")
-                write_text_atomic(tmp / STATE,
-                                  json.dumps(state, indent=1, default=_jsonable) + "\n")
+                write_text_atomic(
+                    tmp / STATE, json.dumps(state, indent=1, default=_jsonable) + "\n"
+                )
                 write_text_atomic(tmp / COMPLETE, f"{step}\n")
                 _fsync_dir(tmp)
                 if final.exists():  # re-saving a step (e.g. the end of a resumed run)
@@ -196,14 +206,15 @@ class Checkpointer:
 
     def _save_failed(self, step: int, error: BaseException | None) -> str:
         last = newest(self.dir)
-        why = _write_failure(error, self.dir) if error \
-            else "another rank could not write its part"
+        why = _write_failure(error, self.dir) if error else "another rank could not write its part"
         keep = f"checkpoint {last[1]} is intact" if last else "no earlier checkpoint exists"
-        return (f"could not save checkpoint step-{step} in {self.dir}: {why}; the partial "
-                f"save was removed and {keep}. Free disk space, then resume")
+        return (
+            f"could not save checkpoint step-{step} in {self.dir}: {why}; the partial "
+            f"save was removed and {keep}. Free disk space, then resume"
+        )
 
     def _prune(self) -> None:
-        for _, p in published(self.dir)[:-self.keep_last]:
+        for _, p in published(self.dir)[: -self.keep_last]:
             shutil.rmtree(p, ignore_errors=True)
         for p in self.dir.glob("tmp-step-*"):  # interrupted saves older than this one
             shutil.rmtree(p, ignore_errors=True)
@@ -212,19 +223,24 @@ class Checkpointer:
         """Restore engine (weights + optimizer), this rank's RNG; return trainer state."""
         state = read_state(folder)
         restricted_loads(engine)
-        path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name,
-                                         load_lr_scheduler_states=False)
+        path, _ = engine.load_checkpoint(
+            str(folder.parent), tag=folder.name, load_lr_scheduler_states=False
+        )
         if path is None:
-            raise CgptError(f"DeepSpeed could not load checkpoint {folder}; delete it to "
-                            "resume from the previous one")
+            raise CgptError(
+                f"DeepSpeed could not load checkpoint {folder}; delete it to "
+                "resume from the previous one"
+            )
         rng = folder / f"rng-rank{self.rank}.pt"
         if rng.is_file():  # absent when resuming with more ranks than were saved
             try:
                 set_rng_state(torch.load(rng, weights_only=True))
             except Exception as e:  # noqa: BLE001 - any unreadable file is one message
-                raise CgptError(f"{rng} is not an RNG state this trainer wrote "
-                                f"({e.__class__.__name__}); delete {folder} to resume from "
-                                "the previous checkpoint") from None
+                raise CgptError(
+                    f"{rng} is not an RNG state this trainer wrote "
+                    f"({e.__class__.__name__}); delete {folder} to resume from "
+                    "the previous checkpoint"
+                ) from None
         return state
 
 
@@ -251,9 +267,11 @@ class _WeightsOnlyLoads:
         except pickle.UnpicklingError as e:
             unsafe = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
             detail = f" ({', '.join(unsafe)})" if unsafe else " or is not a torch.save file"
-            raise CgptError(f"{path} holds objects outside the checkpoint allowlist{detail}; "
-                            f"not loaded. If you trust this run folder, resume with "
-                            f"{TRUST_ENV}=1") from None
+            raise CgptError(
+                f"{path} holds objects outside the checkpoint allowlist{detail}; "
+                f"not loaded. If you trust this run folder, resume with "
+                f"{TRUST_ENV}=1"
+            ) from None
 
 
 TRUST_ENV = "CGPT_TRUST_CHECKPOINTS"  # "1": DeepSpeed's own full unpickling on resume
@@ -280,8 +298,9 @@ def read_state(folder: Path) -> dict:
     try:
         return json.loads((Path(folder) / STATE).read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise CgptError(f"checkpoint {folder} is unreadable ({e}); delete it to resume "
-                        "from the previous one") from None
+        raise CgptError(
+            f"checkpoint {folder} is unreadable ({e}); delete it to resume from the previous one"
+        ) from None
 
 
 def _device_of(engine) -> torch.device:
@@ -294,8 +313,11 @@ _WRITE_FAILURES = ("writ", "space", "iostream", "inline_container", "unexpected 
 
 
 def _is_write_error(e: BaseException) -> bool:
-    return (isinstance(e, OSError) or isinstance(e.__context__, OSError)
-            or any(w in str(e).lower() for w in _WRITE_FAILURES))
+    return (
+        isinstance(e, OSError)
+        or isinstance(e.__context__, OSError)
+        or any(w in str(e).lower() for w in _WRITE_FAILURES)
+    )
 
 
 def _write_failure(e: BaseException, folder: Path) -> str:

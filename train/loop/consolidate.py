@@ -48,16 +48,20 @@ _STEP = re.compile(r"^(?:tmp-)?step-(\d+)$")
 # ---- source resolution ---------------------------------------------------------------------
 def is_checkpoint_dir(folder: Path) -> bool:
     """Whether ``folder`` looks like a trainer checkpoint (published or not)."""
-    return folder.is_dir() and (bool(_STEP.match(folder.name)) or
-                                any(folder.glob("*_model_states.pt")) or
-                                (folder / ckpt.STATE).is_file())
+    return folder.is_dir() and (
+        bool(_STEP.match(folder.name))
+        or any(folder.glob("*_model_states.pt"))
+        or (folder / ckpt.STATE).is_file()
+    )
 
 
 def _check_complete(folder: Path) -> None:
     if not ((folder / ckpt.COMPLETE).is_file() and (folder / ckpt.STATE).is_file()):
-        raise CgptError(f"{folder} is not a complete checkpoint (no '{ckpt.COMPLETE}' marker or "
-                        f"{ckpt.STATE}: a save that was interrupted or is still running); "
-                        "export a published checkpoints/step-N folder")
+        raise CgptError(
+            f"{folder} is not a complete checkpoint (no '{ckpt.COMPLETE}' marker or "
+            f"{ckpt.STATE}: a save that was interrupted or is still running); "
+            "export a published checkpoints/step-N folder"
+        )
 
 
 def resolve_source(src: str | os.PathLike) -> Path:
@@ -68,16 +72,20 @@ def resolve_source(src: str | os.PathLike) -> Path:
     if src.is_file():
         return src
     if (src / "config.json").is_file() and not (src / "config.yaml").is_file():
-        raise CgptError(f"{src} looks like a Hugging Face folder already (config.json); "
-                        "use `cgpt import-hf` to read it")
+        raise CgptError(
+            f"{src} looks like a Hugging Face folder already (config.json); "
+            "use `cgpt import-hf` to read it"
+        )
     if is_checkpoint_dir(src) and not (src / MODEL_FILE).is_file():
         _check_complete(src)
         return src
     if src.name == "checkpoints" and not (src / MODEL_FILE).is_file():  # RUN/checkpoints
         found = ckpt.newest(src)
         if found is None:
-            raise CgptError(f"{src} holds no complete checkpoint (a save that never finished "
-                            "leaves only tmp-step-N)")
+            raise CgptError(
+                f"{src} holds no complete checkpoint (a save that never finished "
+                "leaves only tmp-step-N)"
+            )
         return found[1]
     final = src / MODEL_FILE
     found = ckpt.newest(src / "checkpoints")
@@ -90,11 +98,15 @@ def resolve_source(src: str | os.PathLike) -> Path:
     if found is not None:
         return found[1]
     if (src / "checkpoints").is_dir():
-        raise CgptError(f"{src} has no {MODEL_FILE} and no complete checkpoint under "
-                        f"{src / 'checkpoints'} (a save that never finished leaves only "
-                        "tmp-step-N)")
-    raise CgptError(f"{src} has no {MODEL_FILE} and no checkpoints/step-N; pass a model file, "
-                    "run folder or checkpoint folder written by cgpt")
+        raise CgptError(
+            f"{src} has no {MODEL_FILE} and no complete checkpoint under "
+            f"{src / 'checkpoints'} (a save that never finished leaves only "
+            "tmp-step-N)"
+        )
+    raise CgptError(
+        f"{src} has no {MODEL_FILE} and no checkpoints/step-N; pass a model file, "
+        "run folder or checkpoint folder written by cgpt"
+    )
 
 
 def _mtime(p: Path) -> float:
@@ -170,17 +182,23 @@ def _consolidate(step_dir: Path) -> tuple[GPT, str]:
     with _quiet():
         if optim:
             sd = _zero_state_dict(step_dir)
-            info = (f"ZeRO-{stage}, {len(optim)} rank{'s' if len(optim) > 1 else ''}, "
-                    "consolidated by DeepSpeed's zero_to_fp32")
+            info = (
+                f"ZeRO-{stage}, {len(optim)} rank{'s' if len(optim) > 1 else ''}, "
+                "consolidated by DeepSpeed's zero_to_fp32"
+            )
         elif zero3_models or stage >= 1:
-            raise CgptError(f"checkpoint {step_dir} has no *_optim_states.pt files, which hold "
-                            f"the weights of a ZeRO-{stage} run: incomplete checkpoint")
+            raise CgptError(
+                f"checkpoint {step_dir} has no *_optim_states.pt files, which hold "
+                f"the weights of a ZeRO-{stage} run: incomplete checkpoint"
+            )
         elif (step_dir / "mp_rank_00_model_states.pt").is_file():
             sd = _module_state_dict(step_dir / "mp_rank_00_model_states.pt")
             info = "ZeRO-0, the module weights"
         else:
-            raise CgptError(f"checkpoint {step_dir} has no DeepSpeed model states file "
-                            "(mp_rank_00_model_states.pt)")
+            raise CgptError(
+                f"checkpoint {step_dir} has no DeepSpeed model states file "
+                "(mp_rank_00_model_states.pt)"
+            )
     sd = _untie(_strip_prefixes(sd), step_dir)
     check_finite(sd, step_dir)
     return build_from_state_dict(_gpt_config(cfg), sd, True, str(step_dir)), info
@@ -199,8 +217,10 @@ def run_config_for(step_dir: Path):
     for p in (step_dir / "config.yaml", step_dir.parent.parent / "config.yaml"):
         if p.is_file():
             return parse_run_config(read_yaml(p), str(p))
-    raise CgptError(f"checkpoint {step_dir} has no config.yaml (nor has its run folder "
-                    f"{step_dir.parent.parent}): the model's shape is unknown")
+    raise CgptError(
+        f"checkpoint {step_dir} has no config.yaml (nor has its run folder "
+        f"{step_dir.parent.parent}): the model's shape is unknown"
+    )
 
 
 def _zero_state_dict(step_dir: Path) -> dict[str, torch.Tensor]:
@@ -210,7 +230,8 @@ def _zero_state_dict(step_dir: Path) -> dict[str, torch.Tensor]:
     try:
         with restricted_torch_load(zero_to_fp32):
             lazy = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(
-                str(step_dir.parent), tag=step_dir.name, lazy_mode=True)
+                str(step_dir.parent), tag=step_dir.name, lazy_mode=True
+            )
             # lazy: ZeRO-3 parameters are gathered one at a time; a shared (tied) parameter
             # is the same object under both names and stays one tensor
             out, seen = {}, {}
@@ -220,16 +241,18 @@ def _zero_state_dict(step_dir: Path) -> dict[str, torch.Tensor]:
                 out[name] = seen[id(t)]
             return out
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        raise CgptError(f"DeepSpeed could not consolidate checkpoint {step_dir}: "
-                        f"{_first_line(e)}") from None
+        raise CgptError(
+            f"DeepSpeed could not consolidate checkpoint {step_dir}: {_first_line(e)}"
+        ) from None
 
 
 def _module_state_dict(path: Path) -> dict[str, torch.Tensor]:
     state = restricted_load(path, map_location="cpu")
     module = state.get("module") if isinstance(state, dict) else None
     if not isinstance(module, dict):
-        raise CgptError(f"{path} has no module weights ('module'): not a DeepSpeed model "
-                        "states file")
+        raise CgptError(
+            f"{path} has no module weights ('module'): not a DeepSpeed model states file"
+        )
     return dict(module)
 
 
@@ -250,8 +273,9 @@ def _untie(sd: dict[str, torch.Tensor], where: Path) -> dict[str, torch.Tensor]:
     if WTE not in sd:  # DeepSpeed named the shared parameter after the head
         sd[WTE] = head
     elif head is not sd[WTE] and not torch.equal(head, sd[WTE]):
-        raise CgptError(f"checkpoint {where}: {LM_HEAD} differs from {WTE}, but cgpt models "
-                        "tie them")
+        raise CgptError(
+            f"checkpoint {where}: {LM_HEAD} differs from {WTE}, but cgpt models tie them"
+        )
     return sd
 
 
@@ -259,9 +283,11 @@ def check_finite(sd: dict[str, torch.Tensor], where) -> None:
     """Refuse weights holding NaN or Inf (a diverged run), naming how many tensors do."""
     bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise CgptError(f"{where}: {len(bad)} of {len(sd)} tensors hold non-finite values "
-                        f"(NaN/Inf), e.g. {', '.join(bad[:3])}; not exported (the run diverged "
-                        "before this save: export an earlier checkpoint)")
+        raise CgptError(
+            f"{where}: {len(bad)} of {len(sd)} tensors hold non-finite values "
+            f"(NaN/Inf), e.g. {', '.join(bad[:3])}; not exported (the run diverged "
+            "before this save: export an earlier checkpoint)"
+        )
 
 
 # ---- reading DeepSpeed's files -------------------------------------------------------------
@@ -282,12 +308,16 @@ def restricted_load(path, map_location=None, weights_only=None, mmap=None, **_ig
         except pickle.UnpicklingError as e:
             unsafe = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
             detail = f" ({', '.join(unsafe)})" if unsafe else " or is not a torch.save file"
-            raise CgptError(f"{path} holds objects outside the checkpoint allowlist{detail}; "
-                            f"not loaded. If you trust this run folder, set "
-                            f"{ckpt.TRUST_ENV}=1") from None
+            raise CgptError(
+                f"{path} holds objects outside the checkpoint allowlist{detail}; "
+                f"not loaded. If you trust this run folder, set "
+                f"{ckpt.TRUST_ENV}=1"
+            ) from None
         except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise CgptError(f"{path} is not a readable torch checkpoint (truncated or "
-                            f"corrupt?): {_first_line(e)}") from None
+            raise CgptError(
+                f"{path} is not a readable torch checkpoint (truncated or "
+                f"corrupt?): {_first_line(e)}"
+            ) from None
     _fill_bf16_zero_stage(obj)
     return obj
 

@@ -76,8 +76,9 @@ def resolve_device(requested: str) -> str:
     """'cuda' or 'cpu' for runtime.device ('auto' picks CUDA when present)."""
     has_cuda = torch.cuda.is_available()
     if requested == "cuda" and not has_cuda:
-        raise CgptError("runtime.device is 'cuda' but no CUDA GPU is visible; "
-                        "use runtime.device=auto or cpu")
+        raise CgptError(
+            "runtime.device is 'cuda' but no CUDA GPU is visible; use runtime.device=auto or cpu"
+        )
     return "cuda" if requested == "cuda" or (requested == "auto" and has_cuda) else "cpu"
 
 
@@ -110,11 +111,14 @@ def init_distributed(device: str | torch.device, timeout_s: float = 600.0) -> Di
         # start killed mid-build would make it wait forever, so look first.
         check_extension_locks(wait=True)
         with contextlib.redirect_stdout(sys.stderr):  # it prints its comm extension's build
-            deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo",
-                                       timeout=datetime.timedelta(seconds=timeout_s))
+            deepspeed.init_distributed(
+                dist_backend="nccl" if device == "cuda" else "gloo",
+                timeout=datetime.timedelta(seconds=timeout_s),
+            )
     dev = torch.device("cuda", local_rank) if device == "cuda" else torch.device("cpu")
-    return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(),
-                    local_rank, dev)
+    return DistInfo(
+        torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, dev
+    )
 
 
 # ---------------------------------------------------------------------------- timeouts
@@ -137,7 +141,8 @@ _TIMEOUT_RE = re.compile(
     r"|Watchdog caught collective operation timeout"
     r"|milliseconds before timing out"
     r"|failed to pass monitoredBarrier"
-    r"|Timed out after \d+ seconds waiting for clients")
+    r"|Timed out after \d+ seconds waiting for clients"
+)
 
 
 def is_timeout(exc: BaseException) -> bool:
@@ -156,8 +161,10 @@ def is_timeout(exc: BaseException) -> bool:
 def timeout_message(timeout_s: float, step: int, checkpoint: str | os.PathLike | None) -> str:
     """The one line a timed-out collective becomes; ``step`` is the last finished step."""
     ckpt = str(checkpoint) if checkpoint else "none yet"
-    return (f"no answer from another rank within runtime.collective_timeout_s={timeout_s:g}s "
-            f"after step {step} (a rank died or stalled); last checkpoint: {ckpt}")
+    return (
+        f"no answer from another rank within runtime.collective_timeout_s={timeout_s:g}s "
+        f"after step {step} (a rank died or stalled); last checkpoint: {ckpt}"
+    )
 
 
 # ---------------------------------------------------------------------------- build locks
@@ -183,13 +190,18 @@ def _stale_lock_error(lock: Path, age: float, max_age_s: float) -> CgptError:
     return CgptError(
         f"stale torch extension build lock {lock} ({age:.0f} s old): a build of "
         f"{lock.parent.name} was interrupted (no build takes over {max_age_s:g} s) and every "
-        f"start would wait for it forever; remove it with: rm {shlex.quote(str(lock))}")
+        f"start would wait for it forever; remove it with: rm {shlex.quote(str(lock))}"
+    )
 
 
-def check_extension_locks(max_age_s: float = 600.0, *, wait: bool = False,
-                          root: str | os.PathLike | None = None,
-                          print_fn: Callable[[str], None] | None = None,
-                          poll_s: float = 1.0) -> None:
+def check_extension_locks(
+    max_age_s: float = 600.0,
+    *,
+    wait: bool = False,
+    root: str | os.PathLike | None = None,
+    print_fn: Callable[[str], None] | None = None,
+    poll_s: float = 1.0,
+) -> None:
     """Look for ``lock`` files of torch extension builds (``ROOT/<op>/lock``).
 
     A lock older than ``max_age_s`` was left by a build that was killed (torch's FileBaton
@@ -214,8 +226,10 @@ def check_extension_locks(max_age_s: float = 600.0, *, wait: bool = False,
             if age > max_age_s:
                 raise _stale_lock_error(lock, age, max_age_s)
             if not announced:
-                say(f"waiting for another process's build of {lock.parent.name} "
-                    f"(lock {lock}, {age:.0f} s old)")
+                say(
+                    f"waiting for another process's build of {lock.parent.name} "
+                    f"(lock {lock}, {age:.0f} s old)"
+                )
                 announced = True
             if not wait:
                 break

@@ -19,10 +19,9 @@ import sys
 import torch
 
 from cgpt.model.errors import CgptError
-
-from cgpt.train.plan.batch import BatchSplit
-from cgpt.train.loop.optim import param_groups
 from cgpt.train.config import RunConfig, write_text_atomic
+from cgpt.train.loop.optim import param_groups
+from cgpt.train.plan.batch import BatchSplit
 
 NEVER = 10**12  # steps_per_print: the trainer does its own logging
 
@@ -36,8 +35,7 @@ def check_precision(precision: str, device: str, zero_stage: int) -> None:
 def build_ds_config(cfg: RunConfig, split: BatchSplit) -> dict:
     """The DeepSpeed JSON for this run (first batch phase; later phases change the
     accumulation through engine.set_train_batch_size)."""
-    return engine_config(split, cfg.plan.grad_clip, cfg.runtime.zero_stage,
-                         cfg.runtime.precision)
+    return engine_config(split, cfg.plan.grad_clip, cfg.runtime.zero_stage, cfg.runtime.precision)
 
 
 def engine_config(split: BatchSplit, grad_clip: float, zero_stage: int, precision: str) -> dict:
@@ -94,8 +92,9 @@ def skip_single_process_allreduce(engine, world_size: int) -> None:
     partitions there and keep it."""
     from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
 
-    if world_size == 1 and (engine.zero_optimization_stage() == 0
-                            or isinstance(engine.optimizer, BF16_Optimizer)):
+    if world_size == 1 and (
+        engine.zero_optimization_stage() == 0 or isinstance(engine.optimizer, BF16_Optimizer)
+    ):
         engine.enable_backward_allreduce = False
 
 
@@ -106,12 +105,19 @@ def save_ds_config(ds: dict, path: str | os.PathLike) -> None:
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: str):
     """AdamW over cgpt's parameter groups with the plan's betas, eps and weight decay."""
     plan = cfg.plan
-    return make_adamw(model, plan.lr, tuple(plan.adam_betas), plan.adam_eps,
-                      plan.weight_decay, device)
+    return make_adamw(
+        model, plan.lr, tuple(plan.adam_betas), plan.adam_eps, plan.weight_decay, device
+    )
 
 
-def make_adamw(model: torch.nn.Module, lr: float, betas: tuple[float, float], eps: float,
-               weight_decay: float, device: str):
+def make_adamw(
+    model: torch.nn.Module,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    device: str,
+):
     """DeepSpeed's FusedAdam on CUDA, torch's fused AdamW on CPU (cgpt.train.loop.optim groups)."""
     groups = param_groups(model, weight_decay)
     for g in groups:

@@ -16,19 +16,38 @@ from cgpt.model.errors import CgptError
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="run config YAML (from `cgpt plan --write` or by hand), or "
-                                  "a run folder (its own config.yaml), e.g. to --resume it")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set runtime.micro_batch=4 or "
-                        "--set wandb=off (bare keys are runtime keys); repeatable")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest complete checkpoint in runtime.out_dir")
-    p.add_argument("--from", dest="from_step", metavar="step-N",
-                   help="with --resume: rewind to this checkpoint (later ones are moved to "
-                        "checkpoints/abandoned-TIME/), e.g. after a loss spike")
-    p.add_argument("--allow-change", metavar="KEYS",
-                   help="with --resume: accept these config changes, comma-separated (e.g. "
-                        "plan.lr,plan.warmup_steps); recorded in changes.jsonl")
+    p.add_argument(
+        "config",
+        help="run config YAML (from `cgpt plan --write` or by hand), or "
+        "a run folder (its own config.yaml), e.g. to --resume it",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set runtime.micro_batch=4 or "
+        "--set wandb=off (bare keys are runtime keys); repeatable",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete checkpoint in runtime.out_dir",
+    )
+    p.add_argument(
+        "--from",
+        dest="from_step",
+        metavar="step-N",
+        help="with --resume: rewind to this checkpoint (later ones are moved to "
+        "checkpoints/abandoned-TIME/), e.g. after a loss spike",
+    )
+    p.add_argument(
+        "--allow-change",
+        metavar="KEYS",
+        help="with --resume: accept these config changes, comma-separated (e.g. "
+        "plan.lr,plan.warmup_steps); recorded in changes.jsonl",
+    )
     # the deepspeed launcher appends --local_rank=N; the env var LOCAL_RANK says the same
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -38,15 +57,21 @@ def run_train(args: argparse.Namespace) -> int:
     from cgpt.train.loop.resume import ResumeRequest, parse_allow_change
     from cgpt.train.loop.trainer import train
 
-    req = ResumeRequest(resume=args.resume, from_step=args.from_step,
-                        allow_change=parse_allow_change(args.allow_change))
+    req = ResumeRequest(
+        resume=args.resume,
+        from_step=args.from_step,
+        allow_change=parse_allow_change(args.allow_change),
+    )
     cfg = load_run_config(args.config, args.overrides)
     summary = train(cfg, resume=req)
     if summary["status"] != "preempted" and int(os.environ.get("RANK", "0")) == 0:
         loss = summary["val_loss"]
-        print(f"{summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens, "
-              f"val_loss {loss:.4f} -> {summary['run_dir']}" if loss is not None else
-              f"{summary['status']}: {summary['steps']} steps -> {summary['run_dir']}")
+        print(
+            f"{summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens, "
+            f"val_loss {loss:.4f} -> {summary['run_dir']}"
+            if loss is not None
+            else f"{summary['status']}: {summary['steps']} steps -> {summary['run_dir']}"
+        )
     return 0
 
 
@@ -62,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) == 0:
-            print("cgpt train: interrupted before training started; nothing was saved",
-                  file=sys.stderr)
+            print(
+                "cgpt train: interrupted before training started; nothing was saved",
+                file=sys.stderr,
+            )
         return 130
 
 

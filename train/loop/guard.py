@@ -34,8 +34,7 @@ def guard_optimizer(optimizer: torch.optim.Optimizer) -> StepGuard:
     guard, inner = StepGuard(), optimizer.step
 
     def step(*args, **kwargs):
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"]
-                 if p.grad is not None]
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         bad = _any_nonfinite(grads)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             device = grads[0].device if grads else torch.device("cpu")

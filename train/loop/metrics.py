@@ -18,8 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
-from cgpt.train.figures import pyplot, save_figure
 from cgpt.train.config import write_text_atomic
+from cgpt.train.figures import pyplot, save_figure
 
 
 def wandb_mode(setting: str) -> str | None:
@@ -55,9 +55,17 @@ def truncate_metrics(path: str | Path, last_step: int) -> None:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: str | Path, enabled: bool, total_steps: int, start_step: int,
-                 wandb_setting: str = "off", wandb_project: str = "cgpt",
-                 config: dict | None = None, log_every: int = 10):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        enabled: bool,
+        total_steps: int,
+        start_step: int,
+        wandb_setting: str = "off",
+        wandb_project: str = "cgpt",
+        config: dict | None = None,
+        log_every: int = 10,
+    ):
         self.run_dir, self.enabled = Path(run_dir), enabled
         self.path = self.run_dir / "metrics.jsonl"
         self.log_every, self.total = log_every, total_steps
@@ -78,25 +86,41 @@ class MetricsLogger:
         # (wandb.util.generate_id is gone in wandb 0.31)
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:8]
         write_text_atomic(id_file, run_id + "\n")
-        return wandb.init(project=project, dir=str(self.run_dir), mode=mode, id=run_id,
-                          resume="allow", name=self.run_dir.name, config=config or {})
+        return wandb.init(
+            project=project,
+            dir=str(self.run_dir),
+            mode=mode,
+            id=run_id,
+            resume="allow",
+            name=self.run_dir.name,
+            config=config or {},
+        )
 
     def _start_bar(self, start_step: int):
         from tqdm import tqdm
 
-        return tqdm(total=self.total, initial=start_step, unit="step", dynamic_ncols=True,
-                    file=sys.stderr, disable=None)  # None: no bar when stderr is not a TTY
+        return tqdm(
+            total=self.total,
+            initial=start_step,
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            disable=None,
+        )  # None: no bar when stderr is not a TTY
 
     def log(self, row: dict) -> None:
         if not self.enabled:
             return
-        row = {k: (None if isinstance(v, float) and not math.isfinite(v) and k == "mfu" else v)
-               for k, v in row.items()}
+        row = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) and k == "mfu" else v)
+            for k, v in row.items()
+        }
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self._wandb is not None:
-            self._wandb.log({k: v for k, v in row.items() if v is not None and k != "step"},
-                            step=row["step"])
+            self._wandb.log(
+                {k: v for k, v in row.items() if v is not None and k != "step"}, step=row["step"]
+            )
         if "loss" in row:
             self._progress(row)
         if "val_loss" in row:
@@ -110,10 +134,12 @@ class MetricsLogger:
         if step % self.log_every == 0 or step == self.total:
             eta = _eta(row.get("eta_s"))
             mfu = f" mfu {row['mfu']:.1%}" if row.get("mfu") is not None else ""
-            self.message(f"step {step}/{self.total} loss {row['loss']:.4f} lr {row['lr']:.3g} "
-                         f"grad_norm {row.get('grad_norm') or float('nan'):.3f} "
-                         f"tokens {row['tokens']:,} tok/s {row['tokens_per_s']:,.0f}{mfu} "
-                         f"eta {eta}")
+            self.message(
+                f"step {step}/{self.total} loss {row['loss']:.4f} lr {row['lr']:.3g} "
+                f"grad_norm {row.get('grad_norm') or float('nan'):.3f} "
+                f"tokens {row['tokens']:,} tok/s {row['tokens_per_s']:,.0f}{mfu} "
+                f"eta {eta}"
+            )
 
     def message(self, text: str) -> None:
         if not self.enabled:
@@ -136,8 +162,11 @@ class MetricsLogger:
 def _eta(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "?"
-    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else \
-        f"{seconds / 86400:.1f}d"
+    return (
+        time.strftime("%H:%M:%S", time.gmtime(seconds))
+        if seconds < 86400
+        else f"{seconds / 86400:.1f}d"
+    )
 
 
 class Throughput:

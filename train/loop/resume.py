@@ -30,8 +30,17 @@ from cgpt.train.loop import checkpoint as ckpt
 RESUME_RUNTIME_KEYS = ("seed", "zero_stage", "precision")
 # what a rewind may change: the optimizer's hyperparameters and the LR schedule's shape,
 # nothing that moves the data position or the model
-CHANGEABLE = ("plan.lr", "plan.min_lr", "plan.warmup_steps", "plan.decay", "plan.decay_steps",
-              "plan.grad_clip", "plan.weight_decay", "plan.adam_eps", "plan.adam_betas")
+CHANGEABLE = (
+    "plan.lr",
+    "plan.min_lr",
+    "plan.warmup_steps",
+    "plan.decay",
+    "plan.decay_steps",
+    "plan.grad_clip",
+    "plan.weight_decay",
+    "plan.adam_eps",
+    "plan.adam_betas",
+)
 CHANGES_FILE = "changes.jsonl"
 
 
@@ -46,8 +55,10 @@ class ResumeRequest:
             raise CgptError("--from and --allow-change go with --resume")
         bad = [k for k in self.allow_change if k not in CHANGEABLE]
         if bad:
-            raise CgptError(f"--allow-change {','.join(bad)}: a resumed run may change only "
-                            f"{', '.join(CHANGEABLE)}")
+            raise CgptError(
+                f"--allow-change {','.join(bad)}: a resumed run may change only "
+                f"{', '.join(CHANGEABLE)}"
+            )
 
 
 @dataclass
@@ -68,15 +79,18 @@ def _value(d: dict, key: str):
     return (d.get(section) or {}).get(name)
 
 
-def find_resume_point(run_dir: Path, new_cfg: dict, req: ResumeRequest,
-                      world_size: int, zero_stage: int) -> ResumePoint:
+def find_resume_point(
+    run_dir: Path, new_cfg: dict, req: ResumeRequest, world_size: int, zero_stage: int
+) -> ResumePoint:
     """Check the run folder against the request; raise CgptError naming the fix."""
     saved = run_dir / RUN_CONFIG
     if not req.resume:
         if saved.exists():
-            raise CgptError(f"run folder {str(run_dir)!r} already holds a run; continue it "
-                            f"with: cgpt train {shlex.quote(str(run_dir))} --resume (or set "
-                            "runtime.out_dir to a new folder)")
+            raise CgptError(
+                f"run folder {str(run_dir)!r} already holds a run; continue it "
+                f"with: cgpt train {shlex.quote(str(run_dir))} --resume (or set "
+                "runtime.out_dir to a new folder)"
+            )
         return ResumePoint()
     if not saved.is_file():
         if req.from_step:
@@ -85,43 +99,54 @@ def find_resume_point(run_dir: Path, new_cfg: dict, req: ResumeRequest,
     try:
         old = yaml.safe_load(saved.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
-        raise CgptError(f"{saved} is unreadable ({e.__class__.__name__}); restore it from a "
-                        f"checkpoint's copy (checkpoints/step-N/{RUN_CONFIG})") from None
+        raise CgptError(
+            f"{saved} is unreadable ({e.__class__.__name__}); restore it from a "
+            f"checkpoint's copy (checkpoints/step-N/{RUN_CONFIG})"
+        ) from None
     diff = config_diff(old, new_cfg, RESUME_RUNTIME_KEYS)
     refused = [k for k in diff if k not in req.allow_change]
     if refused:
         changeable = [k for k in refused if k in CHANGEABLE]
-        hint = (f"; to resume with the new values add --allow-change {','.join(changeable)}"
-                if changeable and len(changeable) == len(refused) else
-                "; restore them or start a new run (runtime.out_dir)")
-        raise CgptError(f"cannot resume {str(run_dir)!r}: the config changed in "
-                        f"{', '.join(refused)}, which breaks resumption{hint}")
+        hint = (
+            f"; to resume with the new values add --allow-change {','.join(changeable)}"
+            if changeable and len(changeable) == len(refused)
+            else "; restore them or start a new run (runtime.out_dir)"
+        )
+        raise CgptError(
+            f"cannot resume {str(run_dir)!r}: the config changed in "
+            f"{', '.join(refused)}, which breaks resumption{hint}"
+        )
     point = ResumePoint(changes={k: [_value(old, k), _value(new_cfg, k)] for k in diff})
     root = run_dir / "checkpoints"
     if req.from_step:
         point.folder = _named(root, req.from_step)
-        point.abandon = [p for s, p in ckpt.published(root)
-                         if s > int(point.folder.name.split("-")[1])]
+        point.abandon = [
+            p for s, p in ckpt.published(root) if s > int(point.folder.name.split("-")[1])
+        ]
     else:
         found, point.warnings = ckpt.newest_readable(root)
         if found is None:
             if ckpt.published(root):
-                raise CgptError(f"no checkpoint in {root} reads back whole; "
-                                f"{'; '.join(point.warnings)}")
+                raise CgptError(
+                    f"no checkpoint in {root} reads back whole; {'; '.join(point.warnings)}"
+                )
             return point
         point.folder = found[1]
     point.state = ckpt.read_state(point.folder)
     saved_ws = point.state.get("world_size")
     if zero_stage >= 1 and saved_ws not in (None, world_size):
-        raise CgptError(f"checkpoint {point.folder} was written by {saved_ws} ranks with "
-                        f"ZeRO stage {zero_stage}; resume with {saved_ws} ranks")
+        raise CgptError(
+            f"checkpoint {point.folder} was written by {saved_ws} ranks with "
+            f"ZeRO stage {zero_stage}; resume with {saved_ws} ranks"
+        )
     return point
 
 
 def _named(root: Path, name: str) -> Path:
     text = str(name).strip()
-    folder = Path(text) if "/" in text else root / (text if text.startswith("step-")
-                                                      else f"step-{text}")
+    folder = (
+        Path(text) if "/" in text else root / (text if text.startswith("step-") else f"step-{text}")
+    )
     have = ", ".join(p.name for _, p in ckpt.published(root)) or "none"
     if folder.resolve().parent != root.resolve() or not ckpt._PUBLISHED.match(folder.name):
         raise CgptError(f"--from {name}: not a checkpoint of this run (have: {have})")
@@ -142,18 +167,25 @@ def apply_rewind(run_dir: Path, point: ResumePoint) -> list[str]:
         dest.mkdir(parents=True, exist_ok=True)
         for p in point.abandon:
             os.replace(p, dest / p.name)
-        msgs.append(f"rewound to {point.folder.name}: moved {', '.join(p.name for p in point.abandon)} "
-                    f"to {dest}")
+        msgs.append(
+            f"rewound to {point.folder.name}: moved {', '.join(p.name for p in point.abandon)} "
+            f"to {dest}"
+        )
     if point.changes:
-        row = {"time": time.time(), "step": int(point.state.get("step", 0)),
-               "checkpoint": str(point.folder) if point.folder else None,
-               "changes": point.changes}
+        row = {
+            "time": time.time(),
+            "step": int(point.state.get("step", 0)),
+            "checkpoint": str(point.folder) if point.folder else None,
+            "changes": point.changes,
+        }
         with open(run_dir / CHANGES_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        msgs.append("config changed on resume: " + ", ".join(
-            f"{k} {a!r} -> {b!r}" for k, (a, b) in point.changes.items()))
+        msgs.append(
+            "config changed on resume: "
+            + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in point.changes.items())
+        )
     return msgs
 
 
@@ -166,5 +198,7 @@ def resume_command(run_dir: Path, world_size: int, extra: str = "") -> str:
     nodes = max(1, world_size // max(local, 1))
     if nodes == 1:
         return f"cgpt launch {path} --gpus-per-node {local} --resume{extra}"
-    return (f"cgpt launch {path} --nodes {nodes} --gpus-per-node {local} --resume{extra} "
-            "(with the same --hostfile/--slurm options as the first launch)")
+    return (
+        f"cgpt launch {path} --nodes {nodes} --gpus-per-node {local} --resume{extra} "
+        "(with the same --hostfile/--slurm options as the first launch)"
+    )

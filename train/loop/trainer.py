@@ -28,24 +28,46 @@ import torch
 
 from cgpt.model import GPT, flops_per_token_mfu
 from cgpt.model.errors import CgptError
-
-from cgpt.train.loop import checkpoint as ckpt
-from cgpt.train.plan.batch import BatchSplit, split_batch
-from cgpt.train.loop.distributed import (DistInfo, all_sum, barrier, init_distributed,
-                                         is_timeout, resolve_device, timeout_message)
-from cgpt.train.loop.watchdog import StepWatchdog
-from cgpt.train.loop.engine import (build_ds_config, build_optimizer, check_precision, initialize_engine,
-                        save_ds_config)
-from cgpt.train.loop.metrics import MetricsLogger, Throughput, plot_loss, truncate_metrics
-from cgpt.train.config import (RUN_CONFIG, Provenance, RunConfig, tokenizer_of,
-                               with_absolute_paths,
-                               write_text_atomic)
-from cgpt.train.provenance import provenance
-from cgpt.train.loop.schedule import global_batch_at, lr_at, tokens_before
+from cgpt.train.config import (
+    RUN_CONFIG,
+    Provenance,
+    RunConfig,
+    tokenizer_of,
+    with_absolute_paths,
+    write_text_atomic,
+)
 from cgpt.train.lock import FolderLock
+from cgpt.train.loop import checkpoint as ckpt
+from cgpt.train.loop.distributed import (
+    DistInfo,
+    all_sum,
+    barrier,
+    init_distributed,
+    is_timeout,
+    resolve_device,
+    timeout_message,
+)
+from cgpt.train.loop.engine import (
+    build_ds_config,
+    build_optimizer,
+    check_precision,
+    initialize_engine,
+    save_ds_config,
+)
 from cgpt.train.loop.guard import StepGuard, guard_optimizer
-from cgpt.train.loop.resume import (ResumePoint, ResumeRequest, apply_rewind,
-                                    find_resume_point, resume_command)
+from cgpt.train.loop.metrics import MetricsLogger, Throughput, plot_loss, truncate_metrics
+from cgpt.train.loop.resume import (
+    ResumePoint,
+    ResumeRequest,
+    apply_rewind,
+    find_resume_point,
+    resume_command,
+)
+from cgpt.train.loop.schedule import global_batch_at, lr_at, tokens_before
+from cgpt.train.loop.watchdog import StepWatchdog
+from cgpt.train.plan.batch import BatchSplit, split_batch
+from cgpt.train.provenance import provenance
+
 
 @dataclass
 class Run:
@@ -95,8 +117,15 @@ def _check_memory(cfg: RunConfig, dist: DistInfo) -> None:
     from cgpt.train.plan.memory import estimate_memory, fmt_bytes
 
     rt = cfg.runtime
-    est = estimate_memory(cfg.model, cfg.plan.seq_len, rt.micro_batch, rt.zero_stage,
-                          dist.world_size, rt.activation_checkpointing, rt.precision).total
+    est = estimate_memory(
+        cfg.model,
+        cfg.plan.seq_len,
+        rt.micro_batch,
+        rt.zero_stage,
+        dist.world_size,
+        rt.activation_checkpointing,
+        rt.precision,
+    ).total
     if dist.device.type == "cuda":
         have, where = torch.cuda.get_device_properties(dist.device).total_memory, "GPU"
     else:
@@ -105,10 +134,12 @@ def _check_memory(cfg: RunConfig, dist: DistInfo) -> None:
         ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
         have, where = psutil.virtual_memory().total // ranks_here, "host (per rank)"
     if est > have:
-        raise CgptError(f"the plan needs about {fmt_bytes(est)} per rank but the {where} memory "
-                        f"is {fmt_bytes(have)}; lower runtime.micro_batch, set "
-                        "runtime.activation_checkpointing=true, raise runtime.zero_stage or "
-                        "use more GPUs")
+        raise CgptError(
+            f"the plan needs about {fmt_bytes(est)} per rank but the {where} memory "
+            f"is {fmt_bytes(have)}; lower runtime.micro_batch, set "
+            "runtime.activation_checkpointing=true, raise runtime.zero_stage or "
+            "use more GPUs"
+        )
 
 
 def _lock_run_dir(run: Run) -> None:
@@ -133,15 +164,16 @@ def prepare_run(cfg: RunConfig, req: ResumeRequest) -> Run:
     dist = init_distributed(device, rt.collective_timeout_s)
     splits = {}
     for ph in cfg.plan.phases():
-        splits[ph.global_batch_seqs] = split_batch(ph.global_batch_seqs, dist.world_size,
-                                                   rt.micro_batch)
+        splits[ph.global_batch_seqs] = split_batch(
+            ph.global_batch_seqs, dist.world_size, rt.micro_batch
+        )
     _check_memory(cfg, dist)
-    run = Run(cfg, dist, data, splits, Path(rt.out_dir),
-              tokenizer_dir=tokenizer_of(cfg.data))
+    run = Run(cfg, dist, data, splits, Path(rt.out_dir), tokenizer_dir=tokenizer_of(cfg.data))
     _lock_run_dir(run)
     try:
-        run.point = find_resume_point(run.run_dir, cfg.to_dict(), req, dist.world_size,
-                                      rt.zero_stage)
+        run.point = find_resume_point(
+            run.run_dir, cfg.to_dict(), req, dist.world_size, rt.zero_stage
+        )
     except BaseException:
         if run.lock:
             run.lock.release(cleanup_if_unused=True)
@@ -200,8 +232,9 @@ def _grad_norm(engine) -> float | None:
     return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in ps]))) if ps else None
 
 
-def _train_step(run: Run, engine, optimizer, loader, step: int,
-                stopping: bool = False) -> tuple[float, float | None, bool]:
+def _train_step(
+    run: Run, engine, optimizer, loader, step: int, stopping: bool = False
+) -> tuple[float, float | None, bool]:
     """One optimizer step; returns (global mean loss, grad norm, whether any rank was asked
     to stop). The stop flags ride on the loss all-reduce: one collective per step. A step
     whose gradients are not finite is not applied (cgpt.train.loop.guard); the grad norm is
@@ -253,18 +286,22 @@ def _diverged(run: Run, what: str, step: int, saved: Path | None) -> CgptError:
     """The message after a divergence: a command that rewinds with a lower LR, verbatim."""
     lr = f"{run.cfg.plan.lr / 2:.3g}"
     min_lr = min(run.cfg.plan.min_lr, float(lr))
-    change = f" --set plan.lr={lr}" + (f" --set plan.min_lr={min_lr:.3g}"
-                                       if min_lr != run.cfg.plan.min_lr else "")
+    change = f" --set plan.lr={lr}" + (
+        f" --set plan.min_lr={min_lr:.3g}" if min_lr != run.cfg.plan.min_lr else ""
+    )
     keys = "plan.lr" + (",plan.min_lr" if min_lr != run.cfg.plan.min_lr else "")
     if saved:
         where = f"the last good checkpoint is {saved}; nothing was saved after it"
-        cmd = resume_command(run.run_dir, run.dist.world_size,
-                             f" --from {saved.name}{change} --allow-change {keys}")
+        cmd = resume_command(
+            run.run_dir, run.dist.world_size, f" --from {saved.name}{change} --allow-change {keys}"
+        )
     else:
         where = "the run had saved no checkpoint yet"
         cmd = resume_command(run.run_dir, run.dist.world_size, f"{change} --allow-change {keys}")
-    return CgptError(f"{what} at step {step + 1}; {where}. To continue with half the peak LR "
-                     f"(or choose your own, and plan.warmup_steps likewise): {cmd}")
+    return CgptError(
+        f"{what} at step {step + 1}; {where}. To continue with half the peak LR "
+        f"(or choose your own, and plan.warmup_steps likewise): {cmd}"
+    )
 
 
 class _Loop:
@@ -274,10 +311,12 @@ class _Loop:
         self.run, self.engine, self.opt, self.log = run, engine, optimizer, log
         self.notes: list[str] = []  # messages from before the logger existed
         cfg, d = run.cfg, run.dist
-        self.loader = TokenLoader(run.data, cfg.plan.seq_len, d.rank, d.world_size,
-                                  seed=cfg.runtime.seed)
-        val = TokenLoader(run.data, cfg.plan.seq_len, d.rank, d.world_size,
-                          seed=cfg.runtime.seed, split="val")
+        self.loader = TokenLoader(
+            run.data, cfg.plan.seq_len, d.rank, d.world_size, seed=cfg.runtime.seed
+        )
+        val = TokenLoader(
+            run.data, cfg.plan.seq_len, d.rank, d.world_size, seed=cfg.runtime.seed, split="val"
+        )
         self.val_batches = val.val_batches(cfg.runtime.eval_batches, cfg.runtime.micro_batch)
         self.ckpt = ckpt.Checkpointer(run.run_dir, cfg.runtime.keep_last, d.rank)
         self.step, self.tokens, self.saved, self.saved_step = 0, 0, None, -1
@@ -293,15 +332,23 @@ class _Loop:
         self.loss, self.val_loss = st.get("loss"), st.get("val_loss")
         self.eval_step = int(st.get("eval_step", -1))
         self.saved, self.saved_step = self.run.resume_from, self.step
-        self.notes.append(f"resumed from {self.run.resume_from} (step {self.step}, "
-                          f"{self.tokens:,} tokens)")
+        self.notes.append(
+            f"resumed from {self.run.resume_from} (step {self.step}, {self.tokens:,} tokens)"
+        )
 
     def save(self) -> None:
         if self.saved_step == self.step:
             return
-        state = {"step": self.step, "tokens": self.tokens, "loader": self.loader.state_dict(),
-                 "world_size": self.run.dist.world_size, "loss": self.loss,
-                 "val_loss": self.val_loss, "eval_step": self.eval_step, "time": time.time()}
+        state = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "loader": self.loader.state_dict(),
+            "world_size": self.run.dist.world_size,
+            "loss": self.loss,
+            "val_loss": self.val_loss,
+            "eval_step": self.eval_step,
+            "time": time.time(),
+        }
         self.saved = self.ckpt.save(self.engine, self.step, state, self.run.cfg)
         self.saved_step = self.step
 
@@ -318,17 +365,24 @@ class _Loop:
         tp, avg_dt, skipped_in_a_row = Throughput(fpt, detect_peak_flops()), None, 0
         while self.step < self.end:
             t0 = time.perf_counter()
-            loss, norm, stopping = _train_step(self.run, self.engine, self.opt, self.loader,
-                                               self.step, stop.signal is not None)
+            loss, norm, stopping = _train_step(
+                self.run, self.engine, self.opt, self.loader, self.step, stop.signal is not None
+            )
             if not math.isfinite(loss):
                 raise _diverged(self.run, f"the loss became {loss}", self.step, self.saved)
             if norm is not None and not math.isfinite(norm):  # the guard skipped this step
                 skipped_in_a_row += 1
-                self.log.message(f"step {self.step + 1}: gradients not finite; the step was "
-                                 f"skipped ({skipped_in_a_row} in a row)")
+                self.log.message(
+                    f"step {self.step + 1}: gradients not finite; the step was "
+                    f"skipped ({skipped_in_a_row} in a row)"
+                )
                 if skipped_in_a_row > rt.max_skipped_steps:
-                    raise _diverged(self.run, f"{skipped_in_a_row} steps in a row had non-finite "
-                                    "gradients", self.step, self.saved)
+                    raise _diverged(
+                        self.run,
+                        f"{skipped_in_a_row} steps in a row had non-finite gradients",
+                        self.step,
+                        self.saved,
+                    )
             else:
                 skipped_in_a_row = 0
             lr = lr_at(cfg.plan, self.step)
@@ -338,9 +392,19 @@ class _Loop:
             tps, mfu = tp.step(self.tokens - tokens_before(cfg.plan, self.step - 1))
             dt = time.perf_counter() - t0
             avg_dt = dt if avg_dt is None else 0.9 * avg_dt + 0.1 * dt
-            self.log.log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm,
-                          "tokens": self.tokens, "tokens_per_s": tps, "mfu": mfu,
-                          "step_time_s": dt, "eta_s": avg_dt * (self.end - self.step)})
+            self.log.log(
+                {
+                    "step": self.step,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": norm,
+                    "tokens": self.tokens,
+                    "tokens_per_s": tps,
+                    "mfu": mfu,
+                    "step_time_s": dt,
+                    "eta_s": avg_dt * (self.end - self.step),
+                }
+            )
             if rt.eval_every and self.step % rt.eval_every == 0:
                 self.eval()
             if rt.save_every and self.step % rt.save_every == 0:
@@ -373,15 +437,27 @@ def _export(run: Run, engine) -> None:
             if run.cfg.runtime.export_hf:
                 from cgpt.model.hf import export_hf
 
-                export_hf(engine.module, run.run_dir / "hf", tokenizer_dir=run.tokenizer_dir,
-                          verify=True, force=True)
+                export_hf(
+                    engine.module,
+                    run.run_dir / "hf",
+                    tokenizer_dir=run.tokenizer_dir,
+                    verify=True,
+                    force=True,
+                )
 
 
 def _finish(run: Run, loop: _Loop, status: str, t0: float) -> dict:
-    summary = {"run_dir": str(run.run_dir), "status": status, "steps": loop.step,
-               "tokens": loop.tokens, "loss": loop.loss, "val_loss": loop.val_loss,
-               "checkpoint": str(loop.saved) if loop.saved else None,
-               "wall_s": round(time.time() - t0, 3), "cgpt": provenance()}
+    summary = {
+        "run_dir": str(run.run_dir),
+        "status": status,
+        "steps": loop.step,
+        "tokens": loop.tokens,
+        "loss": loop.loss,
+        "val_loss": loop.val_loss,
+        "checkpoint": str(loop.saved) if loop.saved else None,
+        "wall_s": round(time.time() - t0, 3),
+        "cgpt": provenance(),
+    }
     if run.dist.is_main:
         import json
 
@@ -448,28 +524,40 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
             try:
                 loop.notes += _publish_start(run, ds)
             except OSError as e:
-                failed = CgptError(f"cannot write into the run folder {run.run_dir}: "
-                                   f"{e.strerror or e}; nothing was trained")
+                failed = CgptError(
+                    f"cannot write into the run folder {run.run_dir}: "
+                    f"{e.strerror or e}; nothing was trained"
+                )
                 if fresh:
                     for name in (RUN_CONFIG, "ds_config.json"):  # a fresh run leaves no trace
                         (run.run_dir / name).unlink(missing_ok=True)
         if all_sum([float(failed is not None)], run.dist.device)[0]:
             raise failed or CgptError("rank 0 could not write into the run folder")
         barrier()
-        log = MetricsLogger(run.run_dir, main, min(cfg.plan.steps, cfg.runtime.max_steps or 10**18),
-                            run.resume_state.get("step", 0), cfg.runtime.wandb,
-                            cfg.runtime.wandb_project, cfg.to_dict(), cfg.runtime.log_every)
+        log = MetricsLogger(
+            run.run_dir,
+            main,
+            min(cfg.plan.steps, cfg.runtime.max_steps or 10**18),
+            run.resume_state.get("step", 0),
+            cfg.runtime.wandb,
+            cfg.runtime.wandb_project,
+            cfg.to_dict(),
+            cfg.runtime.log_every,
+        )
         loop.log = log
         for note in loop.notes:
             log.message(note)
-        loop.watchdog = StepWatchdog(cfg.runtime.watchdog_factor, log.message,
-                                     timeout_s=cfg.runtime.collective_timeout_s).start()
+        loop.watchdog = StepWatchdog(
+            cfg.runtime.watchdog_factor, log.message, timeout_s=cfg.runtime.collective_timeout_s
+        ).start()
         with _StopFlag() as stop:
             status = loop.run_steps(stop)
             if status == "preempted":
-                log.message(f"stopped by {stop.signal} at step {loop.step}; checkpoint saved "
-                            f"to {loop.saved}; resume with: "
-                            f"{resume_command(run.run_dir, run.dist.world_size)}")
+                log.message(
+                    f"stopped by {stop.signal} at step {loop.step}; checkpoint saved "
+                    f"to {loop.saved}; resume with: "
+                    f"{resume_command(run.run_dir, run.dist.world_size)}"
+                )
                 return _finish(run, loop, status, t0)
             if loop.eval_step != loop.step:
                 loop.eval()

@@ -33,10 +33,16 @@ class StepWatchdog:
     too much), so a rank stalled in step one is left to the collective timeout.
     """
 
-    def __init__(self, factor: float = 10.0, print_fn: Callable[[str], None] = print, *,
-                 timeout_s: float | None = None, min_s: float = 60.0,
-                 poll_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        factor: float = 10.0,
+        print_fn: Callable[[str], None] = print,
+        *,
+        timeout_s: float | None = None,
+        min_s: float = 60.0,
+        poll_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if factor <= 0 or min_s < 0:
             raise ValueError(f"factor must be > 0 and min_s >= 0, got {factor}, {min_s}")
         self.factor, self.print_fn, self.timeout_s, self.min_s = factor, print_fn, timeout_s, min_s
@@ -56,8 +62,9 @@ class StepWatchdog:
         """Start the thread (once); returns self."""
         if self._thread is None:
             self._t_start = self._t_last = self.clock()
-            self._thread = threading.Thread(target=self._watch, name="cgpt-step-watchdog",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._watch, name="cgpt-step-watchdog", daemon=True
+            )
             self._thread.start()
         return self
 
@@ -101,8 +108,10 @@ class StepWatchdog:
                 return None
             self._warned = True
             avg, step = self._avg, self._step
-        msg = (f"no step finished for {_secs(waited)} s (average {avg:.3g} s per step) after "
-               f"step {step}: a rank may be stalled or dead")
+        msg = (
+            f"no step finished for {_secs(waited)} s (average {avg:.3g} s per step) after "
+            f"step {step}: a rank may be stalled or dead"
+        )
         if self.timeout_s is not None:
             msg += f"; collectives time out after runtime.collective_timeout_s={self.timeout_s:g}s"
         return msg

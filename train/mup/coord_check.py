@@ -80,18 +80,25 @@ def batches(data: np.ndarray, n: int, batch: int, seq_len: int, seed: int):
     out = []
     for _ in range(n):
         starts = torch.randint(0, len(t) - seq_len - 1, (batch,), generator=g)
-        x = torch.stack([t[s:s + seq_len] for s in starts.tolist()])
-        y = torch.stack([t[s + 1:s + seq_len + 1] for s in starts.tolist()])
+        x = torch.stack([t[s : s + seq_len] for s in starts.tolist()])
+        y = torch.stack([t[s + 1 : s + seq_len + 1] for s in starts.tolist()])
         out.append((x, y))
     return out
 
 
 # ---- models ----------------------------------------------------------------------------
-def tiny_config(width: int, mup: bool, base_width: int, n_layer: int = 2, n_head: int = 4,
-                seq_len: int = 64) -> GPTConfig:
+def tiny_config(
+    width: int, mup: bool, base_width: int, n_layer: int = 2, n_head: int = 4, seq_len: int = 64
+) -> GPTConfig:
     """A byte-level GPT; SP = Cerebras standard init, μP = Cerebras μP at `base_width`."""
-    return GPTConfig(n_layer=n_layer, n_embd=width, n_head=n_head, vocab_size=BYTE_VOCAB,
-                     n_positions=seq_len, mup=MuPConfig(base_width=base_width) if mup else None)
+    return GPTConfig(
+        n_layer=n_layer,
+        n_embd=width,
+        n_head=n_head,
+        vocab_size=BYTE_VOCAB,
+        n_positions=seq_len,
+        mup=MuPConfig(base_width=base_width) if mup else None,
+    )
 
 
 def make_optimizer(model: GPT, lr: float, weight_decay: float = 0.1) -> torch.optim.AdamW:
@@ -136,6 +143,7 @@ def measure_width(cfg: GPTConfig, data_batches, lr: float, seed: int) -> dict[st
         def fn(_mod, _inp, out):
             t = out[0] if isinstance(out, tuple) else out
             rec[name].append(t.detach().abs().mean().item() * scale)
+
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in _hook_modules(model).items()]
@@ -180,9 +188,13 @@ class CoordCheckResult:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(passed=self.passed, mup_flat=self.flat("mup"), sp_flat=self.flat("sp"),
-                 max_abs_slope={p: self.max_abs_slope(p) for p in self.slopes},
-                 threshold=MAX_ABS_SLOPE)
+        d.update(
+            passed=self.passed,
+            mup_flat=self.flat("mup"),
+            sp_flat=self.flat("sp"),
+            max_abs_slope={p: self.max_abs_slope(p) for p in self.slopes},
+            threshold=MAX_ABS_SLOPE,
+        )
         return d
 
 
@@ -205,14 +217,24 @@ def check_widths(widths, divisor: int, rule: str) -> list[int]:
     return widths
 
 
-def run_coord_check(widths=(64, 128, 256, 512), steps: int = 5, lr: float = 6e-3,
-                    n_layer: int = 2, n_head: int = 4, seq_len: int = 64, batch: int = 8,
-                    seeds: int = 2, data: np.ndarray | None = None, log=None,
-                    params=("sp", "mup")) -> CoordCheckResult:
+def run_coord_check(
+    widths=(64, 128, 256, 512),
+    steps: int = 5,
+    lr: float = 6e-3,
+    n_layer: int = 2,
+    n_head: int = 4,
+    seq_len: int = 64,
+    batch: int = 8,
+    seeds: int = 2,
+    data: np.ndarray | None = None,
+    log=None,
+    params=("sp", "mup"),
+) -> CoordCheckResult:
     """Train `steps` steps at each width under SP and μP; scales are geometric means over
     `seeds` initialisations (the same data batches for every width and seed)."""
-    widths = check_widths(widths, n_head,
-                          f"every width must be a positive multiple of n_head={n_head}")
+    widths = check_widths(
+        widths, n_head, f"every width must be a positive multiple of n_head={n_head}"
+    )
     if steps < 1:
         raise CgptError(f"--steps must be at least 1, got {steps}")
     if not (lr > 0 and math.isfinite(lr)):
@@ -229,8 +251,10 @@ def run_coord_check(widths=(64, 128, 256, 512), steps: int = 5, lr: float = 6e-3
                 rec = measure_width(cfg, data_batches, lr, seed=s)
                 logs[:, :, wi] += np.log(np.array([rec[n] for n in names]))
             if log:
-                log(f"{param:>3} width {w:>5}: mean|logits| at step {steps} = "
-                    f"{math.exp(logs[-1, -1, wi] / seeds):.4g}")
+                log(
+                    f"{param:>3} width {w:>5}: mean|logits| at step {steps} = "
+                    f"{math.exp(logs[-1, -1, wi] / seeds):.4g}"
+                )
         scales = np.exp(logs / seeds)
         res.scales[param] = {n: scales[i].tolist() for i, n in enumerate(names)}
         res.slopes[param] = {n: loglog_slope(widths, scales[i, -1]) for i, n in enumerate(names)}
@@ -241,15 +265,22 @@ def plot_coord_check(res: CoordCheckResult, path: str | Path) -> None:
     """Rows = layers, columns = SP | μP; x = width (log), y = mean |x| (log), a line per step."""
     plt = pyplot()
     names = list(res.scales["sp"])
-    fig, axes = plt.subplots(len(names), 2, figsize=(9, 2.2 * len(names)), squeeze=False,
-                             sharex=True)
+    fig, axes = plt.subplots(
+        len(names), 2, figsize=(9, 2.2 * len(names)), squeeze=False, sharex=True
+    )
     cmap = plt.get_cmap("viridis")
     for col, param in enumerate(("sp", "mup")):
         for row, name in enumerate(names):
             ax = axes[row][col]
             for t, vals in enumerate(res.scales[param][name]):
-                ax.plot(res.widths, vals, marker="o", ms=3, color=cmap(t / max(1, res.steps)),
-                        label=f"step {t}")
+                ax.plot(
+                    res.widths,
+                    vals,
+                    marker="o",
+                    ms=3,
+                    color=cmap(t / max(1, res.steps)),
+                    label=f"step {t}",
+                )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             title = "SP" if param == "sp" else "μP"
@@ -261,11 +292,22 @@ def plot_coord_check(res: CoordCheckResult, path: str | Path) -> None:
     axes[0][1].legend(fontsize=7, loc="best")
     verdict = "PASS" if res.passed else "FAIL"
     verdict += f"; max |slope| SP {res.max_abs_slope('sp'):.2f}, μP {res.max_abs_slope('mup'):.2f}"
-    fig.suptitle(f"coordinate check ({verdict}): lr {res.lr:g}, {res.steps} Adam steps", fontsize=11)
+    fig.suptitle(
+        f"coordinate check ({verdict}): lr {res.lr:g}, {res.steps} Adam steps", fontsize=11
+    )
     fig.tight_layout()
     save_figure(fig, path)
 
 
-__all__ = ["run_coord_check", "plot_coord_check", "CoordCheckResult", "loglog_slope",
-           "corpus_bytes", "batches", "tiny_config", "make_optimizer", "MAX_ABS_SLOPE",
-           "check_widths"]
+__all__ = [
+    "run_coord_check",
+    "plot_coord_check",
+    "CoordCheckResult",
+    "loglog_slope",
+    "corpus_bytes",
+    "batches",
+    "tiny_config",
+    "make_optimizer",
+    "MAX_ABS_SLOPE",
+    "check_widths",
+]

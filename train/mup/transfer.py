@@ -24,13 +24,18 @@ import torch
 
 from cgpt.model import GPT
 from cgpt.model.errors import CgptError
-from cgpt.train.mup.coord_check import (batches, check_widths, corpus_bytes, make_optimizer,
-                                    tiny_config)
-from cgpt.train.figures import pyplot, save_figure
 from cgpt.train.config import BatchPhase
+from cgpt.train.figures import pyplot, save_figure
 from cgpt.train.loop.schedule import lr_in_phase
+from cgpt.train.mup.coord_check import (
+    batches,
+    check_widths,
+    corpus_bytes,
+    make_optimizer,
+    tiny_config,
+)
 
-DEFAULT_LRS = tuple(2.0 ** e for e in range(-12, -3))  # 2.4e-4 ... 6.25e-2
+DEFAULT_LRS = tuple(2.0**e for e in range(-12, -3))  # 2.4e-4 ... 6.25e-2
 HEAD_DIM = 32  # fixed head size: heads grow with width, as in the Cerebras family
 
 
@@ -57,23 +62,31 @@ class TransferResult:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["losses"] = {p: {w: [v if math.isfinite(v) else None for v in vals]
-                           for w, vals in ws.items()} for p, ws in self.losses.items()}
+        d["losses"] = {
+            p: {w: [v if math.isfinite(v) else None for v in vals] for w, vals in ws.items()}
+            for p, ws in self.losses.items()
+        }
         d["best_lr"] = {p: {str(w): lr for w, lr in self.best_lrs(p).items()} for p in self.losses}
         d["drift_log2"] = {p: self.drift(p) for p in self.losses}
         return d
 
 
-def train_one(cfg, lr: float, train_batches, val_batches, seed: int = 0,
-              warmup_frac: float = 0.1) -> float:
+def train_one(
+    cfg, lr: float, train_batches, val_batches, seed: int = 0, warmup_frac: float = 0.1
+) -> float:
     """Train from scratch with AdamW on cgpt's groups; held-out loss (inf if it diverged)."""
     torch.manual_seed(seed)
     model = GPT(cfg)
     opt = make_optimizer(model, lr)
     steps = len(train_batches)
     warmup = max(1, int(warmup_frac * steps))
-    phase = BatchPhase(global_batch_seqs=1, steps=steps, warmup_steps=warmup,
-                       decay_steps=steps - warmup, decay="linear")
+    phase = BatchPhase(
+        global_batch_seqs=1,
+        steps=steps,
+        warmup_steps=warmup,
+        decay_steps=steps - warmup,
+        decay="linear",
+    )
     for step, (x, y) in enumerate(train_batches):
         peak_rel = lr_in_phase(phase, step, lr, lr * 0.1)  # docs/REFERENCE.md, Training recipe
         for g in opt.param_groups:
@@ -102,12 +115,22 @@ def check_lrs(lrs) -> list[float]:
     return lrs
 
 
-def run_transfer(widths=(64, 128, 256), lrs=DEFAULT_LRS, steps: int = 200, batch: int = 8,
-                 seq_len: int = 64, n_layer: int = 2, params=("sp", "mup"),
-                 eval_batches: int = 16, seed: int = 0, data: np.ndarray | None = None,
-                 log=None) -> TransferResult:
-    widths = check_widths(widths, HEAD_DIM,
-                          f"widths must be positive multiples of the head size {HEAD_DIM}")
+def run_transfer(
+    widths=(64, 128, 256),
+    lrs=DEFAULT_LRS,
+    steps: int = 200,
+    batch: int = 8,
+    seq_len: int = 64,
+    n_layer: int = 2,
+    params=("sp", "mup"),
+    eval_batches: int = 16,
+    seed: int = 0,
+    data: np.ndarray | None = None,
+    log=None,
+) -> TransferResult:
+    widths = check_widths(
+        widths, HEAD_DIM, f"widths must be positive multiples of the head size {HEAD_DIM}"
+    )
     lrs = check_lrs(lrs)
     if steps < 10:
         raise CgptError(f"--steps must be at least 10, got {steps}")
@@ -125,8 +148,10 @@ def run_transfer(widths=(64, 128, 256), lrs=DEFAULT_LRS, steps: int = 200, batch
             for lr in lrs:
                 vals.append(train_one(cfg, lr, train_b, val_b, seed))
                 if log:
-                    log(f"{param:>3} width {w:>4} lr {lr:.3g}: loss {vals[-1]:.4f} "
-                        f"({time.time() - t0:.0f}s)")
+                    log(
+                        f"{param:>3} width {w:>4} lr {lr:.3g}: loss {vals[-1]:.4f} "
+                        f"({time.time() - t0:.0f}s)"
+                    )
             res.losses[param][str(w)] = vals
     res.wall_s = time.time() - t0
     return res
@@ -136,10 +161,12 @@ def plot_transfer(res: TransferResult, path: str | Path) -> None:
     """Loss against LR, a line per width; SP left, μP right; the best LR of each is marked."""
     plt = pyplot()
     params = list(res.losses)
-    fig, axes = plt.subplots(1, len(params), figsize=(5.5 * len(params), 4.2), squeeze=False,
-                             sharey=True)
-    finite = [v for ws in res.losses.values() for vals in ws.values() for v in vals
-              if math.isfinite(v)]
+    fig, axes = plt.subplots(
+        1, len(params), figsize=(5.5 * len(params), 4.2), squeeze=False, sharey=True
+    )
+    finite = [
+        v for ws in res.losses.values() for vals in ws.values() for v in vals if math.isfinite(v)
+    ]
     top = min(max(finite), np.percentile(finite, 25) + 1.0) if finite else 1.0
     cmap = plt.get_cmap("plasma")
     for ax, param in zip(axes[0], params):

@@ -26,7 +26,9 @@ def feasible_micro_batches(global_batch: int, data_parallel: int) -> list[int]:
     return [b for b in range(1, per_rank + 1) if per_rank % b == 0]
 
 
-def nearest_feasible(global_batch: int, data_parallel: int, span: int = 3) -> tuple[list[int], list[int]]:
+def nearest_feasible(
+    global_batch: int, data_parallel: int, span: int = 3
+) -> tuple[list[int], list[int]]:
     """Global batches near `global_batch` that `data_parallel` divides, and rank counts
     near `data_parallel` that divide `global_batch` (for error messages)."""
     lo = (global_batch // data_parallel) * data_parallel
@@ -38,8 +40,11 @@ def nearest_feasible(global_batch: int, data_parallel: int, span: int = 3) -> tu
 
 def split_batch(global_batch: int, data_parallel: int, micro_batch: int) -> BatchSplit:
     """Return the split, or raise CgptError naming the nearest feasible choices."""
-    for name, v in (("global batch", global_batch), ("data-parallel ranks", data_parallel),
-                    ("micro-batch", micro_batch)):
+    for name, v in (
+        ("global batch", global_batch),
+        ("data-parallel ranks", data_parallel),
+        ("micro-batch", micro_batch),
+    ):
         if not isinstance(v, int) or v <= 0:
             raise CgptError(f"{name} must be a positive integer, got {v!r}")
     if global_batch % data_parallel:

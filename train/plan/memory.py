@@ -30,9 +30,8 @@ from dataclasses import asdict, dataclass
 
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import num_params
-
 from cgpt.train.plan.batch import BatchSplit, feasible_micro_batches, split_batch
-from cgpt.train.plan.devices import GiB, Device
+from cgpt.train.plan.devices import Device, GiB
 
 FIXED_OVERHEAD = 2 * GiB
 FRAGMENTATION = 0.10
@@ -73,8 +72,9 @@ class MemoryEstimate:
         return {**asdict(self), "total": self.total}
 
 
-def state_bytes(n_params: int, zero_stage: int, data_parallel: int,
-                precision: str = "bf16") -> tuple[int, int, int]:
+def state_bytes(
+    n_params: int, zero_stage: int, data_parallel: int, precision: str = "bf16"
+) -> tuple[int, int, int]:
     """(weights, grads, optimizer) bytes per rank under a ZeRO stage."""
     if precision not in _STATE_BYTES:
         raise CgptError(f"unknown precision {precision!r}; use one of {', '.join(_STATE_BYTES)}")
@@ -82,13 +82,16 @@ def state_bytes(n_params: int, zero_stage: int, data_parallel: int,
         raise CgptError(f"ZeRO stage must be 0, 1, 2 or 3, got {zero_stage!r}")
     w, g, o = (b * n_params for b in _STATE_BYTES[precision])
     dp = data_parallel
-    return (w // dp if zero_stage >= 3 else w,
-            g // dp if zero_stage >= 2 else g,
-            o // dp if zero_stage >= 1 else o)
+    return (
+        w // dp if zero_stage >= 3 else w,
+        g // dp if zero_stage >= 2 else g,
+        o // dp if zero_stage >= 1 else o,
+    )
 
 
-def layer_activation_bytes(cfg, seq_len: int, micro_batch: int, act_bytes: int = 2,
-                           attention: str = "flash") -> int:
+def layer_activation_bytes(
+    cfg, seq_len: int, micro_batch: int, act_bytes: int = 2, attention: str = "flash"
+) -> int:
     """Bytes autograd keeps for one transformer block (no checkpointing)."""
     s, b, h, a = seq_len, micro_batch, cfg.n_embd, cfg.n_head
     f_ratio = (cfg.n_inner or 4 * h) / h  # GELU input/output are n_inner wide
@@ -107,10 +110,17 @@ def head_bytes(cfg, seq_len: int, micro_batch: int, act_bytes: int = 2) -> int:
     return int(s * b * (2 * h * act_bytes + 2 * 4))
 
 
-def estimate_memory(cfg, seq_len: int, micro_batch: int, zero_stage: int = 1,
-                    data_parallel: int = 1, activation_checkpointing: bool = False,
-                    precision: str = "bf16", attention: str = "flash",
-                    overhead: bool = True) -> MemoryEstimate:
+def estimate_memory(
+    cfg,
+    seq_len: int,
+    micro_batch: int,
+    zero_stage: int = 1,
+    data_parallel: int = 1,
+    activation_checkpointing: bool = False,
+    precision: str = "bf16",
+    attention: str = "flash",
+    overhead: bool = True,
+) -> MemoryEstimate:
     """Peak bytes per GPU for one training step of GPT(cfg).
 
     The peak is the larger of two moments: the loss (every kept activation, the (N, V)
@@ -141,8 +151,18 @@ def estimate_memory(cfg, seq_len: int, micro_batch: int, zero_stage: int = 1,
         acts, logits = kept + in_block, 0
     rest = w + g + o + acts + logits
     extra = int(FIXED_OVERHEAD + FRAGMENTATION * rest) if overhead else 0
-    return MemoryEstimate(w, g, o, int(acts), int(logits), extra, micro_batch, zero_stage,
-                          data_parallel, activation_checkpointing)
+    return MemoryEstimate(
+        w,
+        g,
+        o,
+        int(acts),
+        int(logits),
+        extra,
+        micro_batch,
+        zero_stage,
+        data_parallel,
+        activation_checkpointing,
+    )
 
 
 def fmt_bytes(n: float) -> str:
@@ -159,10 +179,18 @@ class Fitted:
         return self.splits[0].micro_batch
 
 
-def fit_micro_batch(cfg, seq_len: int, global_batches: list[int], gpus: int, device: Device,
-                    zero_stage: int = 1, activation_checkpointing: bool | None = None,
-                    micro_batch: int | None = None, precision: str = "bf16",
-                    memory_fraction: float = MEMORY_FRACTION) -> Fitted:
+def fit_micro_batch(
+    cfg,
+    seq_len: int,
+    global_batches: list[int],
+    gpus: int,
+    device: Device,
+    zero_stage: int = 1,
+    activation_checkpointing: bool | None = None,
+    micro_batch: int | None = None,
+    precision: str = "bf16",
+    memory_fraction: float = MEMORY_FRACTION,
+) -> Fitted:
     """The largest micro-batch that divides every phase's per-rank batch and fits.
 
     Without activation checkpointing when any micro-batch fits that way (it costs a
@@ -171,8 +199,9 @@ def fit_micro_batch(cfg, seq_len: int, global_batches: list[int], gpus: int, dev
     """
     for gb in global_batches:
         split_batch(gb, gpus, micro_batch or 1)  # raises with the nearest feasible choices
-    options = sorted(set.intersection(*(set(feasible_micro_batches(gb, gpus))
-                                         for gb in global_batches)))
+    options = sorted(
+        set.intersection(*(set(feasible_micro_batches(gb, gpus)) for gb in global_batches))
+    )
     if micro_batch is not None:
         options = [micro_batch]
     budget = memory_fraction * device.memory_bytes
@@ -183,35 +212,57 @@ def fit_micro_batch(cfg, seq_len: int, global_batches: list[int], gpus: int, dev
             if est.total <= budget:
                 splits = tuple(split_batch(gb, gpus, mb) for gb in global_batches)
                 return Fitted(splits, est)
-    raise CgptError(_no_fit_message(cfg, seq_len, global_batches, gpus, device, zero_stage,
-                                    options[0], modes[-1], precision, budget))
+    raise CgptError(
+        _no_fit_message(
+            cfg,
+            seq_len,
+            global_batches,
+            gpus,
+            device,
+            zero_stage,
+            options[0],
+            modes[-1],
+            precision,
+            budget,
+        )
+    )
 
 
 def _fits(cfg, seq_len, gpus, stage, mb, ac, precision, budget) -> bool:
     return estimate_memory(cfg, seq_len, mb, stage, gpus, ac, precision).total <= budget
 
 
-def _no_fit_message(cfg, seq_len, global_batches, gpus, device, zero_stage, mb, ac, precision,
-                    budget) -> str:
+def _no_fit_message(
+    cfg, seq_len, global_batches, gpus, device, zero_stage, mb, ac, precision, budget
+) -> str:
     need = estimate_memory(cfg, seq_len, mb, zero_stage, gpus, ac, precision).total
-    msg = (f"the model ({num_params(cfg):,} params) does not fit in {device.name} memory "
-           f"({fmt_bytes(budget)} usable of {fmt_bytes(device.memory_bytes)}) with {gpus} GPU(s) "
-           f"at ZeRO stage {zero_stage}, micro-batch {mb}"
-           f"{' with activation checkpointing' if ac else ''}: it needs {fmt_bytes(need)} per GPU")
+    msg = (
+        f"the model ({num_params(cfg):,} params) does not fit in {device.name} memory "
+        f"({fmt_bytes(budget)} usable of {fmt_bytes(device.memory_bytes)}) with {gpus} GPU(s) "
+        f"at ZeRO stage {zero_stage}, micro-batch {mb}"
+        f"{' with activation checkpointing' if ac else ''}: it needs {fmt_bytes(need)} per GPU"
+    )
     hints = []
     for stage in range(zero_stage + 1, 4):
         if _fits(cfg, seq_len, gpus, stage, mb, ac, precision, budget):
             hints.append(f"--zero-stage {stage} would fit")
             break
-    gcd_ranks = [r for r in range(gpus + 1, max(global_batches) + 1)
-                 if all(gb % r == 0 for gb in global_batches)]
+    gcd_ranks = [
+        r
+        for r in range(gpus + 1, max(global_batches) + 1)
+        if all(gb % r == 0 for gb in global_batches)
+    ]
     for stage in sorted({zero_stage, 3}):
-        more = next((r for r in gcd_ranks
-                     if _fits(cfg, seq_len, r, stage, 1, ac, precision, budget)), None)
+        more = next(
+            (r for r in gcd_ranks if _fits(cfg, seq_len, r, stage, 1, ac, precision, budget)), None
+        )
         if more:
             hints.append(f"{more} GPUs would fit at ZeRO stage {stage}")
             break
     if not ac:
         hints.append("activation checkpointing may help")
-    return msg + ("; " + "; ".join(hints) if hints else
-                  "; no ZeRO stage or GPU count that divides the batch fits it")
+    return msg + (
+        "; " + "; ".join(hints)
+        if hints
+        else "; no ZeRO stage or GPU count that divides the batch fits it"
+    )

@@ -64,19 +64,27 @@ MUP_SIZES: dict[str, MuPSize] = {
 
 
 def mup_config(base_width: int = BASE_WIDTH) -> MuPConfig:
-    return MuPConfig(base_width=base_width, embeddings_multiplier=EMBEDDINGS_MULTIPLIER,
-                     output_multiplier=OUTPUT_MULTIPLIER, attn_scale_by_d_head=True,
-                     base_init_std=BASE_INIT_STD)
+    return MuPConfig(
+        base_width=base_width,
+        embeddings_multiplier=EMBEDDINGS_MULTIPLIER,
+        output_multiplier=OUTPUT_MULTIPLIER,
+        attn_scale_by_d_head=True,
+        base_init_std=BASE_INIT_STD,
+    )
 
 
 def mup_recipe(n_embd: int, n_layer: int, base_width: int = BASE_WIDTH) -> dict:
     """The derived per-layer numbers (what the model and optimizer will do), for reports."""
     m = n_embd / base_width
     return {
-        "base_width": base_width, "width_mult": m, "base_lr": BASE_LR,
-        "base_min_lr": BASE_MIN_LR, "hidden_lr_scale": 1.0 / m,
+        "base_width": base_width,
+        "width_mult": m,
+        "base_lr": BASE_LR,
+        "base_min_lr": BASE_MIN_LR,
+        "hidden_lr_scale": 1.0 / m,
         "embeddings_multiplier": EMBEDDINGS_MULTIPLIER,
-        "logits_multiplier": OUTPUT_MULTIPLIER / m, "attention_scale": "1/d_head",
+        "logits_multiplier": OUTPUT_MULTIPLIER / m,
+        "attention_scale": "1/d_head",
         "init_std_embeddings": BASE_INIT_STD,
         "init_std_hidden": BASE_INIT_STD / math.sqrt(m),
         "init_std_out_proj": BASE_INIT_STD / math.sqrt(2 * m * n_layer),
@@ -96,29 +104,42 @@ def apply_mup(plan, base_width: int = BASE_WIDTH):
     if published:
         key = canonical_name(plan.name)
         if key not in MUP_SIZES:
-            raise CgptError(f"Cerebras-GPT-μP exists for {', '.join(MUP_SIZES)} only, not "
-                            f"{key}; for another size plan a custom shape with --layers/--width")
+            raise CgptError(
+                f"Cerebras-GPT-μP exists for {', '.join(MUP_SIZES)} only, not "
+                f"{key}; for another size plan a custom shape with --layers/--width"
+            )
         row = MUP_SIZES[key]
         decay = row.decay  # docs/REFERENCE.md, Cerebras-GPT-μP: linear/cosine
     else:
         decay = plan.decay
     if plan.model.n_embd < base_width:
-        raise CgptError(f"μP needs a width of at least the base width {base_width} (the tuned "
-                        f"proxy's d_model), got n_embd {plan.model.n_embd}; plan a wider model "
-                        f"or set a smaller base width")
+        raise CgptError(
+            f"μP needs a width of at least the base width {base_width} (the tuned "
+            f"proxy's d_model), got n_embd {plan.model.n_embd}; plan a wider model "
+            f"or set a smaller base width"
+        )
     model = replace(plan.model, mup=mup_config(base_width))
     phases = plan.batch_schedule
     if phases:
         phases = tuple(p.model_copy(update={"decay": decay}) for p in phases)
     recipe = mup_recipe(model.n_embd, model.n_layer, base_width)
-    note = (f"μP (docs/REFERENCE.md, Cerebras-GPT-μP): base LR {BASE_LR:g} -> {BASE_MIN_LR:g}, "
-            f"hidden matrices at LR/m with m = {recipe['width_mult']:g}, embeddings ×"
-            f"{EMBEDDINGS_MULTIPLIER:g}, logits ×1/m, attention /d_head; init stds "
-            f"{BASE_INIT_STD:g} / {recipe['init_std_hidden']:.4g} / "
-            f"{recipe['init_std_out_proj']:.4g} replace model.init_std and out_init_std")
-    return plan.replace(name=f"{plan.name}-mup", model=model, lr=BASE_LR, min_lr=BASE_MIN_LR,
-                   decay=decay, batch_schedule=phases, notes=plan.notes + (note,),
-                   extra={**plan.extra, "mup_recipe": recipe})
+    note = (
+        f"μP (docs/REFERENCE.md, Cerebras-GPT-μP): base LR {BASE_LR:g} -> {BASE_MIN_LR:g}, "
+        f"hidden matrices at LR/m with m = {recipe['width_mult']:g}, embeddings ×"
+        f"{EMBEDDINGS_MULTIPLIER:g}, logits ×1/m, attention /d_head; init stds "
+        f"{BASE_INIT_STD:g} / {recipe['init_std_hidden']:.4g} / "
+        f"{recipe['init_std_out_proj']:.4g} replace model.init_std and out_init_std"
+    )
+    return plan.replace(
+        name=f"{plan.name}-mup",
+        model=model,
+        lr=BASE_LR,
+        min_lr=BASE_MIN_LR,
+        decay=decay,
+        batch_schedule=phases,
+        notes=plan.notes + (note,),
+        extra={**plan.extra, "mup_recipe": recipe},
+    )
 
 
 def plan_published_mup(name: str):
@@ -136,9 +157,15 @@ def mup_run_config(name: str):
     from cgpt.train.plan.planner import CONFIG_DATA, CONFIG_GPU, CONFIG_GPUS, slug, with_cluster
 
     plan = with_cluster(plan_published_mup(name), CONFIG_GPUS, get_device(CONFIG_GPU))
-    return plan.to_run_config(CONFIG_DATA, runtime={
-        "out_dir": f"runs/{slug(name)}-mup",
-        "eval_every": 1000, "save_every": 1000, "log_every": 10})
+    return plan.to_run_config(
+        CONFIG_DATA,
+        runtime={
+            "out_dir": f"runs/{slug(name)}-mup",
+            "eval_every": 1000,
+            "save_every": 1000,
+            "log_every": 10,
+        },
+    )
 
 
 def config_path(folder: str | Path, name: str) -> Path:

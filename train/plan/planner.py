@@ -6,7 +6,7 @@ and ``plan_for_gpu_hours`` apply the rules fitted to that family (documented in 
 ``with_cluster`` adds the batch split, memory per GPU and wall-clock for a GPU count.
 A Plan is frozen: ``plan.replace(lr=...)`` gives a changed copy (cgpt.train.plan.mup does).
 
-    python -m cgpt.train.plan.planner --write-configs configs/   # regenerate configs/cerebras-gpt-*.yaml
+    python -m cgpt.train.plan.planner --write-configs configs/  # regenerate the shipped configs
 """
 
 from __future__ import annotations
@@ -17,14 +17,19 @@ from types import SimpleNamespace
 
 from cgpt.model.config import GPTConfig
 from cgpt.model.errors import CgptError
-from cgpt.model.sizes import (GPT2_VOCAB, PUBLISHED, canonical_name, flops_per_token_algorithmic,
-                              flops_per_token_mfu, num_params)
-
+from cgpt.model.sizes import (
+    GPT2_VOCAB,
+    PUBLISHED,
+    canonical_name,
+    flops_per_token_algorithmic,
+    flops_per_token_mfu,
+    num_params,
+)
+from cgpt.train.config import BatchPhase, DataSection, PlanSection, RunConfig, RuntimeSection
 from cgpt.train.plan import rules as R
 from cgpt.train.plan.batch import split_batch
 from cgpt.train.plan.devices import Device
 from cgpt.train.plan.memory import MemoryEstimate, fit_micro_batch
-from cgpt.train.config import BatchPhase, DataSection, PlanSection, RunConfig, RuntimeSection
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ class Plan:
             return getattr(self.section, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def replace(self, **changes) -> "Plan":
+    def replace(self, **changes) -> Plan:
         """A new Plan with fields of the plan or of its section changed."""
         own = {k: changes.pop(k) for k in list(changes) if k in self.__dataclass_fields__}
         model = own.pop("model", self.model)
@@ -80,8 +85,7 @@ class Plan:
         fields_ = {k: v for k, v in self.section.model_dump().items() if k not in _DERIVED}
         fields_["batch_schedule"] = self.section.batch_schedule
         fields_.update(changes)
-        return replace(self, section=_section(model, law, fields_), model=model,
-                                   law=law, **own)
+        return replace(self, section=_section(model, law, fields_), model=model, law=law, **own)
 
     # ---- derived numbers -------------------------------------------------------------
     @property
@@ -110,47 +114,86 @@ class Plan:
     def plan_section(self) -> PlanSection:
         return self.section
 
-    def to_run_config(self, data_path: str, tokenizer: str | None = None,
-                      runtime: dict | None = None) -> RunConfig:
+    def to_run_config(
+        self, data_path: str, tokenizer: str | None = None, runtime: dict | None = None
+    ) -> RunConfig:
         rt: dict = {"out_dir": f"runs/{slug(self.name)}"}
         if self.cluster:
-            rt.update(micro_batch=self.cluster.micro_batch, zero_stage=self.cluster.zero_stage,
-                      activation_checkpointing=self.cluster.activation_checkpointing)
+            rt.update(
+                micro_batch=self.cluster.micro_batch,
+                zero_stage=self.cluster.zero_stage,
+                activation_checkpointing=self.cluster.activation_checkpointing,
+            )
         rt.update(runtime or {})
-        return RunConfig(model=self.model, data=DataSection(path=data_path, tokenizer=tokenizer),
-                         plan=self.section, runtime=RuntimeSection(**rt))
+        return RunConfig(
+            model=self.model,
+            data=DataSection(path=data_path, tokenizer=tokenizer),
+            plan=self.section,
+            runtime=RuntimeSection(**rt),
+        )
 
     def to_json(self) -> dict:
         m = self.model
         d = {
-            "name": self.name, "source": self.source, "params": self.params,
-            "n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head,
-            "d_head": m.head_dim, "d_ffn": m.n_inner, "vocab_size": m.vocab_size,
-            "seq_len": self.seq_len, "out_init_std": m.out_init_std, "tokens": self.tokens,
-            "tokens_per_param": self.tokens / self.params, "steps": self.steps,
+            "name": self.name,
+            "source": self.source,
+            "params": self.params,
+            "n_layer": m.n_layer,
+            "n_embd": m.n_embd,
+            "n_head": m.n_head,
+            "d_head": m.head_dim,
+            "d_ffn": m.n_inner,
+            "vocab_size": m.vocab_size,
+            "seq_len": self.seq_len,
+            "out_init_std": m.out_init_std,
+            "tokens": self.tokens,
+            "tokens_per_param": self.tokens / self.params,
+            "steps": self.steps,
             "global_batch_seqs": self.global_batch_seqs,
-            "global_batch_tokens": self.global_batch_tokens, "lr": self.lr,
-            "min_lr": self.min_lr, "warmup_steps": self.warmup_steps, "decay": self.decay,
-            "decay_steps": self.decay_steps, "adam_betas": list(self.adam_betas),
-            "adam_eps": self.adam_eps, "weight_decay": self.weight_decay,
+            "global_batch_tokens": self.global_batch_tokens,
+            "lr": self.lr,
+            "min_lr": self.min_lr,
+            "warmup_steps": self.warmup_steps,
+            "decay": self.decay,
+            "decay_steps": self.decay_steps,
+            "adam_betas": list(self.adam_betas),
+            "adam_eps": self.adam_eps,
+            "weight_decay": self.weight_decay,
             "grad_clip": self.grad_clip,
-            "batch_schedule": ([p.model_dump() for p in self.batch_schedule]
-                               if self.batch_schedule else None),
-            "train_flops": float(self.train_flops), "train_flops_mfu": float(self.train_flops_mfu),
-            "predicted_loss": self.predicted_loss, "loss_law": {
-                "form": "paper", "a": self.law.a, "b": self.law.b, "c": self.law.c,
-                "source": self.law.source},
-            "mup": m.to_dict().get("mup"), "notes": list(self.notes), **self.extra,
+            "batch_schedule": (
+                [p.model_dump() for p in self.batch_schedule] if self.batch_schedule else None
+            ),
+            "train_flops": float(self.train_flops),
+            "train_flops_mfu": float(self.train_flops_mfu),
+            "predicted_loss": self.predicted_loss,
+            "loss_law": {
+                "form": "paper",
+                "a": self.law.a,
+                "b": self.law.b,
+                "c": self.law.c,
+                "source": self.law.source,
+            },
+            "mup": m.to_dict().get("mup"),
+            "notes": list(self.notes),
+            **self.extra,
         }
         c = self.cluster
         if c:
-            d.update(gpus=c.gpus, gpu=c.device.name, zero_stage=c.zero_stage, mfu=c.mfu,
-                     micro_batch=c.micro_batch, grad_accum=c.grad_accum[0],
-                     grad_accum_per_phase=list(c.grad_accum),
-                     activation_checkpointing=c.activation_checkpointing,
-                     memory_per_gpu_bytes=c.memory.total, memory=c.memory.to_dict(),
-                     device_memory_bytes=c.device.memory_bytes, hours=c.hours,
-                     gpu_hours=c.gpu_hours)
+            d.update(
+                gpus=c.gpus,
+                gpu=c.device.name,
+                zero_stage=c.zero_stage,
+                mfu=c.mfu,
+                micro_batch=c.micro_batch,
+                grad_accum=c.grad_accum[0],
+                grad_accum_per_phase=list(c.grad_accum),
+                activation_checkpointing=c.activation_checkpointing,
+                memory_per_gpu_bytes=c.memory.total,
+                memory=c.memory.to_dict(),
+                device_memory_bytes=c.device.memory_bytes,
+                hours=c.hours,
+                gpu_hours=c.gpu_hours,
+            )
         return d
 
 
@@ -159,21 +202,41 @@ def _section(model: GPTConfig, law: R.ScalingLaw, fields_: dict) -> PlanSection:
     params = num_params(model)
     flops = flops_per_token_algorithmic(model, fields_["seq_len"]) * fields_["tokens"]
     phases = fields_.get("batch_schedule")
-    return PlanSection(**{**fields_, "batch_schedule": list(phases) if phases else None},
-                       params=params, tokens_per_param=round(fields_["tokens"] / params, 4),
-                       train_flops=float(flops), predicted_loss=round(law.loss(flops), 4))
+    return PlanSection(
+        **{**fields_, "batch_schedule": list(phases) if phases else None},
+        params=params,
+        tokens_per_param=round(fields_["tokens"] / params, 4),
+        train_flops=float(flops),
+        predicted_loss=round(law.loss(flops), 4),
+    )
 
 
-def make_plan(name: str, model: GPTConfig, *, law: R.ScalingLaw | None = None,
-              source: str = "rules", target_tokens_per_param: float | None = None,
-              notes: tuple[str, ...] = (), **section_fields) -> Plan:
+def make_plan(
+    name: str,
+    model: GPTConfig,
+    *,
+    law: R.ScalingLaw | None = None,
+    source: str = "rules",
+    target_tokens_per_param: float | None = None,
+    notes: tuple[str, ...] = (),
+    **section_fields,
+) -> Plan:
     """A Plan from the plan-section numbers (PlanSection's fields and defaults)."""
     law = law or R.ScalingLaw()
     section = _section(model, law, {"name": name, **section_fields})
-    tpp = (target_tokens_per_param if target_tokens_per_param is not None
-           else section_fields["tokens"] / num_params(model))
-    return Plan(section=section, model=model, law=law, source=source,
-                target_tokens_per_param=tpp, notes=notes)
+    tpp = (
+        target_tokens_per_param
+        if target_tokens_per_param is not None
+        else section_fields["tokens"] / num_params(model)
+    )
+    return Plan(
+        section=section,
+        model=model,
+        law=law,
+        source=source,
+        target_tokens_per_param=tpp,
+        notes=notes,
+    )
 
 
 def slug(name: str) -> str:
@@ -188,67 +251,125 @@ def plan_published(name: str, law: R.ScalingLaw | None = None) -> Plan:
     cfg = GPTConfig.from_name(key)
     phases = None
     if r.phases:
-        phases = tuple(BatchPhase(global_batch_seqs=p.global_batch_seqs, steps=p.steps,
-                                  schedule_start_step=p.schedule_start_step,
-                                  warmup_steps=p.warmup_steps, decay_steps=p.decay_steps,
-                                  decay=r.decay) for p in r.phases)
+        phases = tuple(
+            BatchPhase(
+                global_batch_seqs=p.global_batch_seqs,
+                steps=p.steps,
+                schedule_start_step=p.schedule_start_step,
+                warmup_steps=p.warmup_steps,
+                decay_steps=p.decay_steps,
+                decay=r.decay,
+            )
+            for p in r.phases
+        )
         tokens = sum(p.steps * p.global_batch_seqs for p in r.phases) * R.SEQ_LEN
         decay_steps = r.phases[0].decay_steps
     else:
         tokens = r.steps * r.global_batch_seqs * R.SEQ_LEN
         decay_steps = r.steps - r.warmup_steps  # docs/REFERENCE.md, Training recipe
     notes = tuple(f"paper vs rules: {msg}" for (n, _), msg in R.DEVIATIONS.items() if n == key)
-    return make_plan(key, cfg, seq_len=R.SEQ_LEN, tokens=tokens, steps=r.steps,
-                     global_batch_seqs=r.global_batch_seqs, lr=r.lr,
-                     min_lr=round(r.lr * R.MIN_LR_FRACTION, 12), warmup_steps=r.warmup_steps,
-                     decay=r.decay, decay_steps=decay_steps, adam_eps=r.adam_eps,
-                     batch_schedule=phases, law=law, source="published", notes=notes)
+    return make_plan(
+        key,
+        cfg,
+        seq_len=R.SEQ_LEN,
+        tokens=tokens,
+        steps=r.steps,
+        global_batch_seqs=r.global_batch_seqs,
+        lr=r.lr,
+        min_lr=round(r.lr * R.MIN_LR_FRACTION, 12),
+        warmup_steps=r.warmup_steps,
+        decay=r.decay,
+        decay_steps=decay_steps,
+        adam_eps=r.adam_eps,
+        batch_schedule=phases,
+        law=law,
+        source="published",
+        notes=notes,
+    )
 
 
 # ---- rules -------------------------------------------------------------------------------
 def _check_positive(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise CgptError(f"{what} must be a positive number, got {value!r}")
     return value
 
 
-def plan_for_shape(n_layer: int, n_embd: int, n_head: int | None = None, *,
-                   tokens_per_param: float | None = None, law: R.ScalingLaw | None = None,
-                   seq_len: int = R.SEQ_LEN, vocab_size: int = GPT2_VOCAB,
-                   name: str | None = None, fit: R.Fit | None = None,
-                   global_batch_seqs: int | None = None, lr: float | None = None) -> Plan:
+def plan_for_shape(
+    n_layer: int,
+    n_embd: int,
+    n_head: int | None = None,
+    *,
+    tokens_per_param: float | None = None,
+    law: R.ScalingLaw | None = None,
+    seq_len: int = R.SEQ_LEN,
+    vocab_size: int = GPT2_VOCAB,
+    name: str | None = None,
+    fit: R.Fit | None = None,
+    global_batch_seqs: int | None = None,
+    lr: float | None = None,
+) -> Plan:
     """A model of this shape trained by the family's rules (plan_rules docstring)."""
     fit = fit or R.DEFAULT_FIT
-    tpp = _check_positive(tokens_per_param if tokens_per_param is not None
-                          else fit.tokens_per_param, "tokens per parameter")
-    for what, v in (("layers", n_layer), ("width", n_embd), ("seq_len", seq_len),
-                    ("vocab size", vocab_size)):
+    tpp = _check_positive(
+        tokens_per_param if tokens_per_param is not None else fit.tokens_per_param,
+        "tokens per parameter",
+    )
+    for what, v in (
+        ("layers", n_layer),
+        ("width", n_embd),
+        ("seq_len", seq_len),
+        ("vocab size", vocab_size),
+    ):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise CgptError(f"{what} must be a positive integer, got {v!r}")
     n_head = n_head or R.n_head_rule(n_embd)
-    probe = GPTConfig(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=seq_len,
-                      vocab_size=vocab_size)
+    probe = GPTConfig(
+        n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=seq_len, vocab_size=vocab_size
+    )
     params = num_params(probe)
     cfg = replace(probe, out_init_std=R.out_init_std_rule(params, n_layer))
     batch = global_batch_seqs or R.batch_seqs_rule(params, seq_len)
     batch_tokens = batch * seq_len
     steps = R.steps_rule(tpp * params, batch_tokens)
     if steps < 1:
-        raise CgptError(f"{tpp:g} tokens/param × {params:,} params is less than one batch of "
-                        f"{batch_tokens:,} tokens; raise --tokens-per-param or lower the batch")
+        raise CgptError(
+            f"{tpp:g} tokens/param × {params:,} params is less than one batch of "
+            f"{batch_tokens:,} tokens; raise --tokens-per-param or lower the batch"
+        )
     peak = lr or R.lr_rule(params)
     warmup = R.warmup_rule(batch_tokens, steps)
     label = name or f"{_short(params)}-L{n_layer}-d{n_embd}"
-    notes = tuple(f"published {p.name} shape; the paper's recipe differs: {msg}"
-                  for p in PUBLISHED.values() if (p.n_layer, p.n_embd) == (n_layer, n_embd)
-                  for (n, _), msg in R.DEVIATIONS.items() if n == p.name)
-    return make_plan(label, cfg, seq_len=seq_len, tokens=steps * batch_tokens,
-                     steps=steps, global_batch_seqs=batch, lr=peak,
-                     min_lr=float(f"{peak * R.MIN_LR_FRACTION:.3g}"), warmup_steps=warmup,
-                     decay=R.decay_rule(params), decay_steps=steps - warmup,
-                     adam_eps=R.adam_eps_rule(params), target_tokens_per_param=tpp,
-                     law=law or fit.law, source="rules", notes=notes)
+    notes = tuple(
+        f"published {p.name} shape; the paper's recipe differs: {msg}"
+        for p in PUBLISHED.values()
+        if (p.n_layer, p.n_embd) == (n_layer, n_embd)
+        for (n, _), msg in R.DEVIATIONS.items()
+        if n == p.name
+    )
+    return make_plan(
+        label,
+        cfg,
+        seq_len=seq_len,
+        tokens=steps * batch_tokens,
+        steps=steps,
+        global_batch_seqs=batch,
+        lr=peak,
+        min_lr=float(f"{peak * R.MIN_LR_FRACTION:.3g}"),
+        warmup_steps=warmup,
+        decay=R.decay_rule(params),
+        decay_steps=steps - warmup,
+        adam_eps=R.adam_eps_rule(params),
+        target_tokens_per_param=tpp,
+        law=law or fit.law,
+        source="rules",
+        notes=notes,
+    )
 
 
 def _short(n: float) -> str:
@@ -259,8 +380,13 @@ def _short(n: float) -> str:
 
 
 def _continuous_params(d: float, vocab: int, seq_len: int) -> float:
-    ns = SimpleNamespace(n_embd=d, n_layer=R.layers_for_width(d), vocab_size=vocab,
-                         n_positions=seq_len, n_inner=4 * d)
+    ns = SimpleNamespace(
+        n_embd=d,
+        n_layer=R.layers_for_width(d),
+        vocab_size=vocab,
+        n_positions=seq_len,
+        n_inner=4 * d,
+    )
     return num_params(ns)
 
 
@@ -272,8 +398,9 @@ def _bisect(f, target: float, lo: float, hi: float) -> float:
     return math.sqrt(lo * hi)
 
 
-def shape_for_params(params: float, vocab_size: int = GPT2_VOCAB,
-                     seq_len: int = R.SEQ_LEN) -> tuple[int, int, int]:
+def shape_for_params(
+    params: float, vocab_size: int = GPT2_VOCAB, seq_len: int = R.SEQ_LEN
+) -> tuple[int, int, int]:
     """(n_layer, n_embd, n_head) in the family's style with about `params` parameters.
 
     Width from the interpolated depth/width curve, rounded to the d_head grid; depth the
@@ -281,17 +408,28 @@ def shape_for_params(params: float, vocab_size: int = GPT2_VOCAB,
     """
     smallest = _continuous_params(64, vocab_size, seq_len)
     if params < smallest:
-        raise CgptError(f"{params:,.0f} parameters is below the smallest model in this family "
-                        f"(~{smallest:,.0f} at width 64 with vocab {vocab_size}); use "
-                        f"--layers/--width for tiny models")
+        raise CgptError(
+            f"{params:,.0f} parameters is below the smallest model in this family "
+            f"(~{smallest:,.0f} at width 64 with vocab {vocab_size}); use "
+            f"--layers/--width for tiny models"
+        )
     d = _bisect(lambda x: _continuous_params(x, vocab_size, seq_len), params, 64, 1e6)
     best = None
-    for grid_d in {max(64, math.floor(d / R.width_grid(d)) * R.width_grid(d)),
-                   math.ceil(d / R.width_grid(d)) * R.width_grid(d)}:
+    for grid_d in {
+        max(64, math.floor(d / R.width_grid(d)) * R.width_grid(d)),
+        math.ceil(d / R.width_grid(d)) * R.width_grid(d),
+    }:
         curve = R.layers_for_width(grid_d)
         for layers in {max(1, math.floor(curve)), max(1, math.ceil(curve))}:
-            n = num_params(SimpleNamespace(n_embd=grid_d, n_layer=layers, vocab_size=vocab_size,
-                                           n_positions=seq_len, n_inner=4 * grid_d))
+            n = num_params(
+                SimpleNamespace(
+                    n_embd=grid_d,
+                    n_layer=layers,
+                    vocab_size=vocab_size,
+                    n_positions=seq_len,
+                    n_inner=4 * grid_d,
+                )
+            )
             key = (abs(math.log(n / params)), abs(layers - curve))
             if best is None or key < best[0]:
                 best = (key, layers, grid_d)
@@ -299,40 +437,76 @@ def shape_for_params(params: float, vocab_size: int = GPT2_VOCAB,
     return layers, width, R.n_head_rule(width)
 
 
-def plan_for_params(params: float, tokens_per_param: float | None = None,
-                    law: R.ScalingLaw | None = None, *, seq_len: int = R.SEQ_LEN,
-                    vocab_size: int = GPT2_VOCAB, fit: R.Fit | None = None,
-                    name: str | None = None, **kw) -> Plan:
+def plan_for_params(
+    params: float,
+    tokens_per_param: float | None = None,
+    law: R.ScalingLaw | None = None,
+    *,
+    seq_len: int = R.SEQ_LEN,
+    vocab_size: int = GPT2_VOCAB,
+    fit: R.Fit | None = None,
+    name: str | None = None,
+    **kw,
+) -> Plan:
     """A compute-optimal plan for about `params` parameters (shape chosen by the rules)."""
     _check_positive(params, "parameter count")
     if tokens_per_param is not None:
         _check_positive(tokens_per_param, "tokens per parameter")
     layers, width, heads = shape_for_params(params, vocab_size, seq_len)
-    return plan_for_shape(layers, width, heads, tokens_per_param=tokens_per_param, law=law,
-                          seq_len=seq_len, vocab_size=vocab_size, fit=fit, name=name, **kw)
+    return plan_for_shape(
+        layers,
+        width,
+        heads,
+        tokens_per_param=tokens_per_param,
+        law=law,
+        seq_len=seq_len,
+        vocab_size=vocab_size,
+        fit=fit,
+        name=name,
+        **kw,
+    )
 
 
-def params_for_budget(flops: float, tokens_per_param: float, convention: str = "algorithmic",
-                      vocab_size: int = GPT2_VOCAB, seq_len: int = R.SEQ_LEN) -> float:
+def params_for_budget(
+    flops: float,
+    tokens_per_param: float,
+    convention: str = "algorithmic",
+    vocab_size: int = GPT2_VOCAB,
+    seq_len: int = R.SEQ_LEN,
+) -> float:
     """N such that the family's shape at N, trained on tpp·N tokens, costs `flops`."""
     per_token = {"algorithmic": flops_per_token_algorithmic, "mfu": flops_per_token_mfu}[convention]
 
     def cost(d: float) -> float:
-        ns = SimpleNamespace(n_embd=d, n_layer=R.layers_for_width(d), vocab_size=vocab_size,
-                             n_positions=seq_len, n_inner=4 * d)
+        ns = SimpleNamespace(
+            n_embd=d,
+            n_layer=R.layers_for_width(d),
+            vocab_size=vocab_size,
+            n_positions=seq_len,
+            n_inner=4 * d,
+        )
         return per_token(ns, seq_len) * tokens_per_param * num_params(ns)
 
     if flops < cost(64):
-        raise CgptError(f"a budget of {flops:.3g} FLOPs is below the smallest model in this "
-                        f"family ({cost(64):.3g} FLOPs at width 64); plan a shape with --layers/"
-                        f"--width instead")
+        raise CgptError(
+            f"a budget of {flops:.3g} FLOPs is below the smallest model in this "
+            f"family ({cost(64):.3g} FLOPs at width 64); plan a shape with --layers/"
+            f"--width instead"
+        )
     d = _bisect(cost, flops, 64, 1e6)
     return _continuous_params(d, vocab_size, seq_len)
 
 
-def plan_for_flops(flops: float, tokens_per_param: float | None = None,
-                   law: R.ScalingLaw | None = None, *, fit: R.Fit | None = None,
-                   seq_len: int = R.SEQ_LEN, vocab_size: int = GPT2_VOCAB, **kw) -> Plan:
+def plan_for_flops(
+    flops: float,
+    tokens_per_param: float | None = None,
+    law: R.ScalingLaw | None = None,
+    *,
+    fit: R.Fit | None = None,
+    seq_len: int = R.SEQ_LEN,
+    vocab_size: int = GPT2_VOCAB,
+    **kw,
+) -> Plan:
     """Compute-optimal plan for a training budget in algorithmic FLOPs (the paper's
     convention, the one its loss law uses): N and D = tpp·N grow together."""
     _check_positive(flops, "FLOP budget")
@@ -341,10 +515,18 @@ def plan_for_flops(flops: float, tokens_per_param: float | None = None,
     return plan_for_params(n, tpp, law, fit=fit, seq_len=seq_len, vocab_size=vocab_size, **kw)
 
 
-def plan_for_gpu_hours(gpu_hours: float, device: Device, mfu: float = 0.4,
-                       tokens_per_param: float | None = None, law: R.ScalingLaw | None = None,
-                       *, fit: R.Fit | None = None, seq_len: int = R.SEQ_LEN,
-                       vocab_size: int = GPT2_VOCAB, **kw) -> Plan:
+def plan_for_gpu_hours(
+    gpu_hours: float,
+    device: Device,
+    mfu: float = 0.4,
+    tokens_per_param: float | None = None,
+    law: R.ScalingLaw | None = None,
+    *,
+    fit: R.Fit | None = None,
+    seq_len: int = R.SEQ_LEN,
+    vocab_size: int = GPT2_VOCAB,
+    **kw,
+) -> Plan:
     """Compute-optimal plan for GPU-hours on `device` at `mfu`: hardware FLOPs
     C = hours·3600·peak·mfu in the MFU convention (6N + 12·L·T·d per token); the GPU count
     does not matter for the total."""
@@ -368,9 +550,15 @@ def _check_mfu(mfu: float) -> None:
 
 
 # ---- the cluster ---------------------------------------------------------------------------
-def with_cluster(plan: Plan, gpus: int, device: Device, zero_stage: int | None = None,
-                 mfu: float = 0.4, micro_batch: int | None = None,
-                 activation_checkpointing: bool | None = None) -> Plan:
+def with_cluster(
+    plan: Plan,
+    gpus: int,
+    device: Device,
+    zero_stage: int | None = None,
+    mfu: float = 0.4,
+    micro_batch: int | None = None,
+    activation_checkpointing: bool | None = None,
+) -> Plan:
     """Add the batch split, memory per GPU and time on `gpus` data-parallel `device`s.
     zero_stage None: the lowest of 1, 2, 3 that fits."""
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus <= 0:
@@ -382,18 +570,33 @@ def with_cluster(plan: Plan, gpus: int, device: Device, zero_stage: int | None =
     stages = [zero_stage] if zero_stage is not None else [1, 2, 3]
     for stage in stages:
         try:
-            fitted = fit_micro_batch(plan.model, plan.seq_len, batches, gpus, device, stage,
-                                     activation_checkpointing, micro_batch)
+            fitted = fit_micro_batch(
+                plan.model,
+                plan.seq_len,
+                batches,
+                gpus,
+                device,
+                stage,
+                activation_checkpointing,
+                micro_batch,
+            )
             break
         except CgptError:
             if stage == stages[-1]:
                 raise
     hours = plan.train_flops_mfu / (gpus * device.bf16_flops * mfu) / 3600
-    cluster = Cluster(gpus=gpus, device=device, zero_stage=fitted.memory.zero_stage, mfu=mfu,
-                      micro_batch=fitted.micro_batch,
-                      grad_accum=tuple(s.grad_accum for s in fitted.splits),
-                      activation_checkpointing=fitted.memory.activation_checkpointing,
-                      memory=fitted.memory, hours=hours, gpu_hours=hours * gpus)
+    cluster = Cluster(
+        gpus=gpus,
+        device=device,
+        zero_stage=fitted.memory.zero_stage,
+        mfu=mfu,
+        micro_batch=fitted.micro_batch,
+        grad_accum=tuple(s.grad_accum for s in fitted.splits),
+        activation_checkpointing=fitted.memory.activation_checkpointing,
+        memory=fitted.memory,
+        hours=hours,
+        gpu_hours=hours * gpus,
+    )
     return plan.replace(cluster=cluster)
 
 
@@ -445,8 +648,9 @@ def published_run_config(name: str) -> RunConfig:
     from cgpt.train.plan.devices import get_device
 
     plan = with_cluster(plan_published(name), CONFIG_GPUS, get_device(CONFIG_GPU))
-    return plan.to_run_config(CONFIG_DATA, runtime={"eval_every": 1000, "save_every": 1000,
-                                                     "log_every": 10})
+    return plan.to_run_config(
+        CONFIG_DATA, runtime={"eval_every": 1000, "save_every": 1000, "log_every": 10}
+    )
 
 
 CONFIG_HEADER = """\

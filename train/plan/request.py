@@ -60,18 +60,30 @@ class PlanRequest:
 
 def _check_range(value: float | None, limit: float, what: str) -> None:
     if value is not None and value > limit:
-        raise CgptError(f"{what} {value:.3g} is beyond any trainable model (limit {limit:.0e}); "
-                        "check the number and its suffix (400M, 1.3B, 1e21)")
+        raise CgptError(
+            f"{what} {value:.3g} is beyond any trainable model (limit {limit:.0e}); "
+            "check the number and its suffix (400M, 1.3B, 1e21)"
+        )
 
 
 def plan(req: PlanRequest) -> P.Plan:
     """The Plan a request asks for (CgptError names the conflicting or impossible input)."""
-    chosen = [n for n, v in (("SIZE", req.size), ("--params", req.params),
-                             ("--layers/--width", req.layers or req.width),
-                             ("--flops", req.flops), ("--gpu-hours", req.gpu_hours)) if v]
+    chosen = [
+        n
+        for n, v in (
+            ("SIZE", req.size),
+            ("--params", req.params),
+            ("--layers/--width", req.layers or req.width),
+            ("--flops", req.flops),
+            ("--gpu-hours", req.gpu_hours),
+        )
+        if v
+    ]
     if len(chosen) != 1:
-        raise CgptError("give exactly one of SIZE, --params, --layers/--width, --flops, "
-                        f"--gpu-hours{' (got ' + ', '.join(chosen) + ')' if chosen else ''}")
+        raise CgptError(
+            "give exactly one of SIZE, --params, --layers/--width, --flops, "
+            f"--gpu-hours{' (got ' + ', '.join(chosen) + ')' if chosen else ''}"
+        )
     _check_range(req.params, MAX_PARAMS, "a parameter count of")
     _check_range(req.flops, MAX_FLOPS, "a FLOP budget of")
     _check_range(req.gpu_hours, MAX_GPU_HOURS, "a budget of GPU-hours")
@@ -80,18 +92,27 @@ def plan(req: PlanRequest) -> P.Plan:
     for name, v in (("--batch-seqs", req.batch_seqs), ("--lr", req.lr)):
         if v is not None and not (v > 0 and math.isfinite(v)):
             raise CgptError(f"{name} must be positive, got {v}")
-    kw = dict(tokens_per_param=req.tokens_per_param, fit=fit, seq_len=req.seq_len,
-              vocab_size=req.vocab_size, global_batch_seqs=req.batch_seqs, lr=req.lr)
+    kw = dict(
+        tokens_per_param=req.tokens_per_param,
+        fit=fit,
+        seq_len=req.seq_len,
+        vocab_size=req.vocab_size,
+        global_batch_seqs=req.batch_seqs,
+        lr=req.lr,
+    )
     if req.size:
         if req.rules:
             base = P.plan_published(req.size)  # validates the name
-            plan_ = P.plan_for_shape(base.model.n_layer, base.model.n_embd,
-                                     name=base.name + "-rules", **kw)
+            plan_ = P.plan_for_shape(
+                base.model.n_layer, base.model.n_embd, name=base.name + "-rules", **kw
+            )
         else:
             plan_ = P.plan_published(req.size, law=fit.law if fit else None)
             if req.batch_seqs or req.lr or req.tokens_per_param:
-                raise CgptError("--batch-seqs/--lr/--tokens-per-param change a published recipe; "
-                                "add --rules to plan this size by the rules instead")
+                raise CgptError(
+                    "--batch-seqs/--lr/--tokens-per-param change a published recipe; "
+                    "add --rules to plan this size by the rules instead"
+                )
     elif req.params:
         plan_ = P.plan_for_params(req.params, **kw)
     elif req.layers or req.width:
@@ -114,8 +135,15 @@ def plan(req: PlanRequest) -> P.Plan:
     if gpus is not None:
         if device is None:
             raise CgptError("--gpus/--nodes need --gpu (e.g. --gpu h100) for memory and peak")
-        plan_ = P.with_cluster(plan_, gpus, device, req.zero_stage, req.mfu, req.micro_batch,
-                               req.activation_checkpointing)
+        plan_ = P.with_cluster(
+            plan_,
+            gpus,
+            device,
+            req.zero_stage,
+            req.mfu,
+            req.micro_batch,
+            req.activation_checkpointing,
+        )
     return plan_
 
 
@@ -124,12 +152,22 @@ def rebatch(plan_: P.Plan, gpus: int, lr: float | None = None) -> P.Plan:
     so the split works (a published batch is kept and an impossible split is refused)."""
     m, rule_batch = plan_.model, plan_.global_batch_seqs
     batch = max(gpus, round(rule_batch / gpus) * gpus)
-    new = P.plan_for_shape(m.n_layer, m.n_embd, m.n_head,
-                           tokens_per_param=plan_.target_tokens_per_param, law=plan_.law,
-                           seq_len=plan_.seq_len, vocab_size=m.vocab_size, name=plan_.name,
-                           global_batch_seqs=batch, lr=lr)
-    note = (f"global batch rounded from the rule's {rule_batch} to {batch} sequences, a "
-            f"multiple of {gpus} GPUs (set --batch-seqs to choose)")
+    new = P.plan_for_shape(
+        m.n_layer,
+        m.n_embd,
+        m.n_head,
+        tokens_per_param=plan_.target_tokens_per_param,
+        law=plan_.law,
+        seq_len=plan_.seq_len,
+        vocab_size=m.vocab_size,
+        name=plan_.name,
+        global_batch_seqs=batch,
+        lr=lr,
+    )
+    note = (
+        f"global batch rounded from the rule's {rule_batch} to {batch} sequences, a "
+        f"multiple of {gpus} GPUs (set --batch-seqs to choose)"
+    )
     return new.replace(notes=plan_.notes + (note,))
 
 

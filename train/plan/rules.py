@@ -101,10 +101,19 @@ RECIPES: dict[str, Recipe] = {
         # (= 57,000·720/1080), ending at counter 116,223 (116,054 decay steps after a
         # 169-step warmup). The LR is not continuous at the switch: the published run
         # restarted its schedule with the new phase's warmup/decay lengths.
-        Recipe("13B", 1.2e-4, 720, 57_000 + (116_223 - 38_000), 254, "cosine", 1e-9, phases=(
-            Phase(720, 57_000, 0, 254, 174_081),
-            Phase(1080, 116_223 - 38_000, 38_000, 169, 116_054),
-        )),
+        Recipe(
+            "13B",
+            1.2e-4,
+            720,
+            57_000 + (116_223 - 38_000),
+            254,
+            "cosine",
+            1e-9,
+            phases=(
+                Phase(720, 57_000, 0, 254, 174_081),
+                Phase(1080, 116_223 - 38_000, 38_000, 169, 116_054),
+            ),
+        ),
     ]
 }
 
@@ -123,12 +132,12 @@ DEVIATIONS: dict[tuple[str, str], str] = {
 # ---- rules -----------------------------------------------------------------------------
 def batch_seqs_rule(params: float, seq_len: int = SEQ_LEN) -> int:
     """Global batch in sequences: the fitted power law, rounded to a multiple of 8."""
-    tokens = BATCH_COEF * params ** BATCH_EXP
+    tokens = BATCH_COEF * params**BATCH_EXP
     return max(BATCH_MULTIPLE, BATCH_MULTIPLE * round(tokens / seq_len / BATCH_MULTIPLE))
 
 
 def lr_rule(params: float) -> float:
-    lr = LR_COEF * params ** LR_EXP
+    lr = LR_COEF * params**LR_EXP
     return float(f"{lr:.2g}")
 
 
@@ -236,8 +245,10 @@ def load_fit(path: str | Path) -> Fit:
     law, raw = ScalingLaw(), d.get("loss_law")
     if raw is not None:
         if not isinstance(raw, dict) or raw.get("form", "paper") != "paper":
-            raise CgptError(f"{p}: loss_law must be {{\"form\": \"paper\", \"a\", \"b\", \"c\"}} "
-                            f"(L(C) = (C/a)^-b + c), got {raw!r}")
+            raise CgptError(
+                f'{p}: loss_law must be {{"form": "paper", "a", "b", "c"}} '
+                f"(L(C) = (C/a)^-b + c), got {raw!r}"
+            )
         a, b = _positive(raw.get("a"), "loss_law.a", p), _positive(raw.get("b"), "loss_law.b", p)
         c = raw.get("c")
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:

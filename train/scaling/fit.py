@@ -22,7 +22,8 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from scipy import optimize, stats
@@ -65,6 +66,7 @@ def _finite(x: float) -> float | None:
 
 # ---- the paper's law L(C) = (C/a)^-b + c ----------------------------------------------------
 
+
 def _paper_model(lnc, ln_a, b, c):
     # parametrised in ln(a): a spans many decades and is strongly tied to b
     return np.exp(-b * (lnc - ln_a)) + c
@@ -85,47 +87,68 @@ def _fit_paper_once(lnc: np.ndarray, y: np.ndarray) -> tuple[float, float, float
         if best is None or sse < best[0]:
             best = (sse, ln_a, b, c)
     if best is None:
-        raise FitError("loss does not fall with compute over these points; the power law "
-                       "L(C) = (C/a)^-b + c cannot describe them")
+        raise FitError(
+            "loss does not fall with compute over these points; the power law "
+            "L(C) = (C/a)^-b + c cannot describe them"
+        )
     _, ln_a, b, c = best
     try:
         with warnings.catch_warnings():  # the covariance is not used (bootstrap instead)
             warnings.simplefilter("ignore", optimize.OptimizeWarning)
             (ln_a, b, c), _ = optimize.curve_fit(
-                _paper_model, lnc, y, p0=(ln_a, b, c), method="trf", maxfev=20000,
-                bounds=([-np.inf, 1e-6, 0.0], [np.inf, 10.0, y_min * (1 - 1e-9)]))
+                _paper_model,
+                lnc,
+                y,
+                p0=(ln_a, b, c),
+                method="trf",
+                maxfev=20000,
+                bounds=([-np.inf, 1e-6, 0.0], [np.inf, 10.0, y_min * (1 - 1e-9)]),
+            )
     except (RuntimeError, ValueError):
         pass  # keep the grid optimum
     return float(ln_a), float(b), float(c)
 
 
-def fit_paper_law(flops: Iterable[float], losses: Iterable[float], *, n_boot: int = 500,
-                  seed: int = 0) -> dict[str, Any]:
+def fit_paper_law(
+    flops: Iterable[float], losses: Iterable[float], *, n_boot: int = 500, seed: int = 0
+) -> dict[str, Any]:
     """Fit L(C) = (C/a)^(-b) + c; returns a, b, c, R², RMSE, residuals and a 95% interval
     per parameter from a residual bootstrap (fixed FLOPs, resampled residuals)."""
     x = np.asarray(list(flops), dtype=float)
     y = np.asarray(list(losses), dtype=float)
     if len(x) < MIN_PAPER_POINTS:
-        raise FitError("the law L(C) = (C/a)^-b + c "
-                       + _more(MIN_PAPER_POINTS, len(x), "frontier points with a finite loss"))
+        raise FitError(
+            "the law L(C) = (C/a)^-b + c "
+            + _more(MIN_PAPER_POINTS, len(x), "frontier points with a finite loss")
+        )
     if len(set(x.tolist())) < MIN_PAPER_POINTS:
-        raise FitError(f"the law L(C) = (C/a)^-b + c needs {MIN_PAPER_POINTS} distinct compute "
-                       f"values; these points have {len(set(x.tolist()))}")
+        raise FitError(
+            f"the law L(C) = (C/a)^-b + c needs {MIN_PAPER_POINTS} distinct compute "
+            f"values; these points have {len(set(x.tolist()))}"
+        )
     lnc = np.log(x)
     ln_a, b, c = _fit_paper_once(lnc, y)
     yhat = _paper_model(lnc, ln_a, b, c)
     resid = y - yhat
     dof = len(y) - 3
     out: dict[str, Any] = {
-        "form": "paper", "a": math.exp(ln_a), "b": b, "c": c,
-        "r2": _finite(_r2(y, yhat)), "rmse": float(np.sqrt(np.mean(resid ** 2))),
+        "form": "paper",
+        "a": math.exp(ln_a),
+        "b": b,
+        "c": c,
+        "r2": _finite(_r2(y, yhat)),
+        "rmse": float(np.sqrt(np.mean(resid**2))),
         "max_abs_residual": float(np.max(np.abs(resid))),
-        "residuals": [float(r) for r in resid], "n_points": int(len(y)), "dof": dof,
+        "residuals": [float(r) for r in resid],
+        "n_points": int(len(y)),
+        "dof": dof,
         "ci95": None,
     }
     if dof <= 0:
-        out["note"] = "as many parameters as points: the curve passes through every point, " \
-                      "so R² and intervals say nothing; add points"
+        out["note"] = (
+            "as many parameters as points: the curve passes through every point, "
+            "so R² and intervals say nothing; add points"
+        )
         return out
     rng = np.random.default_rng(seed)
     scale = math.sqrt(len(y) / dof)  # residuals of a fit understate the noise
@@ -141,8 +164,12 @@ def fit_paper_law(flops: Iterable[float], losses: Iterable[float], *, n_boot: in
     if len(draws) >= 20:
         d = np.array(draws)
         lo, hi = np.percentile(d, [2.5, 97.5], axis=0)
-        out["ci95"] = {"a": [math.exp(lo[0]), math.exp(hi[0])], "b": [lo[1], hi[1]],
-                       "c": [lo[2], hi[2]], "n_boot": len(draws)}
+        out["ci95"] = {
+            "a": [math.exp(lo[0]), math.exp(hi[0])],
+            "b": [lo[1], hi[1]],
+            "c": [lo[2], hi[2]],
+            "n_boot": len(draws),
+        }
     return out
 
 
@@ -151,15 +178,20 @@ def monotonic_report(flops: list[float], losses: list[float]) -> dict[str, Any]:
     order = np.argsort(flops)
     f = [float(flops[i]) for i in order]
     y = [float(losses[i]) for i in order]
-    breaks = [{"flops": [f[i], f[i + 1]], "loss": [y[i], y[i + 1]]}
-              for i in range(len(y) - 1) if not y[i + 1] < y[i]]
+    breaks = [
+        {"flops": [f[i], f[i + 1]], "loss": [y[i], y[i + 1]]}
+        for i in range(len(y) - 1)
+        if not y[i + 1] < y[i]
+    ]
     return {"monotonic": not breaks, "violations": breaks}
 
 
 # ---- Chinchilla approach 2: IsoFLOP parabolas ----------------------------------------------
 
-def fit_isoflop_budget(params: list[float], tokens: list[float], losses: list[float],
-                       window: int = PARABOLA_WINDOW) -> dict:
+
+def fit_isoflop_budget(
+    params: list[float], tokens: list[float], losses: list[float], window: int = PARABOLA_WINDOW
+) -> dict:
     """Parabola of loss in log10(params) for one budget; optimum N, D and loss there.
 
     The parabola is fitted to the best measured size and its ``window`` neighbours on each
@@ -178,17 +210,25 @@ def fit_isoflop_budget(params: list[float], tokens: list[float], losses: list[fl
     if len(set(lx[lo:hi])) >= MIN_SIZES_PER_BUDGET:
         lx, ld, y = lx[lo:hi], ld[lo:hi], y[lo:hi]
     coef = np.polyfit(lx, y, 2)
-    out = {"parabola": [float(v) for v in coef], "r2": _finite(_r2(y, np.polyval(coef, lx))),
-           "n_points": len(y)}
+    out = {
+        "parabola": [float(v) for v in coef],
+        "r2": _finite(_r2(y, np.polyval(coef, lx))),
+        "n_points": len(y),
+    }
     if coef[0] <= 0:
-        raise FitError("its losses do not curve upward in log-params (no interior minimum); "
-                       "add smaller and larger sizes around the best one")
+        raise FitError(
+            "its losses do not curve upward in log-params (no interior minimum); "
+            "add smaller and larger sizes around the best one"
+        )
     x_opt = -coef[1] / (2 * coef[0])
     # tokens at the optimum: log D is close to linear in log N at fixed compute
     d_line = np.polyfit(lx, ld, 1)
-    out.update(n_opt=float(10 ** x_opt), d_opt=float(10 ** np.polyval(d_line, x_opt)),
-               loss_opt=float(np.polyval(coef, x_opt)),
-               bracketed=bool(lx.min() <= x_opt <= lx.max()))
+    out.update(
+        n_opt=float(10**x_opt),
+        d_opt=float(10 ** np.polyval(d_line, x_opt)),
+        loss_opt=float(np.polyval(coef, x_opt)),
+        bracketed=bool(lx.min() <= x_opt <= lx.max()),
+    )
     out["tokens_per_param"] = out["d_opt"] / out["n_opt"]
     return out
 
@@ -196,9 +236,12 @@ def fit_isoflop_budget(params: list[float], tokens: list[float], losses: list[fl
 def _power_law(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """y = k·x^e fitted in log-log space, with the slope's standard error."""
     res = stats.linregress(np.log10(x), np.log10(y))
-    out = {"exponent": float(res.slope), "coefficient": float(10 ** res.intercept),
-           "r2": _finite(res.rvalue ** 2) if len(x) > 2 else None,
-           "exponent_stderr": _finite(res.stderr) if len(x) > 2 else None}
+    out = {
+        "exponent": float(res.slope),
+        "coefficient": float(10**res.intercept),
+        "r2": _finite(res.rvalue**2) if len(x) > 2 else None,
+        "exponent_stderr": _finite(res.stderr) if len(x) > 2 else None,
+    }
     return out
 
 
@@ -208,8 +251,9 @@ def fit_isoflop(groups: dict[float, list[dict]]) -> dict[str, Any]:
     for c in sorted(groups):
         pts = groups[c]
         try:
-            fit = fit_isoflop_budget([p["params"] for p in pts], [p["tokens"] for p in pts],
-                                     [p["loss"] for p in pts])
+            fit = fit_isoflop_budget(
+                [p["params"] for p in pts], [p["tokens"] for p in pts], [p["loss"] for p in pts]
+            )
         except FitError as e:
             skipped.append({"budget": c, "reason": f"budget {c:.3g}: {e}"})
             continue
@@ -217,33 +261,43 @@ def fit_isoflop(groups: dict[float, list[dict]]) -> dict[str, Any]:
     out: dict[str, Any] = {"budgets": budgets, "skipped": skipped, "warnings": []}
     for b in budgets:
         if not b["bracketed"]:
-            out["warnings"].append(f"budget {b['budget']:.3g}: the optimum lies outside the "
-                                   "sizes tried (extrapolated); add sizes on that side")
+            out["warnings"].append(
+                f"budget {b['budget']:.3g}: the optimum lies outside the "
+                "sizes tried (extrapolated); add sizes on that side"
+            )
     if len(budgets) < 2:
-        raise FitError("the IsoFLOP power laws " + _more(2, len(budgets), "budgets with a "
-                       "fitted optimum") + ("; " + "; ".join(s["reason"] for s in skipped)
-                                             if skipped else ""))
+        raise FitError(
+            "the IsoFLOP power laws "
+            + _more(2, len(budgets), "budgets with a fitted optimum")
+            + ("; " + "; ".join(s["reason"] for s in skipped) if skipped else "")
+        )
     c = np.array([b["budget"] for b in budgets])
     n_law = _power_law(c, np.array([b["n_opt"] for b in budgets]))
     d_law = _power_law(c, np.array([b["d_opt"] for b in budgets]))
     tpp = np.array([b["tokens_per_param"] for b in budgets])
     out.update(
-        alpha=n_law["exponent"], beta=d_law["exponent"], n_opt_law=n_law, d_opt_law=d_law,
+        alpha=n_law["exponent"],
+        beta=d_law["exponent"],
+        n_opt_law=n_law,
+        d_opt_law=d_law,
         # the planner takes one number: the geometric mean over the budgets measured; the
         # trend D/N ∝ C^(β-α) is recorded beside it for extrapolation
         tokens_per_param=float(np.exp(np.mean(np.log(tpp)))),
         tokens_per_param_range=[float(tpp.min()), float(tpp.max())],
-        tokens_per_param_law={"coefficient": d_law["coefficient"] / n_law["coefficient"],
-                              "exponent": d_law["exponent"] - n_law["exponent"]},
+        tokens_per_param_law={
+            "coefficient": d_law["coefficient"] / n_law["coefficient"],
+            "exponent": d_law["exponent"] - n_law["exponent"],
+        },
     )
     return out
 
 
 # ---- Chinchilla approach 3: L(N, D) = E + A/N^α + B/D^β -----------------------------------
 
+
 def _huber(r: np.ndarray, delta: float = 1e-3) -> np.ndarray:
     a = np.abs(r)
-    return np.where(a <= delta, 0.5 * r ** 2, delta * (a - 0.5 * delta))
+    return np.where(a <= delta, 0.5 * r**2, delta * (a - 0.5 * delta))
 
 
 def _chin_objective(theta, ln_n, ln_d, ln_l, delta=1e-3):
@@ -255,8 +309,15 @@ def _chin_objective(theta, ln_n, ln_d, ln_l, delta=1e-3):
     r = pred - ln_l
     w = np.exp(u - pred)  # softmax weights: d pred / d u_i
     h = np.clip(r, -delta, delta)  # Huber derivative
-    grad = np.array([np.sum(h * w[0]), np.sum(h * w[1]), np.sum(h * w[2]),
-                     -np.sum(h * w[0] * ln_n), -np.sum(h * w[1] * ln_d)])
+    grad = np.array(
+        [
+            np.sum(h * w[0]),
+            np.sum(h * w[1]),
+            np.sum(h * w[2]),
+            -np.sum(h * w[0] * ln_n),
+            -np.sum(h * w[1] * ln_d),
+        ]
+    )
     return float(np.sum(_huber(r, delta))), grad
 
 
@@ -265,8 +326,14 @@ def _chin_minimize(starts, ln_n, ln_d, ln_l):
     # multi-threaded BLAS calls on 5-vectors and is ~50x slower on a busy machine (measured)
     best = None
     for x0 in starts:
-        r = optimize.minimize(_chin_objective, x0, args=(ln_n, ln_d, ln_l), jac=True,
-                              method="BFGS", options={"gtol": 1e-12})  # Huber grads are tiny
+        r = optimize.minimize(
+            _chin_objective,
+            x0,
+            args=(ln_n, ln_d, ln_l),
+            jac=True,
+            method="BFGS",
+            options={"gtol": 1e-12},
+        )  # Huber grads are tiny
         if best is None or r.fun < best.fun:
             best = r
     return best.x
@@ -281,13 +348,16 @@ def fit_chinchilla(params, tokens, losses, *, n_boot: int = 100, seed: int = 0) 
     grid of starts; 95% intervals from a bootstrap over points."""
     n, d, y = (np.asarray(v, dtype=float) for v in (params, tokens, losses))
     if len(y) < MIN_CHINCHILLA_POINTS:
-        raise FitError("L(N, D) = E + A/N^α + B/D^β " + _more(MIN_CHINCHILLA_POINTS, len(y),
-                                                            "points"))
+        raise FitError(
+            "L(N, D) = E + A/N^α + B/D^β " + _more(MIN_CHINCHILLA_POINTS, len(y), "points")
+        )
     ratio = d / n
     if ratio.max() / ratio.min() < 1.5:
-        raise FitError("L(N, D) needs points at different tokens-per-parameter ratios; at one "
-                       "ratio N and D move together and A/N^α cannot be told from B/D^β "
-                       "(run an IsoFLOP sweep)")
+        raise FitError(
+            "L(N, D) needs points at different tokens-per-parameter ratios; at one "
+            "ratio N and D move together and A/N^α cannot be told from B/D^β "
+            "(run an IsoFLOP sweep)"
+        )
     ln_n, ln_d, ln_l = np.log(n), np.log(d), np.log(y)
     e0 = [math.log(y.min() * f) for f in (0.2, 0.5, 0.8)]
     # a coarse version of Hoffmann et al.'s grid of starts (tight tolerances make nearby
@@ -297,9 +367,17 @@ def fit_chinchilla(params, tokens, losses, *, n_boot: int = 100, seed: int = 0) 
     A, B, E = (math.exp(v) for v in theta[:3])  # theta = (ln A, ln B, ln E, α, β)
     alpha, beta = float(theta[3]), float(theta[4])
     yhat = chinchilla_loss(n, d, E, A, B, alpha, beta)
-    out = {"E": E, "A": A, "B": B, "alpha": alpha, "beta": beta,
-           "r2": _finite(_r2(y, yhat)), "rmse": float(np.sqrt(np.mean((y - yhat) ** 2))),
-           "n_points": int(len(y)), "ci95": None}
+    out = {
+        "E": E,
+        "A": A,
+        "B": B,
+        "alpha": alpha,
+        "beta": beta,
+        "r2": _finite(_r2(y, yhat)),
+        "rmse": float(np.sqrt(np.mean((y - yhat) ** 2))),
+        "n_points": int(len(y)),
+        "ci95": None,
+    }
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(n_boot):
@@ -310,10 +388,14 @@ def fit_chinchilla(params, tokens, losses, *, n_boot: int = 100, seed: int = 0) 
     if len(draws) >= 20:
         dr = np.array(draws)
         lo, hi = np.percentile(dr, [2.5, 97.5], axis=0)
-        out["ci95"] = {"E": [math.exp(lo[2]), math.exp(hi[2])],
-                       "A": [math.exp(lo[0]), math.exp(hi[0])],
-                       "B": [math.exp(lo[1]), math.exp(hi[1])],
-                       "alpha": [lo[3], hi[3]], "beta": [lo[4], hi[4]], "n_boot": len(draws)}
+        out["ci95"] = {
+            "E": [math.exp(lo[2]), math.exp(hi[2])],
+            "A": [math.exp(lo[0]), math.exp(hi[0])],
+            "B": [math.exp(lo[1]), math.exp(hi[1])],
+            "alpha": [lo[3], hi[3]],
+            "beta": [lo[4], hi[4]],
+            "n_boot": len(draws),
+        }
     # compute-optimal split under C ≈ 6·N·D (Hoffmann et al. eq. 4)
     if alpha > 0 and beta > 0:
         g = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
@@ -333,14 +415,19 @@ def chinchilla_tokens_per_param(fit: dict, flops: float) -> float | None:
 
 # ---- putting it together ----------------------------------------------------------------------
 
+
 def usable_points(records: list[dict]) -> tuple[list[dict], list[dict]]:
     """Split result records into fit-able points and excluded ones (with reasons)."""
     keep, excluded = [], []
     for r in records:
         loss = r.get("val_loss")
         if r.get("status") != "ok":
-            excluded.append({"name": r.get("name"), "reason": f"status {r.get('status')}: "
-                             f"{r.get('reason', 'no reason recorded')}"})
+            excluded.append(
+                {
+                    "name": r.get("name"),
+                    "reason": f"status {r.get('status')}: {r.get('reason', 'no reason recorded')}",
+                }
+            )
         elif loss is None or not math.isfinite(float(loss)):
             excluded.append({"name": r.get("name"), "reason": f"val_loss is {loss}"})
         else:
@@ -355,17 +442,33 @@ def _isoflop_frontier(groups: dict[float, list[dict]], fitted: list[dict]) -> li
     frontier = []
     for c, pts in sorted(groups.items()):
         if c in opt:
-            frontier.append({"name": f"budget {c:.3g} (parabola optimum)", "flops": c,
-                             "loss": opt[c]["loss_opt"]})
+            frontier.append(
+                {
+                    "name": f"budget {c:.3g} (parabola optimum)",
+                    "flops": c,
+                    "loss": opt[c]["loss_opt"],
+                }
+            )
         else:
             best = min(pts, key=lambda p: p["loss"])
-            frontier.append({"name": f"budget {c:.3g} (best measured: {best.get('name')})",
-                             "flops": c, "loss": best["loss"]})
+            frontier.append(
+                {
+                    "name": f"budget {c:.3g} (best measured: {best.get('name')})",
+                    "flops": c,
+                    "loss": best["loss"],
+                }
+            )
     return frontier
 
 
-def fit_results(records: list[dict], *, kind: str, tokens_per_param: float | None = None,
-                n_boot: int = 500, seed: int = 0) -> dict[str, Any]:
+def fit_results(
+    records: list[dict],
+    *,
+    kind: str,
+    tokens_per_param: float | None = None,
+    n_boot: int = 500,
+    seed: int = 0,
+) -> dict[str, Any]:
     """All fits for one sweep's result records -> the fit.json dict.
 
     ``kind`` is "tokens_per_param" (every point at one ratio, the Cerebras way: every point
@@ -373,12 +476,20 @@ def fit_results(records: list[dict], *, kind: str, tokens_per_param: float | Non
     ``tokens_per_param`` and ``loss_law`` are what ``cgpt plan --fit`` reads.
     """
     points, excluded = usable_points(records)
-    out: dict[str, Any] = {"version": 1, "kind": kind, "flops_convention": FLOPS_CONVENTION,
-                           "excluded": excluded, "warnings": [], "tokens_per_param": None,
-                           "tokens_per_param_source": None, "loss_law": None}
+    out: dict[str, Any] = {
+        "version": 1,
+        "kind": kind,
+        "flops_convention": FLOPS_CONVENTION,
+        "excluded": excluded,
+        "warnings": [],
+        "tokens_per_param": None,
+        "tokens_per_param_source": None,
+        "loss_law": None,
+    }
     if excluded:
-        out["warnings"].append("excluded from the fits: " + "; ".join(
-            f"{e['name']} ({e['reason']})" for e in excluded))
+        out["warnings"].append(
+            "excluded from the fits: " + "; ".join(f"{e['name']} ({e['reason']})" for e in excluded)
+        )
     frontier = []
     if kind == "isoflop":
         groups: dict[float, list[dict]] = {}
@@ -395,26 +506,33 @@ def fit_results(records: list[dict], *, kind: str, tokens_per_param: float | Non
             out["warnings"].append(f"IsoFLOP: {e}")
         frontier = _isoflop_frontier(groups, iso["budgets"])
     else:
-        frontier = [{"name": p["name"], "flops": float(p["flops"]), "loss": p["loss"]}
-                    for p in points]
+        frontier = [
+            {"name": p["name"], "flops": float(p["flops"]), "loss": p["loss"]} for p in points
+        ]
         out["tokens_per_param"] = tokens_per_param
         out["tokens_per_param_source"] = "assumed: the sweep's fixed ratio (not measured)"
     frontier.sort(key=lambda f: f["flops"])
     try:
-        law = fit_paper_law([f["flops"] for f in frontier], [f["loss"] for f in frontier],
-                            n_boot=n_boot, seed=seed)
+        law = fit_paper_law(
+            [f["flops"] for f in frontier], [f["loss"] for f in frontier], n_boot=n_boot, seed=seed
+        )
         law["frontier"] = frontier
-        law.update(monotonic_report([f["flops"] for f in frontier],
-                                    [f["loss"] for f in frontier]))
+        law.update(monotonic_report([f["flops"] for f in frontier], [f["loss"] for f in frontier]))
         out["loss_law"] = law
     except FitError as e:
         out["loss_law_error"] = str(e)
     try:
-        ch = fit_chinchilla([p["params"] for p in points], [p["tokens"] for p in points],
-                            [p["loss"] for p in points], seed=seed)
+        ch = fit_chinchilla(
+            [p["params"] for p in points],
+            [p["tokens"] for p in points],
+            [p["loss"] for p in points],
+            seed=seed,
+        )
         mid = float(np.exp(np.mean(np.log([p["flops"] for p in points]))))
-        ch["tokens_per_param_at"] = {"flops": mid,
-                                     "tokens_per_param": chinchilla_tokens_per_param(ch, mid)}
+        ch["tokens_per_param_at"] = {
+            "flops": mid,
+            "tokens_per_param": chinchilla_tokens_per_param(ch, mid),
+        }
         out["chinchilla"] = ch
     except FitError as e:
         out["chinchilla"] = {"skipped": str(e)}

@@ -34,8 +34,9 @@ def _law_label(law: dict) -> str:
 
 def _law_stats(law: dict) -> str:
     r2 = law.get("r2")
-    return (f"R² = {r2:.4f}" if r2 is not None else "R² undefined") + \
-        f", RMSE = {law['rmse']:.4f} nats, {law['n_points']} points"
+    return (
+        f"R² = {r2:.4f}" if r2 is not None else "R² undefined"
+    ) + f", RMSE = {law['rmse']:.4f} nats, {law['n_points']} points"
 
 
 def plot_scaling(points: list[dict], fit: dict, path: str | os.PathLike, title: str = "") -> None:
@@ -48,24 +49,57 @@ def plot_scaling(points: list[dict], fit: dict, path: str | os.PathLike, title: 
     if budgets:
         for i, b in enumerate(budgets):
             pts = [p for p in points if p.get("budget") == b]
-            ax.scatter([p["flops"] for p in pts], [p["loss"] for p in pts], s=28, alpha=0.75,
-                       color=cmap(i / max(1, len(budgets) - 1)), label=f"budget {b:.2g} FLOPs")
+            ax.scatter(
+                [p["flops"] for p in pts],
+                [p["loss"] for p in pts],
+                s=28,
+                alpha=0.75,
+                color=cmap(i / max(1, len(budgets) - 1)),
+                label=f"budget {b:.2g} FLOPs",
+            )
     else:
-        ax.scatter([p["flops"] for p in points], [p["loss"] for p in points], s=40,
-                   color="tab:blue", zorder=3, label="sweep points (final val loss)")
+        ax.scatter(
+            [p["flops"] for p in points],
+            [p["loss"] for p in points],
+            s=40,
+            color="tab:blue",
+            zorder=3,
+            label="sweep points (final val loss)",
+        )
         for p in points:
-            ax.annotate(p["name"], (p["flops"], p["loss"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7, color="0.35")
+            ax.annotate(
+                p["name"],
+                (p["flops"], p["loss"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+                color="0.35",
+            )
     law = fit.get("loss_law")
     if law:
         fr = law["frontier"]
         if budgets:
-            ax.scatter([f["flops"] for f in fr], [f["loss"] for f in fr], marker="*", s=160,
-                       color="tab:red", zorder=4, label="frontier: per-budget optimum")
-        xs = np.logspace(np.log10(min(f["flops"] for f in fr)) - 0.3,
-                         np.log10(max(f["flops"] for f in fr)) + 0.3, 200)
-        ax.plot(xs, paper_law(xs, law["a"], law["b"], law["c"]), color="tab:red", lw=1.6,
-                label=_law_label(law))
+            ax.scatter(
+                [f["flops"] for f in fr],
+                [f["loss"] for f in fr],
+                marker="*",
+                s=160,
+                color="tab:red",
+                zorder=4,
+                label="frontier: per-budget optimum",
+            )
+        xs = np.logspace(
+            np.log10(min(f["flops"] for f in fr)) - 0.3,
+            np.log10(max(f["flops"] for f in fr)) + 0.3,
+            200,
+        )
+        ax.plot(
+            xs,
+            paper_law(xs, law["a"], law["b"], law["c"]),
+            color="tab:red",
+            lw=1.6,
+            label=_law_label(law),
+        )
         ax.plot([], [], " ", label=_law_stats(law))
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -78,8 +112,7 @@ def plot_scaling(points: list[dict], fit: dict, path: str | os.PathLike, title: 
     _save(fig, path)
 
 
-def plot_isoflop(points: list[dict], fit: dict, path: str | os.PathLike,
-                 title: str = "") -> None:
+def plot_isoflop(points: list[dict], fit: dict, path: str | os.PathLike, title: str = "") -> None:
     """Left: loss against params per budget with the fitted parabolas and optima. Right: the
     optimal params and tokens against compute with the fitted power laws."""
     iso = fit.get("isoflop") or {}
@@ -91,14 +124,21 @@ def plot_isoflop(points: list[dict], fit: dict, path: str | os.PathLike,
     for i, c in enumerate(budgets):
         col = cmap(i / max(1, len(budgets) - 1))
         pts = sorted((p for p in points if p["budget"] == c), key=lambda p: p["params"])
-        ax.scatter([p["params"] for p in pts], [p["loss"] for p in pts], color=col,
-                   label=f"C = {c:.2g} FLOPs")
+        ax.scatter(
+            [p["params"] for p in pts],
+            [p["loss"] for p in pts],
+            color=col,
+            label=f"C = {c:.2g} FLOPs",
+        )
         if c in fitted:
             b = fitted[c]
-            lx = np.linspace(np.log10(pts[0]["params"]) - 0.1, np.log10(pts[-1]["params"]) + 0.1, 100)
-            ax.plot(10 ** lx, np.polyval(b["parabola"], lx), color=col, lw=1.2)
-            ax.scatter([b["n_opt"]], [b["loss_opt"]], marker="*", s=170, color=col,
-                       edgecolor="k", zorder=4)
+            lx = np.linspace(
+                np.log10(pts[0]["params"]) - 0.1, np.log10(pts[-1]["params"]) + 0.1, 100
+            )
+            ax.plot(10**lx, np.polyval(b["parabola"], lx), color=col, lw=1.2)
+            ax.scatter(
+                [b["n_opt"]], [b["loss_opt"]], marker="*", s=170, color=col, edgecolor="k", zorder=4
+            )
     ax.set_xscale("log")
     ax.set_xlabel("parameters N (total)")
     ax.set_ylabel("final validation loss (nats/token)")
@@ -108,18 +148,37 @@ def plot_isoflop(points: list[dict], fit: dict, path: str | os.PathLike,
     if "alpha" in iso:
         cs = np.array([b["budget"] for b in iso["budgets"]])
         xs = np.logspace(np.log10(cs.min()) - 0.2, np.log10(cs.max()) + 0.2, 50)
-        for key, law, sym, col in (("n_opt", iso["n_opt_law"], "N", "tab:blue"),
-                                   ("d_opt", iso["d_opt_law"], "D", "tab:orange")):
+        for key, law, sym, col in (
+            ("n_opt", iso["n_opt_law"], "N", "tab:blue"),
+            ("d_opt", iso["d_opt_law"], "D", "tab:orange"),
+        ):
             ax2.scatter(cs, [b[key] for b in iso["budgets"]], color=col, zorder=3)
-            ax2.plot(xs, law["coefficient"] * xs ** law["exponent"], color=col,
-                     label=f"${sym}_{{opt}}$ = {law['coefficient']:.3g}·$C^{{{law['exponent']:.3f}}}$")
-        ax2.plot([], [], " ", label=f"tokens/param at optimum ≈ {iso['tokens_per_param']:.1f} "
-                 f"(range {iso['tokens_per_param_range'][0]:.1f}–"
-                 f"{iso['tokens_per_param_range'][1]:.1f})")
+            ax2.plot(
+                xs,
+                law["coefficient"] * xs ** law["exponent"],
+                color=col,
+                label=f"${sym}_{{opt}}$ = {law['coefficient']:.3g}·$C^{{{law['exponent']:.3f}}}$",
+            )
+        ax2.plot(
+            [],
+            [],
+            " ",
+            label=f"tokens/param at optimum ≈ {iso['tokens_per_param']:.1f} "
+            f"(range {iso['tokens_per_param_range'][0]:.1f}–"
+            f"{iso['tokens_per_param_range'][1]:.1f})",
+        )
         ax2.legend(fontsize=8)
     else:
-        ax2.text(0.5, 0.5, iso.get("error", "no power-law fit"), ha="center", va="center",
-                 wrap=True, transform=ax2.transAxes, fontsize=9)
+        ax2.text(
+            0.5,
+            0.5,
+            iso.get("error", "no power-law fit"),
+            ha="center",
+            va="center",
+            wrap=True,
+            transform=ax2.transAxes,
+            fontsize=9,
+        )
     ax2.set_xscale("log")
     ax2.set_yscale("log")
     ax2.set_xlabel("training compute C (FLOPs, algorithmic convention)")

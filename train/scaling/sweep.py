@@ -118,8 +118,10 @@ class SweepConfig(_Strict):
     def _check(self):
         fixed = self.sizes is not None or self.params is not None
         if fixed == (self.isoflop is not None):
-            raise ValueError("give either sizes/params with tokens_per_param (fixed ratio) or "
-                             "isoflop: {budgets, sizes} (IsoFLOP), not both or neither")
+            raise ValueError(
+                "give either sizes/params with tokens_per_param (fixed ratio) or "
+                "isoflop: {budgets, sizes} (IsoFLOP), not both or neither"
+            )
         if fixed and self.tokens_per_param is None:
             raise ValueError("sizes/params need tokens_per_param (e.g. 20, Chinchilla)")
         if self.isoflop is not None and self.tokens_per_param is not None:
@@ -142,6 +144,7 @@ class Point:
 
 # ---- loading ------------------------------------------------------------------------------
 
+
 def _refuse_per_point_data(raw: dict, source: str) -> None:
     """A point with its own data/tokenizer would make losses incomparable: say so plainly
     (pydantic alone would only say 'unknown key')."""
@@ -155,13 +158,15 @@ def _refuse_per_point_data(raw: dict, source: str) -> None:
                 raise ConfigError(
                     f"{source}: {where}[{i}] sets {', '.join(bad)}: every point of a sweep must "
                     "use the sweep's data, tokenizer and sequence length, or their losses are not "
-                    "comparable; run a separate sweep for other data")
+                    "comparable; run a separate sweep for other data"
+                )
 
 
 def parse_sweep(raw: Any, source: str = "sweep") -> SweepConfig:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping (name, out_dir, data, plan, sizes or "
-                          "isoflop, ...)")
+        raise ConfigError(
+            f"{source}: expected a mapping (name, out_dir, data, plan, sizes or isoflop, ...)"
+        )
     _refuse_per_point_data(raw, source)
     try:
         sweep = SweepConfig.model_validate(raw)
@@ -189,6 +194,7 @@ def load_sweep(path: str | os.PathLike) -> SweepConfig:
 
 # ---- data ---------------------------------------------------------------------------------
 
+
 def tokenizer_dir(sweep: SweepConfig) -> str | None:
     if sweep.data.tokenizer:
         return sweep.data.tokenizer
@@ -196,8 +202,10 @@ def tokenizer_dir(sweep: SweepConfig) -> str | None:
 
 
 def _missing_data(sweep: SweepConfig) -> CgptError:
-    return CgptError(f"data folder {sweep.data.path!r} not found; create it with `cgpt prepare` "
-                     "or add data.prepare (source, vocab_size) to the sweep file")
+    return CgptError(
+        f"data folder {sweep.data.path!r} not found; create it with `cgpt prepare` "
+        "or add data.prepare (source, vocab_size) to the sweep file"
+    )
 
 
 def ensure_data(sweep: SweepConfig, log=print):
@@ -214,10 +222,13 @@ def ensure_data(sweep: SweepConfig, log=print):
 
         tok = Path(tokenizer_dir(sweep))
         if not tok.is_dir():
-            log(f"training a {spec.vocab_size}-token sentencepiece tokenizer on "
-                f"{spec.source!r} -> {tok}")
-            train_tokenizer(spec.source, spec.vocab_size, tok, seed=spec.seed,
-                            max_docs=spec.max_docs)
+            log(
+                f"training a {spec.vocab_size}-token sentencepiece tokenizer on "
+                f"{spec.source!r} -> {tok}"
+            )
+            train_tokenizer(
+                spec.source, spec.vocab_size, tok, seed=spec.seed, max_docs=spec.max_docs
+            )
         log(f"preparing {spec.source!r} -> {path}")
         prepare(spec.source, tok, path, val_fraction=spec.val_fraction, max_docs=spec.max_docs)
     return open_token_data(path, verify="size")
@@ -231,8 +242,10 @@ def dry_run_vocab(sweep: SweepConfig, log=print) -> int:
     path = Path(sweep.data.path)
     if (path / "meta.json").is_file():
         data = open_token_data(path, verify="size")
-        log(f"data: {path} ({data.meta['splits']['train']['tokens']:,} train tokens, "
-            f"vocab {data.vocab_size})")
+        log(
+            f"data: {path} ({data.meta['splits']['train']['tokens']:,} train tokens, "
+            f"vocab {data.vocab_size})"
+        )
         return data.vocab_size
     spec = sweep.data.prepare
     if spec is None:
@@ -245,10 +258,14 @@ def dry_run_vocab(sweep: SweepConfig, log=print) -> int:
         log(f"would use the existing tokenizer {tok} ({vocab} tokens)")
     else:
         vocab = spec.vocab_size
-        log(f"would train a {spec.vocab_size}-token sentencepiece tokenizer on {spec.source!r} "
-            f"-> {tok}")
-    log(f"would prepare the data: {spec.source!r} -> {path} (val fraction "
-        f"{spec.val_fraction}{f', first {spec.max_docs} documents' if spec.max_docs else ''})")
+        log(
+            f"would train a {spec.vocab_size}-token sentencepiece tokenizer on {spec.source!r} "
+            f"-> {tok}"
+        )
+    log(
+        f"would prepare the data: {spec.source!r} -> {path} (val fraction "
+        f"{spec.val_fraction}{f', first {spec.max_docs} documents' if spec.max_docs else ''})"
+    )
     return vocab
 
 
@@ -262,6 +279,7 @@ def data_id(data) -> str:
 
 
 # ---- planning the points ------------------------------------------------------------------
+
 
 def _lr(sweep: SweepConfig, size: SizeSpec) -> float:
     if size.lr is not None:
@@ -283,26 +301,47 @@ def _sizes(sweep: SweepConfig, vocab: int) -> list[SizeSpec]:
     return sizes
 
 
-def _point(sweep: SweepConfig, size: SizeSpec, vocab: int, tpp: float, name: str,
-           out: Path, tok: str | None) -> RunConfig:
+def _point(
+    sweep: SweepConfig,
+    size: SizeSpec,
+    vocab: int,
+    tpp: float,
+    name: str,
+    out: Path,
+    tok: str | None,
+) -> RunConfig:
     from cgpt.train.plan.planner import plan_for_shape
 
     try:
-        plan = plan_for_shape(size.n_layer, size.n_embd, size.n_head, tokens_per_param=tpp,
-                              seq_len=sweep.model.seq_len, vocab_size=vocab, name=name,
-                              global_batch_seqs=sweep.plan.global_batch_seqs,
-                              lr=_lr(sweep, size))
+        plan = plan_for_shape(
+            size.n_layer,
+            size.n_embd,
+            size.n_head,
+            tokens_per_param=tpp,
+            seq_len=sweep.model.seq_len,
+            vocab_size=vocab,
+            name=name,
+            global_batch_seqs=sweep.plan.global_batch_seqs,
+            lr=_lr(sweep, size),
+        )
     except CgptError as e:
         raise CgptError(f"point {name}: {e}") from None
     if plan.steps < sweep.plan.min_steps:
-        raise CgptError(f"point {name} would train for only {plan.steps} steps of "
-                        f"{plan.global_batch_tokens:,} tokens (plan.min_steps is "
-                        f"{sweep.plan.min_steps}); raise its budget/tokens_per_param, lower "
-                        "plan.global_batch_seqs or drop the size")
-    runtime = {"wandb": "off", "export_hf": False, **sweep.runtime,
-               "out_dir": str((out / "runs" / name).resolve())}
-    return plan.to_run_config(str(Path(sweep.data.path).resolve()),
-                              str(Path(tok).resolve()) if tok else None, runtime)
+        raise CgptError(
+            f"point {name} would train for only {plan.steps} steps of "
+            f"{plan.global_batch_tokens:,} tokens (plan.min_steps is "
+            f"{sweep.plan.min_steps}); raise its budget/tokens_per_param, lower "
+            "plan.global_batch_seqs or drop the size"
+        )
+    runtime = {
+        "wandb": "off",
+        "export_hf": False,
+        **sweep.runtime,
+        "out_dir": str((out / "runs" / name).resolve()),
+    }
+    return plan.to_run_config(
+        str(Path(sweep.data.path).resolve()), str(Path(tok).resolve()) if tok else None, runtime
+    )
 
 
 def plan_points(sweep: SweepConfig, vocab: int) -> list[Point]:
@@ -313,15 +352,21 @@ def plan_points(sweep: SweepConfig, vocab: int) -> list[Point]:
     for size in _sizes(sweep, vocab):
         shape = f"L{size.n_layer}-d{size.n_embd}-h{size.n_head}"
         if sweep.isoflop is None:
-            points.append(Point(shape, _point(sweep, size, vocab, sweep.tokens_per_param, shape,
-                                              out, tok)))
+            points.append(
+                Point(shape, _point(sweep, size, vocab, sweep.tokens_per_param, shape, out, tok))
+            )
             continue
         for c in sweep.isoflop.budgets:
             cfg_probe = _probe(size, vocab, sweep.model.seq_len)
             tokens = c / flops_per_token_algorithmic(cfg_probe, sweep.model.seq_len)
             name = f"C{c:.2e}-{shape}".replace("+", "")
-            points.append(Point(name, _point(sweep, size, vocab, tokens / num_params(cfg_probe),
-                                             name, out, tok), budget=float(c)))
+            points.append(
+                Point(
+                    name,
+                    _point(sweep, size, vocab, tokens / num_params(cfg_probe), name, out, tok),
+                    budget=float(c),
+                )
+            )
     names = [p.name for p in points]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -332,8 +377,13 @@ def plan_points(sweep: SweepConfig, vocab: int) -> list[Point]:
 def _probe(size: SizeSpec, vocab: int, seq_len: int):
     from cgpt.model.config import GPTConfig
 
-    return GPTConfig(n_layer=size.n_layer, n_embd=size.n_embd, n_head=size.n_head,
-                     n_positions=seq_len, vocab_size=vocab)
+    return GPTConfig(
+        n_layer=size.n_layer,
+        n_embd=size.n_embd,
+        n_head=size.n_head,
+        n_positions=seq_len,
+        vocab_size=vocab,
+    )
 
 
 # ---- results ------------------------------------------------------------------------------
@@ -343,22 +393,38 @@ def write_results(out: Path, records: list[dict]) -> None:
     write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
 
 
-def _record(p: Point, status: str, did: str, summary: dict | None = None,
-            reason: str | None = None, wall_s: float | None = None) -> dict:
+def _record(
+    p: Point,
+    status: str,
+    did: str,
+    summary: dict | None = None,
+    reason: str | None = None,
+    wall_s: float | None = None,
+) -> dict:
     m = p.cfg.model
     summary = summary or {}
     tokens = int(summary.get("tokens") or 0) or p.cfg.plan.tokens
     val = summary.get("val_loss")
     return {
-        "name": p.name, "status": status, "budget": p.budget,
-        "n_layer": m.n_layer, "n_embd": m.n_embd, "n_head": m.n_head,
-        "params": num_params(m), "non_embedding_params": num_non_embedding_params(m),
-        "tokens": tokens, "tokens_per_param": tokens / num_params(m),
+        "name": p.name,
+        "status": status,
+        "budget": p.budget,
+        "n_layer": m.n_layer,
+        "n_embd": m.n_embd,
+        "n_head": m.n_head,
+        "params": num_params(m),
+        "non_embedding_params": num_non_embedding_params(m),
+        "tokens": tokens,
+        "tokens_per_param": tokens / num_params(m),
         "flops": float(flops_per_token_algorithmic(m, p.cfg.plan.seq_len) * tokens),
-        "steps": summary.get("steps"), "lr": p.cfg.plan.lr,
+        "steps": summary.get("steps"),
+        "lr": p.cfg.plan.lr,
         "val_loss": float(val) if val is not None else None,
-        "train_loss": summary.get("loss"), "wall_s": wall_s,
-        "run_dir": p.cfg.runtime.out_dir, "data_id": did, "reason": reason,
+        "train_loss": summary.get("loss"),
+        "wall_s": wall_s,
+        "run_dir": p.cfg.runtime.out_dir,
+        "data_id": did,
+        "reason": reason,
     }
 
 
@@ -378,8 +444,14 @@ def _failure_reason(log_path: Path, rc: int) -> str:
 
 def _child_env() -> dict:
     env = dict(os.environ)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-                "MASTER_PORT"):
+    for key in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+    ):
         env.pop(key, None)  # each point is its own process group
     return env
 
@@ -408,12 +480,23 @@ def run_point(p: Point, out: Path, did: str, log=print) -> dict:
     if rc == 0 and summary and summary.get("status") == "completed":
         return _record(p, "ok", did, summary, wall_s=wall)
     if rc == 0 and summary:
-        return _record(p, "interrupted", did, summary, wall_s=wall,
-                       reason=f"run {summary.get('status')} at step {summary.get('steps')}; "
-                              "it resumes from its checkpoint on the next `cgpt sweep`")
+        return _record(
+            p,
+            "interrupted",
+            did,
+            summary,
+            wall_s=wall,
+            reason=f"run {summary.get('status')} at step {summary.get('steps')}; "
+            "it resumes from its checkpoint on the next `cgpt sweep`",
+        )
     if rc < 0:
-        return _record(p, "interrupted", did, wall_s=wall,
-                       reason=f"killed by signal {-rc}; resumes on the next `cgpt sweep`")
+        return _record(
+            p,
+            "interrupted",
+            did,
+            wall_s=wall,
+            reason=f"killed by signal {-rc}; resumes on the next `cgpt sweep`",
+        )
     return _record(p, "failed", did, reason=_failure_reason(log_path, rc), wall_s=wall)
 
 
@@ -427,13 +510,21 @@ def _check_unchanged(out: Path, points: list[Point]) -> None:
         new = p.cfg.to_dict()
         diff = config_diff(old, new)
         if diff:
-            raise CgptError(f"sweep folder {str(out)!r} already holds point {p.name} with a "
-                            f"different {', '.join(diff)}; restore the sweep file, or set a new "
-                            "out_dir for the changed sweep")
+            raise CgptError(
+                f"sweep folder {str(out)!r} already holds point {p.name} with a "
+                f"different {', '.join(diff)}; restore the sweep file, or set a new "
+                "out_dir for the changed sweep"
+            )
 
 
-def run_sweep(path: str | os.PathLike, *, retry_failed: bool = False, dry_run: bool = False,
-              fit: bool = True, log=print) -> dict:
+def run_sweep(
+    path: str | os.PathLike,
+    *,
+    retry_failed: bool = False,
+    dry_run: bool = False,
+    fit: bool = True,
+    log=print,
+) -> dict:
     """Run (or continue) every point of a sweep, then fit and plot. Returns
     {"out_dir", "results": [...], "fit": dict | None, "fit_error": str | None}."""
     sweep = load_sweep(path)
@@ -442,10 +533,14 @@ def run_sweep(path: str | os.PathLike, *, retry_failed: bool = False, dry_run: b
         points = plan_points(sweep, dry_run_vocab(sweep, log))
         for p in points:
             pl = p.cfg.plan
-            log(f"{p.name:28s} params {pl.params:>11,}  tokens {pl.tokens:>12,}  steps "
-                f"{pl.steps:>6,}  lr {pl.lr:.2e}  FLOPs {pl.train_flops:.3e}")
-        log(f"dry run: nothing written; a real run trains these {len(points)} points into "
-            f"{out}/runs/ and writes {out}/results.jsonl")
+            log(
+                f"{p.name:28s} params {pl.params:>11,}  tokens {pl.tokens:>12,}  steps "
+                f"{pl.steps:>6,}  lr {pl.lr:.2e}  FLOPs {pl.train_flops:.3e}"
+            )
+        log(
+            f"dry run: nothing written; a real run trains these {len(points)} points into "
+            f"{out}/runs/ and writes {out}/results.jsonl"
+        )
         return {"out_dir": str(out), "results": [], "fit": None, "fit_error": None}
     data = ensure_data(sweep, log)
     did = data_id(data)
@@ -455,12 +550,18 @@ def run_sweep(path: str | os.PathLike, *, retry_failed: bool = False, dry_run: b
     records = {p.name: old[p.name] for p in points if p.name in old}
     stale = [n for n, r in records.items() if r.get("status") == "ok" and r.get("data_id") != did]
     if stale:
-        raise CgptError(f"the data in {sweep.data.path!r} changed since {', '.join(stale[:3])} "
-                        "trained on it (different shards or tokenizer); their losses would not be "
-                        "comparable with new points: restore the data or use a new out_dir")
+        raise CgptError(
+            f"the data in {sweep.data.path!r} changed since {', '.join(stale[:3])} "
+            "trained on it (different shards or tokenizer); their losses would not be "
+            "comparable with new points: restore the data or use a new out_dir"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "sweep.yaml", yaml.safe_dump(
-        {**sweep.model_dump(mode="json"), "kind": sweep.kind, "data_id": did}, sort_keys=False))
+    write_text_atomic(
+        out / "sweep.yaml",
+        yaml.safe_dump(
+            {**sweep.model_dump(mode="json"), "kind": sweep.kind, "data_id": did}, sort_keys=False
+        ),
+    )
     for i, p in enumerate(points, 1):
         rec, head = records.get(p.name), f"[{i}/{len(points)}] {p.name}"
         done = _summary(Path(p.cfg.runtime.out_dir)) or {}
@@ -470,19 +571,30 @@ def run_sweep(path: str | os.PathLike, *, retry_failed: bool = False, dry_run: b
         if rec and rec["status"] == "failed" and not retry_failed:
             log(f"{head}: failed earlier ({rec['reason']}), skipped; --retry-failed reruns it")
             continue
-        log(f"{head}: {p.cfg.plan.params:,} params, {p.cfg.plan.tokens:,} tokens, "
-            f"{p.cfg.plan.steps} steps ...")
+        log(
+            f"{head}: {p.cfg.plan.params:,} params, {p.cfg.plan.tokens:,} tokens, "
+            f"{p.cfg.plan.steps} steps ..."
+        )
         rec = run_point(p, out, did, log)
         records[p.name] = rec
         write_results(out, [records[q.name] for q in points if q.name in records])
-        msg = (f"val_loss {rec['val_loss']:.4f}" if rec["status"] == "ok"
-               else f"{rec['status'].upper()}: {rec['reason']}")
+        msg = (
+            f"val_loss {rec['val_loss']:.4f}"
+            if rec["status"] == "ok"
+            else f"{rec['status'].upper()}: {rec['reason']}"
+        )
         log(f"{head}: {msg} ({rec['wall_s']:.0f} s)")
         if rec["status"] == "interrupted":
-            raise CgptError(f"point {p.name} was interrupted; run `cgpt sweep {path}` again to "
-                            "continue it from its checkpoint")
-    result = {"out_dir": str(out), "results": [records[p.name] for p in points],
-              "fit": None, "fit_error": None}
+            raise CgptError(
+                f"point {p.name} was interrupted; run `cgpt sweep {path}` again to "
+                "continue it from its checkpoint"
+            )
+    result = {
+        "out_dir": str(out),
+        "results": [records[p.name] for p in points],
+        "fit": None,
+        "fit_error": None,
+    }
     if fit:
         from cgpt.train.scaling.fit import FitError
 
@@ -496,17 +608,21 @@ def run_sweep(path: str | os.PathLike, *, retry_failed: bool = False, dry_run: b
 
 # ---- fitting a sweep folder ---------------------------------------------------------------
 
+
 def _check_same_data(records: list[dict]) -> None:
     ids = {}
     for r in records:
         if r.get("status") == "ok":
             ids.setdefault(r.get("data_id"), []).append(r["name"])
     if len(ids) > 1:
-        groups = "; ".join(f"{k}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}"
-                           for k, v in ids.items())
-        raise CgptError("the sweep's points were trained on different data or tokenizers "
-                        f"({groups}); losses on different data are not comparable, so no law is "
-                        "fitted: rerun the odd points on the sweep's data, or split the sweep")
+        groups = "; ".join(
+            f"{k}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}" for k, v in ids.items()
+        )
+        raise CgptError(
+            "the sweep's points were trained on different data or tokenizers "
+            f"({groups}); losses on different data are not comparable, so no law is "
+            "fitted: rerun the odd points on the sweep's data, or split the sweep"
+        )
 
 
 def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> dict:
@@ -516,19 +632,29 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
 
     out = Path(out)
     if not (out / "sweep.yaml").is_file():
-        raise CgptError(f"{str(out)!r} is not a sweep folder (no sweep.yaml); run "
-                        "`cgpt sweep SWEEP.yaml` first")
+        raise CgptError(
+            f"{str(out)!r} is not a sweep folder (no sweep.yaml); run `cgpt sweep SWEEP.yaml` first"
+        )
     meta = yaml.safe_load((out / "sweep.yaml").read_text()) or {}
     records = read_metrics(out / "results.jsonl")
     if not records:
         raise CgptError(f"{str(out)!r} has no results yet; run `cgpt sweep SWEEP.yaml`")
     _check_same_data(records)
-    fit = fit_results(records, kind=meta.get("kind", "tokens_per_param"),
-                      tokens_per_param=meta.get("tokens_per_param"), n_boot=n_boot)
+    fit = fit_results(
+        records,
+        kind=meta.get("kind", "tokens_per_param"),
+        tokens_per_param=meta.get("tokens_per_param"),
+        n_boot=n_boot,
+    )
     fit["sweep"] = meta.get("name")
     write_text_atomic(out / "fit.json", json.dumps(fit, indent=1, default=float) + "\n")
-    points = [{**r, "loss": r["val_loss"]} for r in records if r.get("status") == "ok"
-              and r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
+    points = [
+        {**r, "loss": r["val_loss"]}
+        for r in records
+        if r.get("status") == "ok"
+        and r.get("val_loss") is not None
+        and math.isfinite(r["val_loss"])
+    ]
     title = f"{meta.get('name', out.name)}: loss vs compute"
     plot_scaling(points, fit, out / "scaling.png", title=title)
     if fit["kind"] == "isoflop":
@@ -545,18 +671,24 @@ def summarize_fit(fit: dict) -> list[str]:
     law = fit.get("loss_law")
     if law:
         r2 = f"{law['r2']:.4f}" if law.get("r2") is not None else "n/a"
-        lines.append(f"loss law: L(C) = (C / {law['a']:.4g})^-{law['b']:.4f} + {law['c']:.4f}  "
-                     f"(R² {r2}, RMSE {law['rmse']:.4f}, {law['n_points']} frontier points, "
-                     f"loss {'falls monotonically' if law['monotonic'] else 'NOT monotonic'} "
-                     "with compute)")
+        lines.append(
+            f"loss law: L(C) = (C / {law['a']:.4g})^-{law['b']:.4f} + {law['c']:.4f}  "
+            f"(R² {r2}, RMSE {law['rmse']:.4f}, {law['n_points']} frontier points, "
+            f"loss {'falls monotonically' if law['monotonic'] else 'NOT monotonic'} "
+            "with compute)"
+        )
     iso = fit.get("isoflop") or {}
     if "alpha" in iso:
-        lines.append(f"IsoFLOP: N_opt ∝ C^{iso['alpha']:.3f}, D_opt ∝ C^{iso['beta']:.3f}, "
-                     f"tokens/param at the optimum ≈ {iso['tokens_per_param']:.1f}")
+        lines.append(
+            f"IsoFLOP: N_opt ∝ C^{iso['alpha']:.3f}, D_opt ∝ C^{iso['beta']:.3f}, "
+            f"tokens/param at the optimum ≈ {iso['tokens_per_param']:.1f}"
+        )
     ch = fit.get("chinchilla") or {}
     if "E" in ch:
-        lines.append(f"Chinchilla: L(N, D) = {ch['E']:.3f} + {ch['A']:.4g}/N^{ch['alpha']:.3f} + "
-                     f"{ch['B']:.4g}/D^{ch['beta']:.3f} (R² {ch['r2']:.4f})")
+        lines.append(
+            f"Chinchilla: L(N, D) = {ch['E']:.3f} + {ch['A']:.4g}/N^{ch['alpha']:.3f} + "
+            f"{ch['B']:.4g}/D^{ch['beta']:.3f} (R² {ch['r2']:.4f})"
+        )
     for w in fit.get("warnings", []):
         lines.append(f"warning: {w}")
     return lines
