@@ -98,6 +98,7 @@ def test_bench_text_fp32_and_bad_input(tiny_yaml, capsys):
     assert "n_positions" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two engines side by side
 def test_bench_hf_in_the_same_engine(tiny_yaml, capsys):
     assert (
         cli_main(

@@ -85,6 +85,7 @@ def test_lr_spike_never_publishes_nonfinite_weights(tmp_path, data):
     )  # a NaN grad norm was logged: a skipped step
 
 
+@pytest.mark.slow  # trains twice through the CLI
 def test_rewind_command_continues_from_the_named_step(tmp_path, data, monkeypatch, capsys):
     """A loss spike at step 8 stops the run; the printed command, run as printed, rewinds to
     step-5 with half the LR, sets the later checkpoint aside and records the change."""

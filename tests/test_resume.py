@@ -137,6 +137,7 @@ def test_sigterm_saves_and_the_printed_command_resumes_this_run(tmp_path, data):
     assert losses(out_dir) == losses(tmp_path / "straight")
 
 
+@pytest.mark.slow  # bf16 engine build and two runs: ~20 s
 def test_bf16_zero1_trains_and_resumes_exactly(tmp_path, data):
     """The default precision (bf16, ZeRO-1): DeepSpeed's BF16_Optimizer with fp32 gradient
     accumulation and master weights; its checkpoint resumes to the same losses."""
