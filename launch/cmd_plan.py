@@ -4,6 +4,7 @@ cgpt plan 111M                                  the published recipe
 cgpt plan --params 400M                         the family's rules at any size
 cgpt plan --layers 20 --width 1280
 cgpt plan --flops 1e21                          compute-optimal for a FLOP budget
+cgpt plan --params 400M --decay wsd             warmup-stable-decay (20% linear cooldown)
 cgpt plan --gpu-hours 2000 --gpu h100 --mfu 0.4
 cgpt plan 1.3B --gpus 48 --gpu h100 --zero-stage 1 --json     (48 ranks split its 528)
 cgpt plan 111M --gpus 8 --gpu h100 --write run.yaml --data data/pile
@@ -61,6 +62,19 @@ def register(sub) -> None:
     rules.add_argument("--vocab-size", type=int, default=GPT2_VOCAB)
     rules.add_argument("--batch-seqs", type=int, help="override the global batch (sequences)")
     rules.add_argument("--lr", type=float, help="override the peak learning rate")
+    rules.add_argument(
+        "--decay",
+        choices=["linear", "cosine", "wsd"],
+        help="LR decay shape (default: the family's rule, linear below 1B, cosine above); "
+        "wsd = warmup-stable-decay (Hägele et al. 2024)",
+    )
+    rules.add_argument(
+        "--cooldown-fraction",
+        type=float,
+        metavar="F",
+        help="with --decay wsd: the last fraction of the steps that cools down linearly "
+        "to the final LR (default 0.2)",
+    )
     rules.add_argument("--mup", action="store_true", help="the μP variant of the plan")
     cl = p.add_argument_group("cluster")
     cl.add_argument("--gpu", help="device: h100, h200, a100, ... (see cgpt.train.plan.devices)")
@@ -114,6 +128,8 @@ def build_plan(args):
         vocab_size=args.vocab_size,
         batch_seqs=args.batch_seqs,
         lr=args.lr,
+        decay=args.decay,
+        cooldown_fraction=args.cooldown_fraction,
         mup=args.mup,
         gpu=args.gpu,
         gpus=args.gpus,
@@ -160,6 +176,7 @@ def _n(v) -> str:
 
 
 def format_plan(plan, device=None, mfu: float = 0.4) -> str:
+    from cgpt.train.loop.schedule import cooldown_steps
     from cgpt.train.plan.memory import fmt_bytes
     from cgpt.train.plan.planner import time_on
 
@@ -191,12 +208,18 @@ def format_plan(plan, device=None, mfu: float = 0.4) -> str:
                 ),
             )
         )
-        rows.append(
-            (
-                f"LR schedule{' ' + str(i + 1) if plan.batch_schedule else ''}",
-                f"warmup {ph.warmup_steps:,} steps, {ph.decay} decay over {ph.decay_steps:,} steps",
+        if ph.decay == "wsd":
+            cool = cooldown_steps(ph)
+            sched = (
+                f"warmup {ph.warmup_steps:,} steps, stable {ph.decay_steps - cool:,} steps, "
+                f"linear cooldown over the last {cool:,} steps "
+                f"({ph.cooldown_fraction:.0%} of the schedule; warmup-stable-decay)"
             )
-        )
+        else:
+            sched = (
+                f"warmup {ph.warmup_steps:,} steps, {ph.decay} decay over {ph.decay_steps:,} steps"
+            )
+        rows.append((f"LR schedule{' ' + str(i + 1) if plan.batch_schedule else ''}", sched))
     rows += [
         ("peak / final LR", f"{plan.lr:.3g} / {plan.min_lr:.3g}"),
         (

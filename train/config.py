@@ -20,7 +20,14 @@ from types import SimpleNamespace
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from cgpt.model.config import GPTConfig, MuPConfig
 from cgpt.model.errors import ConfigError
@@ -49,7 +56,50 @@ class BatchPhase(Strict):
     schedule_start_step: int = Field(0, ge=0)
     warmup_steps: int = Field(ge=0)
     decay_steps: int = Field(ge=0)
-    decay: Literal["linear", "cosine"] = "linear"
+    decay: Literal["linear", "cosine", "wsd"] = "linear"
+    # wsd only: the last fraction of the phase's schedule (warmup + decay steps) that cools
+    # down linearly to min_lr; None elsewhere (and left out of the YAML: older configs
+    # compare equal). See cgpt.train.loop.schedule.
+    cooldown_fraction: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_cooldown(cls, data: Any) -> Any:
+        return _wsd_default(data)
+
+    @model_validator(mode="after")
+    def _check_cooldown(self):
+        _check_cooldown(self.decay, self.cooldown_fraction)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return _drop_none_cooldown(handler(self))
+
+
+# Hägele et al. 2024 (arXiv 2405.18392): a cooldown over the last 20% of the steps matches
+# a cosine schedule's final loss; docs/REFERENCE.md, Related scaling laws
+WSD_COOLDOWN_FRACTION = 0.2
+
+
+def _wsd_default(data: Any) -> Any:
+    if isinstance(data, dict) and data.get("decay") == "wsd":
+        if data.get("cooldown_fraction") is None:
+            data = {**data, "cooldown_fraction": WSD_COOLDOWN_FRACTION}
+    return data
+
+
+def _check_cooldown(decay: str, fraction: float | None) -> None:
+    if fraction is not None and decay != "wsd":
+        raise ValueError(
+            f"cooldown_fraction ({fraction}) applies to decay: wsd only (decay is {decay!r})"
+        )
+
+
+def _drop_none_cooldown(d: Any) -> Any:
+    if isinstance(d, dict) and d.get("cooldown_fraction", 0) is None:
+        d.pop("cooldown_fraction")
+    return d
 
 
 class PlanSection(Strict):
@@ -62,8 +112,12 @@ class PlanSection(Strict):
     lr: float = Field(gt=0)  # peak
     min_lr: float = Field(ge=0)  # end of decay (Cerebras: 10% of peak)
     warmup_steps: int = Field(ge=0)
-    decay: Literal["linear", "cosine"] = "linear"
+    # linear / cosine: from the peak after warmup to min_lr over decay_steps (Cerebras-GPT);
+    # wsd: warmup-stable-decay, the peak held until the last cooldown_fraction of the steps,
+    # then linear to min_lr (Hägele et al. 2024; cgpt.train.loop.schedule)
+    decay: Literal["linear", "cosine", "wsd"] = "linear"
     decay_steps: int = Field(ge=0)
+    cooldown_fraction: float | None = Field(None, gt=0, le=1)  # wsd only (default 0.2)
     adam_betas: tuple[float, float] = (0.9, 0.95)
     adam_eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.1, ge=0)
@@ -87,11 +141,22 @@ class PlanSection(Strict):
                 warmup_steps=self.warmup_steps,
                 decay_steps=self.decay_steps,
                 decay=self.decay,
+                cooldown_fraction=self.cooldown_fraction,
             )
         ]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_cooldown(cls, data: Any) -> Any:
+        return _wsd_default(data)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return _drop_none_cooldown(handler(self))
+
     @model_validator(mode="after")
     def _check(self):
+        _check_cooldown(self.decay, self.cooldown_fraction)
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) is above the peak lr ({self.lr})")
         if self.batch_schedule and sum(p.steps for p in self.batch_schedule) != self.steps:

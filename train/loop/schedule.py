@@ -5,6 +5,17 @@ linear or cosine decay to 10% of the peak at the end of the decay steps. The 13B
 its batch mid-run and restarted the schedule counter
 (docs/REFERENCE.md, The 13B batch change); a plan with ``batch_schedule`` carries that as
 phases (see cgpt.train.config.BatchPhase).
+
+Warmup-stable-decay (``decay: wsd``; Hägele et al. 2024, arXiv 2405.18392; docs/REFERENCE.md,
+Related scaling laws): the same linear warmup, then the peak LR held ("stable") until the
+last ``cooldown_fraction`` of the phase's schedule (warmup + decay steps), then a linear
+cooldown that reaches ``min_lr`` at the last step. Choices, stated: the cooldown is
+``round(fraction × (warmup + decay steps))`` steps (at least 1, at most the decay steps),
+a fraction of the WHOLE schedule as in the paper (20% by default: there a 20% cooldown
+matched the cosine schedule's final loss); it is linear (the paper's baseline shape; its
+1-sqrt shape is slightly better but not used here) and ends at min_lr (10% of the peak in
+the planner, like the rest of the family), not 0, so the numbers compare with the cosine
+and linear plans. A stable phase can be continued and cooled down later from a checkpoint.
 """
 
 from __future__ import annotations
@@ -14,12 +25,28 @@ import math
 from cgpt.train.config import BatchPhase, PlanSection
 
 
+def cooldown_steps(phase: BatchPhase) -> int:
+    """Length of a wsd phase's linear cooldown (0 for linear/cosine phases)."""
+    if phase.decay != "wsd" or phase.decay_steps <= 0:
+        return 0
+    total = phase.warmup_steps + phase.decay_steps
+    n = round((phase.cooldown_fraction or 0.0) * total)
+    return min(phase.decay_steps, max(1, n))
+
+
 def lr_in_phase(phase: BatchPhase, counter: int, lr: float, min_lr: float) -> float:
     """LR at schedule counter `counter` (0-based step index) of one phase."""
     if phase.warmup_steps and counter < phase.warmup_steps:
         return lr * (counter + 1) / phase.warmup_steps  # reaches the peak at the last warmup step
     if phase.decay_steps <= 0:
         return lr
+    if phase.decay == "wsd":
+        n = cooldown_steps(phase)
+        start = phase.warmup_steps + phase.decay_steps - n  # first cooldown counter
+        if counter < start:
+            return lr  # stable
+        frac = min(1.0, (counter - start + 1) / n)  # min_lr at the last step, like linear
+        return lr - (lr - min_lr) * frac
     frac = min(1.0, (counter - phase.warmup_steps + 1) / phase.decay_steps)
     if phase.decay == "cosine":
         return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac))

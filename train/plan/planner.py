@@ -26,6 +26,7 @@ from cgpt.model.sizes import (
     num_params,
 )
 from cgpt.train.config import BatchPhase, DataSection, PlanSection, RunConfig, RuntimeSection
+from cgpt.train.loop.schedule import cooldown_steps
 from cgpt.train.plan import rules as R
 from cgpt.train.plan.batch import split_batch
 from cgpt.train.plan.devices import Device
@@ -156,6 +157,14 @@ class Plan:
             "warmup_steps": self.warmup_steps,
             "decay": self.decay,
             "decay_steps": self.decay_steps,
+            **(
+                {
+                    "cooldown_fraction": self.cooldown_fraction,
+                    "cooldown_steps": cooldown_steps(self.phases()[0]),
+                }
+                if self.decay == "wsd"
+                else {}
+            ),
             "adam_betas": list(self.adam_betas),
             "adam_eps": self.adam_eps,
             "weight_decay": self.weight_decay,
@@ -313,9 +322,22 @@ def plan_for_shape(
     fit: R.Fit | None = None,
     global_batch_seqs: int | None = None,
     lr: float | None = None,
+    decay: str | None = None,
+    cooldown_fraction: float | None = None,
 ) -> Plan:
-    """A model of this shape trained by the family's rules (plan_rules docstring)."""
+    """A model of this shape trained by the family's rules (plan_rules docstring).
+
+    ``decay`` overrides the rule's linear/cosine choice ("wsd": warmup-stable-decay with a
+    linear cooldown over the last ``cooldown_fraction`` of the steps, default 0.2;
+    cgpt.train.loop.schedule)."""
     fit = fit or R.DEFAULT_FIT
+    if decay is not None and decay not in ("linear", "cosine", "wsd"):
+        raise CgptError(f"decay must be linear, cosine or wsd, got {decay!r}")
+    if cooldown_fraction is not None:
+        if decay != "wsd":
+            raise CgptError("a cooldown fraction needs the wsd schedule (--decay wsd)")
+        if not (isinstance(cooldown_fraction, (int, float)) and 0 < cooldown_fraction <= 1):
+            raise CgptError(f"the cooldown fraction must be in (0, 1], got {cooldown_fraction!r}")
     tpp = _check_positive(
         tokens_per_param if tokens_per_param is not None else fit.tokens_per_param,
         "tokens per parameter",
@@ -362,8 +384,9 @@ def plan_for_shape(
         lr=peak,
         min_lr=float(f"{peak * R.MIN_LR_FRACTION:.3g}"),
         warmup_steps=warmup,
-        decay=R.decay_rule(params),
+        decay=decay or R.decay_rule(params),
         decay_steps=steps - warmup,
+        cooldown_fraction=cooldown_fraction,
         adam_eps=R.adam_eps_rule(params),
         target_tokens_per_param=tpp,
         law=law or fit.law,

@@ -43,6 +43,8 @@ class PlanRequest:
     vocab_size: int = GPT2_VOCAB
     batch_seqs: int | None = None
     lr: float | None = None
+    decay: str | None = None  # linear | cosine | wsd (default: the family's rule)
+    cooldown_fraction: float | None = None  # wsd only (default 0.2)
     mup: bool = False
     gpu: str | None = None
     gpus: int | None = None
@@ -99,6 +101,8 @@ def plan(req: PlanRequest) -> P.Plan:
         vocab_size=req.vocab_size,
         global_batch_seqs=req.batch_seqs,
         lr=req.lr,
+        decay=req.decay,
+        cooldown_fraction=req.cooldown_fraction,
     )
     if req.size:
         if req.rules:
@@ -108,9 +112,9 @@ def plan(req: PlanRequest) -> P.Plan:
             )
         else:
             plan_ = P.plan_published(req.size, law=fit.law if fit else None)
-            if req.batch_seqs or req.lr or req.tokens_per_param:
+            if req.batch_seqs or req.lr or req.tokens_per_param or req.decay:
                 raise CgptError(
-                    "--batch-seqs/--lr/--tokens-per-param change a published recipe; "
+                    "--batch-seqs/--lr/--tokens-per-param/--decay change a published recipe; "
                     "add --rules to plan this size by the rules instead"
                 )
     elif req.params:
@@ -163,6 +167,8 @@ def rebatch(plan_: P.Plan, gpus: int, lr: float | None = None) -> P.Plan:
         name=plan_.name,
         global_batch_seqs=batch,
         lr=lr,
+        decay=plan_.decay,
+        cooldown_fraction=plan_.cooldown_fraction,
     )
     note = (
         f"global batch rounded from the rule's {rule_batch} to {batch} sequences, a "
