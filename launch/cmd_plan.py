@@ -5,6 +5,7 @@ cgpt plan --params 400M                         the family's rules at any size
 cgpt plan --layers 20 --width 1280
 cgpt plan --flops 1e21                          compute-optimal for a FLOP budget
 cgpt plan --params 400M --decay wsd             warmup-stable-decay (20% linear cooldown)
+cgpt plan --params 400M --recipe deepseek       DeepSeek LLM's batch and LR laws
 cgpt plan --gpu-hours 2000 --gpu h100 --mfu 0.4
 cgpt plan 1.3B --gpus 48 --gpu h100 --zero-stage 1 --json     (48 ranks split its 528)
 cgpt plan 111M --gpus 8 --gpu h100 --write run.yaml --data data/pile
@@ -62,6 +63,19 @@ def register(sub) -> None:
     rules.add_argument("--vocab-size", type=int, default=GPT2_VOCAB)
     rules.add_argument("--batch-seqs", type=int, help="override the global batch (sequences)")
     rules.add_argument("--lr", type=float, help="override the peak learning rate")
+    rules.add_argument(
+        "--recipe",
+        default="cerebras",
+        metavar="NAME",
+        help="batch and LR laws: cerebras (the family's fits, default) or deepseek "
+        "(DeepSeek LLM's B_opt(C), η_opt(C)); porian is not implemented (unverified constants)",
+    )
+    rules.add_argument(
+        "--param-count",
+        choices=["total", "non-embedding"],
+        default="total",
+        help="what N counts in tokens = tokens/param × N and in --params (default total)",
+    )
     rules.add_argument(
         "--decay",
         choices=["linear", "cosine", "wsd"],
@@ -130,6 +144,8 @@ def build_plan(args):
         lr=args.lr,
         decay=args.decay,
         cooldown_fraction=args.cooldown_fraction,
+        recipe=args.recipe,
+        param_count=args.param_count,
         mup=args.mup,
         gpu=args.gpu,
         gpus=args.gpus,
@@ -191,7 +207,16 @@ def format_plan(plan, device=None, mfu: float = 0.4) -> str:
         ),
         ("init out-proj std", f"{m.out_init_std:.6f}"),
         ("seq_len", f"{plan.seq_len:,}"),
-        ("tokens", f"{plan.tokens:,} ({plan.tokens / plan.params:.2f} tokens/param)"),
+        (
+            "tokens",
+            f"{plan.tokens:,} ({plan.tokens / plan.params:.2f} tokens/param"
+            + (
+                f", {plan.tokens / plan.extra['counted_params']:.2f} per non-embedding param)"
+                if plan.extra.get("param_count") == "non-embedding"
+                else ")"
+            ),
+        ),
+        ("batch/LR recipe", plan.extra.get("recipe", "the published run")),
         ("steps", f"{plan.steps:,}"),
     ]
     for i, ph in enumerate(plan.phases()):

@@ -368,3 +368,62 @@ def test_every_example_in_plan_help_works(capsys, tmp_path, monkeypatch):
     for ex in examples:
         assert main(shlex.split(ex)[1:]) == 0, (ex, capsys.readouterr().err)
     assert (tmp_path / "run.yaml").is_file()
+
+
+# ---- recipes: other papers' batch/LR laws ----------------------------------------------------
+def test_deepseek_laws_golden():
+    # hand-computed: C = 1e20 -> B = 0.2920·10^(20·0.3271) = 0.2920·10^6.542 ≈ 1.01715e6 tokens,
+    # η = 0.3118·10^(-2.5) ≈ 9.8600e-4 (DeepSeek LLM, docs/REFERENCE.md, Related scaling laws)
+    assert R.deepseek_batch_tokens(1e20) == pytest.approx(1.01715e6, rel=1e-4)
+    assert R.deepseek_lr(1e20) == pytest.approx(9.8600e-4, rel=1e-4)
+    # M = 72·L·d² + 12·L·d·l_seq at L=16, d=1344, l_seq=2048: 2,080,899,072 + 528,482,304
+    assert R.deepseek_flops_per_token(16, 1344, 2048) == 2_609_381_376
+
+
+def test_deepseek_recipe_plan_matches_the_formulas():
+    from cgpt.model.sizes import num_non_embedding_params, num_params
+
+    plan = P.plan_for_shape(16, 1344, recipe="deepseek")
+    n = num_params(plan.model)
+    m = 72 * 16 * 1344**2 + 12 * 16 * 1344 * 2048
+    c = m * 20 * n  # D = 20 tokens per (total) parameter
+    assert plan.global_batch_seqs == round(0.2920 * c**0.3271 / 2048)
+    assert plan.lr == pytest.approx(0.3118 * c**-0.1250, rel=5e-3)  # rounded to 3 digits
+    assert plan.min_lr == pytest.approx(plan.lr / 10, rel=1e-2)
+    assert plan.steps == int(20 * n // (plan.global_batch_seqs * 2048))
+    assert any("deepseek" in note for note in plan.notes)
+    # non-embedding N: D = 20 × non-embedding params, and C follows it
+    ne = P.plan_for_shape(16, 1344, recipe="deepseek", param_count="non-embedding")
+    n_ne = num_non_embedding_params(ne.model)
+    c_ne = m * 20 * n_ne
+    assert ne.global_batch_seqs == round(0.2920 * c_ne**0.3271 / 2048)
+    assert ne.steps == int(20 * n_ne // (ne.global_batch_seqs * 2048))
+
+
+def test_param_count_non_embedding():
+    from cgpt.model.sizes import num_non_embedding_params
+
+    plan = P.plan_for_params(400e6, param_count="non-embedding")
+    n_ne = num_non_embedding_params(plan.model)
+    assert n_ne == pytest.approx(400e6, rel=0.1) and plan.params > n_ne
+    assert plan.tokens == pytest.approx(20 * n_ne, rel=0.01)
+    # the Cerebras batch/LR fits still read the total count
+    assert plan.lr == R.lr_rule(plan.params)
+    f = P.plan_for_flops(1e20, param_count="non-embedding")
+    assert f.train_flops == pytest.approx(1e20, rel=0.25)
+
+
+def test_published_recipes_stay_exact_and_cli_recipes(capsys):
+    for name in TABLE:
+        assert P.plan_published(name).lr == TABLE[name][0]
+    assert main(["plan", "111M", "--recipe", "deepseek"]) == 2
+    assert "--rules" in capsys.readouterr().err
+    assert main(["plan", "--params", "400M", "--recipe", "porian"]) == 2
+    assert "not implemented" in capsys.readouterr().err
+    assert main(["plan", "--params", "400M", "--recipe", "kaplan"]) == 2
+    assert "unknown recipe" in capsys.readouterr().err
+    argv = ["plan", "--params", "400M", "--recipe", "deepseek", "--json", "--gpus", "8"]
+    assert main([*argv, "--gpu", "h100"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["recipe"] == "deepseek" and d["global_batch_seqs"] % 8 == 0  # rebatched for 8
+    assert d["lr"] == P.plan_for_params(400e6, recipe="deepseek").lr  # LR kept on rebatch

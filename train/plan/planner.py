@@ -23,6 +23,7 @@ from cgpt.model.sizes import (
     canonical_name,
     flops_per_token_algorithmic,
     flops_per_token_mfu,
+    num_non_embedding_params,
     num_params,
 )
 from cgpt.train.config import BatchPhase, DataSection, PlanSection, RunConfig, RuntimeSection
@@ -324,13 +325,21 @@ def plan_for_shape(
     lr: float | None = None,
     decay: str | None = None,
     cooldown_fraction: float | None = None,
+    recipe: str = "cerebras",
+    param_count: str = "total",
 ) -> Plan:
     """A model of this shape trained by the family's rules (plan_rules docstring).
 
     ``decay`` overrides the rule's linear/cosine choice ("wsd": warmup-stable-decay with a
     linear cooldown over the last ``cooldown_fraction`` of the steps, default 0.2;
-    cgpt.train.loop.schedule)."""
+    cgpt.train.loop.schedule). ``recipe`` picks the batch and LR laws: "cerebras" (the
+    family's fits) or "deepseek" (DeepSeek LLM's B_opt(C), η_opt(C); cgpt.train.plan.rules).
+    ``param_count`` is the N in tokens = tokens_per_param × N: "total" or "non-embedding"
+    (Kaplan/DeepSeek); the Cerebras batch/LR fits always take the total count they were
+    fitted to."""
     fit = fit or R.DEFAULT_FIT
+    count = param_counter(param_count)
+    check_recipe(recipe)
     if decay is not None and decay not in ("linear", "cosine", "wsd"):
         raise CgptError(f"decay must be linear, cosine or wsd, got {decay!r}")
     if cooldown_fraction is not None:
@@ -355,16 +364,34 @@ def plan_for_shape(
         n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=seq_len, vocab_size=vocab_size
     )
     params = num_params(probe)
+    counted = count(probe)
+    if counted <= 0:
+        raise CgptError(f"this shape has no {param_count} parameters to plan tokens for")
     cfg = replace(probe, out_init_std=R.out_init_std_rule(params, n_layer))
-    batch = global_batch_seqs or R.batch_seqs_rule(params, seq_len)
+    target_tokens = tpp * counted
+    recipe_notes: tuple[str, ...] = ()
+    if recipe == "deepseek":
+        m = R.deepseek_flops_per_token(n_layer, n_embd, seq_len)
+        c_ds = m * target_tokens
+        rule_batch = max(1, round(R.deepseek_batch_tokens(c_ds) / seq_len))
+        rule_lr = float(f"{R.deepseek_lr(c_ds):.3g}")
+        recipe_notes = (
+            f"recipe deepseek (DeepSeek LLM, arXiv 2401.02954): C = M·D = {m:.4g} × "
+            f"{target_tokens:.4g} = {c_ds:.4g} non-embedding FLOPs; B_opt = 0.2920·C^0.3271 = "
+            f"{R.deepseek_batch_tokens(c_ds):,.0f} tokens -> {rule_batch} sequences; "
+            f"η_opt = 0.3118·C^-0.1250 = {R.deepseek_lr(c_ds):.4g}",
+        )
+    else:
+        rule_batch, rule_lr = R.batch_seqs_rule(params, seq_len), R.lr_rule(params)
+    batch = global_batch_seqs or rule_batch
     batch_tokens = batch * seq_len
-    steps = R.steps_rule(tpp * params, batch_tokens)
+    steps = R.steps_rule(target_tokens, batch_tokens)
     if steps < 1:
         raise CgptError(
-            f"{tpp:g} tokens/param × {params:,} params is less than one batch of "
-            f"{batch_tokens:,} tokens; raise --tokens-per-param or lower the batch"
+            f"{tpp:g} tokens/param × {counted:,} {param_count} params is less than one batch "
+            f"of {batch_tokens:,} tokens; raise --tokens-per-param or lower the batch"
         )
-    peak = lr or R.lr_rule(params)
+    peak = lr or rule_lr
     warmup = R.warmup_rule(batch_tokens, steps)
     label = name or f"{_short(params)}-L{n_layer}-d{n_embd}"
     notes = tuple(
@@ -374,7 +401,7 @@ def plan_for_shape(
         for (n, _), msg in R.DEVIATIONS.items()
         if n == p.name
     )
-    return make_plan(
+    plan = make_plan(
         label,
         cfg,
         seq_len=seq_len,
@@ -391,8 +418,30 @@ def plan_for_shape(
         target_tokens_per_param=tpp,
         law=law or fit.law,
         source="rules",
-        notes=notes,
+        notes=notes + recipe_notes,
     )
+    return replace(
+        plan, extra={"recipe": recipe, "param_count": param_count, "counted_params": counted}
+    )
+
+
+PARAM_COUNTS = ("total", "non-embedding")
+
+
+def param_counter(param_count: str):
+    """The parameter count that N means: num_params or num_non_embedding_params."""
+    if param_count == "total":
+        return num_params
+    if param_count == "non-embedding":
+        return num_non_embedding_params
+    raise CgptError(f"the parameter count must be total or non-embedding, got {param_count!r}")
+
+
+def check_recipe(recipe: str) -> None:
+    if recipe in R.UNVERIFIED_RECIPES:
+        raise CgptError(R.UNVERIFIED_RECIPES[recipe])
+    if recipe not in R.RECIPE_NAMES:
+        raise CgptError(f"unknown recipe {recipe!r}; choose one of {', '.join(R.RECIPE_NAMES)}")
 
 
 def _short(n: float) -> str:
@@ -402,7 +451,7 @@ def _short(n: float) -> str:
     return str(int(n))
 
 
-def _continuous_params(d: float, vocab: int, seq_len: int) -> float:
+def _continuous_params(d: float, vocab: int, seq_len: int, count=num_params) -> float:
     ns = SimpleNamespace(
         n_embd=d,
         n_layer=R.layers_for_width(d),
@@ -410,7 +459,7 @@ def _continuous_params(d: float, vocab: int, seq_len: int) -> float:
         n_positions=seq_len,
         n_inner=4 * d,
     )
-    return num_params(ns)
+    return count(ns)
 
 
 def _bisect(f, target: float, lo: float, hi: float) -> float:
@@ -422,21 +471,26 @@ def _bisect(f, target: float, lo: float, hi: float) -> float:
 
 
 def shape_for_params(
-    params: float, vocab_size: int = GPT2_VOCAB, seq_len: int = R.SEQ_LEN
+    params: float,
+    vocab_size: int = GPT2_VOCAB,
+    seq_len: int = R.SEQ_LEN,
+    param_count: str = "total",
 ) -> tuple[int, int, int]:
-    """(n_layer, n_embd, n_head) in the family's style with about `params` parameters.
+    """(n_layer, n_embd, n_head) in the family's style with about `params` parameters
+    (``param_count`` "total" or "non-embedding").
 
     Width from the interpolated depth/width curve, rounded to the d_head grid; depth the
     integer next to the curve that lands closest to `params`. Reproduces all seven shapes.
     """
-    smallest = _continuous_params(64, vocab_size, seq_len)
+    count = param_counter(param_count)
+    smallest = _continuous_params(64, vocab_size, seq_len, count)
     if params < smallest:
         raise CgptError(
             f"{params:,.0f} parameters is below the smallest model in this family "
             f"(~{smallest:,.0f} at width 64 with vocab {vocab_size}); use "
             f"--layers/--width for tiny models"
         )
-    d = _bisect(lambda x: _continuous_params(x, vocab_size, seq_len), params, 64, 1e6)
+    d = _bisect(lambda x: _continuous_params(x, vocab_size, seq_len, count), params, 64, 1e6)
     best = None
     for grid_d in {
         max(64, math.floor(d / R.width_grid(d)) * R.width_grid(d)),
@@ -444,7 +498,7 @@ def shape_for_params(
     }:
         curve = R.layers_for_width(grid_d)
         for layers in {max(1, math.floor(curve)), max(1, math.ceil(curve))}:
-            n = num_params(
+            n = count(
                 SimpleNamespace(
                     n_embd=grid_d,
                     n_layer=layers,
@@ -469,13 +523,14 @@ def plan_for_params(
     vocab_size: int = GPT2_VOCAB,
     fit: R.Fit | None = None,
     name: str | None = None,
+    param_count: str = "total",
     **kw,
 ) -> Plan:
     """A compute-optimal plan for about `params` parameters (shape chosen by the rules)."""
     _check_positive(params, "parameter count")
     if tokens_per_param is not None:
         _check_positive(tokens_per_param, "tokens per parameter")
-    layers, width, heads = shape_for_params(params, vocab_size, seq_len)
+    layers, width, heads = shape_for_params(params, vocab_size, seq_len, param_count)
     return plan_for_shape(
         layers,
         width,
@@ -486,6 +541,7 @@ def plan_for_params(
         vocab_size=vocab_size,
         fit=fit,
         name=name,
+        param_count=param_count,
         **kw,
     )
 
@@ -496,9 +552,12 @@ def params_for_budget(
     convention: str = "algorithmic",
     vocab_size: int = GPT2_VOCAB,
     seq_len: int = R.SEQ_LEN,
+    param_count: str = "total",
 ) -> float:
-    """N such that the family's shape at N, trained on tpp·N tokens, costs `flops`."""
+    """N such that the family's shape at N, trained on tpp·N tokens, costs `flops` (N and
+    the returned count: total or non-embedding parameters)."""
     per_token = {"algorithmic": flops_per_token_algorithmic, "mfu": flops_per_token_mfu}[convention]
+    count = param_counter(param_count)
 
     def cost(d: float) -> float:
         ns = SimpleNamespace(
@@ -508,7 +567,7 @@ def params_for_budget(
             n_positions=seq_len,
             n_inner=4 * d,
         )
-        return per_token(ns, seq_len) * tokens_per_param * num_params(ns)
+        return per_token(ns, seq_len) * tokens_per_param * count(ns)
 
     if flops < cost(64):
         raise CgptError(
@@ -517,7 +576,7 @@ def params_for_budget(
             f"--width instead"
         )
     d = _bisect(cost, flops, 64, 1e6)
-    return _continuous_params(d, vocab_size, seq_len)
+    return _continuous_params(d, vocab_size, seq_len, count)
 
 
 def plan_for_flops(
@@ -534,7 +593,8 @@ def plan_for_flops(
     convention, the one its loss law uses): N and D = tpp·N grow together."""
     _check_positive(flops, "FLOP budget")
     tpp = _tpp(tokens_per_param, fit)
-    n = params_for_budget(flops, tpp, "algorithmic", vocab_size, seq_len)
+    pc = kw.get("param_count", "total")
+    n = params_for_budget(flops, tpp, "algorithmic", vocab_size, seq_len, pc)
     return plan_for_params(n, tpp, law, fit=fit, seq_len=seq_len, vocab_size=vocab_size, **kw)
 
 
@@ -557,7 +617,7 @@ def plan_for_gpu_hours(
     _check_mfu(mfu)
     tpp = _tpp(tokens_per_param, fit)
     c = gpu_hours * 3600 * device.bf16_flops * mfu
-    n = params_for_budget(c, tpp, "mfu", vocab_size, seq_len)
+    n = params_for_budget(c, tpp, "mfu", vocab_size, seq_len, kw.get("param_count", "total"))
     return plan_for_params(n, tpp, law, fit=fit, seq_len=seq_len, vocab_size=vocab_size, **kw)
 
 

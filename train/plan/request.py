@@ -45,6 +45,8 @@ class PlanRequest:
     lr: float | None = None
     decay: str | None = None  # linear | cosine | wsd (default: the family's rule)
     cooldown_fraction: float | None = None  # wsd only (default 0.2)
+    recipe: str = "cerebras"  # batch/LR laws: cerebras | deepseek (cgpt.train.plan.rules)
+    param_count: str = "total"  # N in tokens = tokens_per_param × N: total | non-embedding
     mup: bool = False
     gpu: str | None = None
     gpus: int | None = None
@@ -103,7 +105,11 @@ def plan(req: PlanRequest) -> P.Plan:
         lr=req.lr,
         decay=req.decay,
         cooldown_fraction=req.cooldown_fraction,
+        recipe=req.recipe,
+        param_count=req.param_count,
     )
+    P.check_recipe(req.recipe)
+    P.param_counter(req.param_count)
     if req.size:
         if req.rules:
             base = P.plan_published(req.size)  # validates the name
@@ -112,10 +118,19 @@ def plan(req: PlanRequest) -> P.Plan:
             )
         else:
             plan_ = P.plan_published(req.size, law=fit.law if fit else None)
-            if req.batch_seqs or req.lr or req.tokens_per_param or req.decay:
+            changed = (
+                req.batch_seqs
+                or req.lr
+                or req.tokens_per_param
+                or req.decay
+                or req.recipe != "cerebras"
+                or req.param_count != "total"
+            )
+            if changed:
                 raise CgptError(
-                    "--batch-seqs/--lr/--tokens-per-param/--decay change a published recipe; "
-                    "add --rules to plan this size by the rules instead"
+                    "--batch-seqs/--lr/--tokens-per-param/--decay/--recipe/--param-count "
+                    "change a published recipe; add --rules to plan this size by the rules "
+                    "instead"
                 )
     elif req.params:
         plan_ = P.plan_for_params(req.params, **kw)
@@ -169,6 +184,8 @@ def rebatch(plan_: P.Plan, gpus: int, lr: float | None = None) -> P.Plan:
         lr=lr,
         decay=plan_.decay,
         cooldown_fraction=plan_.cooldown_fraction,
+        recipe=plan_.extra.get("recipe", "cerebras"),
+        param_count=plan_.extra.get("param_count", "total"),
     )
     note = (
         f"global batch rounded from the rule's {rule_batch} to {batch} sequences, a "

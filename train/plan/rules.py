@@ -196,6 +196,41 @@ def layers_for_width(n_embd: float) -> float:
     raise AssertionError("unreachable")
 
 
+# ---- other papers' batch and LR laws (cgpt plan --recipe) ----------------------------------
+# A recipe sets the global batch and the peak LR; tokens, steps, warmup, decay, min LR and
+# AdamW stay the family's rules above, so recipes compare on the same runs.
+RECIPE_NAMES = ("cerebras", "deepseek")
+# Porian et al. 2024 (arXiv 2406.19146) fit the optimal batch and LR as power laws in N, but
+# their constants could not be checked against the paper here (the stored copies of the paper
+# stop before that section, and their code repository saves no fit outputs): not implemented
+# rather than typed from memory.
+UNVERIFIED_RECIPES = {
+    "porian": "Porian et al. 2024's batch/LR fits are not implemented: their constants "
+    "could not be verified against the paper; pass --batch-seqs/--lr from it yourself"
+}
+
+# DeepSeek LLM (Bi et al. 2024, arXiv 2401.02954; docs/REFERENCE.md, Related scaling laws):
+# B_opt = 0.2920·C^0.3271 tokens, η_opt = 0.3118·C^-0.1250, with C = M·D in their
+# convention, M = non-embedding FLOPs per token = 72·n_layer·d_model² + 12·n_layer·d_model·l_seq
+DEEPSEEK_BATCH_COEF, DEEPSEEK_BATCH_EXP = 0.2920, 0.3271
+DEEPSEEK_LR_COEF, DEEPSEEK_LR_EXP = 0.3118, -0.1250
+
+
+def deepseek_flops_per_token(n_layer: int, d_model: int, seq_len: int) -> float:
+    """M, DeepSeek LLM's non-embedding FLOPs per token (attention included; d_ffn = 4·d)."""
+    return 72.0 * n_layer * d_model**2 + 12.0 * n_layer * d_model * seq_len
+
+
+def deepseek_batch_tokens(compute: float) -> float:
+    """B_opt in tokens for compute C = M·D (DeepSeek convention)."""
+    return DEEPSEEK_BATCH_COEF * compute**DEEPSEEK_BATCH_EXP
+
+
+def deepseek_lr(compute: float) -> float:
+    """η_opt for compute C = M·D (DeepSeek convention)."""
+    return DEEPSEEK_LR_COEF * compute**DEEPSEEK_LR_EXP
+
+
 # ---- scaling laws and the tokens-per-param source (the seam for sweep fits) ---------------
 @dataclass(frozen=True)
 class ScalingLaw:
