@@ -106,6 +106,52 @@ def test_chinchilla_approach3_recovers_parameters():
     assert fit["r2"] > 0.999
 
 
+# Besiroglu et al. 2024's refit of Chinchilla (docs/REFERENCE.md, Related scaling laws)
+BESIROGLU = dict(E=1.82, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658)
+
+
+def _besiroglu_points(noise: float, seed: int = 0):
+    """5 budgets 1e18..1e22 × 7 sizes from 0.1× to 10× the 20-tokens/param size."""
+    rng = np.random.default_rng(seed)
+    n, d, y = [], [], []
+    for c in np.logspace(18, 22, 5):
+        for f in np.logspace(-1, 1, 7):
+            nn = math.sqrt(c / 6 / 20) * f
+            n.append(nn)
+            d.append(c / 6 / nn)
+            y.append(chinchilla_loss(nn, d[-1], **BESIROGLU) * math.exp(rng.normal(0, noise)))
+    return n, d, y
+
+
+def test_chinchilla_fit_recovers_besiroglu_parameters():
+    """Golden: the approach-3 fitter recovers the published parameters exactly from exact
+    points, and within tolerance (true values inside the bootstrap intervals) at 0.2% noise."""
+    exact = fit_chinchilla(*_besiroglu_points(0.0), n_boot=0)
+    for k, v in BESIROGLU.items():
+        assert exact[k] == pytest.approx(v, rel=1e-6), k
+    noisy = fit_chinchilla(*_besiroglu_points(0.002), n_boot=40)
+    assert noisy["E"] == pytest.approx(1.82, abs=0.02)
+    assert noisy["alpha"] == pytest.approx(0.3478, abs=0.01)
+    assert noisy["beta"] == pytest.approx(0.3658, abs=0.01)
+    assert noisy["A"] == pytest.approx(482.01, rel=0.15)
+    assert noisy["B"] == pytest.approx(2085.43, rel=0.15)
+    for k, v in BESIROGLU.items():
+        lo, hi = noisy["ci95"][k]
+        assert lo <= v <= hi, (k, lo, v, hi)
+    assert noisy["objective"].startswith("Huber(delta=1e-3)")
+
+
+def test_hoffmann_grid_of_starts():
+    from cgpt.train.scaling.fit import chinchilla_starts
+
+    starts = chinchilla_starts("hoffmann", 2.0)
+    assert len(starts) == 6 * 6 * 5 * 5 * 5 == 4500  # Hoffmann et al. Appendix D.2
+    assert (25.0, 0.0, -1.0, 2.0, 0.5) in starts
+    assert len(chinchilla_starts("coarse", 2.0)) == 48
+    with pytest.raises(ValueError):
+        chinchilla_starts("fine", 2.0)
+
+
 def test_too_few_points_say_how_many_more():
     with pytest.raises(FitError, match="has 2: add 1 more"):
         fit_paper_law([1e12, 1e13], [3.0, 2.8])
