@@ -197,6 +197,7 @@ def format_plan(plan, device=None, mfu: float = 0.4) -> str:
     from cgpt.train.plan.planner import time_on
 
     m = plan.model
+    pi = plan.law.interval(plan.train_flops)
     rows = [
         ("plan", f"{plan.name} ({plan.source})"),
         ("params", f"{plan.params:,}"),
@@ -259,10 +260,13 @@ def format_plan(plan, device=None, mfu: float = 0.4) -> str:
         ),
         (
             "predicted loss",
-            f"{plan.predicted_loss:.3f} (L = (C/{plan.law.a:.4g})^-{plan.law.b:g} + "
-            f"{plan.law.c:g}, {plan.law.source})",
+            f"{plan.predicted_loss:.3f}"
+            + (f" (95% interval {pi[0]:.3f}-{pi[1]:.3f})" if pi else "")
+            + f" (L = (C/{plan.law.a:.4g})^-{plan.law.b:g} + {plan.law.c:g}, {plan.law.source})",
         ),
     ]
+    if plan.law.check:
+        rows.append(("fit check", plan.law.check))
     c = plan.cluster
     if c:
         mem = c.memory

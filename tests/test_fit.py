@@ -152,6 +152,43 @@ def test_hoffmann_grid_of_starts():
         chinchilla_starts("fine", 2.0)
 
 
+def test_prediction_check_leave_largest_and_one_out():
+    from cgpt.train.scaling.fit import prediction_check
+
+    rng = np.random.default_rng(0)
+    c = np.logspace(12, 16, 6)
+    y = paper_law(c, a=3e17, b=0.15, c=1.2) + rng.normal(0, 0.004, c.size)
+    chk = prediction_check(c, y, n_boot=100)
+    llo = chk["leave_largest_out"]
+    assert llo["flops"] == 1e16 and llo["fitted_on"] == 5
+    assert llo["predicted"] == pytest.approx(paper_law(1e16, 3e17, 0.15, 1.2), abs=0.02)
+    assert abs(llo["rel_error"]) < 0.01 and llo["pi95"][0] < llo["predicted"] < llo["pi95"][1]
+    assert llo["inside_pi95"] is True
+    loo = chk["leave_one_out"]
+    assert len(loo["points"]) == 6 and loo["mean_abs_error"] < 0.01
+    assert loo["points"][-1] == llo
+    # 4 points: held-out fits of 3 parameters to 3 points have no interval; 3 points: refused
+    few = prediction_check(c[:4], y[:4])
+    assert few["leave_largest_out"]["pi95"] is None
+    with pytest.raises(FitError, match="add 1 more"):
+        prediction_check(c[:3], y[:3])
+
+
+def test_fit_results_report_their_predictive_error(tmp_path):
+    recs = [
+        dict(name=f"p{i}", status="ok", params=1e5 * 2**i, tokens=2e6 * 2**i, flops=float(c))
+        | dict(val_loss=float(paper_law(c, 1e17, 0.12, 1.0) * (1 + 0.002 * (-1) ** i)))
+        for i, c in enumerate(np.logspace(12, 15, 6))
+    ]
+    fit = fit_results(recs, kind="tokens_per_param", tokens_per_param=20.0, n_boot=60)
+    llo = fit["prediction"]["leave_largest_out"]
+    assert llo["flops"] == pytest.approx(1e15) and llo["pi95"] is not None
+    assert 20 <= len(fit["loss_law"]["draws"]) <= 60
+    assert fit["loss_law"]["residual_scale"] > 0
+    plot_scaling([dict(r, loss=r["val_loss"]) for r in recs], fit, tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 10_000
+
+
 def test_too_few_points_say_how_many_more():
     with pytest.raises(FitError, match="has 2: add 1 more"):
         fit_paper_law([1e12, 1e13], [3.0, 2.8])

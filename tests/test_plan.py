@@ -249,6 +249,42 @@ def test_fit_file(tmp_path):
         R.load_fit(tmp_path / "missing.json")
 
 
+def test_fit_file_interval_and_check(tmp_path, capsys):
+    """A sweep's fit.json with bootstrap draws: the plan's predicted loss comes with a 95%
+    interval (the draws' curves at the plan's FLOPs plus the residual noise) and the
+    sweep's own leave-largest-out error."""
+    draws = [[1e22 * (1 + 0.01 * k), 0.05, 1.0] for k in range(-20, 21)]
+    f = tmp_path / "fit.json"
+    f.write_text(
+        json.dumps(
+            {
+                "tokens_per_param": 20,
+                "loss_law": {"form": "paper", "a": 1e22, "b": 0.05, "c": 1.0, "draws": draws}
+                | {"residual_scale": 0.0},
+                "prediction": {
+                    "leave_largest_out": {"rel_error": 0.0123, "inside_pi95": True, "x": 1}
+                },
+            }
+        )
+    )
+    law = R.load_fit(f).law
+    c = 1e20
+    curves = sorted((c / a) ** -b + cc for a, b, cc in draws)
+    lo, hi = law.interval(c)
+    assert curves[0] <= lo < law.loss(c) < hi <= curves[-1]
+    assert "+1.23%" in law.check and "inside" in law.check
+    assert main(["plan", "--params", "400M", "--fit", str(f), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    lo, hi = d["predicted_loss_pi95"]
+    assert lo < d["predicted_loss"] < hi and "+1.23%" in d["loss_law_check"]
+    assert main(["plan", "--params", "400M", "--fit", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "95% interval" in out and "fit check" in out
+    f.write_text(json.dumps({"loss_law": {"a": 1e22, "b": 0.05, "c": 1.0, "draws": [[1, 2]]}}))
+    with pytest.raises(CgptError, match="draws"):
+        R.load_fit(f)
+
+
 def test_run_config_round_trip():
     plan = P.with_cluster(P.plan_published("1.3B"), 16, get_device("h100"))
     cfg = plan.to_run_config("data/x", runtime={"seed": 7})

@@ -176,6 +176,10 @@ class Plan:
             "train_flops": float(self.train_flops),
             "train_flops_mfu": float(self.train_flops_mfu),
             "predicted_loss": self.predicted_loss,
+            "predicted_loss_pi95": (
+                list(self.law.interval(self.train_flops) or ()) or None if self.law.draws else None
+            ),
+            "loss_law_check": self.law.check or None,
             "loss_law": {
                 "form": "paper",
                 "a": self.law.a,

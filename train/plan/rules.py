@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
@@ -240,9 +240,29 @@ class ScalingLaw:
     b: float = 0.0737
     c: float = 0.5066
     source: str = "Cerebras-GPT paper"
+    # from a sweep's fit.json: bootstrap (a, b, c) refits, the residual noise scale, and a
+    # line on how well the sweep predicted its own largest point (cgpt.train.scaling.fit)
+    draws: tuple[tuple[float, float, float], ...] = field(default=(), compare=False, repr=False)
+    residual_scale: float = field(default=0.0, compare=False)
+    check: str = field(default="", compare=False)
 
     def loss(self, flops: float) -> float:
         return (flops / self.a) ** -self.b + self.c
+
+    def interval(self, flops: float) -> tuple[float, float] | None:
+        """95% prediction interval of the loss at `flops`: the bootstrap refits' curves plus
+        the sweep's residual noise (None without draws). Beyond the sweep's compute it is an
+        extrapolation: it covers the fit's uncertainty, not a change of regime."""
+        if len(self.draws) < 20:
+            return None
+        import numpy as np
+
+        d = np.asarray(self.draws, dtype=float)
+        curve = (flops / d[:, 0]) ** -d[:, 1] + d[:, 2]
+        rng = np.random.default_rng(0)
+        samples = np.repeat(curve, 10) + rng.normal(0, self.residual_scale, 10 * len(curve))
+        lo, hi = np.percentile(samples, [2.5, 97.5])
+        return float(lo), float(hi)
 
 
 @dataclass(frozen=True)
@@ -288,5 +308,38 @@ def load_fit(path: str | Path) -> Fit:
         c = raw.get("c")
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
             raise CgptError(f"{p}: loss_law.c must be a number >= 0, got {c!r}")
-        law = ScalingLaw(a, b, float(c), source=str(p))
+        law = ScalingLaw(
+            a,
+            b,
+            float(c),
+            source=str(p),
+            draws=_draws(raw.get("draws"), p),
+            residual_scale=float(raw.get("residual_scale") or 0.0),
+            check=_check_line(d.get("prediction")),
+        )
     return Fit(tpp, law, source=str(p))
+
+
+def _draws(raw, path) -> tuple[tuple[float, float, float], ...]:
+    if raw is None:
+        return ()
+    try:
+        out = tuple((float(a), float(b), float(c)) for a, b, c in raw)
+    except (TypeError, ValueError):
+        raise CgptError(f"{path}: loss_law.draws must be a list of [a, b, c] triples") from None
+    if not all(math.isfinite(v) for t in out for v in t) or any(t[0] <= 0 for t in out):
+        raise CgptError(f"{path}: loss_law.draws holds non-finite or non-positive values")
+    return out
+
+
+def _check_line(pred) -> str:
+    """One line on the sweep's own leave-largest-out prediction (empty without one)."""
+    llo = (pred or {}).get("leave_largest_out") if isinstance(pred, dict) else None
+    if not isinstance(llo, dict) or "rel_error" not in llo:
+        return ""
+    inside = llo.get("inside_pi95")
+    where = {True: "inside", False: "OUTSIDE"}.get(inside, "no interval for")
+    return (
+        f"the sweep's law fitted without its largest point predicted that point with error "
+        f"{100 * float(llo['rel_error']):+.2f}% ({where} its 95% interval)"
+    )

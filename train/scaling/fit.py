@@ -37,6 +37,7 @@ MIN_PAPER_POINTS = 3  # three parameters a, b, c
 PARABOLA_WINDOW = 2  # sizes each side of the best one that the IsoFLOP parabola sees
 MIN_SIZES_PER_BUDGET = 3  # a parabola has three coefficients
 MIN_CHINCHILLA_POINTS = 6  # five parameters + one degree of freedom
+KEEP_DRAWS = 200  # bootstrap (a, b, c) triples kept in fit.json for `cgpt plan --fit` intervals
 FLOPS_CONVENTION = "algorithmic: cgpt.model.flops_per_token_algorithmic(cfg, seq_len) x tokens"
 
 
@@ -72,25 +73,33 @@ def _paper_model(lnc, ln_a, b, c):
     return np.exp(-b * (lnc - ln_a)) + c
 
 
+def _paper_jac(lnc, ln_a, b, c):
+    e = np.exp(-b * (lnc - ln_a))
+    return np.stack([b * e, -(lnc - ln_a) * e, np.ones_like(lnc)], axis=1)
+
+
 def _fit_paper_once(lnc: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """Least squares for (ln a, b, c): a grid over c (log-linear regression for the others),
     then a bounded local refinement. The grid makes the result independent of a start guess."""
     y_min = float(y.min())
-    best = None
-    for c in np.linspace(0.0, y_min, 60, endpoint=False):
-        slope, icpt = np.polyfit(lnc, np.log(y - c), 1)
-        if slope >= 0:  # loss not falling with compute at this c
-            continue
-        b = -slope
-        ln_a = icpt / b
-        sse = float(np.sum((_paper_model(lnc, ln_a, b, c) - y) ** 2))
-        if best is None or sse < best[0]:
-            best = (sse, ln_a, b, c)
-    if best is None:
+    # every grid value of c at once: log(y - c) = icpt + slope·ln C by least squares
+    cs = np.linspace(0.0, y_min, 60, endpoint=False)
+    z = np.log(y[None, :] - cs[:, None])
+    xc = lnc - lnc.mean()
+    slopes = (z * xc).sum(axis=1) / (xc**2).sum()
+    icpts = z.mean(axis=1) - slopes * lnc.mean()
+    ok = slopes < 0  # loss falling with compute at this c
+    if not ok.any():
         raise FitError(
             "loss does not fall with compute over these points; the power law "
             "L(C) = (C/a)^-b + c cannot describe them"
         )
+    bs = -slopes[ok]
+    ln_as = icpts[ok] / bs
+    pred = np.exp(-bs[:, None] * (lnc[None, :] - ln_as[:, None])) + cs[ok][:, None]
+    sse = ((pred - y[None, :]) ** 2).sum(axis=1)
+    k = int(np.argmin(sse))
+    best = (float(sse[k]), float(ln_as[k]), float(bs[k]), float(cs[ok][k]))
     _, ln_a, b, c = best
     try:
         with warnings.catch_warnings():  # the covariance is not used (bootstrap instead)
@@ -100,6 +109,7 @@ def _fit_paper_once(lnc: np.ndarray, y: np.ndarray) -> tuple[float, float, float
                 lnc,
                 y,
                 p0=(ln_a, b, c),
+                jac=_paper_jac,
                 method="trf",
                 maxfev=20000,
                 bounds=([-np.inf, 1e-6, 0.0], [np.inf, 10.0, y_min * (1 - 1e-9)]),
@@ -110,10 +120,21 @@ def _fit_paper_once(lnc: np.ndarray, y: np.ndarray) -> tuple[float, float, float
 
 
 def fit_paper_law(
-    flops: Iterable[float], losses: Iterable[float], *, n_boot: int = 500, seed: int = 0
+    flops: Iterable[float],
+    losses: Iterable[float],
+    *,
+    n_boot: int = 500,
+    seed: int = 0,
+    predict_at: Iterable[float] = (),
+    keep_draws: int = 0,
 ) -> dict[str, Any]:
     """Fit L(C) = (C/a)^(-b) + c; returns a, b, c, R², RMSE, residuals and a 95% interval
-    per parameter from a residual bootstrap (fixed FLOPs, resampled residuals)."""
+    per parameter from a residual bootstrap (fixed FLOPs, resampled residuals).
+
+    ``predict_at``: compute values to predict the loss at, each with a 95% PREDICTION
+    interval: the bootstrap refits' curves at C (parameter uncertainty) plus one resampled,
+    dof-inflated residual each (the new point's own noise). ``keep_draws``: store up to that
+    many bootstrap (a, b, c) triples as ``draws`` (cgpt plan --fit reads them)."""
     x = np.asarray(list(flops), dtype=float)
     y = np.asarray(list(losses), dtype=float)
     if len(x) < MIN_PAPER_POINTS:
@@ -144,6 +165,12 @@ def fit_paper_law(
         "dof": dof,
         "ci95": None,
     }
+    targets = [float(v) for v in predict_at]
+    if targets:
+        out["predictions"] = [
+            {"flops": t, "loss": float(_paper_model(math.log(t), ln_a, b, c)), "pi95": None}
+            for t in targets
+        ]
     if dof <= 0:
         out["note"] = (
             "as many parameters as points: the curve passes through every point, "
@@ -161,6 +188,16 @@ def fit_paper_law(
             draws.append(_fit_paper_once(lnc, yb))
         except FitError:
             continue
+    if len(draws) >= 20 and targets:
+        d = np.array(draws)
+        for pred in out["predictions"]:
+            curve = _paper_model(math.log(pred["flops"]), d[:, 0], d[:, 1], d[:, 2])
+            noisy = curve + rng.choice(resid, size=len(curve), replace=True) * scale
+            lo, hi = np.percentile(noisy, [2.5, 97.5])
+            pred["pi95"] = [float(lo), float(hi)]
+    if len(draws) >= 20 and keep_draws:
+        out["draws"] = [[math.exp(la), float(bb), float(cc)] for la, bb, cc in draws[:keep_draws]]
+        out["residual_scale"] = float(np.sqrt(np.mean(resid**2)) * scale)
     if len(draws) >= 20:
         d = np.array(draws)
         lo, hi = np.percentile(d, [2.5, 97.5], axis=0)
@@ -171,6 +208,73 @@ def fit_paper_law(
             "n_boot": len(draws),
         }
     return out
+
+
+def _holdout_one(x, y, i, n_boot: int, seed: int) -> dict[str, Any]:
+    """Fit without point i, predict it: error and whether its 95% interval holds it."""
+    keep = [j for j in range(len(x)) if j != i]
+    fit = fit_paper_law(
+        [x[j] for j in keep], [y[j] for j in keep], n_boot=n_boot, seed=seed, predict_at=[x[i]]
+    )
+    pred = fit["predictions"][0]
+    err = pred["loss"] - y[i]
+    pi = pred["pi95"]
+    return {
+        "flops": x[i],
+        "loss": y[i],
+        "predicted": pred["loss"],
+        "error": err,
+        "rel_error": err / y[i],
+        "pi95": pi,
+        "inside_pi95": None if pi is None else bool(pi[0] <= y[i] <= pi[1]),
+        "fitted_on": len(keep),
+    }
+
+
+def prediction_check(
+    flops: Iterable[float], losses: Iterable[float], *, n_boot: int = 200, seed: int = 0
+) -> dict[str, Any]:
+    """How well the law L(C) = (C/a)^-b + c PREDICTS, measured on the points themselves.
+
+    * leave-largest-out: fit on every frontier point but the largest compute, predict that
+      one (the question a scaling sweep answers: extrapolation to a bigger run), with a 95%
+      prediction interval from the residual bootstrap (:func:`fit_paper_law`);
+    * leave-one-out: the same for every point in turn (a point at either end extrapolates,
+      inner points interpolate); mean absolute and RMS error, and how many fell inside their
+      intervals.
+
+    Needs one point more than the fit (4); the intervals need two more (5: a fit of 3
+    parameters to 3 points has no residuals to resample).
+    """
+    x = [float(v) for v in flops]
+    y = [float(v) for v in losses]
+    need = MIN_PAPER_POINTS + 1
+    if len(x) < need:
+        raise FitError("a held-out prediction " + _more(need, len(x), "frontier points"))
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    x, y = [x[i] for i in order], [y[i] for i in order]
+    largest = _holdout_one(x, y, len(x) - 1, n_boot, seed)
+    loo, skipped = [], []
+    for i in range(len(x)):
+        try:
+            loo.append(_holdout_one(x, y, i, n_boot, seed) if i < len(x) - 1 else largest)
+        except FitError as e:  # e.g. the rest do not fall with compute
+            skipped.append({"flops": x[i], "reason": str(e)})
+    errs = np.array([r["error"] for r in loo])
+    inside = [r["inside_pi95"] for r in loo if r["inside_pi95"] is not None]
+    return {
+        "method": "paper law refitted without the held-out point(s); 95% prediction "
+        "intervals from a residual bootstrap plus a resampled residual",
+        "leave_largest_out": largest,
+        "leave_one_out": {
+            "points": loo,
+            "skipped": skipped,
+            "mean_abs_error": float(np.mean(np.abs(errs))) if len(errs) else None,
+            "rmse": float(np.sqrt(np.mean(errs**2))) if len(errs) else None,
+            "max_abs_rel_error": (float(max(abs(r["rel_error"]) for r in loo)) if loo else None),
+            "inside_pi95": f"{sum(inside)}/{len(inside)}" if inside else None,
+        },
+    }
 
 
 def monotonic_report(flops: list[float], losses: list[float]) -> dict[str, Any]:
@@ -556,15 +660,25 @@ def fit_results(
         out["tokens_per_param"] = tokens_per_param
         out["tokens_per_param_source"] = "assumed: the sweep's fixed ratio (not measured)"
     frontier.sort(key=lambda f: f["flops"])
+    fx, fy = [f["flops"] for f in frontier], [f["loss"] for f in frontier]
     try:
-        law = fit_paper_law(
-            [f["flops"] for f in frontier], [f["loss"] for f in frontier], n_boot=n_boot, seed=seed
-        )
+        law = fit_paper_law(fx, fy, n_boot=n_boot, seed=seed, keep_draws=KEEP_DRAWS)
         law["frontier"] = frontier
-        law.update(monotonic_report([f["flops"] for f in frontier], [f["loss"] for f in frontier]))
+        law.update(monotonic_report(fx, fy))
         out["loss_law"] = law
     except FitError as e:
         out["loss_law_error"] = str(e)
+    try:
+        out["prediction"] = prediction_check(fx, fy, n_boot=min(n_boot, 200), seed=seed)
+        llo = out["prediction"]["leave_largest_out"]
+        if llo["inside_pi95"] is False:
+            out["warnings"].append(
+                f"leave-largest-out: the law fitted without the largest point predicts "
+                f"{llo['predicted']:.4f} for it, measured {llo['loss']:.4f}, outside its 95% "
+                "interval: extrapolations from this sweep are not trustworthy"
+            )
+    except FitError as e:
+        out["prediction"] = {"skipped": str(e)}
     try:
         ch = fit_chinchilla(
             [p["params"] for p in points],

@@ -101,6 +101,24 @@ def plot_scaling(points: list[dict], fit: dict, path: str | os.PathLike, title: 
             label=_law_label(law),
         )
         ax.plot([], [], " ", label=_law_stats(law))
+    llo = (fit.get("prediction") or {}).get("leave_largest_out")
+    if llo:
+        pi = llo.get("pi95")
+        yerr = [[llo["predicted"] - pi[0]], [pi[1] - llo["predicted"]]] if pi is not None else None
+        ax.errorbar(
+            [llo["flops"]],
+            [llo["predicted"]],
+            yerr=yerr,
+            fmt="D",
+            ms=6,
+            color="tab:orange",
+            capsize=4,
+            zorder=5,
+            label=(
+                f"fit without the largest point predicts it: error "
+                f"{100 * llo['rel_error']:+.2f}%" + (" (95% interval)" if pi is not None else "")
+            ),
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     _plain_y(ax)

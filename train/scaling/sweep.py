@@ -677,6 +677,24 @@ def summarize_fit(fit: dict) -> list[str]:
             f"loss {'falls monotonically' if law['monotonic'] else 'NOT monotonic'} "
             "with compute)"
         )
+    pred = fit.get("prediction") or {}
+    llo, loo = pred.get("leave_largest_out"), pred.get("leave_one_out") or {}
+    if llo:
+        pi = llo.get("pi95")
+        lines.append(
+            f"leave-largest-out: fitted on {llo['fitted_on']} points, predicts "
+            f"{llo['predicted']:.4f} at C = {llo['flops']:.3g} "
+            + (f"(95% interval {pi[0]:.4f}-{pi[1]:.4f}) " if pi else "(no interval) ")
+            + f"vs measured {llo['loss']:.4f}: error {100 * llo['rel_error']:+.2f}%"
+        )
+        if loo.get("mean_abs_error") is not None:
+            lines.append(
+                f"leave-one-out: mean |error| {loo['mean_abs_error']:.4f}, max "
+                f"{100 * loo['max_abs_rel_error']:.2f}%, inside the 95% interval: "
+                f"{loo['inside_pi95'] or 'n/a'}"
+            )
+    elif pred.get("skipped"):
+        lines.append(f"held-out prediction: {pred['skipped']}")
     iso = fit.get("isoflop") or {}
     if "alpha" in iso:
         lines.append(
