@@ -15,13 +15,14 @@ import sys
 
 # verb modules, in the order `cgpt --help` lists them
 COMMAND_MODULES = [
-    "cgpt.launch.cmd_plan",       # plan
-    "cgpt.launch.cmd_data",       # tokenizer train, prepare
-    "cgpt.launch.cmd_train",      # train, bench
-    "cgpt.launch.cmd_launch",     # launch, demo
-    "cgpt.launch.cmd_sweep",      # sweep, sweep fit
-    "cgpt.launch.cmd_mup",        # mup coord-check, mup transfer
-    "cgpt.launch.cmd_export",     # export, import-hf
+    "cgpt.launch.cmd_plan",  # plan
+    "cgpt.launch.cmd_data",  # tokenizer train, prepare
+    "cgpt.launch.cmd_train",  # train, bench
+    "cgpt.launch.cmd_launch",  # launch, demo
+    "cgpt.launch.cmd_sweep",  # sweep, sweep fit
+    "cgpt.launch.cmd_mup",  # mup coord-check, mup transfer
+    "cgpt.launch.cmd_export",  # export, import-hf
+    "cgpt.launch.cmd_eval",  # eval
 ]
 
 
@@ -45,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while torch/DeepSpeed load: one line, not a traceback
+        print("cgpt: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     from cgpt.model.errors import CgptError
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -321,3 +321,31 @@ def test_disk_full_at_start_leaves_no_run_folder(tmp_path, data, capsys):
         assert sorted(p.name for p in disk.iterdir()) == ["filler"]
     finally:
         subprocess.run(["umount", "-l", str(disk)], timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [1.0, 2.5, 4.0])
+def test_ctrl_c_during_start_up_is_one_line(tmp_path, data, delay):
+    """Ctrl-C while torch/DeepSpeed load or the engine is built: exit 130 with one line and
+    no run folder (or, once training runs, a checkpoint and exit 0)."""
+    d = make_cfg(tmp_path, data, steps=3000, save_every=0, eval_every=0)
+    path = _write(tmp_path, d)
+    proc = subprocess.Popen(
+        [CGPT, "train", str(path)],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert "Traceback" not in err, err
+    if proc.returncode == 130:
+        lines = [ln for ln in err.splitlines() if "[WARNING]" not in ln]
+        assert lines == ["cgpt: interrupted"] or lines[-1].endswith("interrupted"), err
+        run = tmp_path / "run"  # no folder, or (interrupted just before step 1) a resumable one
+        assert not run.exists() or (run / "config.yaml").is_file(), sorted(run.iterdir())
+    else:
+        assert proc.returncode == 0 and "stopped by SIGINT" in err, err
