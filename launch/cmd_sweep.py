@@ -20,6 +20,9 @@ usage forms:
   cgpt sweep fit SWEEP_DIR [--bootstrap N]
       fit the results of a sweep folder: writes SWEEP_DIR/fit.json (read by
       `cgpt plan --fit SWEEP_DIR/fit.json`), scaling.png and, for IsoFLOP sweeps, isoflop.png.
+      The fit reports its own predictive error: the law refitted without the largest point
+      predicts it (leave-largest-out), and every point in turn (leave-one-out), each with a
+      95% prediction interval (fit.json "prediction", the orange marker on scaling.png).
 ready configs: configs/sweep-cpu.yaml, configs/sweep-isoflop-cpu.yaml
 """
 
