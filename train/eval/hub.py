@@ -1,0 +1,139 @@
+"""The Hugging Face Hub, only when it answers: offline mode, a quick reachability probe, and
+one-line explanations of datasets/transformers download failures.
+
+Left alone, ``datasets`` retries an unreachable Hub for tens of seconds before it fails (23 s
+measured here, no network, lm-eval's hellaswag). :func:`prepare_hub_access` asks the Hub
+endpoint once, with a short timeout, and when it does not answer switches this process to
+offline mode: files already in the local cache still load, anything else fails at once and
+:func:`explain` turns the failure into one line that says how to run offline.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cgpt.model.errors import CgptError
+
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+_TRUE = {"1", "ON", "YES", "TRUE"}
+PROBE_TIMEOUT_S = 3.0
+OFFLINE_HOW = ("to run offline, use a local task YAML (dataset_path: json with "
+               "dataset_kwargs: {data_files: ...}) and --include-path DIR, or download the "
+               "dataset once where the Hub is reachable and then set HF_DATASETS_OFFLINE=1 to "
+               "read it from the local cache")
+
+
+def offline() -> bool:
+    """Whether this process already runs in Hugging Face offline mode."""
+    if any(os.environ.get(v, "").upper() in _TRUE for v in OFFLINE_VARS):
+        return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return False
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def endpoint() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    except ImportError:
+        return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hub endpoint answers an HTTP request within ``timeout`` seconds (through
+    huggingface_hub's own session, so proxies and certificates are the ones downloads use)."""
+    try:
+        from huggingface_hub.utils import get_session
+
+        get_session().head(endpoint(), timeout=timeout)
+        return True
+    except Exception:  # any failure to get an answer: DNS, refused, timeout, TLS
+        return False
+
+
+def go_offline() -> None:
+    """Switch this process to offline mode (the env vars, and the flags that datasets,
+    huggingface_hub and transformers read at import time)."""
+    for v in OFFLINE_VARS:
+        os.environ[v] = "1"
+    try:
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
+    try:
+        import datasets.config as dcfg
+
+        dcfg.HF_HUB_OFFLINE = True
+        dcfg.HF_DATASETS_OFFLINE = True
+    except ImportError:
+        pass
+    try:  # transformers 4.x caches the flag in a module global
+        import transformers.utils.hub as thub
+
+        if hasattr(thub, "_is_offline_mode"):
+            thub._is_offline_mode = True
+    except ImportError:
+        pass
+
+
+def prepare_hub_access() -> str:
+    """'offline' (already), 'online' (the Hub answered) or 'unreachable' (it did not, and
+    this process is now offline: cached files still load, others fail at once)."""
+    if offline():
+        return "offline"
+    if reachable():
+        return "online"
+    go_offline()
+    return "unreachable"
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def is_hub_error(e: BaseException) -> bool:
+    """Whether ``e`` is a failure to get something from the Hub (offline or unreachable)."""
+    names = {c.__name__ for c in type(e).__mro__}
+    if names & {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "DatasetNotFoundError",
+                "ConnectTimeout", "ConnectError", "ConnectionError", "HfHubHTTPError",
+                "RepositoryNotFoundError", "GatedRepoError"}:
+        return True
+    text = str(e)
+    return any(s in text for s in ("on the Hub", "huggingface.co", "offline mode",
+                                   "OfflineModeIsEnabled", "cached files"))
+
+
+def explain_dataset(task: str, dataset: str | None, e: BaseException, state: str) -> CgptError:
+    """One line for a task that could not be loaded (its dataset, most often)."""
+    what = f"the Hugging Face dataset {dataset!r}" if dataset else "its dataset"
+    if is_hub_error(e):
+        why = {"unreachable": f"the Hub ({endpoint()}) did not answer within "
+                              f"{PROBE_TIMEOUT_S:g}s",
+               "offline": "offline mode is on (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE)"}.get(
+            state, "the Hub could not be reached")
+        return CgptError(f"task {task} needs {what}, which is not in the local cache, and "
+                         f"{why}; {OFFLINE_HOW}")
+    where = f" (dataset {dataset})" if dataset else ""
+    return CgptError(f"task {task} could not be loaded{where}: {_first_line(e)}")
+
+
+def explain_model(name: str, e: BaseException, state: str) -> CgptError:
+    """One line for an ``hf:NAME`` model that could not be loaded."""
+    if state in ("offline", "unreachable") and (is_hub_error(e) or isinstance(e, OSError)):
+        why = (f"the Hub ({endpoint()}) did not answer within {PROBE_TIMEOUT_S:g}s"
+               if state == "unreachable" else "offline mode is on (HF_HUB_OFFLINE)")
+        return CgptError(f"hf:{name} could not be loaded: not in the local Hugging Face cache, "
+                         f"and {why}; download it where the Hub is reachable (`hf download "
+                         f"{name} --local-dir DIR`) and pass DIR as SRC")
+    return CgptError(f"hf:{name} could not be loaded: {_first_line(e)}")
+
+
+__all__ = ["OFFLINE_HOW", "endpoint", "explain_dataset", "explain_model", "go_offline",
+           "is_hub_error", "offline", "prepare_hub_access", "reachable"]
