@@ -14,8 +14,12 @@ from __future__ import annotations
 import importlib
 
 # loaded on first use (PEP 562), so `python -m cgpt.train.plan.planner` runs its module once
-_EXPORTS = {"Plan": "planner", "plan_published": "planner", "PlanRequest": "request",
-            "plan": "request"}
+_EXPORTS = {
+    "Plan": "planner",
+    "plan_published": "planner",
+    "PlanRequest": "request",
+    "plan": "request",
+}
 
 __all__ = sorted(_EXPORTS)
 
