@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cgpt.model.errors import CgptError
-from cgpt.train.data.loader import DataRepeatWarning, TokenLoader
+from cgpt.train.data.loader import ORDER, DataRepeatWarning, TokenLoader, WindowOrder
 from cgpt.train.data.shards import ShardWriter, open_token_data, write_token_data
 
 SEQ = 8
@@ -122,8 +122,8 @@ def test_epoch_rollover_warns_with_repeat_count(data):
         batches = ld.next_step(16, 8)  # 8 windows of epoch 1, 8 of epoch 2
     assert ld.epoch == 1 and ld.position == 8
     tail = _starts(batches)
-    first_epoch = np.random.default_rng([0, 0]).permutation(40)
-    second_epoch = np.random.default_rng([0, 1]).permutation(40)
+    first_epoch = WindowOrder(40, seed=0, epoch=0)(np.arange(40))
+    second_epoch = WindowOrder(40, seed=0, epoch=1)(np.arange(40))
     assert tail == list(first_epoch[32:]) + list(second_epoch[:8])
 
 
@@ -206,3 +206,142 @@ def test_edited_meta_fails_before_any_batch(tmp_path, edit, pattern):
     (tmp_path / "d" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CgptError, match=pattern):
         TokenLoader(str(tmp_path / "d"), SEQ)
+
+
+# ---------------------------------------------------------------------- the window order
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 31, 33, 100, 1000, 1023, 1025, 65537])
+def test_window_order_is_a_permutation(n):
+    """Every index exactly once, for powers of two and not, under several keys; chunked
+    reads (take) give the same order as one call."""
+    for seed, epoch in ((0, 0), (1, 0), (0, 1), (12345, 7)):
+        order = WindowOrder(n, seed, epoch)
+        got = order(np.arange(n))
+        assert got.dtype == np.int64 and sorted(got.tolist()) == list(range(n))
+        rng, pos, parts = np.random.default_rng(n), 0, []
+        while pos < n:
+            k = int(rng.integers(1, 40000))
+            parts.append(order.take(pos, min(n, pos + k)))
+            pos += k
+        assert np.array_equal(np.concatenate(parts), got)
+
+
+def test_window_order_depends_on_seed_and_epoch():
+    n = 1000
+    a, b, c = (WindowOrder(n, s, e)(np.arange(n)) for s, e in ((3, 0), (4, 0), (3, 1)))
+    assert np.array_equal(a, WindowOrder(n, 3, 0)(np.arange(n)))
+    # different keys: about n/n = 1 fixed agreement expected, far from n
+    assert (a == b).sum() < 10 and (a == c).sum() < 10
+
+
+def test_window_order_statistics_at_a_million():
+    """n = 1e6 (not a power of two, so cycle-walking is exercised): position and index
+    are uncorrelated, a 100 x 100 grid (position block x index block) is filled evenly
+    (chi-square), and neighbouring positions land far apart."""
+    n = 1_000_000
+    pos = np.arange(n)
+    idx = WindowOrder(n, seed=1, epoch=0)(pos)
+    assert np.corrcoef(pos, idx)[0, 1] ** 2 < (4 / np.sqrt(n)) ** 2  # |r| < 4 sigma
+    grid = np.zeros((100, 100))
+    np.add.at(grid, (pos * 100 // n, idx * 100 // n), 1)
+    expected = n / 10_000
+    chi2 = ((grid - expected) ** 2 / expected).sum()
+    dof = 99 * 99  # rows and columns both sum to n/100 exactly: a contingency table
+    assert abs(chi2 - dof) < 5 * np.sqrt(2 * dof), chi2
+    gaps = np.abs(np.diff(idx))  # consecutive positions: |difference| ~ n/3 on average
+    assert abs(gaps.mean() / n - 1 / 3) < 0.01
+    # low bits are balanced too: index parity vs position parity
+    agree = ((idx & 1) == (pos & 1)).mean()
+    assert abs(agree - 0.5) < 4 * 0.5 / np.sqrt(n)
+
+
+class _Zeros:
+    """A stand-in token array: a huge length, reads return zeros (no file, no memory)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, sl):
+        return np.zeros(len(range(*sl.indices(self.n))), np.uint16)
+
+
+def _fake_data(n_windows: int, seq: int):
+    from pathlib import Path
+
+    from cgpt.train.data.shards import TokenData
+
+    meta = {"vocab_size": 1000, "eos_id": 0, "dtype": "uint16"}
+    return TokenData(Path("fake"), meta, _Zeros(n_windows * seq + 1), _Zeros(seq * 4 + 1))
+
+
+_MEMORY_PROBE = """
+import numpy as np, sys
+sys.path.insert(0, {tests!r})
+from test_loader import _fake_data
+from cgpt.train.data.loader import TokenLoader
+
+def rss_kb(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1])
+
+data = _fake_data({n}, 8)
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+before = rss_kb("VmRSS")
+ld = TokenLoader(data, 8, rank=1, world_size=4, seed=3)
+assert ld.n_windows == {n}
+for _ in range(50):
+    ld.next_step(64, 4)
+ld.position = {n} - 100  # the end of the epoch: a step straddles into epoch 2
+for _ in range(5):
+    ld.next_step(64, 4)
+state = ld.state_dict()
+assert state["order"] == 2 and state["epoch"] == 1
+print(rss_kb("VmHWM") - before)
+"""
+
+
+@pytest.mark.slow  # a subprocess importing torch: ~5 s
+def test_loader_memory_is_constant_at_125m_windows(tmp_path):
+    """n_windows = 1.25e8 (the old order materialised a 1 GB permutation per epoch): the
+    peak RSS grows by under 10 MB while the loader is built and serves steps, including
+    one across the epoch boundary."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = _MEMORY_PROBE.format(tests=str(Path(__file__).parent), n=125_000_000)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    growth_kb = int(r.stdout.split()[-1])
+    assert growth_kb < 10 * 1024, f"peak RSS grew by {growth_kb} kB"
+
+
+def test_new_runs_use_the_bijection_and_old_states_keep_their_permutation(data):
+    """States saved before the order key existed resume in the old materialised order
+    (numpy permutation per epoch) and keep it; new states record order 2."""
+    ld = TokenLoader(data, SEQ, seed=5)
+    assert ORDER == 2 and ld.state_dict()["order"] == 2
+    ld.next_step(8, 8)
+    old_state = {k: v for k, v in ld.state_dict().items() if k != "order"}
+    old = TokenLoader(data, SEQ, seed=5)
+    old.load_state_dict(old_state)
+    starts = _starts(old.next_step(8, 8))
+    assert starts == list(np.random.default_rng([5, 0]).permutation(40)[8:16])
+    assert old.state_dict()["order"] == 1  # and it stays the old order
+    again = TokenLoader(data, SEQ, seed=5)
+    again.load_state_dict(old.state_dict())
+    assert _starts(again.next_step(8, 8)) == list(
+        np.random.default_rng([5, 0]).permutation(40)[16:24]
+    )
+    new = TokenLoader(data, SEQ, seed=5)
+    new.load_state_dict(ld.state_dict())
+    assert _starts(new.next_step(8, 8)) == list(WindowOrder(40, 5, 0)(np.arange(8, 16)))
+
+
+def test_unknown_order_is_a_clear_error(data):
+    state = TokenLoader(data, SEQ, seed=1).state_dict()
+    with pytest.raises(CgptError, match="order=9, which this version"):
+        TokenLoader(data, SEQ, seed=1).load_state_dict({**state, "order": 9})

@@ -3,15 +3,32 @@
 The token array is cut into windows of ``seq_len + 1`` tokens starting at multiples of
 ``seq_len`` (consecutive windows share one token, so every token is a target exactly once per
 epoch): ``n_windows = (N - 1) // seq_len``. Epoch ``e`` visits the windows in the order
-``permutation(seed, e)``; all ranks walk this one *global* stream, and an optimizer step of
+``order(seed, e)``; all ranks walk this one *global* stream, and an optimizer step of
 ``G`` sequences takes the next ``G`` windows, rank ``r`` the ``r``-th contiguous slice of
 ``G / world_size``. The state is just the global position, identical on every rank, so a run
 resumes with exactly the batches an uninterrupted run would have seen, even with a different
 data-parallel size.
+
+The order (state key ``order``):
+
+* ``2`` (every new run): a keyed bijection of ``[0, n_windows)`` computed on demand, O(1)
+  memory whatever the corpus size: a 4-round unbalanced Feistel network over the ``m``-bit
+  integers, ``2**m`` the next power of two >= n_windows (at least 4), with cycle-walking
+  (an output >= n_windows is encrypted again until it lands inside; since the network is a
+  permutation of ``[0, 2**m)`` this is a permutation of ``[0, n_windows)``, on average fewer
+  than 2 passes). The round function is the splitmix64 finaliser of ``half ^ key``; the four
+  64-bit keys are a BLAKE2b hash of ``(seed, epoch)``. Indices are computed by numpy,
+  vectorised, ``_CHUNK`` (65,536) aligned positions per call, and that chunk is kept (512 KB):
+  a step's indices are a slice of it (one call when the step enters a new chunk).
+* ``1``: ``numpy.random.default_rng([seed, epoch]).permutation(n_windows)``, materialised per
+  epoch (8 bytes a window). A loader state saved without ``order`` (runs from before the
+  bijection) resumes in this order, so an old run continues with the batches it would have
+  seen.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 
@@ -24,6 +41,82 @@ from cgpt.train.data.shards import TokenData, open_token_data
 
 class DataRepeatWarning(UserWarning):
     """The plan asks for more tokens than the data holds: windows are being repeated."""
+
+
+ORDER = 2  # the window order of new runs (module docstring); 1: the materialised permutation
+ORDERS = (1, 2)
+_ROUNDS = 4
+_CHUNK = 1 << 16  # positions computed per call and kept (512 KB): amortises numpy's overhead
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+
+
+class WindowOrder:
+    """A keyed bijection of ``[0, n)`` (order 2): ``order(positions)`` -> window indices.
+
+    4 rounds of an unbalanced Feistel network over ``m``-bit integers (``2**m`` >= n, the
+    smallest such power of two, m >= 2) with cycle-walking. Memory: its keys and one chunk
+    of ``_CHUNK`` computed positions (:meth:`take`), whatever ``n``."""
+
+    def __init__(self, n: int, seed: int, epoch: int):
+        if n < 1:
+            raise ValueError(f"n must be positive, got {n}")
+        self.n = int(n)
+        self._n = np.uint64(self.n)
+        m = max(2, (self.n - 1).bit_length())
+        digest = hashlib.blake2b(
+            f"cgpt-window-order-v2:{int(seed)}:{int(epoch)}".encode(), digest_size=8 * _ROUNDS
+        ).digest()
+        self._rounds = []  # (key, bits of the right half, its mask, bits of the left, mask)
+        lo = (m + 1) // 2  # the halves swap sizes every round
+        for r in range(_ROUNDS):
+            key = np.uint64(int.from_bytes(digest[8 * r : 8 * r + 8], "little"))
+            hi = m - lo
+            masks = np.uint64((1 << lo) - 1), np.uint64((1 << hi) - 1)
+            self._rounds.append((key, np.uint64(lo), masks[0], np.uint64(hi), masks[1]))
+            lo = hi
+        self._chunk_start, self._chunk = -1, None
+
+    def _encrypt(self, x: np.ndarray) -> np.ndarray:
+        """The Feistel permutation of [0, 2**m), elementwise on uint64 ``x``."""
+        for key, lo, lo_mask, hi, hi_mask in self._rounds:
+            right = x & lo_mask
+            x >>= lo  # the left half
+            z = right ^ key  # splitmix64 finaliser of the right half under this round's key
+            z ^= z >> _S30
+            z *= _M1
+            z ^= z >> _S27
+            z *= _M2
+            z ^= z >> _S31
+            x ^= z
+            x &= hi_mask
+            right <<= hi
+            x |= right
+        return x
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        """Window indices (int64) at epoch positions ``positions`` (each in [0, n))."""
+        x = self._encrypt(np.array(positions, dtype=np.uint64))
+        out = np.flatnonzero(x >= self._n)
+        while len(out):  # cycle-walking: re-encrypt those that fell outside [0, n)
+            y = self._encrypt(x[out])
+            x[out] = y
+            out = out[y >= self._n]
+        return x.astype(np.int64)
+
+    def take(self, start: int, stop: int) -> np.ndarray:
+        """Window indices at positions [start, stop): one vectorised call per ``_CHUNK``
+        aligned positions, kept until a request leaves that chunk."""
+        if stop - start > _CHUNK // 2:  # a large request: just these positions
+            return self(np.arange(start, stop, dtype=np.uint64))
+        first = start // _CHUNK * _CHUNK
+        if stop > first + _CHUNK:  # straddles two chunks
+            mid = first + _CHUNK
+            return np.concatenate([self.take(start, mid), self.take(mid, stop)])
+        if first != self._chunk_start:
+            self._chunk = self(np.arange(first, min(first + _CHUNK, self.n), dtype=np.uint64))
+            self._chunk_start = first
+        return self._chunk[start - first : stop - first]
 
 
 class TokenLoader:
@@ -56,14 +149,22 @@ class TokenLoader:
         self.epoch = 0
         self.position = 0  # windows of the current epoch already consumed (globally)
         self.samples_seen = 0  # windows consumed since the start, over all epochs
-        self._perm_epoch, self._perm = -1, None
+        self.order = ORDER  # 1 for a run resumed from a state saved before order 2
+        self._order_epoch, self._order = -1, None
 
     # ------------------------------------------------------------------ the global stream
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._perm_epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._perm, self._perm_epoch = rng.permutation(self.n_windows), epoch
-        return self._perm
+    def window_order(self, epoch: int, start: int, stop: int) -> np.ndarray:
+        """Window indices at positions [start, stop) of epoch ``epoch``'s order."""
+        if epoch != self._order_epoch:
+            if self.order == 1:
+                rng = np.random.default_rng([self.seed, epoch])
+                self._order = rng.permutation(self.n_windows)
+            else:
+                self._order = WindowOrder(self.n_windows, self.seed, epoch)
+            self._order_epoch = epoch
+        if self.order == 1:
+            return self._order[start:stop]
+        return self._order.take(start, stop)
 
     def _stream(self, start: int, count: int) -> np.ndarray:
         """Window indices at global stream offsets [start, start+count) from the current
@@ -73,7 +174,7 @@ class TokenLoader:
         pos %= self.n_windows
         while count > 0:
             take = min(count, self.n_windows - pos)
-            out.append(self._permutation(epoch)[pos : pos + take])
+            out.append(self.window_order(epoch, pos, pos + take))
             count -= take
             epoch, pos = epoch + 1, 0
         return np.concatenate(out) if out else np.zeros(0, np.int64)
@@ -174,6 +275,7 @@ class TokenLoader:
             "seq_len": self.seq_len,
             "split": self.split,
             "n_windows": self.n_windows,
+            "order": self.order,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -189,6 +291,13 @@ class TokenLoader:
                     f"{state[key]!r} but this run has {key}={mine!r}; resume with "
                     "the same data, seq_len and seed"
                 )
+        order = int(state.get("order", 1))  # saved before order 2: the old permutation
+        if order not in ORDERS:
+            raise CgptError(
+                f"the data loader state in the checkpoint has order={order}, which this "
+                f"version of cgpt does not know (it reads orders {', '.join(map(str, ORDERS))}); "
+                "resume with the cgpt version that wrote it"
+            )
         epoch, position = int(state["epoch"]), int(state["position"])
         if not 0 <= position < self.n_windows or epoch < 0:
             raise CgptError(
@@ -196,4 +305,6 @@ class TokenLoader:
                 f"range for {self.n_windows} windows"
             )
         self.epoch, self.position = epoch, position
+        if order != self.order:
+            self.order, self._order_epoch, self._order = order, -1, None
         self.samples_seen = int(state.get("samples_seen", epoch * self.n_windows + position))
