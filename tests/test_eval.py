@@ -31,7 +31,7 @@ pytest.importorskip("lm_eval", reason="cgpt eval needs lm-evaluation-harness (.[
 pytest.importorskip("transformers", reason="lm-eval's HF backend needs transformers")
 
 from cgpt.train.eval import harness, paper  # noqa: E402
-from cgpt.train.eval.heldout import heldout_loss, split_bytes  # noqa: E402
+from cgpt.train.eval.heldout import BYTES_KEY, heldout_loss, split_bytes  # noqa: E402
 
 EOS = "<|endoftext|>"
 COLORS = ["red", "blue", "green", "gold"]
@@ -59,14 +59,25 @@ def make_tokenizer(folder: Path, texts: list[str], vocab_size: int = 512) -> Pat
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
     folder.mkdir(parents=True)
     tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS, "bos_token": EOS,
-        "model_max_length": 128, "clean_up_tokenization_spaces": False}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "eos_token": EOS,
+                "bos_token": EOS,
+                "model_max_length": 128,
+                "clean_up_tokenization_spaces": False,
+            }
+        )
+    )
     return folder
 
 
@@ -156,23 +167,35 @@ def world(tmp_path_factory):
     from tokenizers import Tokenizer
 
     vocab = Tokenizer.from_file(str(tok / "tokenizer.json")).get_vocab_size()
-    mc = _jsonl(root / "mc.jsonl", [{"question": f"the {n}", "choices": COLORS,
-                                     "answer": COLORS.index(c)} for n, c in facts.items()])
-    ll = _jsonl(root / "ll.jsonl", [{"context": f"the {n}", "continuation": f" {c}."}
-                                    for n, c in facts.items()])
+    mc = _jsonl(
+        root / "mc.jsonl",
+        [
+            {"question": f"the {n}", "choices": COLORS, "answer": COLORS.index(c)}
+            for n, c in facts.items()
+        ],
+    )
+    ll = _jsonl(
+        root / "ll.jsonl",
+        [{"context": f"the {n}", "continuation": f" {c}."} for n, c in facts.items()],
+    )
     lam = _jsonl(root / "lambada.jsonl", [{"text": f"the {n} {c}"} for n, c in facts.items()])
     roll = _jsonl(root / "roll.jsonl", [{"text": s} for s in sentences])
-    tiny = _jsonl(root / "tiny.jsonl", [{"question": f"the {n}", "choices": COLORS,
-                                         "answer": COLORS.index(c)}
-                                        for n, c in list(facts.items())[:3]])
+    tiny = _jsonl(
+        root / "tiny.jsonl",
+        [
+            {"question": f"the {n}", "choices": COLORS, "answer": COLORS.index(c)}
+            for n, c in list(facts.items())[:3]
+        ],
+    )
     tasks = root / "tasks"
     _yaml(tasks, "cgpt_mc", MC.format(data=_data({"test": mc, "train": mc})))
     _yaml(tasks, "cgpt_ll", LL.format(data=_data({"test": ll})))
     _yaml(tasks, "cgpt_roll", ROLL.format(data=_data({"test": roll})))
     _yaml(tasks, "cgpt_lambada", LAMBADA.format(data=_data({"test": lam})))
     _yaml(tasks, "cgpt_tiny", MC.format(data=_data({"test": tiny, "train": tiny})))
-    _yaml(tasks, "cgpt_fixed0", MC.format(data=_data({"test": mc, "train": mc}))
-          + "\nnum_fewshot: 0")
+    _yaml(
+        tasks, "cgpt_fixed0", MC.format(data=_data({"test": mc, "train": mc})) + "\nnum_fewshot: 0"
+    )
     _yaml(tasks, "cgpt_hub", MC.replace("{data}", "dataset_path: cgpt-test/no-such-dataset\n"))
     # the paper's seven task names, on our local data (lm-eval lets --include-path override
     # a task name): the side-by-side table without the Hub
@@ -180,14 +203,22 @@ def world(tmp_path_factory):
     for name in ("hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge", "openbookqa"):
         _yaml(ptasks, name, MC.format(data=_data({"test": mc, "train": mc})))
     _yaml(ptasks, "lambada_openai", LAMBADA.format(data=_data({"test": lam})))
-    return SimpleNamespace(root=root, tok=tok, vocab=vocab, facts=facts, sentences=sentences,
-                           tasks=tasks, paper_tasks=ptasks)
+    return SimpleNamespace(
+        root=root,
+        tok=tok,
+        vocab=vocab,
+        facts=facts,
+        sentences=sentences,
+        tasks=tasks,
+        paper_tasks=ptasks,
+    )
 
 
 def tiny_gpt(vocab: int, seed: int = 0, n_positions: int = 128) -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(n_layer=2, n_embd=64, n_head=4, vocab_size=vocab,
-                         n_positions=n_positions)).eval()
+    return GPT(
+        GPTConfig(n_layer=2, n_embd=64, n_head=4, vocab_size=vocab, n_positions=n_positions)
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -204,9 +235,25 @@ def run_cli(argv, capsys):
 
 
 def eval_argv(model, world, out, *extra):
-    return ["eval", model, "--tokenizer", world.tok, "--tasks", ",".join(TASKS),
-            "--include-path", world.tasks, "--device", "cpu", "--batch-size", "4",
-            "--bootstrap-iters", BOOT, "--out", out, *extra]
+    return [
+        "eval",
+        model,
+        "--tokenizer",
+        world.tok,
+        "--tasks",
+        ",".join(TASKS),
+        "--include-path",
+        world.tasks,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "4",
+        "--bootstrap-iters",
+        BOOT,
+        "--out",
+        out,
+        *extra,
+    ]
 
 
 def lm_eval_reference(folder: Path, world, tasks=TASKS) -> dict:
@@ -215,10 +262,16 @@ def lm_eval_reference(folder: Path, world, tasks=TASKS) -> dict:
     from lm_eval.tasks import TaskManager
 
     tm = TaskManager(include_path=str(world.tasks), include_defaults=False)
-    return lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(folder)},
-                                   tasks=list(tasks), task_manager=tm, device="cpu",
-                                   batch_size=4, bootstrap_iters=int(BOOT),
-                                   log_samples=False)
+    return lm_eval.simple_evaluate(
+        model="hf",
+        model_args={"pretrained": str(folder)},
+        tasks=list(tasks),
+        task_manager=tm,
+        device="cpu",
+        batch_size=4,
+        bootstrap_iters=int(BOOT),
+        log_samples=False,
+    )
 
 
 def assert_same_scores(report: dict, ref_results: dict, tasks=TASKS) -> None:
@@ -240,8 +293,9 @@ def sha256(path: Path) -> str:
 
 
 # ---- scores equal lm-eval's own; known answers of a random model ---------------------------
-def test_scores_equal_lm_eval_hf_and_random_model_is_at_chance(world, random_model, tmp_path,
-                                                               capsys):
+def test_scores_equal_lm_eval_hf_and_random_model_is_at_chance(
+    world, random_model, tmp_path, capsys
+):
     from cgpt.model.hf import export_hf
     from cgpt.model.io import load_model
 
@@ -256,9 +310,25 @@ def test_scores_equal_lm_eval_hf_and_random_model_is_at_chance(world, random_mod
     assert report["model"]["source_sha256"] == sha256(random_model)
     assert_same_scores(report, lm_eval_reference(folder, world)["results"])
     # an HF folder as SRC is evaluated as it is: the same numbers again
-    rc, _, _ = run_cli(["eval", folder, "--tasks", "cgpt_mc,cgpt_roll", "--include-path",
-                        world.tasks, "--device", "cpu", "--batch-size", "4",
-                        "--bootstrap-iters", BOOT, "--out", tmp_path / "hf.json"], capsys)
+    rc, _, _ = run_cli(
+        [
+            "eval",
+            folder,
+            "--tasks",
+            "cgpt_mc,cgpt_roll",
+            "--include-path",
+            world.tasks,
+            "--device",
+            "cpu",
+            "--batch-size",
+            "4",
+            "--bootstrap-iters",
+            BOOT,
+            "--out",
+            tmp_path / "hf.json",
+        ],
+        capsys,
+    )
     assert rc == 0
     via_hf = json.loads((tmp_path / "hf.json").read_text())
     assert via_hf["model"]["kind"] == "hf"
@@ -305,15 +375,18 @@ def test_paper_table_is_docs_reference_once():
         assert sum(vals[:7]) / 7 == pytest.approx(vals[7], abs=0.0015)  # avg = plain mean
     # the numbers live in one place in the code
     row = re.compile(r"\.268\D{1,12}\.594\D{1,12}\.488")  # 111M's first three columns
-    hits = [p for d in ("train", "launch", "model") for p in (REPO / d).rglob("*.py")
-            if row.search(p.read_text())]
+    hits = [
+        p
+        for d in ("train", "launch", "model")
+        for p in (REPO / d).rglob("*.py")
+        if row.search(p.read_text())
+    ]
     assert [p.name for p in hits] == ["paper.py"]
 
 
 def test_published_shape_is_matched_and_compared():
     p = PUBLISHED["111M"]
-    shape = {"n_layer": p.n_layer, "n_embd": p.n_embd, "n_head": p.n_head,
-             "vocab_size": 50257}
+    shape = {"n_layer": p.n_layer, "n_embd": p.n_embd, "n_head": p.n_head, "vocab_size": 50257}
     assert paper.match_published(shape) == ("111M", None)
     size, note = paper.match_published({**shape, "vocab_size": 50304})
     assert size is None and "--compare-paper 111M" in note
@@ -329,15 +402,28 @@ def test_published_shape_is_matched_and_compared():
     assert rows[-1].ours == pytest.approx((0.3 * 6 + 0.5) / 7)
     assert paper.suite_average(scores, "acc_norm") == pytest.approx((0.4 * 6 + 0.5) / 7)
     assert paper.expand_tasks(["piqa", "cerebras-gpt"]) == list(paper.SUITE_TASKS[1:2]) + [
-        t for t in paper.SUITE_TASKS if t != "piqa"]
+        t for t in paper.SUITE_TASKS if t != "piqa"
+    ]
 
 
 def test_suite_side_by_side_with_the_paper(world, random_model, tmp_path, capsys):
-    argv = ["eval", random_model, "--tokenizer", world.tok, "--suite", "cerebras-gpt",
-            "--include-path", world.paper_tasks, "--limit", "8", "--device", "cpu",
-            "--bootstrap-iters", "0"]
-    rc, out, _ = run_cli([*argv, "--compare-paper", "111m", "--out", tmp_path / "p.json"],
-                         capsys)
+    argv = [
+        "eval",
+        random_model,
+        "--tokenizer",
+        world.tok,
+        "--suite",
+        "cerebras-gpt",
+        "--include-path",
+        world.paper_tasks,
+        "--limit",
+        "8",
+        "--device",
+        "cpu",
+        "--bootstrap-iters",
+        "0",
+    ]
+    rc, out, _ = run_cli([*argv, "--compare-paper", "111m", "--out", tmp_path / "p.json"], capsys)
     assert rc == 0
     assert "vs Cerebras-GPT 111M" in out and "HellaSwag" in out and "OpenBookQA" in out
     assert "average" in out and "0.315" in out and "acc *" in out
@@ -359,7 +445,7 @@ def _patch_meta(folder: Path, **split_bytes) -> None:
 
     meta = json.loads((folder / "meta.json").read_text())
     for split, n in split_bytes.items():
-        meta["splits"][split]["bytes"] = n
+        meta["splits"][split][BYTES_KEY] = n
     meta["meta_sha256"] = meta_checksum(meta)
     (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -383,19 +469,33 @@ def test_bits_per_byte_equals_hand_computation(tmp_path, capsys):
     total = 0.0
     with torch.no_grad():
         for s in range(0, len(val), 8):
-            y = stream[s + 1: s + 9]
-            x = stream[s: s + len(y)]
+            y = stream[s + 1 : s + 9]
+            x = stream[s : s + len(y)]
             logp = F.log_softmax(model(x[None]).double()[0], -1)
             total -= logp[torch.arange(len(y)), y].sum().item()
     assert (res["tokens"], res["bytes"], res["bytes_from"]) == (45, 321, "meta.json")
     assert res["nats_per_token"] == pytest.approx(total / 45, rel=1e-6)
     assert res["bits_per_byte"] == pytest.approx(total / 321 / math.log(2), rel=1e-6)
     assert res["bits_per_byte"] == pytest.approx(
-        res["nats_per_token"] * res["tokens"] / res["bytes"] / math.log(2), rel=1e-12)
+        res["nats_per_token"] * res["tokens"] / res["bytes"] / math.log(2), rel=1e-12
+    )
 
     out = tmp_path / "h.json"
-    rc, stdout, _ = run_cli(["eval", tmp_path / "m.safetensors", "--data", tmp_path / "data",
-                             "--seq-len", "8", "--device", "cpu", "--out", out], capsys)
+    rc, stdout, _ = run_cli(
+        [
+            "eval",
+            tmp_path / "m.safetensors",
+            "--data",
+            tmp_path / "data",
+            "--seq-len",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
     assert rc == 0 and "bits/byte" in stdout and f"{res['bits_per_byte']:.4f}" in stdout
     h = json.loads(out.read_text())["heldout"]
     assert h["bits_per_byte"] == pytest.approx(res["bits_per_byte"], rel=1e-6)  # batch 16
@@ -409,21 +509,38 @@ def test_byte_count_recomputed_from_the_tokenizer_or_explained(world, tmp_path, 
     tok = load_tokenizer(world.tok)
     docs = [*world.sentences[:5], "the zib rouge-é ✓."]  # multi-byte characters
     ids = np.array([i for d in docs for i in [*tok.encode(d), tok.eos_id]])
-    write_token_data(tmp_path / "with", ids, ids, tok.vocab_size, tok.eos_id,
-                     tokenizer_fingerprint=tok.fingerprint, tokenizer_dir=str(world.tok))
+    write_token_data(
+        tmp_path / "with",
+        ids,
+        ids,
+        tok.vocab_size,
+        tok.eos_id,
+        tokenizer_fingerprint=tok.fingerprint,
+        tokenizer_dir=str(world.tok),
+    )
     n, how = split_bytes(tmp_path / "with", "val")
     assert n == sum(len(d.encode("utf-8")) for d in docs) and "recomputed" in how
     model = tiny_gpt(world.vocab)
     save_model(model, tmp_path / "m.safetensors")
-    rc, out, _ = run_cli(["eval", tmp_path / "m.safetensors", "--data", tmp_path / "with",
-                          "--device", "cpu"], capsys)
+    rc, out, _ = run_cli(
+        ["eval", tmp_path / "m.safetensors", "--data", tmp_path / "with", "--device", "cpu"], capsys
+    )
     assert rc == 0 and "recomputed by decoding" in out
     # neither meta.json's count nor a tokenizer: one line saying to re-run prepare
     write_token_data(tmp_path / "without", ids, ids, tok.vocab_size, tok.eos_id)
-    rc, out, err = run_cli(["eval", tmp_path / "m.safetensors", "--data", tmp_path / "without",
-                            "--out", tmp_path / "x.json"], capsys)
+    rc, out, err = run_cli(
+        [
+            "eval",
+            tmp_path / "m.safetensors",
+            "--data",
+            tmp_path / "without",
+            "--out",
+            tmp_path / "x.json",
+        ],
+        capsys,
+    )
     assert rc == 2 and len(err.strip().splitlines()) == 1
-    assert "re-run `cgpt prepare`" in err and "splits.val.bytes" in err
+    assert "re-run `cgpt prepare`" in err and "splits.val.text_bytes" in err
     assert not (tmp_path / "x.json").exists()
 
 
@@ -436,11 +553,21 @@ def test_run_tasks_hook_returns_flat_metrics_and_leaves_the_trainer_alone(world)
     torch.manual_seed(11)
     states = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
     t = time.perf_counter()
-    flat = harness.run_tasks(model, world.tok, ["cgpt_mc", "cgpt_lambada"], limit=20,
-                             include_path=str(world.tasks), device="cpu")
+    flat = harness.run_tasks(
+        model,
+        world.tok,
+        ["cgpt_mc", "cgpt_lambada"],
+        limit=20,
+        include_path=str(world.tasks),
+        device="cpu",
+    )
     wall = time.perf_counter() - t
-    assert set(flat) == {"eval/cgpt_mc/acc", "eval/cgpt_mc/acc_norm", "eval/cgpt_lambada/acc",
-                         "eval/cgpt_lambada/perplexity"}
+    assert set(flat) == {
+        "eval/cgpt_mc/acc",
+        "eval/cgpt_mc/acc_norm",
+        "eval/cgpt_lambada/acc",
+        "eval/cgpt_lambada/perplexity",
+    }
     assert all(isinstance(v, float) and math.isfinite(v) for v in flat.values())
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -455,22 +582,69 @@ def _bad(world, random_model, tmp_path, case):
     small = tmp_path / "small.safetensors"
     base = ["--include-path", world.tasks, "--device", "cpu"]
     return {
-        "not a model": ["eval", world.root / "mc.jsonl", "--tokenizer", world.tok,
-                        "--tasks", "cgpt_mc", *base],
-        "folder not a model": ["eval", world.tasks, "--tokenizer", world.tok,
-                               "--tasks", "cgpt_mc", *base],
-        "tokenizer vocab": ["eval", small, "--tokenizer", world.tok, "--tasks", "cgpt_mc",
-                            *base],
+        "not a model": [
+            "eval",
+            world.root / "mc.jsonl",
+            "--tokenizer",
+            world.tok,
+            "--tasks",
+            "cgpt_mc",
+            *base,
+        ],
+        "folder not a model": [
+            "eval",
+            world.tasks,
+            "--tokenizer",
+            world.tok,
+            "--tasks",
+            "cgpt_mc",
+            *base,
+        ],
+        "tokenizer vocab": ["eval", small, "--tokenizer", world.tok, "--tasks", "cgpt_mc", *base],
         "no tokenizer": ["eval", random_model, "--tasks", "cgpt_mc", *base],
-        "fewshot pool": ["eval", random_model, "--tokenizer", world.tok, "--tasks",
-                         "cgpt_tiny", "--num-fewshot", "5", *base],
-        "fewshot fixed": ["eval", random_model, "--tokenizer", world.tok, "--tasks",
-                          "cgpt_fixed0", "--num-fewshot", "5", *base],
-        "hub dataset": ["eval", random_model, "--tokenizer", world.tok, "--tasks",
-                        "cgpt_hub", *base],
+        "fewshot pool": [
+            "eval",
+            random_model,
+            "--tokenizer",
+            world.tok,
+            "--tasks",
+            "cgpt_tiny",
+            "--num-fewshot",
+            "5",
+            *base,
+        ],
+        "fewshot fixed": [
+            "eval",
+            random_model,
+            "--tokenizer",
+            world.tok,
+            "--tasks",
+            "cgpt_fixed0",
+            "--num-fewshot",
+            "5",
+            *base,
+        ],
+        "hub dataset": [
+            "eval",
+            random_model,
+            "--tokenizer",
+            world.tok,
+            "--tasks",
+            "cgpt_hub",
+            *base,
+        ],
         "hub model": ["eval", "hf:cerebras/Cerebras-GPT-111M", "--tasks", "cgpt_mc", *base],
-        "bad paper size": ["eval", random_model, "--tokenizer", world.tok, "--tasks",
-                           "cgpt_mc", "--compare-paper", "7B", *base],
+        "bad paper size": [
+            "eval",
+            random_model,
+            "--tokenizer",
+            world.tok,
+            "--tasks",
+            "cgpt_mc",
+            "--compare-paper",
+            "7B",
+            *base,
+        ],
     }[case]
 
 
@@ -492,8 +666,7 @@ def test_bad_input_is_one_line_and_writes_nothing(world, random_model, tmp_path,
     save_model(tiny_gpt(64), tmp_path / "small.safetensors")  # vocab 64 < the tokenizer's
     out = tmp_path / "out.json"
     t = time.perf_counter()
-    rc, stdout, err = run_cli([*_bad(world, random_model, tmp_path, case), "--out", out],
-                              capsys)
+    rc, stdout, err = run_cli([*_bad(world, random_model, tmp_path, case), "--out", out], capsys)
     assert rc == 2, (stdout, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cgpt eval: error: "), err
@@ -513,8 +686,9 @@ def test_existing_out_and_missing_lm_eval(world, random_model, tmp_path, capsys,
     assert "pip install -e '.[eval]'" in err and not (tmp_path / "o.json").exists()
 
 
-def test_unreachable_hub_fails_fast_when_not_offline(world, random_model, tmp_path, capsys,
-                                                     monkeypatch):
+def test_unreachable_hub_fails_fast_when_not_offline(
+    world, random_model, tmp_path, capsys, monkeypatch
+):
     """No offline variables set and the Hub does not answer: one quick probe, then offline
     (cached files only), and the uncached dataset is one line at once, not 20 s of retries."""
     import datasets.config as dcfg
@@ -528,9 +702,23 @@ def test_unreachable_hub_fails_fast_when_not_offline(world, random_model, tmp_pa
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setattr(harness, "_HUB_STATE", {})  # this process has not asked the Hub yet
     t = time.perf_counter()
-    rc, _, err = run_cli(["eval", random_model, "--tokenizer", world.tok, "--tasks",
-                          "cgpt_hub", "--include-path", world.tasks, "--device", "cpu",
-                          "--out", tmp_path / "o.json"], capsys)
+    rc, _, err = run_cli(
+        [
+            "eval",
+            random_model,
+            "--tokenizer",
+            world.tok,
+            "--tasks",
+            "cgpt_hub",
+            "--include-path",
+            world.tasks,
+            "--device",
+            "cpu",
+            "--out",
+            tmp_path / "o.json",
+        ],
+        capsys,
+    )
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "did not answer" in err and "--include-path" in err
     assert time.perf_counter() - t < 10 and not (tmp_path / "o.json").exists()
@@ -541,9 +729,21 @@ def test_cli_help_names_every_option(capsys):
         main(["eval", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for opt in ("--suite", "--tasks", "--include-path", "--num-fewshot", "--limit",
-                "--batch-size", "--device", "--dtype", "--out", "--compare-paper", "--data",
-                "--split", "hf:NAME"):
+    for opt in (
+        "--suite",
+        "--tasks",
+        "--include-path",
+        "--num-fewshot",
+        "--limit",
+        "--batch-size",
+        "--device",
+        "--dtype",
+        "--out",
+        "--compare-paper",
+        "--data",
+        "--split",
+        "hf:NAME",
+    ):
         assert opt in out
 
 
@@ -564,8 +764,8 @@ def train_on_facts(world, steps: int = 150) -> GPT:
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):  # one thread (the module's fixture): ~20 ms a step
         ix = torch.randint(len(data) - 65, (16,), generator=gen)
-        x = torch.stack([data[i:i + 64] for i in ix])
-        y = torch.stack([data[i + 1:i + 65] for i in ix])
+        x = torch.stack([data[i : i + 64] for i in ix])
+        y = torch.stack([data[i + 1 : i + 65] for i in ix])
         loss = model(x, y)
         opt.zero_grad()
         loss.backward()
@@ -574,8 +774,9 @@ def train_on_facts(world, steps: int = 150) -> GPT:
 
 
 @pytest.mark.slow
-def test_trained_model_scores_far_above_chance_and_equals_lm_eval_cli(world, random_model,
-                                                                      tmp_path, capsys):
+def test_trained_model_scores_far_above_chance_and_equals_lm_eval_cli(
+    world, random_model, tmp_path, capsys
+):
     import shutil
 
     from cgpt.model.hf import export_hf
@@ -586,9 +787,23 @@ def test_trained_model_scores_far_above_chance_and_equals_lm_eval_cli(world, ran
     save_model(model, run / "model.safetensors")
     shutil.copytree(world.tok, run / "tokenizer")
     out = tmp_path / "trained.json"
-    rc, _, _ = run_cli(["eval", run, "--tasks", ",".join(TASKS), "--include-path",
-                        world.tasks, "--device", "cpu", "--batch-size", "4", "--out", out],
-                       capsys)  # lm-eval's default bootstrap, as its CLI (which fixes it)
+    rc, _, _ = run_cli(
+        [
+            "eval",
+            run,
+            "--tasks",
+            ",".join(TASKS),
+            "--include-path",
+            world.tasks,
+            "--device",
+            "cpu",
+            "--batch-size",
+            "4",
+            "--out",
+            out,
+        ],
+        capsys,
+    )  # lm-eval's default bootstrap, as its CLI (which fixes it)
     assert rc == 0
     rep = json.loads(out.read_text())
     assert rep["model"]["tokenizer"] == str(run / "tokenizer")
@@ -605,10 +820,27 @@ def test_trained_model_scores_far_above_chance_and_equals_lm_eval_cli(world, ran
     assert sha256(folder / "model.safetensors") == rep["model"]["weights_sha256"]
     lm_eval_cli = Path(sys.executable).with_name("lm_eval")
     proc = subprocess.run(
-        [str(lm_eval_cli), "--model", "hf", "--model_args", f"pretrained={folder}",
-         "--tasks", ",".join(TASKS), "--include_path", str(world.tasks), "--device", "cpu",
-         "--batch_size", "4", "--output_path",
-         str(tmp_path / "lm_eval_out")], capture_output=True, text=True, timeout=600)
+        [
+            str(lm_eval_cli),
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={folder}",
+            "--tasks",
+            ",".join(TASKS),
+            "--include_path",
+            str(world.tasks),
+            "--device",
+            "cpu",
+            "--batch_size",
+            "4",
+            "--output_path",
+            str(tmp_path / "lm_eval_out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (result_file,) = (tmp_path / "lm_eval_out").rglob("results_*.json")
     assert_same_scores(rep, json.loads(result_file.read_text())["results"])
@@ -616,20 +848,44 @@ def test_trained_model_scores_far_above_chance_and_equals_lm_eval_cli(world, ran
 
 @pytest.mark.slow
 def test_unknown_task_names_list_close_ones(world, random_model, tmp_path, capsys):
-    rc, _, err = run_cli(["eval", random_model, "--tokenizer", world.tok, "--tasks",
-                          "cgpt_mcq,hellaswg", "--include-path", world.tasks, "--device", "cpu",
-                          "--out", tmp_path / "o.json"], capsys)
+    rc, _, err = run_cli(
+        [
+            "eval",
+            random_model,
+            "--tokenizer",
+            world.tok,
+            "--tasks",
+            "cgpt_mcq,hellaswg",
+            "--include-path",
+            world.tasks,
+            "--device",
+            "cpu",
+            "--out",
+            tmp_path / "o.json",
+        ],
+        capsys,
+    )
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "'cgpt_mcq' (close: cgpt_mc" in err and "'hellaswg' (close: hellaswag" in err
     assert not (tmp_path / "o.json").exists()
 
 
 @pytest.mark.slow
-def test_paper_suite_from_the_hub_fails_in_seconds_offline(random_model, world, tmp_path,
-                                                           capsys):
+def test_paper_suite_from_the_hub_fails_in_seconds_offline(random_model, world, tmp_path, capsys):
     t = time.perf_counter()
-    rc, _, err = run_cli(["eval", random_model, "--tokenizer", world.tok, "--device", "cpu",
-                          "--out", tmp_path / "o.json"], capsys)  # default: --suite
+    rc, _, err = run_cli(
+        [
+            "eval",
+            random_model,
+            "--tokenizer",
+            world.tok,
+            "--device",
+            "cpu",
+            "--out",
+            tmp_path / "o.json",
+        ],
+        capsys,
+    )  # default: --suite
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "task hellaswag needs the Hugging Face dataset" in err and "--include-path" in err
     assert time.perf_counter() - t < 60 and not (tmp_path / "o.json").exists()
@@ -640,10 +896,26 @@ def test_errors_are_one_line_in_a_real_process(world, random_model, tmp_path):
     """The same as the in-process checks, through the installed `cgpt` (no traceback, no
     library noise on stderr)."""
     cgpt = Path(sys.executable).with_name("cgpt")
-    proc = subprocess.run([str(cgpt), "eval", str(random_model), "--tokenizer", str(world.tok),
-                           "--tasks", "cgpt_hub", "--include-path", str(world.tasks),
-                           "--device", "cpu", "--out", str(tmp_path / "o.json")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            str(cgpt),
+            "eval",
+            str(random_model),
+            "--tokenizer",
+            str(world.tok),
+            "--tasks",
+            "cgpt_hub",
+            "--include-path",
+            str(world.tasks),
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "o.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "cgpt-test/no-such-dataset" in proc.stderr

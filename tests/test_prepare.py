@@ -52,6 +52,8 @@ def test_round_trip_counts_and_split(tok_dir, tmp_path):
         assert [tok.decode(g) for g in got] == want
         assert meta["splits"][split]["tokens"] == sum(len(tok.encode(d)) + 1 for d in want)
         assert meta["splits"][split]["documents"] == len(want)
+        # the text behind the tokens, for bits per byte (cgpt eval --data)
+        assert meta["splits"][split]["text_bytes"] == sum(len(d.encode()) for d in want)
     assert data.dtype == np.uint16 and data.fingerprint == tok.fingerprint
     assert data.tokenizer_dir == str(tok_dir.resolve())
     assert meta["documents"] == 40 and meta["replacement_chars"] == 0

@@ -42,9 +42,9 @@ def _init_worker(tokenizer_dir: str) -> None:
     _worker_tok.num_threads = 1
 
 
-def _encode_chunk(docs: list[str], tok=None) -> tuple[np.ndarray, np.ndarray, int]:
+def _encode_chunk(docs: list[str], tok=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Tokens of every document followed by EOS, concatenated; per-document lengths (with
-    the EOS); UTF-8 bytes of the input."""
+    the EOS); per-document UTF-8 bytes of the text (for bits per byte)."""
     tok = tok or _worker_tok
     dtype = dtype_for_vocab(tok.vocab_size)
     encoded = tok.encode_batch(docs)
@@ -54,7 +54,9 @@ def _encode_chunk(docs: list[str], tok=None) -> tuple[np.ndarray, np.ndarray, in
     for e, end in zip(encoded, ends):
         flat[end - len(e) - 1 : end - 1] = e
     flat[ends - 1] = tok.eos_id
-    nbytes = sum(len(d.encode("utf-8", "surrogatepass")) for d in docs)
+    nbytes = np.fromiter(
+        (len(d.encode("utf-8", "surrogatepass")) for d in docs), np.int64, len(docs)
+    )
     return flat, lengths, nbytes
 
 
@@ -255,9 +257,9 @@ def prepare(
         for flat, lengths, b in _encoded_chunks(_chunked(iter(src), CHUNK_CHARS), tok, num_proc):
             mask = val_mask(docs, len(lengths), val_fraction)
             token_mask = np.repeat(mask, lengths)
-            writer.write("train", flat[~token_mask], int((~mask).sum()))
-            writer.write("val", flat[token_mask], int(mask.sum()))
-            docs, nbytes = docs + len(lengths), nbytes + b
+            writer.write("train", flat[~token_mask], int((~mask).sum()), int(b[~mask].sum()))
+            writer.write("val", flat[token_mask], int(mask.sum()), int(b[mask].sum()))
+            docs, nbytes = docs + len(lengths), nbytes + int(b.sum())
             bar.update(docs, nbytes, writer.splits["train"].tokens + writer.splits["val"].tokens)
         if docs == 0:
             raise CgptError(

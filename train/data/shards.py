@@ -64,6 +64,7 @@ class _SplitWriter:
         self.shard_tokens = shard_tokens
         self.files: list[dict[str, Any]] = []
         self.tokens = 0
+        self.text_bytes: int | None = 0
         self.documents = 0
         self.max_token_id: int | None = None
         self._fh = None
@@ -92,9 +93,13 @@ class _SplitWriter:
         )
         self._fh = None
 
-    def write(self, tokens: np.ndarray, documents: int) -> None:
+    def write(self, tokens: np.ndarray, documents: int, text_bytes: int | None = None) -> None:
         arr = np.ascontiguousarray(tokens, dtype=self.dtype)
         self.documents += documents
+        # UTF-8 bytes of the text behind the tokens (bits per byte); unknown once any write
+        # comes without it (tokens written directly, e.g. synthetic data)
+        if self.text_bytes is not None:
+            self.text_bytes = None if text_bytes is None else self.text_bytes + int(text_bytes)
         if arr.size:
             top = int(arr.max())
             self.max_token_id = top if self.max_token_id is None else max(self.max_token_id, top)
@@ -121,6 +126,8 @@ class _SplitWriter:
             "tokens": self.tokens,
             "documents": self.documents,
             "max_token_id": self.max_token_id,
+            # not the shards' size on disk (files[i].bytes): the source text's UTF-8 bytes
+            "text_bytes": self.text_bytes if self.tokens else 0,
             "files": self.files,
         }
 
@@ -170,7 +177,9 @@ class ShardWriter:
             raise
         self.splits = {s: _SplitWriter(self.tmp, s, self.dtype, shard_tokens) for s in SPLITS}
 
-    def write(self, split: str, tokens: np.ndarray, documents: int) -> None:
+    def write(
+        self, split: str, tokens: np.ndarray, documents: int, text_bytes: int | None = None
+    ) -> None:
         tokens = np.asarray(tokens)
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
             raise CgptError(
@@ -178,7 +187,7 @@ class ShardWriter:
                 f"[{tokens.min()}, {tokens.max()}]"
             )
         try:
-            self.splits[split].write(tokens, documents)
+            self.splits[split].write(tokens, documents, text_bytes)
         except OSError as e:  # a full disk, a quota: one line, and nothing is published
             raise self._write_error(e) from None
 

@@ -36,8 +36,12 @@ from cgpt.train.eval.paper import SUITES, expand_tasks
 INSTALL_HINT = "pip install -e '.[eval]'"
 # lm-eval's defaults (lm_eval.evaluator.simple_evaluate, and its CLI): kept so that scores
 # equal `lm_eval --model hf` on the same folder
-DEFAULT_SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234,
-                 "fewshot_random_seed": 1234}
+DEFAULT_SEEDS = {
+    "random_seed": 0,
+    "numpy_random_seed": 1234,
+    "torch_random_seed": 1234,
+    "fewshot_random_seed": 1234,
+}
 DEFAULT_BOOTSTRAP = 100000
 _TM_CACHE: dict[tuple[str | None, bool], object] = {}
 
@@ -51,8 +55,10 @@ def require_lm_eval():
         from lm_eval.models.huggingface import HFLM  # noqa: F401
     except ImportError as e:
         missing = f" ({e.name} is missing)" if getattr(e, "name", None) else ""
-        raise CgptError(f"cgpt eval needs lm-evaluation-harness with its Hugging Face backend"
-                        f"{missing}: {INSTALL_HINT}") from None
+        raise CgptError(
+            f"cgpt eval needs lm-evaluation-harness with its Hugging Face backend"
+            f"{missing}: {INSTALL_HINT}"
+        ) from None
     return lm_eval
 
 
@@ -78,8 +84,10 @@ def quiet_libraries(verbose: bool = False, progress: bool = True) -> Iterator[No
         return
     import io
 
-    loggers = [logging.getLogger(n) for n in ("lm_eval", "lm-eval", "datasets",
-                                              "transformers", "huggingface_hub")]
+    loggers = [
+        logging.getLogger(n)
+        for n in ("lm_eval", "lm-eval", "datasets", "transformers", "huggingface_hub")
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -155,9 +163,11 @@ def task_manager_for(names: list[str], include_path: str | None = None):
             close = difflib.get_close_matches(n, tm.all_tasks + list(SUITES), n=5, cutoff=0.6)
             parts.append(f"{n!r} (close: {', '.join(close)})" if close else f"{n!r}")
         where = f" nor in {include_path}" if include_path else ""
-        raise CgptError(f"unknown task{'s' if len(unknown) > 1 else ''} {', '.join(parts)}: "
-                        f"not an lm-eval task{where}; `lm-eval ls tasks` lists them, "
-                        "--include-path DIR adds your own YAML")
+        raise CgptError(
+            f"unknown task{'s' if len(unknown) > 1 else ''} {', '.join(parts)}: "
+            f"not an lm-eval task{where}; `lm-eval ls tasks` lists them, "
+            "--include-path DIR adds your own YAML"
+        )
     return tm
 
 
@@ -267,27 +277,38 @@ def check_fewshot(name: str, task, n: int) -> None:
     cfg = task.config
     fixed = getattr(cfg, "num_fewshot", None)
     if fixed == 0:
-        raise CgptError(f"task {name} fixes num_fewshot: 0 in its YAML (lm-eval would silently "
-                        f"ignore --num-fewshot {n}); evaluate it 0-shot or copy its YAML with "
-                        "another num_fewshot into --include-path")
+        raise CgptError(
+            f"task {name} fixes num_fewshot: 0 in its YAML (lm-eval would silently "
+            f"ignore --num-fewshot {n}); evaluate it 0-shot or copy its YAML with "
+            "another num_fewshot into --include-path"
+        )
     try:
         pool = task.fewshot_docs()
         size = len(pool) if pool is not None else 0
     except Exception as e:
-        raise CgptError(f"task {name} cannot give few-shot examples: "
-                        f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
-                        ) from None
+        raise CgptError(
+            f"task {name} cannot give few-shot examples: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+        ) from None
     # lm-eval's sampler draws n+1 documents, to leave out the one being evaluated
     if size < n + 1:
-        raise CgptError(f"task {name} has {size} document{'s' if size != 1 else ''} to draw "
-                        f"few-shot examples from; --num-fewshot {n} needs {n + 1} (lm-eval "
-                        "draws one extra to leave out the evaluated document)")
+        raise CgptError(
+            f"task {name} has {size} document{'s' if size != 1 else ''} to draw "
+            f"few-shot examples from; --num-fewshot {n} needs {n + 1} (lm-eval "
+            "draws one extra to leave out the evaluated document)"
+        )
 
 
 # ---- running ------------------------------------------------------------------------------
-def make_lm(pretrained: str, tokenizer: str | None = None, device: str = "cpu",
-            batch_size: int | str = 16, dtype: str | None = None, hub_state: str = "online",
-            hub_name: str | None = None):
+def make_lm(
+    pretrained: str,
+    tokenizer: str | None = None,
+    device: str = "cpu",
+    batch_size: int | str = 16,
+    dtype: str | None = None,
+    hub_state: str = "online",
+    hub_name: str | None = None,
+):
     """lm-eval's HFLM on a folder (or Hub id), as ``--model hf`` builds it."""
     require_lm_eval()
     from lm_eval.models.huggingface import HFLM
@@ -313,8 +334,7 @@ def _without_environment_report() -> Iterator[None]:
     ``git describe`` subprocesses, ~0.8 s a call here; no score depends on them)."""
     import lm_eval.evaluator as ev
 
-    saved = {n: getattr(ev, n) for n in ("add_env_info", "get_git_commit_hash")
-             if hasattr(ev, n)}
+    saved = {n: getattr(ev, n) for n in ("add_env_info", "get_git_commit_hash") if hasattr(ev, n)}
     if "add_env_info" in saved:
         ev.add_env_info = lambda results: None
     if "get_git_commit_hash" in saved:
@@ -326,10 +346,18 @@ def _without_environment_report() -> Iterator[None]:
             setattr(ev, n, f)
 
 
-def evaluate(lm, names: list[str], tm, num_fewshot: int | None = None,
-             limit: int | float | None = None, bootstrap_iters: int = DEFAULT_BOOTSTRAP,
-             fewshot_seed: int = DEFAULT_SEEDS["fewshot_random_seed"], verbose: bool = False,
-             progress: bool = True, environment_report: bool = True) -> dict:
+def evaluate(
+    lm,
+    names: list[str],
+    tm,
+    num_fewshot: int | None = None,
+    limit: int | float | None = None,
+    bootstrap_iters: int = DEFAULT_BOOTSTRAP,
+    fewshot_seed: int = DEFAULT_SEEDS["fewshot_random_seed"],
+    verbose: bool = False,
+    progress: bool = True,
+    environment_report: bool = True,
+) -> dict:
     """``lm_eval.simple_evaluate`` on ``lm`` (lm-eval's default seeds; ``fewshot_seed``
     picks the few-shot examples); returns lm-eval's results dict. ``environment_report=
     False`` (the trainer's hook) leaves out lm-eval's environment and git report."""
@@ -338,10 +366,16 @@ def evaluate(lm, names: list[str], tm, num_fewshot: int | None = None,
     lean = contextlib.nullcontext() if environment_report else _without_environment_report()
     # lm-eval prints some notes with print(): onto stderr, so stdout holds only cgpt's report
     with quiet_libraries(verbose, progress), contextlib.redirect_stdout(sys.stderr), lean:
-        res = lm_eval.simple_evaluate(model=lm, tasks=list(names), task_manager=tm,
-                                      num_fewshot=num_fewshot, limit=limit,
-                                      bootstrap_iters=bootstrap_iters, log_samples=False,
-                                      **seeds)
+        res = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(names),
+            task_manager=tm,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            bootstrap_iters=bootstrap_iters,
+            log_samples=False,
+            **seeds,
+        )
     if res is None:  # not rank 0 of a distributed lm-eval run
         raise CgptError("lm-eval returned no results (not rank 0)")
     return res
@@ -377,8 +411,7 @@ def _is_number(v) -> bool:
 
 def scores(summary: dict[str, dict]) -> dict[str, dict[str, float]]:
     """{task: {metric: value}} with numbers only."""
-    return {t: {m: v for m, v in e["metrics"].items() if _is_number(v)}
-            for t, e in summary.items()}
+    return {t: {m: v for m, v in e["metrics"].items() if _is_number(v)} for t, e in summary.items()}
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -472,9 +505,18 @@ def _rng_preserved() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
-def run_tasks(model, tokenizer_dir, tasks: list[str], limit: int | None = None,
-              include_path: str | None = None, device=None, *, batch_size: int = 16,
-              num_fewshot: int | None = None, verify: bool = False) -> dict[str, float]:
+def run_tasks(
+    model,
+    tokenizer_dir,
+    tasks: list[str],
+    limit: int | None = None,
+    include_path: str | None = None,
+    device=None,
+    *,
+    batch_size: int = 16,
+    num_fewshot: int | None = None,
+    verify: bool = False,
+) -> dict[str, float]:
     """Evaluate a GPT on lm-eval tasks, for the trainer (rank 0, every ``eval_every`` steps).
 
     The model is exported to a temporary Hugging Face folder (``verify``: compare its logits
@@ -495,8 +537,16 @@ def run_tasks(model, tokenizer_dir, tasks: list[str], limit: int | None = None,
         folder = export_hf(model, Path(tmp) / "hf", tokenizer_dir=tokenizer_dir, verify=verify)
         lm = make_lm(str(folder), device=str(device), batch_size=batch_size)
         try:
-            results = evaluate(lm, names, tm, num_fewshot=num_fewshot, limit=limit,
-                               bootstrap_iters=0, progress=False, environment_report=False)
+            results = evaluate(
+                lm,
+                names,
+                tm,
+                num_fewshot=num_fewshot,
+                limit=limit,
+                bootstrap_iters=0,
+                progress=False,
+                environment_report=False,
+            )
         except Exception as e:
             if hub.is_hub_error(e):
                 raise hub.explain_dataset(", ".join(names), None, e, state) from None
@@ -508,8 +558,26 @@ def run_tasks(model, tokenizer_dir, tasks: list[str], limit: int | None = None,
     return flat_metrics(results)
 
 
-__all__ = ["DEFAULT_BOOTSTRAP", "DEFAULT_SEEDS", "INSTALL_HINT", "check_fewshot",
-           "config_sha256", "dataset_of", "evaluate", "flat_metrics", "hub_state_for",
-           "jsonable", "lm_eval_version", "make_lm", "needs_hub", "parse_task_list",
-           "preflight", "provenance", "require_lm_eval", "run_tasks", "scores", "summarize",
-           "task_manager_for"]
+__all__ = [
+    "DEFAULT_BOOTSTRAP",
+    "DEFAULT_SEEDS",
+    "INSTALL_HINT",
+    "check_fewshot",
+    "config_sha256",
+    "dataset_of",
+    "evaluate",
+    "flat_metrics",
+    "hub_state_for",
+    "jsonable",
+    "lm_eval_version",
+    "make_lm",
+    "needs_hub",
+    "parse_task_list",
+    "preflight",
+    "provenance",
+    "require_lm_eval",
+    "run_tasks",
+    "scores",
+    "summarize",
+    "task_manager_for",
+]

@@ -14,7 +14,7 @@ that extra EOS), cut into consecutive windows of ``seq_len`` tokens; the context
 each window, as in the trainer's val loss. EOS tokens are predicted too (the cost of ending a
 document) and count as tokens with no bytes.
 
-The byte count comes from ``meta.json``'s ``splits.<split>.bytes`` (the UTF-8 bytes of the
+The byte count comes from ``meta.json``'s ``splits.<split>.text_bytes`` (the UTF-8 bytes of the
 documents that ``cgpt prepare`` put in that split); a folder prepared before prepare recorded
 it is recounted by decoding its tokens with the tokenizer that made them, when that tokenizer
 is known.
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from cgpt.model.errors import CgptError
 
 LN2 = math.log(2.0)
-BYTES_KEY = "bytes"  # meta.json: splits.<split>.bytes, the UTF-8 bytes of the split's text
+BYTES_KEY = "text_bytes"  # meta.json: splits.<split>.text_bytes, UTF-8 bytes of the text
 _DECODE_TOKENS = 1 << 20  # tokens decoded per chunk when recounting bytes
 
 
@@ -44,7 +44,7 @@ def _open(data):
 
 
 def recorded_bytes(data, split: str) -> int | None:
-    """``splits.<split>.bytes`` of meta.json, if prepare recorded it."""
+    """``splits.<split>.text_bytes`` of meta.json, if prepare recorded it."""
     v = (_open(data).meta.get("splits", {}).get(split) or {}).get(BYTES_KEY)
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         return None
@@ -62,14 +62,18 @@ def count_text_bytes(tokens, tokenizer, eos_id: int) -> int:
         for i in range(0, len(piece), _DECODE_TOKENS):
             # a cut inside a multi-byte character is rare (1M-token chunks) and costs at most
             # a few bytes of U+FFFD; documents this long are decoded in chunks for memory
-            total += len(tokenizer.decode(piece[i:i + _DECODE_TOKENS].tolist())
-                         .encode("utf-8", "surrogatepass"))
+            total += len(
+                tokenizer.decode(piece[i : i + _DECODE_TOKENS].tolist()).encode(
+                    "utf-8", "surrogatepass"
+                )
+            )
         start = end + 1
     return total
 
 
-def split_bytes(data, split: str, tokenizer_dir: str | os.PathLike | None = None
-                ) -> tuple[int, str]:
+def split_bytes(
+    data, split: str, tokenizer_dir: str | os.PathLike | None = None
+) -> tuple[int, str]:
     """(UTF-8 bytes of the split's text, where the number came from)."""
     data = _open(data)
     n = recorded_bytes(data, split)
@@ -81,15 +85,21 @@ def split_bytes(data, split: str, tokenizer_dir: str | os.PathLike | None = None
 
         tok = load_tokenizer(tok_dir)
         if data.fingerprint and tok.fingerprint != data.fingerprint:
-            raise CgptError(f"tokenizer {tok_dir} is not the one that produced {data.dir} "
-                            f"(fingerprint {tok.fingerprint[:12]} vs {data.fingerprint[:12]}); "
-                            "its byte count cannot be recomputed with it")
-        return (count_text_bytes(data.split(split), tok, data.eos_id),
-                f"recomputed by decoding the tokens with {tok_dir}")
-    raise CgptError(f"{data.dir}/meta.json does not record the UTF-8 bytes of the {split} "
-                    f"split (splits.{split}.{BYTES_KEY}), and the tokenizer that made it is not "
-                    "known here, so bits per byte cannot be computed; re-run `cgpt prepare` "
-                    "(it records the count), or pass --tokenizer DIR to recount by decoding")
+            raise CgptError(
+                f"tokenizer {tok_dir} is not the one that produced {data.dir} "
+                f"(fingerprint {tok.fingerprint[:12]} vs {data.fingerprint[:12]}); "
+                "its byte count cannot be recomputed with it"
+            )
+        return (
+            count_text_bytes(data.split(split), tok, data.eos_id),
+            f"recomputed by decoding the tokens with {tok_dir}",
+        )
+    raise CgptError(
+        f"{data.dir}/meta.json does not record the UTF-8 bytes of the {split} "
+        f"split (splits.{split}.{BYTES_KEY}), and the tokenizer that made it is not "
+        "known here, so bits per byte cannot be computed; re-run `cgpt prepare` "
+        "(it records the count), or pass --tokenizer DIR to recount by decoding"
+    )
 
 
 def _vocab(model) -> int:
@@ -99,8 +109,7 @@ def _vocab(model) -> int:
 
 def _positions(model) -> int:
     cfg = getattr(model, "config", None)
-    return int(getattr(cfg, "n_positions", 0) or getattr(cfg, "max_position_embeddings", 0)
-               or 0)
+    return int(getattr(cfg, "n_positions", 0) or getattr(cfg, "max_position_embeddings", 0) or 0)
 
 
 @torch.no_grad()
@@ -111,15 +120,27 @@ def _batch_nats(model, x: torch.Tensor, y: torch.Tensor) -> float:
     if isinstance(model, GPT):  # the fused head + cross-entropy: no (B, T, V) logits
         return float(model(x, y).double()) * valid
     logits = model(x).logits  # a transformers model
-    return float(F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                                 ignore_index=-1, reduction="sum").double())
+    return float(
+        F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)),
+            y.reshape(-1),
+            ignore_index=-1,
+            reduction="sum",
+        ).double()
+    )
 
 
 @torch.no_grad()
-def heldout_loss(model, data, split: str = "val", seq_len: int | None = None,
-                 batch: int = 4, device: str | torch.device = "cpu",
-                 tokenizer_dir: str | os.PathLike | None = None,
-                 text_bytes: int | tuple[int, str] | None = None) -> dict:
+def heldout_loss(
+    model,
+    data,
+    split: str = "val",
+    seq_len: int | None = None,
+    batch: int = 4,
+    device: str | torch.device = "cpu",
+    tokenizer_dir: str | os.PathLike | None = None,
+    text_bytes: int | tuple[int, str] | None = None,
+) -> dict:
     """Cross-entropy of ``model`` over a prepared folder's split (see the module docstring).
 
     ``model``: a cgpt GPT or a transformers causal LM; ``data``: a data folder or an open
@@ -136,9 +157,11 @@ def heldout_loss(model, data, split: str = "val", seq_len: int | None = None,
         raise CgptError(f"the {split} split of {data.dir} holds no tokens")
     vocab = _vocab(model)
     if vocab and data.vocab_size > vocab:
-        raise CgptError(f"the data in {data.dir} was tokenized with a vocab of "
-                        f"{data.vocab_size} but the model's vocab_size is {vocab}: this data "
-                        "was not made with the model's tokenizer")
+        raise CgptError(
+            f"the data in {data.dir} was tokenized with a vocab of "
+            f"{data.vocab_size} but the model's vocab_size is {vocab}: this data "
+            "was not made with the model's tokenizer"
+        )
     if text_bytes is None:
         nbytes, bytes_from = split_bytes(data, split, tokenizer_dir)
     elif isinstance(text_bytes, tuple):
@@ -146,8 +169,9 @@ def heldout_loss(model, data, split: str = "val", seq_len: int | None = None,
     else:
         nbytes, bytes_from = int(text_bytes), "given"
     if nbytes <= 0:
-        raise CgptError(f"the {split} split of {data.dir} has no text bytes; bits per byte "
-                        "are undefined")
+        raise CgptError(
+            f"the {split} split of {data.dir} has no text bytes; bits per byte are undefined"
+        )
     limit = _positions(model)
     seq_len = int(seq_len or limit or 1024)
     if seq_len <= 0 or (limit and seq_len > limit):
@@ -161,10 +185,10 @@ def heldout_loss(model, data, split: str = "val", seq_len: int | None = None,
     starts = list(range(0, n, seq_len))
     for b in range(0, len(starts), batch):
         xs, ys = [], []
-        for s in starts[b:b + batch]:
+        for s in starts[b : b + batch]:
             e = min(s + seq_len, n)
             y = np.asarray(toks[s:e], dtype=np.int64)
-            prev = np.array([eos], np.int64) if s == 0 else np.asarray(toks[s - 1:s], np.int64)
+            prev = np.array([eos], np.int64) if s == 0 else np.asarray(toks[s - 1 : s], np.int64)
             x = np.concatenate([prev, y[:-1]])
             pad = seq_len - len(y)
             xs.append(np.pad(x, (0, pad), constant_values=eos))
@@ -173,8 +197,15 @@ def heldout_loss(model, data, split: str = "val", seq_len: int | None = None,
         y_t = torch.from_numpy(np.stack(ys)).to(dev)
         total += _batch_nats(model, x_t, y_t)
     nats = total / n
-    return {"nats_per_token": nats, "bits_per_byte": nats * n / nbytes / LN2, "tokens": n,
-            "bytes": nbytes, "bytes_from": bytes_from, "split": split, "seq_len": seq_len}
+    return {
+        "nats_per_token": nats,
+        "bits_per_byte": nats * n / nbytes / LN2,
+        "tokens": n,
+        "bytes": nbytes,
+        "bytes_from": bytes_from,
+        "split": split,
+        "seq_len": seq_len,
+    }
 
 
 __all__ = ["BYTES_KEY", "count_text_bytes", "heldout_loss", "recorded_bytes", "split_bytes"]

@@ -17,10 +17,12 @@ from cgpt.model.errors import CgptError
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 _TRUE = {"1", "ON", "YES", "TRUE"}
 PROBE_TIMEOUT_S = 3.0
-OFFLINE_HOW = ("to run offline, use a local task YAML (dataset_path: json with "
-               "dataset_kwargs: {data_files: ...}) and --include-path DIR, or download the "
-               "dataset once where the Hub is reachable and then set HF_DATASETS_OFFLINE=1 to "
-               "read it from the local cache")
+OFFLINE_HOW = (
+    "to run offline, use a local task YAML (dataset_path: json with "
+    "dataset_kwargs: {data_files: ...}) and --include-path DIR, or download the "
+    "dataset once where the Hub is reachable and then set HF_DATASETS_OFFLINE=1 to "
+    "read it from the local cache"
+)
 
 
 def offline() -> bool:
@@ -101,25 +103,42 @@ def _first_line(e: BaseException) -> str:
 def is_hub_error(e: BaseException) -> bool:
     """Whether ``e`` is a failure to get something from the Hub (offline or unreachable)."""
     names = {c.__name__ for c in type(e).__mro__}
-    if names & {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "DatasetNotFoundError",
-                "ConnectTimeout", "ConnectError", "ConnectionError", "HfHubHTTPError",
-                "RepositoryNotFoundError", "GatedRepoError"}:
+    if names & {
+        "OfflineModeIsEnabled",
+        "LocalEntryNotFoundError",
+        "DatasetNotFoundError",
+        "ConnectTimeout",
+        "ConnectError",
+        "ConnectionError",
+        "HfHubHTTPError",
+        "RepositoryNotFoundError",
+        "GatedRepoError",
+    }:
         return True
     text = str(e)
-    return any(s in text for s in ("on the Hub", "huggingface.co", "offline mode",
-                                   "OfflineModeIsEnabled", "cached files"))
+    return any(
+        s in text
+        for s in (
+            "on the Hub",
+            "huggingface.co",
+            "offline mode",
+            "OfflineModeIsEnabled",
+            "cached files",
+        )
+    )
 
 
 def explain_dataset(task: str, dataset: str | None, e: BaseException, state: str) -> CgptError:
     """One line for a task that could not be loaded (its dataset, most often)."""
     what = f"the Hugging Face dataset {dataset!r}" if dataset else "its dataset"
     if is_hub_error(e):
-        why = {"unreachable": f"the Hub ({endpoint()}) did not answer within "
-                              f"{PROBE_TIMEOUT_S:g}s",
-               "offline": "offline mode is on (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE)"}.get(
-            state, "the Hub could not be reached")
-        return CgptError(f"task {task} needs {what}, which is not in the local cache, and "
-                         f"{why}; {OFFLINE_HOW}")
+        why = {
+            "unreachable": f"the Hub ({endpoint()}) did not answer within {PROBE_TIMEOUT_S:g}s",
+            "offline": "offline mode is on (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE)",
+        }.get(state, "the Hub could not be reached")
+        return CgptError(
+            f"task {task} needs {what}, which is not in the local cache, and {why}; {OFFLINE_HOW}"
+        )
     where = f" (dataset {dataset})" if dataset else ""
     return CgptError(f"task {task} could not be loaded{where}: {_first_line(e)}")
 
@@ -127,13 +146,27 @@ def explain_dataset(task: str, dataset: str | None, e: BaseException, state: str
 def explain_model(name: str, e: BaseException, state: str) -> CgptError:
     """One line for an ``hf:NAME`` model that could not be loaded."""
     if state in ("offline", "unreachable") and (is_hub_error(e) or isinstance(e, OSError)):
-        why = (f"the Hub ({endpoint()}) did not answer within {PROBE_TIMEOUT_S:g}s"
-               if state == "unreachable" else "offline mode is on (HF_HUB_OFFLINE)")
-        return CgptError(f"hf:{name} could not be loaded: not in the local Hugging Face cache, "
-                         f"and {why}; download it where the Hub is reachable (`hf download "
-                         f"{name} --local-dir DIR`) and pass DIR as SRC")
+        why = (
+            f"the Hub ({endpoint()}) did not answer within {PROBE_TIMEOUT_S:g}s"
+            if state == "unreachable"
+            else "offline mode is on (HF_HUB_OFFLINE)"
+        )
+        return CgptError(
+            f"hf:{name} could not be loaded: not in the local Hugging Face cache, "
+            f"and {why}; download it where the Hub is reachable (`hf download "
+            f"{name} --local-dir DIR`) and pass DIR as SRC"
+        )
     return CgptError(f"hf:{name} could not be loaded: {_first_line(e)}")
 
 
-__all__ = ["OFFLINE_HOW", "endpoint", "explain_dataset", "explain_model", "go_offline",
-           "is_hub_error", "offline", "prepare_hub_access", "reachable"]
+__all__ = [
+    "OFFLINE_HOW",
+    "endpoint",
+    "explain_dataset",
+    "explain_model",
+    "go_offline",
+    "is_hub_error",
+    "offline",
+    "prepare_hub_access",
+    "reachable",
+]

@@ -119,9 +119,11 @@ def run_eval(req: EvalRequest, log=None) -> dict:
         data = open_token_data(req.data, verify="size")
         vocab = (src.shape or {}).get("vocab_size")
         if vocab and data.vocab_size > vocab:
-            raise CgptError(f"the data in {data.dir} was tokenized with a vocab of "
-                            f"{data.vocab_size} but the model's vocab_size is {vocab}: not "
-                            "made with this model's tokenizer")
+            raise CgptError(
+                f"the data in {data.dir} was tokenized with a vocab of "
+                f"{data.vocab_size} but the model's vocab_size is {vocab}: not "
+                "made with this model's tokenizer"
+            )
         nbytes = split_bytes(data, req.split, req.tokenizer)
     if names or src.kind == "hub":
         hub_state = harness.hub_state_for(tm, names, model_from_hub=src.kind == "hub")
@@ -131,16 +133,24 @@ def run_eval(req: EvalRequest, log=None) -> dict:
         tasks = harness.preflight(tm, names, req.num_fewshot, hub_state)
 
     report: dict = {
-        "format": RESULTS_FORMAT, "version": RESULTS_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cgpt": _cgpt_version(),
+        "format": RESULTS_FORMAT,
+        "version": RESULTS_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cgpt": _cgpt_version(),
         "model": _model_block(src),
-        "settings": {"tasks": names, "requested": list(req.tasks),
-                     "include_path": req.include_path, "num_fewshot": req.num_fewshot,
-                     "limit": req.limit, "batch_size": req.batch_size, "device": device,
-                     "dtype": req.dtype, "bootstrap_iters": req.bootstrap_iters,
-                     "seeds": {**harness.DEFAULT_SEEDS,
-                               "fewshot_random_seed": req.fewshot_seed},
-                     "fewshot_seed": req.fewshot_seed},
+        "settings": {
+            "tasks": names,
+            "requested": list(req.tasks),
+            "include_path": req.include_path,
+            "num_fewshot": req.num_fewshot,
+            "limit": req.limit,
+            "batch_size": req.batch_size,
+            "device": device,
+            "dtype": req.dtype,
+            "bootstrap_iters": req.bootstrap_iters,
+            "seeds": {**harness.DEFAULT_SEEDS, "fewshot_random_seed": req.fewshot_seed},
+            "fewshot_seed": req.fewshot_seed,
+        },
         "hub": hub_state,
     }
     if src.kind == "cgpt" and req.dtype:
@@ -166,15 +176,21 @@ def _cgpt_version() -> dict:
 
 
 def _model_block(src: EvalSource) -> dict:
-    block = {"source": src.spec, "kind": src.kind, "what": src.what,
-             "path": str(src.path) if src.path else None, "shape": src.shape,
-             "tokenizer": str(src.tokenizer) if src.tokenizer else None,
-             "source_sha256": src.source_sha256,
-             "weights_sha256": weights_sha256(src.path) if src.kind == "hf" else None}
+    block = {
+        "source": src.spec,
+        "kind": src.kind,
+        "what": src.what,
+        "path": str(src.path) if src.path else None,
+        "shape": src.shape,
+        "tokenizer": str(src.tokenizer) if src.tokenizer else None,
+        "source_sha256": src.source_sha256,
+        "weights_sha256": weights_sha256(src.path) if src.kind == "hf" else None,
+    }
     if src.model is not None:
         p = next(src.model.parameters())
-        block.update(params=src.model.num_params(), stored_dtype=str(p.dtype).removeprefix(
-            "torch."))
+        block.update(
+            params=src.model.num_params(), stored_dtype=str(p.dtype).removeprefix("torch.")
+        )
     return block
 
 
@@ -184,8 +200,10 @@ def _run_tasks(req, src: EvalSource, names, tm, device, hub_state, tmp: Path, re
 
         t = time.perf_counter()
         folder = export_hf(src.model, tmp / "hf", tokenizer_dir=src.tokenizer, verify=True)
-        log(f"cgpt eval: exported {src.what} to a temporary Hugging Face folder, verified "
-            f"against the model's logits ({time.perf_counter() - t:.1f}s)")
+        log(
+            f"cgpt eval: exported {src.what} to a temporary Hugging Face folder, verified "
+            f"against the model's logits ({time.perf_counter() - t:.1f}s)"
+        )
         pretrained, tokenizer = str(folder), None
     elif src.kind == "hf":
         folder, pretrained = src.path, str(src.path)
@@ -193,26 +211,38 @@ def _run_tasks(req, src: EvalSource, names, tm, device, hub_state, tmp: Path, re
     else:
         folder, pretrained = None, src.hub_name
         tokenizer = str(src.tokenizer) if src.tokenizer else None
-    lm = harness.make_lm(pretrained, tokenizer, device, req.batch_size, req.dtype, hub_state,
-                         hub_name=src.hub_name)
+    lm = harness.make_lm(
+        pretrained, tokenizer, device, req.batch_size, req.dtype, hub_state, hub_name=src.hub_name
+    )
     if folder is None:
         folder = _hub_folder(src.hub_name)
-        report["model"]["revision"] = getattr(getattr(lm.model, "config", None),
-                                              "_commit_hash", None)
+        report["model"]["revision"] = getattr(
+            getattr(lm.model, "config", None), "_commit_hash", None
+        )
         if src.shape is None:
             src.shape = _hf_shape(getattr(lm.model, "config", None))
             report["model"]["shape"] = src.shape
     report["model"]["weights_sha256"] = weights_sha256(Path(folder)) if folder else None
-    report["model"]["evaluated_dtype"] = str(getattr(lm.model, "dtype", "")).removeprefix(
-        "torch.")
+    report["model"]["evaluated_dtype"] = str(getattr(lm.model, "dtype", "")).removeprefix("torch.")
     t = time.perf_counter()
-    log(f"cgpt eval: lm-eval {harness.lm_eval_version()} on {', '.join(names)} "
-        f"({device}, batch {req.batch_size})")
-    results = harness.evaluate(lm, names, tm, num_fewshot=req.num_fewshot, limit=req.limit,
-                               bootstrap_iters=req.bootstrap_iters,
-                               fewshot_seed=req.fewshot_seed, verbose=req.verbose)
-    report["lm_eval"] = {"version": harness.lm_eval_version(),
-                         "seconds": round(time.perf_counter() - t, 3)}
+    log(
+        f"cgpt eval: lm-eval {harness.lm_eval_version()} on {', '.join(names)} "
+        f"({device}, batch {req.batch_size})"
+    )
+    results = harness.evaluate(
+        lm,
+        names,
+        tm,
+        num_fewshot=req.num_fewshot,
+        limit=req.limit,
+        bootstrap_iters=req.bootstrap_iters,
+        fewshot_seed=req.fewshot_seed,
+        verbose=req.verbose,
+    )
+    report["lm_eval"] = {
+        "version": harness.lm_eval_version(),
+        "seconds": round(time.perf_counter() - t, 3),
+    }
     summary = harness.summarize(results)
     prov = harness.provenance(results)
     report["tasks"] = {}
@@ -223,16 +253,32 @@ def _run_tasks(req, src: EvalSource, names, tm, device, hub_state, tmp: Path, re
         report["tasks"][task] = block
     sc = harness.scores(summary)
     if all(t in sc for t in SUITE_TASKS):
-        report["suite"] = {"name": SUITE, "tasks": list(SUITE_TASKS),
-                           "average": suite_average(sc),
-                           "average_metric": "acc (the paper's)",
-                           "average_acc_norm": suite_average(sc, "acc_norm"),
-                           "average_acc_norm_metric": "acc_norm where the task has it, else acc"}
+        report["suite"] = {
+            "name": SUITE,
+            "tasks": list(SUITE_TASKS),
+            "average": suite_average(sc),
+            "average_metric": "acc (the paper's)",
+            "average_acc_norm": suite_average(sc, "acc_norm"),
+            "average_acc_norm_metric": "acc_norm where the task has it, else acc",
+        }
     report["paper"] = _paper_block(req, src, sc, results)
     report["lm_eval"]["raw"] = harness.jsonable(
-        {k: results.get(k) for k in ("results", "groups", "group_subtasks", "configs",
-                                     "versions", "n-shot", "n-samples", "higher_is_better",
-                                     "config") if k in results})
+        {
+            k: results.get(k)
+            for k in (
+                "results",
+                "groups",
+                "group_subtasks",
+                "configs",
+                "versions",
+                "n-shot",
+                "n-samples",
+                "higher_is_better",
+                "config",
+            )
+            if k in results
+        }
+    )
     return lm
 
 
@@ -248,8 +294,13 @@ def _hub_folder(name: str | None) -> Path | None:
 def _hf_shape(cfg) -> dict | None:
     if cfg is None or getattr(cfg, "model_type", None) != "gpt2":
         return None
-    return {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head,
-            "vocab_size": cfg.vocab_size, "n_positions": cfg.n_positions}
+    return {
+        "n_layer": cfg.n_layer,
+        "n_embd": cfg.n_embd,
+        "n_head": cfg.n_head,
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.n_positions,
+    }
 
 
 def _paper_block(req, src: EvalSource, sc: dict, results: dict) -> dict | None:
@@ -261,15 +312,28 @@ def _paper_block(req, src: EvalSource, sc: dict, results: dict) -> dict | None:
         size, note = match_published(src.shape)
         how = "shape" if size else None
     if size is None:
-        return {"size": None, "note": note or "the model's shape (n_layer, n_embd, n_head, "
-                "vocab) is none of the published sizes; pass --compare-paper SIZE to compare "
-                "anyway"}
+        return {
+            "size": None,
+            "note": note
+            or "the model's shape (n_layer, n_embd, n_head, "
+            "vocab) is none of the published sizes; pass --compare-paper SIZE to compare "
+            "anyway",
+        }
     shots = sorted({v for t, v in (results.get("n-shot") or {}).items() if t in SUITE_TASKS})
     rows = compare(sc, size)
-    return {"size": size, "matched_by": how, "source": PAPER_SOURCE, "paper_shots": 0,
-            "our_shots": shots, "metric": "acc", "limit": req.limit,
-            "rows": [{"task": r.task, "label": r.label, "ours": r.ours, "paper": r.paper,
-                      "diff": r.diff} for r in rows]}
+    return {
+        "size": size,
+        "matched_by": how,
+        "source": PAPER_SOURCE,
+        "paper_shots": 0,
+        "our_shots": shots,
+        "metric": "acc",
+        "limit": req.limit,
+        "rows": [
+            {"task": r.task, "label": r.label, "ours": r.ours, "paper": r.paper, "diff": r.diff}
+            for r in rows
+        ],
+    }
 
 
 def _run_heldout(req, src: EvalSource, data, nbytes, device, lm, hub_state, log) -> dict:
@@ -282,13 +346,22 @@ def _run_heldout(req, src: EvalSource, data, nbytes, device, lm, hub_state, log)
     else:
         model = _load_hf_model(src, device, req.dtype, hub_state)
     t = time.perf_counter()
-    res = heldout_loss(model, data, req.split, req.seq_len,
-                       batch=req.batch_size if isinstance(req.batch_size, int) else 4,
-                       device=device, tokenizer_dir=req.tokenizer, text_bytes=nbytes)
+    res = heldout_loss(
+        model,
+        data,
+        req.split,
+        req.seq_len,
+        batch=req.batch_size if isinstance(req.batch_size, int) else 4,
+        device=device,
+        tokenizer_dir=req.tokenizer,
+        text_bytes=nbytes,
+    )
     res["data"] = str(data.dir)
     res["seconds"] = round(time.perf_counter() - t, 3)
-    log(f"cgpt eval: held-out loss over {res['tokens']:,} {req.split} tokens "
-        f"({res['seconds']:.1f}s)")
+    log(
+        f"cgpt eval: held-out loss over {res['tokens']:,} {req.split} tokens "
+        f"({res['seconds']:.1f}s)"
+    )
     return res
 
 
@@ -305,8 +378,10 @@ def _load_hf_model(src: EvalSource, device, dtype, hub_state):
     except Exception as e:
         if src.kind == "hub":
             raise hub.explain_model(src.hub_name, e, hub_state) from None
-        raise CgptError(f"transformers cannot load {target}: "
-                        f"{str(e).strip().splitlines()[0] if str(e).strip() else e}") from None
+        raise CgptError(
+            f"transformers cannot load {target}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else e}"
+        ) from None
     return model.to(device).eval()
 
 
@@ -337,20 +412,27 @@ def format_report(report: dict) -> str:
     m = report["model"]
     lines = []
     shape = m.get("shape") or {}
-    desc = (f"{shape['n_layer']} layers x {shape['n_embd']}, vocab {shape['vocab_size']}"
-            if shape else m["kind"])
+    desc = (
+        f"{shape['n_layer']} layers x {shape['n_embd']}, vocab {shape['vocab_size']}"
+        if shape
+        else m["kind"]
+    )
     sha = (m.get("weights_sha256") or "")[:16]
     lines.append(f"model: {m['what']} ({desc}{', weights sha256 ' + sha if sha else ''})")
     if report.get("hub") == "unreachable":
-        lines.append("note: the Hugging Face Hub did not answer; ran offline (cached datasets "
-                     "and models only)")
+        lines.append(
+            "note: the Hugging Face Hub did not answer; ran offline (cached datasets "
+            "and models only)"
+        )
     if report.get("tasks"):
         le = report["lm_eval"]
         st = report["settings"]
-        lines.append(f"lm-eval {le['version']}, {st['device']}, batch {st['batch_size']}, "
-                     f"few-shot seed {st['fewshot_seed']}"
-                     + (f", limit {st['limit']}" if st.get("limit") else "")
-                     + f" ({le['seconds']:.1f}s)")
+        lines.append(
+            f"lm-eval {le['version']}, {st['device']}, batch {st['batch_size']}, "
+            f"few-shot seed {st['fewshot_seed']}"
+            + (f", limit {st['limit']}" if st.get("limit") else "")
+            + f" ({le['seconds']:.1f}s)"
+        )
         lines.append("")
         lines.append(f"{'task':<22} {'shots':>5}  {'metric':<18} {'value':>10} {'stderr':>9}")
         for task, t in report["tasks"].items():
@@ -359,17 +441,21 @@ def format_report(report: dict) -> str:
             for metric in metrics:
                 mark = " *" if metric == t.get("paper_metric") else ""
                 shots = t.get("n_shot")
-                lines.append(f"{task if first else '':<22} "
-                             f"{(str(shots) if first and shots is not None else ''):>5}  "
-                             f"{metric + mark:<18} {_num(t['metrics'][metric]):>10} "
-                             f"{_num(t['stderr'].get(metric)):>9}")
+                lines.append(
+                    f"{task if first else '':<22} "
+                    f"{(str(shots) if first and shots is not None else ''):>5}  "
+                    f"{metric + mark:<18} {_num(t['metrics'][metric]):>10} "
+                    f"{_num(t['stderr'].get(metric)):>9}"
+                )
                 first = False
         if any(t.get("paper_metric") for t in report["tasks"].values()):
             lines.append("(* the metric the Cerebras-GPT paper reports)")
     suite = report.get("suite")
     if suite:
-        lines.append(f"{SUITE} 7-task average: {_num(suite['average'])} acc (the paper's); "
-                     f"{_num(suite['average_acc_norm'])} with acc_norm where the task has it")
+        lines.append(
+            f"{SUITE} 7-task average: {_num(suite['average'])} acc (the paper's); "
+            f"{_num(suite['average_acc_norm'])} with acc_norm where the task has it"
+        )
     paper = report.get("paper")
     if paper:
         lines.append("")
@@ -377,26 +463,38 @@ def format_report(report: dict) -> str:
             lines.append(f"paper: {paper['note']}")
         else:
             shots = paper.get("our_shots") or []
-            warn = ("" if shots in ([0], []) else
-                    f"; ours are {'/'.join(map(str, shots))}-shot, the paper's row 0-shot")
+            warn = (
+                ""
+                if shots in ([0], [])
+                else f"; ours are {'/'.join(map(str, shots))}-shot, the paper's row 0-shot"
+            )
             if paper.get("limit"):
                 warn += f"; ours on --limit {paper['limit']} examples per task"
-            lines.append(f"vs Cerebras-GPT {paper['size']}, the paper's 0-shot acc "
-                         f"({paper['source']}; matched by {paper['matched_by']}{warn}):")
+            lines.append(
+                f"vs Cerebras-GPT {paper['size']}, the paper's 0-shot acc "
+                f"({paper['source']}; matched by {paper['matched_by']}{warn}):"
+            )
             lines.append(f"{'task':<12} {'ours':>8} {'paper':>8} {'diff':>8}")
             for r in paper["rows"]:
                 diff = "-" if r["diff"] is None else f"{r['diff']:+.4f}"
-                lines.append(f"{r['label']:<12} {_num(r['ours']):>8} {r['paper']:>8.3f} "
-                             f"{diff:>8}")
+                lines.append(f"{r['label']:<12} {_num(r['ours']):>8} {r['paper']:>8.3f} {diff:>8}")
     h = report.get("heldout")
     if h:
         lines.append("")
         how = "from meta.json" if h["bytes_from"] == "meta.json" else h["bytes_from"]
-        lines.append(f"held-out {h['split']} split of {h['data']}: {h['nats_per_token']:.4f} "
-                     f"nats/token, {h['bits_per_byte']:.4f} bits/byte ({h['tokens']:,} tokens, "
-                     f"{h['bytes']:,} bytes {how}, windows of {h['seq_len']})")
+        lines.append(
+            f"held-out {h['split']} split of {h['data']}: {h['nats_per_token']:.4f} "
+            f"nats/token, {h['bits_per_byte']:.4f} bits/byte ({h['tokens']:,} tokens, "
+            f"{h['bytes']:,} bytes {how}, windows of {h['seq_len']})"
+        )
     return "\n".join(lines)
 
 
-__all__ = ["DTYPES", "EvalRequest", "default_device", "format_report", "run_eval",
-           "write_json_atomic"]
+__all__ = [
+    "DTYPES",
+    "EvalRequest",
+    "default_device",
+    "format_report",
+    "run_eval",
+    "write_json_atomic",
+]

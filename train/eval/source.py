@@ -26,8 +26,12 @@ from pathlib import Path
 from cgpt.model.errors import CgptError
 
 HUB_PREFIX = "hf:"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
@@ -57,8 +61,9 @@ def weights_sha256(folder: Path) -> str | None:
     """sha256 of the weights a Hugging Face folder holds: of ``model.safetensors`` itself when
     it is the only weight file (so ``sha256sum model.safetensors`` shows the same), else of
     the ``sha256  name`` lines of every shard, sorted by name."""
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix in (".safetensors", ".bin"))
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin")
+    )
     if not files:
         return None
     if len(files) == 1:
@@ -68,8 +73,13 @@ def weights_sha256(folder: Path) -> str | None:
 
 
 def shape_of(cfg) -> dict:
-    return {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head,
-            "vocab_size": cfg.vocab_size, "n_positions": cfg.n_positions}
+    return {
+        "n_layer": cfg.n_layer,
+        "n_embd": cfg.n_embd,
+        "n_head": cfg.n_head,
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.n_positions,
+    }
 
 
 def tokenizer_vocab(tok_dir: Path) -> int:
@@ -83,38 +93,43 @@ def check_tokenizer(tok_dir: Path, vocab_size: int, what: str) -> None:
     """A tokenizer with more tokens than the model has embeddings is not this model's."""
     n = tokenizer_vocab(tok_dir)
     if n > vocab_size:
-        raise CgptError(f"tokenizer {tok_dir} has {n} tokens but {what} has vocab_size "
-                        f"{vocab_size}: wrong tokenizer for this model (pass --tokenizer DIR "
-                        "with the tokenizer it was trained with)")
+        raise CgptError(
+            f"tokenizer {tok_dir} has {n} tokens but {what} has vocab_size "
+            f"{vocab_size}: wrong tokenizer for this model (pass --tokenizer DIR "
+            "with the tokenizer it was trained with)"
+        )
 
 
 def _read_hf_config(folder: Path) -> dict:
     try:
         cfg = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as e:
-        raise CgptError(f"{folder}/config.json is not readable JSON ({e}); not a Hugging Face "
-                        "model folder") from None
+        raise CgptError(
+            f"{folder}/config.json is not readable JSON ({e}); not a Hugging Face model folder"
+        ) from None
     if not isinstance(cfg, dict) or "model_type" not in cfg:
-        raise CgptError(f"{folder}/config.json has no model_type; not a Hugging Face model "
-                        "folder")
+        raise CgptError(f"{folder}/config.json has no model_type; not a Hugging Face model folder")
     return cfg
 
 
-def open_source(spec: str, tokenizer: str | os.PathLike | None = None,
-                need_tokenizer: bool = True) -> EvalSource:
+def open_source(
+    spec: str, tokenizer: str | os.PathLike | None = None, need_tokenizer: bool = True
+) -> EvalSource:
     """Resolve SRC (see the module docstring); a cgpt SRC is loaded (weights finite)."""
     tok = Path(tokenizer) if tokenizer else None
     if tok is not None and not tok.is_dir():
         raise CgptError(f"tokenizer folder {tok} does not exist")
     if spec.startswith(HUB_PREFIX):
-        name = spec[len(HUB_PREFIX):].strip()
+        name = spec[len(HUB_PREFIX) :].strip()
         if not name:
             raise CgptError("hf: needs a model id, e.g. hf:cerebras/Cerebras-GPT-111M")
         return EvalSource(spec, "hub", f"Hub model {name}", hub_name=name, tokenizer=tok)
     path = Path(spec)
     if not path.exists():
-        raise CgptError(f"{path} does not exist; SRC is a cgpt model file, run folder or "
-                        "checkpoint folder, a Hugging Face model folder, or hf:NAME")
+        raise CgptError(
+            f"{path} does not exist; SRC is a cgpt model file, run folder or "
+            "checkpoint folder, a Hugging Face model folder, or hf:NAME"
+        )
     if path.is_dir() and (path / "config.json").is_file() and not (path / "config.yaml").is_file():
         return _hf_folder(spec, path, tok, need_tokenizer)
     from cgpt.train.loop.consolidate import find_tokenizer, load_source
@@ -122,14 +137,23 @@ def open_source(spec: str, tokenizer: str | os.PathLike | None = None,
     loaded = load_source(path)
     model = loaded.model
     tok = tok or find_tokenizer(path)
-    src = EvalSource(spec, "cgpt", loaded.what, path=loaded.source, model=model,
-                     shape=shape_of(model.config), tokenizer=tok)
+    src = EvalSource(
+        spec,
+        "cgpt",
+        loaded.what,
+        path=loaded.source,
+        model=model,
+        shape=shape_of(model.config),
+        tokenizer=tok,
+    )
     if loaded.source.is_file():
         src.source_sha256 = sha256_file(loaded.source)
     if tok is None:
         if need_tokenizer:
-            raise CgptError(f"no tokenizer found for {path} (none in its run folder, run "
-                            "config or data folder); lm-eval needs one: pass --tokenizer DIR")
+            raise CgptError(
+                f"no tokenizer found for {path} (none in its run folder, run "
+                "config or data folder); lm-eval needs one: pass --tokenizer DIR"
+            )
     else:
         check_tokenizer(tok, model.config.vocab_size, f"the model ({src.what})")
     return src
@@ -138,27 +162,50 @@ def open_source(spec: str, tokenizer: str | os.PathLike | None = None,
 def _hf_folder(spec: str, path: Path, tok: Path | None, need_tokenizer: bool) -> EvalSource:
     cfg = _read_hf_config(path)
     if not any((path / n).is_file() for n in WEIGHT_FILES):
-        raise CgptError(f"{path} has a config.json but no weights ({', '.join(WEIGHT_FILES)}); "
-                        "not a complete Hugging Face model folder")
+        raise CgptError(
+            f"{path} has a config.json but no weights ({', '.join(WEIGHT_FILES)}); "
+            "not a complete Hugging Face model folder"
+        )
     shape = None
     if cfg.get("model_type") == "gpt2":
         try:
-            shape = {"n_layer": int(cfg["n_layer"]), "n_embd": int(cfg["n_embd"]),
-                     "n_head": int(cfg["n_head"]), "vocab_size": int(cfg["vocab_size"]),
-                     "n_positions": int(cfg.get("n_positions", 1024))}
+            shape = {
+                "n_layer": int(cfg["n_layer"]),
+                "n_embd": int(cfg["n_embd"]),
+                "n_head": int(cfg["n_head"]),
+                "vocab_size": int(cfg["vocab_size"]),
+                "n_positions": int(cfg.get("n_positions", 1024)),
+            }
         except (KeyError, TypeError, ValueError):
-            raise CgptError(f"{path}/config.json lacks GPT-2 shape fields (n_layer, n_embd, "
-                            "n_head, vocab_size)") from None
+            raise CgptError(
+                f"{path}/config.json lacks GPT-2 shape fields (n_layer, n_embd, n_head, vocab_size)"
+            ) from None
     if tok is None and any((path / n).is_file() for n in TOKENIZER_MARKERS):
         tok = path
     if tok is None and need_tokenizer:
-        raise CgptError(f"{path} holds no tokenizer (tokenizer.json, tokenizer.model or "
-                        "vocab.json); pass --tokenizer DIR")
+        raise CgptError(
+            f"{path} holds no tokenizer (tokenizer.json, tokenizer.model or "
+            "vocab.json); pass --tokenizer DIR"
+        )
     if tok is not None and "vocab_size" in cfg:
         check_tokenizer(tok, int(cfg["vocab_size"]), f"the model in {path}")
-    return EvalSource(spec, "hf", f"Hugging Face folder {path} ({cfg.get('model_type')})",
-                      path=path, shape=shape, tokenizer=tok)
+    return EvalSource(
+        spec,
+        "hf",
+        f"Hugging Face folder {path} ({cfg.get('model_type')})",
+        path=path,
+        shape=shape,
+        tokenizer=tok,
+    )
 
 
-__all__ = ["EvalSource", "HUB_PREFIX", "check_tokenizer", "open_source", "sha256_file",
-           "shape_of", "tokenizer_vocab", "weights_sha256"]
+__all__ = [
+    "EvalSource",
+    "HUB_PREFIX",
+    "check_tokenizer",
+    "open_source",
+    "sha256_file",
+    "shape_of",
+    "tokenizer_vocab",
+    "weights_sha256",
+]
