@@ -175,6 +175,11 @@ class RuntimeSection(Strict):
     activation_checkpointing: bool = False
     eval_every: int = Field(100, ge=0)  # steps; 0 = only at the end
     eval_batches: int = Field(8, gt=0)
+    # lm-eval tasks (or suite names, e.g. cerebras-gpt) run on rank 0 at every evaluation,
+    # logged as eval/TASK/METRIC; keep eval_limit small: the other ranks wait meanwhile
+    eval_tasks: list[str] = Field(default_factory=list)
+    eval_limit: int | None = Field(None, gt=0)  # examples per task
+    eval_include_path: str | None = None  # a folder of local lm-eval task YAML
     save_every: int = Field(500, ge=0)  # steps; 0 = only at the end
     keep_last: int = Field(2, gt=0)
     log_every: int = Field(10, gt=0)
