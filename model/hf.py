@@ -268,32 +268,100 @@ TOKENIZER_FILES = (
 )
 
 
-def tokenizer_info(tok_dir: str | os.PathLike) -> dict:
-    """{'vocab_size', 'bos', 'eos'} of a HF tokenizer folder (needs tokenizer.json)."""
+# GPT-2 BPE's end-of-text token, which Cerebras-GPT inherits (docs/REFERENCE.md, Architecture);
+# GPT-2 also uses it as bos (transformers' GPT2Tokenizer defaults bos = eos = it)
+GPT2_EOS = "<|endoftext|>"
+_EOS_FALLBACKS = (GPT2_EOS, "</s>", "<eos>")
+
+
+def load_rust_tokenizer(tok_dir: str | os.PathLike):
+    """(``tokenizers.Tokenizer``, files that define it) of a HF tokenizer folder:
+    ``tokenizer.json``, or GPT-2's original ``vocab.json`` + ``merges.txt`` (byte-level BPE,
+    no prefix space: what transformers' GPT-2 converter builds from them)."""
+    from tokenizers import Tokenizer
+
     tok_dir = Path(tok_dir)
     if not tok_dir.is_dir():
         raise CgptError(f"tokenizer folder {tok_dir} does not exist")
     path = tok_dir / "tokenizer.json"
-    if not path.is_file():
-        raise CgptError(f"{tok_dir} is not a Hugging Face tokenizer folder (no tokenizer.json)")
-    from tokenizers import Tokenizer
-
     try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises plain Exception subclasses on bad JSON
+        if path.is_file():
+            return Tokenizer.from_file(str(path)), ["tokenizer.json"]
+        if (tok_dir / "vocab.json").is_file() and (tok_dir / "merges.txt").is_file():
+            return _gpt2_bpe(tok_dir), ["vocab.json", "merges.txt"]
+    except Exception as e:  # tokenizers raises plain Exception subclasses on bad files
         raise CgptError(
-            f"{path} is not a readable tokenizer file: {str(e).splitlines()[0]}"
+            f"{tok_dir} holds no readable tokenizer: {str(e).splitlines()[0]}"
         ) from None
-    special = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # later wins
+    raise CgptError(
+        f"{tok_dir} is not a Hugging Face tokenizer folder (no tokenizer.json, nor "
+        "vocab.json + merges.txt)"
+    )
+
+
+def _gpt2_bpe(tok_dir: Path):
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import BPE
+
+    tok = Tokenizer(BPE.from_file(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt")))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok
+
+
+def _configured_specials(tok_dir: Path) -> dict:
+    """bos/eos token strings as the folder's special_tokens_map.json and tokenizer_config.json
+    name them (tokenizer_config.json wins, as in transformers)."""
+    out: dict = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
         if (tok_dir / name).is_file():
-            special.update(_read_json(tok_dir / name))
-    ids = {}
-    for role in ("bos", "eos"):
-        tokstr = special.get(f"{role}_token")
-        tokstr = tokstr.get("content") if isinstance(tokstr, dict) else tokstr
-        ids[role] = tok.token_to_id(tokstr) if isinstance(tokstr, str) else None
-    return {"vocab_size": tok.get_vocab_size(with_added_tokens=True), **ids}
+            d = _read_json(tok_dir / name)
+            for role in ("bos", "eos"):
+                v = d.get(f"{role}_token")
+                v = v.get("content") if isinstance(v, dict) else v
+                if isinstance(v, str):
+                    out[role] = v
+    return out
+
+
+def special_ids(tok_dir: str | os.PathLike, tok=None) -> dict:
+    """The ONE rule for a tokenizer folder's bos/eos (prepare's meta.json eos_id, the
+    export's config.json, generation_config.json and tokenizer_config.json all use it):
+
+    eos: the configured ``eos_token`` if it is in the vocab, else the first of
+    <|endoftext|>, </s>, <eos> that is (None if none is); bos: the configured ``bos_token``
+    if it is in the vocab, else eos (GPT-2's convention). Returns ids and token strings.
+    """
+    tok_dir = Path(tok_dir)
+    tok = tok if tok is not None else load_rust_tokenizer(tok_dir)[0]
+    conf = _configured_specials(tok_dir)
+    eos_tok = next(
+        (
+            t
+            for t in ([conf["eos"]] if "eos" in conf else []) + list(_EOS_FALLBACKS)
+            if tok.token_to_id(t) is not None
+        ),
+        None,
+    )
+    bos_tok = conf.get("bos") if tok.token_to_id(conf.get("bos") or "") is not None else eos_tok
+    return {
+        "bos": tok.token_to_id(bos_tok) if bos_tok else None,
+        "eos": tok.token_to_id(eos_tok) if eos_tok else None,
+        "bos_token": bos_tok,
+        "eos_token": eos_tok,
+    }
+
+
+def tokenizer_info(tok_dir: str | os.PathLike) -> dict:
+    """{'vocab_size', 'bos', 'eos', 'bos_token', 'eos_token', 'files'} of a HF tokenizer
+    folder (tokenizer.json, or vocab.json + merges.txt); bos/eos by :func:`special_ids`."""
+    tok, files = load_rust_tokenizer(tok_dir)
+    return {
+        "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+        **special_ids(tok_dir, tok),
+        "files": files,
+    }
 
 
 def _copy_tokenizer(tok_dir: Path, dst: Path) -> list[str]:
@@ -302,6 +370,39 @@ def _copy_tokenizer(tok_dir: Path, dst: Path) -> list[str]:
     for n in names:
         shutil.copy2(tok_dir / n, dst / n)
     return names
+
+
+def _write_tokenizer(tok_dir: Path, dst: Path, info: dict, n_positions: int) -> None:
+    """The tokenizer files of ``tok_dir`` made complete and consistent with config.json:
+    a tokenizer.json (built from vocab.json + merges.txt when the folder has none, with the
+    end-of-text token special, as transformers treats it), and tokenizer_config.json /
+    special_tokens_map.json naming the bos/eos of :func:`special_ids` and
+    ``model_max_length`` = the model's n_positions."""
+    from tokenizers import AddedToken
+
+    _copy_tokenizer(tok_dir, dst)
+    tc = dst / "tokenizer_config.json"
+    conf = _read_json(tc) if tc.is_file() else {}
+    if not (dst / "tokenizer.json").is_file():
+        tok = _gpt2_bpe(tok_dir)
+        specials = {t for t in (info["eos_token"], info["bos_token"]) if t}
+        tok.add_special_tokens(
+            [AddedToken(t, special=True, normalized=False) for t in sorted(specials)]
+        )
+        tok.save(str(dst / "tokenizer.json"))
+    # the exact tokenizer.json, not a class that may rewrite its pre-tokenizer
+    conf.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+    conf["model_max_length"] = n_positions
+    for role in ("bos", "eos"):
+        conf[f"{role}_token"] = info[f"{role}_token"]
+    _write_json(tc, conf)
+    smap = (
+        _read_json(dst / "special_tokens_map.json")
+        if (dst / "special_tokens_map.json").is_file()
+        else {}
+    )
+    smap.update({f"{r}_token": info[f"{r}_token"] for r in ("bos", "eos") if info[f"{r}_token"]})
+    _write_json(dst / "special_tokens_map.json", smap)
 
 
 # ---- export --------------------------------------------------------------------------------
@@ -345,6 +446,11 @@ def export_hf(
             f"tokenizer {tokenizer_dir} has {tok['vocab_size']} tokens but the model's "
             f"vocab_size is {model.config.vocab_size}: wrong tokenizer for this model"
         )
+    if tok and tok["eos"] is None:
+        raise CgptError(
+            f"tokenizer {tokenizer_dir} has no end-of-text token (no eos_token in its "
+            f"config, nor any of {', '.join(_EOS_FALLBACKS)}): config.json cannot name one"
+        )
     dtype = hf_sd[WTE].dtype
     bos: int | None = tok["bos"] if tok else None
     eos: int | None = tok["eos"] if tok else None
@@ -361,10 +467,12 @@ def export_hf(
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "generation_config.json", gen)
         if tokenizer_dir is not None:
-            _copy_tokenizer(Path(tokenizer_dir), tmp)
+            _write_tokenizer(Path(tokenizer_dir), tmp, tok, model.config.n_positions)
         if verify:
             if _transformers_available():
-                compare_with_hf(model, tmp, check_tokenizer=tokenizer_dir is not None)
+                compare_with_hf(model, tmp)
+                if tokenizer_dir is not None:
+                    check_exported_tokenizer(tmp, tokenizer_dir)
             else:
                 warnings.warn(
                     "transformers is not installed: the export was not verified", stacklevel=2
@@ -495,6 +603,38 @@ def load_hf_model(folder: str | os.PathLike, dtype: torch.dtype = torch.float32)
     return model.eval()
 
 
+PROBE_TEXT = "Hello world, the round trip: 42 tabs\tand  spaces\n\nnew lines ✓ é 日本"
+
+
+def check_exported_tokenizer(folder: str | os.PathLike, source_dir: str | os.PathLike) -> None:
+    """transformers' AutoTokenizer on an exported folder agrees with config.json (bos/eos
+    ids, model_max_length = n_positions) and encodes a probe text exactly as the source
+    tokenizer (read by ``tokenizers``, as `cgpt prepare` read it) does."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:  # any failure here means users can't load the export
+        raise CgptError(f"transformers cannot load the exported tokenizer: {e}") from None
+    cfg = _read_json(folder / "config.json")
+    src = load_rust_tokenizer(source_dir)[0]
+    want = src.encode(PROBE_TEXT, add_special_tokens=False).ids
+    got = tok(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    checks = [
+        ("bos id", tok.bos_token_id, cfg["bos_token_id"]),
+        ("eos id", tok.eos_token_id, cfg["eos_token_id"]),
+        ("model_max_length", tok.model_max_length, cfg["n_positions"]),
+        ("probe text ids", got, want),
+    ]
+    bad = [f"{n}: tokenizer {a} vs {b}" for n, a, b in checks if a != b]
+    if bad:
+        raise CgptError(
+            f"the exported tokenizer disagrees with config.json or its source {source_dir}: "
+            + "; ".join(bad)
+        )
+
+
 @torch.no_grad()
 def compare_with_hf(
     model: GPT,
@@ -553,6 +693,9 @@ __all__ = [
     "load_hf_model",
     "read_hf_weights",
     "tokenizer_info",
+    "special_ids",
+    "load_rust_tokenizer",
+    "check_exported_tokenizer",
     "save_model",
     "load_model",
     "is_tied",

@@ -342,3 +342,62 @@ def test_mup_export_folds_or_says_why(tmp_path):
     x = ids(seed=7)
     with torch.no_grad():
         assert_close(hf(x).logits, ours(x), atol=1e-4, rtol=1e-4)
+
+
+# ---- minimal GPT-2 tokenizer folders: one source of truth for bos/eos --------------------
+def make_bpe(folder: Path, layout: str, vocab_size: int = 300) -> Path:
+    """A byte-level BPE (GPT-2's kind) trained here, saved as a bare ``tokenizer.json``
+    (layout "json") or as GPT-2's original ``vocab.json`` + ``merges.txt`` ("vocab"); no
+    tokenizer_config.json either way. <|endoftext|> is id 0, not vocab_size - 1."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    text = ["hello world, the export round trip", "continued pretraining of a small model"]
+    tok.train_from_iterator(text * 20, trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    if layout == "json":
+        tok.save(str(folder / "tokenizer.json"))
+    else:
+        tok.model.save(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["json", "vocab"])
+def test_export_with_minimal_gpt2_tokenizer_folder(tmp_path, layout):
+    from cgpt.train.data.tokenizer import load_tokenizer
+
+    src = make_bpe(tmp_path / "tok", layout)
+    data_tok = load_tokenizer(src)  # what `cgpt prepare` writes into meta.json
+    assert data_tok.eos_id == 0
+    model = GPT(GPTConfig(n_layer=1, n_embd=32, n_head=4, vocab_size=320, n_positions=CTX))
+    out = H.export_hf(model, tmp_path / "hf", tokenizer_dir=src)
+    assert (out / "tokenizer.json").is_file()  # built from vocab + merges when absent
+    cfg = json.loads((out / "config.json").read_text())
+    gen = json.loads((out / "generation_config.json").read_text())
+    tok = AutoTokenizer.from_pretrained(out)
+    assert cfg["eos_token_id"] == gen["eos_token_id"] == tok.eos_token_id == data_tok.eos_id
+    assert cfg["bos_token_id"] == gen["bos_token_id"] == tok.bos_token_id == 0
+    assert tok.bos_token == tok.eos_token == "<|endoftext|>"
+    assert tok.model_max_length == CTX  # follows n_positions
+    text = "hello world, continued ✓ 42\n\tpretraining"
+    assert tok(text, add_special_tokens=False)["input_ids"] == data_tok.encode(text)
+    assert tok.decode(data_tok.encode(text)) == text
+
+
+def test_export_refuses_tokenizer_without_eos(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.BPE(vocab={"a": 0, "b": 1}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    (tmp_path / "tok").mkdir()
+    tok.save(str(tmp_path / "tok" / "tokenizer.json"))
+    with pytest.raises(CgptError, match="no end-of-text token"):
+        H.export_hf(tiny_gpt(), tmp_path / "hf", tokenizer_dir=tmp_path / "tok")
+    assert not (tmp_path / "hf").exists()

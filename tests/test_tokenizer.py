@@ -201,3 +201,22 @@ def test_vocab_errors_give_the_right_advice(case, tmp_path, capsys):
         n = int(m.group(1))
         train_tokenizer("stdlib:max_docs=2", n, tmp_path / "ok")
         assert load_tokenizer(tmp_path / "ok").vocab_size == n
+
+
+def test_export_of_our_tokenizer_follows_n_positions(sp_dir, tmp_path):
+    """The twin is written with model_max_length 2048; an export says the model's context,
+    and its bos_token is the token config.json's bos_token_id names."""
+    pytest.importorskip("transformers")
+    from transformers import AutoTokenizer
+
+    from cgpt.model import GPT, GPTConfig
+    from cgpt.model.hf import export_hf
+
+    model = GPT(GPTConfig(n_layer=1, n_embd=32, n_head=4, vocab_size=600, n_positions=64))
+    out = export_hf(model, tmp_path / "hf", tokenizer_dir=sp_dir)
+    cfg = json.loads((out / "config.json").read_text())
+    hf = AutoTokenizer.from_pretrained(str(out))
+    assert hf.model_max_length == 64
+    assert hf.eos_token_id == cfg["eos_token_id"] == load_tokenizer(sp_dir).eos_id
+    assert hf.bos_token_id == cfg["bos_token_id"]
+    assert json.loads((sp_dir / "tokenizer_config.json").read_text())["model_max_length"] == 2048

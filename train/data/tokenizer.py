@@ -83,40 +83,24 @@ class HFTokenizer:
     kind = "huggingface"
 
     def __init__(self, folder: str | os.PathLike):
-        from tokenizers import Tokenizer as RustTokenizer
+        from cgpt.model.hf import load_rust_tokenizer, special_ids
 
         self.dir = str(folder)
         folder = Path(folder)
         try:
-            if (folder / "tokenizer.json").is_file():
-                self.tok = RustTokenizer.from_file(str(folder / "tokenizer.json"))
-                files = ["tokenizer.json"]
-            else:
-                self.tok = _gpt2_from_vocab_merges(folder)
-                files = ["vocab.json", "merges.txt"]
-        except CgptError:
-            raise
-        except Exception as e:  # tokenizers raises plain Exception subclasses on bad files
+            self.tok, files = load_rust_tokenizer(folder)
+        except CgptError as e:
             raise CgptError(f"cannot load the tokenizer in {str(folder)!r}: {e}") from None
         self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
-        self.eos_id = self._find_eos(folder)
+        # the same bos/eos rule the export writes into config.json (cgpt.model.hf)
+        ids = special_ids(folder, self.tok)
+        if ids["eos"] is None:
+            raise CgptError(
+                f"tokenizer in {str(folder)!r} has no end-of-text token (looked for "
+                f"eos_token in its config, {EOS}, </s>, <eos>)"
+            )
+        self.eos_id, self.bos_id = int(ids["eos"]), ids["bos"]
         self.fingerprint = _fingerprint(folder, files)
-
-    def _find_eos(self, folder: Path) -> int:
-        names = []
-        for cfg_name in ("tokenizer_config.json", "special_tokens_map.json"):
-            p = folder / cfg_name
-            if p.is_file():
-                tok = json.loads(p.read_text()).get("eos_token")
-                names.append(tok.get("content") if isinstance(tok, dict) else tok)
-        for name in [n for n in names if n] + [EOS, "</s>", "<eos>"]:
-            tid = self.tok.token_to_id(name)
-            if tid is not None:
-                return tid
-        raise CgptError(
-            f"tokenizer in {str(folder)!r} has no end-of-text token (looked for "
-            f"eos_token in its config, {EOS}, </s>, <eos>)"
-        )
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
@@ -129,18 +113,6 @@ class HFTokenizer:
 
     def __reduce__(self):
         return (HFTokenizer, (self.dir,))
-
-
-def _gpt2_from_vocab_merges(folder: Path):
-    """GPT-2's original files: byte-level BPE with no added prefix space."""
-    from tokenizers import Tokenizer as RustTokenizer
-    from tokenizers import decoders, pre_tokenizers
-    from tokenizers.models import BPE
-
-    tok = RustTokenizer(BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return tok
 
 
 def load_tokenizer(folder: str | os.PathLike):
