@@ -71,7 +71,9 @@ def problem(folder: Path) -> str | None:
         json.loads((folder / STATE).read_text())
     except (OSError, ValueError) as e:
         return f"{STATE} unreadable ({e.__class__.__name__})"
-    files = sorted(folder.rglob("*.pt"))
+    # DeepSpeed's files and ours; not a universal conversion (checked, and redone if
+    # broken, when a resume uses it: cgpt.train.loop.universal)
+    files = sorted(f for f in folder.rglob("*.pt") if f.relative_to(folder).parts[0] != "universal")
     if not files:
         return "no checkpoint files"
     for f in files:
@@ -218,21 +220,31 @@ class Checkpointer:
             shutil.rmtree(p, ignore_errors=True)
         for p in self.dir.glob("tmp-step-*"):  # interrupted saves older than this one
             shutil.rmtree(p, ignore_errors=True)
+        for p in self.dir.glob("tmp-universal-*"):  # interrupted universal conversions
+            shutil.rmtree(p, ignore_errors=True)
 
-    def load(self, engine, folder: Path) -> dict:
-        """Restore engine (weights + optimizer), this rank's RNG; return trainer state."""
+    def load(self, engine, folder: Path, universal: Path | None = None) -> dict:
+        """Restore engine (weights + optimizer), this rank's RNG; return trainer state.
+        ``universal``: the checkpoint's universal conversion, for a resume on another world
+        size or ZeRO stage (cgpt.train.loop.universal)."""
         state = read_state(folder)
         restricted_loads(engine)
-        path, _ = engine.load_checkpoint(
-            str(folder.parent), tag=folder.name, load_lr_scheduler_states=False
-        )
+        if universal is not None:
+            from cgpt.train.loop.universal import load as load_universal
+
+            path = load_universal(engine, folder, universal)
+        else:
+            path, _ = engine.load_checkpoint(
+                str(folder.parent), tag=folder.name, load_lr_scheduler_states=False
+            )
         if path is None:
             raise CgptError(
                 f"DeepSpeed could not load checkpoint {folder}; delete it to "
                 "resume from the previous one"
             )
         rng = folder / f"rng-rank{self.rank}.pt"
-        if rng.is_file():  # absent when resuming with more ranks than were saved
+        if rng.is_file():  # absent on ranks beyond the saved world size: they keep the
+            # state seeded from runtime.seed (cgpt.train.loop.universal, RNG)
             try:
                 set_rng_state(torch.load(rng, weights_only=True))
             except Exception as e:  # noqa: BLE001 - any unreadable file is one message
@@ -257,21 +269,30 @@ class _WeightsOnlyLoads:
         return getattr(self._inner, name)
 
     def load(self, path: str, map_location=None):
-        import pickle
-
         if os.environ.get(TRUST_ENV) == "1":
             return self._inner.load(path, map_location=map_location)
-        try:
-            with torch.serialization.safe_globals(_safe_globals()):
-                return torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as e:
-            unsafe = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
-            detail = f" ({', '.join(unsafe)})" if unsafe else " or is not a torch.save file"
-            raise CgptError(
-                f"{path} holds objects outside the checkpoint allowlist{detail}; "
-                f"not loaded. If you trust this run folder, resume with "
-                f"{TRUST_ENV}=1"
-            ) from None
+        return restricted_load(path, map_location=map_location)
+
+
+def restricted_load(path, map_location=None, loader=None):
+    """``torch.load(path, weights_only=True)`` with the checkpoint allowlist; a file holding
+    anything else is one CgptError naming the offending globals and the trust switch.
+    ``loader``: the real ``torch.load`` while cgpt.train.loop.universal has it patched."""
+    import pickle
+
+    if os.environ.get(TRUST_ENV) == "1":
+        return (loader or torch.load)(path, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return (loader or torch.load)(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
+        detail = f" ({', '.join(unsafe)})" if unsafe else " or is not a torch.save file"
+        raise CgptError(
+            f"{path} holds objects outside the checkpoint allowlist{detail}; "
+            f"not loaded. If you trust this run folder, resume with "
+            f"{TRUST_ENV}=1"
+        ) from None
 
 
 TRUST_ENV = "CGPT_TRUST_CHECKPOINTS"  # "1": DeepSpeed's own full unpickling on resume

@@ -25,9 +25,13 @@ import yaml
 from cgpt.model.errors import CgptError
 from cgpt.train.config import RUN_CONFIG, config_diff
 from cgpt.train.loop import checkpoint as ckpt
+from cgpt.train.loop.universal import UNIVERSAL, needs_universal, saved_topology
+from cgpt.train.loop.universal import published as universal_published
 
-# runtime keys whose change makes a checkpoint unusable (the rest may change on --resume)
-RESUME_RUNTIME_KEYS = ("seed", "zero_stage", "precision")
+# runtime keys whose change makes a checkpoint unusable (the rest may change on --resume;
+# a new runtime.zero_stage or world size goes through a universal checkpoint, see
+# cgpt.train.loop.universal)
+RESUME_RUNTIME_KEYS = ("seed", "precision")
 # what a rewind may change: the optimizer's hyperparameters and the LR schedule's shape,
 # nothing that moves the data position or the model
 CHANGEABLE = (
@@ -68,6 +72,10 @@ class ResumePoint:
     changes: dict = field(default_factory=dict)  # key -> [old, new]
     abandon: list[Path] = field(default_factory=list)  # newer checkpoints a rewind sets aside
     warnings: list[str] = field(default_factory=list)
+    # (world size, ZeRO stage) that wrote the checkpoint, and whether this run loads it
+    # through DeepSpeed's universal format (another world size or stage)
+    saved_topology: tuple[int, int] | None = None
+    universal: bool = False
 
 
 def parse_allow_change(text: str | None) -> tuple[str, ...]:
@@ -133,13 +141,22 @@ def find_resume_point(
             return point
         point.folder = found[1]
     point.state = ckpt.read_state(point.folder)
-    saved_ws = point.state.get("world_size")
-    if zero_stage >= 1 and saved_ws not in (None, world_size):
-        raise CgptError(
-            f"checkpoint {point.folder} was written by {saved_ws} ranks with "
-            f"ZeRO stage {zero_stage}; resume with {saved_ws} ranks"
+    point.saved_topology = saved_topology(point.folder, point.state, old, world_size)
+    point.universal = needs_universal(point.folder, point.saved_topology, world_size, zero_stage)
+    if point.universal:
+        (ows, ostage), how = point.saved_topology, "reusing its conversion"
+        if universal_published(point.folder) is None:
+            how = f"converting it once into {point.folder / UNIVERSAL}"
+        point.warnings.append(
+            f"checkpoint {point.folder.name} was written by {_ranks(ows)} with ZeRO stage "
+            f"{ostage}; resuming on {_ranks(world_size)} with ZeRO stage {zero_stage} "
+            f"through DeepSpeed's universal checkpoint format ({how})"
         )
     return point
+
+
+def _ranks(n: int) -> str:
+    return f"{n} rank" if n == 1 else f"{n} ranks"
 
 
 def _named(root: Path, name: str) -> Path:

@@ -326,7 +326,12 @@ class _Loop:
         self.watchdog: StepWatchdog | None = None  # started with the loop (needs the logger)
 
     def restore(self) -> None:
-        st = self.ckpt.load(self.engine, self.run.resume_from)
+        universal = None
+        if self.run.point.universal:  # another world size or ZeRO stage: converted already
+            from cgpt.train.loop.universal import published
+
+            universal = published(self.run.resume_from)
+        st = self.ckpt.load(self.engine, self.run.resume_from, universal=universal)
         self.loader.load_state_dict(st["loader"])
         self.step, self.tokens = int(st["step"]), int(st["tokens"])
         self.loss, self.val_loss = st.get("loss"), st.get("val_loss")
@@ -344,6 +349,7 @@ class _Loop:
             "tokens": self.tokens,
             "loader": self.loader.state_dict(),
             "world_size": self.run.dist.world_size,
+            "zero_stage": self.run.cfg.runtime.zero_stage,
             "loss": self.loss,
             "val_loss": self.val_loss,
             "eval_step": self.eval_step,
@@ -512,6 +518,10 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
                 print(f"{run.run_dir} already completed at step {done['steps']}; nothing to do")
             return done
         barrier()
+        if run.point.universal:  # rank 0 converts (once), the others wait
+            from cgpt.train.loop.universal import ensure_universal
+
+            ensure_universal(run.resume_from, run.dist.rank, run.dist.device)
         engine, optimizer, ds = _build_engine(run)
         run.guard = guard_optimizer(optimizer)
         loop = _Loop(run, engine, optimizer)

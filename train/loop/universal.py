@@ -1,0 +1,371 @@
+"""Resume on another topology: DeepSpeed's universal checkpoint format.
+
+A ZeRO checkpoint is cut into one optimizer file per data-parallel rank, so it loads only
+with the world size (and ZeRO stage) that wrote it. When ``--resume`` finds that the saved
+world size or ZeRO stage differs from this run's, the checkpoint is converted once with
+DeepSpeed's own converter (``deepspeed.checkpoint.ds_to_universal``: one folder per
+parameter holding its full fp32 master copy, Adam moments and step) and loaded with
+DeepSpeed's universal loading (the engine's ``load_universal`` switch, on for that one
+``load_checkpoint`` call only, so ``ds_config.json`` is unchanged). Layout::
+
+    checkpoints/step-120/                 the checkpoint (unchanged)
+    checkpoints/step-120/universal/       the conversion, reused by every later resume
+        mp_rank_00_model_states.pt        DeepSpeed's metadata (global steps, ...)
+        zero/<param>/{fp32,exp_avg,exp_avg_sq,step}.pt, zero/optimizer_state.pt
+        complete                          written last, names the source topology
+    checkpoints/step-120/latest_universal "universal" (DeepSpeed's pointer file)
+    checkpoints/tmp-universal-step-120/   a conversion in progress (removed on failure and
+                                          by the next save)
+
+Rank 0 converts while the other ranks wait at a barrier (bounded by
+``runtime.collective_timeout_s``); the folder is fsynced and published by one rename, so a
+crash leaves either no conversion or a whole one. The universal folder is pruned, rewound
+and re-saved together with its checkpoint because it lives inside it.
+
+What changes and what does not:
+
+* The data position continues exactly: the loader's state is the global stream position,
+  identical on every rank (cgpt.train.data.loader). The LR schedule and batch phases are
+  functions of the step only. Each batch phase must split over the new rank count
+  (cgpt.train.plan.batch.split_batch refuses before anything is written).
+* RNG: rank ``r`` restores the state rank ``r`` saved when the old run had a rank ``r``;
+  ranks beyond the old world size keep the state seeded from ``runtime.seed`` at engine build
+  (identical on those ranks). cgpt's models have no dropout by default, so no training
+  computation draws random numbers and the losses are unaffected; with ``model.dropout`` > 0
+  the masks after an elastic resume differ from an uninterrupted run's.
+* Supported: ZeRO stages 1, 2 and 3 on both sides, any world sizes, fp32 and bf16 (fp16 by
+  the same code path, untested here: it needs a GPU). Refused with one line: a ZeRO-0
+  checkpoint into ZeRO >= 1 or the reverse (ZeRO-0 keeps the optimizer inside the model
+  file, which ds_to_universal does not read, and a ZeRO-0 engine has no universal loader).
+  A ZeRO-0 checkpoint needs no conversion to change the world size (every rank holds the
+  whole state), and neither does a same-topology resume.
+* The converter's and the universal loader's file reads go through the same restricted
+  unpickler as ordinary resumes (``weights_only=True`` with DeepSpeed's plain data types
+  allowed by name; cgpt.train.loop.checkpoint).
+
+Three gaps between DeepSpeed 0.19's converter and its loaders are closed here, after the
+conversion, so one universal folder loads into every ZeRO stage:
+
+* a ZeRO-3 engine looks for ``zero_pp_rank_0_mp_rank_00_model_states.pt``, a ZeRO-1/2 engine
+  for ``mp_rank_00_model_states.pt``: both names exist (a hard link, else a copy);
+* a ZeRO-3 source writes no per-parameter ``step.pt`` (ZeRO-1/2 loaders need one) and a
+  ZeRO-1/2 source's ``optimizer_state.pt`` lacks the ``optimizer_state_dict`` a ZeRO-3
+  loader reads its step from: both are added from the other;
+* DeepSpeed's ZeRO-3 universal loader copies parameter group 0's hyperparameters (weight
+  decay, ...) into every group; :func:`restore_param_groups` puts each group's own back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from cgpt.model.errors import CgptError
+
+UNIVERSAL = "universal"  # the tag (sub-folder of step-N) DeepSpeed loads
+MARKER = "complete"
+TMP_PREFIX = "tmp-universal-"
+_MODEL_FILES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+
+
+# ---------------------------------------------------------------------------- deciding
+def saved_topology(
+    folder: Path, state: dict, run_cfg: dict | None = None, world_size: int = 1
+) -> tuple[int, int]:
+    """(world size, ZeRO stage) that wrote checkpoint ``folder``: from its trainer state
+    (``zero_stage`` since elastic resume), else the checkpoint's config.yaml copy, else the
+    run folder's config. A state without ``world_size`` counts as ``world_size``."""
+    ws = int(state.get("world_size") or world_size)
+    stage = state.get("zero_stage")
+    if stage is None:
+        try:
+            cfg = yaml.safe_load((Path(folder) / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            cfg = run_cfg or {}
+        stage = (cfg.get("runtime") or {}).get("zero_stage", 1)
+    return ws, int(stage)
+
+
+def needs_universal(folder: Path, saved: tuple[int, int], world_size: int, zero_stage: int) -> bool:
+    """Whether resuming ``folder`` on (world_size, zero_stage) goes through a universal
+    checkpoint; raises CgptError (one line) for a combination DeepSpeed cannot load."""
+    old_ws, old_stage = saved
+    if old_stage == zero_stage and (old_ws == world_size or zero_stage == 0):
+        return False  # the same layout, or ZeRO-0 (every rank holds the whole state)
+    if 0 in (old_stage, zero_stage):
+        raise CgptError(
+            f"checkpoint {folder} was written by {old_ws} ranks with ZeRO stage {old_stage}; "
+            f"this run has {world_size} ranks with ZeRO stage {zero_stage}. DeepSpeed converts "
+            "only between ZeRO stages 1-3 (a ZeRO-0 checkpoint keeps the optimizer in its "
+            "model file, which ds_to_universal does not read, and ZeRO-0 has no universal "
+            f"loader): resume with runtime.zero_stage={old_stage}"
+            + (f" on {old_ws} ranks" if old_stage else "")
+        )
+    return True
+
+
+# ---------------------------------------------------------------------------- restricted reads
+@contextlib.contextmanager
+def restricted_torch_load():
+    """While active, every ``torch.load`` (DeepSpeed's converter and universal loader call it
+    with ``weights_only=False``) uses torch's restricted unpickler with the checkpoint
+    allowlist instead (cgpt.train.loop.checkpoint.restricted_load); CGPT_TRUST_CHECKPOINTS=1
+    turns this off, as for ordinary resumes."""
+    from cgpt.train.loop import checkpoint as ckpt
+
+    if os.environ.get(ckpt.TRUST_ENV) == "1":
+        yield
+        return
+    real = torch.load
+
+    def load(f, map_location=None, *args, **kwargs):
+        return ckpt.restricted_load(f, map_location=map_location, loader=real)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = real
+
+
+# ---------------------------------------------------------------------------- converting
+def published(folder: Path) -> Path | None:
+    """The checkpoint's universal folder when a whole conversion is there."""
+    out = Path(folder) / UNIVERSAL
+    return out if (out / MARKER).is_file() and (out / "zero").is_dir() else None
+
+
+def _convert(src: Path, out: Path) -> None:
+    """DeepSpeed's converter, in process (no worker pool), its console output kept back."""
+    import argparse
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = argparse.Namespace(
+        input_folder=str(src),
+        output_folder=str(out),
+        num_extract_workers=1,  # no process pool: stays under the restricted unpickler
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,  # cgpt's model declares no tensor-parallel patterns
+    )
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            with restricted_torch_load():
+                ds_to_universal.main(args)
+    except CgptError:
+        raise
+    except Exception as e:  # noqa: BLE001 - DeepSpeed's asserts and errors become one line
+        tail = buf.getvalue().strip().splitlines()[-3:]
+        sys.stderr.write("\n".join(tail) + "\n" if tail else "")
+        raise CgptError(
+            f"DeepSpeed could not convert checkpoint {src} to the universal format "
+            f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}); resume "
+            "with the world size and ZeRO stage that wrote it"
+        ) from None
+
+
+def _complete_layout(out: Path) -> None:
+    """Make one universal folder loadable by ZeRO-1, -2 and -3 engines (module docstring)."""
+    from deepspeed import __version__ as deepspeed_version
+    from deepspeed.checkpoint.constants import (
+        CAT_DIM,
+        DS_VERSION,
+        OPTIMIZER_STATE_DICT,
+        PARAM,
+        PARAM_GROUPS,
+        PARAM_SHAPES,
+    )
+
+    from cgpt.train.loop import checkpoint as ckpt
+
+    have = [out / n for n in _MODEL_FILES if (out / n).is_file()]
+    if not have:
+        raise CgptError(f"DeepSpeed's conversion in {out} holds no model states file")
+    for name in _MODEL_FILES:
+        if not (out / name).exists():
+            try:
+                os.link(have[0], out / name)
+            except OSError:
+                shutil.copy2(have[0], out / name)
+    zero = out / "zero"
+    opt_path = zero / "optimizer_state.pt"
+    opt = ckpt.restricted_load(opt_path, map_location="cpu")
+    steps = []
+    for p in zero.iterdir():
+        if (p / "step.pt").is_file():
+            steps.append(ckpt.restricted_load(p / "step.pt", map_location="cpu"))
+    inner = opt.get(OPTIMIZER_STATE_DICT)
+    if inner is None:  # a ZeRO-1/2 source: give ZeRO-3 loaders their step and groups
+        if not steps:
+            raise CgptError(f"DeepSpeed's conversion in {out} records no optimizer step")
+        opt[OPTIMIZER_STATE_DICT] = {
+            "state": {0: {"step": steps[0]}},
+            "param_groups": opt[PARAM_GROUPS],
+        }
+        torch.save(opt, opt_path)
+    elif not steps:  # a ZeRO-3 source: give ZeRO-1/2 loaders a step per parameter ...
+        step = inner["state"][0]["step"]
+        meta = ckpt.restricted_load(have[0], map_location="cpu")
+        shapes = {k: v for group in meta[PARAM_SHAPES] for k, v in group.items()}
+        for p in zero.iterdir():
+            if (p / "exp_avg.pt").is_file():
+                torch.save(step, p / "step.pt")
+            for key in ("fp32", "exp_avg", "exp_avg_sq"):  # ... and {param: full shape} files
+                f = p / f"{key}.pt"
+                t = ckpt.restricted_load(f, map_location="cpu") if f.is_file() else None
+                if torch.is_tensor(t):
+                    torch.save({PARAM: t.view(shapes[p.name]), CAT_DIM: 0}, f)
+    if not opt.get(DS_VERSION):  # ZeRO-3 writes none; ZeRO-1/2 loaders require one
+        meta = ckpt.restricted_load(have[0], map_location="cpu")
+        opt[DS_VERSION] = meta.get(DS_VERSION) or deepspeed_version
+        torch.save(opt, opt_path)
+
+
+def ensure_universal(folder: Path, rank: int, device: torch.device) -> Path:
+    """The universal conversion of checkpoint ``folder``, converting it (rank 0, once) if
+    needed; every rank calls this and gets the folder, or the same CgptError."""
+    from cgpt.train.loop import checkpoint as ckpt
+    from cgpt.train.loop.distributed import all_sum, barrier
+
+    folder = Path(folder)
+    error: CgptError | None = None
+    if rank == 0 and (published(folder) is None or _broken(folder)):
+        try:
+            _publish(folder)
+        except CgptError as e:
+            error = e
+        except OSError as e:
+            error = CgptError(
+                f"could not write the universal conversion of {folder}: "
+                f"{ckpt._write_failure(e, folder.parent)}; nothing else was written"
+            )
+    barrier()  # the others wait for rank 0 (bounded by the collective timeout)
+    if all_sum([float(error is not None)], device)[0]:
+        raise error or CgptError(
+            f"rank 0 could not convert checkpoint {folder} to the universal format"
+        )
+    out = published(folder)
+    if out is None:  # a shared file system that does not show rank 0's folder here
+        raise CgptError(
+            f"rank 0 converted checkpoint {folder} but this rank ({rank}) does not see "
+            f"{folder / UNIVERSAL}; the checkpoints folder must be shared by all nodes"
+        )
+    return out
+
+
+def _broken(folder: Path) -> bool:
+    """A published conversion with a truncated or corrupted file (converted again)."""
+    import zipfile
+
+    out = published(folder)
+    if out is None:
+        return False
+    for f in out.rglob("*.pt"):
+        try:
+            with zipfile.ZipFile(f) as z:
+                if z.testzip() is not None:
+                    return True
+        except (OSError, zipfile.BadZipFile, EOFError):
+            return True
+    return False
+
+
+def _publish(folder: Path) -> None:
+    from cgpt.train.loop import checkpoint as ckpt
+
+    root = folder.parent
+    tmp = root / f"{TMP_PREFIX}{folder.name}"
+    shutil.rmtree(tmp, ignore_errors=True)  # left over by an interrupted conversion
+    out = tmp / UNIVERSAL
+    try:
+        _convert(folder, out)
+        _complete_layout(out)
+        (tmp / "latest_universal").unlink(missing_ok=True)  # DeepSpeed's, pointing at tmp
+        state = ckpt.read_state(folder)
+        marker = {"source": folder.name, "world_size": state.get("world_size")}
+        ckpt.write_text_atomic(out / MARKER, json.dumps(marker) + "\n")
+        ckpt._fsync_tree(tmp)
+        old = folder / UNIVERSAL
+        if old.exists():  # a broken earlier conversion
+            shutil.rmtree(old)
+        os.rename(out, old)  # the publish: one atomic rename
+        ckpt.write_text_atomic(folder / "latest_universal", UNIVERSAL)
+        ckpt._fsync_dir(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- loading
+def load(engine, folder: Path, universal: Path):
+    """``engine.load_checkpoint`` of the universal folder (DeepSpeed's load_universal switch
+    on for this call only); returns DeepSpeed's load path (None: it could not load)."""
+    from cgpt.train.loop import checkpoint as ckpt
+
+    ckpt.restricted_loads(engine)
+    cfg = engine._config
+    before = cfg.load_universal_checkpoint
+    opt = getattr(engine.optimizer, "optimizer", engine.optimizer)  # the torch optimizer
+    params = [list(g["params"]) for g in opt.param_groups]
+    cfg.load_universal_checkpoint = True
+    try:
+        with restricted_torch_load(), _quiet_deepspeed():
+            path, _ = engine.load_checkpoint(
+                str(universal.parent), tag=universal.name, load_lr_scheduler_states=False
+            )
+        if path is not None:
+            restore_param_groups(opt, params, universal)
+    finally:
+        cfg.load_universal_checkpoint = before
+    return path
+
+
+def restore_param_groups(opt, params: list[list], universal: Path) -> None:
+    """Repair what DeepSpeed 0.19's ZeRO-3 universal loader leaves behind: it gives every
+    parameter group group 0's hyperparameters (weight decay ...), and one ``step`` tensor
+    to all groups, which the fused AdamW then advances once per group and step (measured:
+    the losses after the first resumed step drift by 1e-2). Each group gets its saved
+    hyperparameters and parameter list back, each state its own step tensor."""
+    from deepspeed.checkpoint.constants import PARAM_GROUPS
+
+    from cgpt.train.loop import checkpoint as ckpt
+
+    saved = ckpt.restricted_load(universal / "zero" / "optimizer_state.pt", map_location="cpu")
+    groups = saved.get(PARAM_GROUPS) or []
+    if len(groups) != len(opt.param_groups):
+        raise CgptError(
+            f"the universal checkpoint {universal} has {len(groups)} parameter groups but "
+            f"the optimizer has {len(opt.param_groups)}; the model changed"
+        )
+    for mine, theirs, own in zip(opt.param_groups, groups, params):
+        for key, value in theirs.items():
+            if key != "params":
+                mine[key] = value
+        mine["params"] = own
+    for state in opt.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
+
+
+@contextlib.contextmanager
+def _quiet_deepspeed():
+    """DeepSpeed warns "MPU is not provided" for every universal load without tensor
+    parallelism (cgpt has none): keep its logger to errors meanwhile."""
+    from deepspeed.utils import logger
+
+    level = logger.level
+    logger.setLevel(max(level, 40))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
