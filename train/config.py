@@ -25,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -37,9 +38,77 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class DataSource(Strict):
+    """One source of a training mixture: a prepared data folder and its sampling weight."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # used in metric names: val_loss/NAME
+    path: str  # folder written by `cgpt prepare`
+    weight: float  # > 0; weights are relative (normalised over the sources)
+
+    @model_validator(mode="after")
+    def _check_weight(self):
+        import math
+
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(
+                f"source {self.name!r} has weight {self.weight}; every weight must be a "
+                "positive number (drop a source instead of giving it weight 0)"
+            )
+        return self
+
+
 class DataSection(Strict):
-    path: str  # folder written by `cgpt prepare` (train/val shards + meta.json)
+    """``path``: one prepared folder; or ``sources``: a weighted mixture of folders prepared
+    with the same tokenizer (cgpt.train.data.mixture). ``val``: NAME -> folder whose val split
+    is evaluated as ``val_loss/NAME`` (default: each source's own val split)."""
+
+    path: str | None = None  # folder written by `cgpt prepare` (train/val shards + meta.json)
     tokenizer: str | None = None  # tokenizer folder; default: the one recorded in meta.json
+    sources: list[DataSource] | None = None  # a weighted mixture instead of ``path``
+    val: dict[str, str] | None = None  # named validation sets (their val splits)
+
+    @field_validator("sources", "val", mode="after")
+    @classmethod
+    def _absolute(cls, v):
+        # like data.path in a run folder: resolved against the working directory, so a run
+        # records where its data is and a resume compares the same folders
+        if isinstance(v, dict):
+            return {k: str(Path(p).expanduser().resolve()) for k, p in v.items()}
+        if isinstance(v, list):
+            return [
+                s.model_copy(update={"path": str(Path(s.path).expanduser().resolve())}) for s in v
+            ]
+        return v
+
+    @model_validator(mode="after")
+    def _check_sources(self):
+        if (self.path is None) == (self.sources is None):
+            raise ValueError("give exactly one of data.path and data.sources")
+        if self.sources is not None:
+            if not self.sources:
+                raise ValueError("data.sources is empty; list at least one {name, path, weight}")
+            names = [s.name for s in self.sources]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"data.sources names must be unique; repeated: {', '.join(dup)}")
+        if self.val is not None:
+            import re
+
+            if not self.val:
+                raise ValueError("data.val is empty; leave it out to use each source's val split")
+            bad = [n for n in self.val if not re.fullmatch(r"[A-Za-z0-9_.-]+", n)]
+            if bad:
+                raise ValueError(f"data.val names may use letters, digits, _ . -; got {bad[0]!r}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # unset mixture keys are left out of the YAML: older configs compare equal
+        d = handler(self)
+        for key in ("path", "sources", "val"):
+            if d.get(key) is None:
+                d.pop(key, None)
+        return d
 
 
 class BatchPhase(Strict):
@@ -386,7 +455,8 @@ def tokenizer_of(data: DataSection | dict) -> str | None:
     if d.get("tokenizer"):
         return str(d["tokenizer"])
     try:
-        meta = json.loads((Path(d.get("path") or "") / "meta.json").read_text())
+        path = d.get("path") or ((d.get("sources") or [{}])[0] or {}).get("path")  # 1st source
+        meta = json.loads((Path(path or "") / "meta.json").read_text())
         return (meta.get("tokenizer") or {}).get("dir") or None
     except (OSError, ValueError, TypeError, AttributeError):
         return None

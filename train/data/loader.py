@@ -169,9 +169,13 @@ class TokenLoader:
     def _stream(self, start: int, count: int) -> np.ndarray:
         """Window indices at global stream offsets [start, start+count) from the current
         (epoch, position); may run into later epochs."""
-        out, epoch, pos = [], self.epoch, self.position + start
-        epoch += pos // self.n_windows
-        pos %= self.n_windows
+        return self.indices_at(self.epoch * self.n_windows + self.position + start, count)
+
+    def indices_at(self, sample: int, count: int) -> np.ndarray:
+        """Window indices of samples [sample, sample+count) of this loader's stream counted
+        from its very start (sample ``s`` is position ``s % n_windows`` of epoch
+        ``s // n_windows``); a mixture reads each source this way."""
+        out, (epoch, pos) = [], divmod(int(sample), self.n_windows)
         while count > 0:
             take = min(count, self.n_windows - pos)
             out.append(self.window_order(epoch, pos, pos + take))
@@ -205,6 +209,10 @@ class TokenLoader:
     # ------------------------------------------------------------------ batches
     def _windows(self, idx: np.ndarray) -> torch.Tensor:
         """(len(idx), seq_len+1) int64 tensor of the windows starting at idx*seq_len."""
+        return torch.from_numpy(self.window_array(idx))
+
+    def window_array(self, idx: np.ndarray) -> np.ndarray:
+        """(len(idx), seq_len+1) int64 array of the windows starting at idx*seq_len."""
         T = self.seq_len
         if isinstance(self.tokens, np.ndarray):  # one memmap: a single fancy-indexed read
             offsets = idx.astype(np.int64)[:, None] * T + np.arange(T + 1)
@@ -220,7 +228,7 @@ class TokenLoader:
                 if len(idx)
                 else np.zeros((0, T + 1), np.int64)
             )
-        return torch.from_numpy(w)
+        return w
 
     def _pairs(self, w: torch.Tensor, micro_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [(m[:, :-1].contiguous(), m[:, 1:].contiguous()) for m in w.split(micro_batch)]
