@@ -9,6 +9,11 @@ cgpt plan --params 400M --recipe deepseek       DeepSeek LLM's batch and LR laws
 cgpt plan --gpu-hours 2000 --gpu h100 --mfu 0.4
 cgpt plan 1.3B --gpus 48 --gpu h100 --zero-stage 1 --json     (48 ranks split its 528)
 cgpt plan 111M --gpus 8 --gpu h100 --write run.yaml --data data/pile
+
+Continued pretraining (--init-from: a HF folder, hf:NAME, a cgpt model file, run folder or
+checkpoint step): the source's model, the family's batch for its size, the LR re-warmed
+over 1% of the steps to the source's peak (or --lr), then decayed to 10%:
+  $ cgpt plan --init-from hf:cerebras/Cerebras-GPT-111M --tokens 2B --write cpt.yaml --data D
 """
 
 from __future__ import annotations
@@ -51,6 +56,13 @@ def register(sub) -> None:
     what.add_argument("--heads", type=int, help="attention heads (default: d_head 64 or 128)")
     what.add_argument("--flops", help="training budget in FLOPs (paper's algorithmic convention)")
     what.add_argument("--gpu-hours", help="training budget in GPU-hours (needs --gpu)")
+    what.add_argument(
+        "--init-from",
+        metavar="SRC",
+        help="continued pretraining from these weights: a HF GPT-2 folder, hf:NAME, a cgpt "
+        "model file, run folder or checkpoint step (with --tokens or --tokens-per-param)",
+    )
+    what.add_argument("--tokens", help="with --init-from: new tokens to train on, e.g. 2B")
     rules = p.add_argument_group("rules")
     rules.add_argument("--tokens-per-param", type=float, help="default 20 (or the --fit value)")
     rules.add_argument("--fit", metavar="FIT.json", help="a sweep's fit: tokens/param, loss law")
@@ -128,6 +140,7 @@ def build_plan(args):
             ("params", "--params"),
             ("flops", "--flops"),
             ("gpu_hours", "--gpu-hours"),
+            ("tokens", "--tokens"),
         )
     }
     req = PlanRequest(
@@ -155,6 +168,7 @@ def build_plan(args):
         zero_stage=args.zero_stage,
         micro_batch=args.micro_batch,
         activation_checkpointing=args.activation_checkpointing,
+        init_from=args.init_from,
         **counts,
     )
     return plan(req), req.device
@@ -165,6 +179,10 @@ def run(args) -> int:
     if args.write:
         runtime = {"out_dir": args.out_dir} if args.out_dir else {}
         cfg = plan.to_run_config(args.data, args.tokenizer, runtime)
+        if plan.extra.get("init_from"):
+            from cgpt.train.config import InitSection
+
+            cfg.init = InitSection(source=plan.extra["init_from"])
         try:
             cfg.save(args.write)
         except OSError as e:

@@ -272,12 +272,26 @@ class Provenance(Strict):
     git_revision: str | None = None
 
 
+class InitSection(Strict):
+    """Continued pretraining (cgpt.train.loop.init_from): start from ``source``'s weights
+    (a HF GPT-2 folder, ``hf:NAME``, a cgpt model file, run folder or checkpoint step); the
+    model section is taken from it. The trainer fills the rest: the parent it loaded."""
+
+    source: str
+    path: str | None = None  # the folder or file the weights came from
+    sha256: str | None = None  # of the weight file(s) (cgpt.train.loop.init_from)
+    what: str | None = None
+    tokenizer: str | None = None  # the source's tokenizer folder
+    check: bool = True  # step 0: compare the loss with transformers' (HF sources)
+
+
 class RunConfig(Strict):
     model: GPTConfig  # the model's own dataclass: one schema, validated by GPTConfig itself
     data: DataSection
     plan: PlanSection
     runtime: RuntimeSection = RuntimeSection()
     provenance: Provenance | None = None  # filled by the trainer in the run folder's copy
+    init: InitSection | None = None  # continued pretraining: weights from a source
 
     @model_validator(mode="after")
     def _check_shapes(self):
@@ -293,6 +307,8 @@ class RunConfig(Strict):
         d = self.model_dump(mode="json")
         if d.get("provenance") is None:
             d.pop("provenance", None)  # only a run folder's copy carries it
+        if d.get("init") is None:
+            d.pop("init", None)  # only continued-pretraining runs carry it
         return d
 
     def save(self, path: str | os.PathLike) -> None:
@@ -374,6 +390,10 @@ def format_validation_error(e: ValidationError) -> str:
 def parse_run_config(data: dict, source: str = "config") -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with model/data/plan/runtime sections")
+    if isinstance(data.get("init"), dict):  # the model section comes from init.source
+        from cgpt.train.loop.init_from import fill_model_section
+
+        data = fill_model_section(data)
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
@@ -462,7 +482,12 @@ def tokenizer_of(data: DataSection | dict) -> str | None:
         return None
 
 
-PATH_KEYS = (("data", "path"), ("data", "tokenizer"), ("runtime", "out_dir"))
+PATH_KEYS = (
+    ("data", "path"),
+    ("data", "tokenizer"),
+    ("runtime", "out_dir"),
+    ("init", "source"),  # hf:NAME is not a path and is kept as it is
+)
 
 
 def absolute_paths(d: dict) -> dict:
@@ -471,7 +496,7 @@ def absolute_paths(d: dict) -> dict:
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
     for section, key in PATH_KEYS:
         sec = out.get(section)
-        if isinstance(sec, dict) and sec.get(key):
+        if isinstance(sec, dict) and sec.get(key) and not str(sec[key]).startswith("hf:"):
             sec[key] = str(Path(sec[key]).expanduser().resolve())
     return out
 

@@ -12,7 +12,8 @@ call :func:`plan` directly::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB
@@ -56,6 +57,8 @@ class PlanRequest:
     zero_stage: int | None = None
     micro_batch: int | None = None
     activation_checkpointing: bool | None = None
+    init_from: str | None = None  # continued pretraining from these weights (init.source)
+    tokens: float | None = None  # with init_from: new tokens to train on
 
     @property
     def device(self) -> Device | None:
@@ -72,6 +75,8 @@ def _check_range(value: float | None, limit: float, what: str) -> None:
 
 def plan(req: PlanRequest) -> P.Plan:
     """The Plan a request asks for (CgptError names the conflicting or impossible input)."""
+    if req.init_from or req.tokens:
+        return _plan_continued(req)
     chosen = [
         n
         for n, v in (
@@ -158,6 +163,62 @@ def plan(req: PlanRequest) -> P.Plan:
             plan_,
             gpus,
             device,
+            req.zero_stage,
+            req.mfu,
+            req.micro_batch,
+            req.activation_checkpointing,
+        )
+    return plan_
+
+
+def _plan_continued(req: PlanRequest) -> P.Plan:
+    """`cgpt plan --init-from SRC --tokens N`: the source's model, the family's batch rule,
+    a re-warmed schedule (cgpt.train.plan.planner.plan_continued)."""
+    from cgpt.train.loop.init_from import resolve
+
+    if not req.init_from:
+        raise CgptError("--tokens goes with --init-from (others plan by --tokens-per-param)")
+    others = [
+        n
+        for n, v in (
+            ("SIZE", req.size),
+            ("--params", req.params),
+            ("--layers/--width", req.layers or req.width),
+            ("--flops", req.flops),
+            ("--gpu-hours", req.gpu_hours),
+            ("--fit", req.fit),
+            ("--mup", req.mup),
+            ("--rules", req.rules),
+        )
+        if v
+    ]
+    if others:
+        raise CgptError(f"--init-from takes the model from its source; drop {', '.join(others)}")
+    if req.recipe != "cerebras" or req.param_count != "total":
+        raise CgptError("--recipe/--param-count do not apply to --init-from plans")
+    src = resolve(req.init_from, weights=False)
+    name = "continue-" + Path(src.spec.removeprefix("hf:").rstrip("/")).name.lower()
+    plan_ = P.plan_continued(
+        src.model,
+        tokens=req.tokens,
+        tokens_per_param=req.tokens_per_param,
+        seq_len=req.seq_len,
+        source_lr=src.peak_lr,
+        lr_from=src.lr_from,
+        lr=req.lr,
+        global_batch_seqs=req.batch_seqs,
+        decay=req.decay,
+        name=name,
+    )
+    plan_ = replace(plan_, extra={**plan_.extra, "init_from": req.init_from})
+    gpus = gpu_count(req)
+    if gpus is not None:
+        if req.device is None:
+            raise CgptError("--gpus/--nodes need --gpu (e.g. --gpu h100) for memory and peak")
+        plan_ = P.with_cluster(
+            plan_,
+            gpus,
+            req.device,
             req.zero_stage,
             req.mfu,
             req.micro_batch,
