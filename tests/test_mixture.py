@@ -291,3 +291,82 @@ def test_bits_per_byte_from_text_bytes(tmp_path, folders):
     row = vs.row({"a": 1.0, "b": 2.0, "c": 3.0})
     assert row["val_bpb/b"] == pytest.approx(2.0 * tokens / 100 / math.log(2))
     assert "val_bpb/a" not in row  # no text_bytes recorded for synthetic data
+
+
+# ---------------------------------------------------------------------------- in the trainer
+@pytest.fixture(scope="module")
+def byte_sources(tmp_path_factory):
+    """Three real-text sources (stdlib bytes, no tokenizer fingerprint: all agree)."""
+    from test_trainer import make_data
+
+    root = tmp_path_factory.mktemp("mix")
+    return {
+        "big": make_data(root / "big", n_files=12),
+        "mid": make_data(root / "mid", n_files=4),
+        "small": make_data(root / "small", n_files=1),
+    }
+
+
+def _mix_cfg(tmp_path, srcs, steps=12, **rt):
+    from test_trainer import make_cfg
+
+    d = make_cfg(tmp_path, srcs["big"], steps=steps, eval_every=4, save_every=4, **rt)
+    d["data"] = {
+        "sources": [
+            {"name": "big", "path": str(srcs["big"]), "weight": 0.7},
+            {"name": "mid", "path": str(srcs["mid"]), "weight": 0.2},
+            {"name": "small", "path": str(srcs["small"]), "weight": 0.1},
+        ]
+    }
+    return d
+
+
+def _train(d, resume=False, **rt):
+    from cgpt.train.loop.trainer import train
+
+    d = {**d, "runtime": {**d["runtime"], **rt}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataRepeatWarning)
+        return train(parse_run_config(d), resume=resume)
+
+
+@pytest.mark.slow  # two short runs and a resume: ~35 s on 2 cores
+def test_trainer_mixture_resume_exact_and_val_sets_match_direct(tmp_path, byte_sources):
+    import torch
+    from test_trainer import losses, read_metrics
+
+    from cgpt.model.io import load_model
+
+    d = _mix_cfg(tmp_path, byte_sources)
+    straight = _train(d, out_dir=str(tmp_path / "straight"))
+    first = _train(d, max_steps=8)  # stops mid-epoch of every source
+    assert first["status"] == "stopped"
+    assert all(0 < s["epochs"] % 1 for s in first["data"].values())
+    resumed = _train(d, resume=True)
+    assert resumed["status"] == "completed" and resumed["steps"] == 12
+    assert losses(tmp_path / "straight") == losses(tmp_path / "run")  # bitwise
+    assert losses(tmp_path / "straight", "val_loss") == losses(tmp_path / "run", "val_loss")
+    assert straight["data"] == resumed["data"]
+    # per-source tokens: 12 steps × 8 sequences × 32 tokens, split 7/2/1 (8 = 0.8 periods)
+    summ = resumed["data"]
+    assert sum(s["tokens"] for s in summ.values()) == 12 * 8 * 32
+    assert abs(summ["small"]["samples"] - 0.1 * 96) <= 1 + 0.1 * 3
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r]
+    last = rows[-1]
+    assert last["step"] == 12 and last["data_tokens/mid"] == summ["mid"]["tokens"]
+    assert last["data_epochs/small"] == summ["small"]["epochs"]
+    # every val set against a direct computation with the final weights
+    model = load_model(tmp_path / "run" / "model.safetensors").eval()
+    from cgpt.train.data.mixture import ValSets
+
+    vs = ValSets(open_data(d["data"]), 32, 0, 1, 2, 2)
+    direct = {}
+    with torch.no_grad():
+        for name, batches in vs.batches.items():
+            s = sum(float(model(x, y)) * x.size(0) for x, y in batches)
+            direct[name] = s / sum(x.size(0) for x, _ in batches)
+    for name, want in direct.items():
+        assert last[f"val_loss/{name}"] == pytest.approx(want, rel=1e-5)
+    headline = 0.7 * direct["big"] + 0.2 * direct["mid"] + 0.1 * direct["small"]
+    assert last["val_loss"] == pytest.approx(headline, rel=1e-5)
+    assert resumed["val_loss"] == pytest.approx(headline, rel=1e-5)

@@ -94,12 +94,11 @@ class Run:
 
 # ---------------------------------------------------------------------------- checks
 def _check_data(cfg: RunConfig):
-    from cgpt.train.data.shards import check_vocab, open_token_data
+    from cgpt.train.data.mixture import open_data
 
     # one process per node reads every byte for the sha256 check; the others check sizes (a
     # failure there exits that rank, and the launcher then stops the rest)
     local_main = os.environ.get("LOCAL_RANK", "0") == "0"
-    data = open_token_data(cfg.data.path, verify=True if local_main else "size")
     tokenizer = None
     if cfg.data.tokenizer:
         try:
@@ -108,8 +107,9 @@ def _check_data(cfg: RunConfig):
             load_tokenizer = None
         if load_tokenizer is not None:
             tokenizer = load_tokenizer(cfg.data.tokenizer)
-    check_vocab(data, cfg.model.vocab_size, tokenizer)
-    return data
+    # every folder of data.path / data.sources / data.val: one tokenizer, the model's vocab
+    verify = True if local_main else "size"
+    return open_data(cfg.data, cfg.model.vocab_size, verify, tokenizer)
 
 
 def _check_memory(cfg: RunConfig, dist: DistInfo) -> None:
@@ -306,18 +306,19 @@ def _diverged(run: Run, what: str, step: int, saved: Path | None) -> CgptError:
 
 class _Loop:
     def __init__(self, run: Run, engine, optimizer, log: MetricsLogger | None = None):
-        from cgpt.train.data.loader import TokenLoader
+        from cgpt.train.data.mixture import MixtureLoader, ValSets
 
         self.run, self.engine, self.opt, self.log = run, engine, optimizer, log
         self.notes: list[str] = []  # messages from before the logger existed
         cfg, d = run.cfg, run.dist
-        self.loader = TokenLoader(
+        self.loader = MixtureLoader(  # data.path: exactly the one-folder TokenLoader
             run.data, cfg.plan.seq_len, d.rank, d.world_size, seed=cfg.runtime.seed
         )
-        val = TokenLoader(
-            run.data, cfg.plan.seq_len, d.rank, d.world_size, seed=cfg.runtime.seed, split="val"
-        )
-        self.val_batches = val.val_batches(cfg.runtime.eval_batches, cfg.runtime.micro_batch)
+        self.val_sets = ValSets(
+            run.data, cfg.plan.seq_len, d.rank, d.world_size, cfg.runtime.eval_batches,
+            cfg.runtime.micro_batch, seed=cfg.runtime.seed,
+        )  # fmt: skip
+        self.val_batches = self.val_sets.first
         self.ckpt = ckpt.Checkpointer(run.run_dir, cfg.runtime.keep_last, d.rank)
         self.step, self.tokens, self.saved, self.saved_step = 0, 0, None, -1
         self.loss = self.val_loss = None
@@ -359,9 +360,12 @@ class _Loop:
         self.saved_step = self.step
 
     def eval(self) -> None:
-        self.val_loss = evaluate(self.engine, self.val_batches, self.run.dist.device)
+        dev = self.run.dist.device
+        row = self.val_sets.evaluate(lambda batches: evaluate(self.engine, batches, dev))
+        self.val_loss = row["val_loss"]
         self.eval_step = self.step
-        self.log.log({"step": self.step, "tokens": self.tokens, "val_loss": self.val_loss})
+        data = self.loader.stats() if self.val_sets.mix.explicit else {}
+        self.log.log({"step": self.step, "tokens": self.tokens, **row, **data})
 
     def run_steps(self, stop: _StopFlag) -> str:
         cfg, rt = self.run.cfg, self.run.cfg.runtime
@@ -461,6 +465,7 @@ def _finish(run: Run, loop: _Loop, status: str, t0: float) -> dict:
         "loss": loop.loss,
         "val_loss": loop.val_loss,
         "checkpoint": str(loop.saved) if loop.saved else None,
+        "data": loop.loader.summary(),  # per source: weight, tokens, samples, epochs
         "wall_s": round(time.time() - t0, 3),
         "cgpt": provenance(),
     }
