@@ -9,6 +9,7 @@ cgpt plan --params 400M --recipe deepseek       DeepSeek LLM's batch and LR laws
 cgpt plan --gpu-hours 2000 --gpu h100 --mfu 0.4
 cgpt plan 1.3B --gpus 48 --gpu h100 --zero-stage 1 --json     (48 ranks split its 528)
 cgpt plan 111M --gpus 8 --gpu h100 --write run.yaml --data data/pile
+cgpt plan 111M --write run.yaml --data web=data/web:0.7,code=data/code:0.3    (a mixture)
 
 Continued pretraining (--init-from: a HF folder, hf:NAME, a cgpt model file, run folder or
 checkpoint step): the source's model, the family's batch for its size, the LR re-warmed
@@ -124,7 +125,12 @@ def register(sub) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print one JSON object")
     out.add_argument("--write", metavar="RUN.yaml", help="write a run config for `cgpt train`")
-    out.add_argument("--data", default="data/default", help="data folder for --write")
+    out.add_argument(
+        "--data",
+        default="data/default",
+        help="data folder for --write, or a mixture NAME=DIR:WEIGHT,... "
+        "(e.g. web=data/web:0.7,code=data/code:0.3: data.sources)",
+    )
     out.add_argument("--tokenizer", help="tokenizer folder for --write (default: from the data)")
     out.add_argument("--out-dir", help="runtime.out_dir for --write (default runs/NAME)")
     p.set_defaults(func=run)

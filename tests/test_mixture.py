@@ -370,3 +370,23 @@ def test_trainer_mixture_resume_exact_and_val_sets_match_direct(tmp_path, byte_s
     headline = 0.7 * direct["big"] + 0.2 * direct["mid"] + 0.1 * direct["small"]
     assert last["val_loss"] == pytest.approx(headline, rel=1e-5)
     assert resumed["val_loss"] == pytest.approx(headline, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------- plan --write
+def test_plan_write_mixture(tmp_path, capsys):
+    import yaml
+
+    from cgpt.launch.cli import main
+
+    out = tmp_path / "run.yaml"
+    argv = ["plan", "111M", "--write", str(out), "--data", f"a={tmp_path}/d1:0.7,b=rel/d2:0.3"]
+    assert main(argv) == 0
+    data = yaml.safe_load(out.read_text())["data"]
+    assert [(s["name"], s["weight"]) for s in data["sources"]] == [("a", 0.7), ("b", 0.3)]
+    assert data["sources"][0]["path"] == f"{tmp_path}/d1" and "path" not in data
+    parse_run_config(yaml.safe_load(out.read_text()))  # a valid run config
+    for bad, msg in (("a=x:0,b=y:1", "must be > 0"), ("a=x", "NAME=DIR:WEIGHT")):
+        assert main(["plan", "111M", "--write", str(tmp_path / "bad.yaml"), "--data", bad]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err
+    assert not (tmp_path / "bad.yaml").exists()

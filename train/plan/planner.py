@@ -34,6 +34,32 @@ from cgpt.train.plan.devices import Device
 from cgpt.train.plan.memory import MemoryEstimate, fit_micro_batch
 
 
+def data_spec(text: str) -> dict:
+    """``--data``: a folder (``{"path": DIR}``) or a mixture ``NAME=DIR:WEIGHT,...``
+    (``{"sources": [{name, path, weight}, ...]}``; a DIR may hold ':' but not ',')."""
+    if "=" not in text:
+        return {"path": text}
+    sources = []
+    for item in text.split(","):
+        name, eq, rest = item.partition("=")
+        path, colon, weight = rest.rpartition(":")
+        try:
+            w = float(weight)
+        except ValueError:
+            w = None
+        if not (eq and colon and name.strip() and path) or w is None:
+            raise CgptError(
+                f"--data {text!r}: expected a folder or NAME=DIR:WEIGHT,... "
+                f"(e.g. web=data/web:0.7,code=data/code:0.3); cannot read {item!r}"
+            )
+        if not (math.isfinite(w) and w > 0):
+            raise CgptError(
+                f"--data: source {name.strip()!r} has weight {weight}; weights must be > 0"
+            )
+        sources.append({"name": name.strip(), "path": path, "weight": w})
+    return {"sources": sources}
+
+
 @dataclass(frozen=True)
 class Cluster:
     """Where and how a plan runs: the split, the memory it needs, the time it takes."""
@@ -129,7 +155,7 @@ class Plan:
         rt.update(runtime or {})
         return RunConfig(
             model=self.model,
-            data=DataSection(path=data_path, tokenizer=tokenizer),
+            data=DataSection(**data_spec(data_path), tokenizer=tokenizer),
             plan=self.section,
             runtime=RuntimeSection(**rt),
         )
