@@ -257,6 +257,8 @@ def _check_tokenizer(src: Source, data) -> None:
     from cgpt.model.hf import PROBE_TEXT
     from cgpt.train.data.tokenizer import load_tokenizer
 
+    if getattr(data, "sources", None):  # a mixture: every source has the same tokenizer
+        data = data.sources[0].data
     fingerprint = getattr(data, "fingerprint", None)
     tok_dir = getattr(data, "tokenizer_dir", None)
     if src.tokenizer is None or fingerprint is None:
@@ -383,7 +385,10 @@ def step0_check(run, engine, loader) -> dict:
     ours_local = s / len(micro)
     theirs = math.nan
     compare = (
-        getattr(run, "init_kind", None) == "hf" and run.dist.is_main and _transformers_available()
+        cfg.init.check
+        and getattr(run, "init_kind", None) == "hf"
+        and run.dist.is_main
+        and _transformers_available()
     )
     if compare:
         theirs = _hf_loss(Path(cfg.init.path), micro, dev)

@@ -193,6 +193,10 @@ def _build_engine(run: Run):
     cfg, dev = run.cfg, run.dist.device.type
     _seed_everything(cfg.runtime.seed)
     model = GPT(cfg.model)
+    if cfg.init is not None:  # continued pretraining: the source's weights, before DeepSpeed
+        from cgpt.train.loop.init_from import load_init
+
+        load_init(run, model)
     model.gradient_checkpointing = cfg.runtime.activation_checkpointing
     optimizer = build_optimizer(model, cfg, dev)
     first = run.splits[cfg.plan.phases()[0].global_batch_seqs]
@@ -469,6 +473,8 @@ def _finish(run: Run, loop: _Loop, status: str, t0: float) -> dict:
         "wall_s": round(time.time() - t0, 3),
         "cgpt": provenance(),
     }
+    if run.cfg.init is not None:  # the parent: source, path, sha256 of its weights
+        summary["init"] = run.cfg.init.model_dump()
     if run.dist.is_main:
         import json
 
@@ -530,8 +536,13 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
         engine, optimizer, ds = _build_engine(run)
         run.guard = guard_optimizer(optimizer)
         loop = _Loop(run, engine, optimizer)
+        step0 = None
         if run.resume_from is not None:
             loop.restore()
+        elif cfg.init is not None:  # a fresh continued run: the loaded model's step-0 loss
+            from cgpt.train.loop.init_from import step0_check
+
+            step0 = step0_check(run, engine, loop.loader)
         for w in run.point.warnings:
             loop.notes.insert(0, w)
         failed, fresh = None, not (run.run_dir / RUN_CONFIG).exists()
@@ -562,6 +573,8 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
         loop.log = log
         for note in loop.notes:
             log.message(note)
+        if step0 is not None:
+            log.log(step0)
         loop.watchdog = StepWatchdog(
             cfg.runtime.watchdog_factor, log.message, timeout_s=cfg.runtime.collective_timeout_s
         ).start()
