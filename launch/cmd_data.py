@@ -30,33 +30,66 @@ def _tokenizer_train(args) -> int:
     return 0
 
 
+def _named_inputs(values: list[str] | None) -> list[tuple[str | None, str]]:
+    """``--input`` values -> (name, source): a plain SRC (name None: written to OUT; of
+    several, the last) or NAME=SRC values (each written to OUT/NAME)."""
+    import re
+
+    from cgpt.model.errors import CgptError
+
+    values = values or ["stdlib"]
+    named = [re.fullmatch(r"([A-Za-z0-9_.-]+)=(.+)", v) for v in values]
+    if not any(named):  # plain SRC values: the last one counts (as before --input repeated)
+        return [(None, values[-1])]
+    bad = [v for v, m in zip(values, named) if not m]
+    if bad:
+        raise CgptError(
+            f"--input {bad[0]!r}: with several inputs each is NAME=SRC (written to OUT/NAME), "
+            "e.g. --input web=data/web.jsonl --input code=hf:codeparrot/github-code"
+        )
+    names = [m.group(1) for m in named]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise CgptError(f"--input names must be unique; repeated: {', '.join(dup)}")
+    return [(m.group(1), m.group(2)) for m in named]
+
+
 def _prepare(args) -> int:
+    from pathlib import Path
+
     from cgpt.train.data.prepare import prepare
 
-    meta = prepare(
-        args.input,
-        args.tokenizer,
-        args.out,
-        val_fraction=args.val_fraction,
-        text_field=args.text_field,
-        num_proc=args.num_proc,
-        split=args.split,
-        max_docs=args.max_docs,
-        force=args.force,
-        progress=True,
-    )
-    st, sp = meta["_stats"], meta["splits"]
-    print(
-        f"prepared {meta['documents']:,} documents -> {args.out}: train "
-        f"{sp['train']['tokens']:,} tokens, val {sp['val']['tokens']:,} tokens "
-        f"({meta['dtype']}); {st['mb_per_s']:.2f} MB/s, {st['tokens_per_s']:,.0f} tokens/s "
-        f"on {st['num_proc']} process{'es' if st['num_proc'] != 1 else ''}"
-    )
-    if meta["replacement_chars"]:
-        print(
-            f"note: {meta['replacement_chars']:,} undecodable bytes were replaced by U+FFFD "
-            "(recorded in meta.json)"
+    inputs = _named_inputs(args.input)
+    for name, source in inputs:
+        out = str(Path(args.out) / name) if name else args.out
+        meta = prepare(
+            source,
+            args.tokenizer,
+            out,
+            val_fraction=args.val_fraction,
+            text_field=args.text_field,
+            num_proc=args.num_proc,
+            split=args.split,
+            max_docs=args.max_docs,
+            force=args.force,
+            progress=True,
+            name=name,
         )
+        st, sp = meta["_stats"], meta["splits"]
+        print(
+            f"prepared {meta['documents']:,} documents -> {out}: train "
+            f"{sp['train']['tokens']:,} tokens, val {sp['val']['tokens']:,} tokens "
+            f"({meta['dtype']}); {st['mb_per_s']:.2f} MB/s, {st['tokens_per_s']:,.0f} tokens/s "
+            f"on {st['num_proc']} process{'es' if st['num_proc'] != 1 else ''}"
+        )
+        if meta["replacement_chars"]:
+            print(
+                f"note: {meta['replacement_chars']:,} undecodable bytes were replaced by "
+                "U+FFFD (recorded in meta.json)"
+            )
+    if inputs[0][0] is not None:
+        spec = ",".join(f"{n}={Path(args.out) / n}:1" for n, _ in inputs)
+        print(f"mix them: cgpt plan ... --write run.yaml --data {spec} (set the weights)")
     return 0
 
 
@@ -84,7 +117,12 @@ def register(subparsers) -> None:
         help="tokenize a source into train/val token shards",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--input", default="stdlib", help=SOURCE_HELP)
+    p.add_argument(
+        "--input",
+        action="append",
+        help=SOURCE_HELP + " (default: stdlib); repeat as --input NAME=SRC to prepare several "
+        "sources in one call, each into OUT/NAME (the folders of a data.sources mixture)",
+    )
     p.add_argument("--tokenizer", required=True, help="tokenizer folder (ours or Hugging Face)")
     p.add_argument(
         "--out", required=True, help="data folder to create (locked while prepare writes it)"

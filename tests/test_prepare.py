@@ -473,3 +473,36 @@ def test_bad_input_one_line_exit_2_nothing_changed(case, tok_dir, tmp_path, caps
     assert err.startswith("cgpt prepare: error: ")
     assert re.search(pattern, err), err
     assert _digest(tmp_path) == before
+
+
+def test_several_named_inputs_in_one_call(tok_dir, tmp_path, capsys, monkeypatch):
+    """--input NAME=SRC (repeated): each into OUT/NAME, progress labelled with the name, one
+    tokenizer (so they mix), and a --data line for cgpt plan."""
+    from cgpt.train.data import prepare as prep
+    from cgpt.train.data.mixture import open_data
+
+    monkeypatch.setattr(prep._Progress, "DELAY_S", 0.0)
+    out = tmp_path / "mix"
+    argv = ["prepare", "--tokenizer", str(tok_dir), "--out", str(out), "--num-proc", "1"]
+    argv += ["--input", "a=stdlib:max_docs=120", "--input", "b=stdlib:max_docs=60"]
+    assert cli(argv) == 0
+    cap = capsys.readouterr()
+    lines = cap.err.splitlines()
+    assert any(ln.startswith("prepare a: ") for ln in lines)
+    assert any(ln.startswith("prepare b: ") for ln in lines)
+    assert all(ln.startswith(("prepare a: ", "prepare b: ")) for ln in lines)
+    assert f"-> {out / 'a'}:" in cap.out and f"-> {out / 'b'}:" in cap.out
+    assert f"--data a={out / 'a'}:1,b={out / 'b'}:1" in cap.out
+    a, b = open_token_data(out / "a"), open_token_data(out / "b")
+    assert a.meta["documents"] == 120 and b.meta["documents"] == 60
+    mix = open_data({"sources": [{"name": n, "path": str(out / n), "weight": 1} for n in "ab"]})
+    assert [s.name for s in mix.sources] == ["a", "b"]
+
+
+def test_several_inputs_need_names(tok_dir, tmp_path, capsys):
+    argv = ["prepare", "--tokenizer", str(tok_dir), "--out", str(tmp_path / "o")]
+    assert cli(argv + ["--input", "a=stdlib:max_docs=5", "--input", "stdlib"]) == 2
+    err = capsys.readouterr().err
+    assert "NAME=SRC" in err and "Traceback" not in err and not (tmp_path / "o").exists()
+    assert cli(argv + ["--input", "a=stdlib:max_docs=5", "--input", "a=stdlib"]) == 2
+    assert "unique" in capsys.readouterr().err

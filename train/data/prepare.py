@@ -117,8 +117,10 @@ class _Progress:
         "[{elapsed}<{remaining}, {rate_fmt}{postfix}]"
     )
 
-    def __init__(self, enabled: bool, total: tuple[int, str] | None, file=None):
-        self.enabled, self.file = enabled, file or sys.stderr
+    def __init__(
+        self, enabled: bool, total: tuple[int, str] | None, file=None, desc: str = "prepare"
+    ):
+        self.enabled, self.file, self.desc = enabled, file or sys.stderr, desc
         self.total: int | None = total[0] if total and total[0] > 0 else None
         self.unit = total[1] if self.total and total else "B"
         self.t0 = self.last = time.perf_counter()
@@ -130,7 +132,7 @@ class _Progress:
 
             self.bar = tqdm(
                 total=self.total,
-                desc="prepare",
+                desc=self.desc,
                 unit=self.unit,
                 unit_scale=self.unit == "B",
                 unit_divisor=1000,
@@ -174,7 +176,7 @@ class _Progress:
             n,
             self.total,
             now - self.t0,
-            prefix="prepare",
+            prefix=self.desc,
             unit=self.unit,
             unit_scale=self.unit == "B",
             unit_divisor=1000,
@@ -223,6 +225,7 @@ def prepare(
     force: bool = False,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     progress: bool = False,
+    name: str | None = None,
 ) -> dict:
     """Tokenize ``source`` with the tokenizer in ``tokenizer_dir`` into ``out_dir``; return
     the meta dict (also written as meta.json). Raises CgptError on bad input (including a
@@ -230,7 +233,8 @@ def prepare(
 
     ``out_dir`` is locked (``out_dir/.cgpt.lock``) for the whole write: a second prepare
     into the same folder is refused, naming the first one's pid and host. ``progress``
-    prints progress on stderr (a bar on a terminal, plain lines in logs)."""
+    prints progress on stderr (a bar on a terminal, plain lines in logs), labelled
+    ``prepare NAME`` when ``name`` is given (one of several inputs)."""
     if not 0 <= val_fraction < 1:
         raise CgptError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     if val_fraction == 0:
@@ -244,7 +248,8 @@ def prepare(
         raise CgptError(f"--num-proc must be at least 1, got {num_proc}")
     tok = load_tokenizer(tokenizer_dir)
     src = open_source(source, text_field=text_field, split=split, max_docs=max_docs)
-    bar = _Progress(progress, src.progress_total() if progress else None)
+    desc = f"prepare {name}" if name else "prepare"
+    bar = _Progress(progress, src.progress_total() if progress else None, desc=desc)
     t0 = time.perf_counter()
     nbytes = docs = 0
     # the writer holds out_dir's lock from here until the data is published (or dropped)
