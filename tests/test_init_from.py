@@ -255,3 +255,25 @@ def test_two_ranks_zero1_from_hf_folder(tmp_path, published, pub_data):
     assert abs(first["loss"] - rows[0]["init_loss"]) < 1e-5  # global mean of both ranks
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["init"]
     assert saved["sha256"] == _sha256(published / "model.safetensors")
+
+
+def test_mup_source_into_a_standard_run_is_refused(tmp_path, pub_data):
+    from cgpt.model import GPT, GPTConfig, MuPConfig
+    from cgpt.model.io import save_model
+
+    mup = GPT(
+        GPTConfig(
+            n_layer=1,
+            n_embd=32,
+            n_head=2,
+            n_positions=CTX,
+            vocab_size=VOCAB,
+            mup=MuPConfig(base_width=16),
+        )
+    )
+    src = save_model(mup, tmp_path / "mup.safetensors")
+    d = init_cfg(tmp_path, pub_data, src)
+    assert parse_run_config(d).model.mup.base_width == 16  # μP comes with the source
+    d["model"] = {"mup": None}
+    with pytest.raises(ConfigError, match="is a μP model but the model section has no mup"):
+        parse_run_config(d)
