@@ -390,3 +390,54 @@ def test_plan_write_mixture(tmp_path, capsys):
         err = capsys.readouterr().err
         assert msg in err and "Traceback" not in err
     assert not (tmp_path / "bad.yaml").exists()
+
+
+# ---------------------------------------------------------------------------- 2 ranks
+@pytest.mark.slow  # the real deepspeed launcher, 2 processes + 1: ~30 s on 2 cores
+def test_two_ranks_equal_one_rank_with_a_mixture(tmp_path, byte_sources):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+    from test_ds_parallel import _env
+    from test_trainer import _write as write_yaml
+    from test_trainer import losses, read_metrics
+
+    from cgpt.train.loop.distributed import free_port
+
+    launcher = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
+    d = _mix_cfg(tmp_path, byte_sources, steps=6, zero_stage=1, micro_batch=2)
+    d["runtime"].update(eval_every=3, save_every=0, out_dir=str(tmp_path / "two"))
+    two = write_yaml(tmp_path, d, "two.yaml")
+    d["runtime"].update(micro_batch=4, out_dir=str(tmp_path / "one"))
+    one = write_yaml(tmp_path, d, "one.yaml")
+    port = str(free_port())
+    cmd = [launcher, "--num_gpus", "2", "--master_port", port, "--module", "cgpt.train", str(two)]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = subprocess.run(
+        [sys.executable, "-m", "cgpt.train", str(one)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = losses(tmp_path / "two"), losses(tmp_path / "one")
+    assert len(a) == len(b) == 6
+    torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-5)
+    ra, rb = (
+        [r for r in read_metrics(tmp_path / run / "metrics.jsonl") if "val_loss" in r]
+        for run in ("two", "one")
+    )
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == [3, 6]
+    for x, y in zip(ra, rb):
+        for key in x:
+            if key.startswith("val_"):
+                assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-5), key
+            elif key.startswith("data_"):
+                assert x[key] == y[key], key
+    assert os.path.exists(tmp_path / "two" / "summary.json")
