@@ -920,3 +920,79 @@ def test_errors_are_one_line_in_a_real_process(world, random_model, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "cgpt-test/no-such-dataset" in proc.stderr
     assert not (tmp_path / "o.json").exists()
+
+
+def test_in_loop_eval_rows_at_the_right_steps_and_not_repeated_on_resume(world, tmp_path):
+    """runtime.eval_tasks: rank 0 runs lm-eval at every evaluation; the rows land in
+    metrics.jsonl with the val loss, and a resumed run does not write them twice."""
+    import yaml
+    from tokenizers import Tokenizer
+
+    from cgpt.train.data.shards import write_token_data
+    from cgpt.train.loop.metrics import read_metrics
+
+    tok = Tokenizer.from_file(str(world.tok / "tokenizer.json"))
+    eos = world.vocab - 1
+    ids = [t for s in world.sentences * 8 for t in tok.encode(s).ids + [eos]]
+    cut = int(len(ids) * 0.9)
+    write_token_data(
+        tmp_path / "data",
+        np.array(ids[:cut]),
+        np.array(ids[cut:]),
+        world.vocab,
+        eos,
+        tokenizer_dir=str(world.tok),
+    )
+    cfg = {
+        "model": {
+            "n_layer": 2,
+            "n_embd": 32,
+            "n_head": 2,
+            "n_positions": 32,
+            "vocab_size": world.vocab,
+        },
+        "data": {"path": str(tmp_path / "data"), "tokenizer": str(world.tok)},
+        "plan": {
+            "params": 30000,
+            "seq_len": 32,
+            "tokens": 32 * 4 * 6,
+            "steps": 6,
+            "global_batch_seqs": 4,
+            "lr": 3e-3,
+            "min_lr": 3e-4,
+            "warmup_steps": 1,
+            "decay_steps": 5,
+        },
+        "runtime": {
+            "out_dir": str(tmp_path / "run"),
+            "micro_batch": 4,
+            "zero_stage": 0,
+            "precision": "fp32",
+            "eval_every": 3,
+            "eval_batches": 1,
+            "save_every": 2,
+            "log_every": 1,
+            "wandb": "off",
+            "export_hf": False,
+            "eval_tasks": ["cgpt_tiny"],
+            "eval_limit": 3,
+            "eval_include_path": str(world.tasks),
+        },
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path), "--set", "runtime.max_steps=4"]) == 0
+    assert (
+        main(["train", str(tmp_path / "run"), "--resume", "--set", "runtime.max_steps=null"]) == 0
+    )
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    evals = [r for r in rows if "eval/cgpt_tiny/acc" in r]
+    # every eval_every steps, and at the end of each run (the first stopped at step 4); the
+    # resumed run continues from the step-4 checkpoint without repeating a row
+    assert [r["step"] for r in evals] == [3, 4, 6]
+    assert all(0.0 <= r["eval/cgpt_tiny/acc"] <= 1.0 and "val_loss" in r for r in evals)
+    # a bad task list is refused before the run folder is touched
+    cfg["runtime"].update(out_dir=str(tmp_path / "bad"), eval_tasks=["no_such_task_xyz"])
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path)]) == 2
+    assert not (tmp_path / "bad").exists()

@@ -142,6 +142,22 @@ def _check_memory(cfg: RunConfig, dist: DistInfo) -> None:
         )
 
 
+def _check_eval_tasks(cfg: RunConfig, dist: DistInfo) -> None:
+    """runtime.eval_tasks: lm-eval present, tasks known, datasets reachable (rank 0 asks)."""
+    rt, error = cfg.runtime, None
+    if not rt.eval_tasks:
+        return
+    if dist.is_main:
+        from cgpt.train.eval.inloop import check_tasks
+
+        try:
+            check_tasks(rt.eval_tasks, rt.eval_include_path, tokenizer_of(cfg.data))
+        except CgptError as e:
+            error = e
+    if all_sum([float(error is not None)], dist.device)[0]:
+        raise error or CgptError("rank 0 refused runtime.eval_tasks")
+
+
 def _lock_run_dir(run: Run) -> None:
     """Rank 0 takes the run folder's lock; every rank learns whether it got it."""
     error = None
@@ -168,6 +184,7 @@ def prepare_run(cfg: RunConfig, req: ResumeRequest) -> Run:
             ph.global_batch_seqs, dist.world_size, rt.micro_batch
         )
     _check_memory(cfg, dist)
+    _check_eval_tasks(cfg, dist)
     run = Run(cfg, dist, data, splits, Path(rt.out_dir), tokenizer_dir=tokenizer_of(cfg.data))
     _lock_run_dir(run)
     try:
@@ -369,7 +386,19 @@ class _Loop:
         self.val_loss = row["val_loss"]
         self.eval_step = self.step
         data = self.loader.stats() if self.val_sets.mix.explicit else {}
-        self.log.log({"step": self.step, "tokens": self.tokens, **row, **data})
+        rt, tasks = self.run.cfg.runtime, {}
+        if rt.eval_tasks:  # rank 0 runs lm-eval; the others wait in the next collective
+            from cgpt.train.eval.inloop import evaluate_tasks
+
+            t0 = time.perf_counter()
+            tasks = evaluate_tasks(
+                self.engine, rt, self.run.tokenizer_dir, self.run.dist.is_main, rt.zero_stage, dev
+            )
+            if tasks:
+                tasks["eval/time_s"] = time.perf_counter() - t0
+            if self.watchdog is not None:
+                self.watchdog.beat(self.step)
+        self.log.log({"step": self.step, "tokens": self.tokens, **row, **data, **tasks})
 
     def run_steps(self, stop: _StopFlag) -> str:
         cfg, rt = self.run.cfg, self.run.cfg.runtime
