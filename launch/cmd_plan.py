@@ -200,6 +200,8 @@ def run(args) -> int:
 
             d["gpu"], d["mfu"] = device.name, args.mfu
             d["gpu_hours"] = time_on(plan, 1, device, args.mfu)[1]
+        if plan.extra.get("init_from"):
+            d["init_from"] = plan.extra["init_from"]
         if args.write:
             d["written"] = args.write
         print(json.dumps(d, indent=2))
