@@ -4,6 +4,7 @@ cgpt plan 111M                                  the published recipe
 cgpt plan --params 400M                         the family's rules at any size
 cgpt plan --layers 20 --width 1280
 cgpt plan --flops 1e21                          compute-optimal for a FLOP budget
+cgpt plan --flops 1e21 --inference-tokens 1e12  the same loss, cheapest to train + serve 1e12 tokens
 cgpt plan --params 400M --decay wsd             warmup-stable-decay (20% linear cooldown)
 cgpt plan --params 400M --recipe deepseek       DeepSeek LLM's batch and LR laws
 cgpt plan --gpu-hours 2000 --gpu h100 --mfu 0.4
@@ -57,6 +58,13 @@ def register(sub) -> None:
     what.add_argument("--heads", type=int, help="attention heads (default: d_head 64 or 128)")
     what.add_argument("--flops", help="training budget in FLOPs (paper's algorithmic convention)")
     what.add_argument("--gpu-hours", help="training budget in GPU-hours (needs --gpu)")
+    what.add_argument(
+        "--inference-tokens",
+        metavar="T",
+        help="with --flops: tokens the model will serve; plan the N and D that reach the "
+        "compute-optimal loss at --flops with the least 6ND + 2NT (Sardana et al. 2023; law: "
+        "Besiroglu et al. 2024, or --fit's E, A, B, alpha, beta)",
+    )
     what.add_argument(
         "--init-from",
         metavar="SRC",
@@ -149,6 +157,11 @@ def build_plan(args):
             ("tokens", "--tokens"),
         )
     }
+    if args.inference_tokens is not None:  # 0 is a valid volume (the compute-optimal plan)
+        text = str(args.inference_tokens).strip()
+        counts["inference_tokens"] = (
+            0.0 if text in ("0", "0.0") else parse_count(text, "--inference-tokens")
+        )
     req = PlanRequest(
         size=args.size,
         layers=args.layers,
@@ -202,6 +215,8 @@ def run(args) -> int:
             d["gpu_hours"] = time_on(plan, 1, device, args.mfu)[1]
         if plan.extra.get("init_from"):
             d["init_from"] = plan.extra["init_from"]
+        if plan.extra.get("inference"):
+            d["inference"] = plan.extra["inference"]
         if args.write:
             d["written"] = args.write
         print(json.dumps(d, indent=2))
@@ -321,6 +336,50 @@ def format_plan(plan, device=None, mfu: float = 0.4) -> str:
                 f"{time_on(plan, 1, device, mfu)[1]:,.0f} {device.name} GPU-hours at MFU {mfu:g}",
             )
         )
+    rows += _inference_rows(plan.extra.get("inference"))
     rows += [("note", n) for n in plan.notes]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _inference_rows(inf: dict | None) -> list[tuple[str, str]]:
+    """The inference-aware choice (cgpt.train.plan.inference) next to the compute-optimal one."""
+    if not inf:
+        return []
+    opt, law = inf["compute_optimal"], inf["law"]
+    be = inf["break_even_inference_tokens"]
+    return [
+        (
+            "inference-aware",
+            f"target loss {inf['loss']:.4f} (L = {law['E']:g} + {law['A']:g}/N^{law['alpha']:g}"
+            f" + {law['B']:g}/D^{law['beta']:g}, {law['source']})",
+        ),
+        (
+            "  chosen N, D",
+            f"N = {inf['params']:.4g}, D = {inf['tokens']:.4g} "
+            f"({inf['tokens_per_param']:.1f} tokens/param) for {inf['inference_tokens']:.3g} "
+            "inference tokens",
+        ),
+        (
+            "  compute-optimal",
+            f"N = {opt['params']:.4g}, D = {opt['tokens']:.4g} "
+            f"({opt['tokens_per_param']:.1f} tokens/param)",
+        ),
+        (
+            "  extra training",
+            f"{inf['extra_train_flops']:.3e} FLOPs (+{100 * inf['extra_train_fraction']:.1f}% "
+            f"over {inf['flops']:.3g}, 6·N·D)",
+        ),
+        (
+            "  lifetime FLOPs",
+            f"{inf['total_flops']:.3e} vs {opt['total_flops']:.3e} compute-optimal "
+            f"({100 * inf['saving_fraction']:.1f}% saved; 6ND + 2NT)",
+        ),
+        (
+            "  break-even",
+            f"{be:.3g} inference tokens (beyond them the smaller model's cheaper inference "
+            "repays its extra training)"
+            if be is not None
+            else "none: at 0 inference tokens the compute-optimal model is the plan",
+        ),
+    ]

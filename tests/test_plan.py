@@ -463,3 +463,111 @@ def test_published_recipes_stay_exact_and_cli_recipes(capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["recipe"] == "deepseek" and d["global_batch_seqs"] % 8 == 0  # rebatched for 8
     assert d["lr"] == P.plan_for_params(400e6, recipe="deepseek").lr  # LR kept on rebatch
+
+
+# ---- inference-aware planning (Sardana et al. 2023) -------------------------------------------
+# Besiroglu et al. 2024 (docs/REFERENCE.md, Related scaling laws), typed in again here
+BES = dict(E=1.82, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658)
+
+
+def _loss(n, d, E, A, B, alpha, beta):
+    return E + A / n**alpha + B / d**beta
+
+
+def _tokens_for(n, target, E, A, B, alpha, beta):
+    return (B / (target - E - A / n**alpha)) ** (1 / beta)
+
+
+def test_inference_plan_at_zero_inference_is_compute_optimal():
+    from cgpt.train.plan.inference import plan_inference
+
+    c = 1e21
+    ip = plan_inference(c, 0)
+    # brute force: the N that minimises L(N, C/(6N)) on a fine log grid
+    ns = np.exp(np.linspace(np.log(1e8), np.log(1e11), 200_001))
+    n_best = ns[np.argmin(_loss(ns, c / 6 / ns, **BES))]
+    assert ip.params == pytest.approx(n_best, rel=1e-4)
+    assert 6 * ip.params * ip.tokens == pytest.approx(c, rel=1e-12)
+    assert ip.params == ip.opt_params and ip.extra_train_flops == 0
+    assert ip.break_even_tokens is None
+    assert 19 < ip.tokens_per_param < 23  # "roughly 20 tokens per parameter"
+
+
+@pytest.mark.parametrize("t", [1e10, 1e12, 1e14])
+def test_inference_plan_minimises_lifetime_flops_at_the_same_loss(t):
+    from cgpt.train.plan.inference import plan_inference
+
+    c = 1e21
+    ip = plan_inference(c, t)
+    n_opt, d_opt = ip.opt_params, ip.opt_tokens
+    target = _loss(n_opt, d_opt, **BES)
+    assert ip.loss == pytest.approx(target, rel=1e-12)
+    # the constraint: the chosen (N, D) reaches exactly the compute-optimal loss
+    assert _loss(ip.params, ip.tokens, **BES) == pytest.approx(target, abs=1e-10)
+    # brute force over N along the constraint
+    n_min = (BES["A"] / (target - BES["E"])) ** (1 / BES["alpha"])
+    ns = np.exp(np.linspace(np.log(n_min * 1.0001), np.log(n_opt), 400_001))
+    cost = 6 * ns * _tokens_for(ns, target, **BES) + 2 * ns * t
+    assert ip.params == pytest.approx(ns[np.argmin(cost)], rel=2e-3)
+
+    # stationarity: a central difference of the lifetime cost along the constraint is ~0
+    def f(n):
+        return 6 * n * _tokens_for(n, target, **BES) + 2 * n * t
+
+    h = ip.params * 1e-5
+    slope = (f(ip.params + h) - f(ip.params - h)) / (2 * h)
+    assert abs(slope * ip.params) < 1e-6 * f(ip.params)
+    # the bookkeeping
+    assert ip.extra_train_flops == pytest.approx(6 * ip.params * ip.tokens - c, rel=1e-9)
+    assert ip.total_flops() <= 6 * n_opt * d_opt + 2 * n_opt * t
+    be = ip.break_even_tokens
+    assert 0 < be < t  # the optimum pays for itself before T
+    lhs = 6 * ip.params * ip.tokens + 2 * ip.params * be
+    assert lhs == pytest.approx(6 * n_opt * d_opt + 2 * n_opt * be, rel=1e-9)
+
+
+def test_inference_plan_shrinks_the_model_as_inference_grows():
+    from cgpt.train.plan.inference import plan_inference
+
+    ns = [plan_inference(1e22, t).params for t in (0, 1e11, 1e12, 1e13, 1e14)]
+    assert all(a > b for a, b in zip(ns, ns[1:]))
+    tpps = [plan_inference(1e22, t).tokens_per_param for t in (0, 1e12, 1e14)]
+    assert tpps[0] < 25 < tpps[1] < tpps[2]
+    with pytest.raises(CgptError, match=">= 0"):
+        plan_inference(1e21, -1)
+
+
+def test_plan_inference_tokens_cli_and_fit(tmp_path, capsys):
+    from cgpt.train.plan.inference import plan_inference
+    from cgpt.train.plan.request import PlanRequest, plan
+
+    p = plan(PlanRequest(flops=1e21, inference_tokens=1e12))
+    ip = plan_inference(1e21, 1e12)
+    # the chosen N goes through the shape rules at tokens/param = D/N
+    assert p.params == pytest.approx(ip.params, rel=0.15)
+    assert p.tokens / p.params == pytest.approx(ip.tokens_per_param, rel=0.01)
+    assert p.extra["inference"]["params"] == ip.params
+    assert main(["plan", "--flops", "1e21", "--inference-tokens", "1T", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["inference"]["break_even_inference_tokens"] == pytest.approx(ip.break_even_tokens)
+    assert main(["plan", "--flops", "1e21", "--inference-tokens", "1e12"]) == 0
+    out = capsys.readouterr().out
+    assert "break-even" in out and "extra training" in out and "2.3083" in out
+    # the user's own approach-3 fit
+    law = dict(E=1.5, A=300.0, B=1500.0, alpha=0.33, beta=0.33)
+    fit = tmp_path / "fit.json"
+    fit.write_text(json.dumps({"tokens_per_param": 20, "loss_law": None, "chinchilla": law}))
+    assert main(["plan", "--flops", "1e21", "--inference-tokens", "1e12", "--fit", str(fit),
+                 "--json"]) == 0  # fmt: skip
+    d = json.loads(capsys.readouterr().out)["inference"]
+    n_opt = (0.33 * 300 / (0.33 * 1500)) ** (1 / 0.66) * (1e21 / 6) ** 0.5
+    assert d["compute_optimal"]["params"] == pytest.approx(n_opt, rel=1e-9)
+    assert d["loss"] == pytest.approx(_loss(n_opt, 1e21 / 6 / n_opt, **law), rel=1e-12)
+    # errors
+    fit.write_text(json.dumps({"chinchilla": {"skipped": "needs at least 6 points"}}))
+    assert main(["plan", "--flops", "1e21", "--inference-tokens", "1e12", "--fit", str(fit)]) == 2
+    assert "needs at least 6 points" in capsys.readouterr().err
+    assert main(["plan", "--params", "1e9", "--inference-tokens", "1e12"]) == 2
+    assert "--flops" in capsys.readouterr().err
+    bad = ["plan", "--flops", "1e21", "--inference-tokens", "1e12", "--tokens-per-param", "30"]
+    assert main(bad) == 2

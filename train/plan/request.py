@@ -59,6 +59,9 @@ class PlanRequest:
     activation_checkpointing: bool | None = None
     init_from: str | None = None  # continued pretraining from these weights (init.source)
     tokens: float | None = None  # with init_from: new tokens to train on
+    # with flops: tokens the model will serve; N, D minimise 6ND + 2NT at the loss of the
+    # compute-optimal plan (cgpt.train.plan.inference, Sardana et al. 2023)
+    inference_tokens: float | None = None
 
     @property
     def device(self) -> Device | None:
@@ -96,6 +99,7 @@ def plan(req: PlanRequest) -> P.Plan:
     _check_range(req.params, MAX_PARAMS, "a parameter count of")
     _check_range(req.flops, MAX_FLOPS, "a FLOP budget of")
     _check_range(req.gpu_hours, MAX_GPU_HOURS, "a budget of GPU-hours")
+    inference = _inference(req)
     fit = load_fit(req.fit) if req.fit else None
     device = req.device
     for name, v in (("--batch-seqs", req.batch_seqs), ("--lr", req.lr)):
@@ -143,6 +147,9 @@ def plan(req: PlanRequest) -> P.Plan:
         if not (req.layers and req.width):
             raise CgptError("--layers and --width go together")
         plan_ = P.plan_for_shape(req.layers, req.width, req.heads, **kw)
+    elif req.flops and inference:
+        kw["tokens_per_param"] = inference.tokens_per_param
+        plan_ = P.plan_for_params(inference.params, **kw)
     elif req.flops:
         plan_ = P.plan_for_flops(req.flops, **kw)
     else:
@@ -168,7 +175,39 @@ def plan(req: PlanRequest) -> P.Plan:
             req.micro_batch,
             req.activation_checkpointing,
         )
+    if inference:
+        plan_ = replace(
+            plan_,
+            extra={**plan_.extra, "inference": inference.to_json()},
+            notes=plan_.notes + (_inference_note(inference, plan_),),
+        )
     return plan_
+
+
+def _inference(req: PlanRequest):
+    """The inference-aware N and D for --flops with --inference-tokens (else None)."""
+    if req.inference_tokens is None:
+        return None
+    from cgpt.train.plan.inference import DEFAULT_LAW, law_from_fit, plan_inference
+
+    if not req.flops:
+        raise CgptError("--inference-tokens goes with --flops (the budget that sets the loss)")
+    if req.tokens_per_param is not None:
+        raise CgptError("--inference-tokens chooses tokens/param itself; drop --tokens-per-param")
+    if req.param_count != "total":
+        raise CgptError("--inference-tokens counts N as total parameters; drop --param-count")
+    _check_range(req.flops, MAX_FLOPS, "a FLOP budget of")
+    law = law_from_fit(req.fit) if req.fit else DEFAULT_LAW
+    return plan_inference(req.flops, req.inference_tokens, law)
+
+
+def _inference_note(ip, plan_: P.Plan) -> str:
+    return (
+        f"inference-aware (Sardana et al. 2023, arXiv 2401.00448): N = {ip.params:.4g}, "
+        f"D = {ip.tokens:.4g} minimise 6ND + 2NT at T = {ip.inference_tokens:.3g} inference "
+        f"tokens for the loss L* = {ip.loss:.4f} of the compute-optimal plan at "
+        f"{ip.flops:.3g} FLOPs ({ip.law.source}); the rules' shape has {plan_.params:,} params"
+    )
 
 
 def _plan_continued(req: PlanRequest) -> P.Plan:
