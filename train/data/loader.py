@@ -18,8 +18,8 @@ The order (state key ``order``):
   permutation of ``[0, 2**m)`` this is a permutation of ``[0, n_windows)``, on average fewer
   than 2 passes). The round function is the splitmix64 finaliser of ``half ^ key``; the four
   64-bit keys are a BLAKE2b hash of ``(seed, epoch)``. Indices are computed by numpy,
-  vectorised, ``_CHUNK`` (65,536) aligned positions per call, and that chunk is kept (512 KB):
-  a step's indices are a slice of it (one call when the step enters a new chunk).
+  vectorised: a rank computes its own shares of the next steps (up to 32,768 indices, kept:
+  256 KB) in one call, so a step's indices are usually a row of that block.
 * ``1``: ``numpy.random.default_rng([seed, epoch]).permutation(n_windows)``, materialised per
   epoch (8 bytes a window). A loader state saved without ``order`` (runs from before the
   bijection) resumes in this order, so an old run continues with the batches it would have
@@ -46,7 +46,7 @@ class DataRepeatWarning(UserWarning):
 ORDER = 2  # the window order of new runs (module docstring); 1: the materialised permutation
 ORDERS = (1, 2)
 _ROUNDS = 4
-_CHUNK = 1 << 16  # positions computed per call and kept (512 KB): amortises numpy's overhead
+_PREFETCH = 1 << 15  # window indices a rank computes per call and keeps (256 KB, order 2)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 
@@ -55,8 +55,7 @@ class WindowOrder:
     """A keyed bijection of ``[0, n)`` (order 2): ``order(positions)`` -> window indices.
 
     4 rounds of an unbalanced Feistel network over ``m``-bit integers (``2**m`` >= n, the
-    smallest such power of two, m >= 2) with cycle-walking. Memory: its keys and one chunk
-    of ``_CHUNK`` computed positions (:meth:`take`), whatever ``n``."""
+    smallest such power of two, m >= 2) with cycle-walking. It holds only its keys."""
 
     def __init__(self, n: int, seed: int, epoch: int):
         if n < 1:
@@ -75,7 +74,6 @@ class WindowOrder:
             masks = np.uint64((1 << lo) - 1), np.uint64((1 << hi) - 1)
             self._rounds.append((key, np.uint64(lo), masks[0], np.uint64(hi), masks[1]))
             lo = hi
-        self._chunk_start, self._chunk = -1, None
 
     def _encrypt(self, x: np.ndarray) -> np.ndarray:
         """The Feistel permutation of [0, 2**m), elementwise on uint64 ``x``."""
@@ -103,20 +101,6 @@ class WindowOrder:
             x[out] = y
             out = out[y >= self._n]
         return x.astype(np.int64)
-
-    def take(self, start: int, stop: int) -> np.ndarray:
-        """Window indices at positions [start, stop): one vectorised call per ``_CHUNK``
-        aligned positions, kept until a request leaves that chunk."""
-        if stop - start > _CHUNK // 2:  # a large request: just these positions
-            return self(np.arange(start, stop, dtype=np.uint64))
-        first = start // _CHUNK * _CHUNK
-        if stop > first + _CHUNK:  # straddles two chunks
-            mid = first + _CHUNK
-            return np.concatenate([self.take(start, mid), self.take(mid, stop)])
-        if first != self._chunk_start:
-            self._chunk = self(np.arange(first, min(first + _CHUNK, self.n), dtype=np.uint64))
-            self._chunk_start = first
-        return self._chunk[start - first : stop - first]
 
 
 class TokenLoader:
@@ -151,20 +135,48 @@ class TokenLoader:
         self.samples_seen = 0  # windows consumed since the start, over all epochs
         self.order = ORDER  # 1 for a run resumed from a state saved before order 2
         self._order_epoch, self._order = -1, None
+        self._ahead = None  # order 2: (epoch, G, share, first start, rows of indices)
 
     # ------------------------------------------------------------------ the global stream
-    def window_order(self, epoch: int, start: int, stop: int) -> np.ndarray:
-        """Window indices at positions [start, stop) of epoch ``epoch``'s order."""
+    def _epoch_order(self, epoch: int):
+        """Epoch ``epoch``'s order: a WindowOrder (order 2) or a permutation array (1)."""
         if epoch != self._order_epoch:
             if self.order == 1:
-                rng = np.random.default_rng([self.seed, epoch])
-                self._order = rng.permutation(self.n_windows)
+                self._order = np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
             else:
                 self._order = WindowOrder(self.n_windows, self.seed, epoch)
             self._order_epoch = epoch
+        return self._order
+
+    def window_order(self, epoch: int, start: int, stop: int) -> np.ndarray:
+        """Window indices at positions [start, stop) of epoch ``epoch``'s order."""
+        order = self._epoch_order(epoch)
         if self.order == 1:
-            return self._order[start:stop]
-        return self._order.take(start, stop)
+            return order[start:stop]
+        return order(np.arange(start, stop, dtype=np.uint64))
+
+    def _my_share(self, G: int, share: int) -> np.ndarray:
+        """This rank's window indices for the next step. Order 2: rows of a block computed
+        in one call for this and the following steps of the epoch (same G), so numpy's
+        per-call overhead is paid once per block and no rank computes another's share."""
+        start = self.position + self.rank * share  # inside the current epoch
+        n = self.n_windows
+        if self.order == 1 or start + share > n:  # old order, or a share crossing epochs
+            return self._stream(self.rank * share, share)
+        ahead = self._ahead
+        if ahead is not None and ahead[:3] == (self.epoch, G, share):
+            k, off = divmod(start - ahead[3], G)
+            if off == 0 and 0 <= k < len(ahead[4]):
+                return ahead[4][k]
+        rows = max(1, min(_PREFETCH // share, (n - share - start) // G + 1))
+        pos = (
+            start
+            + G * np.arange(rows, dtype=np.uint64)[:, None]
+            + np.arange(share, dtype=np.uint64)
+        )
+        block = self._epoch_order(self.epoch)(pos.ravel()).reshape(rows, share)
+        self._ahead = (self.epoch, G, share, start, block)
+        return block[0]
 
     def _stream(self, start: int, count: int) -> np.ndarray:
         """Window indices at global stream offsets [start, start+count) from the current
@@ -248,7 +260,7 @@ class TokenLoader:
                 f"each rank's share of {share} sequences is not divisible by "
                 f"micro_batch {micro_batch}"
             )
-        idx = self._stream(self.rank * share, share)
+        idx = self._my_share(G, share)
         self._advance(G)
         return self._pairs(self._windows(idx), micro_batch)
 
@@ -314,5 +326,5 @@ class TokenLoader:
             )
         self.epoch, self.position = epoch, position
         if order != self.order:
-            self.order, self._order_epoch, self._order = order, -1, None
+            self.order, self._order_epoch, self._order, self._ahead = order, -1, None, None
         self.samples_seen = int(state.get("samples_seen", epoch * self.n_windows + position))
