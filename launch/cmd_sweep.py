@@ -23,7 +23,12 @@ usage forms:
       The fit reports its own predictive error: the law refitted without the largest point
       predicts it (leave-largest-out), and every point in turn (leave-one-out), each with a
       95% prediction interval (fit.json "prediction", the orange marker on scaling.png).
-ready configs: configs/sweep-cpu.yaml, configs/sweep-isoflop-cpu.yaml
+sweep-file LR modes (`lr:`): fixed (default: one run per size), tuned (one trial per
+  multiplier in lr_grid, default [0.5, 1, 2]; every trial in results.jsonl, the fits use the
+  best per size), mup (μP: plan.lr transferred from plan.lr_base_width; every width must be
+  at least that base width). plan.warmup_tokens_per_param: warmup tokens = k × params.
+ready configs: configs/sweep-cpu.yaml, configs/sweep-isoflop-cpu.yaml,
+  configs/sweep-cpu-tuned.yaml (lr: tuned)
 """
 
 

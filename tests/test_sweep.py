@@ -310,3 +310,87 @@ def test_dry_run_bad_data_one_line(damage, pattern, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and re.search(pattern, err), err
     assert digest() == before
+
+
+@pytest.mark.slow
+def test_tuned_sweep_records_every_trial_and_fits_the_best(tmp_path, data, capsys):
+    d = sweep_dict(tmp_path, data, lr="tuned", lr_grid=[0.3, 3.0])
+    d["sizes"] = [dict(s) for s in SIZES[1:]]  # 2 sizes x 2 LRs
+    d["plan"]["warmup_tokens_per_param"] = 1
+    path = write_sweep(tmp_path, d)
+    out = tmp_path / "sweep"
+    assert cli(["sweep", str(path), "--no-fit"]) == 0
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(recs) == 4 and all(r["status"] == "ok" for r in recs)
+    assert {r["lr_mult"] for r in recs} == {0.3, 3.0}
+    assert {r["group"] for r in recs} == {"L1-d16-h2", "L2-d16-h2"}
+    for g in {r["group"] for r in recs}:
+        trials = [r for r in recs if r["group"] == g]
+        assert trials[0]["lr"] == pytest.approx(trials[1]["lr"] * 0.1)
+        assert sum(r["best"] for r in trials) == 1
+        best = min(trials, key=lambda r: r["val_loss"])
+        assert best["best"]
+    # warmup tokens = 1 x params (at least one step)
+    for r in recs:
+        assert r["warmup_steps"] == max(1, -(-r["params"] // (8 * 32)))
+    # a rerun skips every finished trial; the fit uses the best trial per size only
+    capsys.readouterr()
+    assert cli(["sweep", str(path), "--no-fit"]) == 0
+    assert capsys.readouterr().out.count("finished earlier") == 4
+    from cgpt.train.scaling.sweep import best_trials
+
+    keep, trials = best_trials(recs)
+    assert sorted(r["name"] for r in keep) == sorted(r["name"] for r in recs if r["best"])
+    assert set(trials["groups"]) == {"L1-d16-h2", "L2-d16-h2"}
+    # a grid of two: the best is always at an edge, and the fit says so
+    assert len(trials["warnings"]) == 2 and "widen lr_grid" in trials["warnings"][0]
+    # the fit of the two best points: too few for the law, the check names the fitted points
+    with pytest.raises(CgptError, match="add 1 more"):
+        fit_sweep_dir(out, n_boot=0, log=lambda m: None)
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["lr_trials"]["groups"]["L1-d16-h2"]["best"] in {r["name"] for r in keep}
+    assert fit["excluded"] == []
+
+
+def test_tuned_and_mup_points_plan(tmp_path, data):
+    d = sweep_dict(tmp_path, data, lr="tuned")
+    points = plan_points(parse_sweep(d), 257)
+    assert len(points) == 3 * 3  # default grid [0.5, 1, 2]
+    assert [p.name for p in points[:3]] == ["L1-d8-h2-lrx0.5", "L1-d8-h2-lrx1", "L1-d8-h2-lrx2"]
+    assert [p.cfg.plan.lr for p in points[:3]] == pytest.approx([1.5e-3, 3e-3, 6e-3])
+    # isoflop x tuned: one group per budget and size
+    iso = sweep_dict(tmp_path, data, lr="tuned", lr_grid=[1, 2])
+    iso["isoflop"] = {"budgets": [2e9, 4e9], "sizes": SIZES}
+    del iso["tokens_per_param"], iso["sizes"]
+    pts = plan_points(parse_sweep(iso), 257)
+    assert len(pts) == 12 and len({p.group for p in pts}) == 6
+    # μP: the base LR at every width, the model's mup section at the sweep's base width
+    m = sweep_dict(tmp_path, data, lr="mup")
+    m["plan"]["lr_base_width"] = 8
+    for p in plan_points(parse_sweep(m), 257):
+        assert p.cfg.model.mup is not None and p.cfg.model.mup.base_width == 8
+        assert p.cfg.plan.lr == 3e-3 and p.cfg.plan.min_lr == pytest.approx(3e-4)
+    m["plan"]["lr_base_width"] = 16  # L1-d8 is narrower than the base
+    with pytest.raises(CgptError, match="L1-d8-h2.*at least the base width"):
+        plan_points(parse_sweep(m), 257)
+    # batch from DeepSeek's law when global_batch_seqs is left out; micro-batch adapted
+    b = sweep_dict(tmp_path, data)
+    del b["plan"]["global_batch_seqs"]
+    with pytest.raises(CgptError, match="global_batch_seqs is missing"):
+        parse_sweep(b)
+    b["plan"]["recipe"] = "deepseek"
+    for p in plan_points(parse_sweep(b), 257):
+        assert p.cfg.plan.global_batch_seqs % p.cfg.runtime.micro_batch == 0
+    # bad combinations
+    for bad, msg in (
+        ({"lr_grid": [1, 2]}, "lr_grid goes with lr: tuned"),
+        ({"lr": "tuned", "lr_grid": [1, 1]}, "twice"),
+        ({"lr": "tuned", "lr_grid": [0, 1]}, "positive"),
+        ({"lr": "sometimes"}, "lr"),
+    ):
+        with pytest.raises(CgptError, match=msg):
+            parse_sweep(sweep_dict(tmp_path, data, **bad))
+    own = sweep_dict(tmp_path, data, lr="mup")
+    own["sizes"][0]["lr"] = 1e-3
+    with pytest.raises(CgptError, match="remove the sizes' lr"):
+        parse_sweep(own)

@@ -14,6 +14,28 @@ point cannot take the sweep down. The sweep folder::
     OUT/runs/*/         one run folder per point         OUT/results.jsonl  one line per point
     OUT/fit.json        fits (cgpt.train.scaling.fit)            OUT/scaling.png, OUT/isoflop.png
 
+Learning rates (``lr:`` in the sweep file):
+
+* ``fixed`` (default): one run per size at ``plan.lr`` (× the width rule
+  ``(lr_base_width / n_embd)^lr_width_exponent``, or the size's own ``lr``);
+* ``tuned``: one run (a *trial*) per size and multiplier in ``lr_grid`` (default
+  [0.5, 1, 2]) around that LR, named ``SHAPE-lrxM``; results.jsonl records every trial
+  (``group`` = the size, ``lr_mult``, ``best``) and the fits use only the best trial per size
+  (lowest final val loss; fit.json ``lr_trials`` lists them and warns when the best sits at
+  the edge of the grid);
+* ``mup``: μP (cgpt.train.plan.mup.apply_mup, base width ``plan.lr_base_width``) with
+  ``plan.lr`` as the base LR, transferred to every width (hidden matrices at LR/m,
+  m = n_embd / base width). Restriction: every width must be at least the base width (μP
+  transfers the base model's tuning to wider models, not narrower ones).
+
+Warmup: the planner's rule (375M tokens, capped at 20% of the steps, which is what every
+small point gets) unless ``plan.warmup_tokens_per_param`` sets warmup tokens = k × params
+(warmup proportional to model size; Porian et al. 2024, arXiv 2406.19146, name a warmup too
+long for small models as one cause of the Kaplan/Chinchilla discrepancy; k = 1 is cgpt's
+choice, not a constant read from the paper). Batch: ``plan.global_batch_seqs``, or, when it
+is left out, the batch law of ``plan.recipe`` (``deepseek``: DeepSeek LLM's
+B_opt = 0.2920·C^0.3271 tokens, docs/REFERENCE.md, Related scaling laws).
+
 Resumable: a point whose run folder has ``summary.json`` with status ``completed`` is
 skipped; a point with a run folder but no completed summary (killed, preempted, stopped) is
 continued with ``--resume`` from its newest checkpoint; a failed point (it diverged or
@@ -51,6 +73,7 @@ from cgpt.train.config import (
 from cgpt.train.loop.metrics import read_metrics
 
 PER_POINT_FORBIDDEN = ("data", "tokenizer", "vocab_size", "seq_len")
+DEFAULT_LR_GRID = (0.5, 1.0, 2.0)
 
 
 class _Strict(BaseModel):
@@ -95,8 +118,10 @@ class IsoFlopSpec(_Strict):
 class SweepPlan(_Strict):
     """Small-model optimisation settings; everything else comes from the planner's rules."""
 
-    global_batch_seqs: int = Field(gt=0)
-    lr: float = Field(gt=0)  # peak LR at lr_base_width
+    global_batch_seqs: int | None = Field(None, gt=0)  # None: plan.recipe's batch law
+    recipe: Literal["cerebras", "deepseek"] = "cerebras"  # batch law when no global_batch_seqs
+    warmup_tokens_per_param: float | None = Field(None, gt=0)  # warmup tokens = k × params
+    lr: float = Field(gt=0)  # peak LR at lr_base_width (lr: mup: the μP base LR)
     lr_base_width: int = Field(64, gt=0)
     lr_width_exponent: float = 0.0  # lr × (lr_base_width / n_embd)^exponent (1.0 = μP-like)
     min_steps: int = Field(10, gt=0)  # refuse points that would train for fewer steps
@@ -112,6 +137,8 @@ class SweepConfig(_Strict):
     params: list[float] | None = None  # shapes chosen by the planner's family rules
     isoflop: IsoFlopSpec | None = None
     plan: SweepPlan
+    lr: Literal["fixed", "tuned", "mup"] = "fixed"
+    lr_grid: list[float] | None = None  # lr: tuned: multipliers of each size's LR
     runtime: dict[str, Any] = Field(default_factory=dict)  # RuntimeSection fields (not out_dir)
 
     @model_validator(mode="after")
@@ -128,7 +155,28 @@ class SweepConfig(_Strict):
             raise ValueError("an IsoFLOP sweep measures tokens_per_param; do not set it")
         if "out_dir" in self.runtime:
             raise ValueError("runtime.out_dir is set per point (OUT/runs/NAME); remove it")
+        if self.lr_grid is not None:
+            if self.lr != "tuned":
+                raise ValueError("lr_grid goes with lr: tuned")
+            if not self.lr_grid or any(not (m > 0 and math.isfinite(m)) for m in self.lr_grid):
+                raise ValueError(f"lr_grid must list positive multipliers, got {self.lr_grid}")
+            if len(set(self.lr_grid)) != len(self.lr_grid):
+                raise ValueError(f"lr_grid lists a multiplier twice: {self.lr_grid}")
+        if self.lr == "mup":
+            own = [s for s in (self.sizes or []) + (self.isoflop.sizes if self.isoflop else [])]
+            if any(s.lr is not None for s in own):
+                raise ValueError("lr: mup transfers plan.lr to every size; remove the sizes' lr")
+        if self.plan.global_batch_seqs is None and self.plan.recipe == "cerebras":
+            raise ValueError(
+                "plan.global_batch_seqs is missing: give it, or set plan.recipe: deepseek "
+                "for DeepSeek LLM's batch law (the Cerebras batch fit starts at 111M)"
+            )
         return self
+
+    @property
+    def grid(self) -> list[float]:
+        """The LR multipliers each size runs at (one, 1.0, unless lr: tuned)."""
+        return (self.lr_grid or list(DEFAULT_LR_GRID)) if self.lr == "tuned" else [1.0]
 
     @property
     def kind(self) -> Literal["tokens_per_param", "isoflop"]:
@@ -140,6 +188,8 @@ class Point:
     name: str
     cfg: RunConfig
     budget: float | None = None
+    group: str | None = None  # lr: tuned: the size (and budget) this LR trial belongs to
+    lr_mult: float | None = None
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -309,6 +359,7 @@ def _point(
     name: str,
     out: Path,
     tok: str | None,
+    lr_mult: float = 1.0,
 ) -> RunConfig:
     from cgpt.train.plan.planner import plan_for_shape
 
@@ -322,8 +373,21 @@ def _point(
             vocab_size=vocab,
             name=name,
             global_batch_seqs=sweep.plan.global_batch_seqs,
-            lr=_lr(sweep, size),
+            lr=(sweep.plan.lr if sweep.lr == "mup" else _lr(sweep, size)) * lr_mult,
+            recipe=sweep.plan.recipe,
         )
+        if sweep.plan.warmup_tokens_per_param is not None:
+            warm = math.ceil(
+                sweep.plan.warmup_tokens_per_param * plan.params / plan.global_batch_tokens
+            )
+            warm = min(max(warm, 1), plan.steps - 1)
+            plan = plan.replace(warmup_steps=warm, decay_steps=plan.steps - warm)
+        if sweep.lr == "mup":
+            from cgpt.train.plan.mup import apply_mup
+
+            lr = plan.lr
+            plan = apply_mup(plan, base_width=sweep.plan.lr_base_width)
+            plan = plan.replace(name=name, lr=lr, min_lr=float(f"{lr * 0.1:.3g}"))
     except CgptError as e:
         raise CgptError(f"point {name}: {e}") from None
     if plan.steps < sweep.plan.min_steps:
@@ -339,6 +403,10 @@ def _point(
         **sweep.runtime,
         "out_dir": str((out / "runs" / name).resolve()),
     }
+    mb = runtime.get("micro_batch")
+    if sweep.plan.global_batch_seqs is None and mb and plan.global_batch_seqs % mb:
+        # a batch from a law: the largest micro-batch <= the asked one that divides it
+        runtime["micro_batch"] = max(b for b in range(1, mb + 1) if plan.global_batch_seqs % b == 0)
     return plan.to_run_config(
         str(Path(sweep.data.path).resolve()), str(Path(tok).resolve()) if tok else None, runtime
     )
@@ -349,29 +417,36 @@ def plan_points(sweep: SweepConfig, vocab: int) -> list[Point]:
     out, tok = Path(sweep.out_dir), tokenizer_dir(sweep)
     vocab = sweep.model.vocab_size or vocab
     points = []
+    tuned = sweep.lr == "tuned"
     for size in _sizes(sweep, vocab):
         shape = f"L{size.n_layer}-d{size.n_embd}-h{size.n_head}"
+        targets: list[tuple[str, float, float | None]] = []  # (name, tokens/param, budget)
         if sweep.isoflop is None:
-            points.append(
-                Point(shape, _point(sweep, size, vocab, sweep.tokens_per_param, shape, out, tok))
-            )
-            continue
-        for c in sweep.isoflop.budgets:
+            targets.append((shape, sweep.tokens_per_param, None))
+        else:
             cfg_probe = _probe(size, vocab, sweep.model.seq_len)
-            tokens = c / flops_per_token_algorithmic(cfg_probe, sweep.model.seq_len)
-            name = f"C{c:.2e}-{shape}".replace("+", "")
-            points.append(
-                Point(
-                    name,
-                    _point(sweep, size, vocab, tokens / num_params(cfg_probe), name, out, tok),
-                    budget=float(c),
+            for c in sweep.isoflop.budgets:
+                tokens = c / flops_per_token_algorithmic(cfg_probe, sweep.model.seq_len)
+                name = f"C{c:.2e}-{shape}".replace("+", "")
+                targets.append((name, tokens / num_params(cfg_probe), float(c)))
+        for group, tpp, budget in targets:
+            for m in sweep.grid:
+                name = f"{group}-lrx{m:g}" if tuned else group
+                cfg = _point(sweep, size, vocab, tpp, name, out, tok, lr_mult=m)
+                points.append(
+                    Point(
+                        name,
+                        cfg,
+                        budget=budget,
+                        group=group if tuned else None,
+                        lr_mult=m if tuned else None,
+                    )
                 )
-            )
     names = [p.name for p in points]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(f"sweep lists the same size twice: {', '.join(dup)}")
-    return sorted(points, key=lambda p: (p.budget or 0, p.cfg.plan.params))
+    return sorted(points, key=lambda p: (p.budget or 0, p.cfg.plan.params, p.lr_mult or 0))
 
 
 def _probe(size: SizeSpec, vocab: int, seq_len: int):
@@ -390,7 +465,69 @@ def _probe(size: SizeSpec, vocab: int, seq_len: int):
 
 
 def write_results(out: Path, records: list[dict]) -> None:
+    records = mark_best(records)
     write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _ok(r: dict) -> bool:
+    v = r.get("val_loss")
+    return r.get("status") == "ok" and v is not None and math.isfinite(v)
+
+
+def mark_best(records: list[dict]) -> list[dict]:
+    """LR trials (records with a ``group``): ``best`` is True on the lowest finite final val
+    loss of each group, False on the others (records without a group are left alone)."""
+    best: dict[str, dict] = {}
+    for r in records:
+        g = r.get("group")
+        if g is not None and _ok(r) and (g not in best or r["val_loss"] < best[g]["val_loss"]):
+            best[g] = r
+    return [
+        {**r, "best": best.get(r["group"]) is r} if r.get("group") is not None else r
+        for r in records
+    ]
+
+
+def best_trials(records: list[dict]) -> tuple[list[dict], dict]:
+    """The records the fits use (per LR-trial group only its best trial, or its failures when
+    none finished) and a summary of the trials per group (fit.json ``lr_trials``)."""
+    records = mark_best(records)
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get("group") is not None:
+            groups.setdefault(r["group"], []).append(r)
+    keep = [
+        r
+        for r in records
+        if r.get("group") is None or r["best"] or not any(_ok(q) for q in groups[r["group"]])
+    ]
+    summary, warnings = {}, []
+    for g, trials in groups.items():
+        trials = sorted(trials, key=lambda r: r.get("lr_mult") or 0)
+        best = next((r for r in trials if r["best"]), None)
+        summary[g] = {
+            "best": best["name"] if best else None,
+            "best_lr": best["lr"] if best else None,
+            "best_lr_mult": best["lr_mult"] if best else None,
+            "trials": [
+                {
+                    "name": r["name"],
+                    "lr_mult": r.get("lr_mult"),
+                    "lr": r.get("lr"),
+                    "status": r.get("status"),
+                    "val_loss": r.get("val_loss"),
+                }  # fmt: skip
+                for r in trials
+            ],
+        }
+        mults = [r.get("lr_mult") for r in trials]
+        if best and len(mults) > 1 and best["lr_mult"] in (min(mults), max(mults)):
+            edge = "largest" if best["lr_mult"] == max(mults) else "smallest"
+            warnings.append(
+                f"{g}: the best LR (x{best['lr_mult']:g}) is the {edge} of lr_grid; the optimum "
+                "may lie outside it: widen lr_grid"
+            )
+    return keep, {"groups": summary, "warnings": warnings} if groups else {}
 
 
 def _record(
@@ -419,6 +556,11 @@ def _record(
         "flops": float(flops_per_token_algorithmic(m, p.cfg.plan.seq_len) * tokens),
         "steps": summary.get("steps"),
         "lr": p.cfg.plan.lr,
+        "lr_mode": "mup" if p.cfg.model.mup is not None else ("tuned" if p.group else "fixed"),
+        "group": p.group,
+        "lr_mult": p.lr_mult,
+        "global_batch_seqs": p.cfg.plan.global_batch_seqs,
+        "warmup_steps": p.cfg.plan.warmup_steps,
         "val_loss": float(val) if val is not None else None,
         "train_loss": summary.get("loss"),
         "wall_s": wall_s,
@@ -640,6 +782,7 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
     if not records:
         raise CgptError(f"{str(out)!r} has no results yet; run `cgpt sweep SWEEP.yaml`")
     _check_same_data(records)
+    records, trials = best_trials(records)
     fit = fit_results(
         records,
         kind=meta.get("kind", "tokens_per_param"),
@@ -647,6 +790,9 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
         n_boot=n_boot,
     )
     fit["sweep"] = meta.get("name")
+    if trials:
+        fit["lr_trials"] = trials
+        fit["warnings"] += trials["warnings"]
     write_text_atomic(out / "fit.json", json.dumps(fit, indent=1, default=float) + "\n")
     points = [
         {**r, "loss": r["val_loss"]}
@@ -707,6 +853,13 @@ def summarize_fit(fit: dict) -> list[str]:
             f"Chinchilla: L(N, D) = {ch['E']:.3f} + {ch['A']:.4g}/N^{ch['alpha']:.3f} + "
             f"{ch['B']:.4g}/D^{ch['beta']:.3f} (R² {ch['r2']:.4f})"
         )
+    for g, t in ((fit.get("lr_trials") or {}).get("groups") or {}).items():
+        tried = ", ".join(
+            f"x{r['lr_mult']:g}: " + (f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-")
+            for r in t["trials"]
+        )
+        best = f"best x{t['best_lr_mult']:g} (lr {t['best_lr']:.3g})" if t["best"] else "none ok"
+        lines.append(f"lr trials {g}: {tried}; {best}")
     for w in fit.get("warnings", []):
         lines.append(f"warning: {w}")
     return lines
