@@ -25,7 +25,7 @@ import yaml
 from cgpt.model.errors import CgptError
 from cgpt.train.config import RUN_CONFIG, config_diff
 from cgpt.train.loop import checkpoint as ckpt
-from cgpt.train.loop.universal import UNIVERSAL, needs_universal, saved_topology
+from cgpt.train.loop.universal import UNIVERSAL, needs_universal, ranks_text, saved_topology
 from cgpt.train.loop.universal import published as universal_published
 
 # runtime keys whose change makes a checkpoint unusable (the rest may change on --resume;
@@ -148,15 +148,11 @@ def find_resume_point(
         if universal_published(point.folder) is None:
             how = f"converting it once into {point.folder / UNIVERSAL}"
         point.warnings.append(
-            f"checkpoint {point.folder.name} was written by {_ranks(ows)} with ZeRO stage "
-            f"{ostage}; resuming on {_ranks(world_size)} with ZeRO stage {zero_stage} "
+            f"checkpoint {point.folder.name} was written by {ranks_text(ows)} with ZeRO stage "
+            f"{ostage}; resuming on {ranks_text(world_size)} with ZeRO stage {zero_stage} "
             f"through DeepSpeed's universal checkpoint format ({how})"
         )
     return point
-
-
-def _ranks(n: int) -> str:
-    return f"{n} rank" if n == 1 else f"{n} ranks"
 
 
 def _named(root: Path, name: str) -> Path:

@@ -41,18 +41,24 @@ What changes and what does not:
   whole state), and neither does a same-topology resume.
 * The converter's and the universal loader's file reads go through the same restricted
   unpickler as ordinary resumes (``weights_only=True`` with DeepSpeed's plain data types
-  allowed by name; cgpt.train.loop.checkpoint).
+  allowed by name; cgpt.train.loop.checkpoint). The universal files need no new entries:
+  listed with torch.serialization.get_unsafe_globals_in_checkpoint over conversions from
+  ZeRO 1, 2 and 3 in fp32 and bf16, they hold tensors, numbers and containers, plus
+  ZeroStageEnum and LossScaler in ``optimizer_state.pt``, both allowed already.
 
-Three gaps between DeepSpeed 0.19's converter and its loaders are closed here, after the
-conversion, so one universal folder loads into every ZeRO stage:
+Gaps between DeepSpeed 0.19's converter and its loaders, closed here after the conversion
+(:func:`_complete_layout`) so that one universal folder loads into every ZeRO stage, and
+after the load (:func:`restore_param_groups`):
 
 * a ZeRO-3 engine looks for ``zero_pp_rank_0_mp_rank_00_model_states.pt``, a ZeRO-1/2 engine
   for ``mp_rank_00_model_states.pt``: both names exist (a hard link, else a copy);
-* a ZeRO-3 source writes no per-parameter ``step.pt`` (ZeRO-1/2 loaders need one) and a
-  ZeRO-1/2 source's ``optimizer_state.pt`` lacks the ``optimizer_state_dict`` a ZeRO-3
-  loader reads its step from: both are added from the other;
-* DeepSpeed's ZeRO-3 universal loader copies parameter group 0's hyperparameters (weight
-  decay, ...) into every group; :func:`restore_param_groups` puts each group's own back.
+* a ZeRO-1/2 source's ``optimizer_state.pt`` lacks the ``optimizer_state_dict`` a ZeRO-3
+  loader reads its step from; a ZeRO-3 source writes no per-parameter ``step.pt``, flat
+  tensors instead of ``{param: tensor of the parameter's shape}`` and no ``ds_version``,
+  all of which ZeRO-1/2 loaders need: each is added from the other files;
+* DeepSpeed's ZeRO-3 universal loader gives every parameter group group 0's
+  hyperparameters (weight decay ...) and one shared ``step`` tensor, which the fused AdamW
+  then advances once per group and step: each group gets its own back.
 """
 
 from __future__ import annotations
@@ -101,15 +107,19 @@ def needs_universal(folder: Path, saved: tuple[int, int], world_size: int, zero_
     if old_stage == zero_stage and (old_ws == world_size or zero_stage == 0):
         return False  # the same layout, or ZeRO-0 (every rank holds the whole state)
     if 0 in (old_stage, zero_stage):
+        fix = "runtime.zero_stage=0" if old_stage == 0 else "runtime.zero_stage 1, 2 or 3"
         raise CgptError(
-            f"checkpoint {folder} was written by {old_ws} ranks with ZeRO stage {old_stage}; "
-            f"this run has {world_size} ranks with ZeRO stage {zero_stage}. DeepSpeed converts "
-            "only between ZeRO stages 1-3 (a ZeRO-0 checkpoint keeps the optimizer in its "
-            "model file, which ds_to_universal does not read, and ZeRO-0 has no universal "
-            f"loader): resume with runtime.zero_stage={old_stage}"
-            + (f" on {old_ws} ranks" if old_stage else "")
+            f"checkpoint {folder} was written by {ranks_text(old_ws)} with ZeRO stage "
+            f"{old_stage}; this run has {ranks_text(world_size)} with ZeRO stage {zero_stage}. "
+            "DeepSpeed converts only between ZeRO stages 1-3 (a ZeRO-0 checkpoint keeps the "
+            "optimizer in its model file, which ds_to_universal does not read, and ZeRO-0 "
+            f"has no universal loader): resume with {fix}, on any number of ranks"
         )
     return True
+
+
+def ranks_text(n: int) -> str:
+    return f"{n} rank" if n == 1 else f"{n} ranks"
 
 
 # ---------------------------------------------------------------------------- restricted reads
@@ -249,6 +259,12 @@ def ensure_universal(folder: Path, rank: int, device: torch.device) -> Path:
             error = CgptError(
                 f"could not write the universal conversion of {folder}: "
                 f"{ckpt._write_failure(e, folder.parent)}; nothing else was written"
+            )
+        except Exception as e:  # noqa: BLE001 - every rank must hear of it, not just rank 0
+            error = CgptError(
+                f"could not convert checkpoint {folder} to the universal format "
+                f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "resume with the world size and ZeRO stage that wrote it"
             )
     barrier()  # the others wait for rank 0 (bounded by the collective timeout)
     if all_sum([float(error is not None)], device)[0]:
