@@ -394,3 +394,18 @@ def test_tuned_and_mup_points_plan(tmp_path, data):
     own["sizes"][0]["lr"] = 1e-3
     with pytest.raises(CgptError, match="remove the sizes' lr"):
         parse_sweep(own)
+
+
+def test_ready_tuned_config_plans():
+    """configs/sweep-cpu-tuned.yaml: 4 sizes x 3 LR trials, warmup = params tokens, and the
+    non-embedding part is a large share of every size (the header's 40-67%)."""
+    from cgpt.model.sizes import num_non_embedding_params, num_params
+
+    sweep = load_sweep(Path(__file__).parents[1] / "configs" / "sweep-cpu-tuned.yaml")
+    points = plan_points(sweep, 512)
+    assert sweep.lr == "tuned" and len(points) == 12 and len({p.group for p in points}) == 4
+    for p in points:
+        m, pl = p.cfg.model, p.cfg.plan
+        assert num_non_embedding_params(m) >= 0.4 * num_params(m)
+        assert pl.warmup_steps == -(-num_params(m) // pl.global_batch_tokens)
+        assert pl.warmup_steps < 0.1 * pl.steps
