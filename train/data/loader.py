@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,11 +135,13 @@ class TokenLoader:
         self.position = 0  # windows of the current epoch already consumed (globally)
         self.samples_seen = 0  # windows consumed since the start, over all epochs
         self.order = ORDER  # 1 for a run resumed from a state saved before order 2
-        self._order_epoch, self._order = -1, None
-        self._ahead = None  # order 2: (epoch, G, share, first start, rows of indices)
+        self._order_epoch = -1
+        self._order: Any = None  # this epoch's WindowOrder (order 2) or permutation (1)
+        # order 2: (epoch, G, share, first start, rows of indices)
+        self._ahead: tuple[int, int, int, int, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ the global stream
-    def _epoch_order(self, epoch: int):
+    def _epoch_order(self, epoch: int) -> Any:
         """Epoch ``epoch``'s order: a WindowOrder (order 2) or a permutation array (1)."""
         if epoch != self._order_epoch:
             if self.order == 1:
