@@ -56,51 +56,100 @@ def register(subparsers) -> None:
     from cgpt.train.eval.paper import SUITES
 
     p = subparsers.add_parser(
-        "eval", help="evaluate a model with lm-evaluation-harness / held-out bits per byte",
+        "eval",
+        help="evaluate a model with lm-evaluation-harness / held-out bits per byte",
         description="Evaluate any cgpt model (or Hugging Face GPT-2 folder) the way the "
-                    "Cerebras-GPT paper did: lm-evaluation-harness tasks, side by side with "
-                    "the paper's table, and held-out loss comparable across tokenizers.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", metavar="SRC",
-                   help="model file, run folder, checkpoint folder, HF folder, or hf:NAME")
+        "Cerebras-GPT paper did: lm-evaluation-harness tasks, side by side with "
+        "the paper's table, and held-out loss comparable across tokenizers.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "src",
+        metavar="SRC",
+        help="model file, run folder, checkpoint folder, HF folder, or hf:NAME",
+    )
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--suite", choices=sorted(SUITES),
-                       help="a named task suite (default when neither --tasks nor --data: "
-                            "cerebras-gpt)")
-    which.add_argument("--tasks", metavar="T1,T2",
-                       help="comma-separated lm-eval task names (suite names allowed)")
-    p.add_argument("--include-path", metavar="DIR",
-                   help="folder of your own lm-eval task YAML files")
-    p.add_argument("--num-fewshot", type=int, metavar="N",
-                   help="few-shot examples per question (the paper: 0 and 5; default: the "
-                        "task's own, 0 for the paper's tasks)")
-    p.add_argument("--limit", type=_limit, metavar="N",
-                   help="evaluate only the first N examples of each task (a fraction if < 1)")
-    p.add_argument("--batch-size", type=_batch, default=16, metavar="B",
-                   help="lm-eval batch size, an integer or auto (default 16); for --data: "
-                        "sequences per forward pass")
-    p.add_argument("--device", metavar="D", help="cpu, cuda, cuda:1 ... (default: cuda if "
-                                                 "available, else cpu)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="evaluate in this dtype (default: as stored)")
-    p.add_argument("--tokenizer", metavar="DIR",
-                   help="tokenizer folder (default: the run's, or the HF folder's own)")
+    which.add_argument(
+        "--suite",
+        choices=sorted(SUITES),
+        help="a named task suite (default when neither --tasks nor --data: cerebras-gpt)",
+    )
+    which.add_argument(
+        "--tasks", metavar="T1,T2", help="comma-separated lm-eval task names (suite names allowed)"
+    )
+    p.add_argument(
+        "--include-path", metavar="DIR", help="folder of your own lm-eval task YAML files"
+    )
+    p.add_argument(
+        "--num-fewshot",
+        type=int,
+        metavar="N",
+        help="few-shot examples per question (the paper: 0 and 5; default: the "
+        "task's own, 0 for the paper's tasks)",
+    )
+    p.add_argument(
+        "--limit",
+        type=_limit,
+        metavar="N",
+        help="evaluate only the first N examples of each task (a fraction if < 1)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_batch,
+        default=16,
+        metavar="B",
+        help="lm-eval batch size, an integer or auto (default 16); for --data: "
+        "sequences per forward pass",
+    )
+    p.add_argument(
+        "--device", metavar="D", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="evaluate in this dtype (default: as stored)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        metavar="DIR",
+        help="tokenizer folder (default: the run's, or the HF folder's own)",
+    )
     p.add_argument("--out", metavar="FILE", help="write the results JSON here")
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
-    p.add_argument("--compare-paper", metavar="SIZE",
-                   help="compare with this published size's row (111M ... 13B) even when the "
-                        "shape does not match")
-    p.add_argument("--data", metavar="DATA_DIR",
-                   help="prepared data folder: held-out nats/token and bits/byte")
-    p.add_argument("--split", default="val", choices=["val", "train"],
-                   help="split of --data (default val)")
-    p.add_argument("--seq-len", type=int, metavar="N",
-                   help="window length for --data (default: the model's n_positions)")
-    p.add_argument("--bootstrap-iters", type=int, default=100000, metavar="N",
-                   help="lm-eval's bootstrap iterations for stderrs of non-mean metrics "
-                        "(default 100000 as lm-eval; 0 skips them)")
-    p.add_argument("--seed", type=int, default=1234, metavar="N",
-                   help="seed that picks the few-shot examples (default 1234 as lm-eval)")
+    p.add_argument(
+        "--compare-paper",
+        metavar="SIZE",
+        help="compare with this published size's row (111M ... 13B) even when the "
+        "shape does not match",
+    )
+    p.add_argument(
+        "--data", metavar="DATA_DIR", help="prepared data folder: held-out nats/token and bits/byte"
+    )
+    p.add_argument(
+        "--split", default="val", choices=["val", "train"], help="split of --data (default val)"
+    )
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        metavar="N",
+        help="window length for --data (default: the model's n_positions)",
+    )
+    p.add_argument(
+        "--bootstrap-iters",
+        type=int,
+        default=100000,
+        metavar="N",
+        help="lm-eval's bootstrap iterations for stderrs of non-mean metrics "
+        "(default 100000 as lm-eval; 0 skips them)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1234,
+        metavar="N",
+        help="seed that picks the few-shot examples (default 1234 as lm-eval)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show lm-eval's logging")
     p.set_defaults(func=run)
 
@@ -118,13 +167,26 @@ def run(args) -> int:
         tasks = [] if args.data else [SUITE]
     if args.seq_len is not None and args.seq_len <= 0:
         raise CgptError(f"--seq-len must be positive, got {args.seq_len}")
-    req = EvalRequest(src=args.src, tasks=tasks, include_path=args.include_path,
-                      num_fewshot=args.num_fewshot, limit=args.limit,
-                      batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-                      tokenizer=args.tokenizer, out=args.out, force=args.force,
-                      compare_paper=args.compare_paper, data=args.data, split=args.split,
-                      seq_len=args.seq_len, bootstrap_iters=args.bootstrap_iters,
-                      fewshot_seed=args.seed, verbose=args.verbose)
+    req = EvalRequest(
+        src=args.src,
+        tasks=tasks,
+        include_path=args.include_path,
+        num_fewshot=args.num_fewshot,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        tokenizer=args.tokenizer,
+        out=args.out,
+        force=args.force,
+        compare_paper=args.compare_paper,
+        data=args.data,
+        split=args.split,
+        seq_len=args.seq_len,
+        bootstrap_iters=args.bootstrap_iters,
+        fewshot_seed=args.seed,
+        verbose=args.verbose,
+    )
     report = run_eval(req)
     print(format_report(report))
     if args.out:

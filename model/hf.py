@@ -466,7 +466,7 @@ def export_hf(
         del hf_sd
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "generation_config.json", gen)
-        if tokenizer_dir is not None:
+        if tokenizer_dir is not None and tok is not None:  # tok is read from tokenizer_dir
             _write_tokenizer(Path(tokenizer_dir), tmp, tok, model.config.n_positions)
         if verify:
             if _transformers_available():
