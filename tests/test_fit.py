@@ -95,6 +95,28 @@ def test_isoflop_recovers_chinchilla_allocation():
     assert all(x["bracketed"] for x in iso["budgets"])
 
 
+def test_isoflop_tokens_per_param_comes_with_an_interval():
+    """Budget + residual bootstrap: the 95% interval contains the point estimate, has width,
+    widens with noise, and holds the law's own D/N at the budgets' geometric-mean compute."""
+    quiet = fit_isoflop(_isoflop_groups(noise=0.001))["tokens_per_param_ci95"]
+    noisy = fit_isoflop(_isoflop_groups(noise=0.01))
+    lo, hi = noisy["tokens_per_param_ci95"]["interval"]
+    assert lo < noisy["tokens_per_param"] < hi
+    qlo, qhi = quiet["interval"]
+    assert 0 < qhi - qlo < hi - lo
+    a, b = CHIN["alpha"], CHIN["beta"]
+    mid = float(np.exp(np.mean(np.log([1e17, 1e18, 1e19, 1e20]))))
+    law = chinchilla_tokens_per_param(
+        {
+            "n_opt_coefficient": (a * CHIN["A"] / (b * CHIN["B"])) ** (1 / (a + b)),
+            "n_opt_exponent": b / (a + b),
+        },
+        mid,
+    )
+    assert qlo * 0.8 < law < qhi * 1.25  # the 3-point windows make the parabolas approximate
+    assert "_points" not in noisy["budgets"][0]
+
+
 def test_chinchilla_approach3_recovers_parameters():
     pts = [p for g in _isoflop_groups(noise=0.001).values() for p in g]
     fit = fit_chinchilla(

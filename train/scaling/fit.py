@@ -334,7 +334,43 @@ def fit_isoflop_budget(
         bracketed=bool(lx.min() <= x_opt <= lx.max()),
     )
     out["tokens_per_param"] = out["d_opt"] / out["n_opt"]
+    # kept for the bootstrap of fit_isoflop (not written to fit.json)
+    out["_points"] = (lx, y, np.polyval(coef, lx), d_line)
     return out
+
+
+ISOFLOP_DRAWS = 1000  # bootstrap draws for the tokens/param interval
+
+
+def _isoflop_tpp_interval(budgets: list[dict], seed: int = 0) -> dict[str, Any]:
+    """95% interval of the IsoFLOP tokens/param (the geometric mean over budgets).
+
+    Each draw resamples the budgets (with replacement) and, inside each, the residuals of
+    its parabola (a parabola through exactly 3 sizes has none, so only the budget
+    resampling moves it), refits the parabolas and takes the geometric mean of D/N at their
+    vertices. Draws whose parabola stops curving upward are dropped and counted.
+    """
+    rng = np.random.default_rng(seed)
+    k, out, dropped = len(budgets), [], 0
+    for _ in range(ISOFLOP_DRAWS):
+        tpps = []
+        for i in rng.integers(0, k, k):
+            lx, y, fitted, d_line = budgets[i]["_points"]
+            resid = y - fitted
+            y_star = fitted + rng.choice(resid, len(resid), replace=True)
+            coef = np.polyfit(lx, y_star, 2)
+            if coef[0] <= 0:
+                break
+            x_opt = -coef[1] / (2 * coef[0])
+            tpps.append(10 ** (np.polyval(d_line, x_opt) - x_opt))
+        if len(tpps) < k:
+            dropped += 1
+            continue
+        out.append(float(np.exp(np.mean(np.log(tpps)))))
+    if len(out) < ISOFLOP_DRAWS // 2:
+        return {"interval": None, "draws": len(out), "dropped": dropped}
+    lo, hi = np.percentile(out, [2.5, 97.5])
+    return {"interval": [float(lo), float(hi)], "draws": len(out), "dropped": dropped}
 
 
 def _power_law(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -388,11 +424,14 @@ def fit_isoflop(groups: dict[float, list[dict]]) -> dict[str, Any]:
         # trend D/N ∝ C^(β-α) is recorded beside it for extrapolation
         tokens_per_param=float(np.exp(np.mean(np.log(tpp)))),
         tokens_per_param_range=[float(tpp.min()), float(tpp.max())],
+        tokens_per_param_ci95=_isoflop_tpp_interval(budgets),
         tokens_per_param_law={
             "coefficient": d_law["coefficient"] / n_law["coefficient"],
             "exponent": d_law["exponent"] - n_law["exponent"],
         },
     )
+    for b in budgets:
+        b.pop("_points", None)
     return out
 
 

@@ -183,7 +183,12 @@ def plot_isoflop(points: list[dict], fit: dict, path: str | os.PathLike, title: 
             " ",
             label=f"tokens/param at optimum ≈ {iso['tokens_per_param']:.1f} "
             f"(range {iso['tokens_per_param_range'][0]:.1f}–"
-            f"{iso['tokens_per_param_range'][1]:.1f})",
+            f"{iso['tokens_per_param_range'][1]:.1f}"
+            + (
+                f"; 95% CI {ci[0]:.1f}–{ci[1]:.1f})"
+                if (ci := (iso.get("tokens_per_param_ci95") or {}).get("interval"))
+                else ")"
+            ),
         )
         ax2.legend(fontsize=8)
     else:

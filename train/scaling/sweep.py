@@ -642,6 +642,10 @@ def run_point(p: Point, out: Path, did: str, log=print) -> dict:
     return _record(p, "failed", did, reason=_failure_reason(log_path, rc), wall_s=wall)
 
 
+def _interval_text(interval) -> str:
+    return f" (95% interval {interval[0]:.1f}-{interval[1]:.1f})" if interval else ""
+
+
 def _check_unchanged(out: Path, points: list[Point]) -> None:
     """A sweep folder's finished points must still match the sweep file: else refuse."""
     for p in points:
@@ -846,6 +850,7 @@ def summarize_fit(fit: dict) -> list[str]:
         lines.append(
             f"IsoFLOP: N_opt ∝ C^{iso['alpha']:.3f}, D_opt ∝ C^{iso['beta']:.3f}, "
             f"tokens/param at the optimum ≈ {iso['tokens_per_param']:.1f}"
+            + _interval_text((iso.get("tokens_per_param_ci95") or {}).get("interval"))
         )
     ch = fit.get("chinchilla") or {}
     if "E" in ch:
