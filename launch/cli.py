@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "cgpt.launch.cmd_mup",  # mup coord-check, mup transfer
     "cgpt.launch.cmd_export",  # export, import-hf
     "cgpt.launch.cmd_eval",  # eval
+    "cgpt.launch.cmd_branch",  # branch
 ]
 
 

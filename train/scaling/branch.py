@@ -1,0 +1,137 @@
+"""One run, many budgets: cooldown branches of a warmup-stable-decay run.
+
+A WSD run holds its peak LR until its last ``cooldown_fraction`` of steps, so up to any
+step k before its own cooldown it is, step for step, the same run as a WSD run of fewer
+steps whose cooldown starts at k (Hägele et al. 2024, arXiv 2405.18392; OLMo-core's WSD-S).
+``make_branch(STABLE_RUN, k, OUT)`` turns the stable run's checkpoint ``step-k`` into the
+start of such a shorter run in its own folder: the branch's plan ends where a cooldown of
+``fraction`` of its schedule begins at k; model, optimizer, RNG and data position come from
+the checkpoint (hard links, no copy), the metrics rows up to k from the stable run.
+``cgpt train OUT --resume`` then trains only the cooldown, and the branch equals a
+dedicated WSD run of its length bitwise. Each branch is one sweep point at the price of
+its cooldown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from cgpt.model.errors import CgptError
+from cgpt.train.config import RUN_CONFIG, BatchPhase, PlanSection, RunConfig, load_run_config
+from cgpt.train.lock import FolderLock
+from cgpt.train.loop import checkpoint as ckpt
+from cgpt.train.loop.schedule import cooldown_steps, lr_at
+
+BRANCH_FILE = "branch.json"
+
+
+def _phase(plan: PlanSection, steps: int, fraction: float) -> BatchPhase:
+    return BatchPhase(
+        global_batch_seqs=plan.global_batch_seqs,
+        steps=steps,
+        warmup_steps=plan.warmup_steps,
+        decay_steps=steps - plan.warmup_steps,
+        decay="wsd",
+        cooldown_fraction=fraction,
+    )
+
+
+def branch_plan(plan: PlanSection, step: int, fraction: float) -> PlanSection:
+    """The plan of a WSD run whose cooldown (``fraction`` of its schedule) starts at ``step``
+    or, where rounding allows no exact start, at the first step after it."""
+    if plan.batch_schedule:
+        raise CgptError("branches need a one-phase plan (this one has a batch_schedule)")
+    if not 0 < fraction < 1:
+        raise CgptError(f"--cooldown-fraction must be in (0, 1), got {fraction}")
+    if step <= plan.warmup_steps:
+        raise CgptError(f"step {step} is inside the warmup ({plan.warmup_steps} steps)")
+    total = step + 1
+    while total - cooldown_steps(_phase(plan, total, fraction)) < step:
+        total += 1
+    old = plan.model_dump()
+    scale = total / plan.steps
+    return PlanSection(
+        **{
+            **old,
+            "name": f"{plan.name}-branch{step}",
+            "steps": total,
+            "tokens": total * plan.global_batch_tokens,
+            "decay": "wsd",
+            "decay_steps": total - plan.warmup_steps,
+            "cooldown_fraction": fraction,
+            "tokens_per_param": round(total * plan.global_batch_tokens / plan.params, 4),
+            "train_flops": plan.train_flops * scale if plan.train_flops else None,
+            "predicted_loss": None,
+        }
+    )
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard links where the filesystem allows (a checkpoint is large), else copies."""
+    for f in src.rglob("*"):
+        target = dst / f.relative_to(src)
+        if f.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copy2(f, target)
+
+
+def make_branch(
+    stable: str | os.PathLike, step: int, out: str | os.PathLike, fraction: float = 0.2
+) -> RunConfig:
+    """Create the branch folder ``out`` from the stable run's checkpoint ``step-<step>``;
+    returns its run config. Checks everything before writing anything."""
+    stable, out = Path(stable).resolve(), Path(out).resolve()
+    cfg = load_run_config(stable)
+    plan = cfg.plan
+    if plan.decay != "wsd":
+        raise CgptError(
+            f"{stable} is not a warmup-stable-decay run (plan.decay is {plan.decay!r}); "
+            "plan the stable run with --decay wsd"
+        )
+    folder = stable / "checkpoints" / ckpt.tag_for(step)
+    have = ", ".join(p.name for _, p in ckpt.published(stable / "checkpoints")) or "none"
+    if not (folder / ckpt.COMPLETE).is_file():
+        raise CgptError(f"{stable} has no complete checkpoint step-{step} (have: {have})")
+    why = ckpt.problem(folder)
+    if why:
+        raise CgptError(f"checkpoint {folder} is unusable ({why})")
+    if any(lr_at(plan, i) != plan.lr for i in range(plan.warmup_steps, step)):
+        raise CgptError(
+            f"the stable run was already cooling down before step {step}: branch from a "
+            "checkpoint inside its stable phase"
+        )
+    new = branch_plan(plan, step, fraction)
+    if out.exists():
+        raise CgptError(f"{out} already exists; choose a new folder for the branch")
+    branch = cfg.model_copy(
+        update={"plan": new, "runtime": cfg.runtime.model_copy(update={"out_dir": str(out)})}
+    )
+    with FolderLock(out, "branch folder"):
+        _link_tree(folder, out / "checkpoints" / folder.name)
+        branch.save(out / RUN_CONFIG)
+        rows = []
+        metrics = stable / "metrics.jsonl"
+        if metrics.is_file():
+            rows = [
+                r
+                for r in metrics.read_text().splitlines()
+                if r.strip() and json.loads(r).get("step", 0) <= step
+            ]
+        (out / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
+        info = {
+            "parent": str(stable),
+            "step": step,
+            "cooldown_fraction": fraction,
+            "steps": new.steps,
+            "tokens": new.tokens,
+        }
+        (out / BRANCH_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    return branch
