@@ -134,7 +134,11 @@ def test_sigterm_saves_and_the_printed_command_resumes_this_run(tmp_path, data):
     assert not (tmp_path / "default-out").exists() and not any(other_cwd.iterdir())
     straight = _train(d, out_dir=str(tmp_path / "straight"), max_steps=upto)
     assert straight["steps"] == upto
-    assert losses(out_dir) == losses(tmp_path / "straight")
+    # three processes (interrupted, resumed, this one): equal to float noise. Seen once in
+    # CI: 1e-7 differences after the resume only, not reproduced locally (CPU math libraries
+    # may pick their threading per process). Bitwise resume is asserted in-process by
+    # test_resume_is_bitwise_exact and the tests below.
+    assert losses(out_dir) == pytest.approx(losses(tmp_path / "straight"), rel=0, abs=1e-6)
 
 
 @pytest.mark.slow  # bf16 engine build and two runs: ~20 s
