@@ -72,6 +72,7 @@ def test_bench_json_side_by_side(tiny_yaml, capsys):
     assert all(5.5 < v < 7.0 for v in r["final_loss"].values())
 
 
+@pytest.mark.slow  # a DeepSpeed engine benchmark run
 def test_bench_text_fp32_and_bad_input(tiny_yaml, capsys):
     assert (
         cli_main(

@@ -903,6 +903,7 @@ def _clean_env() -> dict:
     return env
 
 
+@pytest.mark.slow  # a fresh process importing lm-eval
 def test_errors_are_one_line_in_a_real_process(world, random_model, tmp_path):
     """The same as the in-process checks, through the installed `cgpt` (no traceback, no
     library noise on stderr)."""
@@ -934,6 +935,7 @@ def test_errors_are_one_line_in_a_real_process(world, random_model, tmp_path):
     assert not (tmp_path / "o.json").exists()
 
 
+@pytest.mark.slow  # two trainings with lm-eval inside
 def test_in_loop_eval_rows_at_the_right_steps_and_not_repeated_on_resume(world, tmp_path):
     """runtime.eval_tasks: rank 0 runs lm-eval at every evaluation; the rows land in
     metrics.jsonl with the val loss, and a resumed run does not write them twice."""
