@@ -117,6 +117,23 @@ def test_isoflop_tokens_per_param_comes_with_an_interval():
     assert "_points" not in noisy["budgets"][0]
 
 
+def test_isoflop_exponents_come_with_intervals():
+    """Bootstrap over budgets: the 95% intervals of α and β hold the law's
+    β/(α+β) and α/(α+β) (Hoffmann et al. eq. 4), contain the point estimates, and widen
+    with noise; a one-budget draw has no slope and is counted as dropped."""
+    a, b = CHIN["alpha"], CHIN["beta"]
+    quiet = fit_isoflop(_isoflop_groups(noise=0.002))
+    noisy = fit_isoflop(_isoflop_groups(noise=0.01))
+    for iso in (quiet, noisy):
+        for key, truth in (("alpha", b / (a + b)), ("beta", a / (a + b))):
+            lo, hi = iso[f"{key}_ci95"]["interval"]
+            assert lo < iso[key] < hi and lo < truth < hi, (key, lo, truth, hi)
+        assert iso["alpha_ci95"]["dropped"] >= iso["tokens_per_param_ci95"]["dropped"]
+    qlo, qhi = quiet["alpha_ci95"]["interval"]
+    nlo, nhi = noisy["alpha_ci95"]["interval"]
+    assert 0 < qhi - qlo < nhi - nlo
+
+
 def test_chinchilla_approach3_recovers_parameters():
     pts = [p for g in _isoflop_groups(noise=0.001).values() for p in g]
     fit = fit_chinchilla(

@@ -332,22 +332,34 @@ def fit_isoflop_budget(
     return out
 
 
-ISOFLOP_DRAWS = 1000  # bootstrap draws for the tokens/param interval
+ISOFLOP_DRAWS = 1000  # bootstrap draws for the tokens/param and exponent intervals
 
 
-def _isoflop_tpp_interval(budgets: list[dict], seed: int = 0) -> dict[str, Any]:
-    """95% interval of the IsoFLOP tokens/param (the geometric mean over budgets).
+def _interval(draws: list[float], dropped: int, need: int) -> dict[str, Any]:
+    if len(draws) < need:
+        return {"interval": None, "draws": len(draws), "dropped": dropped}
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return {"interval": [float(lo), float(hi)], "draws": len(draws), "dropped": dropped}
+
+
+def _isoflop_intervals(budgets: list[dict], seed: int = 0) -> dict[str, dict[str, Any]]:
+    """95% intervals of the IsoFLOP tokens/param (the geometric mean over budgets) and of
+    the exponents α (N_opt ∝ C^α) and β (D_opt ∝ C^β).
 
     Each draw resamples the budgets (with replacement) and, inside each, the residuals of
     its parabola (a parabola through exactly 3 sizes has none, so only the budget
-    resampling moves it), refits the parabolas and takes the geometric mean of D/N at their
-    vertices. Draws whose parabola stops curving upward are dropped and counted.
+    resampling moves it), refits the parabolas, takes the geometric mean of D/N at their
+    vertices and refits the two power laws through the vertices. Draws whose parabola stops
+    curving upward are dropped and counted; a draw that picked one budget only has no slope
+    (counted in the exponents' ``dropped``).
     """
     rng = np.random.default_rng(seed)
-    k, out, dropped = len(budgets), [], 0
+    k, tpp, alphas, betas = len(budgets), [], [], []
+    dropped = one_budget = 0
     for _ in range(ISOFLOP_DRAWS):
-        tpps = []
-        for i in rng.integers(0, k, k):
+        idx = rng.integers(0, k, k)
+        vertices = []  # (log10 C, log10 N_opt, log10 D_opt)
+        for i in idx:
             lx, y, fitted, d_line = budgets[i]["_points"]
             resid = y - fitted
             y_star = fitted + rng.choice(resid, len(resid), replace=True)
@@ -355,20 +367,29 @@ def _isoflop_tpp_interval(budgets: list[dict], seed: int = 0) -> dict[str, Any]:
             if coef[0] <= 0:
                 break
             x_opt = -coef[1] / (2 * coef[0])
-            tpps.append(10 ** (np.polyval(d_line, x_opt) - x_opt))
-        if len(tpps) < k:
+            vertices.append((math.log10(budgets[i]["budget"]), x_opt, np.polyval(d_line, x_opt)))
+        if len(vertices) < k:
             dropped += 1
             continue
-        out.append(float(np.exp(np.mean(np.log(tpps)))))
-    if len(out) < ISOFLOP_DRAWS // 2:
-        return {"interval": None, "draws": len(out), "dropped": dropped}
-    lo, hi = np.percentile(out, [2.5, 97.5])
-    return {"interval": [float(lo), float(hi)], "draws": len(out), "dropped": dropped}
+        lc, ln, ld = (np.array(v, dtype=float) for v in zip(*vertices))
+        tpp.append(float(10 ** np.mean(ld - ln)))  # geometric mean of D/N
+        if len(set(idx.tolist())) < 2:
+            one_budget += 1
+            continue
+        alphas.append(float(np.polyfit(lc, ln, 1)[0]))
+        betas.append(float(np.polyfit(lc, ld, 1)[0]))
+    need = ISOFLOP_DRAWS // 2
+    return {
+        "tokens_per_param": _interval(tpp, dropped, need),
+        "alpha": _interval(alphas, dropped + one_budget, need),
+        "beta": _interval(betas, dropped + one_budget, need),
+    }
 
 
 def fit_isoflop(groups: dict[float, list[dict]]) -> dict[str, Any]:
     """Approach 2 over budgets {C: [point, ...]} (points have params, tokens, loss)."""
-    budgets, skipped = [], []
+    budgets: list[dict] = []
+    skipped: list[dict] = []
     for c in sorted(groups):
         pts = groups[c]
         try:
@@ -392,20 +413,23 @@ def fit_isoflop(groups: dict[float, list[dict]]) -> dict[str, Any]:
             + _more(2, len(budgets), "budgets with a fitted optimum")
             + ("; " + "; ".join(s["reason"] for s in skipped) if skipped else "")
         )
-    c = np.array([b["budget"] for b in budgets])
-    n_law = _power_law(c, np.array([b["n_opt"] for b in budgets]))
-    d_law = _power_law(c, np.array([b["d_opt"] for b in budgets]))
+    cs = np.array([b["budget"] for b in budgets])
+    n_law = _power_law(cs, np.array([b["n_opt"] for b in budgets]))
+    d_law = _power_law(cs, np.array([b["d_opt"] for b in budgets]))
     tpp = np.array([b["tokens_per_param"] for b in budgets])
+    ci = _isoflop_intervals(budgets)
     out.update(
         alpha=n_law["exponent"],
         beta=d_law["exponent"],
+        alpha_ci95=ci["alpha"],
+        beta_ci95=ci["beta"],
         n_opt_law=n_law,
         d_opt_law=d_law,
         # the planner takes one number: the geometric mean over the budgets measured; the
         # trend D/N ∝ C^(β-α) is recorded beside it for extrapolation
         tokens_per_param=float(np.exp(np.mean(np.log(tpp)))),
         tokens_per_param_range=[float(tpp.min()), float(tpp.max())],
-        tokens_per_param_ci95=_isoflop_tpp_interval(budgets),
+        tokens_per_param_ci95=ci["tokens_per_param"],
         tokens_per_param_law={
             "coefficient": d_law["coefficient"] / n_law["coefficient"],
             "exponent": d_law["exponent"] - n_law["exponent"],
