@@ -33,25 +33,14 @@ def _tokenizer_train(args) -> int:
 def _named_inputs(values: list[str] | None) -> list[tuple[str | None, str]]:
     """``--input`` values -> (name, source): a plain SRC (name None: written to OUT; of
     several, the last) or NAME=SRC values (each written to OUT/NAME)."""
-    import re
-
-    from cgpt.model.errors import CgptError
+    from cgpt.train.cli_args import named_values, split_name
 
     values = values or ["stdlib"]
-    named = [re.fullmatch(r"([A-Za-z0-9_.-]+)=(.+)", v) for v in values]
-    if not any(named):  # plain SRC values: the last one counts (as before --input repeated)
+    if not any(split_name(v) for v in values):  # plain SRC values: the last one counts
         return [(None, values[-1])]
-    bad = [v for v, m in zip(values, named) if not m]
-    if bad:
-        raise CgptError(
-            f"--input {bad[0]!r}: with several inputs each is NAME=SRC (written to OUT/NAME), "
-            "e.g. --input web=data/web.jsonl --input code=hf:codeparrot/github-code"
-        )
-    names = [m.group(1) for m in named]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise CgptError(f"--input names must be unique; repeated: {', '.join(dup)}")
-    return [(m.group(1), m.group(2)) for m in named]
+    example = "--input web=data/web.jsonl --input code=hf:codeparrot/github-code"
+    form = "NAME=SRC with several inputs (each written to OUT/NAME)"
+    return list(named_values(values, "--input", form, example))
 
 
 def _prepare(args) -> int:
@@ -87,8 +76,9 @@ def _prepare(args) -> int:
                 f"note: {meta['replacement_chars']:,} undecodable bytes were replaced by "
                 "U+FFFD (recorded in meta.json)"
             )
-    if inputs[0][0] is not None:
-        spec = ",".join(f"{n}={Path(args.out) / n}:1" for n, _ in inputs)
+    names = [n for n, _ in inputs if n is not None]
+    if names:
+        spec = ",".join(f"{n}={Path(args.out) / n}:1" for n in names)
         print(f"mix them: cgpt plan ... --write run.yaml --data {spec} (set the weights)")
     return 0
 

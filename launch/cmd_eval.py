@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from cgpt.model.errors import CgptError
+from cgpt.train.cli_args import check_positive
 
 EPILOG = """\
 SRC is a cgpt model file, a run folder, a checkpoint folder (RUN/checkpoints/step-N), a
@@ -165,8 +165,8 @@ def run(args) -> int:
         tasks = [args.suite]
     else:
         tasks = [] if args.data else [SUITE]
-    if args.seq_len is not None and args.seq_len <= 0:
-        raise CgptError(f"--seq-len must be positive, got {args.seq_len}")
+    if args.seq_len is not None:
+        check_positive(args.seq_len, "--seq-len", integer=True)
     req = EvalRequest(
         src=args.src,
         tasks=tasks,

@@ -26,38 +26,13 @@ from cgpt.model.sizes import (
     num_non_embedding_params,
     num_params,
 )
+from cgpt.train.cli_args import data_spec
 from cgpt.train.config import BatchPhase, DataSection, PlanSection, RunConfig, RuntimeSection
 from cgpt.train.loop.schedule import cooldown_steps
 from cgpt.train.plan import rules as R
 from cgpt.train.plan.batch import split_batch
 from cgpt.train.plan.devices import Device
 from cgpt.train.plan.memory import MemoryEstimate, fit_micro_batch
-
-
-def data_spec(text: str) -> dict:
-    """``--data``: a folder (``{"path": DIR}``) or a mixture ``NAME=DIR:WEIGHT,...``
-    (``{"sources": [{name, path, weight}, ...]}``; a DIR may hold ':' but not ',')."""
-    if "=" not in text:
-        return {"path": text}
-    sources = []
-    for item in text.split(","):
-        name, eq, rest = item.partition("=")
-        path, colon, weight = rest.rpartition(":")
-        try:
-            w = float(weight)
-        except ValueError:
-            w = None
-        if not (eq and colon and name.strip() and path) or w is None:
-            raise CgptError(
-                f"--data {text!r}: expected a folder or NAME=DIR:WEIGHT,... "
-                f"(e.g. web=data/web:0.7,code=data/code:0.3); cannot read {item!r}"
-            )
-        if not (math.isfinite(w) and w > 0):
-            raise CgptError(
-                f"--data: source {name.strip()!r} has weight {weight}; weights must be > 0"
-            )
-        sources.append({"name": name.strip(), "path": path, "weight": w})
-    return {"sources": sources}
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,12 @@ call :func:`plan` directly::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB
+from cgpt.train.cli_args import check_positive
 from cgpt.train.plan import planner as P
 from cgpt.train.plan.devices import Device, get_device
 from cgpt.train.plan.rules import SEQ_LEN, load_fit
@@ -102,9 +102,10 @@ def plan(req: PlanRequest) -> P.Plan:
     inference = _inference(req)
     fit = load_fit(req.fit) if req.fit else None
     device = req.device
-    for name, v in (("--batch-seqs", req.batch_seqs), ("--lr", req.lr)):
-        if v is not None and not (v > 0 and math.isfinite(v)):
-            raise CgptError(f"{name} must be positive, got {v}")
+    if req.batch_seqs is not None:
+        check_positive(req.batch_seqs, "--batch-seqs", integer=True)
+    if req.lr is not None:
+        check_positive(req.lr, "--lr")
     kw = dict(
         tokens_per_param=req.tokens_per_param,
         fit=fit,
@@ -298,8 +299,8 @@ def gpu_count(req: PlanRequest) -> int | None:
     """Total GPUs from --gpus or --nodes × --gpus-per-node (they must agree)."""
     for name in ("gpus", "nodes", "gpus_per_node"):
         v = getattr(req, name)
-        if v is not None and v <= 0:
-            raise CgptError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+        if v is not None:
+            check_positive(v, f"--{name.replace('_', '-')}", integer=True)
     if req.nodes or req.gpus_per_node:
         total = (req.nodes or 1) * (req.gpus_per_node or 1)
         if req.gpus and req.gpus != total:
