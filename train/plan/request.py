@@ -46,7 +46,7 @@ class PlanRequest:
     lr: float | None = None
     decay: str | None = None  # linear | cosine | wsd (default: the family's rule)
     cooldown_fraction: float | None = None  # wsd only (default 0.2)
-    recipe: str = "cerebras"  # batch/LR laws: cerebras | deepseek (cgpt.train.plan.rules)
+    recipe: str = "cerebras"  # batch/LR laws: one of rules.RECIPE_NAMES (cgpt.train.plan.recipes)
     param_count: str = "total"  # N in tokens = tokens_per_param × N: total | non-embedding
     mup: bool = False
     gpu: str | None = None

@@ -338,7 +338,7 @@ def _check_line(pred) -> str:
     if not isinstance(llo, dict) or "rel_error" not in llo:
         return ""
     inside = llo.get("inside_pi95")
-    where = {True: "inside", False: "OUTSIDE"}.get(inside, "no interval for")
+    where = "inside" if inside is True else "OUTSIDE" if inside is False else "no interval for"
     return (
         f"the sweep's law fitted without its largest point predicted that point with error "
         f"{100 * float(llo['rel_error']):+.2f}% ({where} its 95% interval)"
