@@ -7,6 +7,8 @@ cgpt plan --flops 1e21                          compute-optimal for a FLOP budge
 cgpt plan --flops 1e21 --inference-tokens 1e12  the same loss, cheapest to train + serve 1e12 tokens
 cgpt plan --params 400M --decay wsd             warmup-stable-decay (20% linear cooldown)
 cgpt plan --params 400M --recipe deepseek       DeepSeek LLM's batch and LR laws
+cgpt plan --params 400M --recipe porian         Porian et al. 2024's batch and LR laws
+cgpt plan --params 400M --recipe olmo           OLMo-core's ladder: Porian's laws, LR halved
 cgpt plan --gpu-hours 2000 --gpu h100 --mfu 0.4
 cgpt plan 1.3B --gpus 48 --gpu h100 --zero-stage 1 --json     (48 ranks split its 528)
 cgpt plan 111M --gpus 8 --gpu h100 --write run.yaml --data data/pile
@@ -27,7 +29,7 @@ import re
 
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB
-from cgpt.train.plan.rules import SEQ_LEN
+from cgpt.train.plan.rules import RECIPE_NAMES, SEQ_LEN
 
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 
@@ -88,8 +90,10 @@ def register(sub) -> None:
         "--recipe",
         default="cerebras",
         metavar="NAME",
-        help="batch and LR laws: cerebras (the family's fits, default) or deepseek "
-        "(DeepSeek LLM's B_opt(C), η_opt(C)); porian is not implemented (unverified constants)",
+        help=f"batch and LR laws, one of {', '.join(RECIPE_NAMES)}: cerebras (the family's "
+        "fits, default), deepseek (DeepSeek LLM's B_opt(C), η_opt(C)), porian (Porian et al. "
+        "2024: B = 160·(N/108M)^(2/3) sequences of 2048, LR = 0.0047·(N/108M)^(-1/3)), olmo "
+        "(OLMo-core's model ladder: porian's laws with the LR halved)",
     )
     rules.add_argument(
         "--param-count",

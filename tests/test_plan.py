@@ -454,8 +454,6 @@ def test_published_recipes_stay_exact_and_cli_recipes(capsys):
         assert P.plan_published(name).lr == TABLE[name][0]
     assert main(["plan", "111M", "--recipe", "deepseek"]) == 2
     assert "--rules" in capsys.readouterr().err
-    assert main(["plan", "--params", "400M", "--recipe", "porian"]) == 2
-    assert "not implemented" in capsys.readouterr().err
     assert main(["plan", "--params", "400M", "--recipe", "kaplan"]) == 2
     assert "unknown recipe" in capsys.readouterr().err
     argv = ["plan", "--params", "400M", "--recipe", "deepseek", "--json", "--gpus", "8"]

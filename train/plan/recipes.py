@@ -11,7 +11,14 @@ laws):
   ========  ==========================================  =================================
   cerebras  total parameters (what it was fitted to)    the family's fits to the 7 runs
   deepseek  C = M·D, M = non-embedding FLOPs per token  0.2920·C^0.3271 tokens / 0.3118·C^-0.125
+  porian    N = matmul weights, output head included    160·(N/108e6)^(2/3) seqs of 2048 /
+                                                        0.0047·(N/108e6)^(-1/3)
+  olmo      the same N                                  porian's batch / half porian's LR
   ========  ==========================================  =================================
+
+Porian et al. fitted their laws at sequence length 2048; a batch is carried over to another
+seq_len as the same number of tokens (OLMo-core's ladder also turns it into tokens,
+2048·160·(N/108e6)^(2/3), before it picks sequences of its own length).
 """
 
 from __future__ import annotations
@@ -32,10 +39,16 @@ class RecipeChoice:
 
 
 def check_recipe(recipe: str) -> None:
-    if recipe in R.UNVERIFIED_RECIPES:
-        raise CgptError(R.UNVERIFIED_RECIPES[recipe])
     if recipe not in R.RECIPE_NAMES:
         raise CgptError(f"unknown recipe {recipe!r}; choose one of {', '.join(R.RECIPE_NAMES)}")
+
+
+def porian_params(model: GPTConfig) -> int:
+    """N as Porian et al. count it: the weights of every matrix multiply, the output head
+    included and the token/position embeddings, biases and norms left out. cgpt ties the head
+    to wte, so its vocab·d weights count once: L·(4·d² + 2·d·d_ffn) + vocab·d."""
+    d, f = model.n_embd, model.n_inner or 4 * model.n_embd
+    return model.n_layer * (4 * d * d + 2 * d * f) + model.vocab_size * d
 
 
 def choose(recipe: str, model: GPTConfig, tokens: float, seq_len: int) -> RecipeChoice:
@@ -44,6 +57,8 @@ def choose(recipe: str, model: GPTConfig, tokens: float, seq_len: int) -> Recipe
     check_recipe(recipe)
     if recipe == "deepseek":
         return _deepseek(model, tokens, seq_len)
+    if recipe in ("porian", "olmo"):
+        return _porian(recipe, model, seq_len)
     params = num_params(model)
     return RecipeChoice(R.batch_seqs_rule(params, seq_len), R.lr_rule(params))
 
@@ -59,3 +74,23 @@ def _deepseek(model: GPTConfig, tokens: float, seq_len: int) -> RecipeChoice:
         f"η_opt = 0.3118·C^-0.1250 = {R.deepseek_lr(c):.4g}"
     )
     return RecipeChoice(batch, float(f"{R.deepseek_lr(c):.3g}"), (note,))
+
+
+def _porian(recipe: str, model: GPTConfig, seq_len: int) -> RecipeChoice:
+    n = porian_params(model)
+    tokens = R.porian_batch_tokens(n)
+    batch = R.recipe_batch_seqs(tokens, seq_len)
+    lr = R.porian_lr(n) * (R.OLMO_LR_FACTOR if recipe == "olmo" else 1.0)
+    law = (
+        f"N = {n:,} (matmul weights, head included); B = 160·(N/108e6)^(2/3) = "
+        f"{tokens / R.PORIAN_SEQ_LEN:.1f} sequences of 2048 = {tokens:,.0f} tokens -> "
+        f"{batch} sequences of {seq_len}; η = 0.0047·(N/108e6)^(-1/3) = {R.porian_lr(n):.4g}"
+    )
+    if recipe == "olmo":
+        note = (
+            "recipe olmo (OLMo-core's model ladder, Porian et al.'s laws with the LR halved): "
+            f"{law}, × 0.5 = {lr:.4g}"
+        )
+    else:
+        note = f"recipe porian (Porian et al. 2024, arXiv 2406.19146, their rounded fits): {law}"
+    return RecipeChoice(batch, float(f"{lr:.3g}"), (note,))

@@ -199,15 +199,7 @@ def layers_for_width(n_embd: float) -> float:
 # ---- other papers' batch and LR laws (cgpt plan --recipe) ----------------------------------
 # A recipe sets the global batch and the peak LR; tokens, steps, warmup, decay, min LR and
 # AdamW stay the family's rules above, so recipes compare on the same runs.
-RECIPE_NAMES = ("cerebras", "deepseek")
-# Porian et al. 2024 (arXiv 2406.19146) fit the optimal batch and LR as power laws in N, but
-# their constants could not be checked against the paper here (the stored copies of the paper
-# stop before that section, and their code repository saves no fit outputs): not implemented
-# rather than typed from memory.
-UNVERIFIED_RECIPES = {
-    "porian": "Porian et al. 2024's batch/LR fits are not implemented: their constants "
-    "could not be verified against the paper; pass --batch-seqs/--lr from it yourself"
-}
+RECIPE_NAMES = ("cerebras", "deepseek", "porian", "olmo")
 
 # DeepSeek LLM (Bi et al. 2024, arXiv 2401.02954; docs/REFERENCE.md, Related scaling laws):
 # B_opt = 0.2920·C^0.3271 tokens, η_opt = 0.3118·C^-0.1250, with C = M·D in their
@@ -229,6 +221,41 @@ def deepseek_batch_tokens(compute: float) -> float:
 def deepseek_lr(compute: float) -> float:
     """η_opt for compute C = M·D (DeepSeek convention)."""
     return DEEPSEEK_LR_COEF * compute**DEEPSEEK_LR_EXP
+
+
+# Porian et al. 2024 (arXiv 2406.19146; docs/REFERENCE.md, Related scaling laws): the rounded
+# power laws of their hyperparameter sweep, B* = 160·(N/108e6)^(2/3) sequences of 2048 tokens
+# and η* = 0.0047·(N/108e6)^(-1/3), N = the parameters of every matmul, the output head
+# included and the embeddings left out. Read in their code, github.com/formll/
+# resolving-scaling-law-discrepancies, plotting.py ("Rounded fit"; commit 0dc60d9).
+PORIAN_N0 = 108e6
+PORIAN_BATCH_SEQS, PORIAN_BATCH_EXP, PORIAN_SEQ_LEN = 160.0, 2 / 3, 2048
+PORIAN_LR, PORIAN_LR_EXP = 0.0047, -1 / 3
+# OLMo-core's model ladder (github.com/allenai/OLMo-core, src/olmo_core/model_ladder/
+# wsds_chinchilla_run_configurator.py, commit fa6c501) applies Porian's laws, then halves the
+# LR ("empirically near optimal, at least for Olmo models", with its WSD-S schedule).
+OLMO_LR_FACTOR = 0.5
+# Batches from these laws: the nearest whole number of sequences; from 64 sequences up, the
+# nearest multiple of BATCH_MULTIPLE = 8 (at most 6.25% off the law; splits over 8-GPU nodes).
+RECIPE_BATCH_MULTIPLE_FROM = 64
+
+
+def porian_batch_tokens(n: float) -> float:
+    """Porian et al.'s B*(N) in tokens: 160 sequences of 2048 at N = 108e6, ∝ N^(2/3)."""
+    return PORIAN_BATCH_SEQS * PORIAN_SEQ_LEN * (n / PORIAN_N0) ** PORIAN_BATCH_EXP
+
+
+def porian_lr(n: float) -> float:
+    """Porian et al.'s η*(N): 0.0047 at N = 108e6, ∝ N^(-1/3)."""
+    return PORIAN_LR * (n / PORIAN_N0) ** PORIAN_LR_EXP
+
+
+def recipe_batch_seqs(batch_tokens: float, seq_len: int) -> int:
+    """A law's batch in tokens -> whole sequences of ``seq_len`` (rounding: see above)."""
+    seqs = batch_tokens / seq_len
+    if seqs >= RECIPE_BATCH_MULTIPLE_FROM:
+        return BATCH_MULTIPLE * round(seqs / BATCH_MULTIPLE)
+    return max(1, round(seqs))
 
 
 # ---- scaling laws and the tokens-per-param source (the seam for sweep fits) ---------------
