@@ -30,6 +30,7 @@ import numpy as np
 from scipy import optimize
 
 from cgpt.train.plan.rules import ScalingLaw
+from cgpt.train.scaling.approach1 import fit_approach1
 from cgpt.train.scaling.chinchilla import (  # noqa: F401 - re-exported (approach 3 moved)
     HOFFMANN_GRID,
     MIN_CHINCHILLA_POINTS,
@@ -500,7 +501,9 @@ def fit_results(
 
     ``kind`` is "tokens_per_param" (every point at one ratio, the Cerebras way: every point
     is on the frontier) or "isoflop" (the frontier is the per-budget optimum). The top-level
-    ``tokens_per_param`` and ``loss_law`` are what ``cgpt plan --fit`` reads.
+    ``tokens_per_param`` and ``loss_law`` are what ``cgpt plan --fit`` reads. Approach 3
+    (``chinchilla``) and approach 1 (``approach1``, from the runs' metrics files named by
+    ``run_dir``) are reported beside them; one that cannot be made is ``{"skipped": why}``.
     """
     points, excluded = usable_points(records)
     out: dict[str, Any] = {
@@ -573,4 +576,12 @@ def fit_results(
         out["chinchilla"] = ch
     except FitError as e:
         out["chinchilla"] = {"skipped": str(e)}
+    try:
+        a1 = fit_approach1(points, seed=seed)
+        out["approach1"] = a1
+        out["warnings"] += a1["warnings"] + [
+            f"approach 1 left out {e['name']}: {e['reason']}" for e in a1["excluded"]
+        ]
+    except FitError as e:
+        out["approach1"] = {"skipped": str(e)}
     return out

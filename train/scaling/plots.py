@@ -210,3 +210,87 @@ def plot_isoflop(points: list[dict], fit: dict, path: str | os.PathLike, title: 
     ax2.grid(True, which="both", alpha=0.3)
     fig.suptitle(title or "IsoFLOP analysis (Chinchilla approach 2)")
     _save(fig, path)
+
+
+def plot_envelope(fit: dict, path: str | os.PathLike, title: str = "") -> None:
+    """Chinchilla approach 1 from fit.json's ``approach1``. Left: every run's curve
+    (smoothed training loss; or, with final points, each size's completed runs) against
+    compute, and the envelope. Right: the envelope's N_opt and D_opt with the fitted laws."""
+    a1 = fit["approach1"]
+    plt = _plt()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5.2))
+    cmap = plt.get_cmap("viridis")
+    sizes = sorted({r["params"] for r in a1["runs"]})
+    lsz = np.log(sizes)
+    span = max(float(lsz[-1] - lsz[0]), 1e-9)
+
+    def color(n: float):
+        return cmap(float(np.log(n) - lsz[0]) / span)
+
+    for n in sizes:
+        runs = [r for r in a1["runs"] if r["params"] == n]
+        if a1["points"] == "curve":
+            for r in runs:
+                ax.plot(r["curve"]["flops"], r["curve"]["loss"], color=color(n), lw=1, alpha=0.8)
+        else:
+            runs.sort(key=lambda r: r["final_flops"])
+            ax.plot(
+                [r["final_flops"] for r in runs],
+                [r["loss"] for r in runs],
+                "o-",
+                ms=3,
+                color=color(n),
+                lw=1,
+            )
+    env = a1["envelope"]
+    ax.plot(
+        [e["flops"] for e in env],
+        [e["loss"] for e in env],
+        color="tab:red",
+        lw=2.2,
+        label=f"envelope ({a1['envelope_sizes']} sizes on it)",
+    )
+    sm = plt.cm.ScalarMappable(
+        cmap=cmap, norm=plt.matplotlib.colors.LogNorm(vmin=sizes[0], vmax=sizes[-1])
+    )
+    fig.colorbar(sm, ax=ax, label="parameters N (total)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_y(ax)
+    ax.set_xlabel("training compute C (FLOPs, algorithmic convention)")
+    ax.set_ylabel(a1["loss"])
+    ax.set_title(f"curves ({a1['points']} points) and their envelope")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    cs = np.array([e["flops"] for e in env])
+    xs = np.logspace(np.log10(cs.min()), np.log10(cs.max()), 50)
+    for key, law, sym, exp_key, col in (
+        ("params", a1["n_opt_law"], "N", "a", "tab:blue"),
+        ("tokens", a1["d_opt_law"], "D", "b", "tab:orange"),
+    ):
+        ci = a1.get(f"{exp_key}_ci95")
+        ax2.scatter(cs, [e[key] for e in env], s=6, color=col, zorder=3)
+        ax2.plot(
+            xs,
+            law["coefficient"] * xs ** law["exponent"],
+            color=col,
+            label=f"${sym}_{{opt}}$ ∝ $C^{{{law['exponent']:.3f}}}$"
+            + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else ""),
+        )
+    t = a1["tokens_per_param_at"]
+    ax2.plot(
+        [],
+        [],
+        " ",
+        label=f"tokens/param at C = {t['flops']:.2g}: {t['tokens_per_param']:.1f}"
+        + (f" (95% CI {t['ci95'][0]:.1f}–{t['ci95'][1]:.1f})" if t["ci95"] else ""),
+    )
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("training compute C (FLOPs, algorithmic convention)")
+    ax2.set_ylabel("envelope's N (params) and D (tokens)")
+    ax2.set_title("compute-optimal allocation (approach 1)")
+    ax2.grid(True, which="both", alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.suptitle(title or "Training-curve envelope (Chinchilla approach 1)")
+    _save(fig, path)
