@@ -156,9 +156,13 @@ def test_missing_or_corrupt_metrics_are_left_out_with_a_reason(tmp_path):
     tokens_back.write_text("".join(json.dumps(r) + "\n" for r in rows))
     del recs[5]["run_dir"]
     flops, recs[6]["flops"] = recs[6]["flops"], float("nan")
-    runs, excluded, _ = read_runs(recs, "curve")
+    cut = Path(recs[7]["run_dir"], "metrics.jsonl")  # cut by a kill: kept, with warnings
+    cut.write_text("".join(cut.read_text().splitlines(keepends=True)[:150]) + '{"step": 15')
+    runs, excluded, warnings = read_runs(recs, "curve")
     reasons = {e["name"]: e["reason"] for e in excluded}
     assert len(runs) == 6 and len(reasons) == 6
+    assert [w.split(": ")[1] for w in warnings] == [recs[7]["name"]] * 2
+    assert "1 unreadable lines" in warnings[0] and "its curve stops there" in warnings[1]
     assert "is missing" in reasons[recs[1]["name"]]
     assert "cannot be read" in reasons[recs[2]["name"]]
     assert "0 usable training-step rows" in reasons[recs[3]["name"]]

@@ -205,11 +205,11 @@ def _curve_run(rec: dict, warnings: list[str]) -> Run:
     if np.any(np.diff(tokens) <= 0):
         raise _Skip(f"its metrics file {path} has tokens that do not grow with the step")
     if bad:
-        warnings.append(f"{run.name}: {bad} unreadable lines in {path} were skipped")
+        warnings.append(f"approach 1: {run.name}: {bad} unreadable lines in {path} skipped")
     if tokens[-1] < 0.99 * run.final_flops / run.flops_per_token:
         warnings.append(
-            f"{run.name}: its metrics end at {tokens[-1]:.4g} tokens but the run trained "
-            f"{run.final_flops / run.flops_per_token:.4g}; its curve stops there"
+            f"approach 1: {run.name}: its metrics end at {tokens[-1]:.4g} tokens but the run "
+            f"trained {run.final_flops / run.flops_per_token:.4g}; its curve stops there"
         )
     half = max(3, int(SMOOTH_HALF_WINDOW * len(steps)))
     ln_t = np.log(tokens)
