@@ -17,7 +17,7 @@ import tempfile
 import typing
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -250,6 +250,9 @@ class RuntimeSection(Strict):
     eval_limit: int | None = Field(None, gt=0)  # examples per task
     eval_include_path: str | None = None  # a folder of local lm-eval task YAML
     save_every: int = Field(500, ge=0)  # steps; 0 = only at the end
+    # checkpoints at these steps too (where sweep branches start: cgpt.train.scaling.branch);
+    # left out of the YAML when empty, so older configs compare equal
+    save_steps: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
     keep_last: int = Field(2, gt=0)
     log_every: int = Field(10, gt=0)
     wandb: Literal["auto", "offline", "online", "off"] = "auto"
@@ -263,6 +266,13 @@ class RuntimeSection(Strict):
     watchdog_factor: float = Field(10.0, gt=1)
     # consecutive optimizer steps skipped for non-finite gradients before the run stops
     max_skipped_steps: int = Field(3, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        d = handler(self)
+        if isinstance(d, dict) and not d.get("save_steps", True):
+            d.pop("save_steps")
+        return d
 
 
 class Provenance(Strict):

@@ -450,7 +450,7 @@ class _Loop:
             )
             if rt.eval_every and self.step % rt.eval_every == 0:
                 self.eval()
-            if rt.save_every and self.step % rt.save_every == 0:
+            if (rt.save_every and self.step % rt.save_every == 0) or self.step in rt.save_steps:
                 self.save()
             if stopping:  # a signal seen by any rank before this step's loss all-reduce
                 self.save()
