@@ -192,6 +192,19 @@ def test_one_source_is_the_plain_loader(folders):
 
 
 # ---------------------------------------------------------------------------- checks
+def test_bad_batch_splits_refused_before_reading(folders):
+    mix = open_data(_section(folders))
+    two = MixtureLoader(mix, SEQ, rank=0, world_size=2, seed=0)
+    with pytest.raises(CgptError, match="not divisible by the 2 data-parallel ranks"):
+        two.next_step(7, 1)
+    one = MixtureLoader(mix, SEQ, seed=0)
+    with pytest.raises(CgptError, match="not divisible by micro_batch 3"):
+        one.next_step(8, 3)
+    with pytest.raises(CgptError, match=r"global batch \(0\) and micro-batch \(1\) must be"):
+        one.next_step(0, 1)
+    assert two.samples_seen == one.samples_seen == 0  # nothing was consumed
+
+
 def test_mismatched_tokenizers_refused(folders, tmp_path):
     other = _write(tmp_path / "other", 3000, 10, fp="tok-2")
     d = _section(folders)

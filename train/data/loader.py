@@ -52,6 +52,28 @@ _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 
 
+def step_share(global_batch_seqs: int, micro_batch: int, world_size: int) -> tuple[int, int]:
+    """(G, each rank's share) of an optimizer step of ``global_batch_seqs`` sequences;
+    CgptError unless G and micro_batch are positive, G splits evenly over the ranks and a share into
+    micro-batches."""
+    G, ws = int(global_batch_seqs), world_size
+    if G <= 0 or micro_batch <= 0:
+        raise CgptError(f"global batch ({G}) and micro-batch ({micro_batch}) must be positive")
+    if G % ws:
+        raise CgptError(f"global batch {G} is not divisible by the {ws} data-parallel ranks")
+    share = G // ws
+    if share % micro_batch:
+        raise CgptError(
+            f"each rank's share of {share} sequences is not divisible by micro_batch {micro_batch}"
+        )
+    return G, share
+
+
+def micro_batch_pairs(w: torch.Tensor, micro_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) pairs of ``micro_batch`` windows each: x the first seq_len tokens, y the last."""
+    return [(m[:, :-1].contiguous(), m[:, 1:].contiguous()) for m in w.split(micro_batch)]
+
+
 class WindowOrder:
     """A keyed bijection of ``[0, n)`` (order 2): ``order(positions)`` -> window indices.
 
@@ -245,27 +267,14 @@ class TokenLoader:
             )
         return w
 
-    def _pairs(self, w: torch.Tensor, micro_batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(m[:, :-1].contiguous(), m[:, 1:].contiguous()) for m in w.split(micro_batch)]
-
     def next_step(
         self, global_batch_seqs: int, micro_batch: int
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's micro-batches (x, y), each (micro_batch, seq_len) long, for one step."""
-        G, ws = int(global_batch_seqs), self.world_size
-        if G <= 0 or micro_batch <= 0:
-            raise CgptError(f"global batch ({G}) and micro-batch ({micro_batch}) must be positive")
-        if G % ws:
-            raise CgptError(f"global batch {G} is not divisible by the {ws} data-parallel ranks")
-        share = G // ws
-        if share % micro_batch:
-            raise CgptError(
-                f"each rank's share of {share} sequences is not divisible by "
-                f"micro_batch {micro_batch}"
-            )
+        G, share = step_share(global_batch_seqs, micro_batch, self.world_size)
         idx = self._my_share(G, share)
         self._advance(G)
-        return self._pairs(self._windows(idx), micro_batch)
+        return micro_batch_pairs(self._windows(idx), micro_batch)
 
     def val_batches(
         self, num_batches: int, batch_size: int
@@ -285,7 +294,7 @@ class TokenLoader:
         per_rank = min(total, self.n_windows) // self.world_size
         start = self.rank * per_rank
         idx = np.arange(start, start + per_rank)
-        return self._pairs(self._windows(idx), batch_size)
+        return micro_batch_pairs(self._windows(idx), batch_size)
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict:

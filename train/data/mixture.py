@@ -55,7 +55,13 @@ import numpy as np
 import torch
 
 from cgpt.model.errors import CgptError
-from cgpt.train.data.loader import ORDER, DataRepeatWarning, TokenLoader
+from cgpt.train.data.loader import (
+    ORDER,
+    DataRepeatWarning,
+    TokenLoader,
+    micro_batch_pairs,
+    step_share,
+)
 from cgpt.train.data.shards import TokenData, check_vocab, open_token_data
 
 MAX_PERIOD = 1 << 16  # schedule positions per period (ints of 8 bytes: 1 MB at most)
@@ -247,22 +253,12 @@ class MixtureLoader:
     def next_step(self, global_batch_seqs: int, micro_batch: int):
         if self.single is not None:
             return self.single.next_step(global_batch_seqs, micro_batch)
-        G, ws = int(global_batch_seqs), self.world_size
-        if G <= 0 or micro_batch <= 0:
-            raise CgptError(f"global batch ({G}) and micro-batch ({micro_batch}) must be positive")
-        if G % ws:
-            raise CgptError(f"global batch {G} is not divisible by the {ws} data-parallel ranks")
-        share = G // ws
-        if share % micro_batch:
-            raise CgptError(
-                f"each rank's share of {share} sequences is not divisible by "
-                f"micro_batch {micro_batch}"
-            )
+        G, share = step_share(global_batch_seqs, micro_batch, self.world_size)
         w = torch.from_numpy(self.window_array(self.samples_seen + self.rank * share, share))
         before = self.schedule.counts(self.samples_seen)
         self.samples_seen += G
         self._sync(before)
-        return self.loaders[0]._pairs(w, micro_batch)
+        return micro_batch_pairs(w, micro_batch)
 
     def _sync(self, before: np.ndarray | None) -> None:
         """Each source loader's epoch/position from the global position; the repeat warning
@@ -363,12 +359,12 @@ class MixtureLoader:
             theirs = ", ".join(
                 f"{s['name']}:{s['weight']}({s['n_windows']} windows)" for s in state["sources"]
             )
-            mine = ", ".join(
+            ours = ", ".join(
                 f"{s['name']}:{s['weight']}({s['n_windows']} windows)"
                 for s in self._sources_state()
             )
             raise CgptError(
-                f"the checkpoint's mixture was [{theirs}] but this run's is [{mine}] "
+                f"the checkpoint's mixture was [{theirs}] but this run's is [{ours}] "
                 "(name:integer weight); resume with the same sources, weights and data"
             )
         position = int(state["samples_seen"])
