@@ -1,0 +1,60 @@
+"""The loss at the best learning rate of one size, from a grid of LR trials.
+
+A sweep with ``lr: tuned`` trains every size at a few LRs (``lr_grid``, multipliers of the
+size's LR). Taking the best trial as the size's loss adds the grid's coarseness to every
+point: on the CPU sweeps a factor of 2 in LR moves the final loss by 3-7%, so a best trial
+can sit up to a few percent above the size's true optimum, by an amount that differs from
+size to size: noise the loss law then has to absorb. ``lr_select: parabola`` instead fits a
+parabola in ln(LR) through the best trial and its two neighbours on the grid (the usual
+local model of loss against log-LR near its minimum) and takes its vertex: the estimated
+loss at the optimal LR, and that LR. The vertex is only used where it lies between the two
+neighbours (the best trial is not at the grid's edge and the three points are convex);
+otherwise the best trial stands, and the reason is recorded.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+LR_SELECT = ("best", "parabola")
+
+
+def parabola_vertex(
+    x: tuple[float, float, float], y: tuple[float, float, float]
+) -> tuple[float, float] | None:
+    """Vertex (x*, y*) of the parabola through three points with x0 < x1 < x2, or None when
+    the parabola opens downwards or is flat."""
+    (x0, x1, x2), (y0, y1, y2) = x, y
+    d01, d12 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
+    a = (d12 - d01) / (x2 - x0)
+    if not a > 0:
+        return None
+    b = d01 - a * (x0 + x1)
+    c = y0 - a * x0 * x0 - b * x0
+    return -b / (2 * a), c - b * b / (4 * a)
+
+
+def lr_optimum(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """``trials``: [{"lr": float, "val_loss": float | None}, ...] of one size. Returns
+    {"lr", "loss", "method": "parabola" | "best", "reason"} ("reason" says why the best trial
+    stands when it does)."""
+    ok = sorted(
+        (float(t["lr"]), float(t["val_loss"]))
+        for t in trials
+        if t.get("val_loss") is not None and math.isfinite(float(t["val_loss"]))
+    )
+    if not ok:
+        raise ValueError("no finished trial")
+    i = min(range(len(ok)), key=lambda k: ok[k][1])
+    best = {"lr": ok[i][0], "loss": ok[i][1], "method": "best"}
+    if len(ok) < 3:
+        return {**best, "reason": "fewer than 3 finished trials"}
+    if i in (0, len(ok) - 1):
+        return {**best, "reason": "the best trial is at the edge of the grid"}
+    xs = tuple(math.log(ok[k][0]) for k in (i - 1, i, i + 1))
+    ys = tuple(ok[k][1] for k in (i - 1, i, i + 1))
+    vertex = parabola_vertex(xs, ys)  # type: ignore[arg-type]
+    if vertex is None or not xs[0] < vertex[0] < xs[2]:
+        return {**best, "reason": "the three trials around the best are not convex"}
+    return {"lr": math.exp(vertex[0]), "loss": vertex[1], "method": "parabola", "reason": None}
