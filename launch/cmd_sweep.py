@@ -27,8 +27,14 @@ sweep-file LR modes (`lr:`): fixed (default: one run per size), tuned (one trial
   multiplier in lr_grid, default [0.5, 1, 2]; every trial in results.jsonl, the fits use the
   best per size), mup (μP: plan.lr transferred from plan.lr_base_width; every width must be
   at least that base width). plan.warmup_tokens_per_param: warmup tokens = k × params.
+  plan.decay: linear | cosine | wsd (with plan.cooldown_fraction) for every point.
+one run, many budgets (`branches: {at: [0.5, 1, 2, 4], cooldown_fraction: 0.2}`, with
+  plan.decay: wsd): per size ONE warmup-stable-decay run to the largest multiple of its
+  planned tokens, and each smaller multiple a cooldown branch from its checkpoint that
+  costs only its cooldown; the loss law uses the 1x points, Chinchilla's L(N, D) all.
+  --dry-run lists each point's training FLOPs and what the sweep spends on it.
 ready configs: configs/sweep-cpu.yaml, configs/sweep-isoflop-cpu.yaml,
-  configs/sweep-cpu-tuned.yaml (lr: tuned)
+  configs/sweep-cpu-tuned.yaml (lr: tuned), configs/sweep-cpu-wsd.yaml (branches)
 """
 
 

@@ -1,0 +1,238 @@
+"""One run, many budgets, in a sweep: ``branches: {at: [0.5, 1, 2, 4]}``.
+
+Per size (and LR trial) the sweep trains ONE warmup-stable-decay run planned to the
+largest multiple of the size's planned tokens (tokens_per_param × params): it is itself
+the largest point (its own cooldown is at its end) and it saves a checkpoint
+(``runtime.save_steps``) where each smaller point's cooldown starts. Each smaller point is
+a cooldown branch (cgpt.train.scaling.branch.make_branch) of that checkpoint, in its own
+run folder, trained by the same subprocess as every other point; up to its cooldown it is
+the stable run, so it costs only its cooldown (Hägele et al. 2024, arXiv 2405.18392).
+
+A branch's cooldown starts where the dedicated WSD point of its multiple would start its
+own (``steps - round(cooldown_fraction × steps)``); its length then follows from
+make_branch's rounding, so its tokens equal the dedicated point's or fall a batch short
+(a few for cooldown fractions above 0.5); results.jsonl records the tokens trained.
+Every point shares the stable run's warmup: the sweep file must give
+``plan.warmup_tokens_per_param`` (a warmup that does not depend on the run's length).
+
+Names: ``SHAPE-xM`` (``SHAPE-xM-lrxL`` for LR trials, grouped by ``SHAPE-xM`` so the best
+LR is chosen per size and multiple). The stable run keeps every checkpoint it writes from
+its first branch step on (``runtime.keep_last`` raised to that count), and the sweep makes
+the branch folders before and after each stable-run process, so no branch's checkpoint is
+pruned before it is branched; once every branch is made, the stable run's checkpoints are
+pruned back to ``keep_last`` plus the branch steps.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+from cgpt.model.errors import CgptError
+from cgpt.train.config import RUN_CONFIG, RunConfig
+from cgpt.train.loop import checkpoint as ckpt
+from cgpt.train.loop.schedule import cooldown_steps
+from cgpt.train.scaling.branch import BRANCH_FILE, branch_plan, make_branch
+from cgpt.train.scaling.sweep_config import SizeSpec, SweepConfig
+from cgpt.train.scaling.sweep_points import Point, plan_point
+from cgpt.train.scaling.sweep_train import run_summary
+
+
+def _cooldown_start(cfg: RunConfig) -> int:
+    """The first step of a one-phase wsd plan's cooldown."""
+    return cfg.plan.steps - cooldown_steps(cfg.plan.phases()[0])
+
+
+def _keep_last(cfg: RunConfig, first: int) -> int:
+    """Enough checkpoints that none saved at or after step ``first`` by one process is pruned
+    while that process runs: every save_every, save_steps and final save from ``first`` on,
+    plus one that a signal may add."""
+    rt, steps = cfg.runtime, cfg.plan.steps
+    saves = {s for s in rt.save_steps if s >= first} | {steps}
+    if rt.save_every:
+        start = rt.save_every * math.ceil(first / rt.save_every)
+        saves |= set(range(start, steps + 1, rt.save_every))
+    return max(rt.keep_last, len(saves) + 1)
+
+
+def plan_branch_group(
+    sweep: SweepConfig,
+    size: SizeSpec,
+    vocab: int,
+    shape: str,
+    out: Path,
+    tok: str | None,
+    lr_mult: float | None = None,
+) -> list[Point]:
+    """The stable run of one size (and LR trial) and its branches, stable run first."""
+    assert sweep.branches is not None and sweep.tokens_per_param is not None
+    at = sorted(sweep.branches.at)
+
+    def names(m: float) -> tuple[str, str | None]:  # (point name, LR-trial group)
+        group = f"{shape}-x{m:g}"
+        return (f"{group}-lrx{lr_mult:g}", group) if lr_mult is not None else (group, None)
+
+    dedicated = {
+        m: plan_point(
+            sweep, size, vocab, sweep.tokens_per_param * m, names(m)[0], out, tok, lr_mult or 1.0
+        )
+        for m in at
+    }
+    stable, top = dedicated[at[-1]], names(at[-1])[0]
+    starts = {m: _cooldown_start(dedicated[m]) for m in at[:-1]}
+    own = _cooldown_start(stable)
+    for m, k in starts.items():
+        if k >= own:
+            raise CgptError(
+                f"point {names(m)[0]} would start its cooldown at step {k}, not before the "
+                f"stable run {top}'s own cooldown (step {own}); space branches.at further apart"
+            )
+    same = [m for m in starts if list(starts.values()).count(starts[m]) > 1]
+    if same:
+        raise CgptError(
+            f"points {', '.join(names(m)[0] for m in same)} would all start their cooldowns at "
+            f"step {starts[same[0]]}: too few steps to tell them apart; space branches.at "
+            "further apart or raise tokens_per_param"
+        )
+    if starts:
+        rt = stable.runtime
+        rt = rt.model_copy(update={"save_steps": sorted(set(rt.save_steps) | set(starts.values()))})
+        stable = stable.model_copy(update={"runtime": rt})
+        rt = rt.model_copy(update={"keep_last": _keep_last(stable, min(starts.values()))})
+        stable = stable.model_copy(update={"runtime": rt})
+    points = [Point(top, stable, group=names(at[-1])[1], lr_mult=lr_mult, tokens_multiple=at[-1])]
+    for m, k in starts.items():
+        name, group = names(m)
+        try:
+            plan = branch_plan(stable.plan, k, stable.plan.cooldown_fraction or 0.0)
+        except CgptError as e:
+            raise CgptError(
+                f"point {name}: {e}; drop x{m:g} from branches.at or raise tokens_per_param"
+            ) from None
+        if plan.steps < sweep.plan.min_steps:
+            raise CgptError(
+                f"point {name} would train for only {plan.steps} steps (plan.min_steps is "
+                f"{sweep.plan.min_steps}); drop x{m:g} from branches.at or raise tokens_per_param"
+            )
+        cfg = dedicated[m].model_copy(update={"plan": plan})
+        points.append(
+            Point(
+                name,
+                cfg,
+                group=group,
+                lr_mult=lr_mult,
+                branch_of=top,
+                tokens_multiple=m,
+                branch_step=k,
+            )
+        )
+    return points
+
+
+# ---- making the branch folders -------------------------------------------------------------
+
+
+def _remove_unfinished(folder: Path, k: int, src: Path) -> None:
+    """A branch folder without branch.json is one whose creation was interrupted
+    (make_branch writes branch.json last, and nothing trains before it): remove it, under
+    its lock, so that it is made again. Anything else in its place is refused."""
+    from cgpt.train.lock import LOCK_NAME, FolderLock
+
+    made = {LOCK_NAME, "checkpoints", RUN_CONFIG, "metrics.jsonl"}  # what make_branch writes
+    odd = [p.name for p in folder.iterdir() if p.name not in made]
+    odd += [f"checkpoints/{p.name}" for p in folder.glob("checkpoints/*") if p.name != f"step-{k}"]
+    if odd:
+        raise CgptError(
+            f"{folder} is not a branch of {src} (it has no {BRANCH_FILE} but holds "
+            f"{odd[0]}); move it away, then run the sweep again"
+        )
+    with FolderLock(folder, "branch folder"):
+        for child in folder.iterdir():
+            if child.name == LOCK_NAME:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    (folder / LOCK_NAME).unlink(missing_ok=True)
+    folder.rmdir()
+
+
+def prepare_branch(p: Point, stable: Point) -> str | None:
+    """Make ``p``'s run folder from its stable run's checkpoint unless it exists. None: the
+    folder is ready to train; else why it cannot be made (the stable run stopped before the
+    branch step). A checkpoint the stable run passed but no longer has is a CgptError."""
+    assert p.branch_step is not None
+    folder, src = Path(p.cfg.runtime.out_dir), Path(stable.cfg.runtime.out_dir)
+    if (folder / BRANCH_FILE).is_file():
+        return None
+    k, root = p.branch_step, src / "checkpoints"
+    if folder.exists():
+        _remove_unfinished(folder, k, src)
+    if (root / ckpt.tag_for(k) / ckpt.COMPLETE).is_file():
+        make_branch(src, k, folder, p.cfg.plan.cooldown_fraction or 0.0)
+        return None
+    have = [s for s, _ in ckpt.published(root)]
+    reached = max(have + [int((run_summary(src) or {}).get("steps") or 0)])
+    if reached >= k:
+        raise CgptError(
+            f"branch {p.name} starts from checkpoint step-{k} of its stable run {src}, which "
+            f"is gone (have: {', '.join(f'step-{s}' for s in have) or 'none'}); restore it, "
+            f"or delete {src} so that the sweep trains the stable run again"
+        )
+    return f"its stable run {stable.name} stopped at step {reached}, before step {k}"
+
+
+def prepare_ready_branches(stable: Point, branches: list[Point], log=print) -> None:
+    """Before and after each stable-run process: make every branch whose checkpoint exists
+    (so that no later process of the stable run can prune it first). Once the stable run
+    has completed and every branch is made, its checkpoints are pruned back to the sweep's
+    ``keep_last`` plus the branch steps (hard links: the branches keep their own)."""
+    src = Path(stable.cfg.runtime.out_dir)
+    root = src / "checkpoints"
+    for b in branches:
+        ready = (root / ckpt.tag_for(b.branch_step or 0) / ckpt.COMPLETE).is_file()
+        if ready and not (Path(b.cfg.runtime.out_dir) / BRANCH_FILE).is_file():
+            prepare_branch(b, stable)
+            log(f"branch {b.name}: made from {stable.name}'s checkpoint step-{b.branch_step}")
+    made = all((Path(b.cfg.runtime.out_dir) / BRANCH_FILE).is_file() for b in branches)
+    if branches and made and (run_summary(src) or {}).get("status") == "completed":
+        from cgpt.train.lock import FolderLock
+
+        with FolderLock(src, "run folder"):
+            found = ckpt.published(root)
+            keep = {s for s, _ in found[-branches[0].cfg.runtime.keep_last :]}
+            keep |= set(stable.cfg.runtime.save_steps)
+            for s, folder in found:
+                if s not in keep:
+                    shutil.rmtree(folder)
+
+
+# ---- costs ---------------------------------------------------------------------------------
+
+
+def describe_points(points: list[Point]) -> list[str]:
+    """The dry run's lines for a sweep with branches: every point with its training FLOPs
+    (as if trained alone) and its cost (what the sweep spends), then the totals."""
+    lines = []
+    for p in points:
+        pl = p.cfg.plan
+        role = (
+            f"branch of {p.branch_of} from step {p.branch_step}"
+            if p.branch_of
+            else f"stable run; checkpoints at steps {p.cfg.runtime.save_steps}"
+        )
+        lines.append(
+            f"{p.name:28s} params {pl.params:>11,}  tokens {pl.tokens:>12,}  steps "
+            f"{pl.steps:>6,}  lr {pl.lr:.2e}  FLOPs {p.flops():.3e}  cost {p.cost_flops():.3e}  "
+            f"({role})"
+        )
+    alone = sum(p.flops() for p in points)
+    cost = sum(p.cost_flops() for p in points)
+    n_stable = sum(p.branch_of is None for p in points)
+    lines.append(
+        f"{n_stable} stable runs, {len(points) - n_stable} branches: {cost:.3e} FLOPs in all, "
+        f"{cost / alone:.0%} of the {alone:.3e} that dedicated runs of the same points would cost"
+    )
+    return lines

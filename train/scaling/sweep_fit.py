@@ -1,0 +1,182 @@
+"""Fitting a sweep folder: ``OUT/results.jsonl`` -> ``OUT/fit.json`` and the plots, and the
+summary lines `cgpt sweep` prints.
+
+Which records each fit gets: ``lr: tuned``: the best trial per group (or its failures when
+none finished). With ``branches``: the loss law L(C) and its held-out checks are fitted on
+the points at 1× the planned tokens (the sweep's tokens_per_param frontier); the
+Chinchilla L(N, D) fit (approach 3) gets every branch, since points of one size at several
+D/N are what that fit needs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import yaml
+
+from cgpt.model.errors import CgptError
+from cgpt.train.config import write_text_atomic
+from cgpt.train.loop.metrics import read_metrics
+from cgpt.train.scaling.sweep_records import best_trials
+
+
+def _interval_text(interval) -> str:
+    return f" (95% interval {interval[0]:.1f}-{interval[1]:.1f})" if interval else ""
+
+
+def _check_same_data(records: list[dict]) -> None:
+    ids: dict[str | None, list[str]] = {}
+    for r in records:
+        if r.get("status") == "ok":
+            ids.setdefault(r.get("data_id"), []).append(r["name"])
+    if len(ids) > 1:
+        groups = "; ".join(
+            f"{k}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}" for k, v in ids.items()
+        )
+        raise CgptError(
+            "the sweep's points were trained on different data or tokenizers "
+            f"({groups}); losses on different data are not comparable, so no law is "
+            "fitted: rerun the odd points on the sweep's data, or split the sweep"
+        )
+
+
+def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> dict:
+    """Fit the results in a sweep folder; write fit.json, scaling.png (and isoflop.png)."""
+    from cgpt.train.scaling.fit import FitError
+    from cgpt.train.scaling.plots import plot_isoflop, plot_scaling
+
+    out = Path(out)
+    if not (out / "sweep.yaml").is_file():
+        raise CgptError(
+            f"{str(out)!r} is not a sweep folder (no sweep.yaml); run `cgpt sweep SWEEP.yaml` first"
+        )
+    meta = yaml.safe_load((out / "sweep.yaml").read_text()) or {}
+    records = read_metrics(out / "results.jsonl")
+    if not records:
+        raise CgptError(f"{str(out)!r} has no results yet; run `cgpt sweep SWEEP.yaml`")
+    _check_same_data(records)
+    trained = [r for r in records if r.get("status") == "ok"]
+    records, trials = best_trials(records)
+    fit = _fit(
+        records,
+        trained,
+        kind=meta.get("kind", "tokens_per_param"),
+        tokens_per_param=meta.get("tokens_per_param"),
+        n_boot=n_boot,
+    )
+    fit["sweep"] = meta.get("name")
+    if trials:
+        fit["lr_trials"] = trials
+        fit["warnings"] += trials["warnings"]
+    write_text_atomic(out / "fit.json", json.dumps(fit, indent=1, default=float) + "\n")
+    points = [
+        {**r, "loss": r["val_loss"]}
+        for r in records
+        if r.get("status") == "ok"
+        and r.get("val_loss") is not None
+        and math.isfinite(r["val_loss"])
+    ]
+    title = f"{meta.get('name', out.name)}: loss vs compute"
+    plot_scaling(points, fit, out / "scaling.png", title=title)
+    if fit["kind"] == "isoflop":
+        plot_isoflop(points, fit, out / "isoflop.png", title=f"{meta.get('name')}: IsoFLOP")
+    for line in summarize_fit(fit):
+        log(line)
+    if fit.get("loss_law") is None:
+        raise FitError(fit.get("loss_law_error", "no loss law fitted"))
+    return fit
+
+
+def _fit(
+    records: list[dict], trained: list[dict], *, kind: str, tokens_per_param, n_boot: int
+) -> dict:
+    """fit_results on the records each fit should see (the module docstring); ``trained``:
+    every finished point, LR trials included (what the sweep cost)."""
+    from cgpt.train.scaling.fit import fit_results
+
+    if not any(r.get("tokens_multiple") is not None for r in records):
+        return fit_results(records, kind=kind, tokens_per_param=tokens_per_param, n_boot=n_boot)
+    frontier = [r for r in records if r.get("tokens_multiple") == 1]
+    fit = fit_results(frontier, kind=kind, tokens_per_param=tokens_per_param, n_boot=n_boot)
+    every = fit_results(records, kind=kind, tokens_per_param=tokens_per_param, n_boot=0)
+    fit["chinchilla"] = every["chinchilla"]  # approach 3: every D/N the branches tried
+    seen = {e["name"] for e in fit["excluded"]}
+    more = [e for e in every["excluded"] if e["name"] not in seen]
+    if more:
+        fit["excluded"] += more
+        fit["warnings"].append(
+            "excluded from the Chinchilla fit: "
+            + "; ".join(f"{e['name']} ({e['reason']})" for e in more)
+        )
+    fit["branches"] = {
+        "loss_law_points": [r["name"] for r in frontier],
+        "chinchilla_points": len(records) - len(every["excluded"]),
+        "flops": sum(float(r.get("flops") or 0) for r in trained),
+        "cost_flops": sum(float(r.get("cost_flops") or 0) for r in trained),
+    }
+    return fit
+
+
+def summarize_fit(fit: dict) -> list[str]:
+    lines = []
+    law = fit.get("loss_law")
+    if law:
+        r2 = f"{law['r2']:.4f}" if law.get("r2") is not None else "n/a"
+        lines.append(
+            f"loss law: L(C) = (C / {law['a']:.4g})^-{law['b']:.4f} + {law['c']:.4f}  "
+            f"(R² {r2}, RMSE {law['rmse']:.4f}, {law['n_points']} frontier points, "
+            f"loss {'falls monotonically' if law['monotonic'] else 'NOT monotonic'} "
+            "with compute)"
+        )
+    pred = fit.get("prediction") or {}
+    llo, loo = pred.get("leave_largest_out"), pred.get("leave_one_out") or {}
+    if llo:
+        pi = llo.get("pi95")
+        lines.append(
+            f"leave-largest-out: fitted on {llo['fitted_on']} points, predicts "
+            f"{llo['predicted']:.4f} at C = {llo['flops']:.3g} "
+            + (f"(95% interval {pi[0]:.4f}-{pi[1]:.4f}) " if pi else "(no interval) ")
+            + f"vs measured {llo['loss']:.4f}: error {100 * llo['rel_error']:+.2f}%"
+        )
+        if loo.get("mean_abs_error") is not None:
+            lines.append(
+                f"leave-one-out: mean |error| {loo['mean_abs_error']:.4f}, max "
+                f"{100 * loo['max_abs_rel_error']:.2f}%, inside the 95% interval: "
+                f"{loo['inside_pi95'] or 'n/a'}"
+            )
+    elif pred.get("skipped"):
+        lines.append(f"held-out prediction: {pred['skipped']}")
+    iso = fit.get("isoflop") or {}
+    if "alpha" in iso:
+        lines.append(
+            f"IsoFLOP: N_opt ∝ C^{iso['alpha']:.3f}, D_opt ∝ C^{iso['beta']:.3f}, "
+            f"tokens/param at the optimum ≈ {iso['tokens_per_param']:.1f}"
+            + _interval_text((iso.get("tokens_per_param_ci95") or {}).get("interval"))
+        )
+    ch = fit.get("chinchilla") or {}
+    if "E" in ch:
+        lines.append(
+            f"Chinchilla: L(N, D) = {ch['E']:.3f} + {ch['A']:.4g}/N^{ch['alpha']:.3f} + "
+            f"{ch['B']:.4g}/D^{ch['beta']:.3f} (R² {ch['r2']:.4f})"
+        )
+    br = fit.get("branches")
+    if br and br["flops"]:
+        lines.append(
+            f"branches: the loss law is fitted on the {len(br['loss_law_points'])} points at 1x "
+            f"the planned tokens, Chinchilla L(N, D) on all {br['chinchilla_points']}; they cost "
+            f"{br['cost_flops']:.3g} FLOPs, {br['cost_flops'] / br['flops']:.0%} of the "
+            f"{br['flops']:.3g} that dedicated runs would"
+        )
+    for g, t in ((fit.get("lr_trials") or {}).get("groups") or {}).items():
+        tried = ", ".join(
+            f"x{r['lr_mult']:g}: " + (f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-")
+            for r in t["trials"]
+        )
+        best = f"best x{t['best_lr_mult']:g} (lr {t['best_lr']:.3g})" if t["best"] else "none ok"
+        lines.append(f"lr trials {g}: {tried}; {best}")
+    for w in fit.get("warnings", []):
+        lines.append(f"warning: {w}")
+    return lines

@@ -1,0 +1,196 @@
+"""Planning a sweep's points: one run config per point, in the order they run.
+
+Each point is planned by the planner's rules (``plan_for_shape``) with the sweep's batch,
+LR, warmup and decay; ``lr: tuned`` adds one point per LR multiplier, ``lr: mup`` applies
+μP, and ``branches`` turns each size (and LR trial) into one stable warmup-stable-decay run
+plus its cooldown branches (cgpt.train.scaling.sweep_branches).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from cgpt.model.errors import CgptError, ConfigError
+from cgpt.model.sizes import flops_per_token_algorithmic, num_params
+from cgpt.train.config import RunConfig
+from cgpt.train.scaling.sweep_config import SizeSpec, SweepConfig
+from cgpt.train.scaling.sweep_data import tokenizer_dir
+
+
+@dataclass
+class Point:
+    name: str
+    cfg: RunConfig
+    budget: float | None = None
+    group: str | None = None  # lr: tuned: the size (and budget) this LR trial belongs to
+    lr_mult: float | None = None
+    # branches: the stable run this point branches from (None for the stable run itself),
+    # its multiple of the planned tokens, and the step its cooldown starts at (its checkpoint)
+    branch_of: str | None = None
+    tokens_multiple: float | None = None
+    branch_step: int | None = None
+
+    def flops(self, tokens: int | None = None) -> float:
+        """Training FLOPs of ``tokens`` (default: the plan's) as if this point trained alone."""
+        tokens = self.cfg.plan.tokens if tokens is None else tokens
+        return float(flops_per_token_algorithmic(self.cfg.model, self.cfg.plan.seq_len) * tokens)
+
+    def cost_flops(self, tokens: int | None = None) -> float:
+        """What the sweep spends on this point: a branch trains only its cooldown (the steps
+        before ``branch_step`` are the stable run's)."""
+        tokens = self.cfg.plan.tokens if tokens is None else tokens
+        shared = (self.branch_step or 0) * self.cfg.plan.global_batch_tokens
+        return self.flops(tokens - shared)
+
+
+def _lr(sweep: SweepConfig, size: SizeSpec) -> float:
+    if size.lr is not None:
+        return size.lr
+    p = sweep.plan
+    return p.lr * (p.lr_base_width / size.n_embd) ** p.lr_width_exponent
+
+
+def _sizes(sweep: SweepConfig, vocab: int) -> list[SizeSpec]:
+    if sweep.isoflop is not None:
+        return list(sweep.isoflop.sizes)
+    sizes = list(sweep.sizes or [])
+    if sweep.params:
+        from cgpt.train.plan.planner import shape_for_params
+
+        for n in sweep.params:
+            layers, width, heads = shape_for_params(n, vocab, sweep.model.seq_len)
+            sizes.append(SizeSpec(n_layer=layers, n_embd=width, n_head=heads))
+    return sizes
+
+
+def plan_point(
+    sweep: SweepConfig,
+    size: SizeSpec,
+    vocab: int,
+    tpp: float,
+    name: str,
+    out: Path,
+    tok: str | None,
+    lr_mult: float = 1.0,
+) -> RunConfig:
+    """The run config of one point: ``size`` trained on ``tpp`` × params tokens."""
+    from cgpt.train.plan.planner import plan_for_shape
+
+    try:
+        plan = plan_for_shape(
+            size.n_layer,
+            size.n_embd,
+            size.n_head,
+            tokens_per_param=tpp,
+            seq_len=sweep.model.seq_len,
+            vocab_size=vocab,
+            name=name,
+            global_batch_seqs=sweep.plan.global_batch_seqs,
+            lr=(sweep.plan.lr if sweep.lr == "mup" else _lr(sweep, size)) * lr_mult,
+            decay=sweep.plan.decay,
+            cooldown_fraction=sweep.cooldown_fraction,
+            recipe=sweep.plan.recipe,
+        )
+        if sweep.plan.warmup_tokens_per_param is not None:
+            warm = math.ceil(
+                sweep.plan.warmup_tokens_per_param * plan.params / plan.global_batch_tokens
+            )
+            warm = min(max(warm, 1), plan.steps - 1)
+            plan = plan.replace(warmup_steps=warm, decay_steps=plan.steps - warm)
+        if sweep.lr == "mup":
+            from cgpt.train.plan.mup import apply_mup
+
+            lr = plan.lr
+            plan = apply_mup(plan, base_width=sweep.plan.lr_base_width)
+            plan = plan.replace(name=name, lr=lr, min_lr=float(f"{lr * 0.1:.3g}"))
+    except CgptError as e:
+        raise CgptError(f"point {name}: {e}") from None
+    if plan.steps < sweep.plan.min_steps:
+        raise CgptError(
+            f"point {name} would train for only {plan.steps} steps of "
+            f"{plan.global_batch_tokens:,} tokens (plan.min_steps is "
+            f"{sweep.plan.min_steps}); raise its budget/tokens_per_param, lower "
+            "plan.global_batch_seqs or drop the size"
+        )
+    runtime = {
+        "wandb": "off",
+        "export_hf": False,
+        **sweep.runtime,
+        "out_dir": str((out / "runs" / name).resolve()),
+    }
+    mb = runtime.get("micro_batch")
+    if sweep.plan.global_batch_seqs is None and mb and plan.global_batch_seqs % mb:
+        # a batch from a law: the largest micro-batch <= the asked one that divides it
+        runtime["micro_batch"] = max(b for b in range(1, mb + 1) if plan.global_batch_seqs % b == 0)
+    return plan.to_run_config(
+        str(Path(sweep.data.path).resolve()), str(Path(tok).resolve()) if tok else None, runtime
+    )
+
+
+def plan_points(sweep: SweepConfig, vocab: int) -> list[Point]:
+    """One run config per point, in the order they run (small to large; a stable run
+    before its branches)."""
+    out, tok = Path(sweep.out_dir), tokenizer_dir(sweep)
+    vocab = sweep.model.vocab_size or vocab
+    points = []
+    tuned = sweep.lr == "tuned"
+    for size in _sizes(sweep, vocab):
+        shape = f"L{size.n_layer}-d{size.n_embd}-h{size.n_head}"
+        if sweep.branches is not None:
+            from cgpt.train.scaling.sweep_branches import plan_branch_group
+
+            for m in sweep.grid:
+                points += plan_branch_group(
+                    sweep, size, vocab, shape, out, tok, lr_mult=m if tuned else None
+                )
+            continue
+        targets: list[tuple[str, float, float | None]] = []  # (name, tokens/param, budget)
+        if sweep.isoflop is None:
+            targets.append((shape, sweep.tokens_per_param, None))
+        else:
+            cfg_probe = _probe(size, vocab, sweep.model.seq_len)
+            for c in sweep.isoflop.budgets:
+                tokens = c / flops_per_token_algorithmic(cfg_probe, sweep.model.seq_len)
+                name = f"C{c:.2e}-{shape}".replace("+", "")
+                targets.append((name, tokens / num_params(cfg_probe), float(c)))
+        for group, tpp, budget in targets:
+            for m in sweep.grid:
+                name = f"{group}-lrx{m:g}" if tuned else group
+                cfg = plan_point(sweep, size, vocab, tpp, name, out, tok, lr_mult=m)
+                points.append(
+                    Point(
+                        name,
+                        cfg,
+                        budget=budget,
+                        group=group if tuned else None,
+                        lr_mult=m if tuned else None,
+                    )
+                )
+    names = [p.name for p in points]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"sweep lists the same size twice: {', '.join(dup)}")
+    return sorted(
+        points,
+        key=lambda p: (
+            p.budget or 0,
+            p.cfg.plan.params,
+            p.lr_mult or 0,
+            p.branch_of is not None,  # a stable run before its branches
+            p.tokens_multiple or 0,
+        ),
+    )
+
+
+def _probe(size: SizeSpec, vocab: int, seq_len: int):
+    from cgpt.model.config import GPTConfig
+
+    return GPTConfig(
+        n_layer=size.n_layer,
+        n_embd=size.n_embd,
+        n_head=size.n_head,
+        n_positions=seq_len,
+        vocab_size=vocab,
+    )

@@ -1,0 +1,87 @@
+"""Training one sweep point: ``python -m cgpt.train`` in a subprocess (so a crashing or
+diverging point cannot take the sweep down), its output appended to ``OUT/logs/NAME.log``,
+and its result record."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cgpt.train.scaling.sweep_points import Point
+from cgpt.train.scaling.sweep_records import make_record
+
+
+def run_summary(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _failure_reason(log_path: Path, rc: int) -> str:
+    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error:" in ln.lower()]
+    tail = errors[-1] if errors else " | ".join(lines[-3:])
+    return f"exit code {rc}: {tail[-600:]}" if tail else f"exit code {rc} (no output)"
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    for key in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+    ):
+        env.pop(key, None)  # each point is its own process group
+    return env
+
+
+def run_point(p: Point, out: Path, did: str, log=print) -> dict:
+    """Train one point in a subprocess (resuming its run folder if there is one)."""
+    cfg_path = out / "configs" / f"{p.name}.yaml"
+    p.cfg.save(cfg_path)
+    run_dir = Path(p.cfg.runtime.out_dir)
+    resume = (run_dir / "config.yaml").is_file()
+    cmd = [sys.executable, "-m", "cgpt.train", str(cfg_path)] + (["--resume"] if resume else [])
+    log_path = out / "logs" / f"{p.name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(log_path, "a") as f:
+        f.write(f"\n$ {' '.join(cmd)}\n")
+        f.flush()
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_child_env())
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:  # the child got the same Ctrl-C: let it save its checkpoint
+            proc.wait()
+            raise
+    wall = round(time.time() - t0, 2)
+    summary = run_summary(run_dir)
+    if rc == 0 and summary and summary.get("status") == "completed":
+        return make_record(p, "ok", did, summary, wall_s=wall)
+    if rc == 0 and summary:
+        return make_record(
+            p,
+            "interrupted",
+            did,
+            summary,
+            wall_s=wall,
+            reason=f"run {summary.get('status')} at step {summary.get('steps')}; "
+            "it resumes from its checkpoint on the next `cgpt sweep`",
+        )
+    if rc < 0:
+        return make_record(
+            p,
+            "interrupted",
+            did,
+            wall_s=wall,
+            reason=f"killed by signal {-rc}; resumes on the next `cgpt sweep`",
+        )
+    return make_record(p, "failed", did, reason=_failure_reason(log_path, rc), wall_s=wall)
