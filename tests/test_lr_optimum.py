@@ -53,3 +53,58 @@ def test_best_trial_stands_at_the_grid_edge_or_with_failed_trials():
     }
     with pytest.raises(ValueError):
         lr_optimum([{"lr": 1e-3, "val_loss": None}])
+
+
+def _records(group, losses):
+    # the fields results.jsonl holds for LR trials (cgpt.train.scaling.sweep_records.make_record)
+    return [
+        {
+            "name": f"{group}-lrx{m:g}",
+            "group": group,
+            "lr_mult": m,
+            "lr": 4e-3 * m,
+            "status": "ok",
+            "val_loss": v,
+        }
+        for m, v in losses.items()
+    ]
+
+
+def test_sweep_fits_see_the_parabola_optimum_and_keep_the_measured_loss():
+    from cgpt.train.scaling.sweep_records import best_trials
+
+    recs = _records("A", {0.5: 3.1629, 1: 2.9990, 2: 2.7901, 4: 3.0022}) + _records(
+        "B",
+        {0.5: 3.5, 1: 3.4, 2: 3.3},  # best at the edge: the trial stands
+    )
+    keep, summary = best_trials(recs, "parabola")
+    a = next(r for r in keep if r["group"] == "A")
+    # vertex through (ln 4e-3, 2.9990), (ln 8e-3, 2.7901), (ln 1.6e-2, 3.0022), by hand:
+    # in log2 units t = 0, 1, 2: curvature (2.9990 - 2*2.7901 + 3.0022)/2 = 0.2105,
+    # slope at 0: 2.7901 - 2.9990 - 0.2105 = -0.4194 -> t* = 0.99620, L* = 2.9990 - 0.4194²/0.842
+    assert a["name"] == "A-lrx2" and a["val_loss_best_trial"] == 2.7901
+    assert a["val_loss"] == pytest.approx(2.9990 - 0.4194**2 / (4 * 0.2105), abs=2e-4)
+    assert a["lr_opt"] == pytest.approx(4e-3 * 2**0.9962, rel=1e-3)
+    b = next(r for r in keep if r["group"] == "B")
+    assert b["val_loss"] == b["val_loss_best_trial"] == 3.3
+    assert summary["groups"]["B"]["optimum"]["method"] == "best"
+    plain, _ = best_trials(recs)  # the default keeps the measured best trial
+    assert next(r for r in plain if r["group"] == "A")["val_loss"] == 2.7901
+
+
+def test_lr_select_needs_lr_tuned():
+    from cgpt.model.errors import ConfigError
+    from cgpt.train.scaling.sweep import parse_sweep
+
+    raw = {
+        "name": "s",
+        "out_dir": "o",
+        "data": {"path": "d"},
+        "tokens_per_param": 20,
+        "sizes": [{"n_layer": 1, "n_embd": 16, "n_head": 2}],
+        "plan": {"global_batch_seqs": 8, "lr": 1e-3},
+        "lr_select": "parabola",
+    }
+    with pytest.raises(ConfigError, match="lr_select goes with lr: tuned"):
+        parse_sweep(raw)
+    assert parse_sweep({**raw, "lr": "tuned"}).lr_select == "parabola"

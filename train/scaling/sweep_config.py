@@ -66,7 +66,8 @@ class SweepPlan(_Strict):
     """Small-model optimisation settings; everything else comes from the planner's rules."""
 
     global_batch_seqs: int | None = Field(None, gt=0)  # None: plan.recipe's batch law
-    recipe: Literal["cerebras", "deepseek"] = "cerebras"  # batch law when no global_batch_seqs
+    # the batch law when global_batch_seqs is left out (cgpt.train.plan.recipes)
+    recipe: Literal["cerebras", "deepseek", "porian", "olmo"] = "cerebras"
     warmup_tokens_per_param: float | None = Field(None, gt=0)  # warmup tokens = k × params
     lr: float = Field(gt=0)  # peak LR at lr_base_width (lr: mup: the μP base LR)
     lr_base_width: int = Field(64, gt=0)
@@ -98,6 +99,9 @@ class SweepConfig(_Strict):
     plan: SweepPlan
     lr: Literal["fixed", "tuned", "mup"] = "fixed"
     lr_grid: list[float] | None = None  # lr: tuned: multipliers of each size's LR
+    # lr: tuned: a size's loss is its best trial ("best") or the vertex of a parabola in ln LR
+    # through the best trial and its neighbours ("parabola", cgpt.train.scaling.lr_optimum)
+    lr_select: Literal["best", "parabola"] = "best"
     branches: BranchSpec | None = None  # cooldown branches of one stable run per size
     runtime: dict[str, Any] = Field(default_factory=dict)  # RuntimeSection fields (not out_dir)
 
@@ -122,14 +126,16 @@ class SweepConfig(_Strict):
                 raise ValueError(f"lr_grid must list positive multipliers, got {self.lr_grid}")
             if len(set(self.lr_grid)) != len(self.lr_grid):
                 raise ValueError(f"lr_grid lists a multiplier twice: {self.lr_grid}")
+        if self.lr_select != "best" and self.lr != "tuned":
+            raise ValueError("lr_select goes with lr: tuned (it picks among LR trials)")
         if self.lr == "mup":
             own = [s for s in (self.sizes or []) + (self.isoflop.sizes if self.isoflop else [])]
             if any(s.lr is not None for s in own):
                 raise ValueError("lr: mup transfers plan.lr to every size; remove the sizes' lr")
         if self.plan.global_batch_seqs is None and self.plan.recipe == "cerebras":
             raise ValueError(
-                "plan.global_batch_seqs is missing: give it, or set plan.recipe: deepseek "
-                "for DeepSeek LLM's batch law (the Cerebras batch fit starts at 111M)"
+                "plan.global_batch_seqs is missing: give it, or set plan.recipe: deepseek, porian "
+                "or olmo for that batch law (the Cerebras batch fit starts at 111M)"
             )
         if self.plan.cooldown_fraction is not None and self.plan.decay != "wsd":
             raise ValueError("plan.cooldown_fraction goes with plan.decay: wsd")

@@ -59,7 +59,7 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
         raise CgptError(f"{str(out)!r} has no results yet; run `cgpt sweep SWEEP.yaml`")
     _check_same_data(records)
     trained = [r for r in records if r.get("status") == "ok"]
-    records, trials = best_trials(records)
+    records, trials = best_trials(records, meta.get("lr_select") or "best")
     fit = _fit(
         records,
         trained,
@@ -83,6 +83,11 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
     plot_scaling(points, fit, out / "scaling.png", title=title)
     if fit["kind"] == "isoflop":
         plot_isoflop(points, fit, out / "isoflop.png", title=f"{meta.get('name')}: IsoFLOP")
+    if "n_opt_law" in (fit.get("approach1") or {}):
+        from cgpt.train.scaling.plots import plot_envelope
+
+        title = f"{meta.get('name', out.name)}: training-curve envelope"
+        plot_envelope(fit, out / "envelope.png", title=title)
     for line in summarize_fit(fit):
         log(line)
     if fit.get("loss_law") is None:
@@ -103,6 +108,10 @@ def _fit(
     fit = fit_results(frontier, kind=kind, tokens_per_param=tokens_per_param, n_boot=n_boot)
     every = fit_results(records, kind=kind, tokens_per_param=tokens_per_param, n_boot=0)
     fit["chinchilla"] = every["chinchilla"]  # approach 3: every D/N the branches tried
+    fit["approach1"] = every["approach1"]  # approach 1: every branch's final point
+    fit["warnings"] = [w for w in fit["warnings"] if not w.startswith("approach 1")] + [
+        w for w in every["warnings"] if w.startswith("approach 1")
+    ]
     seen = {e["name"] for e in fit["excluded"]}
     more = [e for e in every["excluded"] if e["name"] not in seen]
     if more:
@@ -151,9 +160,14 @@ def summarize_fit(fit: dict) -> list[str]:
         lines.append(f"held-out prediction: {pred['skipped']}")
     iso = fit.get("isoflop") or {}
     if "alpha" in iso:
+        a_ci = (iso.get("alpha_ci95") or {}).get("interval")
+        b_ci = (iso.get("beta_ci95") or {}).get("interval")
         lines.append(
-            f"IsoFLOP: N_opt ∝ C^{iso['alpha']:.3f}, D_opt ∝ C^{iso['beta']:.3f}, "
-            f"tokens/param at the optimum ≈ {iso['tokens_per_param']:.1f}"
+            f"IsoFLOP: N_opt ∝ C^{iso['alpha']:.3f}"
+            + (f" (95% interval {a_ci[0]:.3f}-{a_ci[1]:.3f})" if a_ci else "")
+            + f", D_opt ∝ C^{iso['beta']:.3f}"
+            + (f" (95% interval {b_ci[0]:.3f}-{b_ci[1]:.3f})" if b_ci else "")
+            + f", tokens/param at the optimum ≈ {iso['tokens_per_param']:.1f}"
             + _interval_text((iso.get("tokens_per_param_ci95") or {}).get("interval"))
         )
     ch = fit.get("chinchilla") or {}
@@ -162,6 +176,9 @@ def summarize_fit(fit: dict) -> list[str]:
             f"Chinchilla: L(N, D) = {ch['E']:.3f} + {ch['A']:.4g}/N^{ch['alpha']:.3f} + "
             f"{ch['B']:.4g}/D^{ch['beta']:.3f} (R² {ch['r2']:.4f})"
         )
+    from cgpt.train.scaling.approach1 import summary_lines as approach1_lines
+
+    lines += approach1_lines(fit.get("approach1") or {})
     br = fit.get("branches")
     if br and br["flops"]:
         lines.append(
@@ -176,6 +193,11 @@ def summarize_fit(fit: dict) -> list[str]:
             for r in t["trials"]
         )
         best = f"best x{t['best_lr_mult']:g} (lr {t['best_lr']:.3g})" if t["best"] else "none ok"
+        opt = t.get("optimum")
+        if opt and opt["method"] == "parabola":
+            best += f"; parabola optimum lr {opt['lr']:.3g}, loss {opt['loss']:.4f}"
+        elif opt:
+            best += f"; no parabola ({opt['reason']})"
         lines.append(f"lr trials {g}: {tried}; {best}")
     for w in fit.get("warnings", []):
         lines.append(f"warning: {w}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cgpt.model.sizes import num_non_embedding_params, num_params
 from cgpt.train.config import write_text_atomic
+from cgpt.train.scaling.lr_optimum import lr_optimum
 from cgpt.train.scaling.sweep_points import Point
 
 
@@ -80,9 +81,12 @@ def mark_best(records: list[dict]) -> list[dict]:
     ]
 
 
-def best_trials(records: list[dict]) -> tuple[list[dict], dict]:
+def best_trials(records: list[dict], select: str = "best") -> tuple[list[dict], dict]:
     """The records the fits use (per LR-trial group only its best trial, or its failures when
-    none finished) and a summary of the trials per group (fit.json ``lr_trials``)."""
+    none finished) and a summary of the trials per group (fit.json ``lr_trials``). With
+    ``select="parabola"`` the kept record of a group carries the loss at the estimated optimal
+    LR (cgpt.train.scaling.lr_optimum) as ``val_loss``; its own measured loss stays in
+    ``val_loss_best_trial`` and the estimated LR in ``lr_opt``."""
     records = mark_best(records)
     groups: dict[str, list[dict]] = {}
     for r in records:
@@ -94,13 +98,17 @@ def best_trials(records: list[dict]) -> tuple[list[dict], dict]:
         if r.get("group") is None or r["best"] or not any(_ok(q) for q in groups[r["group"]])
     ]
     summary, warnings = {}, []
+    optimum: dict[str, dict] = {}
     for g, trials in groups.items():
         trials = sorted(trials, key=lambda r: r.get("lr_mult") or 0)
         best = next((r for r in trials if r["best"]), None)
+        if best and select == "parabola":
+            optimum[g] = lr_optimum(trials)
         summary[g] = {
             "best": best["name"] if best else None,
             "best_lr": best["lr"] if best else None,
             "best_lr_mult": best["lr_mult"] if best else None,
+            "optimum": optimum.get(g),
             "trials": [
                 {
                     "name": r["name"],
@@ -119,4 +127,16 @@ def best_trials(records: list[dict]) -> tuple[list[dict], dict]:
                 f"{g}: the best LR (x{best['lr_mult']:g}) is the {edge} of lr_grid; the optimum "
                 "may lie outside it: widen lr_grid"
             )
-    return keep, {"groups": summary, "warnings": warnings} if groups else {}
+    if optimum:
+        keep = [
+            {
+                **r,
+                "val_loss": optimum[r["group"]]["loss"],
+                "val_loss_best_trial": r["val_loss"],
+                "lr_opt": optimum[r["group"]]["lr"],
+            }
+            if r.get("group") in optimum and r.get("best")
+            else r
+            for r in keep
+        ]
+    return keep, {"groups": summary, "warnings": warnings, "select": select} if groups else {}
