@@ -3,7 +3,6 @@ and the whole pipeline end to end in a reduced form (fewer documents, a few step
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import child_env
 
 from cgpt.launch import demo
 from cgpt.train.config import load_run_config
@@ -55,9 +55,7 @@ def test_run_folder_choice(tmp_path):
 
 
 def _demo(out: Path, *extra: str) -> str:
-    env = dict(os.environ)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
+    env = child_env()
     res = subprocess.run(
         [
             sys.executable,

@@ -10,18 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import child_env
 from test_trainer import _write, losses, make_cfg, make_data
 
 from cgpt.train.loop.distributed import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _env() -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR"):
-        env.pop(k, None)
-    return env
 
 
 # fp32 matches to float tolerance; bf16 (the default: BF16_Optimizer, fp32 accumulation
@@ -55,11 +49,12 @@ def test_two_ranks_match_one_rank(tmp_path, zero_stage, precision, tol):
         "cgpt.train",
         str(two),
     ]
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    env = child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     r = subprocess.run(
         [os.sys.executable, "-m", "cgpt.train", str(one)],
-        env=_env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import child_env
 from test_trainer import _write, losses, make_cfg, make_data, tree_digest
 
 from cgpt.model.errors import CgptError
@@ -183,13 +184,6 @@ sys.exit(main())
 """
 
 
-def _env(trace: Path) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TRACE_DIR": str(trace)}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR", "LOCAL_WORLD_SIZE"):
-        env.pop(k, None)
-    return env
-
-
 def _launch(script: Path, ranks: int, args: list[str], trace: Path) -> subprocess.CompletedProcess:
     trace.mkdir(parents=True, exist_ok=True)
     if ranks == 1:
@@ -198,7 +192,12 @@ def _launch(script: Path, ranks: int, args: list[str], trace: Path) -> subproces
         launcher = str(Path(sys.executable).parent / "deepspeed")
         cmd = [launcher, "--num_gpus", str(ranks), "--master_port", str(free_port()), str(script)]
     return subprocess.run(
-        cmd + args, env=_env(trace), capture_output=True, text=True, timeout=600, cwd=script.parent
+        cmd + args,
+        env=child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TRACE_DIR=str(trace)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=script.parent,
     )
 
 

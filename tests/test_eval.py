@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import subprocess
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import EOS, byte_bpe, child_env
 
 from cgpt.launch.cli import main
 from cgpt.model import GPT, PUBLISHED, CgptError, GPTConfig
@@ -34,7 +34,6 @@ pytest.importorskip("transformers", reason="lm-eval's HF backend needs transform
 from cgpt.train.eval import harness, paper  # noqa: E402
 from cgpt.train.eval.heldout import BYTES_KEY, heldout_loss, split_bytes  # noqa: E402
 
-EOS = "<|endoftext|>"
 COLORS = ["red", "blue", "green", "gold"]
 TASKS = ["cgpt_mc", "cgpt_ll", "cgpt_roll", "cgpt_lambada"]
 BOOT = "1000"  # bootstrap iterations, the same on both sides of every comparison
@@ -55,17 +54,7 @@ def _names(n: int = 40) -> list[str]:
 def make_tokenizer(folder: Path, texts: list[str], vocab_size: int = 512) -> Path:
     """A byte-level BPE trained on ``texts``, saved as an HF folder (tokenizer.json +
     tokenizer_config.json) that AutoTokenizer loads."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer)
+    tok = byte_bpe(texts, vocab_size)
     folder.mkdir(parents=True)
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(
@@ -235,18 +224,20 @@ def run_cli(argv, capsys):
     return rc, out, err
 
 
+def eval_cmd(model, *extra, tok=None, tasks=None, include=None) -> list:
+    """`eval MODEL [--tokenizer TOK] [--tasks TASKS] [--include-path DIR] --device cpu EXTRA...`
+    (the arguments of `cgpt eval`; None leaves an option out)."""
+    argv = ["eval", model]
+    for flag, value in (("--tokenizer", tok), ("--tasks", tasks), ("--include-path", include)):
+        if value is not None:
+            argv += [flag, value]
+    return [*argv, "--device", "cpu", *extra]
+
+
 def eval_argv(model, world, out, *extra):
-    return [
-        "eval",
+    """All of TASKS on the local world, batch 4, BOOT bootstrap iterations, into OUT."""
+    return eval_cmd(
         model,
-        "--tokenizer",
-        world.tok,
-        "--tasks",
-        ",".join(TASKS),
-        "--include-path",
-        world.tasks,
-        "--device",
-        "cpu",
         "--batch-size",
         "4",
         "--bootstrap-iters",
@@ -254,7 +245,10 @@ def eval_argv(model, world, out, *extra):
         "--out",
         out,
         *extra,
-    ]
+        tok=world.tok,
+        tasks=",".join(TASKS),
+        include=world.tasks,
+    )
 
 
 def lm_eval_reference(folder: Path, world, tasks=TASKS) -> dict:
@@ -312,22 +306,17 @@ def test_scores_equal_lm_eval_hf_and_random_model_is_at_chance(
     assert_same_scores(report, lm_eval_reference(folder, world)["results"])
     # an HF folder as SRC is evaluated as it is: the same numbers again
     rc, _, _ = run_cli(
-        [
-            "eval",
+        eval_cmd(
             folder,
-            "--tasks",
-            "cgpt_mc,cgpt_roll",
-            "--include-path",
-            world.tasks,
-            "--device",
-            "cpu",
             "--batch-size",
             "4",
             "--bootstrap-iters",
             BOOT,
             "--out",
             tmp_path / "hf.json",
-        ],
+            tasks="cgpt_mc,cgpt_roll",
+            include=world.tasks,
+        ),
         capsys,
     )
     assert rc == 0
@@ -408,22 +397,17 @@ def test_published_shape_is_matched_and_compared():
 
 
 def test_suite_side_by_side_with_the_paper(world, random_model, tmp_path, capsys):
-    argv = [
-        "eval",
+    argv = eval_cmd(
         random_model,
-        "--tokenizer",
-        world.tok,
         "--suite",
         "cerebras-gpt",
-        "--include-path",
-        world.paper_tasks,
         "--limit",
         "8",
-        "--device",
-        "cpu",
         "--bootstrap-iters",
         "0",
-    ]
+        tok=world.tok,
+        include=world.paper_tasks,
+    )
     rc, out, _ = run_cli([*argv, "--compare-paper", "111m", "--out", tmp_path / "p.json"], capsys)
     assert rc == 0
     assert "vs Cerebras-GPT 111M" in out and "HellaSwag" in out and "OpenBookQA" in out
@@ -483,18 +467,9 @@ def test_bits_per_byte_equals_hand_computation(tmp_path, capsys):
 
     out = tmp_path / "h.json"
     rc, stdout, _ = run_cli(
-        [
-            "eval",
-            tmp_path / "m.safetensors",
-            "--data",
-            tmp_path / "data",
-            "--seq-len",
-            "8",
-            "--device",
-            "cpu",
-            "--out",
-            out,
-        ],
+        eval_cmd(
+            tmp_path / "m.safetensors", "--data", tmp_path / "data", "--seq-len", "8", "--out", out
+        ),
         capsys,
     )
     assert rc == 0 and "bits/byte" in stdout and f"{res['bits_per_byte']:.4f}" in stdout
@@ -523,9 +498,7 @@ def test_byte_count_recomputed_from_the_tokenizer_or_explained(world, tmp_path, 
     assert n == sum(len(d.encode("utf-8")) for d in docs) and "recomputed" in how
     model = tiny_gpt(world.vocab)
     save_model(model, tmp_path / "m.safetensors")
-    rc, out, _ = run_cli(
-        ["eval", tmp_path / "m.safetensors", "--data", tmp_path / "with", "--device", "cpu"], capsys
-    )
+    rc, out, _ = run_cli(eval_cmd(tmp_path / "m.safetensors", "--data", tmp_path / "with"), capsys)
     assert rc == 0 and "recomputed by decoding" in out
     # neither meta.json's count nor a tokenizer: one line saying to re-run prepare
     write_token_data(tmp_path / "without", ids, ids, tok.vocab_size, tok.eos_id)
@@ -581,71 +554,20 @@ def test_run_tasks_hook_returns_flat_metrics_and_leaves_the_trainer_alone(world)
 # ---- bad input: exit 2, one line, nothing written ------------------------------------------
 def _bad(world, random_model, tmp_path, case):
     small = tmp_path / "small.safetensors"
-    base = ["--include-path", world.tasks, "--device", "cpu"]
+
+    def mc(model, *extra, tasks="cgpt_mc", tok=world.tok):
+        return eval_cmd(model, *extra, tok=tok, tasks=tasks, include=world.tasks)
+
     return {
-        "not a model": [
-            "eval",
-            world.root / "mc.jsonl",
-            "--tokenizer",
-            world.tok,
-            "--tasks",
-            "cgpt_mc",
-            *base,
-        ],
-        "folder not a model": [
-            "eval",
-            world.tasks,
-            "--tokenizer",
-            world.tok,
-            "--tasks",
-            "cgpt_mc",
-            *base,
-        ],
-        "tokenizer vocab": ["eval", small, "--tokenizer", world.tok, "--tasks", "cgpt_mc", *base],
-        "no tokenizer": ["eval", random_model, "--tasks", "cgpt_mc", *base],
-        "fewshot pool": [
-            "eval",
-            random_model,
-            "--tokenizer",
-            world.tok,
-            "--tasks",
-            "cgpt_tiny",
-            "--num-fewshot",
-            "5",
-            *base,
-        ],
-        "fewshot fixed": [
-            "eval",
-            random_model,
-            "--tokenizer",
-            world.tok,
-            "--tasks",
-            "cgpt_fixed0",
-            "--num-fewshot",
-            "5",
-            *base,
-        ],
-        "hub dataset": [
-            "eval",
-            random_model,
-            "--tokenizer",
-            world.tok,
-            "--tasks",
-            "cgpt_hub",
-            *base,
-        ],
-        "hub model": ["eval", "hf:cerebras/Cerebras-GPT-111M", "--tasks", "cgpt_mc", *base],
-        "bad paper size": [
-            "eval",
-            random_model,
-            "--tokenizer",
-            world.tok,
-            "--tasks",
-            "cgpt_mc",
-            "--compare-paper",
-            "7B",
-            *base,
-        ],
+        "not a model": mc(world.root / "mc.jsonl"),
+        "folder not a model": mc(world.tasks),
+        "tokenizer vocab": mc(small),
+        "no tokenizer": mc(random_model, tok=None),
+        "fewshot pool": mc(random_model, "--num-fewshot", "5", tasks="cgpt_tiny"),
+        "fewshot fixed": mc(random_model, "--num-fewshot", "5", tasks="cgpt_fixed0"),
+        "hub dataset": mc(random_model, tasks="cgpt_hub"),
+        "hub model": mc("hf:cerebras/Cerebras-GPT-111M", tok=None),
+        "bad paper size": mc(random_model, "--compare-paper", "7B"),
     }[case]
 
 
@@ -704,20 +626,14 @@ def test_unreachable_hub_fails_fast_when_not_offline(
     monkeypatch.setattr(harness, "_HUB_STATE", {})  # this process has not asked the Hub yet
     t = time.perf_counter()
     rc, _, err = run_cli(
-        [
-            "eval",
+        eval_cmd(
             random_model,
-            "--tokenizer",
-            world.tok,
-            "--tasks",
-            "cgpt_hub",
-            "--include-path",
-            world.tasks,
-            "--device",
-            "cpu",
             "--out",
             tmp_path / "o.json",
-        ],
+            tok=world.tok,
+            tasks="cgpt_hub",
+            include=world.tasks,
+        ),
         capsys,
     )
     assert rc == 2 and len(err.strip().splitlines()) == 1
@@ -789,20 +705,9 @@ def test_trained_model_scores_far_above_chance_and_equals_lm_eval_cli(
     shutil.copytree(world.tok, run / "tokenizer")
     out = tmp_path / "trained.json"
     rc, _, _ = run_cli(
-        [
-            "eval",
-            run,
-            "--tasks",
-            ",".join(TASKS),
-            "--include-path",
-            world.tasks,
-            "--device",
-            "cpu",
-            "--batch-size",
-            "4",
-            "--out",
-            out,
-        ],
+        eval_cmd(
+            run, "--batch-size", "4", "--out", out, tasks=",".join(TASKS), include=world.tasks
+        ),
         capsys,
     )  # lm-eval's default bootstrap, as its CLI (which fixes it)
     assert rc == 0
@@ -841,7 +746,7 @@ def test_trained_model_scores_far_above_chance_and_equals_lm_eval_cli(
         capture_output=True,
         text=True,
         timeout=600,
-        env=_clean_env(),
+        env=child_env(),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (result_file,) = (tmp_path / "lm_eval_out").rglob("results_*.json")
@@ -851,20 +756,14 @@ def test_trained_model_scores_far_above_chance_and_equals_lm_eval_cli(
 @pytest.mark.slow
 def test_unknown_task_names_list_close_ones(world, random_model, tmp_path, capsys):
     rc, _, err = run_cli(
-        [
-            "eval",
+        eval_cmd(
             random_model,
-            "--tokenizer",
-            world.tok,
-            "--tasks",
-            "cgpt_mcq,hellaswg",
-            "--include-path",
-            world.tasks,
-            "--device",
-            "cpu",
             "--out",
             tmp_path / "o.json",
-        ],
+            tok=world.tok,
+            tasks="cgpt_mcq,hellaswg",
+            include=world.tasks,
+        ),
         capsys,
     )
     assert rc == 2 and len(err.strip().splitlines()) == 1
@@ -876,31 +775,11 @@ def test_unknown_task_names_list_close_ones(world, random_model, tmp_path, capsy
 def test_paper_suite_from_the_hub_fails_in_seconds_offline(random_model, world, tmp_path, capsys):
     t = time.perf_counter()
     rc, _, err = run_cli(
-        [
-            "eval",
-            random_model,
-            "--tokenizer",
-            world.tok,
-            "--device",
-            "cpu",
-            "--out",
-            tmp_path / "o.json",
-        ],
-        capsys,
+        eval_cmd(random_model, "--out", tmp_path / "o.json", tok=world.tok), capsys
     )  # default: --suite
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "task hellaswag needs the Hugging Face dataset" in err and "--include-path" in err
     assert time.perf_counter() - t < 60 and not (tmp_path / "o.json").exists()
-
-
-@pytest.mark.slow
-def _clean_env() -> dict:
-    """The environment without the process-group variables that in-process training tests
-    leave behind (a child would try to rendezvous on their MASTER_PORT)."""
-    env = dict(os.environ)
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
 
 
 @pytest.mark.slow  # a fresh process importing lm-eval
@@ -908,26 +787,20 @@ def test_errors_are_one_line_in_a_real_process(world, random_model, tmp_path):
     """The same as the in-process checks, through the installed `cgpt` (no traceback, no
     library noise on stderr)."""
     cgpt = Path(sys.executable).with_name("cgpt")
+    argv = eval_cmd(
+        random_model,
+        "--out",
+        tmp_path / "o.json",
+        tok=world.tok,
+        tasks="cgpt_hub",
+        include=world.tasks,
+    )
     proc = subprocess.run(
-        [
-            str(cgpt),
-            "eval",
-            str(random_model),
-            "--tokenizer",
-            str(world.tok),
-            "--tasks",
-            "cgpt_hub",
-            "--include-path",
-            str(world.tasks),
-            "--device",
-            "cpu",
-            "--out",
-            str(tmp_path / "o.json"),
-        ],
+        [str(cgpt), *map(str, argv)],
         capture_output=True,
         text=True,
         timeout=300,
-        env=_clean_env(),
+        env=child_env(),
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import child_env, make_tokenizer
 
 from cgpt.launch.cli import main
 from cgpt.model.errors import CgptError
@@ -22,7 +23,6 @@ from cgpt.train.config import parse_run_config
 from cgpt.train.loop.consolidate import consolidate_checkpoint, resolve_source
 
 pytest.importorskip("transformers", reason="export verification needs transformers")
-from test_hf import make_tokenizer  # noqa: E402
 from test_trainer import _write, make_cfg, make_data  # noqa: E402
 
 CGPT = str(Path(sys.executable).with_name("cgpt"))
@@ -67,13 +67,6 @@ def runs(tmp_path_factory, data):
         return made[key]
 
     return get
-
-
-def _env(**extra) -> dict:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **extra}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR"):
-        env.pop(k, None)  # set by the in-process training runs: a fresh process is no rank
-    return env
 
 
 def _hf_logits(folder: Path, x: torch.Tensor) -> torch.Tensor:
@@ -270,7 +263,7 @@ def test_diverged_checkpoint_cli_is_one_line_without_deepspeed_noise(runs, tmp_p
         [CGPT, "export", str(run), str(tmp_path / "hf")],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=child_env(PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"),
         timeout=300,
     )
     assert r.returncode == 2, r.stderr
@@ -298,7 +291,13 @@ def test_two_rank_checkpoint_consolidates(tmp_path, data, capsys, zero_stage, pr
         "cgpt.train",
         str(_write(tmp_path, d, "two.yaml")),
     ]
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        cmd,
+        env=child_env(PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     step = tmp_path / "two" / "checkpoints" / f"step-{LAST}"
     assert len(list(step.glob("*_optim_states.pt"))) == 2  # really two partitions

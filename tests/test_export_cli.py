@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_bit_identical, make_tokenizer, randomize
 
 from cgpt.launch.cli import main
 from cgpt.model import GPT, GPTConfig
@@ -18,7 +19,6 @@ from cgpt.model.hf import import_hf, to_hf_state_dict
 from cgpt.model.io import load_model, save_model
 
 pytest.importorskip("transformers", reason="export verification needs transformers")
-from test_hf import assert_bit_identical, make_tokenizer, randomize  # noqa: E402
 
 CGPT = str(Path(sys.executable).with_name("cgpt"))
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import child_env
 
 from cgpt.model.errors import CgptError
 from cgpt.train.loop.distributed import (
@@ -250,13 +251,6 @@ def test_build_root_is_torchs(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- real processes
-def _env(**extra) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR"):
-        env.pop(k, None)
-    return {**env, **extra}
-
-
 @pytest.mark.slow
 def test_init_distributed_refuses_a_stale_lock_before_building(tmp_path):
     root = tmp_path / "ext"
@@ -270,7 +264,7 @@ def test_init_distributed_refuses_a_stale_lock_before_building(tmp_path):
     # without the check DeepSpeed would wait on that lock forever: the timeout is the failure
     r = subprocess.run(
         [sys.executable, "-c", code],
-        env=_env(TORCH_EXTENSIONS_DIR=str(root)),
+        env=child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TORCH_EXTENSIONS_DIR=str(root)),
         capture_output=True,
         text=True,
         timeout=240,
@@ -312,7 +306,9 @@ def test_stalled_rank_times_out(tmp_path):
     procs: list[subprocess.Popen] = []
     try:
         for rank in (0, 1):
-            env = _env(
+            env = child_env(
+                OMP_NUM_THREADS="1",
+                PYTHONUNBUFFERED="1",
                 RANK=str(rank),
                 LOCAL_RANK=str(rank),
                 WORLD_SIZE="2",
@@ -385,9 +381,7 @@ def test_cgpt_launch_with_a_stalled_rank_exits_within_the_timeout(tmp_path):
         collective_timeout_s=timeout_s,
     )
     cfg = _write(tmp_path, d)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR"):
-        env.pop(k, None)
+    env = child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cgpt = str(Path(sys.executable).parent / "cgpt")
     proc = subprocess.Popen(
         [cgpt, "launch", str(cfg), "--gpus-per-node", "2"],

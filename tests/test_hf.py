@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_bit_identical, gpt2_config, make_bpe, make_tokenizer, randomize
 from torch.testing import assert_close
 
 from cgpt.model import GPT, CgptError, GPTConfig
@@ -29,18 +30,6 @@ SHAPES = [(2, 32, 4), (1, 68, 17), (2, 160, 2)]
 VOCAB, CTX = 97, 48
 
 
-def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Non-trivial values everywhere (LayerNorm gains/biases too), so no key can hide."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(
-                torch.randn(p.shape, generator=g) * 0.3
-                + (1.0 if p.dim() == 1 and p.shape[0] % 2 else 0.0)
-            )
-    return module
-
-
 def tiny_gpt(shape=(2, 32, 4), seed=0, **kw) -> GPT:
     L, d, h = shape
     return randomize(
@@ -54,13 +43,6 @@ def ids(batch=2, T=CTX, seed=1):
 
 def hf_model_for(cfg: GPTConfig) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(GPT2Config(**H.gpt_config_to_hf(cfg))).eval()
-
-
-def assert_bit_identical(a: GPT, b: GPT):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -78,22 +60,8 @@ def test_parity_ours_to_transformers(shape):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_parity_transformers_to_ours(shape):
     L, d, h = shape
-    hf = randomize(
-        GPT2LMHeadModel(
-            GPT2Config(
-                n_layer=L,
-                n_embd=d,
-                n_head=h,
-                vocab_size=VOCAB,
-                n_positions=CTX,
-                activation_function="gelu",
-                resid_pdrop=0.0,
-                embd_pdrop=0.0,
-                attn_pdrop=0.0,
-            )
-        ),
-        seed=3,
-    ).eval()
+    hf_cfg = gpt2_config(n_layer=L, n_embd=d, n_head=h, vocab_size=VOCAB, n_positions=CTX)
+    hf = randomize(GPT2LMHeadModel(hf_cfg), seed=3).eval()
     cfg, tied = H.hf_config_to_gpt(hf.config.to_dict())
     sd, tied = H.from_hf_state_dict(hf.state_dict(), cfg, tied)
     ours = build_from_state_dict(cfg, sd, tied, "test").eval()
@@ -103,22 +71,8 @@ def test_parity_transformers_to_ours(shape):
 
 
 def test_import_of_transformers_save_pretrained(tmp_path):
-    hf = randomize(
-        GPT2LMHeadModel(
-            GPT2Config(
-                n_layer=2,
-                n_embd=68,
-                n_head=17,
-                vocab_size=VOCAB,
-                n_positions=CTX,
-                activation_function="gelu",
-                resid_pdrop=0.0,
-                embd_pdrop=0.0,
-                attn_pdrop=0.0,
-            )
-        ),
-        seed=4,
-    ).eval()
+    hf_cfg = gpt2_config(n_layer=2, n_embd=68, n_head=17, vocab_size=VOCAB, n_positions=CTX)
+    hf = randomize(GPT2LMHeadModel(hf_cfg), seed=4).eval()
     hf.save_pretrained(tmp_path / "hf")
     ours = H.import_hf(tmp_path / "hf", verify=True).eval()
     assert ours.lm_head.weight is ours.transformer.wte.weight
@@ -174,25 +128,6 @@ def test_verification_catches_a_wrong_key_map(tmp_path, monkeypatch):
     with pytest.raises(CgptError, match="logits differ"):
         H.export_hf(tiny_gpt(), tmp_path / "hf")
     assert os.listdir(tmp_path) == []  # neither OUT nor a temporary folder
-
-
-def make_tokenizer(path: Path, vocab_size: int = 90) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(["hello world, the export round trip"] * 20, trainer)
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
-    ).save_pretrained(path)
-    return path
 
 
 def test_export_with_tokenizer_round_trips_text(tmp_path):
@@ -345,30 +280,6 @@ def test_mup_export_folds_or_says_why(tmp_path):
 
 
 # ---- minimal GPT-2 tokenizer folders: one source of truth for bos/eos --------------------
-def make_bpe(folder: Path, layout: str, vocab_size: int = 300) -> Path:
-    """A byte-level BPE (GPT-2's kind) trained here, saved as a bare ``tokenizer.json``
-    (layout "json") or as GPT-2's original ``vocab.json`` + ``merges.txt`` ("vocab"); no
-    tokenizer_config.json either way. <|endoftext|> is id 0, not vocab_size - 1."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    text = ["hello world, the export round trip", "continued pretraining of a small model"]
-    tok.train_from_iterator(text * 20, trainer)
-    folder.mkdir(parents=True, exist_ok=True)
-    if layout == "json":
-        tok.save(str(folder / "tokenizer.json"))
-    else:
-        tok.model.save(str(folder))
-    return folder
-
-
 @pytest.mark.parametrize("layout", ["json", "vocab"])
 def test_export_with_minimal_gpt2_tokenizer_folder(tmp_path, layout):
     from cgpt.train.data.tokenizer import load_tokenizer

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_hf import make_bpe
+from helpers import child_env, gpt2_config, make_bpe
 from test_trainer import _write, make_cfg, make_data
 
 from cgpt.model.errors import CgptError, ConfigError
@@ -23,7 +23,7 @@ from cgpt.train.config import load_run_config, parse_run_config
 from cgpt.train.loop.metrics import read_metrics
 
 transformers = pytest.importorskip("transformers")
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E402
+from transformers import AutoTokenizer, GPT2LMHeadModel  # noqa: E402
 
 VOCAB, CTX = 300, 32
 TEXT = "hello world, continued pretraining ✓ 42\n\tof a small model"
@@ -40,19 +40,15 @@ def published(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("pub") / "tiny-gpt"
     make_bpe(folder, "vocab", vocab_size=VOCAB)
     torch.manual_seed(0)
-    cfg = GPT2Config(
+    cfg = gpt2_config(
         n_layer=2,
         n_embd=32,
         n_head=2,
         n_positions=CTX,
         vocab_size=VOCAB,
-        activation_function="gelu",
         bos_token_id=0,
         eos_token_id=0,
         initializer_range=0.2,  # far from uniform: the step-0 loss is not just log(V)
-        resid_pdrop=0.0,  # no dropout, as Cerebras-GPT (GPT2Config's default is 0.1)
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
     )
     GPT2LMHeadModel(cfg).save_pretrained(folder)
     return folder
@@ -242,9 +238,7 @@ def test_two_ranks_zero1_from_hf_folder(tmp_path, published, pub_data):
     launcher = shutil.which("deepspeed") or str(Path(os.sys.executable).parent / "deepspeed")
     d = init_cfg(tmp_path, pub_data, published, zero_stage=1, micro_batch=1, max_steps=3)
     cfg = _write(tmp_path, d)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR"):
-        env.pop(k, None)
+    env = child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [launcher, "--num_gpus", "2", "--master_port", str(free_port())]
     cmd += ["--module", "cgpt.train", str(cfg)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

@@ -415,7 +415,7 @@ def test_two_ranks_equal_one_rank_with_a_mixture(tmp_path, byte_sources):
     from pathlib import Path
 
     import torch
-    from test_ds_parallel import _env
+    from helpers import child_env
     from test_trainer import _write as write_yaml
     from test_trainer import losses, read_metrics
 
@@ -429,11 +429,12 @@ def test_two_ranks_equal_one_rank_with_a_mixture(tmp_path, byte_sources):
     one = write_yaml(tmp_path, d, "one.yaml")
     port = str(free_port())
     cmd = [launcher, "--num_gpus", "2", "--master_port", port, "--module", "cgpt.train", str(two)]
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    env = child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     r = subprocess.run(
         [sys.executable, "-m", "cgpt.train", str(one)],
-        env=_env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,

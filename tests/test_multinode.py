@@ -9,7 +9,6 @@ the checkpoint records a world size of 2.
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import child_env
 
 from cgpt.train.data.shards import write_token_data
 from cgpt.train.loop.distributed import free_port
@@ -66,13 +66,6 @@ def _config(tmp_path: Path, out: str) -> Path:
     return path
 
 
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)  # a launcher in this process must not leak into the children
-    return env
-
-
 def _train_losses(run_dir: Path) -> list[tuple[int, int, float]]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["tokens"], r["loss"]) for r in rows if "loss" in r]
@@ -85,7 +78,7 @@ def alone(tmp_path_factory) -> list[tuple[int, int, float]]:
     one = _config(tmp, "one-process")
     res = subprocess.run(
         [sys.executable, "-m", "cgpt.launch", "train", str(one)],
-        env=_env(),
+        env=child_env(OMP_NUM_THREADS="1"),
         capture_output=True,
         text=True,
         timeout=300,
@@ -123,7 +116,7 @@ def test_two_nodes_on_loopback_train_one_model(tmp_path, launcher, alone):
                 "--master-port",
                 port,
             ],
-            env=_env(),
+            env=child_env(OMP_NUM_THREADS="1"),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

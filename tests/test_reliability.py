@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import child_env, nan_loss_after
 from test_trainer import _write, losses, make_cfg, make_data, tree_digest
 
 from cgpt.launch.cli import main as cli_main
@@ -27,13 +28,6 @@ CGPT = str(Path(sys.executable).parent / "cgpt")
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_data(tmp_path_factory.mktemp("data") / "bytes")
-
-
-def _env() -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR"):
-        env.pop(k, None)
-    return env
 
 
 def _one_line_error(capsys, argv, code=2, after_training=False) -> str:
@@ -65,7 +59,7 @@ def test_lr_spike_never_publishes_nonfinite_weights(tmp_path, data):
     path = _write(tmp_path, d)
     res = subprocess.run(
         [CGPT, "train", str(path), "--set", "plan.lr=1e6", "--set", "plan.min_lr=1e5"],
-        env=_env(),
+        env=child_env(PYTHONUNBUFFERED="1"),
         capture_output=True,
         text=True,
         timeout=600,
@@ -86,27 +80,14 @@ def test_lr_spike_never_publishes_nonfinite_weights(tmp_path, data):
 
 
 @pytest.mark.slow  # trains twice through the CLI
-def test_rewind_command_continues_from_the_named_step(tmp_path, data, monkeypatch, capsys):
+def test_rewind_command_continues_from_the_named_step(tmp_path, data, capsys):
     """A loss spike at step 8 stops the run; the printed command, run as printed, rewinds to
     step-5 with half the LR, sets the later checkpoint aside and records the change."""
-    from cgpt.model.gpt import GPT
-
-    real, calls = GPT.forward, []
-
-    def poisoned(self, idx, targets=None):
-        out = real(self, idx, targets)
-        if targets is not None and self.training:
-            calls.append(1)
-            if len(calls) > 7 * 4:  # 4 micro-batches per step: step 8 onwards
-                return out * float("nan")
-        return out
-
     d = make_cfg(tmp_path, data, steps=12, save_every=5, eval_every=0, log_every=1)
     path = _write(tmp_path, d)
     # a checkpoint after the spike point would be abandoned by the rewind: make one
-    monkeypatch.setattr(GPT, "forward", poisoned)
-    err = _one_line_error(capsys, ["train", str(path)], after_training=True)
-    monkeypatch.setattr(GPT, "forward", real)
+    with nan_loss_after(7 * 4):  # 4 micro-batches per step: step 8 onwards
+        err = _one_line_error(capsys, ["train", str(path)], after_training=True)
     assert "the loss became nan at step 8" in err and "step-5" in err
     command = err.split(": cgpt train ", 1)[1]
     argv = ["train", *shlex.split(command)]
@@ -157,7 +138,7 @@ def test_second_trainer_on_a_run_folder_is_refused(tmp_path, data, capsys):
     path = _write(tmp_path, d)
     proc = subprocess.Popen(
         [CGPT, "train", str(path)],
-        env=_env(),
+        env=child_env(PYTHONUNBUFFERED="1"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -332,7 +313,7 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, data, delay):
     path = _write(tmp_path, d)
     proc = subprocess.Popen(
         [CGPT, "train", str(path)],
-        env=_env(),
+        env=child_env(PYTHONUNBUFFERED="1"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

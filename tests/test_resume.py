@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import child_env
 from test_trainer import _write, losses, make_cfg, make_data
 
 from cgpt.train.config import parse_run_config
@@ -90,9 +91,7 @@ def test_sigterm_saves_and_the_printed_command_resumes_this_run(tmp_path, data):
     )
     cfg_path = _write(tmp_path, d)
     out_dir = tmp_path / "elsewhere" / "run"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR"):
-        env.pop(k, None)  # set by the in-process runs above: this is a fresh plain run
+    env = child_env(PYTHONUNBUFFERED="1")  # a fresh plain run, not a rank of this process
     cgpt = str(Path(sys.executable).parent / "cgpt")
     proc = subprocess.Popen(
         [

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import nan_loss_after
 
 from cgpt.launch.cli import main as cli_main
 from cgpt.train.config import parse_run_config
@@ -261,24 +262,12 @@ def test_tokenizer_mismatch_is_refused(tmp_path, data, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_divergence_stops_without_saving(tmp_path, data, monkeypatch, capsys):
+def test_divergence_stops_without_saving(tmp_path, data, capsys):
     """A non-finite loss at step 8 stops the run naming the step and the last good
     checkpoint (step 5); nothing is saved after it."""
-    from cgpt.model.gpt import GPT
-
-    real, calls = GPT.forward, []
-
-    def poisoned(self, idx, targets=None):
-        out = real(self, idx, targets)
-        if targets is not None and self.training:
-            calls.append(1)
-            if len(calls) > 7 * 4:  # 4 micro-batches per step: step 8 onwards
-                return out * float("nan")
-        return out
-
-    monkeypatch.setattr(GPT, "forward", poisoned)
     d = make_cfg(tmp_path, data, steps=20, save_every=5, eval_every=0)
-    err = _cli_error(capsys, ["train", str(_write(tmp_path, d))])
+    with nan_loss_after(7 * 4):  # 4 micro-batches per step: step 8 onwards
+        err = _cli_error(capsys, ["train", str(_write(tmp_path, d))])
     assert "loss became nan at step 8" in err and "step-5" in err
     from cgpt.train.loop import checkpoint as ckpt
 

@@ -1,0 +1,134 @@
+"""Pieces several test files share: the environment of a fresh child process, a diverging
+forward pass, random weights, and small tokenizers and HF configs built here.
+
+Test files import them as ``from helpers import ...``: pytest puts tests/ on sys.path (its
+default "prepend" import mode, tests/ has no __init__.py), the same way other files already
+say ``from test_trainer import make_data``. Nothing here needs transformers at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+# ---- child processes ------------------------------------------------------------------------
+# set by the in-process training runs of this session (init_distributed's one-process group)
+# or by a launcher around pytest: a fresh child would join that group, on its MASTER_PORT
+PROCESS_GROUP_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """A copy of os.environ for a fresh process: without PROCESS_GROUP_VARS, then ``extra``
+    (which may set some of them again, e.g. a hand-made rank)."""
+    env = {k: v for k, v in os.environ.items() if k not in PROCESS_GROUP_VARS}
+    return {**env, **extra}
+
+
+# ---- divergence -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def nan_loss_after(good_calls: int) -> Iterator[None]:
+    """While inside: GPT.forward, training with targets, returns its loss times NaN from the
+    ``good_calls + 1``-th such call on (calls = micro-batches, so ``7 * 4`` with 4
+    micro-batches per step diverges at step 8). Evaluation calls are left alone."""
+    from cgpt.model.gpt import GPT
+
+    real, calls = GPT.forward, []
+
+    def poisoned(self, idx, targets=None):
+        out = real(self, idx, targets)
+        if targets is not None and self.training:
+            calls.append(1)
+            if len(calls) > good_calls:
+                return out * float("nan")
+        return out
+
+    GPT.forward = poisoned
+    try:
+        yield
+    finally:
+        GPT.forward = real
+
+
+# ---- models ---------------------------------------------------------------------------------
+def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Non-trivial values everywhere (LayerNorm gains/biases too), so no key can hide."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(
+                torch.randn(p.shape, generator=g) * 0.3
+                + (1.0 if p.dim() == 1 and p.shape[0] % 2 else 0.0)
+            )
+    return module
+
+
+def assert_bit_identical(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
+
+
+def gpt2_config(**kw):
+    """transformers' GPT2Config of our architecture: plain gelu and no dropout, as
+    Cerebras-GPT (GPT2Config's default dropout is 0.1); ``kw`` sets the shape and the rest."""
+    from transformers import GPT2Config
+
+    base = dict(activation_function="gelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2Config(**{**base, **kw})
+
+
+# ---- tokenizers -----------------------------------------------------------------------------
+EOS = "<|endoftext|>"
+
+
+def byte_bpe(texts: list[str], vocab_size: int):
+    """A byte-level BPE (GPT-2's kind) trained on ``texts``; ``<|endoftext|>`` is id 0."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+def make_tokenizer(path: Path, vocab_size: int = 90) -> Path:
+    """An HF tokenizer folder (PreTrainedTokenizerFast.save_pretrained), eos = bos = EOS."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = byte_bpe(["hello world, the export round trip"] * 20, vocab_size)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS).save_pretrained(
+        path
+    )
+    return path
+
+
+def make_bpe(folder: Path, layout: str, vocab_size: int = 300) -> Path:
+    """A byte-level BPE saved as a bare ``tokenizer.json`` (layout "json") or as GPT-2's
+    original ``vocab.json`` + ``merges.txt`` ("vocab"); no tokenizer_config.json either way.
+    <|endoftext|> is id 0, not vocab_size - 1."""
+    text = ["hello world, the export round trip", "continued pretraining of a small model"]
+    tok = byte_bpe(text * 20, vocab_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    if layout == "json":
+        tok.save(str(folder / "tokenizer.json"))
+    else:
+        tok.model.save(str(folder))
+    return folder
