@@ -244,6 +244,21 @@ def test_zero_or_negative_weight_refused(tmp_path, folders, weight):
     assert "data.sources.1" in str(e.value) and "positive" in str(e.value)
 
 
+def test_names_outside_letters_digits_and_dot_dash_underscore_refused(tmp_path, folders):
+    ok = _section(folders)
+    ok["sources"][0]["name"] = "web_v1.2-en"
+    ok["val"] = {"held.out-1_x": str(folders["a"])}
+    assert parse_run_config(_cfg(tmp_path, ok)).data.sources[0].name == "web_v1.2-en"
+    for bad in ("a b", "a/b", "val_loss:a", ""):
+        src = _section(folders)
+        src["sources"][0]["name"] = bad
+        with pytest.raises(ConfigError, match="data.sources.0.name"):
+            parse_run_config(_cfg(tmp_path, src))
+        val = _section(folders, val={bad: str(folders["a"])})
+        with pytest.raises(ConfigError, match="data.val names may use letters, digits, _ . -"):
+            parse_run_config(_cfg(tmp_path, val))
+
+
 def test_config_round_trip_and_exclusive_keys(tmp_path, folders):
     cfg = parse_run_config(_cfg(tmp_path, _section(folders)))
     d = cfg.to_dict()["data"]

@@ -18,7 +18,10 @@ import re
 
 from cgpt.model.errors import CgptError
 
-NAME_VALUE = re.compile(r"([A-Za-z0-9_.-]+)=(.+)")
+# a mixture source or validation set name (data.sources[].name, data.val keys, NAME= items):
+# it ends up in metric names such as val_loss/NAME
+NAME_PATTERN = r"[A-Za-z0-9_.-]+"
+NAME_VALUE = re.compile(rf"({NAME_PATTERN})=(.+)")
 
 
 def check_positive(value, what: str, *, integer: bool = False):

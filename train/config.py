@@ -32,6 +32,7 @@ from pydantic import (
 
 from cgpt.model.config import GPTConfig, MuPConfig
 from cgpt.model.errors import ConfigError
+from cgpt.train.cli_args import NAME_PATTERN
 
 
 class Strict(BaseModel):
@@ -41,7 +42,7 @@ class Strict(BaseModel):
 class DataSource(Strict):
     """One source of a training mixture: a prepared data folder and its sampling weight."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # used in metric names: val_loss/NAME
+    name: str = Field(pattern=rf"^{NAME_PATTERN}$")  # used in metric names: val_loss/NAME
     path: str  # folder written by `cgpt prepare`
     weight: float  # > 0; weights are relative (normalised over the sources)
 
@@ -96,7 +97,7 @@ class DataSection(Strict):
 
             if not self.val:
                 raise ValueError("data.val is empty; leave it out to use each source's val split")
-            bad = [n for n in self.val if not re.fullmatch(r"[A-Za-z0-9_.-]+", n)]
+            bad = [n for n in self.val if not re.fullmatch(NAME_PATTERN, n)]
             if bad:
                 raise ValueError(f"data.val names may use letters, digits, _ . -; got {bad[0]!r}")
         return self
