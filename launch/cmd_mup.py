@@ -10,10 +10,10 @@ transfer     sweeps LRs at two or three widths under SP and μP, writes lr_trans
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
+from cgpt.train.cli_args import check_positive
 
 
 def register(subparsers) -> None:
@@ -101,11 +101,9 @@ def parse_list(text: str, kind, flag: str) -> list:
     return vals
 
 
-def _positive(args, *names) -> None:
+def _positive_ints(args, *names) -> None:
     for name in names:
-        v = getattr(args, name)
-        if v is None or v <= 0 or (isinstance(v, float) and not math.isfinite(v)):
-            raise CgptError(f"--{name.replace('_', '-')} must be positive, got {v}")
+        check_positive(getattr(args, name), f"--{name.replace('_', '-')}", integer=True)
 
 
 def _out_dir(path: str) -> Path:
@@ -125,8 +123,7 @@ def _write_json(path: Path, obj: dict) -> None:
 def _threads(n: int) -> None:
     import torch
 
-    if n <= 0:
-        raise CgptError(f"--threads must be positive, got {n}")
+    check_positive(n, "--threads", integer=True)
     torch.set_num_threads(n)
 
 
@@ -134,7 +131,8 @@ def run_coord_check_cmd(args) -> int:
     from cgpt.train.mup import coord_check as cc
 
     widths = parse_list(args.widths, int, "--widths")
-    _positive(args, "steps", "lr", "layers", "heads", "seq_len", "batch", "seeds")
+    _positive_ints(args, "steps", "layers", "heads", "seq_len", "batch", "seeds")
+    check_positive(args.lr, "--lr")
     _threads(args.threads)
     out = _out_dir(args.out)
     res = cc.run_coord_check(
@@ -173,7 +171,7 @@ def run_transfer_cmd(args) -> int:
 
     widths = parse_list(args.widths, int, "--widths")
     lrs = parse_list(args.lrs, float, "--lrs") if args.lrs else list(mt.DEFAULT_LRS)
-    _positive(args, "steps", "layers", "seq_len", "batch")
+    _positive_ints(args, "steps", "layers", "seq_len", "batch")
     _threads(args.threads)
     out = _out_dir(args.out)
     res = mt.run_transfer(widths, lrs, args.steps, args.batch, args.seq_len, args.layers, log=print)

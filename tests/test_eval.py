@@ -568,6 +568,8 @@ def _bad(world, random_model, tmp_path, case):
         "hub dataset": mc(random_model, tasks="cgpt_hub"),
         "hub model": mc("hf:cerebras/Cerebras-GPT-111M", tok=None),
         "bad paper size": mc(random_model, "--compare-paper", "7B"),
+        "zero limit": mc(random_model, "--limit", "0"),
+        "zero batch": mc(random_model, "--batch-size", "0"),
     }[case]
 
 
@@ -581,6 +583,8 @@ BAD = {
     "hub dataset": "HF_DATASETS_OFFLINE=1",
     "hub model": "not in the local Hugging Face cache",
     "bad paper size": "valid names",
+    "zero limit": "--limit must be a positive number, got 0.0",
+    "zero batch": "--batch-size must be a positive integer, got 0",
 }
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from cgpt.model.errors import CgptError
+from cgpt.train.cli_args import check_positive
 from cgpt.train.eval import harness, hub
 from cgpt.train.eval.paper import (
     PAPER_METRIC,
@@ -79,10 +80,10 @@ def _check_request(req: EvalRequest) -> None:
         raise CgptError("nothing to evaluate: give --suite, --tasks or --data")
     if req.num_fewshot is not None and req.num_fewshot < 0:
         raise CgptError(f"--num-fewshot must be 0 or more, got {req.num_fewshot}")
-    if req.limit is not None and not req.limit > 0:
-        raise CgptError(f"--limit must be positive, got {req.limit}")
-    if isinstance(req.batch_size, int) and req.batch_size <= 0:
-        raise CgptError(f"--batch-size must be positive, got {req.batch_size}")
+    if req.limit is not None:
+        check_positive(req.limit, "--limit")
+    if isinstance(req.batch_size, int):
+        check_positive(req.batch_size, "--batch-size", integer=True)
     if req.bootstrap_iters < 0:
         raise CgptError(f"--bootstrap-iters must be 0 or more, got {req.bootstrap_iters}")
     if req.dtype is not None and req.dtype not in DTYPES:
