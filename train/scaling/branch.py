@@ -39,18 +39,31 @@ def _phase(plan: PlanSection, steps: int, fraction: float) -> BatchPhase:
     )
 
 
-def branch_plan(plan: PlanSection, step: int, fraction: float) -> PlanSection:
+def branch_plan(
+    plan: PlanSection, step: int, fraction: float, steps: int | None = None
+) -> PlanSection:
     """The plan of a WSD run whose cooldown (``fraction`` of its schedule) starts at ``step``
-    or, where rounding allows no exact start, at the first step after it."""
+    or, where rounding allows no exact start, at the first step after it. Several lengths
+    can round to the same cooldown start; without ``steps`` the shortest is taken, with
+    ``steps`` that length (checked: its cooldown must start exactly at ``step``)."""
     if plan.batch_schedule:
         raise CgptError("branches need a one-phase plan (this one has a batch_schedule)")
     if not 0 < fraction < 1:
         raise CgptError(f"--cooldown-fraction must be in (0, 1), got {fraction}")
     if step <= plan.warmup_steps:
         raise CgptError(f"step {step} is inside the warmup ({plan.warmup_steps} steps)")
-    total = step + 1
-    while total - cooldown_steps(_phase(plan, total, fraction)) < step:
-        total += 1
+    if steps is not None:
+        start = steps - cooldown_steps(_phase(plan, steps, fraction))
+        if start != step:
+            raise CgptError(
+                f"a {steps}-step run with cooldown fraction {fraction} starts its cooldown at "
+                f"step {start}, not {step}"
+            )
+        total = steps
+    else:
+        total = step + 1
+        while total - cooldown_steps(_phase(plan, total, fraction)) < step:
+            total += 1
     old = plan.model_dump()
     scale = total / plan.steps
     return PlanSection(
@@ -84,10 +97,15 @@ def _link_tree(src: Path, dst: Path) -> None:
 
 
 def make_branch(
-    stable: str | os.PathLike, step: int, out: str | os.PathLike, fraction: float = 0.2
+    stable: str | os.PathLike,
+    step: int,
+    out: str | os.PathLike,
+    fraction: float = 0.2,
+    steps: int | None = None,
 ) -> RunConfig:
-    """Create the branch folder ``out`` from the stable run's checkpoint ``step-<step>``;
-    returns its run config. Checks everything before writing anything."""
+    """Create the branch folder ``out`` from the stable run's checkpoint ``step-<step>``
+    (``steps``: the branch's length, see :func:`branch_plan`); returns its run config.
+    Checks everything before writing anything."""
     stable, out = Path(stable).resolve(), Path(out).resolve()
     cfg = load_run_config(stable)
     plan = cfg.plan
@@ -108,7 +126,7 @@ def make_branch(
             f"the stable run was already cooling down before step {step}: branch from a "
             "checkpoint inside its stable phase"
         )
-    new = branch_plan(plan, step, fraction)
+    new = branch_plan(plan, step, fraction, steps)
     if out.exists():
         raise CgptError(f"{out} already exists; choose a new folder for the branch")
     branch = cfg.model_copy(

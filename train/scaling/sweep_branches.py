@@ -9,9 +9,8 @@ run folder, trained by the same subprocess as every other point; up to its coold
 the stable run, so it costs only its cooldown (Hägele et al. 2024, arXiv 2405.18392).
 
 A branch's cooldown starts where the dedicated WSD point of its multiple would start its
-own (``steps - round(cooldown_fraction × steps)``); its length then follows from
-make_branch's rounding, so its tokens equal the dedicated point's or fall a batch short
-(a few for cooldown fractions above 0.5); results.jsonl records the tokens trained.
+own (``steps - round(cooldown_fraction × steps)``) and it has the dedicated point's length,
+so it equals that point bitwise (tests/test_sweep_branches.py).
 Every point shares the stable run's warmup: the sweep file must give
 ``plan.warmup_tokens_per_param`` (a warmup that does not depend on the run's length).
 
@@ -105,7 +104,9 @@ def plan_branch_group(
     for m, k in starts.items():
         name, group = names(m)
         try:
-            plan = branch_plan(stable.plan, k, stable.plan.cooldown_fraction or 0.0)
+            plan = branch_plan(
+                stable.plan, k, stable.plan.cooldown_fraction or 0.0, dedicated[m].plan.steps
+            )
         except CgptError as e:
             raise CgptError(
                 f"point {name}: {e}; drop x{m:g} from branches.at or raise tokens_per_param"
@@ -171,7 +172,7 @@ def prepare_branch(p: Point, stable: Point) -> str | None:
     if folder.exists():
         _remove_unfinished(folder, k, src)
     if (root / ckpt.tag_for(k) / ckpt.COMPLETE).is_file():
-        make_branch(src, k, folder, p.cfg.plan.cooldown_fraction or 0.0)
+        make_branch(src, k, folder, p.cfg.plan.cooldown_fraction or 0.0, p.cfg.plan.steps)
         return None
     have = [s for s, _ in ckpt.published(root)]
     reached = max(have + [int((run_summary(src) or {}).get("steps") or 0)])
