@@ -4,6 +4,7 @@ and/or the held-out loss of a prepared data folder. The work is cgpt.train.eval.
 from __future__ import annotations
 
 import argparse
+import math
 
 from cgpt.train.cli_args import check_positive
 
@@ -40,6 +41,8 @@ def _limit(text: str) -> int | float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return int(v) if v >= 1 and v == int(v) else v
 
 

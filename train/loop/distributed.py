@@ -62,6 +62,11 @@ class _CurrentStderr:
 def import_deepspeed():
     """Import DeepSpeed with its log lines on stderr at WARNING and above: they are
     diagnostics, and stdout stays clean for `--json` output and our own console."""
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        # DeepSpeed picks its CPU accelerator here anyway, but by guessing, with a warning
+        # ("Setting accelerator to CPU ...") on every start that would stand before any
+        # one-line error of ours; naming it gives the same accelerator without the line
+        os.environ["DS_ACCELERATOR"] = "cpu"
     with contextlib.redirect_stdout(sys.stderr):  # a first import logs while it loads
         import deepspeed
         from deepspeed.utils import logger
