@@ -103,6 +103,9 @@ class SweepConfig(_Strict):
     # through the best trial and its neighbours ("parabola", cgpt.train.scaling.lr_optimum)
     lr_select: Literal["best", "parabola"] = "best"
     branches: BranchSpec | None = None  # cooldown branches of one stable run per size
+    # seed replicates: every point trained once per seed (runtime.seed); the fits see the mean
+    # final loss of the replicates, and fit.json reports their spread (cgpt.train.scaling.seeds)
+    seeds: list[int] | None = None
     runtime: dict[str, Any] = Field(default_factory=dict)  # RuntimeSection fields (not out_dir)
 
     @model_validator(mode="after")
@@ -126,6 +129,13 @@ class SweepConfig(_Strict):
                 raise ValueError(f"lr_grid must list positive multipliers, got {self.lr_grid}")
             if len(set(self.lr_grid)) != len(self.lr_grid):
                 raise ValueError(f"lr_grid lists a multiplier twice: {self.lr_grid}")
+        if self.seeds is not None:
+            if len(self.seeds) < 2 or len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"seeds must list at least two different seeds, got {self.seeds}")
+            if self.branches is not None:
+                raise ValueError("seeds and branches do not combine yet; use one of them")
+            if "seed" in self.runtime:
+                raise ValueError("runtime.seed is set per replicate by seeds; remove it")
         if self.lr_select != "best" and self.lr != "tuned":
             raise ValueError("lr_select goes with lr: tuned (it picks among LR trials)")
         if self.lr == "mup":

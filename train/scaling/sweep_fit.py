@@ -20,6 +20,7 @@ import yaml
 from cgpt.model.errors import CgptError
 from cgpt.train.config import write_text_atomic
 from cgpt.train.loop.metrics import read_metrics
+from cgpt.train.scaling.seeds import aggregate_replicates
 from cgpt.train.scaling.sweep_records import best_trials
 
 
@@ -59,6 +60,7 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
         raise CgptError(f"{str(out)!r} has no results yet; run `cgpt sweep SWEEP.yaml`")
     _check_same_data(records)
     trained = [r for r in records if r.get("status") == "ok"]
+    records, seeds = aggregate_replicates(records)
     records, trials = best_trials(records, meta.get("lr_select") or "best")
     fit = _fit(
         records,
@@ -71,6 +73,9 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
     if trials:
         fit["lr_trials"] = trials
         fit["warnings"] += trials["warnings"]
+    if seeds:
+        fit["seeds"] = seeds
+        fit["warnings"] += seeds["warnings"]
     write_text_atomic(out / "fit.json", json.dumps(fit, indent=1, default=float) + "\n")
     points = [
         {**r, "loss": r["val_loss"]}
@@ -177,8 +182,10 @@ def summarize_fit(fit: dict) -> list[str]:
             f"{ch['B']:.4g}/D^{ch['beta']:.3f} (R² {ch['r2']:.4f})"
         )
     from cgpt.train.scaling.approach1 import summary_lines as approach1_lines
+    from cgpt.train.scaling.seeds import summary_line as seeds_lines
 
     lines += approach1_lines(fit.get("approach1") or {})
+    lines += seeds_lines(fit.get("seeds") or {})
     br = fit.get("branches")
     if br and br["flops"]:
         lines.append(

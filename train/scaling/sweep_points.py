@@ -9,7 +9,7 @@ plus its cooldown branches (cgpt.train.scaling.sweep_branches).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cgpt.model.errors import CgptError, ConfigError
@@ -31,6 +31,9 @@ class Point:
     branch_of: str | None = None
     tokens_multiple: float | None = None
     branch_step: int | None = None
+    # seeds: the point this run replicates (its name without the -sSEED suffix) and its seed
+    replicate_of: str | None = None
+    seed: int | None = None
 
     def flops(self, tokens: int | None = None) -> float:
         """Training FLOPs of ``tokens`` (default: the plan's) as if this point trained alone."""
@@ -168,6 +171,8 @@ def plan_points(sweep: SweepConfig, vocab: int) -> list[Point]:
                         lr_mult=m if tuned else None,
                     )
                 )
+    if sweep.seeds:
+        points = [_replicate(p, seed) for p in points for seed in sweep.seeds]
     names = [p.name for p in points]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -180,8 +185,18 @@ def plan_points(sweep: SweepConfig, vocab: int) -> list[Point]:
             p.lr_mult or 0,
             p.branch_of is not None,  # a stable run before its branches
             p.tokens_multiple or 0,
+            p.replicate_of or "",
         ),
     )
+
+
+def _replicate(p: Point, seed: int) -> Point:
+    """Point ``p`` trained with runtime.seed = ``seed``, named ``NAME-sSEED``."""
+    name = f"{p.name}-s{seed}"
+    out = str(Path(p.cfg.runtime.out_dir).with_name(name))
+    runtime = p.cfg.runtime.model_copy(update={"seed": seed, "out_dir": out})
+    cfg = p.cfg.model_copy(update={"runtime": runtime})
+    return replace(p, name=name, cfg=cfg, replicate_of=p.name, seed=seed)
 
 
 def _probe(size: SizeSpec, vocab: int, seq_len: int):

@@ -46,6 +46,8 @@ def make_record(
         "branch_of": p.branch_of,
         "tokens_multiple": p.tokens_multiple,
         "branch_step": p.branch_step,
+        "replicate_of": p.replicate_of,
+        "seed": p.seed if p.seed is not None else p.cfg.runtime.seed,
         "global_batch_seqs": p.cfg.plan.global_batch_seqs,
         "warmup_steps": p.cfg.plan.warmup_steps,
         "val_loss": float(val) if val is not None else None,
