@@ -26,7 +26,13 @@ usage forms:
 sweep-file LR modes (`lr:`): fixed (default: one run per size), tuned (one trial per
   multiplier in lr_grid, default [0.5, 1, 2]; every trial in results.jsonl, the fits use the
   best per size), mup (μP: plan.lr transferred from plan.lr_base_width; every width must be
-  at least that base width). plan.warmup_tokens_per_param: warmup tokens = k × params.
+  at least that base width). lr_select (with tuned): best (the best trial's loss) or
+  parabola (the vertex of a parabola in ln LR through the best trial and its neighbours:
+  the loss at the estimated optimal LR). plan.warmup_tokens_per_param: warmup tokens = k ×
+  params.
+seed replicates (`seeds: [1234, 1, 2]`): every point trained once per seed (NAME-sSEED);
+  the fits use each point's mean loss and fit.json "seeds" reports the seed-to-seed spread,
+  the noise floor to read prediction errors against.
   plan.decay: linear | cosine | wsd (with plan.cooldown_fraction) for every point.
 one run, many budgets (`branches: {at: [0.5, 1, 2, 4], cooldown_fraction: 0.2}`, with
   plan.decay: wsd): per size ONE warmup-stable-decay run to the largest multiple of its
@@ -34,7 +40,8 @@ one run, many budgets (`branches: {at: [0.5, 1, 2, 4], cooldown_fraction: 0.2}`,
   costs only its cooldown; the loss law uses the 1x points, Chinchilla's L(N, D) all.
   --dry-run lists each point's training FLOPs and what the sweep spends on it.
 ready configs: configs/sweep-cpu.yaml, configs/sweep-isoflop-cpu.yaml,
-  configs/sweep-cpu-tuned.yaml (lr: tuned), configs/sweep-cpu-wsd.yaml (branches)
+  configs/sweep-cpu-tuned.yaml (lr: tuned), configs/sweep-cpu-wsd.yaml (branches),
+  configs/sweep-cpu-predict.yaml (6 sizes x 3 seeds, documented LR/warmup/batch rules)
 """
 
 

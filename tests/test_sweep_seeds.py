@@ -108,3 +108,23 @@ def test_seed_sweep_end_to_end(tmp_path, data, capsys):
         mine = [r["val_loss"] for r in recs if r["replicate_of"] == name]
         assert p["mean"] == pytest.approx(statistics.fmean(mine), abs=1e-12)
         assert p["sd"] == pytest.approx(statistics.stdev(mine), abs=1e-12)
+
+
+def test_ready_predict_config_plans():
+    """configs/sweep-cpu-predict.yaml: 6 sizes x 3 seeds, the LR rule of its header
+    (5.66e-3 x n_embd / 32), warmup = params tokens, non-embedding share >= 58%."""
+    from pathlib import Path
+
+    from cgpt.model.sizes import num_non_embedding_params, num_params
+    from cgpt.train.scaling.sweep import load_sweep
+
+    sweep = load_sweep(Path(__file__).parents[1] / "configs" / "sweep-cpu-predict.yaml")
+    points = plan_points(sweep, 512)
+    assert len(points) == 18 and len({p.replicate_of for p in points}) == 6
+    assert sorted({p.seed for p in points}) == [1, 2, 1234]
+    for p in points:
+        m, pl = p.cfg.model, p.cfg.plan
+        assert pl.lr == pytest.approx(5.66e-3 * m.n_embd / 32)
+        assert num_non_embedding_params(m) >= 0.58 * num_params(m)
+        assert pl.warmup_steps == -(-num_params(m) // pl.global_batch_tokens)
+        assert pl.tokens == pytest.approx(20 * num_params(m), rel=0.01)
