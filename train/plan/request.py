@@ -165,17 +165,7 @@ def plan(req: PlanRequest) -> P.Plan:
 
         plan_ = apply_mup(plan_)
     if gpus is not None:
-        if device is None:
-            raise CgptError("--gpus/--nodes need --gpu (e.g. --gpu h100) for memory and peak")
-        plan_ = P.with_cluster(
-            plan_,
-            gpus,
-            device,
-            req.zero_stage,
-            req.mfu,
-            req.micro_batch,
-            req.activation_checkpointing,
-        )
+        plan_ = _on_cluster(plan_, req, gpus)
     if inference:
         plan_ = replace(
             plan_,
@@ -252,19 +242,22 @@ def _plan_continued(req: PlanRequest) -> P.Plan:
     )
     plan_ = replace(plan_, extra={**plan_.extra, "init_from": req.init_from})
     gpus = gpu_count(req)
-    if gpus is not None:
-        if req.device is None:
-            raise CgptError("--gpus/--nodes need --gpu (e.g. --gpu h100) for memory and peak")
-        plan_ = P.with_cluster(
-            plan_,
-            gpus,
-            req.device,
-            req.zero_stage,
-            req.mfu,
-            req.micro_batch,
-            req.activation_checkpointing,
-        )
-    return plan_
+    return plan_ if gpus is None else _on_cluster(plan_, req, gpus)
+
+
+def _on_cluster(plan_: P.Plan, req: PlanRequest, gpus: int) -> P.Plan:
+    """The plan split over ``gpus`` GPUs of ``req.device`` (memory, micro-batch, hours)."""
+    if req.device is None:
+        raise CgptError("--gpus/--nodes need --gpu (e.g. --gpu h100) for memory and peak")
+    return P.with_cluster(
+        plan_,
+        gpus,
+        req.device,
+        req.zero_stage,
+        req.mfu,
+        req.micro_batch,
+        req.activation_checkpointing,
+    )
 
 
 def rebatch(plan_: P.Plan, gpus: int, lr: float | None = None) -> P.Plan:

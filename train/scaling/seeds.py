@@ -11,14 +11,10 @@ error of the sweep should be read against.
 
 from __future__ import annotations
 
-import math
 import statistics
 from typing import Any
 
-
-def _ok(r: dict) -> bool:
-    v = r.get("val_loss")
-    return r.get("status") == "ok" and v is not None and math.isfinite(v)
+from cgpt.train.scaling.sweep_records import finished
 
 
 def aggregate_replicates(records: list[dict]) -> tuple[list[dict], dict[str, Any]]:
@@ -29,21 +25,15 @@ def aggregate_replicates(records: list[dict]) -> tuple[list[dict], dict[str, Any
     exclude them with their reasons). Records without ``replicate_of`` pass unchanged.
     Returns (records, summary for fit.json; {} when nothing was replicated)."""
     groups: dict[str, list[dict]] = {}
-    out: list[dict] = []
     for r in records:
-        key = r.get("replicate_of")
-        if key is None:
-            out.append(r)
-        else:
-            if key not in groups:
-                out.append({"__replicates__": key})  # keeps the points' order
-            groups.setdefault(key, []).append(r)
+        if r.get("replicate_of") is not None:
+            groups.setdefault(r["replicate_of"], []).append(r)
     if not groups:
         return records, {}
     summary: dict[str, Any] = {"points": {}, "warnings": []}
     merged: dict[str, list[dict]] = {}
     for key, reps in groups.items():
-        ok = [r for r in reps if _ok(r)]
+        ok = [r for r in reps if finished(r)]
         if not ok:
             merged[key] = reps
             continue
@@ -77,10 +67,14 @@ def aggregate_replicates(records: list[dict]) -> tuple[list[dict], dict[str, Any
     rel = [p["rel_sd"] for p in summary["points"].values() if p["rel_sd"] is not None]
     summary["mean_rel_sd"] = statistics.fmean(rel) if rel else None
     summary["max_rel_sd"] = max(rel) if rel else None
-    flat: list[dict] = []
-    for r in out:
-        flat += merged[r["__replicates__"]] if "__replicates__" in r else [r]
-    return flat, summary
+    out: list[dict] = []  # in the records' order, each point where its first replicate was
+    for r in records:
+        key = r.get("replicate_of")
+        if key is None:
+            out.append(r)
+        elif r is groups[key][0]:
+            out += merged[key]
+    return out, summary
 
 
 def summary_line(summary: dict[str, Any]) -> list[str]:

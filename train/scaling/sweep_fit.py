@@ -21,6 +21,7 @@ from cgpt.model.errors import CgptError
 from cgpt.train.config import write_text_atomic
 from cgpt.train.loop.metrics import read_metrics
 from cgpt.train.scaling.seeds import aggregate_replicates
+from cgpt.train.scaling.seeds import summary_line as seeds_lines
 from cgpt.train.scaling.sweep_records import best_trials
 
 
@@ -181,8 +182,7 @@ def summarize_fit(fit: dict) -> list[str]:
             f"Chinchilla: L(N, D) = {ch['E']:.3f} + {ch['A']:.4g}/N^{ch['alpha']:.3f} + "
             f"{ch['B']:.4g}/D^{ch['beta']:.3f} (R² {ch['r2']:.4f})"
         )
-    from cgpt.train.scaling.approach1 import summary_lines as approach1_lines
-    from cgpt.train.scaling.seeds import summary_line as seeds_lines
+    from cgpt.train.scaling.approach1 import summary_lines as approach1_lines  # numpy, scipy
 
     lines += approach1_lines(fit.get("approach1") or {})
     lines += seeds_lines(fit.get("seeds") or {})

@@ -64,7 +64,8 @@ def write_results(out: Path, records: list[dict]) -> None:
     write_text_atomic(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
 
 
-def _ok(r: dict) -> bool:
+def finished(r: dict) -> bool:
+    """A point that trained to the end with a finite final val loss."""
     v = r.get("val_loss")
     return r.get("status") == "ok" and v is not None and math.isfinite(v)
 
@@ -75,7 +76,7 @@ def mark_best(records: list[dict]) -> list[dict]:
     best: dict[str, dict] = {}
     for r in records:
         g = r.get("group")
-        if g is not None and _ok(r) and (g not in best or r["val_loss"] < best[g]["val_loss"]):
+        if g is not None and finished(r) and (g not in best or r["val_loss"] < best[g]["val_loss"]):
             best[g] = r
     return [
         {**r, "best": best.get(r["group"]) is r} if r.get("group") is not None else r
@@ -97,7 +98,7 @@ def best_trials(records: list[dict], select: str = "best") -> tuple[list[dict], 
     keep = [
         r
         for r in records
-        if r.get("group") is None or r["best"] or not any(_ok(q) for q in groups[r["group"]])
+        if r.get("group") is None or r["best"] or not any(finished(q) for q in groups[r["group"]])
     ]
     summary, warnings = {}, []
     optimum: dict[str, dict] = {}
