@@ -70,6 +70,16 @@ def import_deepspeed():
     with contextlib.redirect_stdout(sys.stderr):  # a first import logs while it loads
         import deepspeed
         from deepspeed.utils import logger
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        # DeepSpeed's CPU accelerator compiles a shared-memory all-reduce extension
+        # (deepspeed_shm_comm, C++ with OpenMP) when its communication backend starts.
+        # On a 2-core machine that build took from 25 s to 28 minutes (ninja logs), and a
+        # CI run with an empty ~/.cache sat in it until it was killed. gloo does the same
+        # all-reduce without a compiler, and CPU runs are for tests and small sweeps, so we
+        # mark the op unavailable; DeepSpeed documents edits to this dict as persisting.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     logger.setLevel(logging.WARNING)
     for h in logger.handlers:
         if type(h) is logging.StreamHandler and not isinstance(h.stream, _CurrentStderr):
