@@ -74,11 +74,13 @@ def import_deepspeed():
 
     if get_accelerator().device_name() == "cpu":
         # DeepSpeed's CPU accelerator compiles a shared-memory all-reduce extension
-        # (deepspeed_shm_comm, C++ with OpenMP) when its communication backend starts.
-        # On a 2-core machine that build took from 25 s to 28 minutes (ninja logs), and a
-        # CI run with an empty ~/.cache sat in it until it was killed. gloo does the same
-        # all-reduce without a compiler, and CPU runs are for tests and small sweeps, so we
-        # mark the op unavailable; DeepSpeed documents edits to this dict as persisting.
+        # (deepspeed_shm_comm) when its communication backend starts, and that extension
+        # keeps its buffers in /dev/shm without removing them when a rank dies: killed
+        # ranks (resume and dead-peer tests, preempted jobs) left 22 GiB there on a 24 GiB
+        # machine and the OOM killer ended the CI run; its C++ build also took 25 s to
+        # 28 min. gloo does the same all-reduce with nothing to build or leak, and CPU runs
+        # are for tests and small sweeps, so the op is marked unavailable (DeepSpeed
+        # documents edits to this dict as persisting).
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     logger.setLevel(logging.WARNING)
     for h in logger.handlers:
