@@ -201,7 +201,7 @@ class Checkpointer:
                 message = self._save_failed(step, e)
                 shutil.rmtree(tmp, ignore_errors=True)
             if not failed:
-                self._prune()
+                self._prune(cfg.runtime.save_steps)
         if all_sum([failed], _device_of(engine))[0]:
             raise CgptError(message if failed else self._save_failed(step, None))
         return final
@@ -215,8 +215,13 @@ class Checkpointer:
             f"save was removed and {keep}. Free disk space, then resume"
         )
 
-    def _prune(self) -> None:
-        for _, p in published(self.dir)[: -self.keep_last]:
+    def _prune(self, save_steps: list[int]) -> None:
+        """Keep the newest ``keep_last`` checkpoints and every one named in
+        ``runtime.save_steps`` (kept for later `cgpt branch` runs, never counted against
+        keep_last); ``abandoned-*`` folders of a rewind are neither counted nor touched."""
+        kept = set(save_steps)
+        regular = [(s, p) for s, p in published(self.dir) if s not in kept]
+        for _, p in regular[: -self.keep_last]:
             shutil.rmtree(p, ignore_errors=True)
         for p in self.dir.glob("tmp-step-*"):  # interrupted saves older than this one
             shutil.rmtree(p, ignore_errors=True)
