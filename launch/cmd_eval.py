@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
+from pathlib import Path
 
+from cgpt.model.errors import CgptError
 from cgpt.train.cli_args import check_positive
 
 EPILOG = """\
@@ -27,13 +30,32 @@ Offline: tasks whose datasets are Hub datasets need the Hub or the local cache; 
 YAML (dataset_path: json, dataset_kwargs: {data_files: ...}) in --include-path DIR needs
 neither. --data DIR gives the held-out cross-entropy in nats/token and bits/byte.
 
+lm-eval's own flag names are accepted too: --output_path (-o) PATH (a FILE.json is written
+as it is named; a folder gets PATH/MODEL/results_DATE.json as lm-eval writes it), --log_samples
+(-s; lm-eval's samples_TASK_DATE.jsonl beside the results, written by lm-eval's own tracker),
+--model hf, --model_args pretrained=SRC,dtype=D,tokenizer=DIR,batch_size=B,device=D
+(comma- or space-separated), --batch_size, --num_fewshot, --include_path, --bootstrap_iters.
+The results JSON carries lm-eval's results, versions, n-shot, configs, config, groups and
+higher_is_better blocks at the top level, where lm-eval's results file has them, next to
+cgpt's own (model, settings, tasks, suite, paper, heldout).
+
 examples:
   cgpt eval runs/111m                                   # the paper's suite, 0-shot
   cgpt eval runs/111m --num-fewshot 5 --out r5.json
   cgpt eval ~/Cerebras-GPT-111M --tasks lambada_openai --limit 200
   cgpt eval runs/demo --tasks my_task --include-path my_tasks/
   cgpt eval runs/demo --data data/pile-val --split val
+  cgpt eval --model hf --model_args pretrained=runs/111m,dtype=float32 --tasks piqa \
+      --output_path results/ --log_samples                # lm-eval's spelling
 """
+# lm-eval's --model_args keys that mean something here, and our flag for each
+MODEL_ARGS = {
+    "pretrained": "src",
+    "dtype": "dtype",
+    "tokenizer": "tokenizer",
+    "batch_size": "batch_size",
+    "device": "device",
+}
 
 
 def _limit(text: str) -> int | float:
@@ -55,6 +77,39 @@ def _batch(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"not an integer or 'auto': {text!r}") from None
 
 
+DTYPE_CHOICES = ["float32", "bfloat16", "float16"]
+
+
+def _add_lm_eval_spellings(p) -> None:
+    p.add_argument(
+        "--output_path",
+        "-o",
+        metavar="PATH",
+        help="lm-eval's spelling: FILE.json (as --out), or a folder: PATH/MODEL/"
+        "results_DATE.json as lm-eval writes it",
+    )
+    p.add_argument(
+        "--log_samples",
+        "-s",
+        action="store_true",
+        help="write lm-eval's per-sample records (samples_TASK_DATE.jsonl) beside the "
+        "results file; needs --output_path or --out",
+    )
+    p.add_argument(
+        "--model",
+        choices=["hf"],
+        help="lm-eval's model type; cgpt evaluates through lm-eval's HFLM, so only hf",
+    )
+    p.add_argument(
+        "--model_args",
+        nargs="+",
+        metavar="K=V",
+        help="lm-eval's spelling of SRC and options: "
+        + ",".join(f"{k}=..." for k in MODEL_ARGS)
+        + " (comma- or space-separated)",
+    )
+
+
 def register(subparsers) -> None:
     from cgpt.train.eval.paper import SUITES
 
@@ -70,8 +125,11 @@ def register(subparsers) -> None:
     p.add_argument(
         "src",
         metavar="SRC",
-        help="model file, run folder, checkpoint folder, HF folder, or hf:NAME",
+        nargs="?",
+        help="model file, run folder, checkpoint folder, HF folder, or hf:NAME (or "
+        "--model_args pretrained=SRC)",
     )
+    _add_lm_eval_spellings(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument(
         "--suite",
@@ -82,10 +140,14 @@ def register(subparsers) -> None:
         "--tasks", metavar="T1,T2", help="comma-separated lm-eval task names (suite names allowed)"
     )
     p.add_argument(
-        "--include-path", metavar="DIR", help="folder of your own lm-eval task YAML files"
+        "--include-path",
+        "--include_path",
+        metavar="DIR",
+        help="folder of your own lm-eval task YAML files",
     )
     p.add_argument(
         "--num-fewshot",
+        "--num_fewshot",
         type=int,
         metavar="N",
         help="few-shot examples per question (the paper: 0 and 5; default: the "
@@ -99,8 +161,9 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--batch-size",
+        "--batch_size",
         type=_batch,
-        default=16,
+        default=None,
         metavar="B",
         help="lm-eval batch size, an integer or auto (default 16); for --data: "
         "sequences per forward pass",
@@ -110,7 +173,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--dtype",
-        choices=["float32", "bfloat16", "float16"],
+        choices=DTYPE_CHOICES,
         help="evaluate in this dtype (default: as stored)",
     )
     p.add_argument(
@@ -140,6 +203,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--bootstrap-iters",
+        "--bootstrap_iters",
         type=int,
         default=100000,
         metavar="N",
@@ -157,10 +221,62 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def apply_model_args(args) -> None:
+    """Fold lm-eval's --model_args into our options; a key twice with two values, or a
+    key we do not take, is one line."""
+    for item in ",".join(args.model_args or []).split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or key not in MODEL_ARGS:
+            raise CgptError(
+                f"--model_args {item!r}: cgpt eval takes "
+                + ", ".join(f"{k}=..." for k in MODEL_ARGS)
+            )
+        dest = MODEL_ARGS[key]
+        if key == "dtype":
+            if value == "auto":
+                continue
+            if value not in DTYPE_CHOICES:
+                raise CgptError(f"--model_args dtype={value}: choose {', '.join(DTYPE_CHOICES)}")
+        elif key == "batch_size":
+            try:
+                value = _batch(value)
+            except argparse.ArgumentTypeError as e:
+                raise CgptError(f"--model_args batch_size: {e}") from None
+        current = getattr(args, dest)
+        if current is not None and current != value:
+            flag = "SRC" if dest == "src" else "--" + dest.replace("_", "-")
+            raise CgptError(f"--model_args {key}={value} contradicts {flag} {current}")
+        setattr(args, dest, value)
+    if not args.src:
+        raise CgptError("give the model: SRC, or --model_args pretrained=SRC")
+
+
+def results_file(args, stamp: str) -> tuple[str | None, bool]:
+    """(the results JSON path, whether its folder may be created) from --out/--output_path."""
+    if args.out and args.output_path:
+        raise CgptError("give --out or --output_path, not both")
+    if not args.output_path:
+        return args.out, False
+    path = Path(args.output_path)
+    if path.suffix == ".json":
+        return str(path), False
+    # lm-eval's folder layout: PATH/<model name sanitized>/results_<date>.json (the regex
+    # of lm_eval.utils.sanitize_model_name; not imported: a missing lm-eval is reported later)
+    name = re.sub(r"[\"<>:/|\\?*\[\]]+", "__", args.src)
+    return str(path / name / f"results_{stamp}.json"), True
+
+
 def run(args) -> int:
     from cgpt.train.eval.harness import parse_task_list
     from cgpt.train.eval.paper import SUITE
-    from cgpt.train.eval.runner import EvalRequest, format_report, run_eval
+    from cgpt.train.eval.runner import EvalRequest, date_id, format_report, run_eval
+
+    apply_model_args(args)
+    stamp = date_id()
+    out, make_folder = results_file(args, stamp)
 
     if args.tasks is not None:
         tasks = parse_task_list(args.tasks)
@@ -176,12 +292,15 @@ def run(args) -> int:
         include_path=args.include_path,
         num_fewshot=args.num_fewshot,
         limit=args.limit,
-        batch_size=args.batch_size,
+        batch_size=16 if args.batch_size is None else args.batch_size,
         device=args.device,
         dtype=args.dtype,
         tokenizer=args.tokenizer,
-        out=args.out,
+        out=out,
         force=args.force,
+        make_out_folder=make_folder,
+        log_samples=args.log_samples,
+        date_id=stamp,
         compare_paper=args.compare_paper,
         data=args.data,
         split=args.split,
@@ -192,6 +311,8 @@ def run(args) -> int:
     )
     report = run_eval(req)
     print(format_report(report))
-    if args.out:
-        print(f"wrote {args.out}")
+    if out:
+        print(f"wrote {out}")
+    for name in (report.get("samples") or {}).values():
+        print(f"wrote {Path(out).parent / name}")
     return 0

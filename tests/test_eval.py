@@ -187,6 +187,8 @@ def world(tmp_path_factory):
         tasks, "cgpt_fixed0", MC.format(data=_data({"test": mc, "train": mc})) + "\nnum_fewshot: 0"
     )
     _yaml(tasks, "cgpt_hub", MC.replace("{data}", "dataset_path: cgpt-test/no-such-dataset\n"))
+    long = _jsonl(root / "long.jsonl", [{"context": "the", "continuation": " ".join(sentences)}])
+    _yaml(tasks, "cgpt_long", LL.format(data=_data({"test": long})))
     # the paper's seven task names, on our local data (lm-eval lets --include-path override
     # a task name): the side-by-side table without the Hub
     ptasks = root / "paper_tasks"
@@ -270,7 +272,7 @@ def lm_eval_reference(folder: Path, world, tasks=TASKS) -> dict:
 
 
 def assert_same_scores(report: dict, ref_results: dict, tasks=TASKS) -> None:
-    raw = report["lm_eval"]["raw"]["results"]
+    raw = report["results"]  # lm-eval's block, where lm-eval's results file has it
     for t in tasks:
         theirs = {k: v for k, v in ref_results[t].items() if "," in k}
         assert theirs, t
@@ -324,7 +326,7 @@ def test_scores_equal_lm_eval_hf_and_random_model_is_at_chance(
     assert via_hf["model"]["kind"] == "hf"
     assert via_hf["model"]["weights_sha256"] == report["model"]["weights_sha256"]
     for t in ("cgpt_mc", "cgpt_roll"):
-        assert via_hf["lm_eval"]["raw"]["results"][t] == report["lm_eval"]["raw"]["results"][t]
+        assert via_hf["results"][t] == report["results"][t]
     # provenance: lm-eval version, task versions, config hashes, seeds
     import lm_eval
 
@@ -570,6 +572,9 @@ def _bad(world, random_model, tmp_path, case):
         "bad paper size": mc(random_model, "--compare-paper", "7B"),
         "zero limit": mc(random_model, "--limit", "0"),
         "zero batch": mc(random_model, "--batch-size", "0"),
+        "model_args key": mc(random_model, "--model_args", "parallelize=True"),
+        "model_args clash": mc(random_model, "--model_args", f"pretrained={small}"),
+        "samples without out": ["eval", random_model, "--tokenizer", world.tok, "--log_samples"],
     }[case]
 
 
@@ -585,21 +590,105 @@ BAD = {
     "bad paper size": "valid names",
     "zero limit": "--limit must be a positive number, got 0.0",
     "zero batch": "--batch-size must be a positive integer, got 0",
+    "model_args key": "cgpt eval takes pretrained=..., dtype=...",
+    "model_args clash": "contradicts SRC",
+    "samples without out": "--log_samples needs --output_path (or --out)",
 }
+# the cases whose own argv names no --out (the test adds one; this case must not get it)
+NO_OUT = {"samples without out"}
 
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_one_line_and_writes_nothing(world, random_model, tmp_path, capsys, case):
     save_model(tiny_gpt(64), tmp_path / "small.safetensors")  # vocab 64 < the tokenizer's
     out = tmp_path / "out.json"
+    extra = [] if case in NO_OUT else ["--out", out]
     t = time.perf_counter()
-    rc, stdout, err = run_cli([*_bad(world, random_model, tmp_path, case), "--out", out], capsys)
+    rc, stdout, err = run_cli([*_bad(world, random_model, tmp_path, case), *extra], capsys)
     assert rc == 2, (stdout, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cgpt eval: error: "), err
     assert BAD[case] in lines[0]
     assert not out.exists() and stdout == ""
     assert time.perf_counter() - t < 10  # in seconds, not after retries
+
+
+def test_lm_eval_spellings_write_lm_eval_shaped_results_and_samples(
+    world, random_model, tmp_path, capsys
+):
+    """lm-eval's flag names: --model hf --model_args ... --output_path DIR --log_samples give
+    DIR/MODEL/results_DATE.json with lm-eval's blocks at the top level and lm-eval's
+    samples_TASK_DATE.jsonl beside it, one record per document; the scores equal --out's."""
+    rc, _, _ = run_cli(
+        [
+            "eval",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={random_model},tokenizer={world.tok}",
+            "dtype=float32",
+            "--tasks",
+            "cgpt_mc,cgpt_ll",
+            "--include_path",
+            world.tasks,
+            "--device",
+            "cpu",
+            "--batch_size",
+            "4",
+            "--bootstrap_iters",
+            BOOT,
+            "--output_path",
+            tmp_path / "res",
+            "--log_samples",
+        ],
+        capsys,
+    )
+    assert rc == 0
+    (model_dir,) = (tmp_path / "res").iterdir()  # lm-eval's sanitized model name
+    assert model_dir.name == re.sub(r"[\"<>:/|\\?*\[\]]+", "__", str(random_model))
+    (results,) = model_dir.glob("results_*.json")
+    report = json.loads(results.read_text())
+    for block in ("results", "versions", "n-shot", "configs", "config", "higher_is_better"):
+        assert block in report, block
+    assert set(report["results"]) == {"cgpt_mc", "cgpt_ll"}
+    assert report["n-shot"] == {"cgpt_mc": 0, "cgpt_ll": 0}
+    assert report["settings"]["dtype"] == "float32"
+    stamp = results.stem.removeprefix("results_")
+    for task in ("cgpt_mc", "cgpt_ll"):
+        rows = [
+            json.loads(line)
+            for line in (model_dir / f"samples_{task}_{stamp}.jsonl").read_text().splitlines()
+        ]
+        assert [r["doc_id"] for r in rows] == list(range(len(world.facts)))
+        for key in ("doc", "target", "arguments", "resps", "filtered_resps", "doc_hash", "acc"):
+            assert key in rows[0], key
+        # the per-sample records are the ones the score was computed from
+        assert sum(r["acc"] for r in rows) / len(rows) == report["results"][task]["acc,none"]
+    # the same evaluation through cgpt's own spelling gives the same scores
+    out = tmp_path / "plain.json"
+    rc, _, _ = run_cli(eval_argv(random_model, world, out), capsys)
+    assert rc == 0
+    plain = json.loads(out.read_text())
+    for task in ("cgpt_mc", "cgpt_ll"):
+        assert plain["results"][task] == report["results"][task]
+
+
+def test_continuation_longer_than_the_context_is_one_line(world, tmp_path, capsys):
+    """lm-eval's HFLM stops on a bare AssertionError; we name the task and both lengths (the
+    check runs where lm-eval tokenizes, so lm-eval's progress lines come before it)."""
+    model = tmp_path / "short.safetensors"
+    save_model(tiny_gpt(world.vocab, n_positions=32), model)
+    out = tmp_path / "out.json"
+    argv = eval_cmd(model, "--out", out, tok=world.tok, tasks="cgpt_long", include=world.tasks)
+    rc, stdout, err = run_cli(argv, capsys)
+    assert rc == 2 and "Traceback" not in err and not out.exists()
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"cgpt eval: error: task cgpt_long: a continuation is \d+ tokens long but the "
+        r"model's context is 32 tokens; .*",
+        last,
+    ), last
+    assert int(re.search(r"is (\d+) tokens", last).group(1)) > 32
 
 
 def test_existing_out_and_missing_lm_eval(world, random_model, tmp_path, capsys, monkeypatch):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import hashlib
 import json
 import logging
@@ -311,8 +312,6 @@ def make_lm(
 ):
     """lm-eval's HFLM on a folder (or Hub id), as ``--model hf`` builds it."""
     require_lm_eval()
-    from lm_eval.models.huggingface import HFLM
-
     kw: dict = {"pretrained": pretrained, "device": device, "batch_size": batch_size}
     if dtype:
         kw["dtype"] = dtype
@@ -320,12 +319,46 @@ def make_lm(
         kw["tokenizer"] = tokenizer
     try:
         with quiet_libraries():
-            return HFLM(**kw)
+            return _checked_hflm()(**kw)
     except Exception as e:
         if hub_name is not None:
             raise hub.explain_model(hub_name, e, hub_state) from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CgptError(f"lm-eval could not load {pretrained}: {first}") from None
+
+
+@functools.cache
+def _checked_hflm():
+    """lm-eval's HFLM, plus one check: a continuation longer than the model's context is a
+    CgptError naming the task and both lengths (HFLM itself stops on a bare assert)."""
+    from lm_eval.models.huggingface import HFLM
+
+    class ContextCheckedHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            self._cgpt_task_names = [getattr(r, "task_name", None) for r in requests]
+            try:
+                return super().loglikelihood(requests, disable_tqdm)
+            finally:
+                self._cgpt_task_names = []
+
+        def _loglikelihood_tokens(self, requests, *args, **kwargs):
+            check_continuations(requests, self.max_length, self._cgpt_task_names)
+            return super()._loglikelihood_tokens(requests, *args, **kwargs)
+
+    return ContextCheckedHFLM
+
+
+def check_continuations(requests, max_length: int, task_names: list | None = None) -> None:
+    """``requests`` are HFLM's ((context, continuation), context_ids, continuation_ids)."""
+    names = task_names if task_names and len(task_names) == len(requests) else None
+    for i, (_, _, cont) in enumerate(requests):
+        if len(cont) > max_length:
+            task = names[i] if names else "(unknown task)"
+            raise CgptError(
+                f"task {task}: a continuation is {len(cont)} tokens long but the model's "
+                f"context is {max_length} tokens; lm-eval cannot score it (leave the task "
+                "out or use a model with a longer context)"
+            )
 
 
 @contextlib.contextmanager
@@ -357,10 +390,12 @@ def evaluate(
     verbose: bool = False,
     progress: bool = True,
     environment_report: bool = True,
+    log_samples: bool = False,
 ) -> dict:
     """``lm_eval.simple_evaluate`` on ``lm`` (lm-eval's default seeds; ``fewshot_seed``
     picks the few-shot examples); returns lm-eval's results dict. ``environment_report=
-    False`` (the trainer's hook) leaves out lm-eval's environment and git report."""
+    False`` (the trainer's hook) leaves out lm-eval's environment and git report;
+    ``log_samples`` keeps lm-eval's per-sample records (``results["samples"]``)."""
     lm_eval = require_lm_eval()
     seeds = {**DEFAULT_SEEDS, "fewshot_random_seed": fewshot_seed}
     lean = contextlib.nullcontext() if environment_report else _without_environment_report()
@@ -373,7 +408,7 @@ def evaluate(
             num_fewshot=num_fewshot,
             limit=limit,
             bootstrap_iters=bootstrap_iters,
-            log_samples=False,
+            log_samples=log_samples,
             **seeds,
         )
     if res is None:  # not rank 0 of a distributed lm-eval run

@@ -38,7 +38,20 @@ from cgpt.train.eval.source import HUB_PREFIX, EvalSource, open_source, weights_
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 RESULTS_FORMAT = "cgpt-eval"
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2  # 2: lm-eval's own blocks at the top level, as lm-eval writes them
+# lm-eval's results blocks that its own results file carries at the top level (lm_eval
+# _cli/run.py dumps simple_evaluate's dict less "samples"); ours carry them the same way
+LM_EVAL_BLOCKS = (
+    "results",
+    "groups",
+    "group_subtasks",
+    "configs",
+    "versions",
+    "n-shot",
+    "n-samples",
+    "higher_is_better",
+    "config",
+)
 
 
 @dataclass
@@ -54,6 +67,9 @@ class EvalRequest:
     tokenizer: str | None = None
     out: str | None = None
     force: bool = False
+    make_out_folder: bool = False  # --output_path DIR: create DIR/MODEL/ as lm-eval does
+    log_samples: bool = False  # lm-eval's per-sample records beside the results file
+    date_id: str | None = None  # names the samples files (default: now, as lm-eval's)
     compare_paper: str | None = None
     data: str | None = None
     split: str = "val"
@@ -74,8 +90,15 @@ def _check_request(req: EvalRequest) -> None:
             raise CgptError(f"{out} already exists; pass --force to replace it")
         if out.exists() and out.is_dir():
             raise CgptError(f"--out {out} is a folder; give a file name such as results.json")
-        if not out.parent.is_dir():
+        if not out.parent.is_dir() and not req.make_out_folder:
             raise CgptError(f"--out {out}: folder {out.parent} does not exist")
+    if req.log_samples and not req.out:
+        raise CgptError(
+            "--log_samples needs --output_path (or --out): the samples are written beside "
+            "the results file"
+        )
+    if req.log_samples and not req.tasks:
+        raise CgptError("--log_samples needs lm-eval tasks (--tasks or --suite)")
     if not req.tasks and not req.data:
         raise CgptError("nothing to evaluate: give --suite, --tasks or --data")
     if req.num_fewshot is not None and req.num_fewshot < 0:
@@ -137,6 +160,7 @@ def run_eval(req: EvalRequest, log=None) -> dict:
         "format": RESULTS_FORMAT,
         "version": RESULTS_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "date_id": req.date_id or date_id(),
         "cgpt": _cgpt_version(),
         "model": _model_block(src),
         "settings": {
@@ -166,8 +190,16 @@ def run_eval(req: EvalRequest, log=None) -> dict:
         del lm  # before the folder it was loaded from goes
     report["wall_s"] = round(time.perf_counter() - t0, 3)
     if req.out:
+        Path(req.out).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(req.out), report)
     return report
+
+
+def date_id() -> str:
+    """lm-eval's timestamp for result and sample file names (EvaluationTracker.date_id)."""
+    from datetime import datetime
+
+    return datetime.now().isoformat().replace(":", "-")
 
 
 def _cgpt_version() -> dict:
@@ -239,7 +271,11 @@ def _run_tasks(req, src: EvalSource, names, tm, device, hub_state, tmp: Path, re
         bootstrap_iters=req.bootstrap_iters,
         fewshot_seed=req.fewshot_seed,
         verbose=req.verbose,
+        log_samples=req.log_samples,
     )
+    samples = results.pop("samples", None)
+    if req.log_samples and samples is not None:
+        report["samples"] = write_samples(Path(req.out).parent, samples, report["date_id"])
     report["lm_eval"] = {
         "version": harness.lm_eval_version(),
         "seconds": round(time.perf_counter() - t, 3),
@@ -263,24 +299,29 @@ def _run_tasks(req, src: EvalSource, names, tm, device, hub_state, tmp: Path, re
             "average_acc_norm_metric": "acc_norm where the task has it, else acc",
         }
     report["paper"] = _paper_block(req, src, sc, results)
-    report["lm_eval"]["raw"] = harness.jsonable(
-        {
-            k: results.get(k)
-            for k in (
-                "results",
-                "groups",
-                "group_subtasks",
-                "configs",
-                "versions",
-                "n-shot",
-                "n-samples",
-                "higher_is_better",
-                "config",
-            )
-            if k in results
-        }
-    )
+    report.update(harness.jsonable({k: results[k] for k in LM_EVAL_BLOCKS if k in results}))
     return lm
+
+
+def write_samples(folder: Path, samples: dict, date_id: str) -> dict[str, str]:
+    """lm-eval's per-sample records, written by lm-eval's own EvaluationTracker (the same
+    sanitizing and file names as ``lm_eval --log_samples``): ``samples_TASK_DATE.jsonl`` in
+    ``folder``. Returns {task: file name}."""
+    from lm_eval.loggers import EvaluationTracker
+
+    folder.mkdir(parents=True, exist_ok=True)
+    # a .json output path puts the samples in its folder (EvaluationTracker's rule)
+    tracker = EvaluationTracker(output_path=str(folder / "results.json"))
+    tracker.date_id = date_id
+    written = {}
+    for task, rows in samples.items():
+        with harness.quiet_libraries():
+            tracker.save_results_samples(task_name=task, samples=rows)
+        path = folder / f"samples_{task}_{date_id}.jsonl"
+        if not path.is_file():  # the tracker logs a warning and carries on; we do not
+            raise CgptError(f"could not write the samples of {task} to {path}")
+        written[task] = path.name
+    return written
 
 
 def _hub_folder(name: str | None) -> Path | None:
@@ -493,6 +534,9 @@ def format_report(report: dict) -> str:
 
 __all__ = [
     "DTYPES",
+    "LM_EVAL_BLOCKS",
+    "date_id",
+    "write_samples",
     "EvalRequest",
     "default_device",
     "format_report",
