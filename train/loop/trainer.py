@@ -462,31 +462,45 @@ class _Loop:
 
 
 # ---------------------------------------------------------------------------- the end
-def _export(run: Run, engine) -> None:
-    """model.safetensors and the HF folder (rank 0; ZeRO-3 gathers the weights first)."""
-    import contextlib
+def _final_model(run: Run, engine) -> GPT | None:
+    """Rank 0: the trained model as a plain GPT apart from the engine (every rank calls).
 
+    Under ZeRO-3 DeepSpeed's own consolidation gathers one layer at a time into a CPU state
+    dict on rank 0 (what HF Accelerate's ``get_state_dict`` uses), so the export never
+    mutates partitioned parameters: upcasting them for the HF comparison made leaving
+    ``GatheredParameters`` fail ("Cannot free a ZeRO-3 parameter") in bf16. Stages 0-2 hold
+    the full module on every rank; its tensors are shared, not copied (the comparison's
+    upcast replaces the copy's tensors and leaves the engine's alone)."""
+    from cgpt.model.io import LM_HEAD, build_from_state_dict, is_tied
+
+    module = engine.module
+    if run.cfg.runtime.zero_stage == 3:
+        sd = engine._zero3_consolidated_16bit_state_dict()  # all ranks take part
+        device = torch.device("cpu")
+    else:
+        sd = {k: v.detach() for k, v in module.state_dict().items()} if run.dist.is_main else None
+        device = run.dist.device
+    if sd is None:
+        return None
+    tied = is_tied(module)
+    sd = {k: v for k, v in sd.items() if not (tied and k == LM_HEAD)}
+    return build_from_state_dict(module.config, sd, tied, "the trained model", device)
+
+
+def _export(run: Run, engine) -> None:
+    """model.safetensors and the HF folder, from a copy of the trained model (rank 0)."""
     from cgpt.model.io import save_model
 
-    params = list(engine.module.parameters())
-    gather = contextlib.nullcontext()
-    if run.cfg.runtime.zero_stage == 3:
-        import deepspeed
+    model = _final_model(run, engine)
+    if model is None:
+        return
+    save_model(model, run.run_dir / "model.safetensors")
+    if run.cfg.runtime.export_hf:
+        from cgpt.model.hf import export_hf
 
-        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-    with gather:
-        if run.dist.is_main:
-            save_model(engine.module, run.run_dir / "model.safetensors")
-            if run.cfg.runtime.export_hf:
-                from cgpt.model.hf import export_hf
-
-                export_hf(
-                    engine.module,
-                    run.run_dir / "hf",
-                    tokenizer_dir=run.tokenizer_dir,
-                    verify=True,
-                    force=True,
-                )
+        export_hf(
+            model, run.run_dir / "hf", tokenizer_dir=run.tokenizer_dir, verify=True, force=True
+        )
 
 
 def _finish(run: Run, loop: _Loop, status: str, t0: float) -> dict:
