@@ -13,15 +13,14 @@ The tokenizer is ``--tokenizer DIR``; for a folder SRC also ``SRC/tokenizer/``, 
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from cgpt.model.errors import CgptError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("bfloat16", "float16", "float32")  # torch dtype names (torch loads only to run)
 
 
 def register(subparsers) -> None:
@@ -39,8 +38,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("out", metavar="OUT", help="output folder (must not exist unless --force)")
     p.add_argument("--tokenizer", metavar="DIR", help="HF tokenizer folder to include")
-    p.add_argument("--dtype", choices=sorted(DTYPES), help="cast weights (default: as stored)")
-    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--dtype", choices=DTYPES, help="cast weights (default: as stored)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a previous export at OUT (never a run, data or source folder)",
+    )
     p.add_argument(
         "--max-shard-size",
         default="5GB",
@@ -82,12 +85,15 @@ def run_export(args) -> int:
     src, out = Path(args.src), Path(args.out)
     if out.exists() and not args.force:  # before the (slow) load, not only inside export_hf
         raise CgptError(f"{out} already exists; pass --force to replace it")
+    check_replaceable(src, out)
     t0 = time.perf_counter()
     loaded = load_source(src)
     model = loaded.model
     tokenizer = Path(args.tokenizer) if args.tokenizer else find_tokenizer(src)
     if args.dtype:
-        model.to(DTYPES[args.dtype])
+        import torch  # deferred: torch is heavy; quick verbs must not load it
+
+        model.to(getattr(torch, args.dtype))
     if tokenizer is None:
         print(
             f"cgpt export: note: no tokenizer found for {src}; exporting the model only "
@@ -110,6 +116,53 @@ def run_export(args) -> int:
         f"{time.perf_counter() - t0:.1f}s)"
     )
     return 0
+
+
+_EXPORT_FILES = {
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+}
+_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
+
+
+def is_export_folder(folder: Path) -> bool:
+    """True for a folder holding only what `cgpt export` writes (config.json, the weights as
+    one file or shards + index, generation_config.json, tokenizer files) and at least its
+    config and weights: the only kind of folder ``--force`` may replace."""
+    from cgpt.model.hf import TOKENIZER_FILES
+
+    if not folder.is_dir():
+        return False
+    entries = list(folder.iterdir())
+    names = {p.name for p in entries}
+    known = _EXPORT_FILES | set(TOKENIZER_FILES)
+    return (
+        "config.json" in names
+        and bool(names & {"model.safetensors", "model.safetensors.index.json"})
+        and all(p.is_file() and not p.is_symlink() for p in entries)
+        and all(n in known or _SHARD.fullmatch(n) or n.endswith(".model") for n in names)
+    )
+
+
+def check_replaceable(src: Path, out: Path) -> None:
+    """``--force`` replaces a previous export, never the source, a folder holding it, a run
+    or data folder or anything else: one line instead (`cgpt export RUN RUN --force` once
+    replaced the whole run with its export)."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    s, o = src.resolve(), out.resolve()
+    if s == o or o in s.parents:
+        raise CgptError(
+            f"{out} is the source {src} or holds it; --force replaces only a previous "
+            "export: choose another OUT"
+        )
+    if not is_export_folder(out) and not (out.is_dir() and not any(out.iterdir())):
+        raise CgptError(
+            f"{out} is not a previous export (it holds files `cgpt export` does not write, "
+            "e.g. a run or data folder); --force replaces only an export: choose another OUT"
+        )
 
 
 def run_import(args) -> int:

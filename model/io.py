@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from cgpt.model import files
 from cgpt.model.config import GPTConfig
 from cgpt.model.errors import CgptError
 from cgpt.model.gpt import GPT
@@ -96,28 +97,29 @@ def read_torch_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 # ---- writing ------------------------------------------------------------------------------
-def _tmp_name(target: Path, kind: str) -> Path:
-    fd_dir = tempfile.mkdtemp(prefix=f".{target.name}.{kind}-", dir=target.parent)
-    return Path(fd_dir)
-
-
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it becomes ``out``, else vanishes.
 
     An existing ``out`` is refused unless ``force``; then the old folder is renamed away, the
-    new one renamed in and the old one deleted, so ``out`` is never half-written.
+    new one renamed in and the old one deleted, so ``out`` is never half-written. Temporary
+    folders that a killed writer left beside ``out`` are removed first (files.remove_stale),
+    and the new folder gets the umask's mode as it is published.
     """
     out = Path(out)
     _check_target(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(out, "tmp")
+    files.remove_stale(out)
+    held = files.HeldTempDir(out)
     try:
-        yield tmp
-        _install(tmp, out, force)
+        yield held.path
+        files.make_public(held.path)
+        _install(held.path, out, force)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(held.path, ignore_errors=True)
         raise
+    finally:
+        held.release()
 
 
 def _check_target(out: Path, force: bool) -> None:
@@ -126,13 +128,15 @@ def _check_target(out: Path, force: bool) -> None:
 
 
 def _install(tmp: Path, out: Path, force: bool) -> None:
-    """Rename tmp to out; an existing out (force) is moved away first and deleted after."""
+    """Rename tmp to out; an existing out (force) is moved away first and deleted after (a
+    link at out is moved and unlinked, never followed)."""
     old = None
     if out.exists() or out.is_symlink():
         _check_target(out, force)
-        old = _tmp_name(out, "old")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, old / out.name)
     os.replace(tmp, out)
+    files.fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -140,18 +144,12 @@ def _install(tmp: Path, out: Path, force: bool) -> None:
 def save_file_atomic(
     tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
 ) -> None:
-    """safetensors save to a temporary name in the same folder, then rename over ``path``."""
+    """safetensors save to a temporary name in the same folder, then rename over ``path``
+    (with the umask's mode: files.atomic_path)."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
+    with files.atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---- model files --------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 the holder's pid, host, start time and command line into it. A second writer gets one
 :class:`CgptError` line naming the holder. The OS drops the lock when its process dies
 (killed, crashed, preempted), so a stale lock file left by a dead process is simply taken
-over; the file itself is never deleted while in use (deleting a lock file races).
+over; the file itself is never deleted while in use (deleting a lock file races). A
+symbolic link at the lock's name is refused (``O_NOFOLLOW``), never written through.
 
 flock is advisory and per open file: it protects against every cgpt process on the hosts
 that share the filesystem's locking (local disks, NFSv4, Lustre with flock enabled).
@@ -16,11 +17,13 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
+from cgpt.model.files import open_nofollow
 
 LOCK_NAME = ".cgpt.lock"
 
@@ -40,12 +43,23 @@ class FolderLock:
         self._created = not self.folder.exists()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # O_NOFOLLOW: a link planted at the lock's name is refused, never truncated
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666, "lock")
+        except CgptError:
+            self._cleanup_created()
+            raise
         except OSError as e:
             self._cleanup_created()
             raise CgptError(
                 f"cannot create {self.what} {str(self.folder)!r}: {e.strerror or e}"
             ) from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:  # a hard link is truncated too
+            os.close(fd)
+            raise CgptError(
+                f"lock {str(self.path)!r} is not a plain file of its own (a hard link or a "
+                "special file); cgpt does not write through it: remove it, then run again"
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

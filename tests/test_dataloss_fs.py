@@ -1,0 +1,148 @@
+"""Data-loss paths on the filesystem (issue 26 items 2, 3, 7, 10, 15): `export --force` never
+replaces a run, data or source folder; no file is created or truncated through a symbolic
+link; a branch is published whole; two sweeps on one folder; stale temporary folders of a
+killed writer are removed by the next one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_trainer import _write, make_cfg, make_data, tree_digest
+
+from cgpt.launch.cli import main
+
+CGPT = str(Path(sys.executable).with_name("cgpt"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_data(tmp_path_factory.mktemp("data") / "bytes", n_files=4)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data) -> Path:
+    """A real 12-step warmup-stable-decay run with checkpoints at steps 4, 8 and 12."""
+    tmp = tmp_path_factory.mktemp("run")
+    d = make_cfg(tmp, data, out="run", steps=12, save_every=4, eval_every=0, keep_last=10)
+    d["runtime"]["log_every"] = 1
+    d["plan"].update(decay="wsd", cooldown_fraction=0.2, warmup_steps=2, decay_steps=10)
+    assert main(["train", str(_write(tmp, d, "run.yaml"))]) == 0
+    return tmp / "run"
+
+
+def _one_line_error(capsys, verb: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"cgpt {verb}: error:"), err
+    return err
+
+
+# ---- item 2: export --force replaces only a previous export --------------------------------
+def test_export_force_never_replaces_the_run_data_or_source(run, data, tmp_path, capsys):
+    before_run, before_data = tree_digest(run), tree_digest(data)
+    step = run / "checkpoints" / "step-8"
+    for src, out in (
+        (run, run),  # the run itself
+        (step, run),  # the folder holding the source
+        (step, run / "checkpoints"),
+        (run, data),  # a data folder
+        (run, run.parent),  # a folder holding the source
+        (run / "model.safetensors", run / "model.safetensors"),  # the source file
+    ):
+        assert main(["export", str(src), str(out), "--force", "--no-verify"]) == 2
+        err = _one_line_error(capsys, "export")
+        assert "--force replaces only" in err, err
+    assert tree_digest(run) == before_run and tree_digest(data) == before_data
+    # a previous export is what --force replaces
+    out = tmp_path / "hf"
+    assert main(["export", str(step), str(out), "--no-verify"]) == 0
+    first = (out / "model.safetensors").read_bytes()
+    assert main(["export", str(run), str(out), "--force", "--no-verify"]) == 0
+    assert (out / "model.safetensors").read_bytes() != first  # step 12's weights, not step 8's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temporary folder left
+
+
+# ---- item 3: no file is created or truncated through a symbolic link ------------------------
+def _plant_lock_link(folder: Path, tmp_path: Path) -> Path:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious bytes\n" * 100)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ".cgpt.lock").symlink_to(victim)
+    return victim
+
+
+def test_symlink_at_run_lock_is_refused_and_victim_untouched(run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, symlinks=True)
+    (copy / ".cgpt.lock").unlink()
+    victim = _plant_lock_link(copy, tmp_path)
+    before = victim.read_bytes()
+    assert main(["train", str(copy), "--resume"]) == 2
+    err = _one_line_error(capsys, "train")
+    assert "symbolic link" in err and ".cgpt.lock" in err, err
+    assert victim.read_bytes() == before
+    assert (copy / ".cgpt.lock").is_symlink()  # refused, not removed either
+
+
+def test_symlink_at_prepare_lock_is_refused_and_victim_untouched(tmp_path, capsys):
+    from helpers import make_tokenizer
+
+    tok = make_tokenizer(tmp_path / "tok", vocab_size=280)
+    out = tmp_path / "data"
+    victim = _plant_lock_link(out, tmp_path)
+    before = victim.read_bytes()
+    argv = ["prepare", "--input", "stdlib:max_docs=3", "--tokenizer", str(tok), "--out", str(out)]
+    assert main(argv) == 2
+    err = _one_line_error(capsys, "prepare")
+    assert "symbolic link" in err, err
+    assert victim.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == [".cgpt.lock"]
+
+
+def test_hard_link_at_lock_is_refused(tmp_path):
+    from cgpt.model.errors import CgptError
+    from cgpt.train.lock import FolderLock
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"x" * 1000)
+    (tmp_path / "f").mkdir()
+    os.link(victim, tmp_path / "f" / ".cgpt.lock")
+    with pytest.raises(CgptError, match="hard link"):
+        FolderLock(tmp_path / "f").acquire()
+    assert victim.read_bytes() == b"x" * 1000
+
+
+def test_atomic_writers_replace_a_link_never_its_target(tmp_path):
+    """config.yaml, summary.json, metrics rewrites: the rename replaces a link planted at
+    the name; the file it pointed to keeps its bytes."""
+    from cgpt.model.files import write_atomic
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"keep me")
+    (tmp_path / "config.yaml").symlink_to(victim)
+    write_atomic(tmp_path / "config.yaml", "a: 1\n")
+    assert victim.read_bytes() == b"keep me"
+    assert not (tmp_path / "config.yaml").is_symlink()
+    assert (tmp_path / "config.yaml").read_text() == "a: 1\n"
+
+
+def _cli(*argv, **kw):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [CGPT, *map(str, argv)], capture_output=True, text=True, env=env, timeout=600, **kw
+    )
+
+
+def _wait_for(cond, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
