@@ -74,3 +74,36 @@ def test_every_stage_and_precision_finishes_exports_and_resumes(
     ref, got = load_model(run / "model.safetensors"), import_hf(out)
     for (k, a), b in zip(ref.state_dict().items(), got.state_dict().values()):
         assert torch.equal(b.to(a.dtype), a), k
+
+
+# ---------------------------------------------------------------------------- issue 24 item 2
+@pytest.mark.slow
+def test_banner_before_the_first_step_and_step0_check_on_the_console(tmp_path, data, capsys):
+    """`cgpt train` says what it trains (size, steps, tokens, batch, where) before step 1, an
+    ETA once two steps are timed, and a continued run's step-0 check on the console."""
+    from test_trainer import _write
+
+    from cgpt.model import GPT
+    from cgpt.model.config import GPTConfig
+
+    d = _tiny(tmp_path, data, out="a", export_hf=True, log_every=1)
+    d["plan"].update(steps=4, tokens=16 * 2 * 4, decay_steps=3)
+    assert cli_main(["train", str(_write(tmp_path, d, "a.yaml"))]) == 0
+    err = capsys.readouterr().err
+    n = GPT(GPTConfig.from_dict(d["model"])).num_params()
+    banner = err.index(f"cgpt train: {n:,} parameters (2 layers, width 16, 2 heads")
+    assert banner < err.index("step 1/4 loss")
+    assert "4 steps, 128 tokens; batch 2 x 16 tokens (micro-batch 2 x 1 accumulation" in err
+    assert f"fp32, ZeRO-0, cpu; writing to {tmp_path / 'a'}" in err
+    assert err.index("step 2/4 loss") < err.index("\nETA 00:00:") < err.index("step 3/4 loss")
+    assert " for 2 more steps (" in err
+    # a continued run from the export: the step-0 check, rank 0 vs transformers, on stderr
+    c = _tiny(tmp_path, data, out="b", max_steps=1)
+    del c["model"]
+    c["init"] = {"source": str(tmp_path / "a" / "hf")}
+    assert cli_main(["train", str(_write(tmp_path, c, "b.yaml"))]) == 0
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if ln.startswith("step 0: init_loss "))
+    assert f"of the weights from {tmp_path / 'a' / 'hf'}" in line
+    assert "vs transformers" in line and "loaded faithfully" in line
+    assert "steps 1-1 of 2" not in err and "1 steps of 2 (runtime.max_steps)" in err

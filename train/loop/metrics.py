@@ -125,6 +125,8 @@ class MetricsLogger:
             self._progress(row)
         if "val_loss" in row:
             self.message(f"step {row['step']}: val_loss {row['val_loss']:.4f}")
+        if "init_loss" in row:  # a continued run's step-0 check (cgpt.train.loop.init_from)
+            self.message(_step0_text(row))
 
     def _progress(self, row: dict) -> None:
         bar, step = self._bar, row["step"]
@@ -132,7 +134,7 @@ class MetricsLogger:
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.3g}")
         if step % self.log_every == 0 or step == self.total:
-            eta = _eta(row.get("eta_s"))
+            eta = eta_text(row.get("eta_s"))
             mfu = f" mfu {row['mfu']:.1%}" if row.get("mfu") is not None else ""
             self.message(
                 f"step {step}/{self.total} loss {row['loss']:.4f} lr {row['lr']:.3g} "
@@ -159,7 +161,18 @@ class MetricsLogger:
         self._bar = self._file = self._wandb = None
 
 
-def _eta(seconds: float | None) -> str:
+def _step0_text(row: dict) -> str:
+    text = f"step 0: init_loss {row['init_loss']:.4f} of the weights from {row['init_source']}"
+    if "init_hf_loss" in row:
+        text += (
+            f"; rank 0 {row['init_loss_rank0']:.6f} vs transformers {row['init_hf_loss']:.6f} "
+            f"(|diff| {row['init_loss_diff']:.2e}): loaded faithfully"
+        )
+    return text
+
+
+def eta_text(seconds: float | None) -> str:
+    """HH:MM:SS (or days) for an ETA; '?' when unknown."""
     if seconds is None or not math.isfinite(seconds):
         return "?"
     return (

@@ -28,6 +28,7 @@ import torch
 
 from cgpt.model import GPT, flops_per_token_mfu
 from cgpt.model.errors import CgptError
+from cgpt.model.sizes import num_params
 from cgpt.train.config import (
     RUN_CONFIG,
     Provenance,
@@ -55,7 +56,13 @@ from cgpt.train.loop.engine import (
     save_ds_config,
 )
 from cgpt.train.loop.guard import StepGuard, guard_optimizer
-from cgpt.train.loop.metrics import MetricsLogger, Throughput, plot_loss, truncate_metrics
+from cgpt.train.loop.metrics import (
+    MetricsLogger,
+    Throughput,
+    eta_text,
+    plot_loss,
+    truncate_metrics,
+)
 from cgpt.train.loop.resume import (
     ResumePoint,
     ResumeRequest,
@@ -405,7 +412,7 @@ class _Loop:
         fpt = flops_per_token_mfu(cfg.model, cfg.plan.seq_len)
         from cgpt.train.plan.devices import detect_peak_flops
 
-        tp, avg_dt, skipped_in_a_row = Throughput(fpt, detect_peak_flops()), None, 0
+        tp, avg_dt, skipped_in_a_row, ran = Throughput(fpt, detect_peak_flops()), None, 0, 0
         while self.step < self.end:
             t0 = time.perf_counter()
             loss, norm, stopping = _train_step(
@@ -448,6 +455,12 @@ class _Loop:
                     "eta_s": avg_dt * (self.end - self.step),
                 }
             )
+            ran += 1
+            if ran == 2 and self.step < self.end:  # the first step warms up: time the second
+                self.log.message(
+                    f"ETA {eta_text(dt * (self.end - self.step))} for {self.end - self.step} more "
+                    f"steps ({dt:.3g} s/step)"
+                )
             if rt.eval_every and self.step % rt.eval_every == 0:
                 self.eval()
             if (rt.save_every and self.step % rt.save_every == 0) or self.step in rt.save_steps:
@@ -539,6 +552,29 @@ def _completed_summary(run: Run) -> dict | None:
     return summary if summary.get("status") == "completed" else None
 
 
+def _banner(run: Run, start: int) -> str:
+    """The start-up lines (rank 0, before the first step): what trains, how long, where."""
+    cfg, m, rt = run.cfg, run.cfg.model, run.cfg.runtime
+    split = run.splits[global_batch_at(cfg.plan, start)]
+    end = min(cfg.plan.steps, rt.max_steps or cfg.plan.steps)
+    doing = f"steps {start + 1}-{end} of {cfg.plan.steps}" if start else f"{end} steps"
+    if end < cfg.plan.steps and not start:
+        doing += f" of {cfg.plan.steps} (runtime.max_steps)"
+    tokens = tokens_before(cfg.plan, end) - tokens_before(cfg.plan, start)
+    return "\n".join(
+        [
+            f"cgpt train: {num_params(m):,} parameters ({m.n_layer} layers, width "
+            f"{m.n_embd}, {m.n_head} heads, context {m.n_positions}, vocab {m.vocab_size})",
+            f"  {doing}, {tokens:,} tokens; batch {split.global_batch} x {cfg.plan.seq_len} "
+            f"tokens (micro-batch {split.micro_batch} x {split.grad_accum} accumulation x "
+            f"{run.dist.world_size} rank(s)); peak LR {cfg.plan.lr:g}",
+            f"  {rt.precision}, ZeRO-{rt.zero_stage}, {run.dist.device.type}; "
+            f"writing to {run.run_dir}",
+            "  ETA: after the first steps",
+        ]
+    )
+
+
 def _publish_start(run: Run, ds_config: dict) -> list[str]:
     """Rank 0, once every check passed and the engine (and checkpoint) loaded: the run
     folder's config, DeepSpeed config, rewind bookkeeping and metrics truncation."""
@@ -616,6 +652,7 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
         loop.log = log
         for note in loop.notes:
             log.message(note)
+        log.message(_banner(run, loop.step))
         if step0 is not None:
             log.log(step0)
         loop.watchdog = StepWatchdog(
