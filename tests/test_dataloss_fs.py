@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import child_env
 from test_trainer import _write, make_cfg, make_data, tree_digest
 
 from cgpt.launch.cli import main
@@ -146,3 +148,37 @@ def _wait_for(cond, timeout: float, what: str):
             return got
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# ---- item 10: one sweep per folder ---------------------------------------------------------
+@pytest.mark.slow  # a real `cgpt sweep` process
+def test_second_sweep_on_a_folder_is_refused(tmp_path, capsys):
+    from test_sweep import SIZES, sweep_dict, write_sweep
+    from test_sweep import make_data as sweep_data
+
+    # 25000 steps: the first sweep is still training when the second starts
+    d = sweep_dict(tmp_path, sweep_data(tmp_path / "data"), sizes=[SIZES[0]], tokens_per_param=2000)
+    path = write_sweep(tmp_path, d)
+    lock = tmp_path / "sweep" / ".cgpt.lock"
+    first = subprocess.Popen(
+        [CGPT, "sweep", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=child_env(PYTHONWARNINGS="ignore"),
+        start_new_session=True,
+    )
+    try:
+        _wait_for(
+            lambda: any(p.stat().st_size for p in lock.parent.glob("runs/*/metrics.jsonl")),
+            180,
+            "the first sweep's first metrics row",
+        )
+        assert lock.read_text().strip()  # its holder note
+        assert main(["sweep", str(path)]) == 2
+        err = _one_line_error(capsys, "sweep")
+        assert "sweep folder" in err and "in use by pid" in err, err
+        assert first.poll() is None  # the first sweep goes on, nothing marked failed
+        assert not (tmp_path / "sweep" / "results.jsonl").exists()
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(60)

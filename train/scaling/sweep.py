@@ -66,6 +66,7 @@ import yaml
 
 from cgpt.model.errors import CgptError
 from cgpt.train.config import config_diff, write_text_atomic
+from cgpt.train.lock import FolderLock
 from cgpt.train.loop.metrics import read_metrics
 from cgpt.train.scaling.sweep_branches import (
     describe_points,
@@ -183,6 +184,11 @@ def run_sweep(
     out = Path(sweep.out_dir)
     if dry_run:
         return _dry_run(sweep, out, log)
+    with FolderLock(out, "sweep folder"):  # one sweep per folder, as one trainer per run
+        return _run_locked(sweep, path, out, retry_failed, fit, log)
+
+
+def _run_locked(sweep: SweepConfig, path, out: Path, retry_failed: bool, fit: bool, log) -> dict:
     data = ensure_data(sweep, log)
     did = data_id(data)
     points = plan_points(sweep, data.vocab_size)
