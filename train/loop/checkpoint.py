@@ -7,7 +7,8 @@ Layout of ``RUN_DIR/checkpoints``::
     latest               the newest published tag (informational; resume scans the folders)
 
 All ranks write DeepSpeed's files into ``tmp-step-N``; after a barrier rank 0 adds
-``trainer_state.json`` (step, tokens, loader state, ...) and the resolved config, writes the
+``trainer_state.json`` (step, tokens, loader state, ...), the resolved config and
+``manifest.json`` (every file and its size: a file deleted later is found), writes the
 ``complete`` marker, renames the folder to ``step-N`` (one atomic rename) and deletes all but
 the newest ``keep_last`` published checkpoints. A kill at any moment therefore leaves the
 previous checkpoint intact, and ``--resume`` picks the newest folder that has the marker.
@@ -35,6 +36,7 @@ from cgpt.train.loop.distributed import barrier
 
 COMPLETE = "complete"
 STATE = "trainer_state.json"
+MANIFEST = "manifest.json"  # every file of the checkpoint and its size, written before COMPLETE
 _PUBLISHED = re.compile(r"^step-(\d+)$")
 
 
@@ -71,6 +73,9 @@ def problem(folder: Path) -> str | None:
         json.loads((folder / STATE).read_text())
     except (OSError, ValueError) as e:
         return f"{STATE} unreadable ({e.__class__.__name__})"
+    lost = missing_files(folder)
+    if lost:
+        return lost
     # DeepSpeed's files and ours; not a universal conversion (checked, and redone if
     # broken, when a resume uses it: cgpt.train.loop.universal)
     files = sorted(f for f in folder.rglob("*.pt") if f.relative_to(folder).parts[0] != "universal")
@@ -84,6 +89,36 @@ def problem(folder: Path) -> str | None:
             return f"{f.name} is truncated or not a torch file ({e.__class__.__name__})"
         if bad is not None:
             return f"{f.name} is corrupted (entry {bad})"
+    return None
+
+
+def manifest(folder: Path, skip: tuple[str, ...] = (MANIFEST, COMPLETE)) -> dict[str, int]:
+    """Every file under ``folder`` (relative path -> bytes), except ``skip``."""
+    return {
+        str(f.relative_to(folder)): f.stat().st_size
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and f.name not in skip
+    }
+
+
+def missing_files(folder: Path, listed: dict | None = None) -> str | None:
+    """Which file the save wrote is gone or has another size now (None: all there).
+    ``listed``: relative path -> bytes; default: the checkpoint's manifest (a checkpoint
+    saved before manifests existed is checked by its files' CRCs only)."""
+    if listed is None:
+        path = folder / MANIFEST
+        if not path.is_file():
+            return None
+        try:
+            listed = dict(json.loads(path.read_text())["files"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return f"{MANIFEST} unreadable ({e.__class__.__name__})"
+    for name, size in sorted(listed.items()):
+        f = folder / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != int(size):
+            return f"{name} has {f.stat().st_size:,} bytes but {int(size):,} were saved"
     return None
 
 
@@ -189,6 +224,8 @@ class Checkpointer:
                 write_text_atomic(
                     tmp / STATE, json.dumps(state, indent=1, default=_jsonable) + "\n"
                 )
+                files = {"files": manifest(tmp)}  # checked by problem() before a resume
+                write_text_atomic(tmp / MANIFEST, json.dumps(files, indent=1) + "\n")
                 write_text_atomic(tmp / COMPLETE, f"{step}\n")
                 _fsync_dir(tmp)
                 if final.exists():  # re-saving a step (e.g. the end of a resumed run)

@@ -25,7 +25,13 @@ import yaml
 from cgpt.model.errors import CgptError
 from cgpt.train.config import RUN_CONFIG, config_diff
 from cgpt.train.loop import checkpoint as ckpt
-from cgpt.train.loop.universal import UNIVERSAL, needs_universal, ranks_text, saved_topology
+from cgpt.train.loop.universal import (
+    UNIVERSAL,
+    broken,
+    needs_universal,
+    ranks_text,
+    saved_topology,
+)
 from cgpt.train.loop.universal import published as universal_published
 
 # runtime keys whose change makes a checkpoint unusable (the rest may change on --resume;
@@ -147,6 +153,8 @@ def find_resume_point(
         (ows, ostage), how = point.saved_topology, "reusing its conversion"
         if universal_published(point.folder) is None:
             how = f"converting it once into {point.folder / UNIVERSAL}"
+        elif broken(point.folder):  # a file of the conversion deleted or damaged
+            how = f"its conversion in {point.folder / UNIVERSAL} lost a file: converting again"
         point.warnings.append(
             f"checkpoint {point.folder.name} was written by {ranks_text(ows)} with ZeRO stage "
             f"{ostage}; resuming on {ranks_text(world_size)} with ZeRO stage {zero_stage} "

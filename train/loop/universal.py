@@ -12,7 +12,7 @@ DeepSpeed's universal loading (the engine's ``load_universal`` switch, on for th
     checkpoints/step-120/universal/       the conversion, reused by every later resume
         mp_rank_00_model_states.pt        DeepSpeed's metadata (global steps, ...)
         zero/<param>/{fp32,exp_avg,exp_avg_sq,step}.pt, zero/optimizer_state.pt
-        complete                          written last, names the source topology
+        complete                          written last: the source topology, every file
     checkpoints/step-120/latest_universal "universal" (DeepSpeed's pointer file)
     checkpoints/tmp-universal-step-120/   a conversion in progress (removed on failure and
                                           by the next save)
@@ -250,7 +250,7 @@ def ensure_universal(folder: Path, rank: int, device: torch.device) -> Path:
 
     folder = Path(folder)
     error: CgptError | None = None
-    if rank == 0 and (published(folder) is None or _broken(folder)):
+    if rank == 0 and (published(folder) is None or broken(folder)):
         try:
             _publish(folder)
         except CgptError as e:
@@ -280,13 +280,22 @@ def ensure_universal(folder: Path, rank: int, device: torch.device) -> Path:
     return out
 
 
-def _broken(folder: Path) -> bool:
-    """A published conversion with a truncated or corrupted file (converted again)."""
+def broken(folder: Path) -> bool:
+    """A published conversion with a missing, truncated or corrupted file (converted
+    again). The marker lists every file of the conversion (older ones: no list)."""
     import zipfile
+
+    from cgpt.train.loop import checkpoint as ckpt
 
     out = published(folder)
     if out is None:
         return False
+    try:
+        listed = json.loads((out / MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return True
+    if isinstance(listed, dict) and ckpt.missing_files(out, listed):
+        return True
     for f in out.rglob("*.pt"):
         try:
             with zipfile.ZipFile(f) as z:
@@ -303,18 +312,23 @@ def _publish(folder: Path) -> None:
     root = folder.parent
     tmp = root / f"{TMP_PREFIX}{folder.name}"
     shutil.rmtree(tmp, ignore_errors=True)  # left over by an interrupted conversion
-    out = tmp / UNIVERSAL
+    out, old = tmp / UNIVERSAL, folder / UNIVERSAL
+    if old.exists():  # a broken earlier conversion: DeepSpeed's converter would read its
+        # model-states files as the checkpoint's own ("file count 2 does not match")
+        (old / MARKER).unlink(missing_ok=True)  # unpublished first, then removed
+        shutil.rmtree(old)
     try:
         _convert(folder, out)
         _complete_layout(out)
         (tmp / "latest_universal").unlink(missing_ok=True)  # DeepSpeed's, pointing at tmp
         state = ckpt.read_state(folder)
-        marker = {"source": folder.name, "world_size": state.get("world_size")}
+        marker = {
+            "source": folder.name,
+            "world_size": state.get("world_size"),
+            "files": ckpt.manifest(out),  # a file deleted later means: convert again
+        }
         ckpt.write_text_atomic(out / MARKER, json.dumps(marker) + "\n")
         ckpt._fsync_tree(tmp)
-        old = folder / UNIVERSAL
-        if old.exists():  # a broken earlier conversion
-            shutil.rmtree(old)
         os.rename(out, old)  # the publish: one atomic rename
         ckpt.write_text_atomic(folder / "latest_universal", UNIVERSAL)
         ckpt._fsync_dir(folder)
