@@ -240,16 +240,17 @@ def apply_model_args(args) -> None:
                 continue
             if value not in DTYPE_CHOICES:
                 raise CgptError(f"--model_args dtype={value}: choose {', '.join(DTYPE_CHOICES)}")
-        elif key == "batch_size":
+        parsed: int | str = value
+        if key == "batch_size":
             try:
-                value = _batch(value)
+                parsed = _batch(value)
             except argparse.ArgumentTypeError as e:
                 raise CgptError(f"--model_args batch_size: {e}") from None
         current = getattr(args, dest)
-        if current is not None and current != value:
+        if current is not None and current != parsed:
             flag = "SRC" if dest == "src" else "--" + dest.replace("_", "-")
             raise CgptError(f"--model_args {key}={value} contradicts {flag} {current}")
-        setattr(args, dest, value)
+        setattr(args, dest, parsed)
     if not args.src:
         raise CgptError("give the model: SRC, or --model_args pretrained=SRC")
 
@@ -314,5 +315,5 @@ def run(args) -> int:
     if out:
         print(f"wrote {out}")
     for name in (report.get("samples") or {}).values():
-        print(f"wrote {Path(out).parent / name}")
+        print(f"wrote {Path(out or '.').parent / name}")
     return 0

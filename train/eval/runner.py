@@ -325,6 +325,8 @@ def write_samples(folder: Path, samples: dict, date_id: str) -> dict[str, str]:
 
 
 def _hub_folder(name: str | None) -> Path | None:
+    if name is None:
+        return None
     try:
         from huggingface_hub import snapshot_download
 
@@ -348,6 +350,7 @@ def _hf_shape(cfg) -> dict | None:
 def _paper_block(req, src: EvalSource, sc: dict, results: dict) -> dict | None:
     if not any(t in sc for t in SUITE_TASKS):
         return None
+    how: str | None
     if req.compare_paper:
         size, how, note = paper_size(req.compare_paper), "--compare-paper", None
     else:
