@@ -83,7 +83,12 @@ def register(sub) -> None:
         help="for a published size: the rule-based plan, not the published one",
     )
     rules.add_argument("--seq-len", type=int, default=SEQ_LEN)
-    rules.add_argument("--vocab-size", type=int, default=GPT2_VOCAB)
+    rules.add_argument(
+        "--vocab-size",
+        type=int,
+        help=f"default: the --data folder's tokenizer vocab, else GPT-2's {GPT2_VOCAB}; "
+        "may pad it up to a multiple of 64",
+    )
     rules.add_argument("--batch-seqs", type=int, help="override the global batch (sequences)")
     rules.add_argument("--lr", type=float, help="override the peak learning rate")
     rules.add_argument(
@@ -136,12 +141,17 @@ def register(sub) -> None:
     )
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print one JSON object")
-    out.add_argument("--write", metavar="RUN.yaml", help="write a run config for `cgpt train`")
+    out.add_argument(
+        "--write",
+        metavar="RUN.yaml",
+        help="write a run config for `cgpt train` (needs --data); every path in it is "
+        "written absolute, so it means the same from any directory",
+    )
     out.add_argument(
         "--data",
-        default="data/default",
-        help="data folder for --write, or a mixture NAME=DIR:WEIGHT,... "
-        "(e.g. web=data/web:0.7,code=data/code:0.3: data.sources)",
+        help="the data folder (made by cgpt prepare), or a mixture NAME=DIR:WEIGHT,... "
+        "(e.g. web=data/web:0.7,code=data/code:0.3: data.sources); its meta.json decides "
+        "the vocab and the plan is checked against it (needed by --write)",
     )
     out.add_argument("--tokenizer", help="tokenizer folder for --write (default: from the data)")
     out.add_argument("--out-dir", help="runtime.out_dir for --write (default runs/NAME)")
@@ -192,24 +202,18 @@ def build_plan(args):
         micro_batch=args.micro_batch,
         activation_checkpointing=args.activation_checkpointing,
         init_from=args.init_from,
+        data=args.data,
         **counts,
     )
     return plan(req), req.device
 
 
 def run(args) -> int:
+    if args.write and not args.data:
+        raise CgptError("--write needs --data DIR (a folder made by cgpt prepare, or a mixture)")
     plan, device = build_plan(args)
     if args.write:
-        runtime = {"out_dir": args.out_dir} if args.out_dir else {}
-        cfg = plan.to_run_config(args.data, args.tokenizer, runtime)
-        if plan.extra.get("init_from"):
-            from cgpt.train.config import InitSection
-
-            cfg.init = InitSection(source=plan.extra["init_from"])
-        try:
-            cfg.save(args.write)
-        except OSError as e:
-            raise CgptError(f"cannot write {args.write!r}: {e.strerror or e}") from None
+        write_config(plan, args)
     if args.json:
         d = plan.to_json()
         if device and not plan.cluster:
@@ -229,6 +233,25 @@ def run(args) -> int:
         if args.write:
             print(f"\nwrote {args.write} (train it with: cgpt train {args.write})")
     return 0
+
+
+def write_config(plan, args) -> None:
+    """The run config of ``plan`` at --write, every path absolute (README, Paths)."""
+    from cgpt.train.plan.datacheck import absolute
+
+    out_dir = args.out_dir or plan.to_run_config(plan.extra["data"]).runtime.out_dir
+    tokenizer = absolute(args.tokenizer) if args.tokenizer else None
+    cfg = plan.to_run_config(plan.extra["data"], tokenizer, {"out_dir": absolute(out_dir)})
+    source = plan.extra.get("init_from")
+    if source:
+        from cgpt.train.config import InitSection
+
+        hub = source.startswith("hf:")
+        cfg.init = InitSection(source=source if hub else absolute(source))
+    try:
+        cfg.save(args.write)
+    except OSError as e:
+        raise CgptError(f"cannot write {args.write!r}: {e.strerror or e}") from None
 
 
 # ---- the table ------------------------------------------------------------------------------

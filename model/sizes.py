@@ -13,6 +13,20 @@ from cgpt.model.errors import CgptError
 
 GPT2_VOCAB = 50257  # GPT-2 BPE, not padded (docs/REFERENCE.md, Architecture)
 CONTEXT = 2048  # n_positions for every size (docs/REFERENCE.md, Architecture)
+# A model's vocab is its data's tokenizer vocab, or that padded up to a multiple of 64 (as
+# nanoGPT pads GPT-2's 50257 to 50304 for faster matmuls); anything else is refused.
+VOCAB_PAD_MULTIPLE = 64
+
+
+def padded_vocab(data_vocab: int) -> int:
+    """``data_vocab`` rounded up to a multiple of VOCAB_PAD_MULTIPLE."""
+    return -(-int(data_vocab) // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
+
+
+def vocab_fits(model_vocab: int, data_vocab: int) -> bool:
+    """True when a model of ``model_vocab`` may train on data of ``data_vocab``: equal, or
+    the data's vocab padded up (:func:`padded_vocab`)."""
+    return int(model_vocab) in (int(data_vocab), padded_vocab(data_vocab))
 
 
 @dataclass(frozen=True)

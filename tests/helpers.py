@@ -132,3 +132,26 @@ def make_bpe(folder: Path, layout: str, vocab_size: int = 300) -> Path:
     else:
         tok.model.save(str(folder))
     return folder
+
+
+# ---- data folders ---------------------------------------------------------------------------
+def byte_token_folder(
+    folder: Path, train_tokens: int, val_tokens: int, vocab_size: int = 257
+) -> Path:
+    """A data folder (cgpt.train.data.shards.write_token_data) whose tokens are the bytes of
+    the standard library's .py files, repeated to ``train_tokens`` / ``val_tokens``; EOS is
+    ``vocab_size - 1`` (for vocab 50257, GPT-2's <|endoftext|>), one per file."""
+    import sysconfig
+
+    import numpy as np
+
+    from cgpt.train.data.shards import write_token_data
+
+    eos = vocab_size - 1
+    parts = []
+    for f in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:40]:
+        parts += [np.frombuffer(f.read_bytes(), np.uint8).astype(np.int64), np.array([eos])]
+    text = np.concatenate(parts)
+    toks = np.resize(text, train_tokens + val_tokens)
+    write_token_data(folder, toks[:train_tokens], toks[train_tokens:], vocab_size, eos)
+    return folder

@@ -202,7 +202,7 @@ def test_init_from_checkpoint_step_is_the_weights_at_that_step(byte_run, tmp_pat
     assert "init_hf_loss" not in rows[0]  # a cgpt source: nothing to compare with
 
 
-def test_plan_init_from(published, tmp_path, capsys):
+def test_plan_init_from(published, pub_data, tmp_path, capsys):
     from cgpt.launch.cli import main as cli_main
     from cgpt.train.plan import PlanRequest, plan
 
@@ -216,7 +216,7 @@ def test_plan_init_from(published, tmp_path, capsys):
         plan(PlanRequest(init_from=str(published), tokens=2e6, params=1e6))
     out = tmp_path / "cpt.yaml"
     argv = ["plan", "--init-from", str(published), "--tokens-per-param", "20"]
-    assert cli_main(argv + ["--write", str(out), "--data", "data/x"]) == 0
+    assert cli_main(argv + ["--write", str(out), "--data", str(pub_data)]) == 0
     assert "re-warm over" in capsys.readouterr().out
     written = yaml.safe_load(out.read_text())
     assert written["init"]["source"] == str(published)

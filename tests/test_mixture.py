@@ -407,7 +407,12 @@ def test_plan_write_mixture(tmp_path, capsys):
     from cgpt.launch.cli import main
 
     out = tmp_path / "run.yaml"
-    argv = ["plan", "111M", "--write", str(out), "--data", f"a={tmp_path}/d1:0.7,b=rel/d2:0.3"]
+    from helpers import byte_token_folder
+
+    for name in ("d1", "d2"):  # plan reads the folders (GPT-2's vocab, as 111M's)
+        byte_token_folder(tmp_path / name, 120 * 2048, 4096, vocab_size=50257)
+    mix = f"a={tmp_path}/d1:0.7,b={tmp_path}/d2:0.3"
+    argv = ["plan", "111M", "--write", str(out), "--data", mix]
     assert main(argv) == 0
     data = yaml.safe_load(out.read_text())["data"]
     assert [(s["name"], s["weight"]) for s in data["sources"]] == [("a", 0.7), ("b", 0.3)]

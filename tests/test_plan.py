@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import yaml
+from helpers import byte_token_folder
 
 from cgpt.launch.cli import main
 from cgpt.model import CgptError, GPTConfig
@@ -295,6 +296,7 @@ def test_run_config_round_trip():
 
 def test_cli_json_and_write(tmp_path, capsys):
     out = tmp_path / "run.yaml"
+    pile = byte_token_folder(tmp_path / "pile", 120 * 2048, 4096, vocab_size=50257)
     assert (
         main(
             [
@@ -308,7 +310,7 @@ def test_cli_json_and_write(tmp_path, capsys):
                 "--write",
                 str(out),
                 "--data",
-                "data/pile",
+                str(pile),
             ]
         )
         == 0
@@ -376,7 +378,8 @@ def test_cli_bad_input_one_line(argv, msg, capsys):
 def test_cli_write_never_damages(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("keep")
-    assert main(["plan", "111M", "--write", str(blocker / "run.yaml")]) == 2
+    pile = byte_token_folder(tmp_path / "pile", 120 * 2048, 4096, vocab_size=50257)
+    assert main(["plan", "111M", "--write", str(blocker / "run.yaml"), "--data", str(pile)]) == 2
     assert blocker.read_text() == "keep" and "cannot write" in capsys.readouterr().err
 
 
@@ -395,6 +398,8 @@ def test_every_example_in_plan_help_works(capsys, tmp_path, monkeypatch):
     from cgpt.launch import cmd_plan
 
     monkeypatch.chdir(tmp_path)  # the --write example writes run.yaml here
+    for name in ("pile", "web", "code"):  # the folders the examples name, GPT-2's vocab
+        byte_token_folder(tmp_path / "data" / name, 120 * 2048, 4096, vocab_size=50257)
     examples = [
         line.strip().split("  ")[0]
         for line in cmd_plan.__doc__.splitlines()

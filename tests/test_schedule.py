@@ -4,6 +4,7 @@ import json
 
 import pytest
 import yaml
+from helpers import byte_token_folder
 
 from cgpt.launch.cli import main
 from cgpt.train.config import PlanSection, parse_run_config
@@ -92,7 +93,9 @@ def test_planner_and_cli_wsd(tmp_path, capsys):
     assert lr_at(plan.section, n - cool - 1) == plan.lr  # last stable step
     assert lr_at(plan.section, n - 1) == pytest.approx(plan.min_lr)
     out = tmp_path / "run.yaml"
+    data = byte_token_folder(tmp_path / "data", 136 * 2048, 4096, vocab_size=50257)
     argv = ["plan", "--params", "100M", "--decay", "wsd", "--json", "--write", str(out)]
+    argv += ["--data", str(data)]
     assert main(argv) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["decay"] == "wsd" and d["cooldown_fraction"] == 0.2

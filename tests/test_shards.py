@@ -175,13 +175,14 @@ def test_check_vocab(tmp_path):
     )
     td = open_token_data(tmp_path / "d")
     check_vocab(td, 300)
-    check_vocab(td, 512, _Tok(300, "f" * 64))  # a padded model vocab is fine
-    with pytest.raises(CgptError, match="set model.vocab_size to at least 300"):
-        check_vocab(td, 299)
+    check_vocab(td, 320, _Tok(300, "f" * 64))  # a padded model vocab is fine
+    for wrong in (299, 512):  # smaller, or larger than the padding: the exact fix
+        with pytest.raises(CgptError, match="add --set model.vocab_size=300$"):
+            check_vocab(td, wrong)
     with pytest.raises(CgptError, match="has vocab 400"):
-        check_vocab(td, 512, _Tok(400, "f" * 64))
+        check_vocab(td, 320, _Tok(400, "f" * 64))
     with pytest.raises(CgptError, match="not the one that produced the data"):
-        check_vocab(td, 512, _Tok(300, "e" * 64))
+        check_vocab(td, 320, _Tok(300, "e" * 64))
 
 
 # ---- meta.json: its own checksum, dtype and vocab consistency --------------------------------

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from cgpt.model.errors import CgptError
+from cgpt.model.sizes import VOCAB_PAD_MULTIPLE, padded_vocab, vocab_fits
 
 FORMAT = "cgpt-tokens"
 VERSION = 1
@@ -597,14 +598,16 @@ def open_token_data(data_dir: str | os.PathLike, verify: bool | str = True) -> T
 def check_vocab(data: TokenData, model_vocab_size: int, tokenizer=None) -> None:
     """Raise CgptError unless the data, the model and (optionally) the tokenizer agree.
 
-    The model may have a larger (padded) vocab than the data, never a smaller one; a given
-    tokenizer must be the one that produced the shards (same fingerprint and vocab).
+    The model's vocab is the data's, or that padded up to a multiple of
+    cgpt.model.sizes.VOCAB_PAD_MULTIPLE; a given tokenizer must be the one that produced
+    the shards (same fingerprint and vocab).
     """
-    if data.vocab_size > model_vocab_size:
+    if not vocab_fits(model_vocab_size, data.vocab_size):
         raise CgptError(
-            f"the data in {str(data.dir)!r} was tokenized with a vocab of "
-            f"{data.vocab_size} but the model's vocab_size is {model_vocab_size}; "
-            f"set model.vocab_size to at least {data.vocab_size}"
+            f"model.vocab_size is {model_vocab_size} but the data in {str(data.dir)!r} was "
+            f"tokenized with a vocab of {data.vocab_size} (a model's vocab is its data's, or "
+            f"that padded up to a multiple of {VOCAB_PAD_MULTIPLE}: "
+            f"{padded_vocab(data.vocab_size)}); add --set model.vocab_size={data.vocab_size}"
         )
     if tokenizer is None:
         return

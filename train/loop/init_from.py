@@ -36,6 +36,9 @@ import torch
 
 from cgpt.model.config import GPTConfig
 from cgpt.model.errors import CgptError, ConfigError
+from cgpt.model.sizes import vocab_fits
+from cgpt.train.data.shards import open_token_data
+from cgpt.train.plan.datacheck import wrong_tokenizer
 
 HF_PREFIX = "hf:"
 # the fields that fix the weights' shapes or the function they compute: taken from the source
@@ -248,6 +251,19 @@ def load_source_model(src: Source):
 
     loaded = load_source(src.path)
     return loaded.model, loaded.what
+
+
+def check_data_vocab(cfg) -> None:
+    """Before the data is opened for a run with ``init.source``: every data folder's vocab
+    must fit the source's (the model's vocab is the source's), else the one fix is to
+    re-tokenize the data with the source's tokenizer (the command, ready to paste)."""
+    d = cfg.data
+    paths = [d.path] if d.path else [s.path for s in d.sources or []]
+    for path in paths:
+        data = open_token_data(path, verify=False)
+        if not vocab_fits(cfg.model.vocab_size, data.vocab_size):
+            src = resolve(cfg.init.source, weights=False)
+            raise CgptError(wrong_tokenizer(cfg.init.source, src, data))
 
 
 def _check_tokenizer(src: Source, data) -> None:

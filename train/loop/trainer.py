@@ -114,6 +114,10 @@ def _check_data(cfg: RunConfig):
             load_tokenizer = None
         if load_tokenizer is not None:
             tokenizer = load_tokenizer(cfg.data.tokenizer)
+    if cfg.init is not None:  # the source's vocab against the data's: the fix is a prepare
+        from cgpt.train.loop.init_from import check_data_vocab
+
+        check_data_vocab(cfg)
     # every folder of data.path / data.sources / data.val: one tokenizer, the model's vocab
     verify = True if local_main else "size"
     return open_data(cfg.data, cfg.model.vocab_size, verify, tokenizer)

@@ -15,9 +15,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
-from cgpt.model.sizes import GPT2_VOCAB
+from cgpt.model.sizes import GPT2_VOCAB, vocab_fits
 from cgpt.train.cli_args import check_positive
 from cgpt.train.plan import planner as P
+from cgpt.train.plan.datacheck import (
+    DataInfo,
+    check_fits,
+    read_data,
+    vocab_for,
+    wrong_tokenizer,
+)
 from cgpt.train.plan.devices import Device, get_device
 from cgpt.train.plan.rules import SEQ_LEN, load_fit
 
@@ -41,7 +48,7 @@ class PlanRequest:
     fit: str | None = None  # a sweep's fit.json
     rules: bool = False  # a published size planned by the rules
     seq_len: int = SEQ_LEN
-    vocab_size: int = GPT2_VOCAB
+    vocab_size: int | None = None  # default: the data's vocab, else GPT-2's 50257
     batch_seqs: int | None = None
     lr: float | None = None
     decay: str | None = None  # linear | cosine | wsd (default: the family's rule)
@@ -62,6 +69,9 @@ class PlanRequest:
     # with flops: tokens the model will serve; N, D minimise 6ND + 2NT at the loss of the
     # compute-optimal plan (cgpt.train.plan.inference, Sardana et al. 2023)
     inference_tokens: float | None = None
+    # the data folder or mixture NAME=DIR:WEIGHT,... the run trains on: it decides the vocab
+    # and is checked against the plan (cgpt.train.plan.datacheck)
+    data: str | None = None
 
     @property
     def device(self) -> Device | None:
@@ -77,9 +87,18 @@ def _check_range(value: float | None, limit: float, what: str) -> None:
 
 
 def plan(req: PlanRequest) -> P.Plan:
-    """The Plan a request asks for (CgptError names the conflicting or impossible input)."""
-    if req.init_from or req.tokens:
-        return _plan_continued(req)
+    """The Plan a request asks for (CgptError names the conflicting or impossible input).
+    With ``req.data`` the model takes the data's vocab and the plan must fit the data."""
+    info = read_data(req.data) if req.data else None
+    plan_ = _plan_continued(req, info) if req.init_from or req.tokens else _plan(req, info)
+    if info is not None:
+        batch = max(ph.global_batch_seqs for ph in plan_.phases())
+        check_fits(info, plan_.seq_len, batch * plan_.seq_len)
+        plan_ = replace(plan_, extra={**plan_.extra, "data": info.spec})
+    return plan_
+
+
+def _plan(req: PlanRequest, info: DataInfo | None) -> P.Plan:
     chosen = [
         n
         for n, v in (
@@ -110,7 +129,7 @@ def plan(req: PlanRequest) -> P.Plan:
         tokens_per_param=req.tokens_per_param,
         fit=fit,
         seq_len=req.seq_len,
-        vocab_size=req.vocab_size,
+        vocab_size=vocab_for(req.vocab_size, info, GPT2_VOCAB),
         global_batch_seqs=req.batch_seqs,
         lr=req.lr,
         decay=req.decay,
@@ -127,6 +146,7 @@ def plan(req: PlanRequest) -> P.Plan:
                 base.model.n_layer, base.model.n_embd, name=base.name + "-rules", **kw
             )
         else:
+            _published_vocab(req, info)
             plan_ = P.plan_published(req.size, law=fit.law if fit else None)
             changed = (
                 req.batch_seqs
@@ -175,6 +195,23 @@ def plan(req: PlanRequest) -> P.Plan:
     return plan_
 
 
+def _published_vocab(req: PlanRequest, info: DataInfo | None) -> None:
+    """A published recipe trains GPT-2's vocab: refuse data of another tokenizer."""
+    vocab = req.vocab_size if req.vocab_size is not None else GPT2_VOCAB
+    if not vocab_fits(vocab, GPT2_VOCAB):
+        raise CgptError(
+            f"the published {req.size} recipe has GPT-2's vocab {GPT2_VOCAB}; add --rules to "
+            f"plan this shape with vocab {vocab}"
+        )
+    if info is not None and not vocab_fits(GPT2_VOCAB, info.vocab_size):
+        raise CgptError(
+            f"the published {req.size} recipe has GPT-2's vocab {GPT2_VOCAB} but "
+            f"{str(info.first.dir)!r} was tokenized with vocab {info.vocab_size}; add --rules "
+            "to plan this shape with the data's vocab, or prepare the data with GPT-2's "
+            "tokenizer"
+        )
+
+
 def _inference(req: PlanRequest):
     """The inference-aware N and D for --flops with --inference-tokens (else None)."""
     if req.inference_tokens is None:
@@ -201,7 +238,7 @@ def _inference_note(ip, plan_: P.Plan) -> str:
     )
 
 
-def _plan_continued(req: PlanRequest) -> P.Plan:
+def _plan_continued(req: PlanRequest, info: DataInfo | None) -> P.Plan:
     """`cgpt plan --init-from SRC --tokens N`: the source's model, the family's batch rule,
     a re-warmed schedule (cgpt.train.plan.planner.plan_continued)."""
     from cgpt.train.loop.init_from import resolve
@@ -227,6 +264,13 @@ def _plan_continued(req: PlanRequest) -> P.Plan:
     if req.recipe != "cerebras" or req.param_count != "total":
         raise CgptError("--recipe/--param-count do not apply to --init-from plans")
     src = resolve(req.init_from, weights=False)
+    if info is not None and not vocab_fits(src.model.vocab_size, info.vocab_size):
+        raise CgptError(wrong_tokenizer(req.init_from, src, info.first))
+    if req.vocab_size is not None and req.vocab_size != src.model.vocab_size:
+        raise CgptError(
+            f"--vocab-size {req.vocab_size} contradicts --init-from {req.init_from}, whose "
+            f"vocab is {src.model.vocab_size}; drop --vocab-size"
+        )
     name = "continue-" + Path(src.spec.removeprefix("hf:").rstrip("/")).name.lower()
     plan_ = P.plan_continued(
         src.model,

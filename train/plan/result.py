@@ -107,8 +107,10 @@ class Plan:
         return self.section
 
     def to_run_config(
-        self, data_path: str, tokenizer: str | None = None, runtime: dict | None = None
+        self, data_path: str | dict, tokenizer: str | None = None, runtime: dict | None = None
     ) -> RunConfig:
+        """The run config of this plan; ``data_path`` is ``--data`` text or the data
+        section's fields (cgpt.train.plan.datacheck.absolute_spec)."""
         rt: dict = {"out_dir": f"runs/{slug(self.name)}"}
         if self.cluster:
             rt.update(
@@ -119,7 +121,7 @@ class Plan:
         rt.update(runtime or {})
         return RunConfig(
             model=self.model,
-            data=DataSection(**data_spec(data_path), tokenizer=tokenizer),
+            data=DataSection(**_data_fields(data_path), tokenizer=tokenizer),
             plan=self.section,
             runtime=RuntimeSection(**rt),
         )
@@ -199,6 +201,10 @@ class Plan:
                 gpu_hours=c.gpu_hours,
             )
         return d
+
+
+def _data_fields(data: str | dict) -> dict:
+    return dict(data) if isinstance(data, dict) else data_spec(data)
 
 
 def _section(model: GPTConfig, law: R.ScalingLaw, fields_: dict) -> PlanSection:

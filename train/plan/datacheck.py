@@ -1,0 +1,159 @@
+"""What a plan's data says, read from the meta.json of the folders ``--data`` names (one
+folder or a mixture): the vocabulary and tokenizer the model must use, and the token counts
+a plan is checked against before any YAML is written (a val split shorter than one window, a
+train split shorter than one step). No torch: memory maps of the shards, nothing more.
+
+Paths: ``cgpt plan --write`` writes every path absolute (resolved against the working
+directory of `cgpt plan`), so a run config means the same data from any directory.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from cgpt.model.errors import CgptError
+from cgpt.model.sizes import VOCAB_PAD_MULTIPLE, padded_vocab, vocab_fits
+from cgpt.train.cli_args import data_spec
+from cgpt.train.data.shards import TokenData, open_token_data
+
+
+def absolute(path: str) -> str:
+    """``path`` as written into a run config: user-expanded, absolute."""
+    return str(Path(path).expanduser().resolve())
+
+
+def absolute_spec(text: str) -> dict:
+    """``--data`` text -> the data section's fields with absolute folders."""
+    spec = data_spec(text)
+    if "path" in spec:
+        return {"path": absolute(spec["path"])}
+    return {"sources": [{**s, "path": absolute(s["path"])} for s in spec["sources"]]}
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """The folders of one ``--data`` (a single folder is a one-source mixture)."""
+
+    spec: dict  # the run config's data fields, paths absolute
+    folders: tuple[TokenData, ...]
+
+    @property
+    def first(self) -> TokenData:
+        return self.folders[0]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.first.vocab_size
+
+    @property
+    def train_tokens(self) -> int:
+        return sum(len(d.train) for d in self.folders)
+
+
+def read_data(text: str) -> DataInfo:
+    """Open every folder of ``--data`` (meta.json and shard sizes; CgptError when a folder is
+    missing or not prepared, or when the sources differ in tokenizer)."""
+    spec = absolute_spec(text)
+    paths = [spec["path"]] if "path" in spec else [s["path"] for s in spec["sources"]]
+    folders = tuple(open_token_data(p, verify="size") for p in paths)
+    first = folders[0]
+    for d in folders[1:]:
+        if (d.vocab_size, d.fingerprint) != (first.vocab_size, first.fingerprint):
+            raise CgptError(
+                f"--data: {str(first.dir)!r} and {str(d.dir)!r} were prepared with different "
+                f"tokenizers (vocab {first.vocab_size} vs {d.vocab_size}); prepare every "
+                "source with the same --tokenizer"
+            )
+    return DataInfo(spec, folders)
+
+
+def vocab_for(requested: int | None, info: DataInfo | None, default: int) -> int:
+    """The planned model's vocab: the data's (``requested`` must agree with it, padding to a
+    multiple of VOCAB_PAD_MULTIPLE allowed), else ``requested``, else ``default``."""
+    if info is None:
+        return default if requested is None else requested
+    if requested is None:
+        return info.vocab_size
+    if not vocab_fits(requested, info.vocab_size):
+        raise CgptError(
+            f"--vocab-size {requested} contradicts the data: {str(info.first.dir)!r} was "
+            f"tokenized with vocab {info.vocab_size} (use {info.vocab_size}, or "
+            f"{padded_vocab(info.vocab_size)} padded to a multiple of {VOCAB_PAD_MULTIPLE}; "
+            "or drop --vocab-size)"
+        )
+    return requested
+
+
+def check_fits(info: DataInfo, seq_len: int, batch_tokens: int) -> None:
+    """Refuse, before anything is written, data the planned run cannot train on: a val split
+    shorter than one window of seq_len+1 tokens, or train splits shorter than one step."""
+    for d in info.folders:
+        if len(d.val) < seq_len + 1:
+            raise CgptError(
+                f"the val split of {str(d.dir)!r} holds {len(d.val):,} tokens, fewer than one "
+                f"window of seq_len+1 = {seq_len + 1:,}; re-run cgpt prepare with a larger "
+                "--val-fraction (or more text), or plan a shorter --seq-len"
+            )
+        if len(d.train) < seq_len + 1:
+            raise CgptError(
+                f"the train split of {str(d.dir)!r} holds {len(d.train):,} tokens, fewer "
+                f"than one window of seq_len+1 = {seq_len + 1:,}; prepare more text"
+            )
+    if info.train_tokens < batch_tokens:
+        raise CgptError(
+            f"--data holds {info.train_tokens:,} train tokens, fewer than one step of "
+            f"{batch_tokens:,} (global batch × seq_len); prepare more text, or plan a "
+            "smaller model (--batch-seqs, --seq-len)"
+        )
+
+
+def reprepare_command(data: TokenData, tokenizer: str | Path) -> str:
+    """The `cgpt prepare` that re-tokenizes ``data``'s text with ``tokenizer`` into a new
+    folder beside it (the input from meta.json's ``source``; ``SRC`` when unknown)."""
+    meta = data.meta
+    out = data.dir.parent / f"{data.dir.name}-{Path(str(tokenizer)).name or 'tok'}"
+    description = str(meta.get("source", ""))
+    parts = ["cgpt prepare", "--input", _input_of(description)]
+    cap = re.search(r", first (\d+) documents$", description)
+    if cap and not description.startswith("stdlib:"):
+        parts += ["--max-docs", cap.group(1)]
+    parts += ["--tokenizer", str(tokenizer), "--out", str(out)]
+    if meta.get("val_fraction") is not None:
+        parts += ["--val-fraction", f"{meta['val_fraction']:g}"]
+    if meta.get("text_field") not in (None, "text"):
+        parts += ["--text-field", str(meta["text_field"])]
+    return " ".join(_quote(p) for p in parts)
+
+
+def wrong_tokenizer(spec: str, src, data: TokenData) -> str:
+    """The one line for data tokenized with another tokenizer than the source's
+    (``src``: a cgpt.train.loop.init_from.Source): the `cgpt prepare` that re-tokenizes it."""
+    what = (
+        f"--init-from {spec} has vocab {src.model.vocab_size} but {str(data.dir)!r} was "
+        f"tokenized with vocab {data.vocab_size}: the token ids would mean other words to "
+        "the loaded model"
+    )
+    if src.tokenizer is None:
+        return f"{what}; re-run cgpt prepare with the tokenizer {spec} was trained with"
+    fix = reprepare_command(data, src.tokenizer)
+    return f"{what}; re-tokenize it with the source's tokenizer: {fix}"
+
+
+def _input_of(description: str) -> str:
+    """meta.json's ``source`` description (cgpt.train.data.sources) -> an --input value."""
+    cap = re.search(r", first (\d+) documents$", description)
+    desc = description[: cap.start()] if cap else description
+    if desc.startswith("stdlib:"):
+        return "stdlib" + (f":max_docs={cap.group(1)}" if cap else "")
+    m = re.fullmatch(r"local: (?:\d+ files from )?(.+)", desc)
+    if m:
+        return m.group(1)
+    m = re.match(r"(hf:\S+)", desc)
+    return m.group(1) if m else "SRC"
+
+
+def _quote(text: str) -> str:
+    return text if text.startswith("cgpt ") else shlex.quote(text)
