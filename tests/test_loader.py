@@ -5,12 +5,17 @@ import pytest
 import torch
 
 from cgpt.model.errors import CgptError
-from cgpt.train.data.loader import ORDER, DataRepeatWarning, TokenLoader, WindowOrder
+from cgpt.train.data import loader as loader_mod
+from cgpt.train.data.loader import ORDER, TokenLoader, WindowOrder
 from cgpt.train.data.shards import ShardWriter, open_token_data, write_token_data
 
 SEQ = 8
-# epoch rollovers are expected in several tests; the ones about the warning assert it
-pytestmark = pytest.mark.filterwarnings("ignore::cgpt.train.data.loader.DataRepeatWarning")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_repeat_notices(monkeypatch):
+    """The repeat notice is once per source per process: each test starts afresh."""
+    monkeypatch.setattr(loader_mod, "REPEATS_SHOWN", set())
 
 
 @pytest.fixture
@@ -64,8 +69,7 @@ def test_resume_gives_the_same_next_batches(data):
     expected = [ref.next_step(6, 3) for _ in range(10)]  # crosses into epoch 2
     fresh = TokenLoader(data, SEQ, seed=5)
     fresh.load_state_dict(dict(state))
-    with pytest.warns(DataRepeatWarning):
-        got = [fresh.next_step(6, 3) for _ in range(10)]
+    got = [fresh.next_step(6, 3) for _ in range(10)]
     for e, g in zip(expected, got):
         for (ex, ey), (gx, gy) in zip(e, g):
             assert torch.equal(ex, gx) and torch.equal(ey, gy)
@@ -107,30 +111,35 @@ def test_resume_with_a_different_world_size(data):
     assert torch.equal(torch.cat(halves), x)
 
 
-def test_epoch_rollover_warns_with_repeat_count(data):
-    import warnings
-
+def test_epoch_rollover_warns_once_in_one_plain_line(data, capsys):
     ld = TokenLoader(data, SEQ, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # ending exactly on the boundary repeats nothing yet
-        for _ in range(5):
-            ld.next_step(8, 8)
+    for _ in range(5):  # ending exactly on the boundary repeats nothing yet
+        ld.next_step(8, 8)
+    assert capsys.readouterr().err == ""
     ld = TokenLoader(data, SEQ, seed=0)
     for _ in range(4):
         ld.next_step(8, 8)
-    with pytest.warns(DataRepeatWarning, match="epoch 2.*seen 2 times"):
-        batches = ld.next_step(16, 8)  # 8 windows of epoch 1, 8 of epoch 2
+    batches = ld.next_step(16, 8)  # 8 windows of epoch 1, 8 of epoch 2
     assert ld.epoch == 1 and ld.position == 8
     tail = _starts(batches)
     first_epoch = WindowOrder(40, seed=0, epoch=0)(np.arange(40))
     second_epoch = WindowOrder(40, seed=0, epoch=1)(np.arange(40))
     assert tail == list(first_epoch[32:]) + list(second_epoch[:8])
+    for _ in range(20):  # epochs 3..6: said once, not every epoch
+        ld.next_step(8, 8)
+    assert ld.epoch == 5
+    # a second loader of the same data in this process (val, a restarted loop) stays quiet
+    TokenLoader(data, SEQ, seed=1).next_step(48, 8)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("cgpt: warning: data "), err
+    assert f"{data.dir} is repeating" in err and "epoch 2 starts" in err
+    assert "Warning" not in err and ".py:" not in err  # no Python warning decoration
 
 
-def test_batch_bigger_than_the_data_spans_epochs(data):
+def test_batch_bigger_than_the_data_spans_epochs(data, capsys):
     ld = TokenLoader(data, SEQ, seed=0)
-    with pytest.warns(DataRepeatWarning):
-        starts = _starts(ld.next_step(100, 10))
+    starts = _starts(ld.next_step(100, 10))
+    assert "is repeating" in capsys.readouterr().err
     assert len(starts) == 100 and ld.epoch == 2 and ld.position == 20
     assert sorted(starts[:40]) == list(range(40))
 

@@ -5,14 +5,14 @@ validation sets in the trainer."""
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
 
 from cgpt.model.errors import CgptError, ConfigError
 from cgpt.train.config import parse_run_config
-from cgpt.train.data.loader import DataRepeatWarning, TokenLoader
+from cgpt.train.data import loader as loader_mod
+from cgpt.train.data.loader import TokenLoader
 from cgpt.train.data.mixture import (
     MAX_PERIOD,
     MixtureLoader,
@@ -28,6 +28,12 @@ SEQ = 8
 VOCAB = 4000
 BASE = {"a": 0, "b": 1000, "c": 2000}  # each source's tokens in its own range
 WINDOWS = {"a": 60, "b": 25, "c": 7}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_repeat_notices(monkeypatch):
+    """The repeat notice is once per source per process: each test starts afresh."""
+    monkeypatch.setattr(loader_mod, "REPEATS_SHOWN", set())
 
 
 def _write(folder, base, n_windows, fp="tok-1", val_windows=4, text_bytes=None):
@@ -108,14 +114,12 @@ def test_loader_proportions_and_each_source_in_its_own_order(folders):
     ld = MixtureLoader(mix, SEQ, seed=5)
     G, steps = 10, 40
     seen = {k: [] for k in range(3)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataRepeatWarning)
-        for _ in range(steps):
-            rows = _rows(ld.next_step(G, 5))
-            src = _source_of(rows)
-            assert np.bincount(src, minlength=3).tolist() == [7, 2, 1]  # exact per step
-            for k in range(3):
-                seen[k] += (rows[src == k, 0] % 1000 // SEQ).tolist()
+    for _ in range(steps):
+        rows = _rows(ld.next_step(G, 5))
+        src = _source_of(rows)
+        assert np.bincount(src, minlength=3).tolist() == [7, 2, 1]  # exact per step
+        for k in range(3):
+            seen[k] += (rows[src == k, 0] % 1000 // SEQ).tolist()
     for k, name in enumerate(BASE):
         own = TokenLoader(folders[name], SEQ, seed=source_seed(5, name))
         assert seen[k] == own.indices_at(0, len(seen[k])).tolist()  # its own Feistel order
@@ -128,25 +132,25 @@ def test_loader_proportions_and_each_source_in_its_own_order(folders):
     assert ld.summary()["b"]["samples"] == 2 * steps
 
 
-def test_repeat_warns_once_naming_the_source(folders):
+def test_repeat_warns_once_naming_the_source(folders, capsys):
     ld = MixtureLoader(open_data(_section(folders)), SEQ, seed=0)
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        for _ in range(7):  # c: 7 windows, one per step -> no repeat yet
-            ld.next_step(10, 10)
-        assert not [x for x in w if issubclass(x.category, DataRepeatWarning)]
-        for _ in range(20):  # c repeats at step 8, a (60 windows) at 9, b (25) at 13
-            ld.next_step(10, 10)
-    msgs = [str(x.message) for x in w if issubclass(x.category, DataRepeatWarning)]
+    for _ in range(7):  # c: 7 windows, one per step -> no repeat yet
+        ld.next_step(10, 10)
+    assert capsys.readouterr().err == ""
+    for _ in range(60):  # c repeats at step 8, a (60 windows) at 9, b (25) at 13; and again
+        ld.next_step(10, 10)
+    again = MixtureLoader(open_data(_section(folders)), SEQ, seed=0)  # same process: quiet
+    for _ in range(30):
+        again.next_step(10, 10)
+    msgs = capsys.readouterr().err.splitlines()
     assert [m.split("'")[1] for m in msgs] == ["c", "a", "b"]  # once each, named
+    assert all(m.startswith("cgpt: warning: data source ") for m in msgs)
     assert "epoch 2" in msgs[0]
 
 
 # ---------------------------------------------------------------------------- resume
 def _run(ld, steps, G=10, micro=5):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataRepeatWarning)
-        return [_rows(ld.next_step(G, micro)) for _ in range(steps)]
+    return [_rows(ld.next_step(G, micro)) for _ in range(steps)]
 
 
 def test_resume_is_exact_mid_epoch_and_elastic(folders):
@@ -353,9 +357,7 @@ def _train(d, resume=False, **rt):
     from cgpt.train.loop.trainer import train
 
     d = {**d, "runtime": {**d["runtime"], **rt}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataRepeatWarning)
-        return train(parse_run_config(d), resume=resume)
+    return train(parse_run_config(d), resume=resume)
 
 
 @pytest.mark.slow  # two short runs and a resume: ~35 s on 2 cores

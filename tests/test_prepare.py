@@ -291,46 +291,76 @@ def test_files_and_folder_are_synced_before_publishing(tok_dir, tmp_path, monkey
     assert ("fsync", tmp_path.name) in events[cut:]  # the parent, after the rename
 
 
-def test_progress_lines_in_logs(tok_dir, tmp_path, capsys, monkeypatch):
+def _quick_log_lines(monkeypatch, chunk_chars=None):
+    """No start-up delay and a line at every update, so a test-sized run shows its log."""
     from cgpt.train.data import prepare as prep
 
-    monkeypatch.setattr(prep._Progress, "DELAY_S", 0.0)
-    assert (
-        cli(
-            [
-                "prepare",
-                "--input",
-                "stdlib:max_docs=300",
-                "--tokenizer",
-                str(tok_dir),
-                "--out",
-                str(tmp_path / "d"),
-                "--num-proc",
-                "1",
-            ]
-        )
-        == 0
-    )
+    monkeypatch.setattr(prep._Progress, "DELAY_S", 1e-6)  # > 0: no line at 0 %, before work
+    monkeypatch.setattr(prep._Progress, "LOG_INTERVAL_S", 0.0)
+    if chunk_chars:
+        monkeypatch.setattr(prep, "CHUNK_CHARS", chunk_chars)
+
+
+def test_progress_lines_in_logs(tok_dir, tmp_path, capsys, monkeypatch):
+    _quick_log_lines(monkeypatch)
+    argv = ["prepare", "--input", "stdlib:max_docs=300", "--tokenizer", str(tok_dir)]
+    assert cli([*argv, "--out", str(tmp_path / "d"), "--num-proc", "1"]) == 0
     cap = capsys.readouterr()
     assert "\r" not in cap.err  # stderr is not a terminal here: whole lines only
     lines = cap.err.splitlines()
-    assert 2 <= len(lines) <= 11, lines  # about one per 10 %
-    assert all(ln.startswith("prepare: ") and "%" in ln and "<" in ln for ln in lines)
+    assert lines and all(ln.startswith("prepare: ") and "%" in ln and "<" in ln for ln in lines)
     assert lines[-1].startswith("prepare: 100% 300/300 docs")
     assert "on 1 process\n" in cap.out  # not "1 processes"
 
 
-def test_progress_without_a_known_total(tmp_path):
+_ETA_LINE = re.compile(r"^prepare: +(\d+)% [\d,]+/[\d,]+ rows \[\d\d:\d\d<(\d\d:\d\d), ")
+
+
+def test_progress_on_jsonl_has_percent_and_eta_in_a_log(tok_dir, tmp_path, capsys, monkeypatch):
+    """JSON lines: the total is the file's rows, so a log line carries a % and an ETA
+    (before: ``7.50MB [00:02, 3.52MB/s]``, no total)."""
+    src = tmp_path / "corpus.jsonl"
+    with src.open("w") as f:
+        for doc in iter_documents("stdlib:max_docs=120"):
+            f.write(json.dumps({"text": doc}) + "\n")
+    _quick_log_lines(monkeypatch, chunk_chars=20_000)  # many chunks: many updates
+    argv = ["prepare", "--input", str(src), "--tokenizer", str(tok_dir), "--num-proc", "1"]
+    assert cli([*argv, "--out", str(tmp_path / "d")]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    found = [_ETA_LINE.match(ln) for ln in err.splitlines()]
+    assert found and all(found), err
+    assert any(int(m.group(1)) < 100 and m.group(2) != "00:00" for m in found), err
+    assert err.splitlines()[-1].startswith("prepare: 100% 120/120 rows")
+
+
+def test_progress_totals_of_json_and_parquet(tmp_path):
+    """Rows where the format says (parquet metadata, JSON lines/array), bytes for text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cgpt.train.data.sources import open_source
+
+    pq.write_table(pa.table({"text": [f"doc {i}" for i in range(37)]}), tmp_path / "a.parquet")
+    (tmp_path / "b.jsonl").write_text("".join(f'{{"text": "d{i}"}}\n' for i in range(5)))
+    (tmp_path / "c.json").write_text(json.dumps([{"text": "x"}, {"text": "y"}]))
+    (tmp_path / "d.txt").write_text("one whole document")
+    assert open_source(str(tmp_path)).progress_total() == (37 + 5 + 2 + 1, " rows")
+    assert open_source(str(tmp_path / "a.parquet"), max_docs=10).progress_total() == (10, " docs")
+    assert open_source(str(tmp_path / "d.txt")).progress_total() == (18, "B")
+
+
+def test_progress_without_a_known_total(monkeypatch):
+    _quick_log_lines(monkeypatch)
     buf = io.StringIO()
     bar = _Progress(True, None, file=buf)
-    bar.DELAY_S = 0.0
-    bar.update(10, 1000, 50)
-    bar.last -= 31  # half a minute later
-    bar.update(20, 2000, 90)
-    bar.update(30, 3000, 120, final=True)
+    bar.update(10, 10, 1000, 50)
+    bar.update(20, 20, 2000, 90)
+    bar.update(30, 30, 3000, 120, final=True)
     lines = buf.getvalue().splitlines()
-    assert len(lines) == 2 and "\r" not in buf.getvalue()
-    assert "2.00kB" in lines[0] and "3.00kB" in lines[1] and "120 tokens" in lines[1]
+    assert len(lines) >= 2 and "\r" not in buf.getvalue()
+    assert "2.00kB" in lines[-2] and "3.00kB" in lines[-1] and "120 tokens" in lines[-1]
+    assert "%" not in buf.getvalue()
 
 
 def test_meta_records_max_ids_and_its_own_checksum(tok_dir, tmp_path):
@@ -478,10 +508,9 @@ def test_bad_input_one_line_exit_2_nothing_changed(case, tok_dir, tmp_path, caps
 def test_several_named_inputs_in_one_call(tok_dir, tmp_path, capsys, monkeypatch):
     """--input NAME=SRC (repeated): each into OUT/NAME, progress labelled with the name, one
     tokenizer (so they mix), and a --data line for cgpt plan."""
-    from cgpt.train.data import prepare as prep
     from cgpt.train.data.mixture import open_data
 
-    monkeypatch.setattr(prep._Progress, "DELAY_S", 0.0)
+    _quick_log_lines(monkeypatch)
     out = tmp_path / "mix"
     argv = ["prepare", "--tokenizer", str(tok_dir), "--out", str(out), "--num-proc", "1"]
     argv += ["--input", "a=stdlib:max_docs=120", "--input", "b=stdlib:max_docs=60"]

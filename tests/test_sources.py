@@ -101,8 +101,9 @@ def test_hub_offline_fails_fast_and_suggests_local_files(monkeypatch):
 
 
 def test_progress_total(tmp_path):
-    """What prepare's progress bar counts up to: bytes when documents are whole files, a
-    document count under a cap, nothing when the source cannot say."""
+    """What prepare's progress bar counts up to: bytes when documents are whole files, rows
+    with JSON/parquet in the mix, a document count under a cap, nothing when the source
+    cannot say."""
     (tmp_path / "a.txt").write_text("hello\n")
     (tmp_path / "b.md").write_text("world!!\n")
     assert open_source(str(tmp_path)).progress_total() == (14, "B")
@@ -113,7 +114,7 @@ def test_progress_total(tmp_path):
     )
     assert open_source("stdlib:max_docs=7").progress_total() == (7, " docs")
     (tmp_path / "c.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
-    assert open_source(str(tmp_path)).progress_total() is None  # how many lines? unknown
-    assert open_source(str(tmp_path), max_docs=9).progress_total() == (9, " docs")
+    assert open_source(str(tmp_path)).progress_total() == (3, " rows")  # 1 line + 2 files
+    assert open_source(str(tmp_path), max_docs=9).progress_total() == (3, " docs")
     assert open_source("hf:some/set").progress_total() is None
     assert open_source("hf:some/set", max_docs=4).progress_total() == (4, " docs")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
+import sys
 from typing import Any
 
 import numpy as np
@@ -39,9 +39,19 @@ import torch
 from cgpt.model.errors import CgptError
 from cgpt.train.data.shards import TokenData, open_token_data
 
+# (data folder, split) whose repeat this process has announced: once per source, because a
+# line every epoch buries the log; the same set serves single and mixed sources
+REPEATS_SHOWN: set[tuple[str, str]] = set()
 
-class DataRepeatWarning(UserWarning):
-    """The plan asks for more tokens than the data holds: windows are being repeated."""
+
+def announce_repeat(data: TokenData, split: str, message: str) -> None:
+    """One plain line on stderr (not a Python warning, which adds a file:line and a source
+    line) when a source starts repeating, at most once per source per process."""
+    key = (str(data.dir), split)
+    if key in REPEATS_SHOWN:
+        return
+    REPEATS_SHOWN.add(key)
+    print(f"cgpt: warning: {message}", file=sys.stderr, flush=True)
 
 
 ORDER = 2  # the window order of new runs (module docstring); 1: the materialised permutation
@@ -235,12 +245,13 @@ class TokenLoader:
     def _warn_repeat(self, epoch: int) -> None:
         if self.rank != 0:
             return
-        warnings.warn(
-            f"the run needs more tokens than the {self.split} split holds "
-            f"({self.n_windows} windows of {self.seq_len} tokens): starting epoch {epoch + 1}, "
-            f"so every window will have been seen {epoch + 1} times (repeat count {epoch})",
-            DataRepeatWarning,
-            stacklevel=4,
+        announce_repeat(
+            self.data,
+            self.split,
+            f"data {self.data.dir} is repeating: the run needs more tokens than its "
+            f"{self.split} split holds ({self.n_windows} windows of {self.seq_len} tokens), "
+            f"so epoch {epoch + 1} starts and every window is seen again "
+            "(said once; later epochs are not announced)",
         )
 
     # ------------------------------------------------------------------ batches

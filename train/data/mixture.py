@@ -46,7 +46,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import reduce
@@ -57,8 +56,8 @@ import torch
 from cgpt.model.errors import CgptError
 from cgpt.train.data.loader import (
     ORDER,
-    DataRepeatWarning,
     TokenLoader,
+    announce_repeat,
     micro_batch_pairs,
     step_share,
 )
@@ -275,12 +274,13 @@ class MixtureLoader:
                 self._warned.add(k)
                 if self.rank == 0:
                     s = self.mix.sources[k]
-                    warnings.warn(
+                    announce_repeat(
+                        s.data,
+                        ld.split,
                         f"data source {s.name!r} ({s.data.dir}) is repeating: the run has "
                         f"read all its {ld.n_windows} windows of {self.seq_len} tokens and "
-                        f"starts its epoch {(int(c) - 1) // ld.n_windows + 1}",
-                        DataRepeatWarning,
-                        stacklevel=3,
+                        f"starts its epoch {(int(c) - 1) // ld.n_windows + 1} "
+                        "(said once; later epochs are not announced)",
                     )
 
     # ---- what was seen

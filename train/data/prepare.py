@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import multiprocessing as mp
 import os
 import sys
@@ -100,90 +101,86 @@ def _encoded_chunks(chunks: Iterator[list[str]], tokenizer, num_proc: int):
             yield pending.popleft().get()
 
 
-class _Progress:
-    """Progress of a prepare run on stderr.
+class _LogLines(io.TextIOBase):
+    """The file tqdm draws on in a log: each redraw (``\\r`` + status + padding) becomes
+    one whole line, so a log file or a pipe gets readable lines instead of carriage
+    returns (tqdm itself assumes a terminal)."""
 
-    On a terminal: a tqdm bar (percentage and ETA when the total is known). Anywhere else
-    (a log file, a pipe, a batch job): plain newline-separated lines in the same format,
-    one per 10 % of the total (at least one a minute), or one every 30 s when the total is
-    unknown, so logs stay readable. The total is the input's bytes or document count when
-    the source knows it (:meth:`Source.progress_total`). Runs shorter than ``DELAY_S``
-    print nothing (the command's summary line says it all).
+    def __init__(self, file):
+        self.file = file
+
+    def write(self, s: str) -> int:
+        line = s.replace("\r", "").rstrip()
+        if line:
+            self.file.write(line + "\n")
+            self.file.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+class _Progress:
+    """Progress of a prepare run on stderr, drawn by tqdm.
+
+    On a terminal: a bar redrawn in place (at most once a second). Anywhere else (a log
+    file, a pipe, a batch job): the same status as one whole line every ``LOG_INTERVAL_S``
+    seconds (:class:`_LogLines`). The total is the input's bytes, rows or document cap
+    (:meth:`Source.progress_total`), so both show a percentage and an ETA. Runs shorter
+    than ``DELAY_S`` print nothing (the command's summary line says it all).
     """
 
     DELAY_S = 2.0
-    BAR_FORMAT = (
-        "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt}{unit} "
-        "[{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+    LOG_INTERVAL_S = 30.0
+    LOG_FORMAT = (  # {sep}: a space before "rows"/"docs", none before "B" (7.50MB)
+        "{{desc}}: {{percentage:3.0f}}% {{n_fmt}}/{{total_fmt}}{sep}{{unit}} "
+        "[{{elapsed}}<{{remaining}}, {{rate_fmt}}{{postfix}}]"
     )
 
     def __init__(
         self, enabled: bool, total: tuple[int, str] | None, file=None, desc: str = "prepare"
     ):
-        self.enabled, self.file, self.desc = enabled, file or sys.stderr, desc
         self.total: int | None = total[0] if total and total[0] > 0 else None
-        self.unit = total[1] if self.total and total else "B"
-        self.t0 = self.last = time.perf_counter()
-        self.last_decile = 0
-        self.last_n: int | None = None
+        self.unit = total[1].strip() if self.total and total else "B"
         self.bar: Any = None
-        if enabled and _isatty(self.file):
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=self.total,
-                desc=self.desc,
-                unit=self.unit,
-                unit_scale=self.unit == "B",
-                unit_divisor=1000,
-                file=self.file,
-                mininterval=1.0,
-                delay=self.DELAY_S,
-                dynamic_ncols=True,
-            )
-
-    def update(self, docs: int, nbytes: int, tokens: int, final: bool = False) -> None:
-        if not self.enabled:
+        if not enabled:
             return
-        n = nbytes if self.unit == "B" else docs
-        other = f"{docs:,} docs" if self.unit == "B" else f"{nbytes / 1e6:,.1f} MB"
-        postfix = f"{other}, {tokens:,} tokens"
-        if final and self.total is not None:
-            self.total = n  # the total was an estimate (bytes on disk, a max_docs cap): done
-        if self.bar is not None:
-            self.bar.total = self.total
-            self.bar.set_postfix_str(postfix, refresh=False)
-            self.bar.update(n - self.bar.n)
-            if final:
-                self.close()
-            return
-        now = time.perf_counter()
-        if now - self.t0 < self.DELAY_S:
-            return
-        decile = int(10 * n / self.total) if self.total else 0
-        if final:
-            due = self.last_n is not None and n != self.last_n  # close a log that was begun
-        elif self.total:
-            due = decile > self.last_decile or now - self.last >= 60
-        else:
-            due = now - self.last >= 30
-        if not due:
-            return
-        self.last, self.last_decile, self.last_n = now, decile, n
         from tqdm import tqdm
 
-        line = tqdm.format_meter(
-            n,
-            self.total,
-            now - self.t0,
-            prefix=self.desc,
+        file = file or sys.stderr
+        tty = _isatty(file)
+        self.bar = tqdm(
+            total=self.total,
+            desc=desc,
             unit=self.unit,
             unit_scale=self.unit == "B",
             unit_divisor=1000,
-            postfix=postfix,
-            bar_format=self.BAR_FORMAT if self.total else None,
+            file=file if tty else _LogLines(file),
+            mininterval=1.0 if tty else self.LOG_INTERVAL_S,
+            miniters=1,  # pace by time only
+            delay=self.DELAY_S,
+            dynamic_ncols=tty,
+            bar_format=None
+            if tty or not self.total
+            else self.LOG_FORMAT.format(sep="" if self.unit == "B" else " "),
         )
-        print(line, file=self.file, flush=True)
+
+    def update(self, docs: int, rows: int, nbytes: int, tokens: int, final: bool = False):
+        """Record documents/rows/bytes read so far and tokens written; ``final`` closes."""
+        if self.bar is None:
+            return
+        n = {"B": nbytes, "rows": rows}.get(self.unit, docs)
+        other = f"{docs:,} docs" if self.unit == "B" else f"{nbytes / 1e6:,.1f} MB"
+        self.bar.set_postfix_str(f"{other}, {tokens:,} tokens", refresh=False)
+        if not final:
+            self.bar.update(n - self.bar.n)
+            return
+        if self.total is not None:
+            self.bar.total = n  # the total was an estimate (bytes on disk, rows, a cap): done
+        self.bar.n = n  # close() draws the last line once, with the whole run's mean rate
+        if time.time() - self.bar.start_t >= self.DELAY_S:
+            self.bar.delay = 0  # also when no redraw fell due yet (a log's first interval)
+        self.close()
 
     def close(self) -> None:
         """End the bar's line (also when prepare fails, so the error gets its own line)."""
@@ -265,7 +262,10 @@ def prepare(
             writer.write("train", flat[~token_mask], int((~mask).sum()), int(b[~mask].sum()))
             writer.write("val", flat[token_mask], int(mask.sum()), int(b[mask].sum()))
             docs, nbytes = docs + len(lengths), nbytes + int(b.sum())
-            bar.update(docs, nbytes, writer.splits["train"].tokens + writer.splits["val"].tokens)
+            rows = docs + src.stats.empty_documents
+            bar.update(
+                docs, rows, nbytes, writer.splits["train"].tokens + writer.splits["val"].tokens
+            )
         if docs == 0:
             raise CgptError(
                 f"input {source!r} holds no documents "
@@ -289,7 +289,7 @@ def prepare(
                 "none went to the val split, which `cgpt train` evaluates on; "
                 "raise --val-fraction"
             )
-        bar.update(docs, nbytes, tokens, final=True)
+        bar.update(docs, docs + src.stats.empty_documents, nbytes, tokens, final=True)
         meta = writer.commit(
             tokenizer_fingerprint=tok.fingerprint,
             tokenizer_dir=str(Path(tok.dir).resolve()),

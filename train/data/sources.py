@@ -119,12 +119,43 @@ def _group_by_builder(files: list[Path]) -> list[tuple[str, list[str]]]:
     """Consecutive runs of files that one `datasets` builder reads, in file order."""
     groups: list[tuple[str, list[str]]] = []
     for f in files:
-        builder = BUILDERS.get(f.suffix.lower(), "text")  # an explicit odd file: plain text
+        builder = _builder(f)
         if groups and groups[-1][0] == builder:
             groups[-1][1].append(str(f))
         else:
             groups.append((builder, [str(f)]))
     return groups
+
+
+def _builder(f: Path) -> str:
+    return BUILDERS.get(f.suffix.lower(), "text")  # an explicit odd file: plain text
+
+
+def json_rows(path: Path) -> int:
+    """Records in a JSON input as ``datasets`` reads it: the elements of a top-level array,
+    else one per line (JSON lines; a blank line counts too, so this may overshoot).
+    Counting newlines runs at disk speed, far faster than tokenizing the same bytes."""
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+        f.seek(0)
+        if head.startswith(b"["):  # one JSON document; datasets loads it whole as well
+            import json
+
+            data = json.load(f)
+            return len(data) if isinstance(data, list) else 1
+        rows, last = 0, b"\n"
+        for block in iter(lambda: f.read(1 << 24), b""):
+            rows, last = rows + block.count(b"\n"), block[-1:]
+        return rows + (last != b"\n")  # a last line without its newline
+
+
+def _file_rows(f: Path) -> int:
+    builder = _builder(f)
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_metadata(f).num_rows
+    return json_rows(f) if builder == "json" else 1
 
 
 class Source:
@@ -183,25 +214,25 @@ class Source:
         return f"local: {where}{cap}"
 
     def progress_total(self) -> tuple[int, str] | None:
-        """What a progress bar can count up to without reading the data: ``(bytes, "B")``
-        when every document is a whole file (stdlib, .txt/.md), ``(n, " docs")`` under a
-        document cap, else None (JSON lines, parquet and the Hub do not say how many
-        documents they hold). Either may overshoot a little (empty documents are skipped)."""
+        """What a progress bar counts up to, known before the documents are read:
+        ``(bytes, "B")`` when every document is a whole file (stdlib, .txt/.md);
+        ``(rows, " rows")`` for JSON lines, JSON and parquet inputs (a text file counts as one
+        row; parquet rows from the file metadata, JSON rows by :func:`json_rows`);
+        ``(n, " docs")`` under a document cap; None for the Hub without a cap. Either may
+        overshoot a little (empty documents are skipped; prepare sets the final count)."""
         if self.kind == "hub":
             return (self.max_docs, " docs") if self.max_docs else None
         files: list[Path] = self._target
-        whole_files = self.kind == "stdlib" or all(
-            BUILDERS.get(f.suffix.lower(), "text") == "text" for f in files
-        )
-        if self.max_docs is not None:
-            n = min(self.max_docs, len(files)) if whole_files else self.max_docs
-            return (n, " docs") if n > 0 else None
-        if not whole_files:
-            return None
         try:
-            return sum(f.stat().st_size for f in files), "B"
-        except OSError:
-            return None
+            if self.kind == "stdlib" or all(_builder(f) == "text" for f in files):
+                n, unit = sum(f.stat().st_size for f in files), "B"
+            else:
+                n, unit = sum(_file_rows(f) for f in files), " rows"
+        except (OSError, ValueError):
+            return None  # the read itself reports an unreadable file, with its name
+        if self.max_docs is not None:
+            n, unit = min(self.max_docs, len(files) if unit == "B" else n), " docs"
+        return (n, unit) if n > 0 else None
 
     # ------------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[str]:
