@@ -5,6 +5,7 @@ killed writer are removed by the next one."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -182,3 +183,46 @@ def test_second_sweep_on_a_folder_is_refused(tmp_path, capsys):
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(60)
+
+
+# ---- item 7: a branch is published whole -----------------------------------------------------
+def _stable_copy(run: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "stable"
+    shutil.copytree(run, copy, symlinks=True)
+    return copy
+
+
+def test_branch_of_a_run_whose_metrics_end_mid_row(run, tmp_path, capsys):
+    """What a SIGKILL during an append leaves: the last row cut short, no newline."""
+    stable = _stable_copy(run, tmp_path)
+    with open(stable / "metrics.jsonl", "a") as f:
+        f.write('{"step": 13, "loss": 2.5')
+    out = tmp_path / "branch"
+    assert main(["branch", str(stable), "--step", "4", "--out", str(out)]) == 0
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows and [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert json.loads((out / "branch.json").read_text())["step"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["branch", "stable"]
+
+
+def test_interrupted_branch_leaves_nothing_to_resume(run, tmp_path, capsys, monkeypatch):
+    """Ctrl-C while the checkpoint is linked: no branch folder (that `cgpt train --resume`
+    would train), no temporary folder; the next branch to the same folder works."""
+    stable = _stable_copy(run, tmp_path)
+    out = tmp_path / "branch"
+    real_link, calls = os.link, []
+
+    def link_then_interrupt(a, b, *args, **kw):
+        calls.append(b)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_link(a, b, *args, **kw)
+
+    monkeypatch.setattr(os, "link", link_then_interrupt)
+    assert main(["branch", str(stable), "--step", "4", "--out", str(out)]) != 0
+    assert "interrupted" in capsys.readouterr().err
+    monkeypatch.setattr(os, "link", real_link)
+    assert not out.exists() and len(calls) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stable"]
+    assert main(["branch", str(stable), "--step", "4", "--out", str(out)]) == 0
+    assert (out / "branch.json").is_file()

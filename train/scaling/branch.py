@@ -6,7 +6,8 @@ steps whose cooldown starts at k (Hägele et al. 2024, arXiv 2405.18392; OLMo-co
 ``make_branch(STABLE_RUN, k, OUT)`` turns the stable run's checkpoint ``step-k`` into the
 start of such a shorter run in its own folder: the branch's plan ends where a cooldown of
 ``fraction`` of its schedule begins at k; model, optimizer, RNG and data position come from
-the checkpoint (hard links, no copy), the metrics rows up to k from the stable run.
+the checkpoint (hard links, no copy), the metrics rows up to k from the stable run; the
+folder is built under a temporary name and published whole.
 ``cgpt train OUT --resume`` then trains only the cooldown, and the branch equals a
 dedicated WSD run of its length bitwise. Each branch is one sweep point at the price of
 its cooldown.
@@ -20,9 +21,10 @@ import shutil
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
+from cgpt.model.files import HeldTempDir, fsync_dir, make_public, remove_stale, write_atomic
 from cgpt.train.config import RUN_CONFIG, BatchPhase, PlanSection, RunConfig, load_run_config
-from cgpt.train.lock import FolderLock
 from cgpt.train.loop import checkpoint as ckpt
+from cgpt.train.loop.metrics import read_metrics
 from cgpt.train.loop.schedule import cooldown_steps, lr_at
 
 BRANCH_FILE = "branch.json"
@@ -132,24 +134,51 @@ def make_branch(
     branch = cfg.model_copy(
         update={"plan": new, "runtime": cfg.runtime.model_copy(update={"out_dir": str(out)})}
     )
-    with FolderLock(out, "branch folder"):
-        _link_tree(folder, out / "checkpoints" / folder.name)
-        branch.save(out / RUN_CONFIG)
-        rows = []
-        metrics = stable / "metrics.jsonl"
-        if metrics.is_file():
-            rows = [
-                r
-                for r in metrics.read_text().splitlines()
-                if r.strip() and json.loads(r).get("step", 0) <= step
-            ]
-        (out / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
-        info = {
-            "parent": str(stable),
-            "step": step,
-            "cooldown_fraction": fraction,
-            "steps": new.steps,
-            "tokens": new.tokens,
-        }
-        (out / BRANCH_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    info = {
+        "parent": str(stable),
+        "step": step,
+        "cooldown_fraction": fraction,
+        "steps": new.steps,
+        "tokens": new.tokens,
+    }
+    _publish_branch(out, lambda tmp: _fill(tmp, folder, branch, stable / "metrics.jsonl", info))
     return branch
+
+
+def _fill(tmp: Path, folder: Path, branch: RunConfig, metrics: Path, info: dict) -> None:
+    """The branch folder's files: the checkpoint (hard links), config, metrics rows up to the
+    branch step (through the tolerant reader: a row cut by a kill is skipped), branch.json."""
+    _link_tree(folder, tmp / "checkpoints" / folder.name)
+    branch.save(tmp / RUN_CONFIG)
+    rows = [
+        r for r in read_metrics(metrics) if isinstance(r, dict) and r.get("step", 0) <= info["step"]
+    ]
+    write_atomic(tmp / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_atomic(tmp / BRANCH_FILE, json.dumps(info, indent=1) + "\n")
+
+
+def _publish_branch(out: Path, fill) -> None:
+    """Build the branch in a temporary folder beside ``out`` and rename it to ``out`` whole:
+    an interrupted or failed branch leaves nothing that `cgpt train --resume` would train
+    (a killed one leaves a temporary folder that the next branch to ``out`` removes)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)
+    held = HeldTempDir(out)
+    try:
+        fill(held.path)
+        make_public(held.path)
+        fsync_dir(held.path)
+        if out.exists() or out.is_symlink():
+            raise CgptError(f"{out} already exists; choose a new folder for the branch")
+        os.rename(held.path, out)  # the publish: one atomic rename
+        fsync_dir(out.parent)
+    except OSError as e:
+        shutil.rmtree(held.path, ignore_errors=True)
+        raise CgptError(
+            f"cannot make the branch {str(out)!r}: {e.strerror or e}; nothing was made"
+        ) from None
+    except BaseException:
+        shutil.rmtree(held.path, ignore_errors=True)
+        raise
+    finally:
+        held.release()
