@@ -155,8 +155,11 @@ def _topology(args, slurm: bool) -> L.Topology:
         # the master address is the allocation's first node, found by the script at run time
         return L.Topology(nodes, gpus, 0, "$MASTER_ADDR", port)
     hosts = read_hostfile(args.hostfile) if args.hostfile else None
-    import torch
+    default_gpus = 1
+    if args.gpus_per_node is None and not hosts:  # only then is this machine's count needed
+        import torch  # deferred: torch is heavy; quick verbs must not load it
 
+        default_gpus = torch.cuda.device_count() or 1
     topo = L.make_topology(
         args.nodes,
         args.gpus_per_node,
@@ -165,7 +168,7 @@ def _topology(args, slurm: bool) -> L.Topology:
         args.node_rank,
         args.master_addr,
         args.master_port,
-        default_gpus=torch.cuda.device_count() or 1,
+        default_gpus=default_gpus,
     )
     if args.master_port is None and topo.nodes == 1:
         topo = L.Topology(

@@ -9,11 +9,18 @@
 - :mod:`.source`, :mod:`.hub`, :mod:`.runner`: what ``cgpt eval SRC`` resolves, the Hub only
   when it answers, and the command's order of work.
 
-Importing this package imports neither lm_eval nor transformers.
+Importing this package imports neither lm_eval nor transformers nor torch.
 """
 
-from cgpt.train.eval.heldout import heldout_loss
 from cgpt.train.eval.paper import PAPER_ZERO_SHOT, SUITE, SUITE_TASKS
+
+
+def heldout_loss(*args, **kwargs):
+    """:func:`cgpt.train.eval.heldout.heldout_loss` (imported on first use)."""
+    # deferred: torch is heavy; quick verbs (`cgpt eval --help`) must not load it
+    from cgpt.train.eval.heldout import heldout_loss as _heldout_loss
+
+    return _heldout_loss(*args, **kwargs)
 
 
 def run_tasks(*args, **kwargs):

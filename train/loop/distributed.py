@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from cgpt.model.errors import CgptError
+from cgpt.train.loop.ports import free_port  # noqa: F401  (re-exported for callers)
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _CurrentStderr:

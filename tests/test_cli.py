@@ -1,0 +1,122 @@
+"""The `cgpt` command line as a user meets it: quick commands stay quick (no torch), packaged
+configs by name, closed pipes, advice that names real programs, and help that answers.
+
+Every command here runs in a fresh process (``python -m cgpt.launch``, what the ``cgpt``
+console script calls), so what it imports and prints is what a user's shell sees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import child_env
+
+from cgpt.launch.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[1]
+# what the quick commands must not load (issue 24 item 1: each costs seconds to import)
+HEAVY = {"torch", "deepspeed", "transformers", "lm_eval", "datasets"}
+
+
+def cgpt(*args: str, cwd: Path | None = None, timeout: float = 120, **kw):
+    """Run ``cgpt ARGS`` in a fresh process; the CompletedProcess (text)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cgpt.launch", *args],
+        cwd=cwd,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
+
+
+def imported_by(code: str, cwd: Path) -> set[str]:
+    """Top-level packages imported by ``python -X importtime -c CODE`` (its stderr report:
+    ``import time: self | cumulative | <indent>module``)."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        cwd=cwd,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = set()
+    for line in proc.stderr.splitlines():
+        if line.startswith("import time:") and line.count("|") == 2:
+            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+    assert "cgpt" in names, proc.stderr[-2000:]  # the report was read
+    return names
+
+
+def run_main(argvs: list[list[str]]) -> str:
+    """Code that runs ``cgpt ARGV`` for each ARGV in one process (exit 0 expected; --help
+    and --version exit through SystemExit(0))."""
+    return (
+        "import contextlib, io\n"
+        "from cgpt.launch.cli import main\n"
+        f"for argv in {argvs!r}:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n"
+        "            rc = main(argv)\n"
+        "        except SystemExit as e:\n"
+        "            rc = e.code\n"
+        "    assert not rc, (argv, rc)\n"
+    )
+
+
+def verb_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
+    """Every command path (``("sweep", "fit")``, ...) with its parser, depth first."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from verb_paths(sub, (*prefix, name))
+
+
+# ---- item 1: quick commands are quick ------------------------------------------------------
+@pytest.mark.parametrize(
+    "argvs",
+    [
+        [["--version"]],
+        [["--help"]],
+        [["plan", "111M"]],
+        [["plan", "--params", "400M", "--recipe", "olmo", "--json"]],
+        [["plan", "--flops", "1e20", "--decay", "wsd"]],
+    ],
+    ids=["version", "help", "plan-111M", "plan-params", "plan-flops"],
+)
+def test_quick_commands_import_no_torch(argvs, tmp_path):
+    loaded = imported_by(run_main(argvs), tmp_path)
+    assert not loaded & HEAVY, f"cgpt {argvs}: imported {sorted(loaded & HEAVY)}"
+
+
+def test_every_help_imports_no_torch(tmp_path):
+    """`--help` of every verb (and sub-verb) in one process: nothing heavy loads."""
+    argvs = [[*path, "--help"] for path, _ in verb_paths(build_parser())]
+    assert len(argvs) > 10  # the walk found the verbs
+    loaded = imported_by(run_main(argvs), tmp_path)
+    assert not loaded & HEAVY, f"--help imported {sorted(loaded & HEAVY)}"
+
+
+def test_launch_dry_run_imports_no_torch(tmp_path):
+    """`cgpt launch RUN --dry-run` builds the launcher command without torch (the GPU count
+    comes from --gpus-per-node; only without it is this machine's count asked of torch)."""
+    run = str(REPO / "configs" / "demo-cpu.yaml")
+    argvs = [["launch", run, "--dry-run", "--gpus-per-node", "2"]]
+    argvs.append(["launch", run, "--dry-run", "--gpus-per-node", "4", "--slurm"])
+    loaded = imported_by(run_main(argvs), tmp_path)
+    assert not loaded & HEAVY, f"launch --dry-run imported {sorted(loaded & HEAVY)}"
+
+
+def test_model_package_loads_gpt_on_first_use(tmp_path):
+    """`from cgpt.model import CgptError` is torch-free; `cgpt.model.GPT` still works."""
+    assert not imported_by("from cgpt.model import CgptError, GPTConfig", tmp_path) & HEAVY
+    code = "import cgpt.model as m, torch; assert issubclass(m.GPT, torch.nn.Module)"
+    assert "torch" in imported_by(code, tmp_path)
