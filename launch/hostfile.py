@@ -7,6 +7,7 @@ clear message before anything starts instead of a traceback from the launcher.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,18 @@ def check_host(label: str, name: str) -> str:
     return name
 
 
+def host_key(name: str) -> str:
+    """One spelling per host: without ``user@``, case-folded (DNS names are
+    case-insensitive, RFC 4343), without the root's trailing dot (``node1.`` is ``node1``),
+    addresses in their compressed form (``0:0::1`` is ``::1``). No DNS lookup: a hostfile is
+    checked offline, before anything starts; a name and its IP address are not matched."""
+    host = name.rsplit("@", 1)[-1].rstrip(".").lower()
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        return host
+
+
 @dataclass(frozen=True)
 class Host:
     name: str
@@ -43,7 +56,7 @@ class Host:
 def parse_hostfile(text: str, source: str = "hostfile") -> list[Host]:
     """Hosts in file order; raise CgptError naming the first bad line."""
     hosts: list[Host] = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # host_key -> the spelling first seen
     for num, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -55,9 +68,11 @@ def parse_hostfile(text: str, source: str = "hostfile") -> list[Host]:
         check_host(f"{source}, line {num}: host", name)
         if slots <= 0:
             raise CgptError(f"{source}, line {num}: {name} has slots={slots}; need at least 1")
-        if name in seen:
-            raise CgptError(f"{source}, line {num}: host {name!r} is listed twice")
-        seen.add(name)
+        key = host_key(name)
+        if key in seen:
+            same = "" if seen[key] == name else f" (as {seen[key]!r} before: the same host)"
+            raise CgptError(f"{source}, line {num}: host {name!r} is listed twice{same}")
+        seen[key] = name
         hosts.append(Host(name, slots))
     if not hosts:
         raise CgptError(f"{source}: no hosts (expected lines like 'node-0 slots=8')")

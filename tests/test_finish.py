@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cgpt.launch.cli import main as cli_main
+from cgpt.model.errors import CgptError
 from cgpt.model.io import load_model
 from cgpt.train.config import parse_run_config
 
@@ -107,3 +108,37 @@ def test_banner_before_the_first_step_and_step0_check_on_the_console(tmp_path, d
     assert f"of the weights from {tmp_path / 'a' / 'hf'}" in line
     assert "vs transformers" in line and "loaded faithfully" in line
     assert "steps 1-1 of 2" not in err and "1 steps of 2 (runtime.max_steps)" in err
+
+
+# ---------------------------------------------------------------------------- item 14
+def test_same_host_in_two_spellings_is_refused(tmp_path):
+    from cgpt.launch.hostfile import parse_hostfile
+
+    for a, b in [
+        ("node1", "NODE1"),
+        ("node1", "node1."),
+        ("node1.cluster", "Node1.Cluster."),
+        ("node1", "alice@node1"),
+        ("fe80::1", "fe80:0:0::1"),
+    ]:
+        with pytest.raises(CgptError, match=f"line 2: host '{b}' is listed twice \\(as '{a}'"):
+            parse_hostfile(f"{a} slots=2\n{b} slots=2\n")
+    assert len(parse_hostfile("node1 slots=2\nnode10 slots=2\n")) == 2
+
+
+@pytest.mark.parametrize("inputs", [["..=stdlib"], [".=stdlib"], ["a=stdlib", "..=stdlib"]])
+def test_dot_names_never_reach_the_output_parent(tmp_path, capsys, inputs):
+    """`cgpt prepare --input ..=SRC` wrote OUT/.. (the parent): its lock was left there."""
+    from helpers import make_tokenizer
+
+    tok = make_tokenizer(tmp_path / "tok")
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    argv = ["prepare", "--tokenizer", str(tok), "--out", str(parent / "out")]
+    for item in inputs:
+        argv += ["--input", item]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cgpt prepare: error: --input ") and "\n" not in err
+    assert "not starting with '.'" in err
+    assert list(parent.iterdir()) == []

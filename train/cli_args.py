@@ -19,9 +19,13 @@ import re
 from cgpt.model.errors import CgptError
 
 # a mixture source or validation set name (data.sources[].name, data.val keys, NAME= items):
-# it ends up in metric names such as val_loss/NAME
-NAME_PATTERN = r"[A-Za-z0-9_.-]+"
-NAME_VALUE = re.compile(rf"({NAME_PATTERN})=(.+)")
+# it ends up in metric names such as val_loss/NAME and folder names (prepare's OUT/NAME), so it
+# never starts with '.': "." and ".." would name the output folder itself or its parent
+NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9_.-]*"
+NAME_RULE = "letters, digits, _ . -, not starting with '.'"
+# spelled as a name (dots anywhere): NAME_PATTERN is checked after the split, so that
+# `--input ..=SRC` is refused as a bad name, not read as a source called "..=SRC"
+NAME_VALUE = re.compile(r"([A-Za-z0-9_.-]+)=(.+)")
 
 
 def check_positive(value, what: str, *, integer: bool = False):
@@ -51,9 +55,9 @@ def named_values(items: list[str], flag: str, form: str, example: str) -> list[t
     pairs = [split_name(item) for item in items]
     for item, pair in zip(items, pairs):
         if pair is None:
-            raise CgptError(
-                f"{flag} {item!r}: expected {form} (NAME: letters, digits, _ . -), e.g. {example}"
-            )
+            raise CgptError(f"{flag} {item!r}: expected {form} (NAME: {NAME_RULE}), e.g. {example}")
+        if not re.fullmatch(NAME_PATTERN, pair[0]):
+            raise CgptError(f"{flag} {item!r}: the name {pair[0]!r} may use {NAME_RULE}")
     names = [p[0] for p in pairs if p]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

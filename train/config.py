@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -32,19 +33,40 @@ from pydantic import (
 
 from cgpt.model.config import GPTConfig, MuPConfig
 from cgpt.model.errors import ConfigError
-from cgpt.train.cli_args import NAME_PATTERN
+from cgpt.train.cli_args import NAME_PATTERN, NAME_RULE
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # pydantic's lax mode reads true as 1
+        raise ValueError(f"expected an integer, got {str(value).lower()}")
+    return value
+
+
+# an integer field: YAML's true/false are refused, not read as 1/0 (`runtime.keep_last: true`
+# kept one checkpoint). Not pydantic's strict int: that also refuses numpy integers and
+# integral floats (2e3), which configs built by code carry
+Int = Annotated[int, BeforeValidator(_not_bool)]
+
+
 class DataSource(Strict):
     """One source of a training mixture: a prepared data folder and its sampling weight."""
 
-    name: str = Field(pattern=rf"^{NAME_PATTERN}$")  # used in metric names: val_loss/NAME
+    name: str  # used in metric names (val_loss/NAME) and folder names: NAME_PATTERN
     path: str  # folder written by `cgpt prepare`
     weight: float  # > 0; weights are relative (normalised over the sources)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        import re
+
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise ValueError(f"source name {name!r}: use {NAME_RULE}")
+        return name
 
     @model_validator(mode="after")
     def _check_weight(self):
@@ -99,7 +121,7 @@ class DataSection(Strict):
                 raise ValueError("data.val is empty; leave it out to use each source's val split")
             bad = [n for n in self.val if not re.fullmatch(NAME_PATTERN, n)]
             if bad:
-                raise ValueError(f"data.val names may use letters, digits, _ . -; got {bad[0]!r}")
+                raise ValueError(f"data.val names may use {NAME_RULE}; got {bad[0]!r}")
         return self
 
     @model_serializer(mode="wrap")
@@ -121,11 +143,11 @@ class BatchPhase(Strict):
     grew).
     """
 
-    global_batch_seqs: int = Field(gt=0)
-    steps: int = Field(gt=0)
-    schedule_start_step: int = Field(0, ge=0)
-    warmup_steps: int = Field(ge=0)
-    decay_steps: int = Field(ge=0)
+    global_batch_seqs: Int = Field(gt=0)
+    steps: Int = Field(gt=0)
+    schedule_start_step: Int = Field(0, ge=0)
+    warmup_steps: Int = Field(ge=0)
+    decay_steps: Int = Field(ge=0)
     decay: Literal["linear", "cosine", "wsd"] = "linear"
     # wsd only: the last fraction of the phase's schedule (warmup + decay steps) that cools
     # down linearly to min_lr; None elsewhere (and left out of the YAML: older configs
@@ -174,19 +196,19 @@ def _drop_none_cooldown(d: Any) -> Any:
 
 class PlanSection(Strict):
     name: str = "custom"
-    params: int = Field(gt=0)
-    seq_len: int = Field(gt=0)
-    tokens: int = Field(gt=0)
-    steps: int = Field(gt=0)  # total optimizer steps over all phases
-    global_batch_seqs: int = Field(gt=0)  # the first phase's batch
+    params: Int = Field(gt=0)
+    seq_len: Int = Field(gt=0)
+    tokens: Int = Field(gt=0)
+    steps: Int = Field(gt=0)  # total optimizer steps over all phases
+    global_batch_seqs: Int = Field(gt=0)  # the first phase's batch
     lr: float = Field(gt=0)  # peak
     min_lr: float = Field(ge=0)  # end of decay (Cerebras: 10% of peak)
-    warmup_steps: int = Field(ge=0)
+    warmup_steps: Int = Field(ge=0)
     # linear / cosine: from the peak after warmup to min_lr over decay_steps (Cerebras-GPT);
     # wsd: warmup-stable-decay, the peak held until the last cooldown_fraction of the steps,
     # then linear to min_lr (Hägele et al. 2024; cgpt.train.loop.schedule)
     decay: Literal["linear", "cosine", "wsd"] = "linear"
-    decay_steps: int = Field(ge=0)
+    decay_steps: Int = Field(ge=0)
     cooldown_fraction: float | None = Field(None, gt=0, le=1)  # wsd only (default 0.2)
     adam_betas: tuple[float, float] = (0.9, 0.95)
     adam_eps: float = Field(1e-8, gt=0)
@@ -224,49 +246,73 @@ class PlanSection(Strict):
     def _dump(self, handler):
         return _drop_none_cooldown(handler(self))
 
+    @field_validator("adam_betas")
+    @classmethod
+    def _check_betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):  # what torch.optim.AdamW requires
+            raise ValueError(f"each beta must be in [0, 1), got {list(betas)}")
+        return betas
+
     @model_validator(mode="after")
     def _check(self):
         _check_cooldown(self.decay, self.cooldown_fraction)
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) is above the peak lr ({self.lr})")
+        _check_warmup(self)
         if self.batch_schedule and sum(p.steps for p in self.batch_schedule) != self.steps:
             raise ValueError("plan.steps must equal the sum of plan.batch_schedule[*].steps")
         return self
 
 
+def _check_warmup(plan: PlanSection) -> None:
+    """A warmup longer than the run never reaches the peak LR (warmup 10**20 trained every
+    step at ~1e-22): refuse it, per batch phase too (each counts from its schedule start)."""
+    if plan.warmup_steps > plan.steps:
+        raise ValueError(
+            f"warmup_steps ({plan.warmup_steps}) is longer than the run (steps "
+            f"{plan.steps}): the LR would never reach its peak; use at most {plan.steps}"
+        )
+    for i, ph in enumerate(plan.batch_schedule or []):
+        if ph.warmup_steps > ph.schedule_start_step + ph.steps:
+            raise ValueError(
+                f"batch_schedule[{i}].warmup_steps ({ph.warmup_steps}) is longer than the "
+                f"phase's schedule ({ph.schedule_start_step} + {ph.steps} steps)"
+            )
+
+
 class RuntimeSection(Strict):
     out_dir: str = "runs/run"
-    seed: int = 1234
-    micro_batch: int = Field(1, gt=0)  # sequences per rank per forward pass
-    zero_stage: int = Field(1, ge=0, le=3)
+    seed: Int = 1234
+    micro_batch: Int = Field(1, gt=0)  # sequences per rank per forward pass
+    zero_stage: Int = Field(1, ge=0, le=3)
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False  # torch.compile the model (GPU)
     activation_checkpointing: bool = False
-    eval_every: int = Field(100, ge=0)  # steps; 0 = only at the end
-    eval_batches: int = Field(8, gt=0)
+    eval_every: Int = Field(100, ge=0)  # steps; 0 = only at the end
+    eval_batches: Int = Field(8, gt=0)
     # lm-eval tasks (or suite names, e.g. cerebras-gpt) run on rank 0 at every evaluation,
     # logged as eval/TASK/METRIC; keep eval_limit small: the other ranks wait meanwhile
     eval_tasks: list[str] = Field(default_factory=list)
-    eval_limit: int | None = Field(None, gt=0)  # examples per task
+    eval_limit: Int | None = Field(None, gt=0)  # examples per task
     eval_include_path: str | None = None  # a folder of local lm-eval task YAML
-    save_every: int = Field(500, ge=0)  # steps; 0 = only at the end
+    save_every: Int = Field(500, ge=0)  # steps; 0 = only at the end
     # checkpoints at these steps too (where sweep branches start: cgpt.train.scaling.branch);
     # left out of the YAML when empty, so older configs compare equal
-    save_steps: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
-    keep_last: int = Field(2, gt=0)
-    log_every: int = Field(10, gt=0)
+    save_steps: list[Annotated[Int, Field(gt=0)]] = Field(default_factory=list)
+    keep_last: Int = Field(2, gt=0)
+    log_every: Int = Field(10, gt=0)
     wandb: Literal["auto", "offline", "online", "off"] = "auto"
     wandb_project: str = "cgpt"
     export_hf: bool = True  # write RUN_DIR/hf at the end
-    max_steps: int | None = Field(None, gt=0)  # stop early (tests, smoke runs)
+    max_steps: Int | None = Field(None, gt=0)  # stop early (tests, smoke runs)
     # a collective that waits longer than this on another rank fails on every rank with a
     # message naming the step (a dead or stalled peer never hangs the run silently)
     collective_timeout_s: float = Field(600.0, gt=0)
     # print a warning when no step finished for this many times the average step time
     watchdog_factor: float = Field(10.0, gt=1)
     # consecutive optimizer steps skipped for non-finite gradients before the run stops
-    max_skipped_steps: int = Field(3, ge=0)
+    max_skipped_steps: Int = Field(3, ge=0)
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
@@ -448,6 +494,11 @@ def read_yaml(path: str | os.PathLike, what: str = "run config"):
         raise ConfigError(f"{what} {str(p)!r} not found")
     try:
         return yaml.safe_load(p.read_text())
+    except UnicodeDecodeError as e:  # binary bytes (a damaged or wrong file)
+        raise ConfigError(
+            f"{p}: not a text file (byte 0x{e.object[e.start]:02x} at offset {e.start} is not "
+            "UTF-8); restore it or pass the run config YAML"
+        ) from None
     except yaml.YAMLError as e:
         raise ConfigError(
             f"{p}: not valid YAML ({e.__class__.__name__}: {str(e).splitlines()[0]})"
