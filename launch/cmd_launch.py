@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 import signal
 import subprocess
@@ -230,7 +232,8 @@ def cmd_launch(args) -> int:
         return 0
     if topo.node_rank == 0:
         L.check_port_free(topo.master_addr, topo.master_port)
-    return run_forwarding_signals(cmd)
+    remote = launcher == "deepspeed" and topo.nodes > 1 and not args.no_ssh
+    return run_forwarding_signals(cmd, remote_ranks=remote)
 
 
 def _sbatch_text(args, cfg, topo: L.Topology, overrides: list[str]) -> str:
@@ -285,17 +288,92 @@ def _slurm(args, cfg, text: str) -> int:
     return 0
 
 
-def run_forwarding_signals(cmd: list[str]) -> int:
-    """Run the launcher; SIGTERM/SIGINT sent to us go to it, so the trainer checkpoints."""
-    proc = subprocess.Popen(cmd)
+def run_forwarding_signals(cmd: list[str], remote_ranks: bool = False) -> int:
+    """Run the launcher; returns the run's exit code (cgpt.train.exit_codes).
 
-    def forward(signum, _frame):
-        if proc.poll() is None:
-            proc.send_signal(signum)
+    The launcher gets its own session, so a Ctrl-C at the terminal reaches only us: the
+    deepspeed launcher answers SIGINT/SIGTERM by killing its workers (launch.py's
+    sigkill_handler) and torchrun by SIGTERM then SIGKILL, each with a traceback. A first
+    SIGINT/SIGTERM/SIGHUP/SIGUSR1 becomes SIGUSR1 to every process under the launcher: the
+    launchers inherit it ignored (set here before they start) and the ranks' handler saves a
+    checkpoint and exits PREEMPTED. A second one kills them all without saving. With
+    ``remote_ranks`` (deepspeed over pdsh/MPI) the signal also goes to the launcher, which
+    stops the other nodes its own way. Rank 0's code comes back through $CGPT_EXIT_FILE
+    (torchrun turns any worker's code into 1)."""
+    import tempfile
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    from cgpt.train import exit_codes as X
+
+    fd, exit_file = tempfile.mkstemp(prefix="cgpt-exit-")
+    os.close(fd)
+    os.unlink(exit_file)  # rank 0 creates it; its absence means rank 0 said nothing
+    env = dict(os.environ, **{X.EXIT_FILE_ENV: exit_file})
+    old_usr1 = signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # inherited by the launcher
     try:
-        return proc.wait()
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    finally:
+        signal.signal(signal.SIGUSR1, old_usr1)
+    stops = []
+
+    def stop(signum, _frame):
+        stops.append(signum)
+        if len(stops) == 1:
+            print(
+                f"cgpt launch: {signal.Signals(signum).name}: every rank saves a checkpoint "
+                "at the next step and stops (send it again to stop without saving)",
+                file=sys.stderr,
+                flush=True,
+            )
+            signal_tree(proc.pid, signal.SIGUSR1, with_root=False)
+            if remote_ranks and proc.poll() is None:
+                proc.send_signal(signum)
+        else:
+            print("cgpt launch: stopping without saving", file=sys.stderr, flush=True)
+            signal_tree(proc.pid, signal.SIGKILL, with_root=True)
+
+    caught = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+    old = {s: signal.signal(s, stop) for s in caught}
+    try:
+        rc = proc.wait()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    code = X.read_exit_file(exit_file)
+    with contextlib.suppress(OSError):
+        os.unlink(exit_file)
+    return launch_exit_code(rc, code)
+
+
+def launch_exit_code(launcher_rc: int, rank0_code: int | None) -> int:
+    """The exit code of `cgpt launch`: rank 0's (it knows what happened), unless another
+    rank failed after rank 0 completed; without it (rank 0 died), the launcher's own code
+    when it is one of ours (deepspeed passes a worker's code on), else FAILURE (a rank
+    killed by a signal shows up as 247 or 254 from deepspeed, 1 from torchrun)."""
+    from cgpt.train import exit_codes as X
+
+    if rank0_code is not None:
+        return X.FAILURE if rank0_code == X.OK and launcher_rc != 0 else rank0_code
+    if launcher_rc == 0 or launcher_rc in X.MEANING:
+        return launcher_rc
+    print(
+        f"cgpt launch: the launcher exited with {launcher_rc} and rank 0 reported nothing "
+        f"(it was killed or crashed); exit {X.FAILURE}",
+        file=sys.stderr,
+    )
+    return X.FAILURE
+
+
+def signal_tree(pid: int, sig: int, with_root: bool) -> None:
+    """Send ``sig`` to every descendant of ``pid`` (and to ``pid`` itself with
+    ``with_root``), as slurmstepd signals every process of a job step: torchrun starts each
+    worker in a session of its own, so a process group would miss them."""
+    import psutil  # DeepSpeed's dependency; its launcher walks the tree the same way
+
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + ([root] if with_root else [])
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(sig)

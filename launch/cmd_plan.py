@@ -58,8 +58,23 @@ def register(sub) -> None:
     what.add_argument("--layers", type=int, help="with --width: an explicit shape")
     what.add_argument("--width", type=int, help="d_model (with --layers)")
     what.add_argument("--heads", type=int, help="attention heads (default: d_head 64 or 128)")
-    what.add_argument("--flops", help="training budget in FLOPs (paper's algorithmic convention)")
-    what.add_argument("--gpu-hours", help="training budget in GPU-hours (needs --gpu)")
+    what.add_argument(
+        "--flops",
+        help="training budget in FLOPs, a ceiling: the plan costs at most this, in "
+        "--flops-convention (default: the paper's algorithmic one)",
+    )
+    what.add_argument(
+        "--flops-convention",
+        choices=["paper", "6n"],
+        default="paper",
+        help="what --flops counts: paper (the Cerebras-GPT paper's algorithmic FLOPs, the "
+        "loss law's input) or 6n (6N + 12·L·T·d per token, the MFU/hardware convention)",
+    )
+    what.add_argument(
+        "--gpu-hours",
+        help="training budget in GPU-hours (needs --gpu), a ceiling: hardware FLOPs "
+        "hours·3600·peak·MFU in the 6n convention",
+    )
     what.add_argument(
         "--inference-tokens",
         metavar="T",
@@ -186,6 +201,7 @@ def build_plan(args):
         rules=args.rules,
         seq_len=args.seq_len,
         vocab_size=args.vocab_size,
+        flops_convention=args.flops_convention,
         batch_seqs=args.batch_seqs,
         lr=args.lr,
         decay=args.decay,
@@ -223,12 +239,17 @@ def run(args) -> int:
             d["gpu_hours"] = time_on(plan, 1, device, args.mfu)[1]
         if plan.extra.get("init_from"):
             d["init_from"] = plan.extra["init_from"]
-        if plan.extra.get("inference"):
-            d["inference"] = plan.extra["inference"]
+        inf = plan.extra.get("inference")
+        if inf:  # one law per plan: the one that chose N and D
+            d["predicted_loss"] = inf["side_by_side"]["inference_aware"]["predicted_loss"]
+            d["loss_law"] = {"form": "chinchilla", **inf["law"]}
+            d["predicted_loss_pi95"] = d["loss_law_check"] = None
         if args.write:
             d["written"] = args.write
         print(json.dumps(d, indent=2))
     else:
+        from cgpt.launch.plan_table import format_plan
+
         print(format_plan(plan, device, args.mfu))
         if args.write:
             print(f"\nwrote {args.write} (train it with: cgpt train {args.write})")
@@ -252,161 +273,3 @@ def write_config(plan, args) -> None:
         cfg.save(args.write)
     except OSError as e:
         raise CgptError(f"cannot write {args.write!r}: {e.strerror or e}") from None
-
-
-# ---- the table ------------------------------------------------------------------------------
-def _n(v) -> str:
-    return f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
-
-
-def format_plan(plan, device=None, mfu: float = 0.4) -> str:
-    from cgpt.train.loop.schedule import cooldown_steps
-    from cgpt.train.plan.memory import fmt_bytes
-    from cgpt.train.plan.planner import time_on
-
-    m = plan.model
-    pi = plan.law.interval(plan.train_flops)
-    rows = [
-        ("plan", f"{plan.name} ({plan.source})"),
-        ("params", f"{plan.params:,}"),
-        (
-            "shape",
-            f"{m.n_layer} layers × d_model {m.n_embd}, {m.n_head} heads of {m.head_dim}, "
-            f"d_ffn {m.n_inner}, vocab {m.vocab_size:,}",
-        ),
-        ("init out-proj std", f"{m.out_init_std:.6f}"),
-        ("seq_len", f"{plan.seq_len:,}"),
-        (
-            "tokens",
-            f"{plan.tokens:,} ({plan.tokens / plan.params:.2f} tokens/param"
-            + (
-                f", {plan.tokens / plan.extra['counted_params']:.2f} per non-embedding param)"
-                if plan.extra.get("param_count") == "non-embedding"
-                else ")"
-            ),
-        ),
-        ("batch/LR recipe", plan.extra.get("recipe", "the published run")),
-        ("steps", f"{plan.steps:,}"),
-    ]
-    for i, ph in enumerate(plan.phases()):
-        tag = f"phase {i + 1}: " if plan.batch_schedule else ""
-        rows.append(
-            (
-                f"global batch{' ' + str(i + 1) if plan.batch_schedule else ''}",
-                f"{tag}{ph.global_batch_seqs:,} seqs = {ph.global_batch_seqs * plan.seq_len:,}"
-                f" tokens × {ph.steps:,} steps"
-                + (
-                    f" (schedule counter from {ph.schedule_start_step:,})"
-                    if plan.batch_schedule
-                    else ""
-                ),
-            )
-        )
-        if ph.decay == "wsd":
-            cool = cooldown_steps(ph)
-            sched = (
-                f"warmup {ph.warmup_steps:,} steps, stable {ph.decay_steps - cool:,} steps, "
-                f"linear cooldown over the last {cool:,} steps "
-                f"({ph.cooldown_fraction:.0%} of the schedule; warmup-stable-decay)"
-            )
-        else:
-            sched = (
-                f"warmup {ph.warmup_steps:,} steps, {ph.decay} decay over {ph.decay_steps:,} steps"
-            )
-        rows.append((f"LR schedule{' ' + str(i + 1) if plan.batch_schedule else ''}", sched))
-    rows += [
-        ("peak / final LR", f"{plan.lr:.3g} / {plan.min_lr:.3g}"),
-        (
-            "AdamW",
-            f"betas {tuple(plan.adam_betas)}, eps {plan.adam_eps:g}, "
-            f"weight decay {plan.weight_decay:g}, grad clip {plan.grad_clip:g}",
-        ),
-        (
-            "train FLOPs",
-            f"{plan.train_flops:.3e} algorithmic (paper), "
-            f"{plan.train_flops_mfu:.3e} 6N+12LTd (MFU)",
-        ),
-        (
-            "predicted loss",
-            f"{plan.predicted_loss:.3f}"
-            + (f" (95% interval {pi[0]:.3f}-{pi[1]:.3f})" if pi else "")
-            + f" (L = (C/{plan.law.a:.4g})^-{plan.law.b:g} + {plan.law.c:g}, {plan.law.source})",
-        ),
-    ]
-    if plan.law.check:
-        rows.append(("fit check", plan.law.check))
-    c = plan.cluster
-    if c:
-        mem = c.memory
-        rows += [
-            ("cluster", f"{c.gpus} × {c.device.name}, ZeRO stage {c.zero_stage}, MFU {c.mfu:g}"),
-            (
-                "batch split",
-                f"micro-batch {c.micro_batch} × grad accum "
-                f"{' / '.join(map(str, c.grad_accum))} × {c.gpus} ranks",
-            ),
-            ("activation ckpt", "on" if c.activation_checkpointing else "off"),
-            (
-                "memory per GPU",
-                f"{fmt_bytes(mem.total)} of {fmt_bytes(c.device.memory_bytes)}: "
-                f"weights {fmt_bytes(mem.weights)}, grads {fmt_bytes(mem.grads)}, "
-                f"optimizer {fmt_bytes(mem.optimizer)}, activations "
-                f"{fmt_bytes(mem.activations)}, logits {fmt_bytes(mem.logits)}, "
-                f"overhead {fmt_bytes(mem.overhead)}",
-            ),
-            ("time", f"{c.hours:,.1f} h wall clock, {c.gpu_hours:,.0f} GPU-hours"),
-        ]
-    elif device:
-        rows.append(
-            (
-                "time",
-                f"{time_on(plan, 1, device, mfu)[1]:,.0f} {device.name} GPU-hours at MFU {mfu:g}",
-            )
-        )
-    rows += _inference_rows(plan.extra.get("inference"))
-    rows += [("note", n) for n in plan.notes]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def _inference_rows(inf: dict | None) -> list[tuple[str, str]]:
-    """The inference-aware choice (cgpt.train.plan.inference) next to the compute-optimal one."""
-    if not inf:
-        return []
-    opt, law = inf["compute_optimal"], inf["law"]
-    be = inf["break_even_inference_tokens"]
-    return [
-        (
-            "inference-aware",
-            f"target loss {inf['loss']:.4f} (L = {law['E']:g} + {law['A']:g}/N^{law['alpha']:g}"
-            f" + {law['B']:g}/D^{law['beta']:g}, {law['source']})",
-        ),
-        (
-            "  chosen N, D",
-            f"N = {inf['params']:.4g}, D = {inf['tokens']:.4g} "
-            f"({inf['tokens_per_param']:.1f} tokens/param) for {inf['inference_tokens']:.3g} "
-            "inference tokens",
-        ),
-        (
-            "  compute-optimal",
-            f"N = {opt['params']:.4g}, D = {opt['tokens']:.4g} "
-            f"({opt['tokens_per_param']:.1f} tokens/param)",
-        ),
-        (
-            "  extra training",
-            f"{inf['extra_train_flops']:.3e} FLOPs (+{100 * inf['extra_train_fraction']:.1f}% "
-            f"over {inf['flops']:.3g}, 6·N·D)",
-        ),
-        (
-            "  lifetime FLOPs",
-            f"{inf['total_flops']:.3e} vs {opt['total_flops']:.3e} compute-optimal "
-            f"({100 * inf['saving_fraction']:.1f}% saved; 6ND + 2NT)",
-        ),
-        (
-            "  break-even",
-            f"{be:.3g} inference tokens (beyond them the smaller model's cheaper inference "
-            "repays its extra training)"
-            if be is not None
-            else "none: at 0 inference tokens the compute-optimal model is the plan",
-        ),
-    ]

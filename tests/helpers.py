@@ -155,3 +155,48 @@ def byte_token_folder(
     toks = np.resize(text, train_tokens + val_tokens)
     write_token_data(folder, toks[:train_tokens], toks[train_tokens:], vocab_size, eos)
     return folder
+
+
+# ---- waiting on a condition -----------------------------------------------------------------
+def wait_until(cond, timeout: float, what: str, poll: float = 0.05, alive=None):
+    """Poll ``cond()`` until it returns something truthy (returned) or ``timeout`` seconds
+    pass (AssertionError naming ``what``). ``alive`` (e.g. ``lambda: proc.poll() is None``)
+    ends the wait early, with the same error, once the process it watches has exited.
+    Tests wait on conditions with a deadline, never sleep-then-assert: a loaded 2-core
+    machine may take seconds for what takes milliseconds alone."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if alive is not None and not alive():
+            value = cond()  # it may have happened just before the exit
+            if value:
+                return value
+            raise AssertionError(f"the process exited before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(poll)
+
+
+def metrics_steps(run_dir: Path) -> list[int]:
+    """The ``step`` of every complete training row of RUN/metrics.jsonl (rows with a loss),
+    in file order; a row cut short by a kill is skipped."""
+    import json
+
+    path = Path(run_dir) / "metrics.jsonl"
+    steps = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "loss" in row and "step" in row:
+            steps.append(int(row["step"]))
+    return steps

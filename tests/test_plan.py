@@ -541,21 +541,26 @@ def test_inference_plan_shrinks_the_model_as_inference_grows():
 
 
 def test_plan_inference_tokens_cli_and_fit(tmp_path, capsys):
-    from cgpt.train.plan.inference import plan_inference
+    from cgpt.train.plan.inference import ChinchillaLaw, flops_for_loss, plan_inference
     from cgpt.train.plan.request import PlanRequest, plan
 
     p = plan(PlanRequest(flops=1e21, inference_tokens=1e12))
-    ip = plan_inference(1e21, 1e12)
-    # the chosen N goes through the shape rules at tokens/param = D/N
+    opt = plan(PlanRequest(flops=1e21))
+    target = _loss(opt.params, opt.tokens, **BES)  # the compute-optimal plan's loss, one law
+    ip = plan_inference(flops_for_loss(ChinchillaLaw(**BES), target), 1e12)
+    assert ip.loss == pytest.approx(target, rel=1e-9)
+    # the chosen N goes through the shape rules; D is the law's for that N at the target
     assert p.params == pytest.approx(ip.params, rel=0.15)
-    assert p.tokens / p.params == pytest.approx(ip.tokens_per_param, rel=0.01)
+    assert _loss(p.params, p.tokens, **BES) == pytest.approx(target, abs=1e-3)
     assert p.extra["inference"]["params"] == ip.params
     assert main(["plan", "--flops", "1e21", "--inference-tokens", "1T", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["inference"]["break_even_inference_tokens"] == pytest.approx(ip.break_even_tokens)
+    sbs = d["inference"]["side_by_side"]
+    assert d["predicted_loss"] == sbs["inference_aware"]["predicted_loss"]
+    assert sbs["compute_optimal"]["params"] == opt.params
     assert main(["plan", "--flops", "1e21", "--inference-tokens", "1e12"]) == 0
     out = capsys.readouterr().out
-    assert "break-even" in out and "extra training" in out and "2.3083" in out
+    assert "break-even" in out and f"{target:.4f} | {target:.4f}" in out
     # the user's own approach-3 fit
     law = dict(E=1.5, A=300.0, B=1500.0, alpha=0.33, beta=0.33)
     fit = tmp_path / "fit.json"
@@ -563,9 +568,8 @@ def test_plan_inference_tokens_cli_and_fit(tmp_path, capsys):
     assert main(["plan", "--flops", "1e21", "--inference-tokens", "1e12", "--fit", str(fit),
                  "--json"]) == 0  # fmt: skip
     d = json.loads(capsys.readouterr().out)["inference"]
-    n_opt = (0.33 * 300 / (0.33 * 1500)) ** (1 / 0.66) * (1e21 / 6) ** 0.5
-    assert d["compute_optimal"]["params"] == pytest.approx(n_opt, rel=1e-9)
-    assert d["loss"] == pytest.approx(_loss(n_opt, 1e21 / 6 / n_opt, **law), rel=1e-12)
+    opt = plan(PlanRequest(flops=1e21, fit=str(fit)))
+    assert d["loss"] == pytest.approx(_loss(opt.params, opt.tokens, **law), rel=1e-9)
     # errors
     fit.write_text(json.dumps({"chinchilla": {"skipped": "needs at least 6 points"}}))
     assert main(["plan", "--flops", "1e21", "--inference-tokens", "1e12", "--fit", str(fit)]) == 2

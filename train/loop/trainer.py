@@ -37,6 +37,7 @@ from cgpt.train.config import (
     with_absolute_paths,
     write_text_atomic,
 )
+from cgpt.train.exit_codes import CollectiveTimeout, Diverged, RankDied
 from cgpt.train.lock import FolderLock
 from cgpt.train.loop import checkpoint as ckpt
 from cgpt.train.loop.distributed import (
@@ -44,7 +45,9 @@ from cgpt.train.loop.distributed import (
     all_sum,
     barrier,
     init_distributed,
+    is_peer_gone,
     is_timeout,
+    peer_gone_message,
     resolve_device,
     timeout_message,
 )
@@ -237,14 +240,23 @@ def _build_engine(run: Run):
 
 # ---------------------------------------------------------------------------- the loop
 class _StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop saves and exits at the next step boundary."""
+    """SIGTERM, SIGINT and SIGUSR1 set a flag; every rank saves the same step at the next
+    step boundary (the flags ride on the loss all-reduce) and the run exits PREEMPTED.
+
+    SIGUSR1 is the stop that launchers let through: `cgpt launch` and the sbatch script
+    start the launcher with SIGUSR1 ignored, so deepspeed's and torchrun's launchers (which
+    kill their workers on SIGTERM/SIGINT) inherit SIG_IGN and survive it, and only the
+    ranks, whose handler replaces the inherited disposition here, act on it. Once the loop
+    is over a late SIGUSR1 is ignored (the run is finishing anyway)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
     def __init__(self):
         self.signal = None
         self._old = {}
 
     def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
+        for s in self.SIGNALS:
             try:
                 self._old[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread: no preemption handling
@@ -256,7 +268,7 @@ class _StopFlag:
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
-            signal.signal(s, h)
+            signal.signal(s, signal.SIG_IGN if s == signal.SIGUSR1 else h)
 
 
 def _grad_norm(engine) -> float | None:
@@ -314,7 +326,7 @@ def evaluate(engine, batches, dev) -> float:
     return s / max(n, 1)
 
 
-def _diverged(run: Run, what: str, step: int, saved: Path | None) -> CgptError:
+def _diverged(run: Run, what: str, step: int, saved: Path | None) -> Diverged:
     """The message after a divergence: a command that rewinds with a lower LR, verbatim."""
     lr = f"{run.cfg.plan.lr / 2:.3g}"
     min_lr = min(run.cfg.plan.min_lr, float(lr))
@@ -330,7 +342,7 @@ def _diverged(run: Run, what: str, step: int, saved: Path | None) -> CgptError:
     else:
         where = "the run had saved no checkpoint yet"
         cmd = resume_command(run.run_dir, run.dist.world_size, f"{change} --allow-change {keys}")
-    return CgptError(
+    return Diverged(
         f"{what} at step {step + 1}; {where}. To continue with half the peak LR "
         f"(or choose your own, and plan.warmup_steps likewise): {cmd}"
     )
@@ -677,11 +689,16 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
         _export(run, engine)
         return _finish(run, loop, status, t0)
     except RuntimeError as e:
-        if not is_timeout(e):
-            raise
         step = loop.step if loop is not None else 0
         saved = loop.saved if loop is not None else None
-        raise CgptError(timeout_message(cfg.runtime.collective_timeout_s, step, saved)) from e
+        if is_timeout(e):
+            raise CollectiveTimeout(
+                timeout_message(cfg.runtime.collective_timeout_s, step, saved)
+            ) from e
+        if is_peer_gone(e):  # another rank's process died: one line, not gloo's traceback
+            resume = resume_command(run.run_dir, run.dist.world_size)
+            raise RankDied(peer_gone_message(e, step, saved, resume)) from e
+        raise
     finally:
         if loop is not None and loop.watchdog is not None:
             loop.watchdog.close()

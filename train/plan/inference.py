@@ -173,10 +173,23 @@ def stationarity(law: ChinchillaLaw, n: float, d: float, inference_tokens: float
     return 1 - ratio + inference_tokens / (3 * d)
 
 
+def flops_for_loss(law: ChinchillaLaw, loss: float) -> float:
+    """The 6·N·D budget whose compute-optimal (N, D) reaches ``loss`` (geometric bisection:
+    that loss falls as the budget grows)."""
+    if not loss > law.E:
+        raise CgptError(f"a loss of {loss:.4g} is below the law's floor E = {law.E:g}")
+    lo, hi = 1.0, 1e45
+    for _ in range(300):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if law.loss(*law.compute_optimal(mid)) > loss else (lo, mid)
+    return math.sqrt(lo * hi)
+
+
 def plan_inference(
     flops: float, inference_tokens: float, law: ChinchillaLaw = DEFAULT_LAW
 ) -> InferencePlan:
-    """N and D minimising 6·N·D + 2·N·T subject to L(N, D) = L(N_opt, D_opt) at `flops`."""
+    """N and D minimising 6·N·D + 2·N·T subject to L(N, D) = L(N_opt, D_opt) at `flops`
+    (for another target loss L*, pass ``flops_for_loss(law, L*)``)."""
     from scipy.optimize import brentq
 
     for what, v in (("a FLOP budget", flops), ("inference tokens", inference_tokens)):
@@ -204,3 +217,38 @@ def plan_inference(
     return InferencePlan(
         flops, float(inference_tokens), target, n, law.tokens_for(n, target), n_opt, d_opt, law
     )
+
+
+def side_by_side(
+    law: ChinchillaLaw,
+    inference_tokens: float,
+    aware: tuple[float, float],
+    optimal: tuple[float, float],
+) -> dict:
+    """Two planned runs, (N, D) each (the inference-aware one and the compute-optimal one),
+    by the one law ``law`` in one convention: 6·N·D training, 2·N per inference token, the
+    predicted loss L(N, D), and the inference volume beyond which the first costs less."""
+
+    def column(n: float, d: float) -> dict:
+        train, serve = 6 * n * d, 2 * n * inference_tokens
+        return {
+            "params": n,
+            "tokens": d,
+            "train_flops": train,
+            "inference_flops": serve,
+            "total_flops": train + serve,
+            "predicted_loss": law.loss(n, d),
+        }
+
+    a, o = column(*aware), column(*optimal)
+    extra, saved = a["train_flops"] - o["train_flops"], 2 * (o["params"] - a["params"])
+    if saved <= 0:
+        break_even = None  # the inference-aware model is not smaller: it never pays back
+    else:
+        break_even = max(0.0, extra / saved)
+    return {
+        "inference_aware": a,
+        "compute_optimal": o,
+        "break_even_inference_tokens": break_even,
+        "convention": "6·N·D training, 2·N per inference token (N total parameters)",
+    }

@@ -18,6 +18,7 @@ from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB, vocab_fits
 from cgpt.train.cli_args import check_positive
 from cgpt.train.plan import planner as P
+from cgpt.train.plan.budget import CONVENTIONS, keep_within
 from cgpt.train.plan.datacheck import (
     DataInfo,
     check_fits,
@@ -42,7 +43,8 @@ class PlanRequest:
     layers: int | None = None
     width: int | None = None
     heads: int | None = None
-    flops: float | None = None  # paper's algorithmic convention
+    flops: float | None = None  # a ceiling, in flops_convention
+    flops_convention: str = "paper"  # paper (algorithmic) | 6n (6N + 12·L·T·d, the MFU one)
     gpu_hours: float | None = None  # needs gpu
     tokens_per_param: float | None = None
     fit: str | None = None  # a sweep's fit.json
@@ -118,7 +120,7 @@ def _plan(req: PlanRequest, info: DataInfo | None) -> P.Plan:
     _check_range(req.params, MAX_PARAMS, "a parameter count of")
     _check_range(req.flops, MAX_FLOPS, "a FLOP budget of")
     _check_range(req.gpu_hours, MAX_GPU_HOURS, "a budget of GPU-hours")
-    inference = _inference(req)
+    inference_law = _inference_law(req)
     fit = load_fit(req.fit) if req.fit else None
     device = req.device
     if req.batch_seqs is not None:
@@ -168,31 +170,56 @@ def _plan(req: PlanRequest, info: DataInfo | None) -> P.Plan:
         if not (req.layers and req.width):
             raise CgptError("--layers and --width go together")
         plan_ = P.plan_for_shape(req.layers, req.width, req.heads, **kw)
-    elif req.flops and inference:
-        kw["tokens_per_param"] = inference.tokens_per_param
-        plan_ = P.plan_for_params(inference.params, **kw)
     elif req.flops:
-        plan_ = P.plan_for_flops(req.flops, **kw)
+        if req.flops_convention not in CONVENTIONS:
+            raise CgptError(f"--flops-convention must be one of {', '.join(CONVENTIONS)}")
+        plan_ = P.plan_for_flops(req.flops, convention=CONVENTIONS[req.flops_convention], **kw)
+        if inference_law is not None:  # the compute-optimal plan: the loss and the comparison
+            optimal = plan_
+            inference = _inference(req, inference_law, optimal)
+            plan_ = P.plan_for_params(inference.params, **kw)
+            # D for the rules' rounded N, so that this plan too reaches the target loss
+            tokens = inference_law.tokens_for(plan_.params, inference.loss)
+            kw["tokens_per_param"] = tokens / plan_.params
+            plan_ = P.plan_for_params(inference.params, **kw)
     else:
         if device is None:
             raise CgptError("--gpu-hours needs --gpu (e.g. --gpu h100) for the peak FLOP/s")
         plan_ = P.plan_for_gpu_hours(req.gpu_hours, device, req.mfu, **kw)
     gpus = gpu_count(req)
     if gpus and plan_.source == "rules" and not req.batch_seqs and plan_.global_batch_seqs % gpus:
+        budget = plan_.extra.get("budget")
         plan_ = rebatch(plan_, gpus, req.lr)
+        plan_ = keep_within(plan_, budget) if budget else plan_
     if req.mup:
         from cgpt.train.plan.mup import apply_mup
 
         plan_ = apply_mup(plan_)
     if gpus is not None:
         plan_ = _on_cluster(plan_, req, gpus)
-    if inference:
-        plan_ = replace(
-            plan_,
-            extra={**plan_.extra, "inference": inference.to_json()},
-            notes=plan_.notes + (_inference_note(inference, plan_),),
-        )
+    if inference_law is not None:
+        plan_ = _with_inference(plan_, inference, optimal)
     return plan_
+
+
+def _with_inference(plan_: P.Plan, inference, optimal: P.Plan) -> P.Plan:
+    """The inference-aware plan with its comparison to the compute-optimal plan, every
+    number (the plan's own predicted loss too) by the one law that chose it."""
+    from cgpt.train.plan.inference import side_by_side
+
+    sbs = side_by_side(
+        inference.law,
+        inference.inference_tokens,
+        (plan_.params, plan_.tokens),
+        (optimal.params, optimal.tokens),
+    )
+    loss = round(sbs["inference_aware"]["predicted_loss"], 4)
+    return replace(
+        plan_,
+        section=plan_.section.model_copy(update={"predicted_loss": loss}),
+        extra={**plan_.extra, "inference": {**inference.to_json(), "side_by_side": sbs}},
+        notes=plan_.notes + (_inference_note(inference, plan_),),
+    )
 
 
 def _published_vocab(req: PlanRequest, info: DataInfo | None) -> None:
@@ -212,11 +239,12 @@ def _published_vocab(req: PlanRequest, info: DataInfo | None) -> None:
         )
 
 
-def _inference(req: PlanRequest):
-    """The inference-aware N and D for --flops with --inference-tokens (else None)."""
+def _inference_law(req: PlanRequest):
+    """The L(N, D) law of an inference-aware plan (--flops with --inference-tokens; else
+    None), after checking the request."""
     if req.inference_tokens is None:
         return None
-    from cgpt.train.plan.inference import DEFAULT_LAW, law_from_fit, plan_inference
+    from cgpt.train.plan.inference import DEFAULT_LAW, law_from_fit
 
     if not req.flops:
         raise CgptError("--inference-tokens goes with --flops (the budget that sets the loss)")
@@ -225,16 +253,24 @@ def _inference(req: PlanRequest):
     if req.param_count != "total":
         raise CgptError("--inference-tokens counts N as total parameters; drop --param-count")
     _check_range(req.flops, MAX_FLOPS, "a FLOP budget of")
-    law = law_from_fit(req.fit) if req.fit else DEFAULT_LAW
-    return plan_inference(req.flops, req.inference_tokens, law)
+    return law_from_fit(req.fit) if req.fit else DEFAULT_LAW
+
+
+def _inference(req: PlanRequest, law, optimal: P.Plan):
+    """The inference-aware N and D: the least 6·N·D + 2·N·T that reaches, by ``law``, the
+    loss of the compute-optimal plan ``optimal`` (the one it is compared with)."""
+    from cgpt.train.plan.inference import flops_for_loss, plan_inference
+
+    target = law.loss(optimal.params, optimal.tokens)
+    return plan_inference(flops_for_loss(law, target), req.inference_tokens, law)
 
 
 def _inference_note(ip, plan_: P.Plan) -> str:
     return (
         f"inference-aware (Sardana et al. 2023, arXiv 2401.00448): N = {ip.params:.4g}, "
         f"D = {ip.tokens:.4g} minimise 6ND + 2NT at T = {ip.inference_tokens:.3g} inference "
-        f"tokens for the loss L* = {ip.loss:.4f} of the compute-optimal plan at "
-        f"{ip.flops:.3g} FLOPs ({ip.law.source}); the rules' shape has {plan_.params:,} params"
+        f"tokens for the loss L* = {ip.loss:.4f} of the compute-optimal plan "
+        f"({ip.law.source}); the rules' shape has {plan_.params:,} params"
     )
 
 
