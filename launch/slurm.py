@@ -1,10 +1,24 @@
 """SLURM: an sbatch script that runs one launcher per node and survives the time limit.
 
 The script (written to RUN_DIR/slurm.sbatch) derives node 0's address and a DeepSpeed
-hostfile from ``SLURM_JOB_NODELIST``, starts one ``torchrun`` (or ``deepspeed --no_ssh``)
-per node with ``srun``, asks SLURM for SIGUSR1 some minutes before the time limit, forwards
-it as SIGTERM so the trainer writes a checkpoint, then requeues the job; the requeued job
-runs the same command, whose ``--resume`` continues from the newest checkpoint.
+hostfile from ``SLURM_JOB_NODELIST`` and starts one ``torchrun`` (or ``deepspeed --no_ssh``)
+per node with ``srun``. Before the time limit (and on ``scancel --signal=USR1``):
+
+* ``#SBATCH --signal=B:USR1@LEAD`` warns the batch shell only (sbatch(1) --signal: "Use the
+  B: option to signal only the batch shell, none of the other processes will be signaled");
+  its trap runs ``scancel --signal=USR1 $SLURM_JOB_ID``, which reaches every process of the
+  job's steps (slurmstepd signals the step's whole container: launchers and ranks) and not
+  the batch shell (scancel(1) --batch: "By default, signals other than SIGKILL are not sent
+  to the batch step"). Never SIGTERM to srun: srun answers its own SIGTERM with SIGKILL to
+  every task ("forcing job termination", src/srun/signals.c).
+* Each srun task runs ``trap '' USR1; exec LAUNCHER``: the launcher inherits USR1 ignored
+  (python's default action for USR1 is to terminate; neither deepspeed's launcher nor
+  torchrun handles it), passes that on to the ranks, and each rank installs its own handler:
+  every rank checkpoints the same step and exits PREEMPTED (cgpt.train.exit_codes).
+* Rank 0 writes its exit code into ``$CGPT_EXIT_FILE`` (torchrun turns any worker's code
+  into 1); the script requeues the job (``scontrol requeue``) only when that code is
+  PREEMPTED, i.e. after a checkpointed stop, and exits with it. The requeued job runs the
+  same command, whose ``--resume`` continues from that checkpoint.
 
 Nothing the user typed can change what the script does (docs: the reliability issue on
 injection): every value in an ``#SBATCH`` line must use a small character set (checked
@@ -28,6 +42,7 @@ from pathlib import Path
 
 from cgpt.launch.launchers import Topology, build_command, check_count, find_program
 from cgpt.model.errors import CgptError
+from cgpt.model.files import file_mode
 
 SCRIPT_NAME = "slurm.sbatch"
 # stand-ins for the launcher's master address and hostfile; the script's shell variables
@@ -151,6 +166,8 @@ def render_sbatch(
             else "a trainer argument",
             arg,
         )
+    from cgpt.train.exit_codes import PREEMPTED
+
     grace = max(30, opts.signal_lead_s - 60)  # leave a minute for requeue and teardown
     run_dir = Path(run_dir).resolve()
     workdir = Path(workdir).resolve()
@@ -196,33 +213,42 @@ MASTER_PORT={topo.master_port}
 HOSTFILE={shlex.quote(str(run_dir))}/hostfile.$SLURM_JOB_ID
 scontrol show hostnames "$SLURM_JOB_NODELIST" | sed 's/$/ slots={topo.gpus_per_node}/' > "$HOSTFILE"
 export MASTER_ADDR MASTER_PORT HOSTFILE
-# after SIGTERM, torchrun waits this long for the trainer's checkpoint before SIGKILL
+# after a SIGTERM (scancel, the time limit itself) torchrun waits this long for the ranks
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT={grace}
+# rank 0 writes the run's exit code here: torchrun passes only 1 on for any failed rank
+export CGPT_EXIT_FILE={q(str(run_dir))}/.exit-code.$SLURM_JOB_ID
+rm -f "$CGPT_EXIT_FILE"
 echo "cgpt: job $SLURM_JOB_ID on $SLURM_JOB_NUM_NODES node(s), master $MASTER_ADDR:$MASTER_PORT"
 
-requeue=0
 near_time_limit() {{
-    echo "cgpt: time limit in {opts.signal_lead_s}s: SIGTERM to the trainer (it checkpoints)"
-    requeue=1
-    kill -TERM "$srun_pid" 2>/dev/null  # srun forwards it to the launcher on every node
+    echo "cgpt: SIGUSR1 (time limit in {opts.signal_lead_s}s, or scancel): every rank checkpoints"
+    # every process of the job's steps, not this shell; the launchers ignore it (see srun)
+    scancel --signal=USR1 "$SLURM_JOB_ID"
 }}
 trap near_time_limit USR1
 
-# one launcher per node; SLURM_NODEID is the node rank
+# one launcher per node (SLURM_NODEID is the node rank), with USR1 ignored so that only the
+# ranks, which install their own handler, act on it
 srun --ntasks-per-node=1 --cpus-per-task={cpus} --kill-on-bad-exit=1 \\
-    bash -c {shlex.quote(inner)} &
+    bash -c {shlex.quote('trap "" USR1; ' + inner)} &
 srun_pid=$!
-# a trapped signal ends `wait` early: keep waiting until the checkpoint is written
+# a trapped signal ends `wait` early: keep waiting until the step has ended
 while true; do
     wait "$srun_pid"
     rc=$?
     kill -0 "$srun_pid" 2>/dev/null || break
 done
-if [ "$requeue" = 1 ]; then
-    echo "cgpt: requeueing job $SLURM_JOB_ID; the next start resumes from the last checkpoint"
+code="$(cat "$CGPT_EXIT_FILE" 2>/dev/null)"
+case "$code" in
+    ""|*[!0-9]*) code=$rc ;;  # rank 0 reported nothing (it died): srun's code
+esac
+rm -f "$CGPT_EXIT_FILE"
+if [ "$code" = {PREEMPTED} ]; then
+    echo "cgpt: checkpoint saved; requeueing job $SLURM_JOB_ID, the next start resumes from it"
     scontrol requeue "$SLURM_JOB_ID"
 fi
-exit "$rc"
+echo "cgpt: exit $code"
+exit "$code"
 """
 
 
@@ -275,7 +301,7 @@ def write_sbatch(text: str, run_dir: str | Path) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(text)
             f.flush()
-            os.fchmod(f.fileno(), 0o755)
+            os.fchmod(f.fileno(), file_mode(executable=True))  # 0755 under umask 022
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import child_env
+from helpers import child_env, metrics_steps, wait_until
 
 from cgpt.model.errors import CgptError
 from cgpt.train.loop.distributed import (
@@ -148,23 +148,41 @@ def test_watchdog_floor_min_s():
 
 
 def test_watchdog_thread_prints_one_line_and_closes():
+    """The thread itself, on a fake clock: each check is waited for (a count of the
+    thread's polls), never a wall-clock sleep, so a loaded machine cannot make a fast step
+    look like a stall or a poll come late."""
     lines: list[str] = []
-    wd = StepWatchdog(2.0, lines.append, timeout_s=3, min_s=0.2, poll_s=0.01).start()
+    clock = FakeClock()
+    wd = StepWatchdog(2.0, lines.append, timeout_s=3, min_s=0.2, poll_s=0.01, clock=clock)
+    polls: list[int] = []
+    check = wd.check
+    wd.check = lambda: (polls.append(1), check())[1]  # the thread calls self.check()
+
+    def polled(n: int = 3) -> None:  # the thread has looked at the clock n more times
+        seen = len(polls)
+        wait_until(lambda: len(polls) >= seen + n, 60, f"{n} watchdog polls")
+
+    wd.start()
     try:
         for step in range(1, 6):  # fast steps: no warning
-            time.sleep(0.02)
+            clock.t += 0.02
             wd.beat(step)
+        polled()
         assert lines == []
-        time.sleep(0.8)  # a stall of 4x the threshold: still one line
+        clock.t += 0.8  # a stall of 4x the threshold (0.2 s): one line
+        wait_until(lambda: lines, 60, "the stall warning")
+        clock.t += 5.0
+        polled()  # ... and still one line
         assert len(lines) == 1 and wd.warnings == 1, lines
-        assert lines[0].startswith("no step finished for 0.")
+        assert lines[0].startswith("no step finished for 0.8 s")
         assert lines[0].endswith(
             "after step 5: a rank may be stalled or dead; collectives "
             "time out after runtime.collective_timeout_s=3s"
         )
         wd.beat(6)
-        time.sleep(0.5)
-        assert len(lines) == 2 and "after step 6" in lines[1]
+        clock.t += 0.5
+        wait_until(lambda: len(lines) == 2, 60, "the second stall's warning")
+        assert "after step 6" in lines[1]
     finally:
         wd.close()
     assert not wd._thread.is_alive()
@@ -223,22 +241,46 @@ def test_no_lock_no_output(ext_dir, capsys):
     assert capsys.readouterr().err == ""
 
 
+def _in_thread(fn) -> tuple[threading.Thread, dict]:
+    """Run ``fn`` in a daemon thread; the dict gets its result or exception."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
 def test_wait_returns_when_the_build_finishes(ext_dir):
+    """It waits while the lock is there (announced once) and returns once it is gone."""
     lock = _lock(ext_dir, "deepspeed_shm_comm", 1)
     lines: list[str] = []
-    threading.Timer(0.3, lock.unlink).start()
-    t0 = time.time()
-    check_extension_locks(max_age_s=600, wait=True, print_fn=lines.append, poll_s=0.02)
-    assert 0.25 < time.time() - t0 < 5 and len(lines) == 1
+    t, out = _in_thread(
+        lambda: check_extension_locks(max_age_s=600, wait=True, print_fn=lines.append, poll_s=0.02)
+    )
+    wait_until(lambda: lines, 60, "the waiting line")
+    assert t.is_alive() and out == {}  # the lock is still there: still waiting
+    lock.unlink()
+    t.join(timeout=60)
+    assert not t.is_alive() and out == {"result": None} and len(lines) == 1
 
 
 def test_wait_raises_when_the_lock_grows_old(ext_dir):
+    """A lock that becomes older than max_age_s while waited on ends the wait (no hang)."""
     _lock(ext_dir, "deepspeed_shm_comm", 0.5)  # a start killed a moment ago
     lines: list[str] = []
-    t0 = time.time()
-    with pytest.raises(CgptError, match="interrupted"):
-        check_extension_locks(max_age_s=1.0, wait=True, print_fn=lines.append, poll_s=0.02)
-    assert time.time() - t0 < 5 and len(lines) == 1 and lines[0].startswith("waiting for")
+    t, out = _in_thread(
+        lambda: check_extension_locks(max_age_s=1.0, wait=True, print_fn=lines.append, poll_s=0.02)
+    )
+    t.join(timeout=120)
+    assert not t.is_alive(), "still waiting on a lock older than max_age_s"
+    assert isinstance(out.get("error"), CgptError) and "interrupted" in str(out["error"])
+    assert len(lines) == 1 and lines[0].startswith("waiting for")
 
 
 def test_build_root_is_torchs(tmp_path, monkeypatch):
@@ -393,13 +435,13 @@ def test_cgpt_launch_with_a_stalled_rank_exits_within_the_timeout(tmp_path):
     )
     stalled = None
     try:
-        metrics = tmp_path / "run" / "metrics.jsonl"
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()[0]
+        wait_until(
+            lambda: len(metrics_steps(tmp_path / "run")) >= 3,
+            600,
+            "three training steps",
+            0.1,
+            lambda: proc.poll() is None,
+        )
         stalled = _rank_pid(1, str(cfg))
         assert stalled is not None, "rank 1's process not found"
         os.kill(stalled, _signal.SIGSTOP)
@@ -415,7 +457,9 @@ def test_cgpt_launch_with_a_stalled_rank_exits_within_the_timeout(tmp_path):
                     pass
         if proc.poll() is None:
             os.killpg(proc.pid, _signal.SIGKILL)
-    assert proc.returncode != 0
+    from cgpt.train.exit_codes import COLLECTIVE_TIMEOUT
+
+    assert proc.returncode == COLLECTIVE_TIMEOUT, out[-3000:]
     assert "no answer from another rank within runtime.collective_timeout_s=5" in out, out[-3000:]
     print(f"stalled-rank launch exited {took:.1f} s after the SIGSTOP (timeout {timeout_s} s)")
     assert took < timeout_s + 90, took
@@ -440,3 +484,51 @@ def _rank_pid(rank: int, config: str) -> int | None:
         ):
             return int(proc.name)
     return None
+
+
+@pytest.mark.slow
+def test_cgpt_launch_with_a_dead_rank_is_one_line(tmp_path):
+    """SIGKILL of rank 1 of a 2-rank `cgpt launch` (saves every 2 steps, so the kill may land
+    mid-step or mid-save): rank 0 ends with one line naming the dead rank, the last
+    checkpoint and the command to resume, no gloo traceback, and the launch exits FAILURE."""
+    from test_trainer import _write, make_cfg, make_data
+
+    from cgpt.train.exit_codes import FAILURE
+
+    data = make_data(tmp_path / "data", n_files=6)
+    d = make_cfg(tmp_path, data, steps=3000, eval_every=0, save_every=2, zero_stage=1, log_every=1)
+    cfg = _write(tmp_path, d)
+    env = child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cgpt = str(Path(sys.executable).parent / "cgpt")
+    proc = subprocess.Popen(
+        [cgpt, "launch", str(cfg), "--gpus-per-node", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_until(
+            lambda: len(metrics_steps(tmp_path / "run")) >= 3,
+            600,
+            "three training steps",
+            0.1,
+            lambda: proc.poll() is None,
+        )
+        victim = _rank_pid(1, str(cfg))
+        assert victim is not None, "rank 1's process not found"
+        os.kill(victim, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == FAILURE, out[-4000:]
+    assert "Traceback" not in out and "Connection" not in out, out[-4000:]
+    errors = [ln for ln in out.splitlines() if ln.startswith("cgpt train: error:")]
+    assert len(errors) == 1, out[-4000:]
+    assert f"rank 1 (pid {victim} on " in errors[0] and " died after step " in errors[0]
+    assert "last checkpoint: " in errors[0]
+    resume = f"resume with: cgpt launch {tmp_path / 'run'} --gpus-per-node 2 --resume"
+    assert errors[0].endswith(resume)

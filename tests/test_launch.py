@@ -5,6 +5,7 @@ The commands are checked by parsing them with the launchers' own argument parser
 launchers do, so a flag they would reject or read differently fails here.
 """
 
+import os
 import signal
 import socket
 import subprocess
@@ -317,27 +318,151 @@ def test_port_check_ignores_other_machines():
 # ---- running --------------------------------------------------------------------------------
 
 
-def test_signals_reach_the_launcher(tmp_path):
-    """SIGTERM to `cgpt launch` reaches the launcher (so the trainer can checkpoint)."""
+def test_a_stop_reaches_the_ranks_and_not_the_launcher(tmp_path):
+    """SIGTERM to `cgpt launch` becomes SIGUSR1 to the processes under the launcher; the
+    launcher itself inherits SIGUSR1 ignored and is not signalled (deepspeed's launcher and
+    torchrun kill their workers on SIGTERM/SIGINT). Rank 0's code comes back through
+    $CGPT_EXIT_FILE although this launcher exits 1 (as torchrun does for a failed worker)."""
     marker = tmp_path / "got"
-    child = textwrap.dedent(f"""
-        import signal, sys, time, pathlib
-        def on_term(*_):
-            pathlib.Path({str(marker)!r}).write_text("TERM")
-            sys.exit(7)
-        signal.signal(signal.SIGTERM, on_term)
+    rank = textwrap.dedent(f"""
+        import os, signal, sys, time, pathlib
+        from cgpt.train.exit_codes import PREEMPTED, write_exit_file
+        def on_usr1(*_):
+            pathlib.Path({str(marker)!r}).write_text("USR1")
+            write_exit_file(PREEMPTED)
+            sys.exit(PREEMPTED)
+        signal.signal(signal.SIGUSR1, on_usr1)
         print("ready", flush=True)
         time.sleep(60)
     """)
+    launcher = textwrap.dedent(f"""
+        import signal, subprocess, sys
+        assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN, "USR1 not ignored"
+        def on_term(*_):
+            open({str(tmp_path / "launcher-got-TERM")!r}, "w").close()
+        signal.signal(signal.SIGTERM, on_term)
+        rank = subprocess.Popen([sys.executable, "-c", {rank!r}])
+        rank.wait()
+        sys.exit(1)  # torchrun: any failed worker -> 1
+    """)
     parent = (
         "import sys; from cgpt.launch.cmd_launch import run_forwarding_signals as r; "
-        f"sys.exit(r([sys.executable, '-c', {child!r}]))"
+        f"sys.exit(r([sys.executable, '-c', {launcher!r}]))"
     )
-    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", parent], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 7
-    assert marker.read_text() == "TERM"
+    out, err = proc.communicate(timeout=60)
+    from cgpt.train.exit_codes import PREEMPTED
+
+    assert proc.returncode == PREEMPTED, err
+    assert marker.read_text() == "USR1"
+    assert not (tmp_path / "launcher-got-TERM").exists()
+    assert "every rank saves a checkpoint" in err
+
+
+@pytest.mark.parametrize(
+    "launcher_rc, rank0, expected",
+    [
+        (0, 0, 0),
+        (75, 75, 75),  # deepspeed passes the worker's code on
+        (1, 75, 75),  # torchrun: 1 for any failed worker; rank 0 said preempted
+        (1, 3, 3),
+        (247, 1, 1),  # rank 1 SIGKILLed (deepspeed: sys.exit(-9)), rank 0 reported it
+        (247, None, 1),  # nobody reported anything
+        (254, None, 1),
+        (0, None, 0),
+        (2, None, 2),
+        (1, 0, 1),  # rank 0 completed but another rank failed
+    ],
+)
+def test_launch_exit_codes(launcher_rc, rank0, expected, capsys):
+    from cgpt.launch.cmd_launch import launch_exit_code
+
+    assert launch_exit_code(launcher_rc, rank0) == expected
+
+
+def test_exit_code_table_is_documented_and_distinct():
+    """One definition (cgpt.train.exit_codes), every code distinct, each in README's table
+    with its meaning; the module imports without torch."""
+    import re
+
+    code = (
+        "import sys, cgpt.train.exit_codes as X; "
+        "assert 'torch' not in sys.modules; print(sorted(X.MEANING))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    from cgpt.train import exit_codes as X
+
+    codes = [X.OK, X.FAILURE, X.USER_ERROR, X.DIVERGED, X.COLLECTIVE_TIMEOUT, X.PREEMPTED]
+    assert len(set(codes + [X.INTERRUPTED])) == 7 and X.PREEMPTED not in (0, 1, 2)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\d+)` \| (.+?) \|$", readme, re.M))
+    assert {int(c) for c in rows} == set(X.MEANING), rows
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_two_rank_launch_saves_and_exits_preempted(tmp_path):
+    """The issue's reproduction: Ctrl-C (SIGINT to the terminal's foreground process group)
+    on `cgpt launch --gpus-per-node 2`: every rank saves the same step, no traceback, the
+    documented exit code; the printed command, run as printed, continues the run."""
+    import shlex
+
+    from helpers import child_env, metrics_steps, wait_until
+    from test_trainer import _write, make_cfg, make_data
+
+    from cgpt.train.exit_codes import PREEMPTED
+    from cgpt.train.loop import checkpoint as ckpt
+
+    data = make_data(tmp_path / "data", n_files=6)
+    d = make_cfg(tmp_path, data, steps=3000, eval_every=0, save_every=0, zero_stage=1, log_every=1)
+    d["runtime"]["max_steps"] = 40
+    cfg = _write(tmp_path, d)
+    env = child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cgpt = str(Path(sys.executable).parent / "cgpt")
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [cgpt, "launch", str(cfg), "--gpus-per-node", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: the "terminal" below
+    )
+    try:
+        wait_until(
+            lambda: len(metrics_steps(run)) >= 2,
+            600,
+            "two training steps",
+            0.1,
+            lambda: proc.poll() is None,
+        )
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C at a terminal does
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == PREEMPTED, out[-4000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-4000:]
+    stopped = ckpt.newest(run / "checkpoints")[0]
+    assert 2 <= stopped < 40 and f"stopped by SIGUSR1 at step {stopped}" in out
+    line = [ln for ln in out.splitlines() if "resume with: " in ln][-1]
+    command = line.split("resume with: ", 1)[1]
+    assert command == f"cgpt launch {run} --gpus-per-node 2 --resume"
+    res = subprocess.run(
+        [cgpt, *shlex.split(command)[1:]],
+        env=env,
+        cwd=tmp_path / "data",
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert metrics_steps(run) == list(range(1, 41))
 
 
 # ---- numbers and names out of range: one line, nothing starts ---------------------------------

@@ -1,6 +1,10 @@
 """`cgpt launch --slurm`: the sbatch script's text, and its behaviour run under stand-ins
-for SLURM's programs (scontrol, srun) and the launcher, including the time-limit path:
-SIGUSR1 -> SIGTERM to the launcher -> wait for it -> scontrol requeue.
+for SLURM's programs that behave as the real ones do in everything the script relies on
+(tests/slurm_standins: srun forwards SIGUSR1 but answers its own SIGTERM with SIGKILL to the
+tasks, scancel --signal reaches every process of the steps and not the batch shell, ...),
+including the time-limit path end to end on CPU ranks through both launchers: warning ->
+every rank checkpoints the same step -> requeue recorded -> the requeued job resumes and
+matches an uninterrupted run bitwise.
 
 Injection: newlines, quotes, `$(...)`, backticks and `;` are fed through every option and
 every config string that reaches the script. Values of #SBATCH lines (names, time) and any
@@ -14,15 +18,18 @@ import shlex
 import signal
 import stat
 import subprocess
-import time
+import sys
 from pathlib import Path
 
 import pytest
+import torch
+from helpers import child_env, metrics_steps, wait_until
 from test_launch import write_config
+from test_trainer import losses
 
 from cgpt.launch import slurm
 from cgpt.launch.cli import main
-from cgpt.launch.launchers import Topology, train_args
+from cgpt.launch.launchers import Topology, free_port, train_args
 from cgpt.model.errors import CgptError
 
 
@@ -36,10 +43,12 @@ def sbatch_lines(text: str) -> dict[str, str]:
 
 
 def srun_command(text: str) -> list[str]:
-    """The per-node command inside `bash -c '...'` of the srun line."""
+    """The per-node command inside `bash -c '...'` of the srun line (after the USR1 trap)."""
     line = text[text.index("bash -c ") + len("bash -c ") :].splitlines()[0]
     inner = shlex.split(line)[0]
-    return shlex.split(inner)
+    prefix = 'trap "" USR1; '
+    assert inner.startswith(prefix), inner  # the launcher inherits SIGUSR1 ignored
+    return shlex.split(inner[len(prefix) :])
 
 
 def test_script_is_valid_bash_with_the_topology(tmp_path, capsys):
@@ -157,64 +166,6 @@ def test_submit_with_sbatch(tmp_path, capsys, monkeypatch):
 def test_slurm_needs_gpu_count(tmp_path, capsys):
     assert main(["launch", str(write_config(tmp_path)), "--slurm"]) == 2
     assert "--gpus-per-node" in capsys.readouterr().err
-
-
-def test_time_limit_checkpoints_then_requeues(tmp_path, monkeypatch):
-    """Run the script with stand-in scontrol/srun/torchrun: USR1 must reach the launcher as
-    SIGTERM, the script must wait for it to finish its checkpoint, then requeue the job."""
-    bin_ = tmp_path / "bin"
-    bin_.mkdir()
-    log = tmp_path / "log"
-    _shim(
-        bin_,
-        "scontrol",
-        f"""
-if [ "$1 $2" = "show hostnames" ]; then printf 'node-a\\nnode-b\\n'; exit 0; fi
-echo "scontrol $*" >> {log}
-""",
-    )
-    _shim(bin_, "srun", 'while [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
-    _shim(
-        bin_,
-        "torchrun",
-        f"""
-echo "torchrun $* master=$MASTER_ADDR:$MASTER_PORT grace=$TORCH_ELASTIC_SHUTDOWN_TIMEOUT" >> {log}
-trap 'sleep 1; echo "checkpoint written" >> {log}; exit 0' TERM
-echo started > {tmp_path}/started
-while true; do sleep 0.1; done
-""",
-    )
-    monkeypatch.setattr(slurm, "find_program", lambda name: (_ for _ in ()).throw(CgptError("")))
-    run_dir = tmp_path / "run"
-    text = slurm.render_sbatch(
-        Topology(2, 4),
-        train_args(tmp_path / "run.yaml", [], True),
-        run_dir,
-        slurm.SlurmOptions(),
-        workdir=tmp_path,
-    )
-    path = slurm.write_sbatch(text, run_dir)
-    env = dict(
-        os.environ,
-        PATH=f"{bin_}:{os.environ['PATH']}",
-        SLURM_JOB_ID="77",
-        SLURM_JOB_NODELIST="node-[a-b]",
-        SLURM_JOB_NUM_NODES="2",
-        SLURM_NODEID="1",
-    )
-    job = subprocess.Popen(["bash", str(path)], env=env, stdout=subprocess.PIPE, text=True)
-    deadline = time.time() + 20
-    while not (tmp_path / "started").exists():
-        assert time.time() < deadline and job.poll() is None, "the launcher never started"
-        time.sleep(0.05)
-    job.send_signal(signal.SIGUSR1)
-    out, _ = job.communicate(timeout=30)
-    lines = log.read_text().splitlines()
-    assert lines[0].startswith("torchrun --nnodes 2 --nproc_per_node 4 --node_rank 1 ")
-    assert "master=node-a:29500 grace=240" in lines[0] and lines[0].count("--resume") == 1
-    assert lines[1:] == ["checkpoint written", "scontrol requeue 77"]  # in this order
-    assert (run_dir / "hostfile.77").read_text() == "node-a slots=4\nnode-b slots=4\n"
-    assert "requeueing job 77" in out and job.returncode == 0
 
 
 # ---- injection: refused before anything is written ----------------------------------------
@@ -421,23 +372,20 @@ def test_control_characters_are_refused_in_every_path(tmp_path, capsys, monkeypa
     assert "control character" in line
 
 
-def _stand_ins(folder: Path, nodes=("node-a", "node-b")) -> None:
-    """sbatch, srun, scontrol that record their argv (NUL-separated, one file per call);
-    scontrol also lists the nodes, srun also runs its command (as srun does on a node)."""
+STANDINS = Path(__file__).parent / "slurm_standins"
+PYTHON = sys.executable  # tests below point sys.executable at a fake venv
+
+
+def _stand_ins(folder: Path, nodes=("node-a", "node-b")) -> dict[str, str]:
+    """sbatch, srun, scontrol and scancel on PATH: the Python stand-ins of tests/slurm_standins
+    (each cites the real program's behaviour it reproduces). Returns the environment
+    variables they read: their state folder and the allocation's node names."""
     folder.mkdir()
-    record = 'printf "%s\\0" "$@" > "$CGPT_TEST_LOG/{name}.$$"\n'
-    _shim(folder, "sbatch", record.format(name="sbatch") + 'echo "Submitted batch job 77"\n')
-    _shim(
-        folder,
-        "scontrol",
-        record.format(name="scontrol")
-        + f'if [ "$1 $2" = "show hostnames" ]; then printf "%s\\n" {" ".join(nodes)}; fi\n',
-    )
-    _shim(
-        folder,
-        "srun",
-        record.format(name="srun") + 'while [[ "$1" == --* ]]; do shift; done\nexec "$@"\n',
-    )
+    for name in ("sbatch", "srun", "scontrol", "scancel"):
+        _shim(folder, name, f'exec {shlex.quote(PYTHON)} {STANDINS / name}.py "$@"\n')
+    state = folder / "slurm-state"
+    state.mkdir()
+    return {"CGPT_FAKE_SLURM": str(state), "CGPT_FAKE_NODES": ",".join(nodes)}
 
 
 def _calls(log: Path, name: str) -> list[list[str]]:
@@ -459,7 +407,8 @@ def test_odd_paths_and_values_pass_through_intact(tmp_path, capsys, monkeypatch,
         tmp_path, monkeypatch, value, launcher
     )
     bin_, log = tmp_path / "bin", tmp_path / "log"
-    _stand_ins(bin_)
+    for key, value in _stand_ins(bin_).items():
+        monkeypatch.setenv(key, value)
     log.mkdir()
     monkeypatch.setenv("PATH", f"{bin_}:{os.environ['PATH']}")
     monkeypatch.setenv("CGPT_TEST_LOG", str(log))
@@ -585,3 +534,164 @@ def test_safe_run_folder_keeps_sbatch_output(tmp_path, capsys):
     text = capsys.readouterr().out
     assert sbatch_lines(text)["output"] == f"{(tmp_path / 'run').resolve()}/slurm-%j.out"
     assert "exec >>" not in text
+
+
+# ---- the time limit, end to end on CPU ranks ------------------------------------------------
+E2E_STEPS = 40
+
+
+def _e2e_run_folder(tmp_path: Path, data: Path, launcher: str) -> tuple[Path, Path, dict]:
+    """A 2-rank CPU run (tiny model, periodic saves off) and its sbatch script run under the
+    stand-ins (one node, `localhost`); returns the script, the run folder and the job's
+    environment."""
+    from test_trainer import _write, make_cfg
+
+    d = make_cfg(
+        tmp_path,
+        data,
+        steps=E2E_STEPS,
+        batch=8,
+        eval_every=0,
+        save_every=0,
+        log_every=1,
+        zero_stage=1,
+        micro_batch=2,
+    )
+    cfg = _write(tmp_path, d)
+    run_dir = tmp_path / "run"
+    text = slurm.render_sbatch(
+        Topology(1, 2, master_port=free_port()),
+        train_args(cfg, [], resume=True),
+        run_dir,
+        slurm.SlurmOptions(time="10:00", signal_lead_s=120),
+        launcher=launcher,
+        workdir=tmp_path,
+    )
+    script = slurm.write_sbatch(text, run_dir)
+    env = child_env(
+        PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+        OMP_NUM_THREADS="1",  # torchrun sets it for its workers; the same for deepspeed
+        PYTHONUNBUFFERED="1",
+        SLURM_JOB_ID="77",
+        SLURM_JOB_NODELIST="localhost",
+        SLURM_JOB_NUM_NODES="1",
+        SLURM_NODEID="0",
+        **_stand_ins(tmp_path / "bin", nodes=("localhost",)),
+    )
+    return script, run_dir, env
+
+
+def _time_limit_warning(script: Path, batch_pid: int, job: str) -> None:
+    """What slurmctld does at `--signal=[B:]SIG@T` (sbatch(1) --signal): with B:, the signal
+    goes to the batch shell only ("none of the other processes will be signaled"); without
+    it, to every process of every job step and not the batch shell ("By default all job
+    steps will be signaled, but not the batch shell itself")."""
+    sys.path.insert(0, str(STANDINS))
+    try:
+        from fake_slurm import parse_signal, signal_container, step_pids
+    finally:
+        sys.path.remove(str(STANDINS))
+    spec = sbatch_lines(script.read_text())["signal"]
+    batch_only = spec.startswith("B:")
+    sig = parse_signal(spec.removeprefix("B:").split("@")[0])
+    if batch_only:
+        os.kill(batch_pid, sig)
+    else:
+        for pid in step_pids(job):
+            signal_container(pid, sig)
+
+
+def _run_job(script: Path, env: dict, run_dir: Path, warn_at: int | None = None):
+    """Start the batch script as slurmd would (its pid recorded for scancel --batch); with
+    `warn_at`, deliver the time-limit warning once metrics.jsonl has that step. Returns
+    (exit code, output)."""
+    proc = subprocess.Popen(
+        ["bash", str(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    state = Path(env["CGPT_FAKE_SLURM"])
+    (state / f"batch.{env['SLURM_JOB_ID']}").write_text(str(proc.pid))
+    try:
+        if warn_at is not None:
+            wait_until(
+                lambda: any(s >= warn_at for s in metrics_steps(run_dir)),
+                600,
+                f"step {warn_at} in metrics.jsonl",
+                poll=0.1,
+                alive=lambda: proc.poll() is None,
+            )
+            _time_limit_warning(script, proc.pid, env["SLURM_JOB_ID"])
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return proc.returncode, out
+
+
+def _weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def e2e_data(tmp_path_factory) -> Path:
+    from test_trainer import make_data
+
+    return make_data(tmp_path_factory.mktemp("data") / "bytes", n_files=6)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, e2e_data) -> Path:
+    """The same job run to the end without a warning (the bitwise reference)."""
+    tmp = tmp_path_factory.mktemp("straight")
+    script, run_dir, env = _e2e_run_folder(tmp, e2e_data, "torchrun")
+    rc, out = _run_job(script, env, run_dir)
+    assert rc == 0, out[-4000:]
+    assert not (Path(env["CGPT_FAKE_SLURM"]) / "requeue.log").exists()
+    return run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+def test_time_limit_checkpoints_requeues_once_and_resumes_bitwise(
+    tmp_path, e2e_data, uninterrupted, launcher
+):
+    """The issue's reproduction under SLURM's real signal semantics: the warning at step k
+    (B:USR1 to the batch shell) makes every rank checkpoint the same step >= k (periodic
+    saves are off), the job exits PREEMPTED and is requeued exactly once; the requeued job
+    (the same script again) resumes past that step, writes each metrics row once and ends
+    bitwise equal to the uninterrupted run. The old script (SIGTERM to srun) fails here:
+    srun answers it with SIGKILL to the tasks and nothing is saved."""
+    from cgpt.train.exit_codes import PREEMPTED
+    from cgpt.train.loop import checkpoint as ckpt
+
+    k = 3
+    script, run_dir, env = _e2e_run_folder(tmp_path, e2e_data, launcher)
+    state = Path(env["CGPT_FAKE_SLURM"])
+    rc, out = _run_job(script, env, run_dir, warn_at=k)
+    assert rc == PREEMPTED, out[-4000:]
+    assert "forcing job termination" not in out  # srun was never asked to kill
+    stopped = ckpt.newest(run_dir / "checkpoints")[0]
+    assert k <= stopped < E2E_STEPS, out[-4000:]
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) == [f"step-{stopped}"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["steps"] == stopped
+    assert (state / "requeue.log").read_text() == "77\n"  # requeued once, after the save
+    assert f"stopped by SIGUSR1 at step {stopped}" in out
+
+    env["SLURM_RESTART_COUNT"] = "1"  # SLURM starts the requeued job with the same id
+    rc, out2 = _run_job(script, env, run_dir)
+    assert rc == 0, out2[-4000:]
+    assert (state / "requeue.log").read_text() == "77\n"  # a completed run is not requeued
+    assert metrics_steps(run_dir) == list(range(1, E2E_STEPS + 1))  # no repeated rows
+    assert losses(run_dir) == losses(uninterrupted)
+    ref, got = _weights(uninterrupted), _weights(run_dir)
+    assert ref.keys() == got.keys()
+    for name in ref:
+        assert torch.equal(ref[name], got[name]), name

@@ -18,6 +18,7 @@ from helpers import nan_loss_after
 from cgpt.launch.cli import main as cli_main
 from cgpt.train.config import parse_run_config
 from cgpt.train.data.shards import write_token_data
+from cgpt.train.exit_codes import DIVERGED
 from cgpt.train.loop.metrics import read_metrics
 
 EOS = 256  # byte-level "tokenizer": ids 0..255 are bytes, 256 ends a document
@@ -195,8 +196,8 @@ def _write(tmp: Path, d: dict, name: str = "run.yaml") -> Path:
     return p
 
 
-def _cli_error(capsys, argv) -> str:
-    assert cli_main(argv) == 2
+def _cli_error(capsys, argv, code: int = 2) -> str:
+    assert cli_main(argv) == code
     err = capsys.readouterr().err.strip()
     assert err.startswith("cgpt train: error:") and "Traceback" not in err
     return err
@@ -267,7 +268,7 @@ def test_divergence_stops_without_saving(tmp_path, data, capsys):
     checkpoint (step 5); nothing is saved after it."""
     d = make_cfg(tmp_path, data, steps=20, save_every=5, eval_every=0)
     with nan_loss_after(7 * 4):  # 4 micro-batches per step: step 8 onwards
-        err = _cli_error(capsys, ["train", str(_write(tmp_path, d))])
+        err = _cli_error(capsys, ["train", str(_write(tmp_path, d))], code=DIVERGED)
     assert "loss became nan at step 8" in err and "step-5" in err
     from cgpt.train.loop import checkpoint as ckpt
 

@@ -129,9 +129,11 @@ def init_distributed(device: str | torch.device, timeout_s: float = 600.0) -> Di
                 timeout=datetime.timedelta(seconds=timeout_s),
             )
     dev = torch.device("cuda", local_rank) if device == "cuda" else torch.device("cpu")
-    return DistInfo(
+    info = DistInfo(
         torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, dev
     )
+    _record_peers(info.world_size)
+    return info
 
 
 def _default_group_timeout(timeout: datetime.timedelta) -> None:
@@ -195,6 +197,80 @@ def timeout_message(timeout_s: float, step: int, checkpoint: str | os.PathLike |
         f"no answer from another rank within runtime.collective_timeout_s={timeout_s:g}s "
         f"after step {step} (a rank died or stalled); last checkpoint: {ckpt}"
     )
+
+
+# ---------------------------------------------------------------------------- dead peers
+# What gloo raises on the surviving ranks when another rank's process dies mid-collective
+# (measured with torch 2.13: SIGKILL of rank 1 of a 2-rank CPU run, mid-step and mid-save):
+# "[.../gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:5432" or
+# "... Read error [127.0.0.1]:5432: Connection reset by peer"; a send on the closed socket
+# gives "Broken pipe". NCCL's watchdog aborts the process itself.
+_PEER_GONE_RE = re.compile(
+    r"Connection closed by peer|Connection reset by peer|Broken pipe|Socket closed"
+)
+_PEERS: list[tuple[str, int]] = []  # (host, pid) of every rank, by rank
+
+
+def _record_peers(world_size: int) -> None:
+    """Learn every rank's host and pid (one all-gather at start), so that a rank whose
+    peer vanished can say which one died."""
+    _PEERS.clear()
+    me = (socket.gethostname(), os.getpid())
+    if world_size <= 1:
+        _PEERS.append(me)
+        return
+    peers: list = [None] * world_size
+    torch.distributed.all_gather_object(peers, me)
+    _PEERS.extend(tuple(p) for p in peers)
+
+
+def is_peer_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a collective failing because
+    another rank's process is gone (its connection closed or reset)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, RuntimeError) and _PEER_GONE_RE.search(str(e)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def dead_ranks() -> list[tuple[int, str, int]]:
+    """(rank, host, pid) of the ranks on this host whose process has exited (gone, or a
+    zombie its launcher has not reaped yet); ranks on other hosts cannot be looked at."""
+    import psutil  # DeepSpeed's dependency; its launcher uses it the same way
+
+    host, dead = socket.gethostname(), []
+    for rank, (h, pid) in enumerate(_PEERS):
+        if h != host or pid == os.getpid():
+            continue
+        try:
+            gone = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            gone = True
+        except psutil.Error:
+            gone = False
+        if gone:
+            dead.append((rank, h, pid))
+    return dead
+
+
+def peer_gone_message(
+    exc: BaseException, step: int, checkpoint: str | os.PathLike | None, resume: str
+) -> str:
+    """The one line a collective with a dead peer becomes: which rank died (when it ran on
+    this host), the last finished step, the last checkpoint and the command to resume."""
+    dead = dead_ranks()
+    if dead:
+        who = ", ".join(f"rank {r} (pid {p} on {h})" for r, h, p in dead)
+        who += " died" if len(dead) == 1 else " have died"
+    else:
+        words = _PEER_GONE_RE.search(str(exc))
+        who = f"another rank died ({words.group(0) if words else exc})"
+    ckpt = str(checkpoint) if checkpoint else "none yet"
+    return f"{who} after step {step}; last checkpoint: {ckpt}; resume with: {resume}"
 
 
 # ---------------------------------------------------------------------------- build locks

@@ -2,14 +2,19 @@
 [--allow-change plan.lr,...]]`: the entry point that `cgpt train`, `deepspeed --module
 cgpt.train` and `torchrun -m cgpt.train` all run.
 
-A user error prints one line (rank 0 only, so N ranks do not repeat it) and exits 2; Ctrl-C
-before training starts exits 130 with one line (once training runs it saves a checkpoint).
+Exit codes: cgpt.train.exit_codes (0 completed, 2 user error, 3 diverged, 4 collective
+timeout, 75 preempted after a checkpoint, 130 interrupted before training, 1 anything else).
+A user error prints one line (rank 0 only, so N ranks do not repeat it); Ctrl-C or SIGUSR1
+before training starts exits 130 with one line (once training runs either saves a
+checkpoint). Rank 0 also writes its code into ``$CGPT_EXIT_FILE`` (torchrun does not pass
+it on).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from cgpt.model.errors import CgptError
@@ -52,7 +57,44 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
+def _is_rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run_train(args: argparse.Namespace) -> int:
+    """Train; returns the exit code (cgpt.train.exit_codes) and, on rank 0, writes it into
+    ``$CGPT_EXIT_FILE`` for the wrapper that launched the ranks."""
+    from cgpt.train import exit_codes as X
+
+    # until the trainer's own handler takes over, SIGUSR1 (a stop request that launchers
+    # let through) acts like Ctrl-C: nothing to save yet
+    signal.signal(signal.SIGUSR1, signal.default_int_handler)
+    try:
+        code = _train(args)
+    except CgptError as e:
+        if _is_rank0():
+            print(f"cgpt train: error: {e}", file=sys.stderr)
+        code = X.code_of(e)
+    except KeyboardInterrupt:
+        if _is_rank0():
+            print(
+                "cgpt train: interrupted before training started; nothing was saved",
+                file=sys.stderr,
+            )
+        code = X.INTERRUPTED
+    except BaseException:
+        if _is_rank0():
+            X.write_exit_file(X.FAILURE)
+        raise
+    finally:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a late request changes nothing now
+    if _is_rank0():
+        X.write_exit_file(code)
+    return code
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cgpt.train import exit_codes as X
     from cgpt.train.config import load_run_config
     from cgpt.train.loop.resume import ResumeRequest, parse_allow_change
     from cgpt.train.loop.trainer import train
@@ -64,7 +106,14 @@ def run_train(args: argparse.Namespace) -> int:
     )
     cfg = load_run_config(args.config, args.overrides)
     summary = train(cfg, resume=req)
-    if summary["status"] != "preempted" and int(os.environ.get("RANK", "0")) == 0:
+    if summary["status"] == "preempted":
+        # every rank waits here until rank 0 has written summary.json: a launcher stops the
+        # remaining ranks as soon as one exits non-zero
+        if _is_rank0():
+            X.write_exit_file(X.PREEMPTED)
+        _barrier()
+        return X.PREEMPTED
+    if _is_rank0():
         loss = summary["val_loss"]
         print(
             f"{summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens, "
@@ -72,26 +121,21 @@ def run_train(args: argparse.Namespace) -> int:
             if loss is not None
             else f"{summary['status']}: {summary['steps']} steps -> {summary['run_dir']}"
         )
-    return 0
+    return X.OK
+
+
+def _barrier() -> None:
+    import torch
+
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cgpt.train", description=__doc__.split("\n")[0])
     add_train_args(p)
     args = p.parse_args(argv)
-    try:
-        return run_train(args)
-    except CgptError as e:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"cgpt train: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(
-                "cgpt train: interrupted before training started; nothing was saved",
-                file=sys.stderr,
-            )
-        return 130
+    return run_train(args)
 
 
 if __name__ == "__main__":
