@@ -16,6 +16,7 @@ import sys
 # verb modules, in the order `cgpt --help` lists them
 COMMAND_MODULES = [
     "cgpt.launch.cmd_plan",  # plan
+    "cgpt.launch.cmd_configs",  # configs
     "cgpt.launch.cmd_data",  # tokenizer train, prepare
     "cgpt.launch.cmd_train",  # train, bench
     "cgpt.launch.cmd_launch",  # launch, demo

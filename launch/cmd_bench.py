@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 
+from cgpt.configs import resolve_config
+from cgpt.model.errors import CgptError
+from cgpt.model.sizes import canonical_name
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -20,7 +24,8 @@ def register(sub) -> None:
         "target",
         nargs="?",
         default="111M",
-        help="published size (111M ... 13B) or a run config YAML (default 111M)",
+        help="published size (111M ... 13B), a run config YAML or a shipped config's "
+        "name (`cgpt configs`) (default 111M)",
     )
     p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
@@ -82,10 +87,16 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
+    # deferred: torch is heavy; quick verbs must not load it
     from cgpt.train.bench.train_step import bench, format_report
 
+    target = args.target
+    try:
+        canonical_name(target)
+    except CgptError:  # not a size: a run config file, or a shipped config's name
+        target = resolve_config(target)
     r = bench(
-        args.target,
+        target,
         steps=args.steps,
         warmup=args.warmup,
         seq_len=args.seq_len,

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+from cgpt.configs import resolve_config
 from cgpt.launch import launchers as L
 from cgpt.launch.hostfile import read_hostfile
 from cgpt.model.errors import CgptError
@@ -22,7 +23,11 @@ def register(sub) -> None:
         "`python -m cgpt.train RUN.yaml` on the given topology, check the batch "
         "split, print the command and run it (unless --dry-run).",
     )
-    p.add_argument("config", metavar="RUN.yaml")
+    p.add_argument(
+        "config",
+        metavar="RUN.yaml",
+        help="run config YAML, or a shipped config's name (`cgpt configs` lists them)",
+    )
     p.add_argument("--nodes", type=int, help="number of nodes (default: hostfile hosts, else 1)")
     p.add_argument(
         "--gpus-per-node",
@@ -192,6 +197,7 @@ def cmd_launch(args) -> int:
         raise CgptError("--submit goes with --slurm")
     if args.slurm and args.dry_run and args.submit:
         raise CgptError("--dry-run and --submit contradict each other")
+    args.config = resolve_config(args.config)  # a shipped config by name: its path
     cfg = load_run_config(args.config, args.set)
     topo = _topology(args, args.slurm)
     micro, note = L.resolve_micro_batch(cfg.plan, cfg.runtime.micro_batch, topo.world_size)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cgpt.configs import resolve_config
 from cgpt.model.errors import CgptError
 
 EPILOG = """\
@@ -55,7 +56,10 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "target", metavar="SWEEP.yaml | fit", help="a sweep file to run, or the word `fit`"
+        "target",
+        metavar="SWEEP.yaml | fit",
+        help="a sweep file to run (or a shipped sweep's name: sweep-cpu, ...; "
+        "`cgpt configs` lists them), or the word `fit`",
     )
     p.add_argument(
         "sweep_dir",
@@ -91,6 +95,7 @@ def _print(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the sweep's trainer loads torch; quick verbs must not load it
     from cgpt.train.scaling.sweep import fit_sweep_dir, run_sweep
 
     if args.bootstrap < 0:
@@ -107,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             "`cgpt sweep SWEEP.yaml`, fit one with `cgpt sweep fit SWEEP_DIR`"
         )
     res = run_sweep(
-        args.target,
+        resolve_config(args.target),
         retry_failed=args.retry_failed,
         dry_run=args.dry_run,
         fit=not args.no_fit,

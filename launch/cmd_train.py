@@ -1,4 +1,4 @@
-"""`cgpt train RUN.yaml [--set k=v] [--resume]` and `cgpt bench`.
+"""`cgpt train RUN.yaml|NAME [--set k=v] [--resume]` and `cgpt bench`.
 
 `cgpt train` runs the trainer in this process (a one-process DeepSpeed group: one GPU or the
 CPU). For several GPUs use `deepspeed --num_gpus N --module cgpt.train RUN.yaml` or
@@ -6,6 +6,15 @@ CPU). For several GPUs use `deepspeed --num_gpus N --module cgpt.train RUN.yaml`
 """
 
 from __future__ import annotations
+
+from cgpt.configs import resolve_config
+
+
+def _named(args):
+    """``args`` with ``config`` resolved: a file or run folder as given, else a shipped
+    config's name (`cgpt train cerebras-gpt-111m` from any folder)."""
+    args.config = resolve_config(args.config)
+    return args
 
 
 def register(sub) -> None:
@@ -19,7 +28,7 @@ def register(sub) -> None:
         "--resume.",
     )
     add_train_args(p)
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=lambda args: run_train(_named(args)))
     try:
         from cgpt.launch.cmd_bench import register as register_bench
     except ImportError as e:  # pragma: no cover - the module ships with cgpt

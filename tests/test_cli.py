@@ -120,3 +120,53 @@ def test_model_package_loads_gpt_on_first_use(tmp_path):
     assert not imported_by("from cgpt.model import CgptError, GPTConfig", tmp_path) & HEAVY
     code = "import cgpt.model as m, torch; assert issubclass(m.GPT, torch.nn.Module)"
     assert "torch" in imported_by(code, tmp_path)
+
+
+# ---- item 5: shipped configs by name, from any folder ----------------------------------------
+def test_configs_lists_every_shipped_config(tmp_path):
+    proc = cgpt("configs", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = dict(line.split(None, 1) for line in proc.stdout.splitlines())
+    files = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+    assert sorted(rows) == files
+    assert all(len(about) > 10 for about in rows.values()), rows
+    assert rows["cerebras-gpt-111m"].startswith("Cerebras-GPT-111M: the published recipe")
+    assert "μP" in rows["cerebras-gpt-111m-mup"]
+    path = cgpt("configs", "Cerebras-GPT-111M", "--path", cwd=tmp_path).stdout.strip()
+    assert Path(path).read_text() == (REPO / "configs" / "cerebras-gpt-111m.yaml").read_text()
+    text = cgpt("configs", "demo-cpu", cwd=tmp_path).stdout
+    assert text == (REPO / "configs" / "demo-cpu.yaml").read_text()
+
+
+def test_launch_and_sweep_take_a_shipped_name_from_any_folder(tmp_path):
+    shipped = REPO / "configs" / "cerebras-gpt-111m.yaml"
+    proc = cgpt("launch", "cerebras-gpt-111m", "--dry-run", "--gpus-per-node", "8", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == str(shipped)  # the launched command reads that file
+    proc = cgpt("sweep", "sweep-cpu", "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "L1-d16-h2" in proc.stdout and "FLOPs" in proc.stdout
+    assert list(tmp_path.iterdir()) == []  # a dry run writes nothing, here or in the package
+
+
+def test_train_takes_a_shipped_name_and_a_local_file_wins(tmp_path):
+    """`cgpt train cerebras-gpt-111m` in an empty folder reads the shipped 111M config: it
+    gets as far as that config's data folder (data/pile, against this folder)."""
+    proc = cgpt("train", "cerebras-gpt-111m", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"data folder '{tmp_path / 'data' / 'pile'}' not found" in proc.stderr
+    # a file of that name in the working folder is what the user means
+    (tmp_path / "cerebras-gpt-111m").write_text("model: [not, a, mapping]\n")
+    proc = cgpt("launch", "cerebras-gpt-111m", "--dry-run", "--gpus-per-node", "1", cwd=tmp_path)
+    assert proc.returncode == 2 and "cerebras-gpt-111m" in proc.stderr
+    assert str(REPO / "configs") not in proc.stdout + proc.stderr
+
+
+def test_unknown_config_name_is_one_line_with_suggestions(tmp_path):
+    proc = cgpt("train", "cerebras-111m", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "cgpt train: error: 'cerebras-111m' is neither a file nor a config shipped with cgpt; "
+        "did you mean cerebras-gpt-111m or cerebras-gpt-111m-mup or cerebras-gpt-13b? "
+        "(`cgpt configs` lists them)"
+    ]

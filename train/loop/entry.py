@@ -23,8 +23,9 @@ from cgpt.model.errors import CgptError
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "config",
-        help="run config YAML (from `cgpt plan --write` or by hand), or "
-        "a run folder (its own config.yaml), e.g. to --resume it",
+        help="run config YAML (from `cgpt plan --write` or by hand), "
+        "a run folder (its own config.yaml), e.g. to --resume it, or (cgpt train) "
+        "a shipped config's name: `cgpt configs` lists them",
     )
     p.add_argument(
         "--set",
