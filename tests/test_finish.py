@@ -107,7 +107,7 @@ def test_banner_before_the_first_step_and_step0_check_on_the_console(tmp_path, d
     line = next(ln for ln in err.splitlines() if ln.startswith("step 0: init_loss "))
     assert f"of the weights from {tmp_path / 'a' / 'hf'}" in line
     assert "vs transformers" in line and "loaded faithfully" in line
-    assert "steps 1-1 of 2" not in err and "1 steps of 2 (runtime.max_steps)" in err
+    assert "  1 step of 2 (runtime.max_steps), 32 tokens;" in err
 
 
 # ---------------------------------------------------------------------------- item 14
@@ -142,3 +142,33 @@ def test_dot_names_never_reach_the_output_parent(tmp_path, capsys, inputs):
     assert err.startswith("cgpt prepare: error: --input ") and "\n" not in err
     assert "not starting with '.'" in err
     assert list(parent.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- item 13
+@pytest.mark.slow
+@pytest.mark.parametrize("config_too", [False, True])
+def test_checkpoint_of_another_shape_is_one_line(tmp_path, data, capsys, config_too):
+    """Another run's checkpoint (width 16) copied into a width-32 run, with its own
+    config.yaml or with the run's: one line and exit 2, nothing changed on disk (was
+    DeepSpeed's load_state_dict 'size mismatch' traceback)."""
+    import shutil
+
+    from test_trainer import tree_digest
+
+    _train(_tiny(tmp_path, data, out="a"))
+    b = _tiny(tmp_path, data, out="b", max_steps=1)
+    b["model"]["n_embd"] = 32
+    _train(b)
+    step = tmp_path / "b" / "checkpoints" / "step-1"
+    own = (step / "config.yaml").read_bytes()
+    shutil.rmtree(step)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step-1", step)
+    if config_too:
+        (step / "config.yaml").write_bytes(own)
+    before = tree_digest(tmp_path / "b")
+    capsys.readouterr()
+    assert cli_main(["train", str(tmp_path / "b"), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("cgpt train: error: ") and str(step) in err[-1]
+    assert not any("Traceback" in ln or "size mismatch" in ln for ln in err)
+    assert tree_digest(tmp_path / "b") == before

@@ -573,7 +573,9 @@ def _banner(run: Run, start: int) -> str:
     cfg, m, rt = run.cfg, run.cfg.model, run.cfg.runtime
     split = run.splits[global_batch_at(cfg.plan, start)]
     end = min(cfg.plan.steps, rt.max_steps or cfg.plan.steps)
-    doing = f"steps {start + 1}-{end} of {cfg.plan.steps}" if start else f"{end} steps"
+    doing = f"{end} step{'s' * (end != 1)}"
+    if start:
+        doing = f"step{'s' * (end - start != 1)} {start + 1}-{end} of {cfg.plan.steps}"
     if end < cfg.plan.steps and not start:
         doing += f" of {cfg.plan.steps} (runtime.max_steps)"
     tokens = tokens_before(cfg.plan, end) - tokens_before(cfg.plan, start)
