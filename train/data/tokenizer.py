@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
+from cgpt.model.files import make_public
 from cgpt.model.sizes import CONTEXT
 
 EOS = "<|endoftext|>"  # GPT-2's end-of-text token, which Cerebras-GPT inherits
@@ -201,7 +202,7 @@ def train_tokenizer(
     from cgpt.train.data.sources import open_source
 
     out = Path(out_dir)
-    _check_out_dir(out, force)
+    check_out_dir(out, force)
     if vocab_size < 260:
         raise CgptError(
             f"vocab size {vocab_size} is too small: the 256 byte-fallback pieces "
@@ -210,7 +211,6 @@ def train_tokenizer(
     source = open_source(source_spec, text_field=text_field, max_docs=max_docs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         spm.set_random_generator_seed(seed)
         try:
@@ -234,6 +234,7 @@ def train_tokenizer(
             "options": _sp_options(vocab_size, character_coverage, max_sentences),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        make_public(tmp)  # mkdtemp made it private; the result is an ordinary folder (umask)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -277,7 +278,9 @@ def _explain_sp_error(e: Exception, source, vocab_size: int) -> str:
     return f"sentencepiece training failed: {msg}"
 
 
-def _check_out_dir(out: Path, force: bool) -> None:
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse a non-empty ``out`` unless ``force`` and it holds a tokenizer (never replace
+    anything else, even with --force)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not force:
             raise CgptError(
