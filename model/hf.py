@@ -368,7 +368,7 @@ def _copy_tokenizer(tok_dir: Path, dst: Path) -> list[str]:
     names = [n for n in TOKENIZER_FILES if (tok_dir / n).is_file()]
     names += sorted(p.name for p in tok_dir.glob("*.model"))  # sentencepiece model
     for n in names:
-        shutil.copy2(tok_dir / n, dst / n)
+        shutil.copyfile(tok_dir / n, dst / n)  # a new file: the umask's mode
     return names
 
 

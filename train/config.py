@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 import typing
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,6 +32,7 @@ from pydantic import (
 
 from cgpt.model.config import GPTConfig, MuPConfig
 from cgpt.model.errors import ConfigError
+from cgpt.model.files import write_atomic
 from cgpt.train.cli_args import NAME_PATTERN, NAME_RULE
 
 
@@ -568,21 +568,6 @@ def with_absolute_paths(cfg: RunConfig) -> RunConfig:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a text file via a temporary name in the same folder, fsync, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # and so is the rename
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a text file via a temporary name in the same folder, fsync, then rename; the
+    file gets the user's umask mode (the one atomic writer: cgpt.model.files)."""
+    write_atomic(path, text)

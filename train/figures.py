@@ -1,12 +1,13 @@
 """Matplotlib for every plot the project writes: the Agg backend (no display) and an atomic
 save (temporary name in the same folder, then rename), so an interrupted plot never leaves
-a half-written PNG."""
+a half-written PNG; the published file follows the umask."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+
+from cgpt.model.files import atomic_path
 
 
 def pyplot():
@@ -19,16 +20,12 @@ def pyplot():
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Write `fig` to `path` atomically and close it."""
+    """Write `fig` to `path` atomically (with the user's umask mode) and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = path.suffix.lstrip(".") or "png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{fmt}", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt)
     finally:
         pyplot().close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path

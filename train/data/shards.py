@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from cgpt.model.errors import CgptError
+from cgpt.model.files import make_public, remove_stale
 from cgpt.model.sizes import VOCAB_PAD_MULTIPLE, padded_vocab, vocab_fits
 
 FORMAT = "cgpt-tokens"
@@ -163,12 +164,12 @@ class ShardWriter:
         self.lock = FolderLock(self.out_dir, "prepare output").acquire()
         try:
             _check_target(self.out_dir, overwrite)  # again: another writer may have finished
+            remove_stale(self.out_dir)  # a killed prepare's .NAME.*.tmp (we hold the lock)
             self.tmp = Path(
                 tempfile.mkdtemp(
                     prefix=f".{self.out_dir.name}.", suffix=".tmp", dir=self.out_dir.parent
                 )
             )
-            self.tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
         except BaseException as e:
             self.lock.release(cleanup_if_unused=True)
             if isinstance(e, OSError):
@@ -225,6 +226,7 @@ class ShardWriter:
                 f.flush()
                 os.fsync(f.fileno())
             _fsync_dir(self.tmp)  # the shard renames and meta.json's entry, before publishing
+            make_public(self.tmp)  # private (mkdtemp) until now; published with the umask's mode
             _publish(self.tmp, self.out_dir)
         except OSError as e:
             raise self._write_error(e) from None

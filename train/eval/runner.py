@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from cgpt.model.errors import CgptError
+from cgpt.model.files import write_atomic
 from cgpt.train.cli_args import check_positive
 from cgpt.train.eval import harness, hub
 from cgpt.train.eval.paper import (
@@ -431,17 +431,7 @@ def _load_hf_model(src: EvalSource, device, dtype, hub_state):
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
-    text = json.dumps(obj, indent=1, allow_nan=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(obj, indent=1, allow_nan=True) + "\n")  # umask's mode
 
 
 # ---- the printed report -------------------------------------------------------------------

@@ -95,7 +95,7 @@ def _link_tree(src: Path, dst: Path) -> None:
         try:
             os.link(f, target)
         except OSError:
-            shutil.copy2(f, target)
+            shutil.copyfile(f, target)  # a new file: the umask's mode
 
 
 def make_branch(
