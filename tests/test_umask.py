@@ -15,8 +15,6 @@ import yaml
 from helpers import child_env, make_tokenizer
 from test_trainer import make_cfg
 
-from cgpt.model import files
-
 BIN = Path(sys.executable).parent
 
 
@@ -72,6 +70,7 @@ def test_everything_cgpt_writes_follows_the_umask(mask, tok, tmp_path):
 def test_temporaries_are_private_until_published(tmp_path):
     """Under umask 022 a folder built by atomic_dir and a file by atomic_path are 0700/0600
     while written (others cannot read half a model) and 0755/0644 once published."""
+    from cgpt.model import files
     from cgpt.model.io import atomic_dir
 
     old = os.umask(0o022)
