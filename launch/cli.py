@@ -3,7 +3,8 @@
 Each verb lives in its own module, which defines ``register(subparsers)``: it adds its
 parser and sets ``func`` (called with the parsed args, returns an exit code or None).
 Modules are listed here by import path; a user error (:class:`CgptError`) anywhere becomes
-one line on stderr and exit code 2, never a traceback.
+one line on stderr and exit code 2, never a traceback; a reader that closes the pipe early
+(`cgpt plan 111M | head -1`) ends the command quietly with exit code 141.
 """
 
 from __future__ import annotations
@@ -47,9 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `cgpt plan ... | head -1`: the reader left; 128 + SIGPIPE, what a program that the signal
+# ends (the default for C tools such as `yes | head -1`) reports, so `set -o pipefail` sees
+# the same as for them
+CLOSED_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _main(argv)
+        try:
+            return _main(argv)
+        finally:  # also after --help/--version (SystemExit): a closed pipe shows here, where
+            sys.stdout.flush()  # we catch it, not in the interpreter's last flush
+    except BrokenPipeError:
+        # the recipe of Python's signal docs ("Note on SIGPIPE"): point stdout at devnull so
+        # the interpreter's own flush at exit cannot fail again, then exit quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return CLOSED_PIPE
     except KeyboardInterrupt:  # Ctrl-C while torch/DeepSpeed load: one line, not a traceback
         print("cgpt: interrupted", file=sys.stderr)
         return 130

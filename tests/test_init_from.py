@@ -35,7 +35,7 @@ def _sha256(p: Path) -> str:
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory) -> Path:
-    """What `huggingface-cli download` gives for a GPT-2-architecture model: config.json,
+    """What `hf download` gives for a GPT-2-architecture model: config.json,
     model.safetensors (random weights), vocab.json + merges.txt (no tokenizer_config.json)."""
     folder = tmp_path_factory.mktemp("pub") / "tiny-gpt"
     make_bpe(folder, "vocab", vocab_size=VOCAB)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from cgpt.model.errors import CgptError
+from cgpt.train.hub_cli import download_command
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 _TRUE = {"1", "ON", "YES", "TRUE"}
@@ -153,8 +154,8 @@ def explain_model(name: str, e: BaseException, state: str) -> CgptError:
         )
         return CgptError(
             f"hf:{name} could not be loaded: not in the local Hugging Face cache, "
-            f"and {why}; download it where the Hub is reachable (`hf download "
-            f"{name} --local-dir DIR`) and pass DIR as SRC"
+            f"and {why}; download it where the Hub is reachable "
+            f"(`{download_command(name)}`) and pass DIR as SRC"
         )
     return CgptError(f"hf:{name} could not be loaded: {_first_line(e)}")
 

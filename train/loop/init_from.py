@@ -38,6 +38,7 @@ from cgpt.model.config import GPTConfig
 from cgpt.model.errors import CgptError, ConfigError
 from cgpt.model.sizes import vocab_fits
 from cgpt.train.data.shards import open_token_data
+from cgpt.train.hub_cli import download_command
 from cgpt.train.plan.datacheck import wrong_tokenizer
 
 HF_PREFIX = "hf:"
@@ -82,7 +83,7 @@ def hub_folder(name: str, weights: bool = True) -> Path:
         raise CgptError(
             f"init.source hf:{name}: cannot get it from the Hugging Face Hub "
             f"({type(e).__name__}: {first}); go online once (it is cached after), or "
-            f"download it (huggingface-cli download {name} --local-dir DIR) and use DIR"
+            f"download it ({download_command(name)}) and use DIR"
         ) from None
     return folder
 
