@@ -100,14 +100,23 @@ def run_export(args) -> int:
             "(pass --tokenizer DIR)",
             file=sys.stderr,
         )
-    export_hf(
-        model,
-        out,
-        tokenizer_dir=tokenizer,
-        verify=args.verify,
-        force=args.force,
-        max_shard_size=args.max_shard_size,
-    )
+    from cgpt.train.write_errors import WriteFailed, writing
+
+    try:
+        with writing(out):  # a read-only folder or a full disk: one line, and where to go
+            export_hf(
+                model,
+                out,
+                tokenizer_dir=tokenizer,
+                verify=args.verify,
+                force=args.force,
+                max_shard_size=args.max_shard_size,
+            )
+    except WriteFailed as e:
+        raise CgptError(
+            f"{e}; {src} is unchanged and nothing was published at {out}. Export into a folder you "
+            f"can write to, e.g.: {_elsewhere(args, out)}"
+        ) from None
     size = sum(f.stat().st_size for f in out.iterdir())
     print(
         f"exported {loaded.what} -> {out} ({model.num_params():,} params, "
@@ -163,6 +172,19 @@ def check_replaceable(src: Path, out: Path) -> None:
             f"{out} is not a previous export (it holds files `cgpt export` does not write, "
             "e.g. a run or data folder); --force replaces only an export: choose another OUT"
         )
+
+
+def _elsewhere(args, out: Path) -> str:
+    """This export's command with OUT in a folder the user can write to."""
+    import shlex
+
+    from cgpt.train.write_errors import writable_alternative
+
+    argv = ["cgpt", "export", args.src, writable_alternative(out.name)]
+    argv += ["--tokenizer", args.tokenizer] if args.tokenizer else []
+    argv += ["--dtype", args.dtype] if args.dtype else []
+    argv += ["--max-shard-size", args.max_shard_size] + ([] if args.verify else ["--no-verify"])
+    return shlex.join(argv)
 
 
 def run_import(args) -> int:

@@ -4,6 +4,7 @@ issue 24 item 2)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,142 @@ def test_checkpoint_of_another_shape_is_one_line(tmp_path, data, capsys, config_
     assert err[-1].startswith("cgpt train: error: ") and str(step) in err[-1]
     assert not any("Traceback" in ln or "size mismatch" in ln for ln in err)
     assert tree_digest(tmp_path / "b") == before
+
+
+# ---------------------------------------------------------------------------- item 12
+# A full disk, simulated where cgpt writes: the exceptions are the ones a full 64 KiB tmpfs
+# gave (Python's write: OSError(28) without a file name; safetensors: its SafetensorError
+# with the OS's words), raised deterministically at the write the test names. A real tmpfs
+# needs mount rights that CI does not have.
+ENOSPC_WORDS = "No space left on device"
+
+
+def _enospc() -> OSError:
+    import errno
+    import os
+
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _follow(command: str) -> int:
+    """Run a printed `cgpt ...` command literally (in this process: the same argv)."""
+    import shlex
+
+    argv = shlex.split(command)
+    assert argv[0] == "cgpt"
+    return cli_main(argv[1:])
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not any("Traceback" in ln for ln in err), err
+    return err[-1]
+
+
+@pytest.mark.slow
+def test_disk_full_during_the_final_export_then_the_printed_command_finishes(
+    tmp_path, data, capsys, monkeypatch
+):
+    import safetensors.torch
+    from safetensors import SafetensorError
+    from test_trainer import _write
+
+    real = safetensors.torch.save_file
+
+    def full_in_hf(tensors, filename, metadata=None):  # model.safetensors fits, hf/ not
+        if ".hf." in str(filename):
+            msg = f"Error while serializing: I/O error: {ENOSPC_WORDS} (os error 28)"
+            raise SafetensorError(msg)
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_in_hf)
+    cfg = _write(tmp_path, _tiny(tmp_path, data, export_hf=True))
+    assert cli_main(["train", str(cfg)]) == 2
+    line = _error_line(capsys)
+    run = tmp_path / "run"
+    assert line.startswith(f"cgpt train: error: cannot write {run / 'hf'}: {ENOSPC_WORDS}; ")
+    assert f"checkpoint {run / 'checkpoints' / 'step-2'} (step 2) is intact, with every" in line
+    assert not (run / "hf").exists() and not (run / "summary.json").exists()
+    assert not list(run.glob(".hf*"))  # no half-written export left behind
+    monkeypatch.setattr(safetensors.torch, "save_file", real)  # space freed
+    assert _follow(line.split("continue with: ", 1)[1]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 2
+    _hf_matches_model(run)
+
+
+@pytest.mark.slow
+def test_disk_full_while_appending_metrics(tmp_path, data, capsys, monkeypatch):
+    from test_trainer import _write
+
+    from cgpt.train.loop import metrics
+    from cgpt.train.loop.metrics import read_metrics
+
+    class FillsUp:
+        """metrics.jsonl on a disk that fills after `room` bytes: a write that does not fit
+        is cut there (the kernel writes what fits) and raises ENOSPC."""
+
+        def __init__(self, f, room: int):
+            self.f, self.room = f, room
+
+        def write(self, text: str) -> int:
+            if len(text) > self.room:
+                self.f.write(text[: self.room])
+                self.f.flush()
+                self.room = 0
+                raise _enospc()
+            self.room -= len(text)
+            return self.f.write(text)
+
+        def flush(self) -> None:
+            self.f.flush()
+
+        def close(self) -> None:
+            self.f.close()
+
+    d = _tiny(tmp_path, data, log_every=1)
+    d["plan"].update(steps=4, tokens=16 * 2 * 4, decay_steps=3)
+    cfg = _write(tmp_path, d)
+    real_open = open
+    monkeypatch.setattr(
+        metrics, "open", lambda p, mode="r": FillsUp(real_open(p, mode), 600), raising=False
+    )
+    assert cli_main(["train", str(cfg)]) == 2
+    line = _error_line(capsys)
+    run = tmp_path / "run"
+    assert line.startswith(f"cgpt train: error: cannot write {run / 'metrics.jsonl'}: ")
+    assert ENOSPC_WORDS in line and "metrics.jsonl keeps its rows up to it" in line
+    step = int(line.split("(step ", 1)[1].split(")")[0])
+    assert f"checkpoint {run / 'checkpoints' / f'step-{step}'} (step {step}) is intact" in line
+    monkeypatch.undo()
+    assert _follow(line.split("continue with: ", 1)[1]) == 0
+    rows = [r["step"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
+    assert rows == [1, 2, 3, 4]  # the cut row skipped, the steps after the checkpoint redone
+
+
+def test_export_into_a_folder_that_refuses_writes(tmp_path, data, capsys, monkeypatch):
+    """A read-only folder: mode 0555 for a user; root ignores modes, so there /sys, where
+    the kernel refuses new entries (EPERM) to everyone."""
+    import os
+
+    model = tmp_path / "m.safetensors"
+    from cgpt.model import GPT
+    from cgpt.model.config import GPTConfig
+    from cgpt.model.io import save_model
+
+    save_model(GPT(GPTConfig.from_dict(_tiny(tmp_path, data)["model"])), model)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.access(ro, os.W_OK):  # root
+        ro = Path("/sys")
+    out = ro / "cgpt-export-test"
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["export", str(model), str(out)]) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"cgpt export: error: cannot write {out}: ")
+    assert ("Permission denied" in line) or ("Operation not permitted" in line)
+    assert f"{model} is unchanged and nothing was published at {out}" in line
+    assert not out.exists()
+    assert _follow(line.split("e.g.: ", 1)[1]) == 0
+    assert (tmp_path / "cgpt-export-test" / "config.json").is_file()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cgpt.train.config import write_text_atomic
 from cgpt.train.figures import pyplot, save_figure
+from cgpt.train.write_errors import writing
 
 
 def wandb_mode(setting: str) -> str | None:
@@ -115,8 +116,9 @@ class MetricsLogger:
             k: (None if isinstance(v, float) and not math.isfinite(v) and k == "mfu" else v)
             for k, v in row.items()
         }
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        with writing(self.path):  # disk full: WriteFailed naming metrics.jsonl
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
         if self._wandb is not None:
             self._wandb.log(
                 {k: v for k, v in row.items() if v is not None and k != "step"}, step=row["step"]
@@ -155,7 +157,10 @@ class MetricsLogger:
         if self._bar is not None:
             self._bar.close()
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:  # the write that failed (reported already) is flushed again
+                pass
         if self._wandb is not None:
             self._wandb.finish()  # wandb 0.31 has no quiet=
         self._bar = self._file = self._wandb = None

@@ -77,6 +77,7 @@ from cgpt.train.loop.schedule import global_batch_at, lr_at, tokens_before
 from cgpt.train.loop.watchdog import StepWatchdog
 from cgpt.train.plan.batch import BatchSplit, split_batch
 from cgpt.train.provenance import provenance
+from cgpt.train.write_errors import WriteFailed, writing
 
 
 @dataclass
@@ -523,13 +524,15 @@ def _export(run: Run, engine) -> None:
     model = _final_model(run, engine)
     if model is None:
         return
-    save_model(model, run.run_dir / "model.safetensors")
+    with writing(run.run_dir / "model.safetensors"):
+        save_model(model, run.run_dir / "model.safetensors")
     if run.cfg.runtime.export_hf:
         from cgpt.model.hf import export_hf
 
-        export_hf(
-            model, run.run_dir / "hf", tokenizer_dir=run.tokenizer_dir, verify=True, force=True
-        )
+        with writing(run.run_dir / "hf"):
+            export_hf(
+                model, run.run_dir / "hf", tokenizer_dir=run.tokenizer_dir, verify=True, force=True
+            )
 
 
 def _finish(run: Run, loop: _Loop, status: str, t0: float) -> dict:
@@ -550,9 +553,27 @@ def _finish(run: Run, loop: _Loop, status: str, t0: float) -> dict:
     if run.dist.is_main:
         import json
 
-        plot_loss(run.run_dir / "metrics.jsonl", run.run_dir / "loss.png")
-        write_text_atomic(run.run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+        with writing(run.run_dir / "loss.png"):
+            plot_loss(run.run_dir / "metrics.jsonl", run.run_dir / "loss.png")
+        with writing(run.run_dir / "summary.json"):
+            write_text_atomic(run.run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _write_failed(run: Run, loop: _Loop | None, e: WriteFailed) -> str:
+    """One line: what could not be written and why, what is intact, the command to go on."""
+    if loop is None or loop.saved is None:
+        intact = "no checkpoint was saved yet (the resume starts over)"
+    else:
+        intact = f"checkpoint {loop.saved} (step {loop.saved_step}) is intact"
+        if Path(e.path).name == "metrics.jsonl":
+            intact += " and metrics.jsonl keeps its rows up to it (later steps are redone)"
+        elif loop.saved_step == loop.step:
+            intact += ", with every trained step: the resume only writes the final files"
+    return (
+        f"{e}; {intact}. Free space (or make the folder writable), then continue with: "
+        f"{resume_command(run.run_dir, run.dist.world_size)}"
+    )
 
 
 def _completed_summary(run: Run) -> dict | None:
@@ -574,7 +595,9 @@ def _banner(run: Run, start: int) -> str:
     split = run.splits[global_batch_at(cfg.plan, start)]
     end = min(cfg.plan.steps, rt.max_steps or cfg.plan.steps)
     doing = f"{end} step{'s' * (end != 1)}"
-    if start:
+    if start >= end:
+        doing = f"all {end} steps trained; writing the final files"
+    elif start:
         doing = f"step{'s' * (end - start != 1)} {start + 1}-{end} of {cfg.plan.steps}"
     if end < cfg.plan.steps and not start:
         doing += f" of {cfg.plan.steps} (runtime.max_steps)"
@@ -690,6 +713,8 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
             loop.save()
         _export(run, engine)
         return _finish(run, loop, status, t0)
+    except WriteFailed as e:  # disk full or read-only outside a checkpoint save
+        raise CgptError(_write_failed(run, loop, e)) from None
     except RuntimeError as e:
         step = loop.step if loop is not None else 0
         saved = loop.saved if loop is not None else None
