@@ -4,6 +4,8 @@ stage that fits) and the wall-clock time at an assumed MFU.
 
 from __future__ import annotations
 
+import math
+
 from cgpt.model.errors import CgptError
 from cgpt.train.cli_args import check_positive
 from cgpt.train.plan.batch import split_batch
@@ -25,14 +27,15 @@ def with_cluster(
     mfu: float = 0.4,
     micro_batch: int | None = None,
     activation_checkpointing: bool | None = None,
+    per_node: int | None = None,
 ) -> Plan:
     """Add the batch split, memory per GPU and time on `gpus` data-parallel `device`s.
-    zero_stage None: the lowest of 1, 2, 3 that fits."""
+    zero_stage None: the lowest of 1, 2, 3 that fits. ``per_node``: GPUs per node when the
+    count was given as --nodes × --gpus-per-node (advice then names --nodes)."""
     check_positive(gpus, "the GPU count", integer=True)
     check_mfu(mfu)
     batches = [p.global_batch_seqs for p in plan.phases()]
-    for gb in batches:  # a split error names the nearest feasible choices, whatever the stage
-        split_batch(gb, gpus, micro_batch or 1)
+    check_split(plan, gpus, micro_batch, per_node)  # advice in flags that work, every phase
     stages = [zero_stage] if zero_stage is not None else [1, 2, 3]
     for stage in stages:
         try:
@@ -45,6 +48,7 @@ def with_cluster(
                 stage,
                 activation_checkpointing,
                 micro_batch,
+                per_node=per_node,
             )
             break
         except CgptError:
@@ -64,6 +68,49 @@ def with_cluster(
         gpu_hours=hours * gpus,
     )
     return plan.replace(cluster=cluster)
+
+
+def check_split(
+    plan: Plan, gpus: int, micro_batch: int | None = None, per_node: int | None = None
+) -> None:
+    """Refuse a GPU count or micro-batch that a batch phase cannot split, with the flags
+    that fix it for every phase: rank counts that divide all of them, or (keeping the ranks)
+    a global batch near the plan's, or micro-batches that divide every rank's share."""
+    batches = [p.global_batch_seqs for p in plan.phases()]
+    common = math.gcd(*batches)
+    if common % gpus == 0:
+        share = common // gpus
+        if micro_batch and share % micro_batch:
+            near = sorted(divisors(share), key=lambda b: (abs(b - micro_batch), b))[:3]
+            raise CgptError(
+                f"micro-batch {micro_batch} does not divide the {share} sequences each of "
+                f"{gpus} ranks gets per step in every batch phase; use "
+                + " or ".join(f"--micro-batch {b}" for b in sorted(near))
+            )
+        split_batch(batches[0], gpus, micro_batch or 1)
+        return
+    step = per_node or 1
+    ranks = [r for r in divisors(common) if r % step == 0]
+    ranks = sorted(sorted(ranks, key=lambda r: (abs(r - gpus), r))[:3])
+    fixes = [f"--nodes {r // step}" if per_node else f"--gpus {r}" for r in ranks]
+    what = (
+        f"global batch {batches[0]}"
+        if len(batches) == 1
+        else f"global batches {' and '.join(map(str, batches))} (one per batch phase)"
+    )
+    lo = batches[0] // gpus * gpus
+    rules = "--rules " if plan.source == "published" else ""
+    keep = [f"{rules}--batch-seqs {b}" for b in (lo, lo + gpus) if b > 0]
+    raise CgptError(
+        f"{plan.name}'s {what} cannot be split over {gpus} data-parallel ranks; use "
+        + (" or ".join(fixes) + ", or " if fixes else "")
+        + f"keep {gpus} ranks with "
+        + " or ".join(keep)
+    )
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def time_on(plan: Plan, gpus: int, device: Device, mfu: float = 0.4) -> tuple[float, float]:

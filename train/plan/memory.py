@@ -190,12 +190,14 @@ def fit_micro_batch(
     micro_batch: int | None = None,
     precision: str = "bf16",
     memory_fraction: float = MEMORY_FRACTION,
+    per_node: int | None = None,
 ) -> Fitted:
     """The largest micro-batch that divides every phase's per-rank batch and fits.
 
     Without activation checkpointing when any micro-batch fits that way (it costs a
     third more compute), else with it. Raises CgptError naming the nearest feasible batch
-    split, or a ZeRO stage / GPU count that would fit.
+    split, or the flags of a ZeRO stage / GPU count that would fit (``per_node``: GPUs per
+    node, when the count is --nodes × --gpus-per-node).
     """
     for gb in global_batches:
         split_batch(gb, gpus, micro_batch or 1)  # raises with the nearest feasible choices
@@ -224,6 +226,7 @@ def fit_micro_batch(
             modes[-1],
             precision,
             budget,
+            per_node,
         )
     )
 
@@ -233,7 +236,7 @@ def _fits(cfg, seq_len, gpus, stage, mb, ac, precision, budget) -> bool:
 
 
 def _no_fit_message(
-    cfg, seq_len, global_batches, gpus, device, zero_stage, mb, ac, precision, budget
+    cfg, seq_len, global_batches, gpus, device, zero_stage, mb, ac, precision, budget, per_node
 ) -> str:
     need = estimate_memory(cfg, seq_len, mb, zero_stage, gpus, ac, precision).total
     msg = (
@@ -250,17 +253,19 @@ def _no_fit_message(
     gcd_ranks = [
         r
         for r in range(gpus + 1, max(global_batches) + 1)
-        if all(gb % r == 0 for gb in global_batches)
+        if all(gb % (r * mb) == 0 for gb in global_batches) and r % (per_node or 1) == 0
     ]
     for stage in sorted({zero_stage, 3}):
         more = next(
-            (r for r in gcd_ranks if _fits(cfg, seq_len, r, stage, 1, ac, precision, budget)), None
+            (r for r in gcd_ranks if _fits(cfg, seq_len, r, stage, mb, ac, precision, budget)),
+            None,
         )
         if more:
-            hints.append(f"{more} GPUs would fit at ZeRO stage {stage}")
+            count = f"--nodes {more // per_node}" if per_node else f"--gpus {more}"
+            hints.append(f"{count} --zero-stage {stage} ({more} GPUs) would fit")
             break
-    if not ac:
-        hints.append("activation checkpointing may help")
+    if not ac and _fits(cfg, seq_len, gpus, zero_stage, mb, True, precision, budget):
+        hints.append("--activation-checkpointing would fit")
     return msg + (
         "; " + "; ".join(hints)
         if hints

@@ -337,6 +337,7 @@ def _on_cluster(plan_: P.Plan, req: PlanRequest, gpus: int) -> P.Plan:
         req.mfu,
         req.micro_batch,
         req.activation_checkpointing,
+        per_node=(req.gpus_per_node or 1) if (req.nodes or req.gpus_per_node) else None,
     )
 
 
