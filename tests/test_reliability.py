@@ -322,7 +322,10 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, data, delay):
     assert "Traceback" not in err, err
     if proc.returncode == 130:
         lines = [ln for ln in err.splitlines() if "[WARNING]" not in ln]
-        assert lines == ["cgpt: interrupted"] or lines[-1].endswith("interrupted"), err
+        assert lines in (
+            ["cgpt: interrupted"],  # while the CLI itself was still importing
+            ["cgpt train: interrupted before training started; nothing was saved"],
+        ), err
         run = tmp_path / "run"  # no folder, or (interrupted just before step 1) a resumable one
         assert not run.exists() or (run / "config.yaml").is_file(), sorted(run.iterdir())
     else:
