@@ -19,6 +19,7 @@ import signal
 import stat
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -695,3 +696,59 @@ def test_time_limit_checkpoints_requeues_once_and_resumes_bitwise(
     assert ref.keys() == got.keys()
     for name in ref:
         assert torch.equal(ref[name], got[name]), name
+
+
+def test_standin_srun_and_scancel_behave_like_slurm(tmp_path):
+    """The stand-ins' own contract (what the end-to-end test relies on): SIGUSR1 to srun and
+    `scancel --signal=USR1 JOB` reach the task and its descendants, also one in a session of
+    its own (as torchrun's workers are); `scancel --batch` reaches the batch shell only; a
+    first SIGINT to srun only reports; SIGTERM to srun SIGKILLs the task ("forcing job
+    termination"), so a task's SIGTERM handler never runs."""
+    env = child_env(PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", SLURM_JOB_ID="5")
+    env.update(_stand_ins(tmp_path / "bin"))
+    log = tmp_path / "signals"
+    task = textwrap.dedent(f"""
+        import os, signal, subprocess, sys, time
+        def note(sig, _):
+            with open({str(log)!r}, "a") as f:
+                f.write(f"{{os.getpid()}} {{signal.Signals(sig).name}}\\n")
+        for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, note)
+        if len(sys.argv) == 1:  # the task: one child in a session of its own
+            subprocess.Popen([sys.executable, __file__, "child"], start_new_session=True)
+        print("up", flush=True)
+        while True:
+            time.sleep(0.05)
+    """)
+    script = tmp_path / "task.py"
+    script.write_text(task)
+    srun = subprocess.Popen(
+        ["srun", "--ntasks-per-node=1", PYTHON, str(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert srun.stdout.readline().strip() == "up"
+        assert srun.stdout.readline().strip() == "up"
+
+        def got(name: str) -> int:
+            text = log.read_text() if log.exists() else ""
+            return sum(1 for ln in text.splitlines() if ln.endswith(" " + name))
+
+        srun.send_signal(signal.SIGUSR1)
+        wait_until(lambda: got("SIGUSR1") == 2, 60, "SIGUSR1 in the task and its child")
+        subprocess.run(["scancel", "--signal=USR1", "5"], env=env, check=True)
+        wait_until(lambda: got("SIGUSR1") == 4, 60, "scancel's SIGUSR1 in both")
+        subprocess.run(["scancel", "--batch", "--signal=USR1", "5"], env=env, check=True)
+        srun.send_signal(signal.SIGINT)  # first Ctrl-C: a status report only
+        srun.send_signal(signal.SIGTERM)
+        _, err = srun.communicate(timeout=60)
+    finally:
+        if srun.poll() is None:
+            srun.kill()
+    assert "interrupt (one more within 1 sec to abort)" in err
+    assert "forcing job termination" in err
+    assert got("SIGUSR1") == 4 and got("SIGINT") == 0 and got("SIGTERM") == 0
+    assert srun.returncode == 128 + signal.SIGKILL
