@@ -752,3 +752,44 @@ def test_standin_srun_and_scancel_behave_like_slurm(tmp_path):
     assert "forcing job termination" in err
     assert got("SIGUSR1") == 4 and got("SIGINT") == 0 and got("SIGTERM") == 0
     assert srun.returncode == 128 + signal.SIGKILL
+
+
+@pytest.mark.parametrize(
+    "rank0_code, launcher_rc, requeued, exit_code",
+    [
+        (75, 1, True, 75),  # torchrun with preempted ranks: 1, but rank 0 wrote 75
+        (75, 75, True, 75),  # deepspeed passes the rank's 75 on
+        (None, 1, False, 1),  # rank 0 died before writing: srun's code, no requeue
+        (1, 1, False, 1),  # a dead rank
+        (4, 1, False, 4),  # a collective timeout
+        (0, 0, False, 0),  # completed
+    ],
+)
+def test_script_requeues_only_after_a_checkpointed_stop(
+    tmp_path, monkeypatch, rank0_code, launcher_rc, requeued, exit_code
+):
+    """The script's decision, from rank 0's code in $CGPT_EXIT_FILE (torchrun reports 1 for
+    any failed worker) or srun's code when rank 0 wrote none. The launcher stand-in does what
+    torchrun/deepspeed do with the ranks' result: rank 0 writes its file, the launcher exits
+    with its own code."""
+    write = "" if rank0_code is None else f'echo {rank0_code} > "$CGPT_EXIT_FILE"\n'
+    _shim(tmp_path, "torchrun", f"{write}exit {launcher_rc}\n")
+    monkeypatch.setattr(slurm, "find_program", lambda name: str(tmp_path / name))
+    run_dir = tmp_path / "run"
+    text = slurm.render_sbatch(
+        Topology(1, 2), ["cfg.yaml", "--resume"], run_dir, slurm.SlurmOptions(), workdir=tmp_path
+    )
+    script = slurm.write_sbatch(text, run_dir)
+    env = child_env(
+        PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+        SLURM_JOB_ID="9",
+        SLURM_JOB_NODELIST="localhost",
+        SLURM_JOB_NUM_NODES="1",
+        SLURM_NODEID="0",
+        **_stand_ins(tmp_path / "bin", nodes=("localhost",)),
+    )
+    res = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == exit_code, res.stdout + res.stderr
+    log = Path(env["CGPT_FAKE_SLURM"]) / "requeue.log"
+    assert (log.read_text() == "9\n") if requeued else not log.exists()
+    assert not (run_dir / ".exit-code.9").exists()  # read, then removed
