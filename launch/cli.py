@@ -13,6 +13,7 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 
 # verb modules, in the order `cgpt --help` lists them
 COMMAND_MODULES = [
@@ -36,15 +37,69 @@ def _version_line() -> str:
     return f"cgpt {version()}" + (f" (git {rev})" if rev else "")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every cgpt --help: text laid out in lines (an Examples: block, a table) is kept as
+    written, a one-line description is wrapped; an option's default is shown where the help
+    does not say it already, never a "(default: None)" of a required or unset option."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip("\n"):  # as argparse.RawDescriptionHelpFormatter
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return "\n".join(indent + line for line in self._split_lines(text, width - len(indent)))
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        # as argparse's, without breaking "Cerebras-GPT" or "--max-steps" at a hyphen
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        quiet = default is None or isinstance(default, bool) or default in ("", [], ())
+        if (
+            quiet
+            or default is argparse.SUPPRESS
+            or action.required
+            or "default" in text.lower()
+            or not (action.option_strings or action.nargs in ("?", "*"))
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+def command_parsers(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
+    """(command path, parser) of every verb and sub-verb, depth first: ("sweep",), ..."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from command_parsers(sub, (*prefix, name))
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from cgpt.launch.examples import EXAMPLES, examples_block
+
     parser = argparse.ArgumentParser(
         prog="cgpt",
         description="Compute-optimal GPT pretraining: plan, prepare, train, sweep, export.",
+        epilog=examples_block(
+            [
+                "cgpt configs                     the shipped configs, usable by name",
+                "cgpt plan 111M                   the published 111M recipe",
+                "cgpt demo                        the whole pipeline on this CPU",
+                "cgpt plan --help                 a verb's options and examples",
+            ]
+        ),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=_version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in COMMAND_MODULES:
         importlib.import_module(mod).register(sub)
+    for path, p in command_parsers(parser):
+        p.formatter_class = HelpFormatter
+        if "examples:" not in f"{p.epilog or ''}".lower() and " ".join(path) in EXAMPLES:
+            block = examples_block(EXAMPLES[" ".join(path)])
+            p.epilog = f"{p.epilog.rstrip()}\n\n{block}" if p.epilog else block
     return parser
 
 

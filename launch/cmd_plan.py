@@ -29,6 +29,7 @@ import re
 
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB
+from cgpt.train.plan.devices import DEVICES
 from cgpt.train.plan.rules import RECIPE_NAMES, SEQ_LEN
 
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
@@ -136,7 +137,11 @@ def register(sub) -> None:
     )
     rules.add_argument("--mup", action="store_true", help="the μP variant of the plan")
     cl = p.add_argument_group("cluster")
-    cl.add_argument("--gpu", help="device: h100, h200, a100, ... (see cgpt.train.plan.devices)")
+    cl.add_argument(
+        "--gpu",
+        metavar="GPU",
+        help=f"device (its peak bf16 FLOP/s and memory), one of: {', '.join(DEVICES)}",
+    )
     cl.add_argument("--gpus", type=int, help="total GPUs (data-parallel ranks)")
     cl.add_argument("--nodes", type=int)
     cl.add_argument("--gpus-per-node", type=int)

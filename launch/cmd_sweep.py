@@ -40,9 +40,9 @@ one run, many budgets (`branches: {at: [0.5, 1, 2, 4], cooldown_fraction: 0.2}`,
   planned tokens, and each smaller multiple a cooldown branch from its checkpoint that
   costs only its cooldown; the loss law uses the 1x points, Chinchilla's L(N, D) all.
   --dry-run lists each point's training FLOPs and what the sweep spends on it.
-ready configs: configs/sweep-cpu.yaml, configs/sweep-isoflop-cpu.yaml,
-  configs/sweep-cpu-tuned.yaml (lr: tuned), configs/sweep-cpu-wsd.yaml (branches),
-  configs/sweep-cpu-predict.yaml (6 sizes x 3 seeds, documented LR/warmup/batch rules)
+shipped sweeps, by name from any folder (`cgpt configs` lists them): sweep-cpu,
+  sweep-isoflop-cpu, sweep-cpu-tuned (lr: tuned), sweep-cpu-wsd (branches),
+  sweep-cpu-predict (6 sizes x 3 seeds, documented LR/warmup/batch rules)
 """
 
 

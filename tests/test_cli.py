@@ -8,6 +8,9 @@ console script calls), so what it imports and prints is what a user's shell sees
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import child_env
 
-from cgpt.launch.cli import build_parser
+from cgpt.launch.cli import build_parser, command_parsers
 
 REPO = Path(__file__).resolve().parents[1]
 # what the quick commands must not load (issue 24 item 1: each costs seconds to import)
@@ -71,15 +74,6 @@ def run_main(argvs: list[list[str]]) -> str:
     )
 
 
-def verb_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
-    """Every command path (``("sweep", "fit")``, ...) with its parser, depth first."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield (*prefix, name), sub
-                yield from verb_paths(sub, (*prefix, name))
-
-
 # ---- item 1: quick commands are quick ------------------------------------------------------
 @pytest.mark.parametrize(
     "argvs",
@@ -99,7 +93,7 @@ def test_quick_commands_import_no_torch(argvs, tmp_path):
 
 def test_every_help_imports_no_torch(tmp_path):
     """`--help` of every verb (and sub-verb) in one process: nothing heavy loads."""
-    argvs = [[*path, "--help"] for path, _ in verb_paths(build_parser())]
+    argvs = [[*path, "--help"] for path, _ in command_parsers(build_parser())]
     assert len(argvs) > 10  # the walk found the verbs
     loaded = imported_by(run_main(argvs), tmp_path)
     assert not loaded & HEAVY, f"--help imported {sorted(loaded & HEAVY)}"
@@ -291,3 +285,88 @@ def test_no_file_advises_huggingface_cli_unless_installed():
     )
     assert proc.returncode in (0, 1), proc.stderr
     assert proc.stdout == "", f"files naming huggingface-cli:\n{proc.stdout}"
+
+
+# ---- item 7: help that answers ----------------------------------------------------------------
+def help_texts() -> dict[tuple[str, ...], str]:
+    """Every verb's --help as printed, by command path; () is `cgpt --help`."""
+    parser = build_parser()
+    texts = {(): parser.format_help()}
+    texts.update({path: p.format_help() for path, p in command_parsers(parser)})
+    return texts
+
+
+def example_lines(text: str) -> list[str]:
+    """The command lines of a help text's "Examples:" block: indented lines under the
+    heading, each without its comment (after " #", or two spaces before words)."""
+    import re
+
+    out, inside = [], False
+    for line in text.splitlines():
+        if line.strip().lower() == "examples:":
+            inside = True
+        elif inside and line[:1] not in (" ", ""):
+            inside = False
+        elif inside and line.strip().startswith("cgpt "):
+            cmd = re.split(r"\s+#|\s{2,}(?=[^-\s])", line.strip())[0]
+            out.append(cmd)
+    return out
+
+
+def test_every_help_has_examples_of_its_own_verb():
+    for path, text in help_texts().items():
+        mine = [e for e in example_lines(text) if e.split()[1 : 1 + len(path)] == list(path)]
+        assert mine, f"cgpt {' '.join(path)} --help has no example of itself:\n{text}"
+
+
+def test_help_lists_choices_and_known_gpus_and_no_none_defaults():
+    from cgpt.train.plan.devices import DEVICES
+
+    parser = build_parser()
+    for path, p in [((), parser), *command_parsers(parser)]:
+        text = p.format_help()
+        assert "(default: None)" not in text, f"cgpt {' '.join(path)} --help:\n{text}"
+        for action in p._actions:
+            if action.required and action.option_strings:
+                assert "default" not in (action.help or ""), (path, action.option_strings)
+            if action.choices and not isinstance(action, argparse._SubParsersAction):
+                missing = [c for c in action.choices if str(c) not in text]
+                assert not missing, (path, action.option_strings, missing)
+    plan_help = " ".join(help_texts()[("plan",)].split())
+    gpu = plan_help[plan_help.index("--gpu GPU device") :]
+    gpu = gpu[: gpu.index("--gpus ")]
+    assert all(name in gpu for name in DEVICES), gpu
+
+
+def runs_for_real(argv: list[str]) -> bool:
+    """Examples a test can run in full: the planner without files, configs, dry runs."""
+    files = {"--write", "--data", "--init-from", "--fit"}
+    planner = argv[0] == "plan" and not files & set(argv) and "--help" not in argv
+    return argv[0] == "configs" or "--dry-run" in argv or planner
+
+
+def test_every_example_runs_or_parses(tmp_path):
+    """Each example line of every --help: run in an empty folder when cheap (plan, configs,
+    --dry-run), else parsed by cgpt's own parser (its files do not exist here)."""
+    examples = sorted({e for text in help_texts().values() for e in example_lines(text)})
+    assert len(examples) >= 30, examples
+    real, parsed = [], 0
+    for line in examples:
+        argv = shlex.split(line)[1:]
+        if runs_for_real(argv):
+            real.append(argv)
+            continue
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                build_parser().parse_args(argv)
+        except SystemExit as e:  # `cgpt plan --help` prints and exits 0
+            assert e.code == 0, f"example does not parse: {line} (exit {e.code})"
+        parsed += 1
+    assert sum(a[0] == "plan" for a in real) >= 3 and parsed >= 20
+    code = run_main(real).replace("assert not rc, (argv, rc)", "print('ran', argv, rc)")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=child_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran = [line for line in proc.stdout.splitlines() if line.startswith("ran ")]
+    assert ran == [f"ran {a} 0" for a in real], proc.stdout + proc.stderr[-3000:]
