@@ -114,10 +114,11 @@ def _cluster_rows(plan, device, mfu: float) -> Rows:
 
     c = plan.cluster
     if not c:
-        if not device:
-            return []
-        hours = time_on(plan, 1, device, mfu)[1]
-        return [("time", f"{hours:,.0f} {device.name} GPU-hours at MFU {mfu:g}")]
+        rows = _local_rows(plan.extra.get("local"))
+        if device:
+            hours = time_on(plan, 1, device, mfu)[1]
+            rows.append(("time", f"{hours:,.0f} {device.name} GPU-hours at MFU {mfu:g}"))
+        return rows
     mem = c.memory
     return [
         ("cluster", f"{c.gpus} × {c.device.name}, ZeRO stage {c.zero_stage}, MFU {c.mfu:g}"),
@@ -136,6 +137,27 @@ def _cluster_rows(plan, device, mfu: float) -> Rows:
             f"overhead {fmt_bytes(mem.overhead)}",
         ),
         ("time", f"{c.hours:,.1f} h wall clock, {c.gpu_hours:,.0f} GPU-hours"),
+    ]
+
+
+def _local_rows(local: dict | None) -> Rows:
+    """The micro-batch a plan without a cluster writes, and why."""
+    from cgpt.train.plan.memory import fmt_bytes
+
+    if not local:
+        return []
+    why = (
+        "the largest that divides the global batch and fits"
+        if local["chosen"]
+        else "--micro-batch; it fits"
+    )
+    return [
+        (
+            "micro-batch",
+            f"{local['micro_batch']} × grad accum {' / '.join(map(str, local['grad_accum']))} "
+            f"on one rank ({why} {local['where']}: {fmt_bytes(local['memory_bytes'])} of "
+            f"{fmt_bytes(local['available_bytes'])}; --micro-batch to choose)",
+        )
     ]
 
 

@@ -85,6 +85,7 @@ CASES = [  # (command, how many alternatives it must offer at least)
         ],
         1,
     ),  # fmt: skip
+    (["--layers", "2", "--width", "64", "--batch-seqs", "32", "--micro-batch", "3"], 3),
     (["111M", "--lr", "1e-3"], 1),
     (["111M", "--vocab-size", "1000"], 1),
     (["--params", "100M", "--cooldown-fraction", "0.3"], 1),

@@ -5,12 +5,13 @@ stage that fits) and the wall-clock time at an assumed MFU.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from cgpt.model.errors import CgptError
 from cgpt.train.cli_args import check_positive
 from cgpt.train.plan.batch import split_batch
 from cgpt.train.plan.devices import Device
-from cgpt.train.plan.memory import fit_micro_batch
+from cgpt.train.plan.memory import estimate_memory, fit_micro_batch, fmt_bytes
 from cgpt.train.plan.result import Cluster, Plan
 
 
@@ -68,6 +69,47 @@ def with_cluster(
         gpu_hours=hours * gpus,
     )
     return plan.replace(cluster=cluster)
+
+
+def on_this_machine(
+    plan: Plan,
+    device: Device | None = None,
+    micro_batch: int | None = None,
+    memory_bytes: int | None = None,
+) -> Plan:
+    """A plan without a cluster, for one rank here: the largest micro-batch that divides
+    every batch phase and fits one ``device`` (else this machine's RAM, ``memory_bytes`` or
+    probed), at the run config's defaults (ZeRO stage 1, no activation checkpointing).
+    Recorded in ``plan.extra["local"]``; micro-batch 1 with a note when none fits."""
+    if device is None:
+        import psutil  # light; the trainer checks a CPU run against the same total
+
+        total = memory_bytes or psutil.virtual_memory().total
+        device = Device("this machine's RAM", 0.0, int(total))
+    check_split(plan, 1, micro_batch)
+    batches = [p.global_batch_seqs for p in plan.phases()]
+    try:
+        fitted = fit_micro_batch(
+            plan.model, plan.seq_len, batches, 1, device, 1, False, micro_batch
+        )
+    except CgptError:
+        need = estimate_memory(plan.model, plan.seq_len, micro_batch or 1, 1, 1, False).total
+        note = (
+            f"micro-batch {micro_batch or 1}: one rank needs {fmt_bytes(need)}, more than "
+            f"{device.name} ({fmt_bytes(device.memory_bytes)}); plan a cluster with --gpu "
+            "and --gpus"
+        )
+        return replace(plan, extra={**plan.extra, "local": None}, notes=plan.notes + (note,))
+    local = {
+        "micro_batch": fitted.micro_batch,
+        "grad_accum": [s.grad_accum for s in fitted.splits],
+        "memory_bytes": fitted.memory.total,
+        "where": device.name,
+        "available_bytes": device.memory_bytes,
+        "chosen": micro_batch is None,
+    }
+    # dataclasses.replace: the plan's numbers stay as they are (Plan.replace recomputes them)
+    return replace(plan, extra={**plan.extra, "local": local})
 
 
 def check_split(

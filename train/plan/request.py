@@ -19,6 +19,7 @@ from cgpt.model.sizes import GPT2_VOCAB, vocab_fits
 from cgpt.train.cli_args import check_positive
 from cgpt.train.plan import planner as P
 from cgpt.train.plan.budget import CONVENTIONS, keep_within
+from cgpt.train.plan.cluster import on_this_machine
 from cgpt.train.plan.datacheck import (
     DataInfo,
     check_fits,
@@ -74,6 +75,9 @@ class PlanRequest:
     # the data folder or mixture NAME=DIR:WEIGHT,... the run trains on: it decides the vocab
     # and is checked against the plan (cgpt.train.plan.datacheck)
     data: str | None = None
+    # without a cluster: the memory the micro-batch must fit (default: this machine's RAM,
+    # or one --gpu)
+    memory_bytes: int | None = None
 
     @property
     def device(self) -> Device | None:
@@ -93,6 +97,8 @@ def plan(req: PlanRequest) -> P.Plan:
     With ``req.data`` the model takes the data's vocab and the plan must fit the data."""
     info = read_data(req.data) if req.data else None
     plan_ = _plan_continued(req, info) if req.init_from or req.tokens else _plan(req, info)
+    if plan_.cluster is None:
+        plan_ = on_this_machine(plan_, req.device, req.micro_batch, req.memory_bytes)
     if info is not None:
         batch = max(ph.global_batch_seqs for ph in plan_.phases())
         check_fits(info, plan_.seq_len, batch * plan_.seq_len)

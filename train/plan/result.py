@@ -118,6 +118,8 @@ class Plan:
                 zero_stage=self.cluster.zero_stage,
                 activation_checkpointing=self.cluster.activation_checkpointing,
             )
+        elif self.extra.get("local"):  # one rank here (cgpt.train.plan.cluster)
+            rt["micro_batch"] = self.extra["local"]["micro_batch"]
         rt.update(runtime or {})
         return RunConfig(
             model=self.model,
