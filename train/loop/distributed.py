@@ -200,11 +200,13 @@ def timeout_message(timeout_s: float, step: int, checkpoint: str | os.PathLike |
 
 
 # ---------------------------------------------------------------------------- dead peers
-# What gloo raises on the surviving ranks when another rank's process dies mid-collective
-# (measured with torch 2.13: SIGKILL of rank 1 of a 2-rank CPU run, mid-step and mid-save):
-# "[.../gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:5432" or
-# "... Read error [127.0.0.1]:5432: Connection reset by peer"; a send on the closed socket
-# gives "Broken pipe". NCCL's watchdog aborts the process itself.
+# What gloo raises on the surviving ranks when another rank's process dies mid-collective.
+# Measured with torch 2.13 (SIGKILL of rank 1 of a 2-rank CPU `cgpt launch`,
+# tests/test_hangs.py): "[.../gloo/transport/tcp/pair.cc:553] Connection closed by peer
+# [127.0.0.1]:64183. This is typically caused by a remote worker crashing. ...". A read or
+# write that meets the reset socket instead carries the OS's words (gloo's "Read error
+# [addr]: Connection reset by peer", or "Broken pipe"); those are matched too, not measured.
+# NCCL's watchdog aborts the process itself.
 _PEER_GONE_RE = re.compile(
     r"Connection closed by peer|Connection reset by peer|Broken pipe|Socket closed"
 )
