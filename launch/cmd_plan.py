@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import re
+import shlex
 
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB
@@ -257,7 +258,8 @@ def run(args) -> int:
 
         print(format_plan(plan, device, args.mfu))
         if args.write:
-            print(f"\nwrote {args.write} (train it with: cgpt train {args.write})")
+            quoted = shlex.quote(args.write)  # a path with spaces works when pasted
+            print(f"\nwrote {args.write} (train it with: cgpt train {quoted})")
     return 0
 
 

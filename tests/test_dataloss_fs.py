@@ -226,3 +226,96 @@ def test_interrupted_branch_leaves_nothing_to_resume(run, tmp_path, capsys, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stable"]
     assert main(["branch", str(stable), "--step", "4", "--out", str(out)]) == 0
     assert (out / "branch.json").is_file()
+
+
+# ---- item 15: housekeeping -----------------------------------------------------------------
+def _kill_when(argv: list[str], cond, what: str) -> None:
+    """Start `cgpt ARGV`, SIGKILL it as soon as ``cond()`` holds (what a preemption or the
+    OOM killer does), and reap it."""
+    p = subprocess.Popen(
+        [CGPT, *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=child_env(PYTHONWARNINGS="ignore"),
+        start_new_session=True,
+    )
+    try:
+        _wait_for(lambda: cond() or p.poll() is not None, 300, what)
+        assert p.poll() is None, f"cgpt {argv[0]} ended before {what}"
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(60)
+
+
+def _hidden(folder: Path, name: str) -> list[str]:
+    return sorted(p.name for p in folder.glob(f".{name}.*"))
+
+
+@pytest.mark.slow  # a real export process, killed
+def test_killed_export_leaves_a_temporary_folder_the_next_export_removes(run, tmp_path):
+    out = tmp_path / "hf"
+    _kill_when(
+        ["export", str(run), str(out)],  # verifying through transformers: seconds to kill in
+        lambda: _hidden(tmp_path, "hf") and True,
+        "the export's temporary folder",
+    )
+    assert _hidden(tmp_path, "hf") and not out.exists()
+    assert main(["export", str(run), str(out), "--no-verify"]) == 0
+    assert _hidden(tmp_path, "hf") == [] and (out / "model.safetensors").is_file()
+
+
+@pytest.mark.slow  # a real prepare process, killed
+def test_killed_prepare_leaves_a_temporary_folder_the_next_prepare_removes(tmp_path, capsys):
+    from helpers import make_tokenizer
+
+    tok = make_tokenizer(tmp_path / "tok", vocab_size=280)
+    out = tmp_path / "data"
+    argv = ["prepare", "--tokenizer", str(tok), "--out", str(out), "--num-proc", "1"]
+    _kill_when(
+        [*argv, "--input", "stdlib:max_docs=400"],
+        lambda: _hidden(tmp_path, "data"),
+        "prepare's temporary folder",
+    )
+    assert _hidden(tmp_path, "data")
+    assert main([*argv, "--input", "stdlib:max_docs=3"]) == 0
+    assert _hidden(tmp_path, "data") == [] and (out / "meta.json").is_file()
+
+
+def test_a_failed_latest_is_a_warning_not_a_failed_checkpoint(data, tmp_path, capsys, monkeypatch):
+    """Out of inodes after the publishing rename: only `checkpoints/latest` failed; the
+    checkpoint is saved and the run goes on (the message once said the save failed)."""
+    import errno
+
+    from cgpt.train.loop import checkpoint
+
+    real = checkpoint.write_text_atomic
+
+    def no_inode_for_latest(path, text):
+        if Path(path).name == "latest":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, text)
+
+    monkeypatch.setattr(checkpoint, "write_text_atomic", no_inode_for_latest)
+    d = make_cfg(tmp_path, data, out="run", steps=4, save_every=2, eval_every=0, keep_last=5)
+    assert main(["train", str(_write(tmp_path, d, "run.yaml"))]) == 0
+    err = capsys.readouterr().err
+    assert "checkpoint step-2 is saved and complete; only" in err and "latest" in err, err
+    assert "could not save checkpoint" not in err
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*"))
+    assert ckpts == ["step-2", "step-4"]
+
+
+def test_plan_train_line_quotes_a_path_with_spaces(tmp_path, capsys):
+    import re
+    import shlex
+
+    from helpers import byte_token_folder
+
+    data = byte_token_folder(tmp_path / "my data", 120 * 64, 4 * 65, vocab_size=300)
+    out = tmp_path / "my runs" / "run 1.yaml"
+    out.parent.mkdir()
+    argv = ["--layers", "2", "--width", "64", "--seq-len", "64", "--batch-seqs", "8"]
+    assert main(["plan", *argv, "--data", str(data), "--write", str(out)]) == 0
+    line = re.search(r"train it with: (.*)\)$", capsys.readouterr().out, re.M)
+    assert line and shlex.split(line.group(1)) == ["cgpt", "train", str(out)], line
+    assert out.is_file()

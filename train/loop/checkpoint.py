@@ -25,6 +25,7 @@ import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -232,16 +233,30 @@ class Checkpointer:
                     shutil.rmtree(final)
                 tmp.rename(final)  # the publish: one atomic rename
                 _fsync_dir(self.dir)
-                write_text_atomic(self.dir / "latest", tag + "\n")
             except OSError as e:
                 failed, error = 1.0, e
                 message = self._save_failed(step, e)
                 shutil.rmtree(tmp, ignore_errors=True)
             if not failed:
+                self._write_latest(tag)
                 self._prune(cfg.runtime.save_steps)
         if all_sum([failed], _device_of(engine))[0]:
             raise CgptError(message if failed else self._save_failed(step, None))
         return final
+
+    def _write_latest(self, tag: str) -> None:
+        """``checkpoints/latest`` names the newest checkpoint for people and DeepSpeed's tools;
+        cgpt resumes from the folders themselves, so a failed write (out of inodes) is a
+        warning that says what failed, not a failed save."""
+        try:
+            write_text_atomic(self.dir / "latest", tag + "\n")
+        except OSError as e:
+            print(
+                f"cgpt train: warning: checkpoint {tag} is saved and complete; only "
+                f"{self.dir / 'latest'} could not be updated ({e.strerror or e}), which a "
+                "resume does not need",
+                file=sys.stderr,
+            )
 
     def _save_failed(self, step: int, error: BaseException | None) -> str:
         last = newest(self.dir)
