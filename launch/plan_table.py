@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 Rows = list[tuple[str, str]]
 
 
@@ -166,17 +168,18 @@ def _budget_rows(b: dict | None) -> Rows:
     sides of it (tokens/param exactly the rule's)."""
     if not b:
         return []
+    share = f"{math.floor(b['share'] * 1e4) / 100:.2f}%"  # rounded down: never "100%" above
     if "gpu_hours" in b:
         used_h = b["gpu_hours"] * b["share"]
         head = (
             f"{b['gpu_hours']:,.6g} {b['gpu']} GPU-hours at MFU {b['mfu']:g} = "
-            f"{b['flops']:.4g} FLOPs, {b['convention']}; this plan uses {used_h:,.6g} "
-            f"GPU-hours ({b['share']:.2%})"
+            f"{b['flops']:.4g} FLOPs, {b['convention']}; this plan uses {used_h:,.2f} "
+            f"GPU-hours ({share})"
         )
     else:
         head = (
             f"{b['flops']:.4g} FLOPs, {b['convention']}; this plan uses "
-            f"{b['used_flops']:.4g} ({b['share']:.2%})"
+            f"{b['used_flops']:.6g} ({share})"
         )
     rows = [("budget", head)]
     sides = [
