@@ -184,15 +184,17 @@ def run_sweep(
     out = Path(sweep.out_dir)
     if dry_run:
         return _dry_run(sweep, out, log)
-    with FolderLock(out, "sweep folder"):  # one sweep per folder, as one trainer per run
-        return _run_locked(sweep, path, out, retry_failed, fit, log)
-
-
-def _run_locked(sweep: SweepConfig, path, out: Path, retry_failed: bool, fit: bool, log) -> dict:
     data = ensure_data(sweep, log)
-    did = data_id(data)
     points = plan_points(sweep, data.vocab_size)
-    _check_unchanged(out, points, sweep)
+    _check_unchanged(out, points, sweep)  # a refusal before the lock leaves out as it was
+    with FolderLock(out, "sweep folder"):  # one sweep per folder, as one trainer per run
+        _check_unchanged(out, points, sweep)  # again: another sweep may have written since
+        return _run_locked(sweep, path, out, data_id(data), points, retry_failed, fit, log)
+
+
+def _run_locked(
+    sweep: SweepConfig, path, out: Path, did: str, points: list[Point], retry_failed, fit, log
+) -> dict:
     old = {r["name"]: r for r in read_metrics(out / "results.jsonl")}
     records = {p.name: old[p.name] for p in points if p.name in old}
     stale = [n for n, r in records.items() if r.get("status") == "ok" and r.get("data_id") != did]
