@@ -76,6 +76,13 @@ def open_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o666, what: 
         raise
 
 
+def open_append(path: str | os.PathLike, what: str = ""):
+    """A text file opened for appending (created with the umask's mode if missing), never
+    through a symbolic link (metrics.jsonl, logs)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    return os.fdopen(open_nofollow(path, flags, 0o666, what), "a")
+
+
 def refuse_link(path: str | os.PathLike, what: str = "") -> None:
     """CgptError if ``path`` is a symbolic link (checked before deleting or replacing it)."""
     if os.path.islink(path):
@@ -197,6 +204,7 @@ __all__ = [
     "dir_mode",
     "make_public",
     "open_nofollow",
+    "open_append",
     "refuse_link",
     "fsync_dir",
     "write_atomic",

@@ -134,11 +134,17 @@ def test_atomic_writers_replace_a_link_never_its_target(tmp_path):
     assert (tmp_path / "config.yaml").read_text() == "a: 1\n"
 
 
-def _cli(*argv, **kw):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [CGPT, *map(str, argv)], capture_output=True, text=True, env=env, timeout=600, **kw
-    )
+def test_metrics_file_is_not_appended_through_a_link(tmp_path):
+    from cgpt.model.errors import CgptError
+    from cgpt.train.loop.metrics import MetricsLogger
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"keep me")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").symlink_to(victim)
+    with pytest.raises(CgptError, match="symbolic link"):
+        MetricsLogger(tmp_path / "run", enabled=True, total_steps=1, start_step=0)
+    assert victim.read_bytes() == b"keep me"
 
 
 def _wait_for(cond, timeout: float, what: str):

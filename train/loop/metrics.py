@@ -18,6 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
+from cgpt.model.files import open_append
 from cgpt.train.config import write_text_atomic
 from cgpt.train.figures import pyplot, save_figure
 from cgpt.train.write_errors import writing
@@ -73,7 +74,7 @@ class MetricsLogger:
         self._wandb = self._bar = self._file = None
         if not enabled:
             return
-        self._file = open(self.path, "a")
+        self._file = open_append(self.path, "metrics file")  # never through a link
         self._wandb = self._start_wandb(wandb_setting, wandb_project, config)
         self._bar = self._start_bar(start_step)
 

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from cgpt.model.files import open_append
 from cgpt.train.scaling.sweep_points import Point
 from cgpt.train.scaling.sweep_records import make_record
 
@@ -53,7 +54,7 @@ def run_point(p: Point, out: Path, did: str, log=print) -> dict:
     log_path = out / "logs" / f"{p.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    with open(log_path, "a") as f:
+    with open_append(log_path, "sweep log") as f:  # never through a link
         f.write(f"\n$ {' '.join(cmd)}\n")
         f.flush()
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_child_env())
