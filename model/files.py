@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import os
 import shutil
 import stat
@@ -177,7 +178,7 @@ def remove_stale(target: str | os.PathLike) -> list[Path]:
     target = Path(target)
     removed: list[Path] = []
     try:
-        entries = list(target.parent.glob(f".{target.name}.*{TMP_SUFFIX}"))
+        entries = list(target.parent.glob(f".{glob.escape(target.name)}.*{TMP_SUFFIX}"))
     except OSError:
         return removed
     for p in entries:
