@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cgpt.model import GPT, GPTConfig, fused_ce
+from cgpt.model import GPT, GPTConfig, ce_blocks, fused_ce
 from cgpt.model.config import MuPConfig
 
 
@@ -22,7 +22,7 @@ def _grads(fn, x, w, y, scale=1.0):
 
 @pytest.mark.parametrize("n", [1, 37, 300])  # one row, fewer rows than a block, several blocks
 def test_matches_plain_loss_fp32(monkeypatch, n):
-    monkeypatch.setattr(fused_ce, "BLOCK_ELEMENTS", 16 * 101)  # 16-row blocks
+    monkeypatch.setattr(ce_blocks, "BLOCK_ELEMENTS", 16 * 101)  # 16-row blocks
     torch.manual_seed(0)
     x, w = torch.randn(n, 24), torch.randn(101, 24) * 0.3
     y = torch.randint(0, 101, (n,))

@@ -51,7 +51,7 @@ def test_bf16_deepspeed_training_on_cuda(tmp_path):
 
 @pytest.mark.gpu
 def test_fused_loss_on_cuda_matches_plain_loss():
-    """The GPU block size (cgpt.model.fused_ce.BLOCK_ELEMENTS_GPU): several blocks at bf16."""
+    """The GPU block size (cgpt.model.ce_blocks.BLOCK_ELEMENTS_GPU): several blocks at bf16."""
     import torch.nn.functional as F
 
     from cgpt.model import fused_ce

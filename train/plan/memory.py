@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from cgpt.model.ce_blocks import block_rows
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import num_params
 from cgpt.train.plan.batch import BatchSplit, feasible_micro_batches, split_batch
@@ -129,8 +130,6 @@ def estimate_memory(
     logits gradient freed; one block recomputed under checkpointing plus its gradients in
     flight).
     """
-    from cgpt.model.fused_ce import block_rows
-
     act_bytes = _STATE_BYTES.get(precision, (2,))[0]
     w, g, o = state_bytes(num_params(cfg), zero_stage, data_parallel, precision)
     s, b, h = seq_len, micro_batch, cfg.n_embd
