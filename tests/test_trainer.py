@@ -219,7 +219,7 @@ def test_mistyped_key_names_nearest(tmp_path, data, capsys):
 @pytest.mark.parametrize(
     "change, needle",
     [
-        ({"model": {"vocab_size": 200}}, "vocab_size to at least 257"),
+        ({"model": {"vocab_size": 200}}, "add --set model.vocab_size=257"),
         ({"runtime": {"precision": "fp16"}}, "fp16 needs a CUDA GPU"),
         ({"runtime": {"micro_batch": 3}}, "feasible micro-batches"),
         ({"model": {"n_layer": 80, "n_embd": 8192, "n_head": 64}}, "memory"),
