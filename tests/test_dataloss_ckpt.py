@@ -3,14 +3,24 @@ reproduced on what the real trainer writes: tiny fp32 runs on CPU."""
 
 from __future__ import annotations
 
+import json
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from test_trainer import _write, losses, make_cfg, make_data
+import yaml
+from helpers import child_env
+from test_trainer import EOS, _write, losses, make_cfg, make_data, tree_digest
 
 from cgpt.launch.cli import main as cli_main
+from cgpt.train.data.shards import open_token_data, write_token_data
 from cgpt.train.loop import checkpoint as ckpt
+from cgpt.train.loop.metrics import read_metrics
+from cgpt.train.loop.rewind import FAULT_ENV, INTENT
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +30,23 @@ def data(tmp_path_factory) -> Path:
 
 def _steps(run: Path) -> list[int]:
     return [s for s, _ in ckpt.published(run / "checkpoints")]
+
+
+def _refused(capsys, argv: list[str]) -> str:
+    """The one line of a refusal before training (exit 2, no traceback)."""
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("cgpt train: error: "), err
+    return err
+
+
+def _reprepare(folder: Path) -> None:
+    """What `cgpt prepare --force` into the same folder does with other documents of the
+    same sizes: the same ShardWriter replaces the folder, new sha256 in meta.json."""
+    old = open_token_data(folder)
+    train, val = np.array(old.train, dtype=np.int64), np.array(old.val, dtype=np.int64)
+    write_token_data(folder, train[::-1].copy(), val, vocab_size=257, eos_id=EOS)
 
 
 # ---------------------------------------------------------------------------- 1: save_steps
@@ -86,3 +113,135 @@ def test_a_universal_conversion_missing_a_file_is_converted_again(zero1_run, tmp
     out = capsys.readouterr()
     assert "lost a file: converting again" in out.out + out.err
     assert lost.is_file() and losses(run) == first  # step 7 again, bitwise
+
+
+# ---------------------------------------------------------------------------- 4: data identity
+def test_data_moved_is_accepted_and_data_replaced_is_refused(tmp_path, data, capsys):
+    src = tmp_path / "data"
+    shutil.copytree(data, src)
+    d = make_cfg(tmp_path, src, steps=5, save_every=2, eval_every=0, keep_last=5)
+    assert cli_main(["train", str(_write(tmp_path, d)), "--set", "runtime.max_steps=2"]) == 0
+    run = tmp_path / "run"
+    recorded = json.loads((run / "data.json").read_text())
+    assert recorded["path"]["path"] == str(src)
+    # the same data in another folder: accepted, with a note
+    moved = tmp_path / "moved"
+    src.rename(moved)
+    capsys.readouterr()
+    grow = ["--set", "runtime.max_steps=3"]
+    assert cli_main(["train", str(run), "--resume", "--set", f"data.path={moved}", *grow]) == 0
+    out = capsys.readouterr()
+    assert f"data folder moved (path: {src} -> {moved})" in out.out + out.err
+    # other documents of the same sizes in that folder: refused, nothing written
+    _reprepare(moved)
+    before = tree_digest(run)
+    err = _refused(capsys, ["train", str(run), "--resume"])
+    assert "the data changed since the run started (train of path" in err
+    assert tree_digest(run) == before
+    # the printed command, run as printed, accepts and records the change
+    cmd = shlex.split(err.split("continue on the new data with: ")[1])
+    assert cmd[:2] == ["cgpt", "train"] and "--allow-change" in cmd
+    assert cli_main(cmd[1:] + ["--set", "runtime.max_steps=4"]) == 0
+    rows = [json.loads(r) for r in (run / "changes.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["step"] == 3
+    old, new = rows[0]["changes"]["data"]
+    assert old["path"]["train"] == recorded["path"]["train"] != new["path"]["train"]
+    step4 = json.loads((run / "checkpoints" / "step-4" / "data.json").read_text())
+    assert step4["path"]["train"] == new["path"]["train"]
+    # a checkpoint from before the accepted change is still this run's
+    assert cli_main(["train", str(run), "--resume", "--from", "step-2"]) == 0
+
+
+# ---------------------------------------------------------------------------- 9: foreign ones
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, data) -> Path:
+    """Stopped at step 6 of 9 (checkpoints step-3 and step-6); tests change copies."""
+    tmp = tmp_path_factory.mktemp("base")
+    d = make_cfg(tmp, data, steps=9, save_every=3, eval_every=0, keep_last=3)
+    assert cli_main(["train", str(_write(tmp, d)), "--set", "runtime.max_steps=6"]) == 0
+    return tmp / "run"
+
+
+def _other_run(tmp: Path, data: Path, **runtime) -> Path:
+    """Another run of the same shape, 3 steps (checkpoint step-3)."""
+    d = make_cfg(tmp, data, out="other", steps=9, save_every=3, eval_every=0, **runtime)
+    assert (
+        cli_main(["train", str(_write(tmp, d, "other.yaml")), "--set", "runtime.max_steps=3"]) == 0
+    )
+    return tmp / "other"
+
+
+@pytest.mark.parametrize("other", ["step", "seed", "data"])
+def test_a_checkpoint_of_another_run_is_refused(base_run, tmp_path, data, capsys, other):
+    run = _copy(base_run, tmp_path)
+    cdir = run / "checkpoints"
+    if other == "step":  # a step-3 state published as step-9
+        shutil.copytree(cdir / "step-3", cdir / "step-9")
+        argv, why = ["--resume"], "it holds the state of step 3, not 9"
+    else:  # step-3 of a run with another seed, or trained on other data, copied over ours
+        if other == "seed":
+            foreign = _other_run(tmp_path, data, seed=8)
+            why = "its config differs in runtime.seed"
+        else:
+            shutil.copytree(data, tmp_path / "data2")
+            _reprepare(tmp_path / "data2")
+            foreign = _other_run(tmp_path, tmp_path / "data2")
+            why = "it was trained on other data"
+        shutil.rmtree(cdir / "step-3")
+        shutil.copytree(foreign / "checkpoints" / "step-3", cdir / "step-3")
+        argv = ["--resume", "--from", "step-3"]
+    before = tree_digest(run)
+    err = _refused(capsys, ["train", str(run), *argv])
+    assert f"is not this run's ({why}" in err and "; nothing was resumed or changed" in err
+    assert tree_digest(run) == before  # no metrics dropped, nothing pruned or moved
+    # the advice, followed literally, sets it aside; the run then goes on from its own step-6
+    mv = shlex.split(err.split("set it aside: ")[1])
+    assert mv[0] == "mv" and len(mv) == 3
+    Path(mv[1]).rename(mv[2])
+    capsys.readouterr()
+    assert cli_main(["train", str(run), "--resume", "--set", "runtime.max_steps=7"]) == 0
+    assert len(losses(run)) == 7 and losses(run)[:6] == losses(base_run)
+
+
+# ---------------------------------------------------------------------------- 6: atomic rewind
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", ["recorded", "config"])
+def test_a_rewind_killed_midway_is_undone_or_finished_by_the_next_start(
+    base_run, tmp_path, capsys, kill_after
+):
+    """SIGKILL of `--resume --from step-3 --set plan.lr=...` after it recorded the change
+    but before config.yaml (undone), or right after config.yaml (finished): the plain
+    --resume a requeue runs never trains the abandoned trajectory with the new LR."""
+    run = _copy(base_run, tmp_path)
+    rewind = ["--resume", "--from", "step-3", "--set", "plan.lr=0.001", "--allow-change", "plan.lr"]
+    cgpt = str(Path(sys.executable).parent / "cgpt")
+    proc = subprocess.run(
+        [cgpt, "train", str(run), *rewind],
+        env=child_env(**{FAULT_ENV: kill_after}),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == -9, proc.stdout + proc.stderr  # killed where the hook says
+    assert (run / INTENT).is_file()
+    capsys.readouterr()
+    assert cli_main(["train", str(run), "--resume", "--set", "runtime.max_steps=7"]) == 0
+    out = capsys.readouterr()
+    assert not (run / INTENT).exists()
+    cfg_lr = yaml.safe_load((run / "config.yaml").read_text())["plan"]["lr"]
+    changes = read_metrics(run / "changes.jsonl")
+    abandoned = list((run / "checkpoints").glob("abandoned-*"))
+    rows, base = read_metrics(run / "metrics.jsonl"), read_metrics(base_run / "metrics.jsonl")
+    lrs = [r["lr"] for r in rows if "loss" in r]
+    if kill_after == "recorded":  # before the commit: as if the rewind never ran
+        assert "undid the rewind to step-3 (step 3)" in out.out + out.err
+        assert cfg_lr == 3e-3 and changes == [] and abandoned == []
+        assert losses(run)[:6] == losses(base_run)  # continued from its own step-6
+    else:  # committed: the rewind is finished and recorded
+        assert "finished the rewind to step-3 (step 3)" in out.out + out.err
+        assert cfg_lr == 0.001 and len(changes) == 1
+        assert changes[0]["changes"] == {"plan.lr": [3e-3, 0.001]}
+        assert [p.name for p in abandoned[0].iterdir()] == ["step-6"]
+        assert losses(run)[:3] == losses(base_run)[:3]
+        assert lrs[3:] != [r["lr"] for r in base if "loss" in r][3:6]  # the new LR from step 4
+    assert len(losses(run)) == 7 and _steps(run)[-1] == 7

@@ -3,6 +3,7 @@ gives bitwise the per-step losses of a straight run (fp32, CPU)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -208,6 +209,10 @@ def test_a_checkpoint_holding_code_is_refused(tmp_path, data, capsys):
     import torch
 
     torch.save({"module": Payload()}, target)  # what a tampered torch.save file looks like
+    # whoever can edit the folder rewrites its manifest too (the manifest finds files lost
+    # or cut short, not tampering): the restricted unpickler must still refuse the file
+    listed = ckpt.manifest(step)
+    (step / ckpt.MANIFEST).write_text(json.dumps({"files": listed}))
     before = sorted(p.name for p in step.iterdir())
     capsys.readouterr()
     assert main(["train", str(cfg_path), "--resume", "--set", "runtime.max_steps=6"]) == 2

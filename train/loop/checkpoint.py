@@ -34,6 +34,7 @@ import torch
 from cgpt.model.errors import CgptError
 from cgpt.train.config import RunConfig, write_text_atomic
 from cgpt.train.loop.distributed import barrier
+from cgpt.train.loop.identity import DATA_FILE
 
 COMPLETE = "complete"
 STATE = "trainer_state.json"
@@ -225,6 +226,9 @@ class Checkpointer:
                 write_text_atomic(
                     tmp / STATE, json.dumps(state, indent=1, default=_jsonable) + "\n"
                 )
+                data = self.dir.parent / DATA_FILE  # what the run trains on: a resume
+                if data.is_file():  # checks that this checkpoint was trained on it too
+                    write_text_atomic(tmp / DATA_FILE, data.read_text())
                 files = {"files": manifest(tmp)}  # checked by problem() before a resume
                 write_text_atomic(tmp / MANIFEST, json.dumps(files, indent=1) + "\n")
                 write_text_atomic(tmp / COMPLETE, f"{step}\n")
@@ -267,7 +271,7 @@ class Checkpointer:
             f"save was removed and {keep}. Free disk space, then resume"
         )
 
-    def _prune(self, save_steps: list[int]) -> None:
+    def _prune(self, save_steps: list[int] | tuple[int, ...] = ()) -> None:
         """Keep the newest ``keep_last`` checkpoints and every one named in
         ``runtime.save_steps`` (kept for later `cgpt branch` runs, never counted against
         keep_last); ``abandoned-*`` folders of a rewind are neither counted nor touched."""

@@ -52,7 +52,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--allow-change",
         metavar="KEYS",
         help="with --resume: accept these config changes, comma-separated (e.g. "
-        "plan.lr,plan.warmup_steps); recorded in changes.jsonl",
+        "plan.lr,plan.warmup_steps; 'data': data whose checksums changed); recorded in "
+        "changes.jsonl",
     )
     # the deepspeed launcher appends --local_rank=N; the env var LOCAL_RANK says the same
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)

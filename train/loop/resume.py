@@ -7,16 +7,18 @@
   ``checkpoints/abandoned-<time>/``, and the metrics after step N are dropped.
 * ``--allow-change plan.lr,plan.warmup_steps`` accepts those config changes; they are
   written into ``config.yaml`` and recorded in ``changes.jsonl`` (time, step, old -> new).
+  ``--allow-change data`` accepts data whose checksums changed since the run started
+  (``data.json``, cgpt.train.loop.identity); a data folder that only moved is accepted.
+* A checkpoint copied in from another run (its step, config or data differ) is refused.
 
-Everything here only reads; :func:`apply_rewind` (rank 0, after every check passed) writes.
+Everything here only reads; cgpt.train.loop.rewind (rank 0, after every check passed)
+writes, as one transaction.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,8 @@ import yaml
 from cgpt.model.errors import CgptError
 from cgpt.train.config import RUN_CONFIG, config_diff
 from cgpt.train.loop import checkpoint as ckpt
+from cgpt.train.loop import identity
+from cgpt.train.loop.metrics import read_metrics  # the one tolerant JSONL reader
 from cgpt.train.loop.universal import (
     UNIVERSAL,
     broken,
@@ -52,6 +56,7 @@ CHANGEABLE = (
     "plan.adam_betas",
 )
 CHANGES_FILE = "changes.jsonl"
+DATA = "data"  # --allow-change data: continue on data whose checksums changed
 
 
 @dataclass(frozen=True)
@@ -63,11 +68,11 @@ class ResumeRequest:
     def __post_init__(self):
         if (self.from_step or self.allow_change) and not self.resume:
             raise CgptError("--from and --allow-change go with --resume")
-        bad = [k for k in self.allow_change if k not in CHANGEABLE]
+        bad = [k for k in self.allow_change if k not in (*CHANGEABLE, DATA)]
         if bad:
             raise CgptError(
                 f"--allow-change {','.join(bad)}: a resumed run may change only "
-                f"{', '.join(CHANGEABLE)}"
+                f"{', '.join(CHANGEABLE)} and {DATA} (data with other checksums)"
             )
 
 
@@ -82,6 +87,7 @@ class ResumePoint:
     # through DeepSpeed's universal format (another world size or stage)
     saved_topology: tuple[int, int] | None = None
     universal: bool = False
+    data: dict = field(default_factory=dict)  # the data's identity now (cgpt...identity)
 
 
 def parse_allow_change(text: str | None) -> tuple[str, ...]:
@@ -98,6 +104,7 @@ def find_resume_point(
 ) -> ResumePoint:
     """Check the run folder against the request; raise CgptError naming the fix."""
     saved = run_dir / RUN_CONFIG
+    current = identity.data_identity(new_cfg.get("data") or {})
     if not req.resume:
         if saved.exists():
             raise CgptError(
@@ -105,11 +112,11 @@ def find_resume_point(
                 f"with: cgpt train {shlex.quote(str(run_dir))} --resume (or set "
                 "runtime.out_dir to a new folder)"
             )
-        return ResumePoint()
+        return ResumePoint(data=current)
     if not saved.is_file():
         if req.from_step:
             raise CgptError(f"--from {req.from_step}: {str(run_dir)!r} holds no run yet")
-        return ResumePoint()  # nothing to resume yet (preempted before starting): fresh start
+        return ResumePoint(data=current)  # preempted before starting: a fresh start
     try:
         old = yaml.safe_load(saved.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
@@ -117,7 +124,35 @@ def find_resume_point(
             f"{saved} is unreadable ({e.__class__.__name__}); restore it from a "
             f"checkpoint's copy (checkpoints/step-N/{RUN_CONFIG})"
         ) from None
-    diff = config_diff(old, new_cfg, RESUME_RUNTIME_KEYS)
+    recorded = identity.read_identity(run_dir / identity.DATA_FILE)
+    point = ResumePoint(data=current)
+    point.changes = _config_changes(run_dir, old, new_cfg, req, recorded is not None)
+    if recorded is not None:  # a run from before data.json: its data paths were compared
+        point.warnings += _data_changes(run_dir, recorded, current, req, world_size, point)
+    _choose_checkpoint(run_dir / "checkpoints", req, point)
+    if point.folder is None:
+        return point
+    point.state = ckpt.read_state(point.folder)
+    known = [recorded or current, *_earlier_data(run_dir)]
+    why = identity.foreign_checkpoint(point.folder, point.state, new_cfg, known)
+    if why:
+        aside = point.folder.parent / f"foreign-{point.folder.name}"
+        raise CgptError(
+            f"checkpoint {point.folder} is not this run's ({why}); nothing was resumed or "
+            f"changed. To resume from the run's previous checkpoint, set it aside: mv "
+            f"{shlex.quote(str(point.folder))} {shlex.quote(str(aside))}"
+        )
+    _universal(point, old, world_size, zero_stage)
+    return point
+
+
+def _config_changes(
+    run_dir: Path, old: dict, new_cfg: dict, req: ResumeRequest, by_checksums: bool
+) -> dict:
+    """key -> [old, new] of the allowed config changes; refuses the others. With a data
+    record (``by_checksums``) data folders are compared through their checksums instead."""
+    a, b = (identity.without_data_paths(old), identity.without_data_paths(new_cfg))
+    diff = config_diff(*((a, b) if by_checksums else (old, new_cfg)), RESUME_RUNTIME_KEYS)
     refused = [k for k in diff if k not in req.allow_change]
     if refused:
         changeable = [k for k in refused if k in CHANGEABLE]
@@ -130,23 +165,63 @@ def find_resume_point(
             f"cannot resume {str(run_dir)!r}: the config changed in "
             f"{', '.join(refused)}, which breaks resumption{hint}"
         )
-    point = ResumePoint(changes={k: [_value(old, k), _value(new_cfg, k)] for k in diff})
-    root = run_dir / "checkpoints"
+    return {k: [_value(old, k), _value(new_cfg, k)] for k in diff}
+
+
+def _data_changes(
+    run_dir: Path,
+    recorded: dict,
+    current: dict,
+    req: ResumeRequest,
+    world_size: int,
+    point: ResumePoint,
+) -> list[str]:
+    """Refuse data whose checksums changed since the run started (unless --allow-change
+    data, then recorded as a change); note a folder that moved with the same checksums."""
+    changed, moved = identity.compare(recorded, current)
+    if changed and DATA not in req.allow_change:
+        keys = ",".join([*req.allow_change, DATA])
+        extra = f" --from {req.from_step}" if req.from_step else ""
+        raise CgptError(
+            f"cannot resume {str(run_dir)!r}: the data changed since the run started "
+            f"({'; '.join(changed)} now hold other tokens: their sha256 checksums in "
+            "meta.json differ); restore the data, or continue on the new data with: "
+            + resume_command(run_dir, world_size, f"{extra} --allow-change {keys}")
+        )
+    if changed:
+        point.changes[DATA] = [identity.checksums(recorded), identity.checksums(current)]
+    return [
+        f"data folder moved ({m}); its sha256 checksums are the ones the run started "
+        "with, so the run continues on it"
+        for m in moved
+    ]
+
+
+def _earlier_data(run_dir: Path) -> list[dict]:
+    """Data the run trained on before an allowed data change (from changes.jsonl)."""
+    rows = read_metrics(run_dir / CHANGES_FILE)
+    return [r["changes"][DATA][0] for r in rows if DATA in (r.get("changes") or {})]
+
+
+def _choose_checkpoint(root: Path, req: ResumeRequest, point: ResumePoint) -> None:
     if req.from_step:
         point.folder = _named(root, req.from_step)
         point.abandon = [
             p for s, p in ckpt.published(root) if s > int(point.folder.name.split("-")[1])
         ]
-    else:
-        found, point.warnings = ckpt.newest_readable(root)
-        if found is None:
-            if ckpt.published(root):
-                raise CgptError(
-                    f"no checkpoint in {root} reads back whole; {'; '.join(point.warnings)}"
-                )
-            return point
-        point.folder = found[1]
-    point.state = ckpt.read_state(point.folder)
+        return
+    found, unusable = ckpt.newest_readable(root)
+    point.warnings += unusable
+    if found is None:
+        if ckpt.published(root):
+            raise CgptError(f"no checkpoint in {root} reads back whole; {'; '.join(unusable)}")
+        return
+    point.folder = found[1]
+
+
+def _universal(point: ResumePoint, old: dict, world_size: int, zero_stage: int) -> None:
+    """Whether the checkpoint loads through a universal conversion (another topology)."""
+    assert point.folder is not None
     point.saved_topology = saved_topology(point.folder, point.state, old, world_size)
     point.universal = needs_universal(point.folder, point.saved_topology, world_size, zero_stage)
     if point.universal:
@@ -160,7 +235,6 @@ def find_resume_point(
             f"{ostage}; resuming on {ranks_text(world_size)} with ZeRO stage {zero_stage} "
             f"through DeepSpeed's universal checkpoint format ({how})"
         )
-    return point
 
 
 def _named(root: Path, name: str) -> Path:
@@ -177,37 +251,6 @@ def _named(root: Path, name: str) -> Path:
     if why:
         raise CgptError(f"--from {name}: checkpoint {folder} is unusable ({why})")
     return folder
-
-
-def apply_rewind(run_dir: Path, point: ResumePoint) -> list[str]:
-    """Rank 0, after every check: set newer checkpoints aside and record config changes.
-    Returns the messages to log."""
-    msgs = []
-    if point.abandon:
-        dest = run_dir / "checkpoints" / f"abandoned-{time.strftime('%Y%m%d-%H%M%S')}"
-        dest.mkdir(parents=True, exist_ok=True)
-        for p in point.abandon:
-            os.replace(p, dest / p.name)
-        msgs.append(
-            f"rewound to {point.folder.name}: moved {', '.join(p.name for p in point.abandon)} "
-            f"to {dest}"
-        )
-    if point.changes:
-        row = {
-            "time": time.time(),
-            "step": int(point.state.get("step", 0)),
-            "checkpoint": str(point.folder) if point.folder else None,
-            "changes": point.changes,
-        }
-        with open(run_dir / CHANGES_FILE, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        msgs.append(
-            "config changed on resume: "
-            + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in point.changes.items())
-        )
-    return msgs
 
 
 def resume_command(run_dir: Path, world_size: int, extra: str = "") -> str:

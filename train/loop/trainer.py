@@ -64,15 +64,14 @@ from cgpt.train.loop.metrics import (
     Throughput,
     eta_text,
     plot_loss,
-    truncate_metrics,
 )
 from cgpt.train.loop.resume import (
     ResumePoint,
     ResumeRequest,
-    apply_rewind,
     find_resume_point,
     resume_command,
 )
+from cgpt.train.loop.rewind import apply_start, recover_interrupted
 from cgpt.train.loop.schedule import global_batch_at, lr_at, tokens_before
 from cgpt.train.loop.watchdog import StepWatchdog
 from cgpt.train.plan.batch import BatchSplit, split_batch
@@ -202,10 +201,12 @@ def prepare_run(cfg: RunConfig, req: ResumeRequest) -> Run:
     _check_eval_tasks(cfg, dist)
     run = Run(cfg, dist, data, splits, Path(rt.out_dir), tokenizer_dir=tokenizer_of(cfg.data))
     _lock_run_dir(run)
-    try:
+    try:  # first a rewind that a kill interrupted is finished or undone (rank 0)
+        notes = recover_interrupted(run.run_dir, dist) if req.resume else []
         run.point = find_resume_point(
             run.run_dir, cfg.to_dict(), req, dist.world_size, rt.zero_stage
         )
+        run.point.warnings[:0] = notes
     except BaseException:
         if run.lock:
             run.lock.release(cleanup_if_unused=True)
@@ -623,10 +624,9 @@ def _publish_start(run: Run, ds_config: dict) -> list[str]:
     cfg.provenance = Provenance(**provenance())
     cfg.save(run.run_dir / RUN_CONFIG)
     save_ds_config(ds_config, run.run_dir / "ds_config.json")
-    msgs = apply_rewind(run.run_dir, run.point)
-    # steps after the checkpoint are redone: drop their old rows first
-    truncate_metrics(run.run_dir / "metrics.jsonl", run.resume_state.get("step", 0))
-    return msgs
+    # config.yaml, a rewind's moves, changes.jsonl, data.json and the metrics cut: one
+    # transaction that a kill cannot leave half done (cgpt.train.loop.rewind)
+    return apply_start(run.run_dir, run.point, cfg)
 
 
 def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
