@@ -622,7 +622,6 @@ def _publish_start(run: Run, ds_config: dict) -> list[str]:
     folder's config, DeepSpeed config, rewind bookkeeping and metrics truncation."""
     cfg = run.cfg
     cfg.provenance = Provenance(**provenance())
-    cfg.save(run.run_dir / RUN_CONFIG)
     save_ds_config(ds_config, run.run_dir / "ds_config.json")
     # config.yaml, a rewind's moves, changes.jsonl, data.json and the metrics cut: one
     # transaction that a kill cannot leave half done (cgpt.train.loop.rewind)
