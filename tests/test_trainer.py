@@ -196,10 +196,14 @@ def _write(tmp: Path, d: dict, name: str = "run.yaml") -> Path:
     return p
 
 
-def _cli_error(capsys, argv, code: int = 2) -> str:
+def _cli_error(capsys, argv, code: int = 2, started: bool = False) -> str:
+    """The error line; ``started``: the run printed its banner (and steps) before it."""
     assert cli_main(argv) == code
     err = capsys.readouterr().err.strip()
-    assert err.startswith("cgpt train: error:") and "Traceback" not in err
+    assert "Traceback" not in err
+    if started:
+        err = err.splitlines()[-1]
+    assert err.startswith("cgpt train: error:")
     return err
 
 
@@ -268,7 +272,7 @@ def test_divergence_stops_without_saving(tmp_path, data, capsys):
     checkpoint (step 5); nothing is saved after it."""
     d = make_cfg(tmp_path, data, steps=20, save_every=5, eval_every=0)
     with nan_loss_after(7 * 4):  # 4 micro-batches per step: step 8 onwards
-        err = _cli_error(capsys, ["train", str(_write(tmp_path, d))], code=DIVERGED)
+        err = _cli_error(capsys, ["train", str(_write(tmp_path, d))], DIVERGED, started=True)
     assert "loss became nan at step 8" in err and "step-5" in err
     from cgpt.train.loop import checkpoint as ckpt
 
