@@ -4,6 +4,7 @@ reproduced on what the real trainer writes: tiny fp32 runs on CPU."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -245,3 +246,31 @@ def test_a_rewind_killed_midway_is_undone_or_finished_by_the_next_start(
         assert losses(run)[:3] == losses(base_run)[:3]
         assert lrs[3:] != [r["lr"] for r in base if "loss" in r][3:6]  # the new LR from step 4
     assert len(losses(run)) == 7 and _steps(run)[-1] == 7
+
+
+class _Killed(BaseException):
+    """Stands for a kill: nothing of the trainer catches it."""
+
+
+def test_a_rewind_cut_short_never_leaves_the_new_lr_unrecorded(base_run, tmp_path, monkeypatch):
+    """The rewind stops at its first checkpoint move (in process: the same point a SIGKILL
+    test hits in a child); the plain --resume a requeue runs then either continues the old
+    trajectory with the old LR or the rewound one with the change recorded, never a mix."""
+    run = _copy(base_run, tmp_path)
+    real = os.replace
+
+    def replace(src, dst, *a, **k):
+        if Path(src).name == "step-6":
+            raise _Killed
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace)
+    rewind = ["--resume", "--from", "step-3", "--set", "plan.lr=0.001", "--allow-change", "plan.lr"]
+    with pytest.raises(_Killed):
+        cli_main(["train", str(run), *rewind])
+    monkeypatch.setattr(os, "replace", real)
+    assert cli_main(["train", str(run), "--resume", "--set", "runtime.max_steps=7"]) == 0
+    lr = yaml.safe_load((run / "config.yaml").read_text())["plan"]["lr"]
+    changes = read_metrics(run / "changes.jsonl")
+    assert (lr, changes) == (3e-3, [])  # undone: nothing of it took effect
+    assert losses(run)[:6] == losses(base_run) and len(losses(run)) == 7
