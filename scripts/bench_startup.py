@@ -22,7 +22,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
-COMMANDS = [["--version"], ["plan", "111M"], ["--help"]]
+COMMANDS = [
+    ["--version"],
+    ["plan", "111M"],
+    ["plan", "111M", "--gpu", "h100", "--gpus", "8"],
+    ["--help"],
+]
 
 
 def site_for(tree: Path, into: Path) -> Path:
