@@ -99,6 +99,7 @@ def test_a_checkpoint_missing_a_file_falls_back_to_the_previous(zero1_run, tmp_p
     assert losses(run) == before
 
 
+@pytest.mark.slow  # a DeepSpeed universal conversion, twice
 def test_a_universal_conversion_missing_a_file_is_converted_again(zero1_run, tmp_path, capsys):
     """ZeRO-1 -> ZeRO-2 goes through DeepSpeed's universal format; one exp_avg.pt of that
     conversion deleted: the next resume converts again instead of failing inside DeepSpeed."""
@@ -172,7 +173,14 @@ def _other_run(tmp: Path, data: Path, **runtime) -> Path:
     return tmp / "other"
 
 
-@pytest.mark.parametrize("other", ["step", "seed", "data"])
+@pytest.mark.parametrize(
+    "other",  # the last two train another run each: slow tier
+    [
+        "step",
+        pytest.param("seed", marks=pytest.mark.slow),
+        pytest.param("data", marks=pytest.mark.slow),
+    ],
+)
 def test_a_checkpoint_of_another_run_is_refused(base_run, tmp_path, data, capsys, other):
     run = _copy(base_run, tmp_path)
     cdir = run / "checkpoints"
