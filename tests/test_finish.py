@@ -78,6 +78,24 @@ def test_every_stage_and_precision_finishes_exports_and_resumes(
         assert torch.equal(b.to(a.dtype), a), k
 
 
+@pytest.mark.slow
+def test_bf16_mup_run_finishes_with_an_fp32_hf_export(tmp_path, data):
+    """μP multipliers folded into bf16 weights round: the final export's logits check
+    failed (old code, any ZeRO stage). The HF folder of a μP run is written in fp32."""
+    from transformers import GPT2LMHeadModel
+
+    d = _tiny(tmp_path, data, zero_stage=3, precision="bf16", export_hf=True)
+    d["model"]["mup"] = {"base_width": 8}
+    assert _train(d)["status"] == "completed"
+    run = tmp_path / "run"
+    ours = load_model(run / "model.safetensors").float().eval()
+    hf = GPT2LMHeadModel.from_pretrained(run / "hf").eval()
+    assert hf.dtype == torch.float32
+    x = torch.randint(0, 257, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, ours(x), atol=1e-4, rtol=1e-4)
+
+
 # ---------------------------------------------------------------------------- issue 24 item 2
 @pytest.mark.slow
 def test_banner_before_the_first_step_and_step0_check_on_the_console(tmp_path, data, capsys):

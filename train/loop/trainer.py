@@ -530,6 +530,8 @@ def _export(run: Run, engine) -> None:
     if run.cfg.runtime.export_hf:
         from cgpt.model.hf import export_hf
 
+        if model.config.mup is not None:  # folding the μP multipliers into the weights is
+            model.float()  # exact in fp32 only (bf16 rounding failed the logits check)
         with writing(run.run_dir / "hf"):
             export_hf(
                 model, run.run_dir / "hf", tokenizer_dir=run.tokenizer_dir, verify=True, force=True
