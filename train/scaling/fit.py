@@ -222,6 +222,8 @@ def _holdout_one(x, y, i, n_boot: int, seed: int) -> dict[str, Any]:
         "pi95": pi,
         "inside_pi95": None if pi is None else bool(pi[0] <= y[i] <= pi[1]),
         "fitted_on": len(keep),
+        # > 1: an extrapolation that far beyond the largest fitted compute; <= 1: inside
+        "extrapolation_ratio": x[i] / max(x[j] for j in keep),
     }
 
 
@@ -269,6 +271,39 @@ def prediction_check(
             "inside_pi95": f"{sum(inside)}/{len(inside)}" if inside else None,
         },
     }
+
+
+def predict_targets(
+    flops: Iterable[float],
+    losses: Iterable[float],
+    targets: list[dict],
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Held-out targets (records with name, flops, loss) predicted by the law fitted on
+    (flops, losses): predicted, 95% interval, measured, error, and the extrapolation ratio
+    (the target's compute / the largest fitted compute)."""
+    x, y = [float(v) for v in flops], [float(v) for v in losses]
+    fit = fit_paper_law(x, y, n_boot=n_boot, seed=seed, predict_at=[t["flops"] for t in targets])
+    out = []
+    for t, pred in zip(targets, fit["predictions"]):
+        pi, loss = pred["pi95"], float(t["loss"])
+        out.append(
+            {
+                "name": t["name"],
+                "flops": float(t["flops"]),
+                "loss": loss,
+                "predicted": pred["loss"],
+                "error": pred["loss"] - loss,
+                "rel_error": (pred["loss"] - loss) / loss,
+                "pi95": pi,
+                "inside_pi95": None if pi is None else bool(pi[0] <= loss <= pi[1]),
+                "fitted_on": len(x),
+                "extrapolation_ratio": float(t["flops"]) / max(x),
+            }
+        )
+    return out
 
 
 def monotonic_report(flops: list[float], losses: list[float]) -> dict[str, Any]:

@@ -106,6 +106,10 @@ class SweepConfig(_Strict):
     # seed replicates: every point trained once per seed (runtime.seed); the fits see the mean
     # final loss of the replicates, and fit.json reports their spread (cgpt.train.scaling.seeds)
     seeds: list[int] | None = None
+    # held-out targets: sizes trained once each (the first seed) after the ladder and left out
+    # of every fit; `cgpt sweep fit` predicts each from the ladder's law, with the
+    # extrapolation ratio (its compute / the largest fitted compute) and the error
+    targets: list[SizeSpec] | None = None
     runtime: dict[str, Any] = Field(default_factory=dict)  # RuntimeSection fields (not out_dir)
 
     @model_validator(mode="after")
@@ -136,6 +140,13 @@ class SweepConfig(_Strict):
                 raise ValueError("seeds and branches do not combine yet; use one of them")
             if "seed" in self.runtime:
                 raise ValueError("runtime.seed is set per replicate by seeds; remove it")
+        if self.targets is not None and (
+            self.isoflop is not None or self.branches is not None or self.lr != "fixed"
+        ):
+            raise ValueError(
+                "targets go with a fixed-ratio sweep (sizes/params, tokens_per_param) at one "
+                "LR per size: drop isoflop, branches or lr: tuned/mup, or the targets"
+            )
         if self.lr_select != "best" and self.lr != "tuned":
             raise ValueError("lr_select goes with lr: tuned (it picks among LR trials)")
         if self.lr == "mup":

@@ -61,6 +61,8 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
         raise CgptError(f"{str(out)!r} has no results yet; run `cgpt sweep SWEEP.yaml`")
     _check_same_data(records)
     trained = [r for r in records if r.get("status") == "ok"]
+    targets = [r for r in records if r.get("target")]  # held out of every fit
+    records = [r for r in records if not r.get("target")]
     records, seeds = aggregate_replicates(records)
     records, trials = best_trials(records, meta.get("lr_select") or "best")
     fit = _fit(
@@ -71,6 +73,7 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
         n_boot=n_boot,
     )
     fit["sweep"] = meta.get("name")
+    _predict_targets(fit, targets, n_boot)
     if trials:
         fit["lr_trials"] = trials
         fit["warnings"] += trials["warnings"]
@@ -135,6 +138,42 @@ def _fit(
     return fit
 
 
+def _predict_targets(fit: dict, targets: list[dict], n_boot: int) -> None:
+    """fit["prediction"]["targets"]: each finished held-out target predicted by the law
+    fitted on the ladder's frontier (cgpt.train.scaling.fit.predict_targets)."""
+    from cgpt.train.scaling.fit import FitError, predict_targets
+    from cgpt.train.scaling.sweep_records import finished
+
+    done = [r for r in targets if finished(r)]
+    frontier = (fit.get("loss_law") or {}).get("frontier") or []
+    if not targets:
+        return
+    pred = fit.setdefault("prediction", {})
+    pred["targets_pending"] = [r["name"] for r in targets if not finished(r)]
+    if not done or not frontier:
+        return
+    try:
+        pred["targets"] = predict_targets(
+            [f["flops"] for f in frontier],
+            [f["loss"] for f in frontier],
+            [{**r, "loss": r["val_loss"]} for r in done],
+            n_boot=min(n_boot, 200),
+        )
+    except FitError as e:
+        pred["targets_error"] = str(e)
+
+
+def _llo_text(p: dict, what: str) -> str:
+    pi = p.get("pi95")
+    return (
+        f"{what}: fitted on {p['fitted_on']} points, predicts {p['predicted']:.4f} at "
+        f"C = {p['flops']:.3g} ({p['extrapolation_ratio']:.1f}x the largest fitted compute) "
+        + (f"(95% interval {pi[0]:.4f}-{pi[1]:.4f}) " if pi else "(no interval) ")
+        + f"vs measured {p['loss']:.4f}: error {100 * p['rel_error']:+.2f}%"
+        + ("" if p.get("inside_pi95") is not False else " (OUTSIDE the interval)")
+    )
+
+
 def summarize_fit(fit: dict) -> list[str]:
     lines = []
     law = fit.get("loss_law")
@@ -148,14 +187,12 @@ def summarize_fit(fit: dict) -> list[str]:
         )
     pred = fit.get("prediction") or {}
     llo, loo = pred.get("leave_largest_out"), pred.get("leave_one_out") or {}
+    for tgt in pred.get("targets") or []:
+        lines.append(_llo_text(tgt, f"held-out target {tgt['name']}"))
+    if pred.get("targets_pending"):
+        lines.append(f"held-out targets not trained yet: {', '.join(pred['targets_pending'])}")
     if llo:
-        pi = llo.get("pi95")
-        lines.append(
-            f"leave-largest-out: fitted on {llo['fitted_on']} points, predicts "
-            f"{llo['predicted']:.4f} at C = {llo['flops']:.3g} "
-            + (f"(95% interval {pi[0]:.4f}-{pi[1]:.4f}) " if pi else "(no interval) ")
-            + f"vs measured {llo['loss']:.4f}: error {100 * llo['rel_error']:+.2f}%"
-        )
+        lines.append(_llo_text({"extrapolation_ratio": 1.0, **llo}, "leave-largest-out"))
         if loo.get("mean_abs_error") is not None:
             lines.append(
                 f"leave-one-out: mean |error| {loo['mean_abs_error']:.4f}, max "

@@ -34,6 +34,7 @@ class Point:
     # seeds: the point this run replicates (its name without the -sSEED suffix) and its seed
     replicate_of: str | None = None
     seed: int | None = None
+    target: bool = False  # a held-out target (trained once, left out of every fit)
 
     def flops(self, tokens: int | None = None) -> float:
         """Training FLOPs of ``tokens`` (default: the plan's) as if this point trained alone."""
@@ -173,6 +174,7 @@ def plan_points(sweep: SweepConfig, vocab: int) -> list[Point]:
                 )
     if sweep.seeds:
         points = [_replicate(p, seed) for p in points for seed in sweep.seeds]
+    points += _targets(sweep, vocab, out, tok)
     names = [p.name for p in points]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -180,14 +182,32 @@ def plan_points(sweep: SweepConfig, vocab: int) -> list[Point]:
     return sorted(
         points,
         key=lambda p: (
-            p.budget or 0,
-            p.cfg.plan.params,
-            p.lr_mult or 0,
-            p.branch_of is not None,  # a stable run before its branches
-            p.tokens_multiple or 0,
-            p.replicate_of or "",
-        ),
+            (
+                p.budget or 0,
+                p.cfg.plan.params,
+                p.lr_mult or 0,
+                p.branch_of is not None,  # a stable run before its branches
+                p.tokens_multiple or 0,
+                p.replicate_of or "",
+            )
+            if not p.target
+            else (math.inf,)
+        ),  # the targets after the whole ladder, in the file's order
     )
+
+
+def _targets(sweep: SweepConfig, vocab: int, out: Path, tok: str | None) -> list[Point]:
+    """The held-out targets: ``target-SHAPE``, one run each at the first seed (if any)."""
+    points = []
+    for size in sweep.targets or []:
+        name = f"target-L{size.n_layer}-d{size.n_embd}-h{size.n_head}"
+        cfg = plan_point(sweep, size, vocab, sweep.tokens_per_param or 0, name, out, tok)
+        p = Point(name, cfg, target=True)
+        if sweep.seeds:
+            runtime = cfg.runtime.model_copy(update={"seed": sweep.seeds[0]})
+            p = replace(p, cfg=cfg.model_copy(update={"runtime": runtime}), seed=sweep.seeds[0])
+        points.append(p)
+    return points
 
 
 def _replicate(p: Point, seed: int) -> Point:

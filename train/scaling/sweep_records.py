@@ -48,6 +48,7 @@ def make_record(
         "branch_step": p.branch_step,
         "replicate_of": p.replicate_of,
         "seed": p.seed if p.seed is not None else p.cfg.runtime.seed,
+        "target": p.target,
         "global_batch_seqs": p.cfg.plan.global_batch_seqs,
         "warmup_steps": p.cfg.plan.warmup_steps,
         "val_loss": float(val) if val is not None else None,
