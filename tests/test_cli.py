@@ -78,14 +78,15 @@ def run_main(argvs: list[list[str]]) -> str:
 @pytest.mark.parametrize(
     "argvs",
     [
-        [["--version"]],
-        [["--help"]],
-        [["plan", "111M"]],
-        [["plan", "--params", "400M", "--recipe", "olmo", "--json"]],
-        [["plan", "--flops", "1e20", "--decay", "wsd"]],
-        [["plan", "111M", "--gpu", "h100", "--gpus", "8"]],  # with the memory estimate
+        [["--version"], ["--help"]],
+        [
+            ["plan", "111M"],
+            ["plan", "--params", "400M", "--recipe", "olmo", "--json"],
+            ["plan", "--flops", "1e20", "--decay", "wsd"],
+            ["plan", "111M", "--gpu", "h100", "--gpus", "8"],  # with the memory estimate
+        ],
     ],
-    ids=["version", "help", "plan-111M", "plan-params", "plan-flops", "plan-gpu"],
+    ids=["version-help", "plan"],
 )
 def test_quick_commands_import_no_torch(argvs, tmp_path):
     loaded = imported_by(run_main(argvs), tmp_path)
@@ -112,9 +113,13 @@ def test_launch_dry_run_imports_no_torch(tmp_path):
 
 def test_model_package_loads_gpt_on_first_use(tmp_path):
     """`from cgpt.model import CgptError` is torch-free; `cgpt.model.GPT` still works."""
+    import torch
+
+    import cgpt.model as m
+    from cgpt.model.gpt import GPT
+
     assert not imported_by("from cgpt.model import CgptError, GPTConfig", tmp_path) & HEAVY
-    code = "import cgpt.model as m, torch; assert issubclass(m.GPT, torch.nn.Module)"
-    assert "torch" in imported_by(code, tmp_path)
+    assert m.GPT is GPT and issubclass(m.GPT, torch.nn.Module)
 
 
 # ---- item 5: shipped configs by name, from any folder ----------------------------------------
@@ -144,6 +149,7 @@ def test_launch_and_sweep_take_a_shipped_name_from_any_folder(tmp_path):
     assert list(tmp_path.iterdir()) == []  # a dry run writes nothing, here or in the package
 
 
+@pytest.mark.slow  # the trainer's imports: torch and DeepSpeed load
 def test_train_takes_a_shipped_name_and_a_local_file_wins(tmp_path):
     """`cgpt train cerebras-gpt-111m` in an empty folder reads the shipped 111M config: it
     gets as far as that config's data folder (data/pile, against this folder)."""
@@ -194,14 +200,11 @@ def closed_pipe_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     "args",
     [
         ["plan", "111M"],
-        ["plan", "--params", "400M", "--json"],
         ["configs"],
-        ["sweep", "sweep-cpu", "--dry-run"],
         ["--version"],
-        ["--help"],
         ["plan", "--help"],
     ],
-    ids=["plan", "plan-json", "configs", "sweep-dry-run", "version", "help", "plan-help"],
+    ids=["plan", "configs", "version", "plan-help"],
 )
 def test_closed_pipe_is_quiet(args, tmp_path):
     """Exit 141 (128 + SIGPIPE) without a word; argparse's help and version printer ignores
@@ -213,11 +216,11 @@ def test_closed_pipe_is_quiet(args, tmp_path):
 
 
 def test_head_one_never_tracebacks(tmp_path):
-    """The user's spelling: `cgpt plan ... | head -1`, a few times (the race the issue saw
-    in 1 of 3 tries either way ends quietly: exit 0 when everything fit in the pipe before
-    head left, 141 when it did not)."""
-    cmd = f"'{sys.executable}' -m cgpt.launch sweep sweep-cpu --dry-run | head -1"
-    for _ in range(3):
+    """The user's spelling, `cgpt ... | head -1`, twice: the race the issue saw in 1 try of 3
+    ends quietly either way (exit 0 when everything fit in the pipe before head left, 141
+    when it did not)."""
+    cmd = f"'{sys.executable}' -m cgpt.launch configs demo-cpu | head -1"
+    for _ in range(2):
         proc = subprocess.run(
             ["bash", "-c", f"set -o pipefail; {cmd}"],
             cwd=tmp_path,
@@ -226,7 +229,8 @@ def test_head_one_never_tracebacks(tmp_path):
             text=True,
             timeout=120,
         )
-        assert proc.stdout.startswith("would train") and proc.stdout.count("\n") == 1
+        first = (REPO / "configs" / "demo-cpu.yaml").read_text().splitlines()[0]
+        assert proc.stdout == first + "\n"
         assert proc.stderr == "" and proc.returncode in (0, 141), proc.stderr
 
 
@@ -257,6 +261,7 @@ def follow_download_advice(message: str, repo: str) -> None:
     assert proc.returncode == 0 and "--local-dir" in proc.stdout, proc.stderr
 
 
+@pytest.mark.slow  # --init-from loads torch
 def test_offline_init_from_advice_names_the_installed_hub_cli(tmp_path):
     repo = "cerebras/Cerebras-GPT-111M"
     proc = cgpt("plan", "--init-from", f"hf:{repo}", "--tokens", "2B", cwd=tmp_path)
@@ -275,7 +280,8 @@ def test_offline_eval_advice_names_the_installed_hub_cli():
 
 def test_no_file_advises_huggingface_cli_unless_installed():
     """No advice, doc or test text in the tree names `huggingface-cli` while the installed
-    huggingface_hub does not ship it (train/hub_cli.py, which picks the name, excepted)."""
+    huggingface_hub does not ship it (train/hub_cli.py, which picks the name, and the
+    CHANGELOG's history excepted)."""
     if "huggingface-cli" in hub_scripts():
         pytest.skip("this huggingface_hub still ships huggingface-cli")
     proc = subprocess.run(
@@ -288,6 +294,7 @@ def test_no_file_advises_huggingface_cli_unless_installed():
             ".",
             ":!tests/test_cli.py",
             ":!train/hub_cli.py",
+            ":!CHANGELOG.md",
         ],
         cwd=REPO,
         capture_output=True,
