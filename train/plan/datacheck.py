@@ -13,11 +13,14 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import VOCAB_PAD_MULTIPLE, padded_vocab, vocab_fits
 from cgpt.train.cli_args import data_spec
-from cgpt.train.data.shards import TokenData, open_token_data
+
+if TYPE_CHECKING:
+    from cgpt.train.data.shards import TokenData
 
 
 def absolute(path: str) -> str:
@@ -56,6 +59,10 @@ class DataInfo:
 def read_data(text: str) -> DataInfo:
     """Open every folder of ``--data`` (meta.json and shard sizes; CgptError when a folder is
     missing or not prepared, or when the sources differ in tokenizer)."""
+    # numpy (the shards' memory maps): only when --data is given, so `cgpt plan SIZE` stays
+    # a quick command
+    from cgpt.train.data.shards import open_token_data
+
     spec = absolute_spec(text)
     paths = [spec["path"]] if "path" in spec else [s["path"] for s in spec["sources"]]
     folders = tuple(open_token_data(p, verify="size") for p in paths)
