@@ -12,6 +12,8 @@ import difflib
 import re
 from pathlib import Path
 
+import yaml
+
 from cgpt.model.errors import CgptError
 
 FOLDER = Path(__file__).resolve().parent
@@ -67,8 +69,6 @@ def describe(name: str) -> str:
 
 
 def _from_plan(name: str) -> str:
-    import yaml  # pyyaml: small, but only `cgpt configs` needs it here
-
     data = yaml.safe_load(shipped(name + ".yaml").read_text(encoding="utf-8")) or {}
     plan, model = data.get("plan") or {}, data.get("model") or {}
     mup = "μP " if model.get("mup") else ""

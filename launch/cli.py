@@ -15,6 +15,10 @@ import os
 import sys
 import textwrap
 
+from cgpt.launch.examples import EXAMPLES, examples_block
+from cgpt.model.errors import CgptError
+from cgpt.train.provenance import git_revision, version
+
 # verb modules, in the order `cgpt --help` lists them
 COMMAND_MODULES = [
     "cgpt.launch.cmd_plan",  # plan
@@ -31,8 +35,6 @@ COMMAND_MODULES = [
 
 
 def _version_line() -> str:
-    from cgpt.train.provenance import git_revision, version
-
     rev = git_revision()
     return f"cgpt {version()}" + (f" (git {rev})" if rev else "")
 
@@ -76,8 +78,6 @@ def command_parsers(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cgpt.launch.examples import EXAMPLES, examples_block
-
     parser = argparse.ArgumentParser(
         prog="cgpt",
         description="Compute-optimal GPT pretraining: plan, prepare, train, sweep, export.",
@@ -127,8 +127,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from cgpt.model.errors import CgptError
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
