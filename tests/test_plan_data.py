@@ -101,6 +101,13 @@ def test_train_refuses_another_vocab_with_the_set_that_fixes_it(tree, tmp_path, 
     assert open_data(cfg.data, cfg.model.vocab_size).sources[0].data.vocab_size == (
         cfg.model.vocab_size
     )
+    # a mixture: every source is checked, with the same fix
+    mix = f"a={tree / 'a'}:1,b={tree / 'b'}:1"
+    assert main(["plan", *TINY, "--data", mix, "--write", str(run)]) == 0
+    capsys.readouterr()
+    with pytest.raises(CgptError, match=re.escape(f"add --set {fix.group(1)}") + "$"):
+        cfg = load_run_config(run, ["model.vocab_size=50304"])  # GPT-2's padded vocab
+        open_data(cfg.data, cfg.model.vocab_size)
 
 
 # ---- item 5: continued pretraining on data of another tokenizer -----------------------------
