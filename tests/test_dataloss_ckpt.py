@@ -282,3 +282,15 @@ def test_a_rewind_cut_short_never_leaves_the_new_lr_unrecorded(base_run, tmp_pat
     changes = read_metrics(run / "changes.jsonl")
     assert (lr, changes) == (3e-3, [])  # undone: nothing of it took effect
     assert losses(run)[:6] == losses(base_run) and len(losses(run)) == 7
+
+
+def test_exporting_a_checkpoint_missing_a_file_is_one_line(zero1_run, tmp_path, capsys):
+    run = _copy(zero1_run, tmp_path)
+    step = run / "checkpoints" / "step-6"
+    (step / "mp_rank_00_model_states.pt").unlink()
+    capsys.readouterr()
+    assert cli_main(["export", str(step), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "is incomplete (mp_rank_00_model_states.pt is missing)" in err
+    assert not (tmp_path / "hf").exists()

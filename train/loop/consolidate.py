@@ -62,6 +62,11 @@ def _check_complete(folder: Path) -> None:
             f"{ckpt.STATE}: a save that was interrupted or is still running); "
             "export a published checkpoints/step-N folder"
         )
+    lost = ckpt.missing_files(folder)  # a file deleted since the save (manifest.json)
+    if lost:
+        raise CgptError(
+            f"checkpoint {folder} is incomplete ({lost}); export another checkpoints/step-N folder"
+        )
 
 
 def resolve_source(src: str | os.PathLike) -> Path:

@@ -127,7 +127,7 @@ def find_resume_point(
     recorded = identity.read_identity(run_dir / identity.DATA_FILE)
     point = ResumePoint(data=current)
     point.changes = _config_changes(run_dir, old, new_cfg, req, recorded is not None)
-    if recorded is not None:  # a run from before data.json: its data paths were compared
+    if recorded is not None:  # None: a run from before data.json (paths compared as values)
         point.warnings += _data_changes(run_dir, recorded, current, req, world_size, point)
     _choose_checkpoint(run_dir / "checkpoints", req, point)
     if point.folder is None:
