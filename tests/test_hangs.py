@@ -487,9 +487,10 @@ def _rank_pid(rank: int, config: str) -> int | None:
 
 
 @pytest.mark.slow
-def test_cgpt_launch_with_a_dead_rank_is_one_line(tmp_path):
-    """SIGKILL of rank 1 of a 2-rank `cgpt launch` (saves every 2 steps, so the kill may land
-    mid-step or mid-save): rank 0 ends with one line naming the dead rank, the last
+@pytest.mark.parametrize("victim", [1, 0])
+def test_cgpt_launch_with_a_dead_rank_is_one_line(tmp_path, victim):
+    """SIGKILL of one rank of a 2-rank `cgpt launch` (saves every 2 steps, so the kill may
+    land mid-step or mid-save): the other ends with one line naming the dead rank, the last
     checkpoint and the command to resume, no gloo traceback, and the launch exits FAILURE."""
     from test_trainer import _write, make_cfg, make_data
 
@@ -516,19 +517,20 @@ def test_cgpt_launch_with_a_dead_rank_is_one_line(tmp_path):
             0.1,
             lambda: proc.poll() is None,
         )
-        victim = _rank_pid(1, str(cfg))
-        assert victim is not None, "rank 1's process not found"
-        os.kill(victim, signal.SIGKILL)
+        pid = _rank_pid(victim, str(cfg))
+        assert pid is not None, f"rank {victim}'s process not found"
+        os.kill(pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
+    (tmp_path / "launch.out").write_text(out)  # the whole of it, for a failure's post-mortem
     assert proc.returncode == FAILURE, out[-4000:]
     assert "Traceback" not in out and "Connection" not in out, out[-4000:]
     errors = [ln for ln in out.splitlines() if ln.startswith("cgpt train: error:")]
     assert len(errors) == 1, out[-4000:]
-    assert f"rank 1 (pid {victim} on " in errors[0] and " died after step " in errors[0]
+    assert f"rank {victim} (pid {pid} on " in errors[0] and " died after step " in errors[0]
     assert "last checkpoint: " in errors[0]
     resume = f"resume with: cgpt launch {tmp_path / 'run'} --gpus-per-node 2 --resume"
     assert errors[0].endswith(resume)

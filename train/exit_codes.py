@@ -55,9 +55,11 @@ class CollectiveTimeout(CgptError):
 
 
 class RankDied(CgptError):
-    """Another rank's process died mid-collective (exit FAILURE); the message says which."""
+    """Another rank's process died mid-collective (exit FAILURE); the message says which.
+    ``reporter``: this rank prints it (rank 0, or the rank that saw rank 0 die)."""
 
     exit_code = FAILURE
+    reporter = False
 
 
 def code_of(error: BaseException) -> int:

@@ -249,7 +249,7 @@ def dead_ranks() -> list[tuple[int, str, int]]:
         if h != host or pid == os.getpid():
             continue
         try:
-            gone = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+            gone = psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
         except psutil.NoSuchProcess:
             gone = True
         except psutil.Error:
@@ -259,12 +259,22 @@ def dead_ranks() -> list[tuple[int, str, int]]:
     return dead
 
 
-def peer_gone_message(
+def peer_gone_error(
     exc: BaseException, step: int, checkpoint: str | os.PathLike | None, resume: str
-) -> str:
-    """The one line a collective with a dead peer becomes: which rank died (when it ran on
-    this host), the last finished step, the last checkpoint and the command to resume."""
+):
+    """The RankDied (one line, exit FAILURE) a collective with a dead peer becomes: which
+    rank died (when it ran on this host), the last finished step, the last checkpoint and
+    the command to resume. ``reporter`` says whether this rank prints it: rank 0, or, when
+    rank 0 is the one that died, the lowest rank that saw it die."""
+    from cgpt.train.exit_codes import RankDied
+
+    # the kernel closes a killed process's sockets before it becomes a zombie: a moment
+    # after the error, the dead rank may still look alive
+    deadline = time.monotonic() + 3.0
     dead = dead_ranks()
+    while not dead and time.monotonic() < deadline and len(_PEERS) > 1:
+        time.sleep(0.05)
+        dead = dead_ranks()
     if dead:
         who = ", ".join(f"rank {r} (pid {p} on {h})" for r, h, p in dead)
         who += " died" if len(dead) == 1 else " have died"
@@ -272,7 +282,12 @@ def peer_gone_message(
         words = _PEER_GONE_RE.search(str(exc))
         who = f"another rank died ({words.group(0) if words else exc})"
     ckpt = str(checkpoint) if checkpoint else "none yet"
-    return f"{who} after step {step}; last checkpoint: {ckpt}; resume with: {resume}"
+    err = RankDied(f"{who} after step {step}; last checkpoint: {ckpt}; resume with: {resume}")
+    me = (socket.gethostname(), os.getpid())
+    rank = next((r for r, peer in enumerate(_PEERS) if tuple(peer) == me), 0)
+    gone = {r for r, _, _ in dead}
+    err.reporter = rank == 0 or (0 in gone and rank == min(set(range(len(_PEERS))) - gone))
+    return err
 
 
 # ---------------------------------------------------------------------------- build locks

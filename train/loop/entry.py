@@ -71,10 +71,11 @@ def run_train(args: argparse.Namespace) -> int:
     # until the trainer's own handler takes over, SIGUSR1 (a stop request that launchers
     # let through) acts like Ctrl-C: nothing to save yet
     signal.signal(signal.SIGUSR1, signal.default_int_handler)
+    sigterm = signal.getsignal(signal.SIGTERM)  # the trainer may leave its own in place
     try:
         code = _train(args)
     except CgptError as e:
-        if _is_rank0():
+        if _is_rank0() or getattr(e, "reporter", False):  # one line, not one per rank
             print(f"cgpt train: error: {e}", file=sys.stderr)
         code = X.code_of(e)
     except KeyboardInterrupt:
@@ -92,6 +93,8 @@ def run_train(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a late request changes nothing now
     if _is_rank0():
         X.write_exit_file(code)
+    if sigterm is not None:  # None: set outside Python, nothing to restore
+        signal.signal(signal.SIGTERM, sigterm)  # the report is out
     return code
 
 

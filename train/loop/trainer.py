@@ -37,7 +37,7 @@ from cgpt.train.config import (
     with_absolute_paths,
     write_text_atomic,
 )
-from cgpt.train.exit_codes import CollectiveTimeout, Diverged, RankDied
+from cgpt.train.exit_codes import CollectiveTimeout, Diverged
 from cgpt.train.lock import FolderLock
 from cgpt.train.loop import checkpoint as ckpt
 from cgpt.train.loop.distributed import (
@@ -47,7 +47,7 @@ from cgpt.train.loop.distributed import (
     init_distributed,
     is_peer_gone,
     is_timeout,
-    peer_gone_message,
+    peer_gone_error,
     resolve_device,
     timeout_message,
 )
@@ -268,8 +268,13 @@ class _StopFlag:
     def _handle(self, signum, frame):
         self.signal = signal.Signals(signum).name
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         for s, h in self._old.items():
+            if s == signal.SIGTERM and exc_type is not None:
+                # the run is failing (e.g. a dead peer): a launcher SIGTERMs the remaining
+                # ranks as soon as one exits, which must not cut this rank's one-line report
+                # short; the entry point restores SIGTERM once the report is out
+                continue
             signal.signal(s, signal.SIG_IGN if s == signal.SIGUSR1 else h)
 
 
@@ -725,7 +730,7 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
             ) from e
         if is_peer_gone(e):  # another rank's process died: one line, not gloo's traceback
             resume = resume_command(run.run_dir, run.dist.world_size)
-            raise RankDied(peer_gone_message(e, step, saved, resume)) from e
+            raise peer_gone_error(e, step, saved, resume) from e
         raise
     finally:
         if loop is not None and loop.watchdog is not None:
