@@ -150,6 +150,33 @@ def test_init_from_with_another_tokenizer_advises_the_prepare_that_fixes_it(
         check_data_vocab(cfg)
 
 
+def test_same_vocab_size_but_another_tokenizer_is_refused_at_plan_time(
+    tree, source, tmp_path, capsys, monkeypatch
+):
+    """A BPE of the source's size trained on other text: ids mean other words."""
+    from helpers import EOS, byte_bpe
+    from transformers import PreTrainedTokenizerFast
+
+    from cgpt.train.data.tokenizer import load_tokenizer
+
+    vocab = load_tokenizer(source).vocab_size
+    texts = (tree / "corpus.jsonl").read_text().splitlines() * 3
+    tok = byte_bpe(texts, vocab)
+    folder = tmp_path / "same-size"
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS).save_pretrained(folder)
+    assert load_tokenizer(folder).vocab_size == vocab
+    monkeypatch.chdir(tree)
+    data = tmp_path / "same-size-data"
+    prepare("corpus.jsonl", folder, data, val_fraction=0.05, num_proc=1)
+    argv = ["--init-from", str(source), "--tokens", "1M"]
+    err = _error([*argv, "--data", str(data)], capsys)  # cc73e43: planned and written
+    command = err[err.index("cgpt prepare") :]
+    assert main(shlex.split(command)[1:]) == 0  # followed literally
+    capsys.readouterr()
+    fixed = command.split("--out ")[1].split()[0]
+    assert main(["plan", *argv, "--data", fixed]) == 0
+
+
 # ---- item 6: fail at plan time, nothing written ----------------------------------------------
 def test_plan_refuses_data_it_cannot_train_and_writes_nothing(tree, tmp_path, capsys):
     run = tmp_path / "run.yaml"

@@ -39,7 +39,7 @@ from cgpt.model.errors import CgptError, ConfigError
 from cgpt.model.sizes import vocab_fits
 from cgpt.train.data.shards import open_token_data
 from cgpt.train.hub_cli import download_command
-from cgpt.train.plan.datacheck import wrong_tokenizer
+from cgpt.train.plan.datacheck import reprepare_command, wrong_tokenizer
 
 HF_PREFIX = "hf:"
 # the fields that fix the weights' shapes or the function they compute: taken from the source
@@ -267,10 +267,11 @@ def check_data_vocab(cfg) -> None:
             raise CgptError(wrong_tokenizer(cfg.init.source, src, data))
 
 
-def _check_tokenizer(src: Source, data) -> None:
+def check_tokenizer(src: Source, data) -> None:
     """The data must have been tokenized by the source's tokenizer (same files, or the same
     vocab, eos and encodings when the files differ, e.g. vocab.json+merges.txt against
-    tokenizer.json)."""
+    tokenizer.json); else the refusal prints the `cgpt prepare` that re-tokenizes it.
+    `cgpt plan --init-from` checks this too."""
     from cgpt.model.hf import PROBE_TEXT
     from cgpt.train.data.tokenizer import load_tokenizer
 
@@ -298,7 +299,8 @@ def _check_tokenizer(src: Source, data) -> None:
             f"the data in {getattr(data, 'dir', '?')} was tokenized with {tok_dir} "
             f"(fingerprint {str(fingerprint)[:12]}), not with init.source's tokenizer "
             f"{src.tokenizer}: the token ids would mean other words to the loaded model; "
-            f"re-run cgpt prepare with --tokenizer {src.tokenizer}"
+            f"re-tokenize it with the source's tokenizer: "
+            f"{reprepare_command(data, src.tokenizer)}"
         )
 
 
@@ -313,7 +315,7 @@ def load_init(run, model) -> None:
         _keep_record(run)
         return
     src = resolve(cfg.init.source)
-    _check_tokenizer(src, run.data)
+    check_tokenizer(src, run.data)
     loaded, what = load_source_model(src)
     from cgpt.model.io import is_tied
 

@@ -283,7 +283,7 @@ def _inference_note(ip, plan_: P.Plan) -> str:
 def _plan_continued(req: PlanRequest, info: DataInfo | None) -> P.Plan:
     """`cgpt plan --init-from SRC --tokens N`: the source's model, the family's batch rule,
     a re-warmed schedule (cgpt.train.plan.planner.plan_continued)."""
-    from cgpt.train.loop.init_from import resolve
+    from cgpt.train.loop.init_from import check_tokenizer, resolve
 
     if not req.init_from:
         raise CgptError("--tokens goes with --init-from (others plan by --tokens-per-param)")
@@ -308,6 +308,8 @@ def _plan_continued(req: PlanRequest, info: DataInfo | None) -> P.Plan:
     src = resolve(req.init_from, weights=False)
     if info is not None and not vocab_fits(src.model.vocab_size, info.vocab_size):
         raise CgptError(wrong_tokenizer(req.init_from, src, info.first))
+    if info is not None:  # the same vocab size, another tokenizer: the same advice
+        check_tokenizer(src, info.first)
     if req.vocab_size is not None and req.vocab_size != src.model.vocab_size:
         raise CgptError(
             f"--vocab-size {req.vocab_size} contradicts --init-from {req.init_from}, whose "
