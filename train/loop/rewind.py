@@ -30,6 +30,7 @@ import yaml
 from cgpt.model.errors import CgptError
 from cgpt.train.config import RUN_CONFIG, write_text_atomic
 from cgpt.train.loop import identity
+from cgpt.train.loop.distributed import all_sum
 from cgpt.train.loop.metrics import read_metrics, truncate_metrics
 from cgpt.train.loop.resume import CHANGES_FILE, DATA, ResumePoint
 
@@ -188,8 +189,6 @@ def _fsync_dirs(*folders: Path) -> None:
 
 def recover_interrupted(run_dir: Path, dist) -> list[str]:
     """:func:`recover` on rank 0 while the others wait; every rank gets its error."""
-    from cgpt.train.loop.distributed import all_sum
-
     error, notes = None, []
     if dist.is_main:
         try:
