@@ -107,6 +107,44 @@ def plan(req: PlanRequest) -> P.Plan:
 
 
 def _plan(req: PlanRequest, info: DataInfo | None) -> P.Plan:
+    _check_request(req)
+    inference_law = _inference_law(req)
+    fit = load_fit(req.fit) if req.fit else None
+    kw = _rule_options(req, info, fit)
+    inference = optimal = None
+    if req.size:
+        plan_ = _sized(req, info, fit, kw)
+    elif req.params:
+        plan_ = P.plan_for_params(req.params, **kw)
+    elif req.layers or req.width:
+        if not (req.layers and req.width):
+            raise CgptError("--layers and --width go together")
+        plan_ = P.plan_for_shape(req.layers, req.width, req.heads, **kw)
+    elif req.flops:
+        if req.flops_convention not in CONVENTIONS:
+            raise CgptError(f"--flops-convention must be one of {', '.join(CONVENTIONS)}")
+        plan_ = P.plan_for_flops(req.flops, convention=CONVENTIONS[req.flops_convention], **kw)
+        if inference_law is not None:  # the compute-optimal plan: the loss and the comparison
+            optimal = plan_
+            inference = _inference(req, inference_law, optimal)
+            plan_ = P.plan_for_params(inference.params, **kw)
+            # D for the rules' rounded N, so that this plan too reaches the target loss
+            tokens = inference_law.tokens_for(plan_.params, inference.loss)
+            plan_ = P.plan_for_params(
+                inference.params, **{**kw, "tokens_per_param": tokens / plan_.params}
+            )
+    else:
+        if req.device is None:
+            raise CgptError("--gpu-hours needs --gpu (e.g. --gpu h100) for the peak FLOP/s")
+        plan_ = P.plan_for_gpu_hours(req.gpu_hours, req.device, req.mfu, **kw)
+    plan_ = _split(req, plan_)
+    if inference is not None and optimal is not None:
+        plan_ = _with_inference(plan_, inference, optimal)
+    return plan_
+
+
+def _check_request(req: PlanRequest) -> None:
+    """Exactly one thing to plan, numbers in range."""
     chosen = [
         n
         for n, v in (
@@ -126,14 +164,17 @@ def _plan(req: PlanRequest, info: DataInfo | None) -> P.Plan:
     _check_range(req.params, MAX_PARAMS, "a parameter count of")
     _check_range(req.flops, MAX_FLOPS, "a FLOP budget of")
     _check_range(req.gpu_hours, MAX_GPU_HOURS, "a budget of GPU-hours")
-    inference_law = _inference_law(req)
-    fit = load_fit(req.fit) if req.fit else None
-    device = req.device
     if req.batch_seqs is not None:
         check_positive(req.batch_seqs, "--batch-seqs", integer=True)
     if req.lr is not None:
         check_positive(req.lr, "--lr")
-    kw = dict(
+    P.check_recipe(req.recipe)
+    P.param_counter(req.param_count)
+
+
+def _rule_options(req: PlanRequest, info: DataInfo | None, fit) -> dict:
+    """The family planners' options from the request (the vocab from the data)."""
+    return dict(
         tokens_per_param=req.tokens_per_param,
         fit=fit,
         seq_len=req.seq_len,
@@ -145,53 +186,36 @@ def _plan(req: PlanRequest, info: DataInfo | None) -> P.Plan:
         recipe=req.recipe,
         param_count=req.param_count,
     )
-    P.check_recipe(req.recipe)
-    P.param_counter(req.param_count)
-    if req.size:
-        if req.rules:
-            base = P.plan_published(req.size)  # validates the name
-            plan_ = P.plan_for_shape(
-                base.model.n_layer, base.model.n_embd, name=base.name + "-rules", **kw
-            )
-        else:
-            _published_vocab(req, info)
-            plan_ = P.plan_published(req.size, law=fit.law if fit else None)
-            changed = (
-                req.batch_seqs
-                or req.lr
-                or req.tokens_per_param
-                or req.decay
-                or req.recipe != "cerebras"
-                or req.param_count != "total"
-            )
-            if changed:
-                raise CgptError(
-                    "--batch-seqs/--lr/--tokens-per-param/--decay/--recipe/--param-count "
-                    "change a published recipe; add --rules to plan this size by the rules "
-                    "instead"
-                )
-    elif req.params:
-        plan_ = P.plan_for_params(req.params, **kw)
-    elif req.layers or req.width:
-        if not (req.layers and req.width):
-            raise CgptError("--layers and --width go together")
-        plan_ = P.plan_for_shape(req.layers, req.width, req.heads, **kw)
-    elif req.flops:
-        if req.flops_convention not in CONVENTIONS:
-            raise CgptError(f"--flops-convention must be one of {', '.join(CONVENTIONS)}")
-        plan_ = P.plan_for_flops(req.flops, convention=CONVENTIONS[req.flops_convention], **kw)
-        if inference_law is not None:  # the compute-optimal plan: the loss and the comparison
-            optimal = plan_
-            inference = _inference(req, inference_law, optimal)
-            plan_ = P.plan_for_params(inference.params, **kw)
-            # D for the rules' rounded N, so that this plan too reaches the target loss
-            tokens = inference_law.tokens_for(plan_.params, inference.loss)
-            kw["tokens_per_param"] = tokens / plan_.params
-            plan_ = P.plan_for_params(inference.params, **kw)
-    else:
-        if device is None:
-            raise CgptError("--gpu-hours needs --gpu (e.g. --gpu h100) for the peak FLOP/s")
-        plan_ = P.plan_for_gpu_hours(req.gpu_hours, device, req.mfu, **kw)
+
+
+def _sized(req: PlanRequest, info: DataInfo | None, fit, kw: dict) -> P.Plan:
+    """A published size: its recipe, or (--rules) its shape planned by the rules."""
+    if req.rules:
+        base = P.plan_published(req.size)  # validates the name
+        return P.plan_for_shape(
+            base.model.n_layer, base.model.n_embd, name=base.name + "-rules", **kw
+        )
+    _published_vocab(req, info)
+    plan_ = P.plan_published(req.size, law=fit.law if fit else None)
+    changed = (
+        req.batch_seqs
+        or req.lr
+        or req.tokens_per_param
+        or req.decay
+        or req.recipe != "cerebras"
+        or req.param_count != "total"
+    )
+    if changed:
+        raise CgptError(
+            "--batch-seqs/--lr/--tokens-per-param/--decay/--recipe/--param-count "
+            "change a published recipe; add --rules to plan this size by the rules "
+            "instead"
+        )
+    return plan_
+
+
+def _split(req: PlanRequest, plan_: P.Plan) -> P.Plan:
+    """A rule batch rounded to the GPU count (a budget kept), μP, the cluster fit."""
     gpus = gpu_count(req)
     if gpus and plan_.source == "rules" and not req.batch_seqs and plan_.global_batch_seqs % gpus:
         budget = plan_.extra.get("budget")
@@ -201,11 +225,7 @@ def _plan(req: PlanRequest, info: DataInfo | None) -> P.Plan:
         from cgpt.train.plan.mup import apply_mup
 
         plan_ = apply_mup(plan_)
-    if gpus is not None:
-        plan_ = _on_cluster(plan_, req, gpus)
-    if inference_law is not None:
-        plan_ = _with_inference(plan_, inference, optimal)
-    return plan_
+    return plan_ if gpus is None else _on_cluster(plan_, req, gpus)
 
 
 def _with_inference(plan_: P.Plan, inference, optimal: P.Plan) -> P.Plan:
