@@ -3,6 +3,7 @@ left out of every fit, predicted by the ladder's law with the extrapolation rati
 extrapolation ratio of every held-out prediction in fit.json."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -101,3 +102,30 @@ def test_every_held_out_prediction_states_its_extrapolation_ratio():
     assert check["leave_largest_out"]["extrapolation_ratio"] == pytest.approx(4.0)
     ratios = [p["extrapolation_ratio"] for p in check["leave_one_out"]["points"]]
     assert ratios == pytest.approx([1e9 / 3.2e10, 2e9 / 3.2e10, 4e9 / 3.2e10, 8e9 / 3.2e10, 4.0])
+
+
+def test_sweep_fits_its_own_accuracy_mapping_from_in_loop_tasks(tmp_path, data):
+    """Runs whose metrics rows carry in-loop task scores (eval/TASK/METRIC next to val_loss,
+    as cgpt.train.eval.inloop gives the trainer) get a sweep-own acc(L) mapping in fit.json,
+    checked by leaving the lowest-loss run out."""
+    from cgpt.train.loop.metrics import MetricsLogger
+    from cgpt.train.scaling.downstream import sigmoid_acc
+
+    out, recs = _sweep_folder(tmp_path, data, target_loss=2.0)
+    for r in recs:
+        if r["target"]:
+            continue
+        Path(r["run_dir"]).mkdir(parents=True)  # the trainer's run folder
+        log = MetricsLogger(r["run_dir"], True, 10, 0)
+        acc = float(sigmoid_acc(r["val_loss"], 0.25, 0.9, 8.0, 1.45))
+        log.log({"step": 10, "val_loss": r["val_loss"], "eval/arc_easy/acc": acc})
+        log.log({"step": 10, "eval/lambada_openai/acc": 0.1})  # one row: fewer than 5 runs
+    lines: list[str] = []
+    fit = fit_sweep_dir(out, n_boot=0, log=lines.append)
+    assert any(line.startswith("in-loop arc_easy/acc from loss") for line in lines)
+    ds = fit["downstream"]
+    task = ds["tasks"]["arc_easy/acc"]
+    assert task["fit"]["n_points"] == 5 and task["fit"]["floor"] == 0.25
+    assert abs(task["leave_largest_out"]["error_points"]) < 0.5
+    assert "this sweep's val loss" in ds["note"]
+    assert "lambada_openai/acc" not in ds["tasks"]

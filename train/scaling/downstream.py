@@ -231,6 +231,63 @@ def leave_largest_out(
     }
 
 
+def task_pairs(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """{TASK/METRIC: [(val loss, score), ...]} from each finished record's run: the last
+    metrics row holding both ``val_loss`` and in-loop task scores (``eval/TASK/METRIC``,
+    runtime.eval_tasks)."""
+    from pathlib import Path
+
+    from cgpt.train.loop.metrics import read_metrics
+
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        if r.get("status") != "ok" or not r.get("run_dir"):
+            continue
+        path = Path(r["run_dir"]) / "metrics.jsonl"
+        rows = [m for m in read_metrics(path) if "val_loss" in m] if path.is_file() else []
+        scored = [m for m in rows if any(k.startswith("eval/") for k in m)]
+        if not scored:
+            continue
+        last = scored[-1]
+        for k, v in last.items():
+            if k.startswith("eval/") and k.endswith(("/acc", "/acc_norm")):
+                pairs.setdefault(k.removeprefix("eval/"), []).append((last["val_loss"], v))
+    return pairs
+
+
+def sweep_mappings(records: list[dict]) -> dict[str, Any]:
+    """A sweep's own accuracy-from-loss mappings (its in-loop task scores against its val
+    loss, the same sigmoid as the paper's), each with a leave-largest-out check: fitted
+    without the lowest-loss run, the accuracy predicted at that run's loss vs measured.
+    Tasks with fewer than 5 runs are listed as skipped."""
+    out: dict[str, Any] = {
+        "tasks": {},
+        "skipped": {},
+        "note": SCOPE.replace(
+            "the paper's Pile test loss with the GPT-2 tokenizer", "this sweep's val loss"
+        ),
+    }
+    for key, pts in sorted(task_pairs(records).items()):
+        if len(pts) < 5:
+            out["skipped"][key] = f"{len(pts)} runs with scores; the mapping needs 5"
+            continue
+        pts = sorted(pts)  # by loss: the lowest first
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        chance = CHANCE.get(key.split("/")[0], min(ys))
+        held = predict_accuracy(xs[1:], ys[1:], chance, xs[0])
+        out["tasks"][key] = {
+            "fit": fit_accuracy(xs, ys, chance),
+            "leave_largest_out": {
+                "loss": xs[0],
+                "predicted": held["acc"],
+                "pi95": held["pi95"],
+                "measured": ys[0],
+                "error_points": 100 * (held["acc"] - ys[0]),
+            },
+        }
+    return out
+
+
 def plan_rows(
     loss: float, loss_pi95: Sequence[float] | None, vocab_size: int, law_source: str
 ) -> list[tuple[str, str]]:
@@ -279,4 +336,6 @@ __all__ = [
     "plan_rows",
     "predict_accuracy",
     "sigmoid_acc",
+    "sweep_mappings",
+    "task_pairs",
 ]

@@ -74,6 +74,11 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
     )
     fit["sweep"] = meta.get("name")
     _predict_targets(fit, targets, n_boot)
+    from cgpt.train.scaling.downstream import sweep_mappings  # numpy, scipy
+
+    mappings = sweep_mappings(records)
+    if mappings["tasks"] or mappings["skipped"]:
+        fit["downstream"] = mappings  # in-loop tasks (runtime.eval_tasks): acc from loss
     if trials:
         fit["lr_trials"] = trials
         fit["warnings"] += trials["warnings"]
@@ -223,6 +228,13 @@ def summarize_fit(fit: dict) -> list[str]:
 
     lines += approach1_lines(fit.get("approach1") or {})
     lines += seeds_lines(fit.get("seeds") or {})
+    for key, m in ((fit.get("downstream") or {}).get("tasks") or {}).items():
+        held = m["leave_largest_out"]
+        lines.append(
+            f"in-loop {key} from loss: sigmoid on {m['fit']['n_points']} runs; without the "
+            f"lowest-loss run it predicts {held['predicted']:.3f} there vs measured "
+            f"{held['measured']:.3f} ({held['error_points']:+.1f} points)"
+        )
     br = fit.get("branches")
     if br and br["flops"]:
         lines.append(
