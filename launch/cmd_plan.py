@@ -54,6 +54,14 @@ def register(sub) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _what_args(p)
+    _rule_args(p)
+    _cluster_args(p)
+    _output_args(p)
+    p.set_defaults(func=run)
+
+
+def _what_args(p) -> None:
     what = p.add_argument_group("what to plan (exactly one)")
     what.add_argument("size", nargs="?", help="a published size: 111M 256M 590M 1.3B 2.7B 6.7B 13B")
     what.add_argument("--params", help="parameter count, e.g. 400M")
@@ -91,6 +99,9 @@ def register(sub) -> None:
         "model file, run folder or checkpoint step (with --tokens or --tokens-per-param)",
     )
     what.add_argument("--tokens", help="with --init-from: new tokens to train on, e.g. 2B")
+
+
+def _rule_args(p) -> None:
     rules = p.add_argument_group("rules")
     rules.add_argument("--tokens-per-param", type=float, help="default 20 (or the --fit value)")
     rules.add_argument("--fit", metavar="FIT.json", help="a sweep's fit: tokens/param, loss law")
@@ -137,6 +148,9 @@ def register(sub) -> None:
         "to the final LR (default 0.2)",
     )
     rules.add_argument("--mup", action="store_true", help="the μP variant of the plan")
+
+
+def _cluster_args(p) -> None:
     cl = p.add_argument_group("cluster")
     cl.add_argument(
         "--gpu",
@@ -160,6 +174,9 @@ def register(sub) -> None:
         default=None,
         help="default: only when needed to fit",
     )
+
+
+def _output_args(p) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print one JSON object")
     out.add_argument(
@@ -176,7 +193,6 @@ def register(sub) -> None:
     )
     out.add_argument("--tokenizer", help="tokenizer folder for --write (default: from the data)")
     out.add_argument("--out-dir", help="runtime.out_dir for --write (default runs/NAME)")
-    p.set_defaults(func=run)
 
 
 def build_plan(args):
