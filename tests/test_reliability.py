@@ -305,7 +305,7 @@ def test_disk_full_at_start_leaves_no_run_folder(tmp_path, data, capsys):
 @pytest.mark.parametrize("delay", [1.0, 2.5, 4.0])
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, data, delay):
     """Ctrl-C while torch/DeepSpeed load or the engine is built: exit 130 with one line and
-    no run folder (or, once training runs, a checkpoint and exit 0)."""
+    no run folder (or, once training runs, a checkpoint and exit 75)."""
     d = make_cfg(tmp_path, data, steps=3000, save_every=0, eval_every=0)
     path = _write(tmp_path, d)
     proc = subprocess.Popen(
