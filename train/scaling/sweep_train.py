@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from cgpt.model.files import open_append
+from cgpt.train.exit_codes import PREEMPTED
 from cgpt.train.scaling.sweep_points import Point
 from cgpt.train.scaling.sweep_records import make_record
 
@@ -67,7 +68,7 @@ def run_point(p: Point, out: Path, did: str, log=print) -> dict:
     summary = run_summary(run_dir)
     if rc == 0 and summary and summary.get("status") == "completed":
         return make_record(p, "ok", did, summary, wall_s=wall)
-    if rc == 0 and summary:
+    if rc in (0, PREEMPTED) and summary:  # PREEMPTED: stopped by a signal after a save
         return make_record(
             p,
             "interrupted",
