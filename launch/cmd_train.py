@@ -23,8 +23,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a model from a run config (DeepSpeed)",
-        description="Train a model from a run config with DeepSpeed. On SIGTERM or "
-        "Ctrl-C it saves a checkpoint and exits 0; continue with "
+        description="Train a model from a run config with DeepSpeed. On SIGTERM, "
+        "SIGUSR1 or Ctrl-C it saves a checkpoint and exits 75; continue with "
         "--resume.",
     )
     add_train_args(p)
