@@ -137,7 +137,7 @@ def _main(argv: list[str] | None) -> int:
         rc = args.func(args)
     except CgptError as e:
         print(f"cgpt {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return int(getattr(e, "exit_code", 2))  # cgpt.train.exit_codes; 2: bad input
     except KeyboardInterrupt:
         print(f"cgpt {args.command}: interrupted", file=sys.stderr)
         return 130

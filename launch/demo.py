@@ -282,7 +282,9 @@ def run_demo(
 
     summary = train(cfg, resume=resume)
     if summary["status"] == "preempted":
-        raise CgptError(f"training was interrupted; continue with: cgpt demo --out {out}")
+        from cgpt.train.exit_codes import Preempted
+
+        raise Preempted(f"training was interrupted; continue with: cgpt demo --out {out}")
     steps.done(
         f"{summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens, "
         f"train loss {summary['loss']:.3f}, val loss {summary['val_loss']:.3f}"

@@ -602,3 +602,18 @@ def test_pdsh_accepts_plain_values_with_spaces(tmp_path, capsys):
         29603,
     )
     assert "runtime.wandb_project=my project" in cmd
+
+
+@pytest.mark.parametrize("name, code", [("Preempted", 75), ("Diverged", 3), ("RankDied", 1)])
+def test_cli_exits_with_a_typed_errors_code(monkeypatch, capsys, name, code):
+    """A CgptError that carries an exit code (cgpt.train.exit_codes) ends any verb with that
+    code and one line, e.g. `cgpt demo` interrupted after its checkpoint exits 75."""
+    import cgpt.launch.cmd_launch as cmd
+    from cgpt.train import exit_codes as X
+
+    def stop(args):
+        raise getattr(X, name)("stopped")
+
+    monkeypatch.setattr(cmd, "cmd_launch", stop)
+    assert main(["launch", "run.yaml"]) == code
+    assert capsys.readouterr().err == "cgpt launch: error: stopped\n"

@@ -54,6 +54,13 @@ class CollectiveTimeout(CgptError):
     exit_code = COLLECTIVE_TIMEOUT
 
 
+class Preempted(CgptError):
+    """Stopped by a signal after saving a checkpoint (exit PREEMPTED), for commands that
+    report it as an error line (`cgpt demo`)."""
+
+    exit_code = PREEMPTED
+
+
 class RankDied(CgptError):
     """Another rank's process died mid-collective (exit FAILURE); the message says which.
     ``reporter``: this rank prints it (rank 0, or the rank that saw rank 0 die)."""
