@@ -125,7 +125,7 @@ def test_data_moved_is_accepted_and_data_replaced_is_refused(tmp_path, data, cap
     assert cli_main(["train", str(_write(tmp_path, d)), "--set", "runtime.max_steps=2"]) == 0
     run = tmp_path / "run"
     recorded = json.loads((run / "data.json").read_text())
-    assert recorded["path"]["path"] == str(src)
+    assert recorded["data.path"]["path"] == str(src)
     # the same data in another folder: accepted, with a note
     moved = tmp_path / "moved"
     src.rename(moved)
@@ -133,12 +133,12 @@ def test_data_moved_is_accepted_and_data_replaced_is_refused(tmp_path, data, cap
     grow = ["--set", "runtime.max_steps=3"]
     assert cli_main(["train", str(run), "--resume", "--set", f"data.path={moved}", *grow]) == 0
     out = capsys.readouterr()
-    assert f"data folder moved (path: {src} -> {moved})" in out.out + out.err
+    assert f"data folder moved (data.path: {src} -> {moved})" in out.out + out.err
     # other documents of the same sizes in that folder: refused, nothing written
     _reprepare(moved)
     before = tree_digest(run)
     err = _refused(capsys, ["train", str(run), "--resume"])
-    assert "the data changed since the run started (train of path" in err
+    assert "the data changed since the run started (train of data.path" in err
     assert tree_digest(run) == before
     # the printed command, run as printed, accepts and records the change
     cmd = shlex.split(err.split("continue on the new data with: ")[1])
@@ -147,9 +147,9 @@ def test_data_moved_is_accepted_and_data_replaced_is_refused(tmp_path, data, cap
     rows = [json.loads(r) for r in (run / "changes.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["step"] == 3
     old, new = rows[0]["changes"]["data"]
-    assert old["path"]["train"] == recorded["path"]["train"] != new["path"]["train"]
+    assert old["data.path"]["train"] == recorded["data.path"]["train"] != new["data.path"]["train"]
     step4 = json.loads((run / "checkpoints" / "step-4" / "data.json").read_text())
-    assert step4["path"]["train"] == new["path"]["train"]
+    assert step4["data.path"]["train"] == new["data.path"]["train"]
     # a checkpoint from before the accepted change is still this run's
     assert cli_main(["train", str(run), "--resume", "--from", "step-2"]) == 0
 

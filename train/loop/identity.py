@@ -1,8 +1,8 @@
 """What a run trains on, and whether a checkpoint belongs to the run it sits in.
 
 ``data.json`` (in the run folder, written when the run starts, and copied into every
-checkpoint): per data role (``path``: the one ``data.path`` folder; ``source NAME``: a
-mixture source; ``val NAME``: a named validation set) the folder and the sha256 of every
+checkpoint): per data role (``data.path``: the one folder; ``data.sources.NAME``: a
+mixture source; ``data.val.NAME``: a named validation set) the folder and the sha256 of every
 train and val shard, as ``cgpt prepare`` recorded them in its ``meta.json``. The trainer
 checks the shards' bytes against those checksums before the run starts (the local main
 rank reads every byte), so the record says which tokens the run trained on.
@@ -39,11 +39,11 @@ def data_roles(data: dict) -> dict[str, str]:
     roles = {}
     if data.get("sources"):
         for s in data["sources"]:
-            roles[f"source {s['name']}"] = str(s["path"])
+            roles[f"data.sources.{s['name']}"] = str(s["path"])
     elif data.get("path"):
-        roles["path"] = str(data["path"])
+        roles["data.path"] = str(data["path"])
     for name, path in (data.get("val") or {}).items():
-        roles[f"val {name}"] = str(path)
+        roles[f"data.val.{name}"] = str(path)
     return roles
 
 

@@ -126,7 +126,8 @@ def find_resume_point(
         ) from None
     recorded = identity.read_identity(run_dir / identity.DATA_FILE)
     point = ResumePoint(data=current)
-    point.changes = _config_changes(run_dir, old, new_cfg, req, recorded is not None)
+    data_changed = identity.compare(recorded, current)[0] if recorded is not None else []
+    point.changes = _config_changes(run_dir, old, new_cfg, req, recorded is not None, data_changed)
     if recorded is not None:  # None: a run from before data.json (paths compared as values)
         point.warnings += _data_changes(run_dir, recorded, current, req, world_size, point)
     _choose_checkpoint(run_dir / "checkpoints", req, point)
@@ -147,10 +148,16 @@ def find_resume_point(
 
 
 def _config_changes(
-    run_dir: Path, old: dict, new_cfg: dict, req: ResumeRequest, by_checksums: bool
+    run_dir: Path,
+    old: dict,
+    new_cfg: dict,
+    req: ResumeRequest,
+    by_checksums: bool,
+    data_changed: list[str],
 ) -> dict:
-    """key -> [old, new] of the allowed config changes; refuses the others. With a data
-    record (``by_checksums``) data folders are compared through their checksums instead."""
+    """key -> [old, new] of the allowed config changes; refuses the others (naming a data
+    change too). With a data record (``by_checksums``) data folders are compared through
+    their checksums instead."""
     a, b = (identity.without_data_paths(old), identity.without_data_paths(new_cfg))
     diff = config_diff(*((a, b) if by_checksums else (old, new_cfg)), RESUME_RUNTIME_KEYS)
     refused = [k for k in diff if k not in req.allow_change]
@@ -161,9 +168,13 @@ def _config_changes(
             if changeable and len(changeable) == len(refused)
             else "; restore them or start a new run (runtime.out_dir)"
         )
+        data = ""
+        if data_changed and DATA not in req.allow_change:
+            data = f" (and the data: {'; '.join(data_changed)} hold other tokens)"
+            hint = "; restore them or start a new run (runtime.out_dir)"
         raise CgptError(
             f"cannot resume {str(run_dir)!r}: the config changed in "
-            f"{', '.join(refused)}, which breaks resumption{hint}"
+            f"{', '.join(refused)}{data}, which breaks resumption{hint}"
         )
     return {k: [_value(old, k), _value(new_cfg, k)] for k in diff}
 
