@@ -287,10 +287,8 @@ def test_disk_full_while_appending_metrics(tmp_path, data, capsys, monkeypatch):
     d = _tiny(tmp_path, data, log_every=1)
     d["plan"].update(steps=4, tokens=16 * 2 * 4, decay_steps=3)
     cfg = _write(tmp_path, d)
-    real_open = open
-    monkeypatch.setattr(
-        metrics, "open", lambda p, mode="r": FillsUp(real_open(p, mode), 600), raising=False
-    )
+    real_open = metrics.open_append  # how the logger opens metrics.jsonl
+    monkeypatch.setattr(metrics, "open_append", lambda p, what="": FillsUp(real_open(p, what), 600))
     assert cli_main(["train", str(cfg)]) == 2
     line = _error_line(capsys)
     run = tmp_path / "run"

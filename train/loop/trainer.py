@@ -28,14 +28,12 @@ import torch
 
 from cgpt.model import GPT, flops_per_token_mfu
 from cgpt.model.errors import CgptError
-from cgpt.model.sizes import num_params
 from cgpt.train.config import (
     RUN_CONFIG,
     Provenance,
     RunConfig,
     tokenizer_of,
     with_absolute_paths,
-    write_text_atomic,
 )
 from cgpt.train.exit_codes import CollectiveTimeout, Diverged
 from cgpt.train.lock import FolderLock
@@ -58,12 +56,18 @@ from cgpt.train.loop.engine import (
     initialize_engine,
     save_ds_config,
 )
+from cgpt.train.loop.finish import (
+    banner,
+    completed_summary,
+    export_final,
+    finish,
+    write_failed_message,
+)
 from cgpt.train.loop.guard import StepGuard, guard_optimizer
 from cgpt.train.loop.metrics import (
     MetricsLogger,
     Throughput,
     eta_text,
-    plot_loss,
 )
 from cgpt.train.loop.resume import (
     ResumePoint,
@@ -76,7 +80,7 @@ from cgpt.train.loop.schedule import global_batch_at, lr_at, tokens_before
 from cgpt.train.loop.watchdog import StepWatchdog
 from cgpt.train.plan.batch import BatchSplit, split_batch
 from cgpt.train.provenance import provenance
-from cgpt.train.write_errors import WriteFailed, writing
+from cgpt.train.write_errors import WriteFailed
 
 
 @dataclass
@@ -497,133 +501,6 @@ class _Loop:
         return "completed" if self.step >= cfg.plan.steps else "stopped"
 
 
-# ---------------------------------------------------------------------------- the end
-def _final_model(run: Run, engine) -> GPT | None:
-    """Rank 0: the trained model as a plain GPT apart from the engine (every rank calls).
-
-    Under ZeRO-3 DeepSpeed's own consolidation gathers one layer at a time into a CPU state
-    dict on rank 0 (what HF Accelerate's ``get_state_dict`` uses), so the export never
-    mutates partitioned parameters: upcasting them for the HF comparison made leaving
-    ``GatheredParameters`` fail ("Cannot free a ZeRO-3 parameter") in bf16. Stages 0-2 hold
-    the full module on every rank; its tensors are shared, not copied (the comparison's
-    upcast replaces the copy's tensors and leaves the engine's alone)."""
-    from cgpt.model.io import LM_HEAD, build_from_state_dict, is_tied
-
-    module = engine.module
-    if run.cfg.runtime.zero_stage == 3:
-        sd = engine._zero3_consolidated_16bit_state_dict()  # all ranks take part
-        device = torch.device("cpu")
-    else:
-        sd = {k: v.detach() for k, v in module.state_dict().items()} if run.dist.is_main else None
-        device = run.dist.device
-    if sd is None:
-        return None
-    tied = is_tied(module)
-    sd = {k: v for k, v in sd.items() if not (tied and k == LM_HEAD)}
-    return build_from_state_dict(module.config, sd, tied, "the trained model", device)
-
-
-def _export(run: Run, engine) -> None:
-    """model.safetensors and the HF folder, from a copy of the trained model (rank 0)."""
-    from cgpt.model.io import save_model
-
-    model = _final_model(run, engine)
-    if model is None:
-        return
-    with writing(run.run_dir / "model.safetensors"):
-        save_model(model, run.run_dir / "model.safetensors")
-    if run.cfg.runtime.export_hf:
-        from cgpt.model.hf import export_hf
-
-        if model.config.mup is not None:  # folding the μP multipliers into the weights is
-            model.float()  # exact in fp32 only (bf16 rounding failed the logits check)
-        with writing(run.run_dir / "hf"):
-            export_hf(
-                model, run.run_dir / "hf", tokenizer_dir=run.tokenizer_dir, verify=True, force=True
-            )
-
-
-def _finish(run: Run, loop: _Loop, status: str, t0: float) -> dict:
-    summary = {
-        "run_dir": str(run.run_dir),
-        "status": status,
-        "steps": loop.step,
-        "tokens": loop.tokens,
-        "loss": loop.loss,
-        "val_loss": loop.val_loss,
-        "checkpoint": str(loop.saved) if loop.saved else None,
-        "data": loop.loader.summary(),  # per source: weight, tokens, samples, epochs
-        "wall_s": round(time.time() - t0, 3),
-        "cgpt": provenance(),
-    }
-    if run.cfg.init is not None:  # the parent: source, path, sha256 of its weights
-        summary["init"] = run.cfg.init.model_dump()
-    if run.dist.is_main:
-        import json
-
-        with writing(run.run_dir / "loss.png"):
-            plot_loss(run.run_dir / "metrics.jsonl", run.run_dir / "loss.png")
-        with writing(run.run_dir / "summary.json"):
-            write_text_atomic(run.run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
-    return summary
-
-
-def _write_failed(run: Run, loop: _Loop | None, e: WriteFailed) -> str:
-    """One line: what could not be written and why, what is intact, the command to go on."""
-    if loop is None or loop.saved is None:
-        intact = "no checkpoint was saved yet (the resume starts over)"
-    else:
-        intact = f"checkpoint {loop.saved} (step {loop.saved_step}) is intact"
-        if Path(e.path).name == "metrics.jsonl":
-            intact += " and metrics.jsonl keeps its rows up to it (later steps are redone)"
-        elif loop.saved_step == loop.step:
-            intact += ", with every trained step: the resume only writes the final files"
-    return (
-        f"{e}; {intact}. Free space (or make the folder writable), then continue with: "
-        f"{resume_command(run.run_dir, run.dist.world_size)}"
-    )
-
-
-def _completed_summary(run: Run) -> dict | None:
-    """The summary of a run that already completed (resuming it again changes nothing)."""
-    import json
-
-    if run.resume_state.get("step", 0) < run.cfg.plan.steps:
-        return None
-    try:
-        summary = json.loads((run.run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if summary.get("status") == "completed" else None
-
-
-def _banner(run: Run, start: int) -> str:
-    """The start-up lines (rank 0, before the first step): what trains, how long, where."""
-    cfg, m, rt = run.cfg, run.cfg.model, run.cfg.runtime
-    split = run.splits[global_batch_at(cfg.plan, start)]
-    end = min(cfg.plan.steps, rt.max_steps or cfg.plan.steps)
-    doing = f"{end} step{'s' * (end != 1)}"
-    if start >= end:
-        doing = f"all {end} steps trained; writing the final files"
-    elif start:
-        doing = f"step{'s' * (end - start != 1)} {start + 1}-{end} of {cfg.plan.steps}"
-    if end < cfg.plan.steps and not start:
-        doing += f" of {cfg.plan.steps} (runtime.max_steps)"
-    tokens = tokens_before(cfg.plan, end) - tokens_before(cfg.plan, start)
-    return "\n".join(
-        [
-            f"cgpt train: {num_params(m):,} parameters ({m.n_layer} layers, width "
-            f"{m.n_embd}, {m.n_head} heads, context {m.n_positions}, vocab {m.vocab_size})",
-            f"  {doing}, {tokens:,} tokens; batch {split.global_batch} x {cfg.plan.seq_len} "
-            f"tokens (micro-batch {split.micro_batch} x {split.grad_accum} accumulation x "
-            f"{run.dist.world_size} rank(s)); peak LR {cfg.plan.lr:g}",
-            f"  {rt.precision}, ZeRO-{rt.zero_stage}, {run.dist.device.type}; "
-            f"writing to {run.run_dir}",
-            "  ETA: after the first steps",
-        ]
-    )
-
-
 def _publish_start(run: Run, ds_config: dict) -> list[str]:
     """Rank 0, once every check passed and the engine (and checkpoint) loaded: the run
     folder's config, DeepSpeed config, rewind bookkeeping and metrics truncation."""
@@ -649,7 +526,7 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
     run = prepare_run(cfg, req)
     main, log, loop = run.dist.is_main, None, None
     try:
-        done = _completed_summary(run)
+        done = completed_summary(run)
         if done is not None:
             if main:
                 print(f"{run.run_dir} already completed at step {done['steps']}; nothing to do")
@@ -699,7 +576,7 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
         loop.log = log
         for note in loop.notes:
             log.message(note)
-        log.message(_banner(run, loop.step))
+        log.message(banner(run, loop.step))
         if step0 is not None:
             log.log(step0)
         loop.watchdog = StepWatchdog(
@@ -713,14 +590,14 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
                     f"to {loop.saved}; resume with: "
                     f"{resume_command(run.run_dir, run.dist.world_size)}"
                 )
-                return _finish(run, loop, status, t0)
+                return finish(run, loop, status, t0)
             if loop.eval_step != loop.step:
                 loop.eval()
             loop.save()
-        _export(run, engine)
-        return _finish(run, loop, status, t0)
+        export_final(run, engine)
+        return finish(run, loop, status, t0)
     except WriteFailed as e:  # disk full or read-only outside a checkpoint save
-        raise CgptError(_write_failed(run, loop, e)) from None
+        raise CgptError(write_failed_message(run, loop, e)) from None
     except RuntimeError as e:
         step = loop.step if loop is not None else 0
         saved = loop.saved if loop is not None else None
