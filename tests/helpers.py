@@ -1,19 +1,27 @@
 """Pieces several test files share: the environment of a fresh child process, a diverging
 forward pass, random weights, and small tokenizers and HF configs built here.
 
+Also the tiny byte-level training run (data, run config, metrics, folder digest), the tiny
+sweep and the launch config that many test files build, and a zero-filled token array.
+
 Test files import them as ``from helpers import ...``: pytest puts tests/ on sys.path (its
-default "prepend" import mode, tests/ has no __init__.py), the same way other files already
-say ``from test_trainer import make_data``. Nothing here needs transformers at import time.
+default "prepend" import mode, tests/ has no __init__.py). A test module never imports from
+another test module (tests/test_helpers_rule.py checks): what two files share lives here or in
+conftest.py. Nothing here needs transformers at import time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
+import yaml
 
 # ---- child processes ------------------------------------------------------------------------
 # set by the in-process training runs of this session (init_distributed's one-process group)
@@ -200,3 +208,192 @@ def metrics_steps(run_dir: Path) -> list[int]:
         if isinstance(row, dict) and "loss" in row and "step" in row:
             steps.append(int(row["step"]))
     return steps
+
+
+# ---- a tiny byte-level training run ---------------------------------------------------------
+BYTE_EOS = 256  # byte-level "tokenizer": ids 0..255 are bytes, 256 ends a document
+
+
+def make_byte_data(folder: Path, n_files: int = 12) -> Path:
+    """Real text: stdlib .py files as bytes, BYTE_EOS-separated; ~5% held out for val."""
+    from cgpt.train.data.shards import write_token_data
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    parts = []
+    for f in sorted(root.glob("*.py"))[:n_files]:
+        parts += [np.frombuffer(f.read_bytes(), np.uint8).astype(np.int64), np.array([BYTE_EOS])]
+    toks = np.concatenate(parts)
+    cut = int(len(toks) * 0.95)
+    write_token_data(
+        folder, toks[:cut], toks[cut:], vocab_size=257, eos_id=BYTE_EOS, source="stdlib-bytes"
+    )
+    return folder
+
+
+def make_cfg(
+    tmp: Path, data: Path, out: str = "run", steps: int = 30, batch: int = 8, **runtime
+) -> dict:
+    """A run config (dict) for a 2-layer fp32 model on ``data`` (make_byte_data), out_dir
+    ``tmp/out``; ``runtime`` overrides the runtime section."""
+    rt = {
+        "out_dir": str(tmp / out),
+        "micro_batch": 2,
+        "zero_stage": 0,
+        "precision": "fp32",
+        "eval_every": 10,
+        "eval_batches": 2,
+        "save_every": 10,
+        "log_every": 10,
+        "wandb": "off",
+        "seed": 7,
+        "export_hf": False,
+    }
+    rt.update(runtime)
+    return {
+        "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32, "vocab_size": 257},
+        "data": {"path": str(data)},
+        "plan": {
+            "params": 30000,
+            "seq_len": 32,
+            "tokens": 32 * batch * steps,
+            "steps": steps,
+            "global_batch_seqs": batch,
+            "lr": 3e-3,
+            "min_lr": 3e-4,
+            "warmup_steps": 3,
+            "decay_steps": steps - 3,
+        },
+        "runtime": rt,
+    }
+
+
+def write_run_config(tmp: Path, d: dict, name: str = "run.yaml") -> Path:
+    """``d`` as YAML in ``tmp/name``; returns the path."""
+    p = tmp / name
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def losses(run_dir: Path, key: str = "loss") -> list[float]:
+    """``key`` of every RUN/metrics.jsonl row that has it, in file order."""
+    from cgpt.train.loop.metrics import read_metrics
+
+    return [r[key] for r in read_metrics(run_dir / "metrics.jsonl") if key in r]
+
+
+def tree_digest(folder: Path) -> str:
+    """sha256 over every path name and file content below ``folder``: equal iff untouched."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        h.update(str(p.relative_to(folder)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+# ---- a tiny sweep ---------------------------------------------------------------------------
+SWEEP_SIZES = [
+    {"n_layer": 1, "n_embd": 8, "n_head": 2},
+    {"n_layer": 1, "n_embd": 16, "n_head": 2},
+    {"n_layer": 2, "n_embd": 16, "n_head": 2},
+]
+
+
+def make_sweep_data(folder: Path) -> Path:
+    """Real text: bytes of a few stdlib sources (vocab 256 + EOS)."""
+    from cgpt.train.data.shards import write_token_data
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs = [
+        np.frombuffer((root / n).read_bytes(), np.uint8).astype(np.uint16)
+        for n in ("argparse.py", "typing.py", "inspect.py", "pathlib.py")
+    ]
+    toks = np.concatenate([np.append(d, 256) for d in docs])
+    cut = int(len(toks) * 0.95)
+    write_token_data(
+        folder, toks[:cut], toks[cut:], vocab_size=257, eos_id=256, source="stdlib-bytes"
+    )
+    return folder
+
+
+def sweep_dict(tmp: Path, data_dir: Path, **kw) -> dict:
+    """A sweep file (dict) of SWEEP_SIZES on ``data_dir``, out_dir ``tmp/sweep``; ``kw``
+    replaces top-level keys."""
+    d = {
+        "name": "tiny",
+        "out_dir": str(tmp / "sweep"),
+        "data": {"path": str(data_dir)},
+        "model": {"seq_len": 32},
+        "tokens_per_param": 2,
+        "sizes": [dict(s) for s in SWEEP_SIZES],
+        "plan": {"global_batch_seqs": 8, "lr": 3e-3, "min_steps": 10},
+        "runtime": {
+            "micro_batch": 8,
+            "precision": "fp32",
+            "zero_stage": 0,
+            "device": "cpu",
+            "eval_every": 0,
+            "eval_batches": 2,
+            "save_every": 10,
+            "log_every": 10,
+            "wandb": "off",
+            "export_hf": False,
+        },
+    }
+    d.update(kw)
+    return d
+
+
+def write_sweep(tmp: Path, d: dict) -> Path:
+    """``d`` as YAML in ``tmp/sweep.yaml``; returns the path."""
+    path = tmp / "sweep.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+# ---- a launch config ------------------------------------------------------------------------
+def write_launch_config(tmp_path: Path, global_batch=12, micro_batch=4, **plan) -> Path:
+    """``tmp_path/run.yaml``: a small run config for `cgpt launch` tests (data folder
+    ``tmp_path/data`` need not exist); ``plan`` overrides plan keys."""
+    cfg = {
+        "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 256},
+        "data": {"path": str(tmp_path / "data")},
+        "plan": {
+            "params": 30000,
+            "seq_len": 32,
+            "tokens": 100000,
+            "steps": 10,
+            "global_batch_seqs": global_batch,
+            "lr": 1e-3,
+            "min_lr": 1e-4,
+            "warmup_steps": 2,
+            "decay_steps": 8,
+            **plan,
+        },
+        "runtime": {"out_dir": str(tmp_path / "run"), "micro_batch": micro_batch},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+# ---- token data without a file --------------------------------------------------------------
+class ZeroTokens:
+    """A stand-in token array: a huge length, reads return zeros (no file, no memory)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, sl):
+        return np.zeros(len(range(*sl.indices(self.n))), np.uint16)
+
+
+def zero_token_data(n_windows: int, seq: int):
+    """A TokenData of ``n_windows`` train windows of ``seq`` tokens, all zeros, vocab 1000."""
+    from cgpt.train.data.shards import TokenData
+
+    meta = {"vocab_size": 1000, "eos_id": 0, "dtype": "uint16"}
+    return TokenData(Path("fake"), meta, ZeroTokens(n_windows * seq + 1), ZeroTokens(seq * 4 + 1))

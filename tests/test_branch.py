@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_trainer import _write, losses, make_cfg, make_data, tree_digest
+from helpers import losses, make_byte_data, make_cfg, tree_digest, write_run_config
 
 from cgpt.launch.cli import main
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("data") / "bytes", n_files=4)
+    return make_byte_data(tmp_path_factory.mktemp("data") / "bytes", n_files=4)
 
 
 def _wsd(tmp_path, data, out, steps):
@@ -28,7 +28,7 @@ def _wsd(tmp_path, data, out, steps):
 @pytest.mark.slow  # three short trainings
 def test_branch_equals_the_dedicated_run_and_only_its_schedule_differs(tmp_path, data, capsys):
     stable = _wsd(tmp_path, data, "stable", 20)  # cooldown from step 16
-    assert main(["train", str(_write(tmp_path, stable, "stable.yaml"))]) == 0
+    assert main(["train", str(write_run_config(tmp_path, stable, "stable.yaml"))]) == 0
     capsys.readouterr()
     assert (
         main(["branch", str(tmp_path / "stable"), "--step", "8", "--out", str(tmp_path / "branch")])
@@ -41,7 +41,7 @@ def test_branch_equals_the_dedicated_run_and_only_its_schedule_differs(tmp_path,
     assert (plan["steps"], plan["decay"], plan["cooldown_fraction"]) == (10, "wsd", 0.2)
     # the dedicated run of the branch's plan, from scratch
     dedicated = _wsd(tmp_path, data, "dedicated", 10)
-    assert main(["train", str(_write(tmp_path, dedicated, "dedicated.yaml"))]) == 0
+    assert main(["train", str(write_run_config(tmp_path, dedicated, "dedicated.yaml"))]) == 0
     a, b = losses(tmp_path / "branch"), losses(tmp_path / "dedicated")
     assert len(a) == len(b) == 10 and a == b  # bitwise
     assert a[:8] == losses(tmp_path / "stable")[:8]  # shared stable phase
@@ -52,9 +52,9 @@ def test_branch_equals_the_dedicated_run_and_only_its_schedule_differs(tmp_path,
 @pytest.mark.slow  # two short trainings
 def test_bad_branches_are_one_line_and_write_nothing(tmp_path, data, capsys):
     stable = _wsd(tmp_path, data, "stable", 12)  # cooldown from step 10 (round(0.2*12)=2)
-    assert main(["train", str(_write(tmp_path, stable, "stable.yaml"))]) == 0
+    assert main(["train", str(write_run_config(tmp_path, stable, "stable.yaml"))]) == 0
     linear = make_cfg(tmp_path, data, out="linear", steps=4, save_every=4, eval_every=0)
-    assert main(["train", str(_write(tmp_path, linear, "linear.yaml"))]) == 0
+    assert main(["train", str(write_run_config(tmp_path, linear, "linear.yaml"))]) == 0
     capsys.readouterr()
     before = tree_digest(tmp_path)
     for argv, needle in (

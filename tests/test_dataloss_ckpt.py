@@ -14,8 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import child_env
-from test_trainer import EOS, _write, losses, make_cfg, make_data, tree_digest
+from helpers import (
+    BYTE_EOS,
+    child_env,
+    losses,
+    make_byte_data,
+    make_cfg,
+    tree_digest,
+    write_run_config,
+)
 
 from cgpt.launch.cli import main as cli_main
 from cgpt.train.data.shards import open_token_data, write_token_data
@@ -26,7 +33,7 @@ from cgpt.train.loop.rewind import FAULT_ENV, INTENT
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("data") / "bytes")
+    return make_byte_data(tmp_path_factory.mktemp("data") / "bytes")
 
 
 def _steps(run: Path) -> list[int]:
@@ -47,14 +54,14 @@ def _reprepare(folder: Path) -> None:
     same sizes: the same ShardWriter replaces the folder, new sha256 in meta.json."""
     old = open_token_data(folder)
     train, val = np.array(old.train, dtype=np.int64), np.array(old.val, dtype=np.int64)
-    write_token_data(folder, train[::-1].copy(), val, vocab_size=257, eos_id=EOS)
+    write_token_data(folder, train[::-1].copy(), val, vocab_size=257, eos_id=BYTE_EOS)
 
 
 # ---------------------------------------------------------------------------- 1: save_steps
 def test_save_steps_are_never_pruned_and_abandoned_folders_never_counted(tmp_path, data):
     d = make_cfg(tmp_path, data, steps=12, save_every=3, eval_every=0, keep_last=2)
     d["runtime"]["save_steps"] = [5]
-    path = _write(tmp_path, d)
+    path = write_run_config(tmp_path, d)
     assert cli_main(["train", str(path)]) == 0
     run = tmp_path / "run"
     assert _steps(run) == [5, 9, 12]  # step-5 is listed: kept beside the newest two
@@ -73,7 +80,7 @@ def zero1_run(tmp_path_factory, data) -> Path:
     """A ZeRO-1 run stopped at step 6 (checkpoints step-3 and step-6); tests damage copies."""
     tmp = tmp_path_factory.mktemp("zero1")
     d = make_cfg(tmp, data, steps=9, save_every=3, eval_every=0, keep_last=3, zero_stage=1)
-    assert cli_main(["train", str(_write(tmp, d)), "--set", "runtime.max_steps=6"]) == 0
+    assert cli_main(["train", str(write_run_config(tmp, d)), "--set", "runtime.max_steps=6"]) == 0
     return tmp / "run"
 
 
@@ -122,7 +129,9 @@ def test_data_moved_is_accepted_and_data_replaced_is_refused(tmp_path, data, cap
     src = tmp_path / "data"
     shutil.copytree(data, src)
     d = make_cfg(tmp_path, src, steps=5, save_every=2, eval_every=0, keep_last=5)
-    assert cli_main(["train", str(_write(tmp_path, d)), "--set", "runtime.max_steps=2"]) == 0
+    assert (
+        cli_main(["train", str(write_run_config(tmp_path, d)), "--set", "runtime.max_steps=2"]) == 0
+    )
     run = tmp_path / "run"
     recorded = json.loads((run / "data.json").read_text())
     assert recorded["data.path"]["path"] == str(src)
@@ -160,7 +169,7 @@ def base_run(tmp_path_factory, data) -> Path:
     """Stopped at step 6 of 9 (checkpoints step-3 and step-6); tests change copies."""
     tmp = tmp_path_factory.mktemp("base")
     d = make_cfg(tmp, data, steps=9, save_every=3, eval_every=0, keep_last=3)
-    assert cli_main(["train", str(_write(tmp, d)), "--set", "runtime.max_steps=6"]) == 0
+    assert cli_main(["train", str(write_run_config(tmp, d)), "--set", "runtime.max_steps=6"]) == 0
     return tmp / "run"
 
 
@@ -168,7 +177,10 @@ def _other_run(tmp: Path, data: Path, **runtime) -> Path:
     """Another run of the same shape, 3 steps (checkpoint step-3)."""
     d = make_cfg(tmp, data, out="other", steps=9, save_every=3, eval_every=0, **runtime)
     assert (
-        cli_main(["train", str(_write(tmp, d, "other.yaml")), "--set", "runtime.max_steps=3"]) == 0
+        cli_main(
+            ["train", str(write_run_config(tmp, d, "other.yaml")), "--set", "runtime.max_steps=3"]
+        )
+        == 0
     )
     return tmp / "other"
 

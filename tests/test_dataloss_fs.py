@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import child_env
-from test_trainer import _write, make_cfg, make_data, tree_digest
+from helpers import child_env, make_byte_data, make_cfg, tree_digest, write_run_config
 
 from cgpt.launch.cli import main
 
@@ -25,7 +24,7 @@ CGPT = str(Path(sys.executable).with_name("cgpt"))
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("data") / "bytes", n_files=4)
+    return make_byte_data(tmp_path_factory.mktemp("data") / "bytes", n_files=4)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +34,7 @@ def run(tmp_path_factory, data) -> Path:
     d = make_cfg(tmp, data, out="run", steps=12, save_every=4, eval_every=0, keep_last=10)
     d["runtime"]["log_every"] = 1
     d["plan"].update(decay="wsd", cooldown_fraction=0.2, warmup_steps=2, decay_steps=10)
-    assert main(["train", str(_write(tmp, d, "run.yaml"))]) == 0
+    assert main(["train", str(write_run_config(tmp, d, "run.yaml"))]) == 0
     return tmp / "run"
 
 
@@ -160,11 +159,12 @@ def _wait_for(cond, timeout: float, what: str):
 # ---- item 10: one sweep per folder ---------------------------------------------------------
 @pytest.mark.slow  # a real `cgpt sweep` process
 def test_second_sweep_on_a_folder_is_refused(tmp_path, capsys):
-    from test_sweep import SIZES, sweep_dict, write_sweep
-    from test_sweep import make_data as sweep_data
+    from helpers import SWEEP_SIZES, make_sweep_data, sweep_dict, write_sweep
 
     # 25000 steps: the first sweep is still training when the second starts
-    d = sweep_dict(tmp_path, sweep_data(tmp_path / "data"), sizes=[SIZES[0]], tokens_per_param=2000)
+    d = sweep_dict(
+        tmp_path, make_sweep_data(tmp_path / "data"), sizes=[SWEEP_SIZES[0]], tokens_per_param=2000
+    )
     path = write_sweep(tmp_path, d)
     lock = tmp_path / "sweep" / ".cgpt.lock"
     first = subprocess.Popen(
@@ -303,7 +303,7 @@ def test_a_failed_latest_is_a_warning_not_a_failed_checkpoint(data, tmp_path, ca
 
     monkeypatch.setattr(checkpoint, "write_text_atomic", no_inode_for_latest)
     d = make_cfg(tmp_path, data, out="run", steps=4, save_every=2, eval_every=0, keep_last=5)
-    assert main(["train", str(_write(tmp_path, d, "run.yaml"))]) == 0
+    assert main(["train", str(write_run_config(tmp_path, d, "run.yaml"))]) == 0
     err = capsys.readouterr().err
     assert "checkpoint step-2 is saved and complete; only" in err and "latest" in err, err
     assert "could not save checkpoint" not in err

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import child_env
-from test_trainer import _write, losses, make_cfg, make_data
+from helpers import child_env, losses, make_byte_data, make_cfg, write_run_config
 
 from cgpt.train.loop.distributed import free_port
 
@@ -23,7 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("zero_stage, precision, tol", [(1, "fp32", 1e-5), (1, "bf16", 2e-2)])
 def test_two_ranks_match_one_rank(tmp_path, zero_stage, precision, tol):
     launcher = shutil.which("deepspeed") or str(Path(os.sys.executable).parent / "deepspeed")
-    data = make_data(tmp_path / "data", n_files=6)
+    data = make_byte_data(tmp_path / "data", n_files=6)
     d = make_cfg(
         tmp_path,
         data,
@@ -36,9 +35,9 @@ def test_two_ranks_match_one_rank(tmp_path, zero_stage, precision, tol):
         out_dir=str(tmp_path / "two"),
         precision=precision,
     )
-    two = _write(tmp_path, d, "two.yaml")
+    two = write_run_config(tmp_path, d, "two.yaml")
     d["runtime"].update(micro_batch=4, out_dir=str(tmp_path / "one"))
-    one = _write(tmp_path, d, "one.yaml")
+    one = write_run_config(tmp_path, d, "one.yaml")
     cmd = [
         launcher,
         "--num_gpus",

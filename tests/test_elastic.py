@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import child_env
-from test_trainer import _write, losses, make_cfg, make_data, tree_digest
+from helpers import child_env, losses, make_byte_data, make_cfg, tree_digest, write_run_config
 
 from cgpt.model.errors import CgptError
 from cgpt.train.config import parse_run_config
@@ -57,7 +56,7 @@ def test_zero0_conversions_are_refused_in_one_line(saved, now):
 # ---------------------------------------------------------------------------- one process
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("data") / "bytes", n_files=6)
+    return make_byte_data(tmp_path_factory.mktemp("data") / "bytes", n_files=6)
 
 
 def _train(d: dict, resume: bool = False, **rt) -> dict:
@@ -124,7 +123,7 @@ def test_a_checkpoint_holding_code_is_refused_by_the_conversion(tmp_path, data, 
 
     d = make_cfg(tmp_path, data, steps=6, batch=6, micro_batch=1, zero_stage=1, save_every=3)
     d["runtime"].update(eval_every=0, max_steps=3)
-    cfg_path = _write(tmp_path, d)
+    cfg_path = write_run_config(tmp_path, d)
     assert main(["train", str(cfg_path)]) == 0
     step = tmp_path / "run" / "checkpoints" / "step-3"
     target = next(step.glob("*optim_states.pt"))
@@ -152,7 +151,7 @@ def test_zero0_to_zero1_is_refused_before_anything_is_written(tmp_path, data, ca
 
     d = make_cfg(tmp_path, data, steps=6, batch=6, micro_batch=1, zero_stage=0, save_every=3)
     d["runtime"].update(eval_every=0, max_steps=3)
-    cfg_path = _write(tmp_path, d)
+    cfg_path = write_run_config(tmp_path, d)
     assert main(["train", str(cfg_path)]) == 0
     before = tree_digest(tmp_path / "run")
     capsys.readouterr()
@@ -239,7 +238,7 @@ def test_two_ranks_then_one_then_three_match_one_uninterrupted_rank(tmp_path):
     write_token_data(data, train_tokens, val_tokens, vocab_size=257, eos_id=256, source="bytes")
     d = make_cfg(tmp_path, data, steps=9, batch=6, micro_batch=1, zero_stage=1)
     d["runtime"].update(save_every=3, eval_every=0, eval_batches=1, log_every=1, keep_last=3)
-    cfg = _write(tmp_path, d)
+    cfg = write_run_config(tmp_path, d)
     script = tmp_path / "traced_train.py"
     script.write_text(_TRACED_TRAIN)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_trainer import make_cfg, make_data
+from helpers import make_byte_data, make_cfg
 
 from cgpt.model.errors import CgptError
 from cgpt.train.config import parse_run_config
@@ -26,7 +26,7 @@ def test_bootstrap_noise_is_the_standard_error_of_the_mean():
 def test_window_losses_reproduce_the_trainers_val_loss(tmp_path):
     from cgpt.train.loop.trainer import train
 
-    data = make_data(tmp_path / "bytes", n_files=4)
+    data = make_byte_data(tmp_path / "bytes", n_files=4)
     cfg = parse_run_config(make_cfg(tmp_path, data, steps=12, eval_every=0, eval_batches=3))
     s = train(cfg)
     run = Path(s["run_dir"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import child_env, make_tokenizer
+from helpers import child_env, make_byte_data, make_cfg, make_tokenizer, write_run_config
 
 from cgpt.launch.cli import main
 from cgpt.model.errors import CgptError
@@ -23,7 +23,6 @@ from cgpt.train.config import parse_run_config
 from cgpt.train.loop.consolidate import consolidate_checkpoint, resolve_source
 
 pytest.importorskip("transformers", reason="export verification needs transformers")
-from test_trainer import _write, make_cfg, make_data  # noqa: E402
 
 CGPT = str(Path(sys.executable).with_name("cgpt"))
 LAST, EARLIER = 3, 2  # max_steps, and the save_every checkpoint before it
@@ -31,7 +30,7 @@ LAST, EARLIER = 3, 2  # max_steps, and the save_every checkpoint before it
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("data") / "bytes", n_files=4)
+    return make_byte_data(tmp_path_factory.mktemp("data") / "bytes", n_files=4)
 
 
 def _cfg(tmp: Path, data: Path, name: str, **rt) -> dict:
@@ -289,7 +288,7 @@ def test_two_rank_checkpoint_consolidates(tmp_path, data, capsys, zero_stage, pr
         str(free_port()),
         "--module",
         "cgpt.train",
-        str(_write(tmp_path, d, "two.yaml")),
+        str(write_run_config(tmp_path, d, "two.yaml")),
     ]
     r = subprocess.run(
         cmd,

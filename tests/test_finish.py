@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_byte_data, make_cfg
 
 from cgpt.launch.cli import main as cli_main
 from cgpt.model.errors import CgptError
@@ -16,12 +17,11 @@ from cgpt.model.io import load_model
 from cgpt.train.config import parse_run_config
 
 pytest.importorskip("transformers", reason="the final export is verified with transformers")
-from test_trainer import make_cfg, make_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("data") / "bytes", n_files=2)
+    return make_byte_data(tmp_path_factory.mktemp("data") / "bytes", n_files=2)
 
 
 def _tiny(tmp: Path, data: Path, out: str = "run", **rt) -> dict:
@@ -101,14 +101,14 @@ def test_bf16_mup_run_finishes_with_an_fp32_hf_export(tmp_path, data):
 def test_banner_before_the_first_step_and_step0_check_on_the_console(tmp_path, data, capsys):
     """`cgpt train` says what it trains (size, steps, tokens, batch, where) before step 1, an
     ETA once two steps are timed, and a continued run's step-0 check on the console."""
-    from test_trainer import _write
+    from helpers import write_run_config
 
     from cgpt.model import GPT
     from cgpt.model.config import GPTConfig
 
     d = _tiny(tmp_path, data, out="a", export_hf=True, log_every=1)
     d["plan"].update(steps=4, tokens=16 * 2 * 4, decay_steps=3)
-    assert cli_main(["train", str(_write(tmp_path, d, "a.yaml"))]) == 0
+    assert cli_main(["train", str(write_run_config(tmp_path, d, "a.yaml"))]) == 0
     err = capsys.readouterr().err
     n = GPT(GPTConfig.from_dict(d["model"])).num_params()
     banner = err.index(f"cgpt train: {n:,} parameters (2 layers, width 16, 2 heads")
@@ -121,7 +121,7 @@ def test_banner_before_the_first_step_and_step0_check_on_the_console(tmp_path, d
     c = _tiny(tmp_path, data, out="b", max_steps=1)
     del c["model"]
     c["init"] = {"source": str(tmp_path / "a" / "hf")}
-    assert cli_main(["train", str(_write(tmp_path, c, "b.yaml"))]) == 0
+    assert cli_main(["train", str(write_run_config(tmp_path, c, "b.yaml"))]) == 0
     err = capsys.readouterr().err
     line = next(ln for ln in err.splitlines() if ln.startswith("step 0: init_loss "))
     assert f"of the weights from {tmp_path / 'a' / 'hf'}" in line
@@ -172,7 +172,7 @@ def test_checkpoint_of_another_shape_is_one_line(tmp_path, data, capsys, config_
     DeepSpeed's load_state_dict 'size mismatch' traceback)."""
     import shutil
 
-    from test_trainer import tree_digest
+    from helpers import tree_digest
 
     _train(_tiny(tmp_path, data, out="a"))
     b = _tiny(tmp_path, data, out="b", max_steps=1)
@@ -228,8 +228,8 @@ def test_disk_full_during_the_final_export_then_the_printed_command_finishes(
     tmp_path, data, capsys, monkeypatch
 ):
     import safetensors.torch
+    from helpers import write_run_config
     from safetensors import SafetensorError
-    from test_trainer import _write
 
     real = safetensors.torch.save_file
 
@@ -240,7 +240,7 @@ def test_disk_full_during_the_final_export_then_the_printed_command_finishes(
         return real(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(safetensors.torch, "save_file", full_in_hf)
-    cfg = _write(tmp_path, _tiny(tmp_path, data, export_hf=True))
+    cfg = write_run_config(tmp_path, _tiny(tmp_path, data, export_hf=True))
     assert cli_main(["train", str(cfg)]) == 2
     line = _error_line(capsys)
     run = tmp_path / "run"
@@ -257,7 +257,7 @@ def test_disk_full_during_the_final_export_then_the_printed_command_finishes(
 
 @pytest.mark.slow
 def test_disk_full_while_appending_metrics(tmp_path, data, capsys, monkeypatch):
-    from test_trainer import _write
+    from helpers import write_run_config
 
     from cgpt.train.loop import metrics
     from cgpt.train.loop.metrics import read_metrics
@@ -286,7 +286,7 @@ def test_disk_full_while_appending_metrics(tmp_path, data, capsys, monkeypatch):
 
     d = _tiny(tmp_path, data, log_every=1)
     d["plan"].update(steps=4, tokens=16 * 2 * 4, decay_steps=3)
-    cfg = _write(tmp_path, d)
+    cfg = write_run_config(tmp_path, d)
     real_open = metrics.open_append  # how the logger opens metrics.jsonl
     monkeypatch.setattr(metrics, "open_append", lambda p, what="": FillsUp(real_open(p, what), 600))
     assert cli_main(["train", str(cfg)]) == 2

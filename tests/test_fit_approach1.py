@@ -189,11 +189,11 @@ def test_real_sweep_writes_approach1(tmp_path, capsys):
     """A tiny `cgpt sweep` (3 sizes, real trainer, ~40-60 s on 2 busy cores): the curves are
     read from the metrics files the trainer wrote, and fit.json has an approach1 entry,
     fitted or skipped with a reason saying what to add."""
-    from test_sweep import make_data, sweep_dict, write_sweep
+    from helpers import make_sweep_data, sweep_dict, write_sweep
 
     from cgpt.launch.cli import main as cli
 
-    data = make_data(tmp_path / "bytes")
+    data = make_sweep_data(tmp_path / "bytes")
     path = write_sweep(tmp_path, sweep_dict(tmp_path, data))
     assert cli(["sweep", str(path)]) == 0
     out = tmp_path / "sweep"

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from test_trainer import make_cfg, make_data
+from helpers import make_byte_data, make_cfg
 
 from cgpt.train.bench.train_step import bench
 from cgpt.train.config import parse_run_config
@@ -40,7 +40,7 @@ def test_bench_reports_mfu_on_cuda():
 def test_bf16_deepspeed_training_on_cuda(tmp_path):
     from cgpt.train.loop.trainer import train
 
-    data = make_data(tmp_path / "data")
+    data = make_byte_data(tmp_path / "data")
     d = make_cfg(tmp_path, data, steps=20, precision="bf16", zero_stage=1, device="cuda")
     summary = train(parse_run_config(d))
     assert summary["status"] == "completed"

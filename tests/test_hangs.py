@@ -406,10 +406,10 @@ def test_cgpt_launch_with_a_stalled_rank_exits_within_the_timeout(tmp_path):
     import time
     from pathlib import Path
 
-    from test_trainer import _write, make_cfg, make_data
+    from helpers import make_byte_data, make_cfg, write_run_config
 
     timeout_s = 5
-    data = make_data(tmp_path / "data", n_files=6)
+    data = make_byte_data(tmp_path / "data", n_files=6)
     d = make_cfg(
         tmp_path,
         data,
@@ -422,7 +422,7 @@ def test_cgpt_launch_with_a_stalled_rank_exits_within_the_timeout(tmp_path):
         log_every=1,
         collective_timeout_s=timeout_s,
     )
-    cfg = _write(tmp_path, d)
+    cfg = write_run_config(tmp_path, d)
     env = child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cgpt = str(Path(sys.executable).parent / "cgpt")
     proc = subprocess.Popen(
@@ -492,13 +492,13 @@ def test_cgpt_launch_with_a_dead_rank_is_one_line(tmp_path, victim):
     """SIGKILL of one rank of a 2-rank `cgpt launch` (saves every 2 steps, so the kill may
     land mid-step or mid-save): the other ends with one line naming the dead rank, the last
     checkpoint and the command to resume, no gloo traceback, and the launch exits FAILURE."""
-    from test_trainer import _write, make_cfg, make_data
+    from helpers import make_byte_data, make_cfg, write_run_config
 
     from cgpt.train.exit_codes import FAILURE
 
-    data = make_data(tmp_path / "data", n_files=6)
+    data = make_byte_data(tmp_path / "data", n_files=6)
     d = make_cfg(tmp_path, data, steps=3000, eval_every=0, save_every=2, zero_stage=1, log_every=1)
-    cfg = _write(tmp_path, d)
+    cfg = write_run_config(tmp_path, d)
     env = child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cgpt = str(Path(sys.executable).parent / "cgpt")
     proc = subprocess.Popen(

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import child_env, gpt2_config, make_bpe
-from test_trainer import _write, make_cfg, make_data
+from helpers import child_env, gpt2_config, make_bpe, make_byte_data, make_cfg, write_run_config
 
 from cgpt.model.errors import CgptError, ConfigError
 from cgpt.train.config import load_run_config, parse_run_config
@@ -166,7 +165,7 @@ def byte_run(tmp_path_factory) -> Path:
     from cgpt.train.loop.trainer import train
 
     tmp = tmp_path_factory.mktemp("byterun")
-    data = make_data(tmp / "data", n_files=4)
+    data = make_byte_data(tmp / "data", n_files=4)
     d = make_cfg(tmp, data, steps=8, batch=4, eval_every=0, save_every=4, keep_last=3)
     train(parse_run_config(d))
     return tmp
@@ -237,7 +236,7 @@ def test_two_ranks_zero1_from_hf_folder(tmp_path, published, pub_data):
 
     launcher = shutil.which("deepspeed") or str(Path(os.sys.executable).parent / "deepspeed")
     d = init_cfg(tmp_path, pub_data, published, zero_stage=1, micro_batch=1, max_steps=3)
-    cfg = _write(tmp_path, d)
+    cfg = write_run_config(tmp_path, d)
     env = child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [launcher, "--num_gpus", "2", "--master_port", str(free_port())]
     cmd += ["--module", "cgpt.train", str(cfg)]

@@ -15,35 +15,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import write_launch_config
 
 from cgpt.launch import launchers as L
 from cgpt.launch.cli import main
 from cgpt.launch.hostfile import Host, format_hostfile, parse_hostfile, read_hostfile
 from cgpt.model.errors import CgptError
 from cgpt.train.config import parse_run_config
-
-
-def write_config(tmp_path: Path, global_batch=12, micro_batch=4, **plan) -> Path:
-    cfg = {
-        "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 256},
-        "data": {"path": str(tmp_path / "data")},
-        "plan": {
-            "params": 30000,
-            "seq_len": 32,
-            "tokens": 100000,
-            "steps": 10,
-            "global_batch_seqs": global_batch,
-            "lr": 1e-3,
-            "min_lr": 1e-4,
-            "warmup_steps": 2,
-            "decay_steps": 8,
-            **plan,
-        },
-        "runtime": {"out_dir": str(tmp_path / "run"), "micro_batch": micro_batch},
-    }
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def launch_dry(capsys, *argv) -> list[str]:
@@ -100,14 +78,17 @@ def test_hostfile_parses_like_deepspeed(tmp_path):
 def test_bad_hostfile_is_one_clear_error(tmp_path, capsys, text, words):
     hosts = tmp_path / "hosts"
     hosts.write_text(text)
-    cfg = write_config(tmp_path)
+    cfg = write_launch_config(tmp_path)
     assert main(["launch", str(cfg), "--hostfile", str(hosts), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cgpt launch: error:") and words in err[0]
 
 
 def test_missing_hostfile(tmp_path, capsys):
-    assert main(["launch", str(write_config(tmp_path)), "--hostfile", str(tmp_path / "nope")]) == 2
+    assert (
+        main(["launch", str(write_launch_config(tmp_path)), "--hostfile", str(tmp_path / "nope")])
+        == 2
+    )
     assert "not found" in capsys.readouterr().err
 
 
@@ -115,7 +96,7 @@ def test_missing_hostfile(tmp_path, capsys):
 
 
 def test_resplit_keeps_global_batch_and_lowers_micro_batch(tmp_path):
-    plan = parse_run_config(yaml.safe_load(write_config(tmp_path).read_text())).plan
+    plan = parse_run_config(yaml.safe_load(write_launch_config(tmp_path).read_text())).plan
     assert L.resolve_micro_batch(plan, 4, 1) == (4, None)
     micro, note = L.resolve_micro_batch(plan, 4, 2)  # 6 per rank: 4 does not divide it
     assert micro == 3 and "micro-batch 3" in note and "2 gradient-accumulation" in note
@@ -131,7 +112,7 @@ def test_resplit_covers_every_batch_phase(tmp_path):
         {"global_batch_seqs": 12, "steps": 4, "warmup_steps": 2, "decay_steps": 2},
         {"global_batch_seqs": 18, "steps": 6, "warmup_steps": 0, "decay_steps": 6},
     ]
-    raw = yaml.safe_load(write_config(tmp_path, batch_schedule=phases).read_text())
+    raw = yaml.safe_load(write_launch_config(tmp_path, batch_schedule=phases).read_text())
     plan = parse_run_config(raw).plan
     assert L.resolve_micro_batch(plan, 6, 2)[0] == 3  # 6 and 9 per rank: 3 fits both
     with pytest.raises(CgptError, match="18"):
@@ -139,13 +120,13 @@ def test_resplit_covers_every_batch_phase(tmp_path):
 
 
 def test_launch_passes_the_resplit_to_the_trainer(tmp_path, capsys):
-    cmd = launch_dry(capsys, write_config(tmp_path), "--gpus-per-node", "2")
+    cmd = launch_dry(capsys, write_launch_config(tmp_path), "--gpus-per-node", "2")
     assert cmd[-2:] == ["--set", "runtime.micro_batch=3"]
 
 
 def test_unsplittable_batch_starts_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", _no_process)
-    assert main(["launch", str(write_config(tmp_path)), "--gpus-per-node", "5"]) == 2
+    assert main(["launch", str(write_launch_config(tmp_path)), "--gpus-per-node", "5"]) == 2
     err = capsys.readouterr().err
     assert "cannot be split over 5" in err and "use a global batch of" in err
 
@@ -154,7 +135,7 @@ def test_unsplittable_batch_starts_nothing(tmp_path, capsys, monkeypatch):
 
 
 def test_deepspeed_single_node(tmp_path, capsys):
-    cfg = write_config(tmp_path)
+    cfg = write_launch_config(tmp_path)
     cmd = launch_dry(
         capsys, cfg, "--gpus-per-node", 2, "--master-port", 29555, "--set", "runtime.zero_stage=2"
     )
@@ -171,7 +152,7 @@ def test_deepspeed_hostfile_multi_node(tmp_path, capsys):
     hosts.write_text("gpu-a slots=4\ngpu-b slots=4\ngpu-c slots=4\n")
     cmd = launch_dry(
         capsys,
-        write_config(tmp_path, global_batch=24),
+        write_launch_config(tmp_path, global_batch=24),
         "--hostfile",
         hosts,
         "--nodes",
@@ -190,7 +171,7 @@ def test_deepspeed_no_ssh_node_rank(tmp_path, capsys):
     hosts.write_text("node0 slots=1\nnode1 slots=1\n")
     cmd = launch_dry(
         capsys,
-        write_config(tmp_path),
+        write_launch_config(tmp_path),
         "--hostfile",
         hosts,
         "--no-ssh",
@@ -209,7 +190,7 @@ def test_deepspeed_no_ssh_node_rank(tmp_path, capsys):
 def test_torchrun_multi_node(tmp_path, capsys):
     from torch.distributed.run import get_args_parser
 
-    cfg = write_config(tmp_path, global_batch=16)
+    cfg = write_launch_config(tmp_path, global_batch=16)
     cmd = launch_dry(
         capsys,
         cfg,
@@ -243,7 +224,7 @@ def test_multi_node_needs_a_master(tmp_path, capsys):
         main(
             [
                 "launch",
-                str(write_config(tmp_path)),
+                str(write_launch_config(tmp_path)),
                 "--launcher",
                 "torchrun",
                 "--nodes",
@@ -258,7 +239,7 @@ def test_multi_node_needs_a_master(tmp_path, capsys):
         main(
             [
                 "launch",
-                str(write_config(tmp_path)),
+                str(write_launch_config(tmp_path)),
                 "--nodes",
                 "2",
                 "--master-addr",
@@ -284,7 +265,7 @@ def test_missing_launcher_binary(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(empty))
     monkeypatch.setattr(sys, "executable", str(empty / "python"))
     monkeypatch.setattr(subprocess, "Popen", _no_process)
-    cfg = write_config(tmp_path)
+    cfg = write_launch_config(tmp_path)
     for launcher in L.LAUNCHERS:
         assert main(["launch", str(cfg), "--launcher", launcher]) == 2
         err = capsys.readouterr().err
@@ -296,7 +277,7 @@ def test_missing_pdsh_for_hostfile(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", _no_process)
     hosts = tmp_path / "hosts"
     hosts.write_text("a slots=1\nb slots=1\n")
-    assert main(["launch", str(write_config(tmp_path)), "--hostfile", str(hosts)]) == 2
+    assert main(["launch", str(write_launch_config(tmp_path)), "--hostfile", str(hosts)]) == 2
     assert "pdsh not found" in capsys.readouterr().err
 
 
@@ -306,7 +287,7 @@ def test_occupied_master_port(tmp_path, capsys, monkeypatch):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        assert main(["launch", str(write_config(tmp_path)), "--master-port", str(port)]) == 2
+        assert main(["launch", str(write_launch_config(tmp_path)), "--master-port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"master port {port}" in err and "in use" in err
 
@@ -411,16 +392,22 @@ def test_ctrl_c_on_a_two_rank_launch_saves_and_exits_preempted(tmp_path):
     documented exit code; the printed command, run as printed, continues the run."""
     import shlex
 
-    from helpers import child_env, metrics_steps, wait_until
-    from test_trainer import _write, make_cfg, make_data
+    from helpers import (
+        child_env,
+        make_byte_data,
+        make_cfg,
+        metrics_steps,
+        wait_until,
+        write_run_config,
+    )
 
     from cgpt.train.exit_codes import PREEMPTED
     from cgpt.train.loop import checkpoint as ckpt
 
-    data = make_data(tmp_path / "data", n_files=6)
+    data = make_byte_data(tmp_path / "data", n_files=6)
     d = make_cfg(tmp_path, data, steps=3000, eval_every=0, save_every=0, zero_stage=1, log_every=1)
     d["runtime"]["max_steps"] = 40
-    cfg = _write(tmp_path, d)
+    cfg = write_run_config(tmp_path, d)
     env = child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cgpt = str(Path(sys.executable).parent / "cgpt")
     run = tmp_path / "run"
@@ -512,7 +499,7 @@ def test_bad_numbers_start_nothing(tmp_path, capsys, monkeypatch, extra, words, 
     """`--gpus-per-node 0` used to run 1 process and `--nodes 0` one node: now every count,
     rank and port outside its range is one line and exit 2, and no process starts."""
     monkeypatch.setattr(subprocess, "Popen", _no_process)
-    argv = [str(write_config(tmp_path)), *extra] + (["--dry-run"] if dry_run else [])
+    argv = [str(write_launch_config(tmp_path)), *extra] + (["--dry-run"] if dry_run else [])
     _refused(capsys, argv, *words)
     assert not list(tmp_path.rglob("PWNED"))
 
@@ -523,13 +510,13 @@ def test_zero_nodes_with_a_hostfile_is_refused(tmp_path, capsys, monkeypatch):
     hosts.write_text("a slots=1\nb slots=1\n")
     _refused(
         capsys,
-        [str(write_config(tmp_path)), "--hostfile", str(hosts), "--nodes", "0", "--dry-run"],
+        [str(write_launch_config(tmp_path)), "--hostfile", str(hosts), "--nodes", "0", "--dry-run"],
         "--nodes must be at least 1, got 0",
     )
     _refused(
         capsys,
         [
-            str(write_config(tmp_path)),
+            str(write_launch_config(tmp_path)),
             "--hostfile",
             str(hosts),
             "--gpus-per-node",
@@ -569,7 +556,7 @@ def test_pdsh_remote_shell_refuses_shell_characters(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(subprocess, "Popen", _no_process)
     hosts = tmp_path / "hosts"
     hosts.write_text("a slots=1\nb slots=1\n")
-    cfg = str(write_config(tmp_path))
+    cfg = str(write_launch_config(tmp_path))
     item = f"runtime.wandb_project={value}"
     line = _refused(
         capsys,
@@ -593,7 +580,7 @@ def test_pdsh_accepts_plain_values_with_spaces(tmp_path, capsys):
     hosts.write_text("a slots=1\nb slots=1\n")
     cmd = launch_dry(
         capsys,
-        write_config(tmp_path),
+        write_launch_config(tmp_path),
         "--hostfile",
         hosts,
         "--set",

@@ -282,32 +282,10 @@ def test_window_order_statistics_at_a_million():
     assert abs(agree - 0.5) < 4 * 0.5 / np.sqrt(n)
 
 
-class _Zeros:
-    """A stand-in token array: a huge length, reads return zeros (no file, no memory)."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, sl):
-        return np.zeros(len(range(*sl.indices(self.n))), np.uint16)
-
-
-def _fake_data(n_windows: int, seq: int):
-    from pathlib import Path
-
-    from cgpt.train.data.shards import TokenData
-
-    meta = {"vocab_size": 1000, "eos_id": 0, "dtype": "uint16"}
-    return TokenData(Path("fake"), meta, _Zeros(n_windows * seq + 1), _Zeros(seq * 4 + 1))
-
-
 _MEMORY_PROBE = """
 import numpy as np, sys
 sys.path.insert(0, {tests!r})
-from test_loader import _fake_data
+from helpers import zero_token_data
 from cgpt.train.data.loader import TokenLoader
 
 def rss_kb(key):
@@ -315,7 +293,7 @@ def rss_kb(key):
         if line.startswith(key):
             return int(line.split()[1])
 
-data = _fake_data({n}, 8)
+data = zero_token_data({n}, 8)
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
 before = rss_kb("VmRSS")
 ld = TokenLoader(data, 8, rank=1, world_size=4, seed=3)

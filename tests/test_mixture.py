@@ -329,18 +329,18 @@ def test_bits_per_byte_from_text_bytes(tmp_path, folders):
 @pytest.fixture(scope="module")
 def byte_sources(tmp_path_factory):
     """Three real-text sources (stdlib bytes, no tokenizer fingerprint: all agree)."""
-    from test_trainer import make_data
+    from helpers import make_byte_data
 
     root = tmp_path_factory.mktemp("mix")
     return {
-        "big": make_data(root / "big", n_files=12),
-        "mid": make_data(root / "mid", n_files=4),
-        "small": make_data(root / "small", n_files=1),
+        "big": make_byte_data(root / "big", n_files=12),
+        "mid": make_byte_data(root / "mid", n_files=4),
+        "small": make_byte_data(root / "small", n_files=1),
     }
 
 
 def _mix_cfg(tmp_path, srcs, steps=12, **rt):
-    from test_trainer import make_cfg
+    from helpers import make_cfg
 
     d = make_cfg(tmp_path, srcs["big"], steps=steps, eval_every=4, save_every=4, **rt)
     d["data"] = {
@@ -363,9 +363,10 @@ def _train(d, resume=False, **rt):
 @pytest.mark.slow  # two short runs and a resume: ~35 s on 2 cores
 def test_trainer_mixture_resume_exact_and_val_sets_match_direct(tmp_path, byte_sources):
     import torch
-    from test_trainer import losses, read_metrics
+    from helpers import losses
 
     from cgpt.model.io import load_model
+    from cgpt.train.loop.metrics import read_metrics
 
     d = _mix_cfg(tmp_path, byte_sources)
     straight = _train(d, out_dir=str(tmp_path / "straight"))
@@ -437,18 +438,17 @@ def test_two_ranks_equal_one_rank_with_a_mixture(tmp_path, byte_sources):
     from pathlib import Path
 
     import torch
-    from helpers import child_env
-    from test_trainer import _write as write_yaml
-    from test_trainer import losses, read_metrics
+    from helpers import child_env, losses, write_run_config
 
     from cgpt.train.loop.distributed import free_port
+    from cgpt.train.loop.metrics import read_metrics
 
     launcher = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
     d = _mix_cfg(tmp_path, byte_sources, steps=6, zero_stage=1, micro_batch=2)
     d["runtime"].update(eval_every=3, save_every=0, out_dir=str(tmp_path / "two"))
-    two = write_yaml(tmp_path, d, "two.yaml")
+    two = write_run_config(tmp_path, d, "two.yaml")
     d["runtime"].update(micro_batch=4, out_dir=str(tmp_path / "one"))
-    one = write_yaml(tmp_path, d, "one.yaml")
+    one = write_run_config(tmp_path, d, "one.yaml")
     port = str(free_port())
     cmd = [launcher, "--num_gpus", "2", "--master_port", port, "--module", "cgpt.train", str(two)]
     env = child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

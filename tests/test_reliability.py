@@ -16,8 +16,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import child_env, metrics_steps, nan_loss_after, wait_until
-from test_trainer import _write, losses, make_cfg, make_data, tree_digest
+from helpers import (
+    child_env,
+    losses,
+    make_byte_data,
+    make_cfg,
+    metrics_steps,
+    nan_loss_after,
+    tree_digest,
+    wait_until,
+    write_run_config,
+)
 
 from cgpt.launch.cli import main as cli_main
 from cgpt.train.exit_codes import DIVERGED, PREEMPTED
@@ -28,7 +37,7 @@ CGPT = str(Path(sys.executable).parent / "cgpt")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("data") / "bytes")
+    return make_byte_data(tmp_path_factory.mktemp("data") / "bytes")
 
 
 def _one_line_error(capsys, argv, code=2, after_training=False) -> str:
@@ -57,7 +66,7 @@ def _model_weights(folder: Path) -> dict[str, torch.Tensor]:
 def test_lr_spike_never_publishes_nonfinite_weights(tmp_path, data):
     """The issue's reproduction: plan.lr=1e6, save every 2 steps."""
     d = make_cfg(tmp_path, data, steps=30, save_every=2, eval_every=0, keep_last=30)
-    path = _write(tmp_path, d)
+    path = write_run_config(tmp_path, d)
     res = subprocess.run(
         [CGPT, "train", str(path), "--set", "plan.lr=1e6", "--set", "plan.min_lr=1e5"],
         env=child_env(PYTHONUNBUFFERED="1"),
@@ -85,7 +94,7 @@ def test_rewind_command_continues_from_the_named_step(tmp_path, data, capsys):
     """A loss spike at step 8 stops the run; the printed command, run as printed, rewinds to
     step-5 with half the LR, sets the later checkpoint aside and records the change."""
     d = make_cfg(tmp_path, data, steps=12, save_every=5, eval_every=0, log_every=1)
-    path = _write(tmp_path, d)
+    path = write_run_config(tmp_path, d)
     # a checkpoint after the spike point would be abandoned by the rewind: make one
     with nan_loss_after(7 * 4):  # 4 micro-batches per step: step 8 onwards
         err = _one_line_error(capsys, ["train", str(path)], DIVERGED, after_training=True)
@@ -107,7 +116,7 @@ def test_rewind_command_continues_from_the_named_step(tmp_path, data, capsys):
 
 def test_rewind_refuses_unknown_step_and_unlisted_change(tmp_path, data, capsys):
     d = make_cfg(tmp_path, data, steps=6, save_every=3, eval_every=0)
-    path = _write(tmp_path, d)
+    path = write_run_config(tmp_path, d)
     assert cli_main(["train", str(path)]) == 0
     capsys.readouterr()
     run = tmp_path / "run"
@@ -136,7 +145,7 @@ def test_rewind_refuses_unknown_step_and_unlisted_change(tmp_path, data, capsys)
 @pytest.mark.slow
 def test_second_trainer_on_a_run_folder_is_refused(tmp_path, data, capsys):
     d = make_cfg(tmp_path, data, steps=3000, save_every=0, eval_every=0, log_every=1)
-    path = _write(tmp_path, d)
+    path = write_run_config(tmp_path, d)
     proc = subprocess.Popen(
         [CGPT, "train", str(path)],
         env=child_env(PYTHONUNBUFFERED="1"),
@@ -169,8 +178,8 @@ def test_second_trainer_on_a_run_folder_is_refused(tmp_path, data, capsys):
 def test_broken_newest_checkpoint_falls_back_to_the_previous(tmp_path, data, capsys, damage):
     d = make_cfg(tmp_path, data, steps=12, save_every=4, eval_every=0, keep_last=3)
     straight = make_cfg(tmp_path, data, out="straight", steps=12, save_every=4, eval_every=0)
-    assert cli_main(["train", str(_write(tmp_path, straight, "s.yaml"))]) == 0
-    path = _write(tmp_path, d)
+    assert cli_main(["train", str(write_run_config(tmp_path, straight, "s.yaml"))]) == 0
+    path = write_run_config(tmp_path, d)
     assert cli_main(["train", str(path), "--set", "runtime.max_steps=9"]) == 0
     cdir = tmp_path / "run" / "checkpoints"
     assert [s for s, _ in ckpt.published(cdir)] == [4, 8, 9]
@@ -193,7 +202,7 @@ def test_broken_newest_checkpoint_falls_back_to_the_previous(tmp_path, data, cap
 
 def test_only_checkpoint_unreadable_is_one_line(tmp_path, data, capsys):
     d = make_cfg(tmp_path, data, steps=6, save_every=0, eval_every=0)
-    path = _write(tmp_path, d)
+    path = write_run_config(tmp_path, d)
     assert cli_main(["train", str(path), "--set", "runtime.max_steps=3"]) == 0
     (tmp_path / "run" / "checkpoints" / "step-3" / "rng-rank0.pt").write_bytes(b"junk")
     capsys.readouterr()
@@ -205,7 +214,7 @@ def test_only_checkpoint_unreadable_is_one_line(tmp_path, data, capsys):
 
 def test_resuming_a_completed_run_changes_nothing(tmp_path, data, capsys):
     d = make_cfg(tmp_path, data, steps=6, save_every=3, eval_every=3)
-    assert cli_main(["train", str(_write(tmp_path, d))]) == 0
+    assert cli_main(["train", str(write_run_config(tmp_path, d))]) == 0
     run = tmp_path / "run"
     before, vals = tree_digest(run), losses(run, "val_loss")
     for _ in range(2):
@@ -221,7 +230,7 @@ def test_bad_run_folder_is_one_line(tmp_path, data, capsys, case):
     if case == "out_dir_is_a_file":
         target.write_text("precious\n")
         d["runtime"]["out_dir"] = str(target)
-        argv = ["train", str(_write(tmp_path, d))]
+        argv = ["train", str(write_run_config(tmp_path, d))]
     else:
         target.mkdir()
         (target / "notes.txt").write_text("precious\n")
@@ -248,7 +257,7 @@ def _tmpfs(path: Path, size_bytes: int) -> bool:
 @pytest.mark.slow
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, data, capsys):
     probe = make_cfg(tmp_path, data, out="probe", steps=3, save_every=0, eval_every=0)
-    assert cli_main(["train", str(_write(tmp_path, probe, "probe.yaml"))]) == 0
+    assert cli_main(["train", str(write_run_config(tmp_path, probe, "probe.yaml"))]) == 0
     one = sum(
         f.stat().st_size
         for f in (tmp_path / "probe" / "checkpoints" / "step-3").rglob("*")
@@ -268,7 +277,9 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, data, c
             out_dir=str(disk / "run"),
         )
         capsys.readouterr()
-        err = _one_line_error(capsys, ["train", str(_write(tmp_path, d))], after_training=True)
+        err = _one_line_error(
+            capsys, ["train", str(write_run_config(tmp_path, d))], after_training=True
+        )
         cdir = disk / "run" / "checkpoints"
         kept = ckpt.published(cdir)
         assert kept and "No space left" in err, err
@@ -294,7 +305,7 @@ def test_disk_full_at_start_leaves_no_run_folder(tmp_path, data, capsys):
         finally:
             os.close(fd)
         d = make_cfg(tmp_path, data, steps=4, out_dir=str(disk / "run"))
-        err = _one_line_error(capsys, ["train", str(_write(tmp_path, d))])
+        err = _one_line_error(capsys, ["train", str(write_run_config(tmp_path, d))])
         assert "run folder" in err
         assert sorted(p.name for p in disk.iterdir()) == ["filler"]
     finally:
@@ -307,7 +318,7 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, data, delay):
     """Ctrl-C while torch/DeepSpeed load or the engine is built: exit 130 with one line and
     no run folder (or, once training runs, a checkpoint and exit 75)."""
     d = make_cfg(tmp_path, data, steps=3000, save_every=0, eval_every=0)
-    path = _write(tmp_path, d)
+    path = write_run_config(tmp_path, d)
     proc = subprocess.Popen(
         [CGPT, "train", str(path)],
         env=child_env(PYTHONUNBUFFERED="1"),

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import child_env
-from test_trainer import _write, losses, make_cfg, make_data
+from helpers import child_env, losses, make_byte_data, make_cfg, write_run_config
 
 from cgpt.train.config import parse_run_config
 from cgpt.train.exit_codes import PREEMPTED
@@ -22,7 +21,7 @@ from cgpt.train.loop import checkpoint as ckpt
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("data") / "bytes")
+    return make_byte_data(tmp_path_factory.mktemp("data") / "bytes")
 
 
 def _train(d: dict, resume: bool = False, **rt) -> dict:
@@ -91,7 +90,7 @@ def test_sigterm_saves_and_the_printed_command_resumes_this_run(tmp_path, data):
         log_every=1,
         out_dir=str(tmp_path / "default-out"),
     )
-    cfg_path = _write(tmp_path, d)
+    cfg_path = write_run_config(tmp_path, d)
     out_dir = tmp_path / "elsewhere" / "run"
     env = child_env(PYTHONUNBUFFERED="1")  # a fresh plain run, not a rank of this process
     cgpt = str(Path(sys.executable).parent / "cgpt")
@@ -197,7 +196,7 @@ def test_a_checkpoint_holding_code_is_refused(tmp_path, data, capsys):
     from cgpt.launch.cli import main
 
     d = make_cfg(tmp_path, data, steps=6, save_every=3, eval_every=0, max_steps=3)
-    cfg_path = _write(tmp_path, d)
+    cfg_path = write_run_config(tmp_path, d)
     assert main(["train", str(cfg_path)]) == 0
     step = tmp_path / "run" / "checkpoints" / "step-3"
     target = next(step.glob("mp_rank_00_model_states.pt"))

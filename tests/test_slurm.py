@@ -24,9 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import child_env, metrics_steps, wait_until
-from test_launch import write_config
-from test_trainer import losses
+from helpers import child_env, losses, metrics_steps, wait_until, write_launch_config
 
 from cgpt.launch import slurm
 from cgpt.launch.cli import main
@@ -53,7 +51,7 @@ def srun_command(text: str) -> list[str]:
 
 
 def test_script_is_valid_bash_with_the_topology(tmp_path, capsys):
-    cfg = write_config(tmp_path, global_batch=64)
+    cfg = write_launch_config(tmp_path, global_batch=64)
     assert (
         main(
             [
@@ -100,7 +98,7 @@ def test_script_is_valid_bash_with_the_topology(tmp_path, capsys):
 
 
 def test_deepspeed_variant_uses_the_allocation_hostfile(tmp_path, capsys):
-    cfg = write_config(tmp_path, global_batch=16)
+    cfg = write_launch_config(tmp_path, global_batch=16)
     assert (
         main(
             [
@@ -140,7 +138,7 @@ def test_time_limits():
 
 def test_submit_without_sbatch_says_so(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    cfg = write_config(tmp_path)
+    cfg = write_launch_config(tmp_path)
     assert main(["launch", str(cfg), "--slurm", "--gpus-per-node", "4", "--submit"]) == 2
     err = capsys.readouterr().err.strip()
     path = tmp_path / "run" / "slurm.sbatch"
@@ -157,7 +155,16 @@ def test_submit_with_sbatch(tmp_path, capsys, monkeypatch):
     _shim(tmp_path, "sbatch", 'echo "Submitted batch job 42 ($1)"\n')
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     assert (
-        main(["launch", str(write_config(tmp_path)), "--slurm", "--gpus-per-node", "4", "--submit"])
+        main(
+            [
+                "launch",
+                str(write_launch_config(tmp_path)),
+                "--slurm",
+                "--gpus-per-node",
+                "4",
+                "--submit",
+            ]
+        )
         == 0
     )
     script = tmp_path / "run" / "slurm.sbatch"
@@ -165,7 +172,7 @@ def test_submit_with_sbatch(tmp_path, capsys, monkeypatch):
 
 
 def test_slurm_needs_gpu_count(tmp_path, capsys):
-    assert main(["launch", str(write_config(tmp_path)), "--slurm"]) == 2
+    assert main(["launch", str(write_launch_config(tmp_path)), "--slurm"]) == 2
     assert "--gpus-per-node" in capsys.readouterr().err
 
 
@@ -219,7 +226,7 @@ def _name_value_args(option: str, value: str) -> list[str]:
 )
 def test_sbatch_values_are_refused(tmp_path, capsys, option, kind):
     value = EVIL[kind]
-    cfg = write_config(tmp_path)
+    cfg = write_launch_config(tmp_path)
     argv = ["launch", str(cfg), "--slurm", "--gpus-per-node", "2", *_name_value_args(option, value)]
     ok = set("0123456789:-") if option == "--time" else _NAME_OK
     bad = next(c for c in value if c not in ok)
@@ -233,7 +240,7 @@ def test_sbatch_values_are_refused(tmp_path, capsys, option, kind):
 def test_partition_outside_the_name_characters(tmp_path, capsys, value):
     argv = [
         "launch",
-        str(write_config(tmp_path)),
+        str(write_launch_config(tmp_path)),
         "--slurm",
         "--gpus-per-node",
         "2",
@@ -250,7 +257,7 @@ def test_partition_outside_the_name_characters(tmp_path, capsys, value):
 def test_number_options_refuse_words(tmp_path, capsys, option, kind):
     argv = [
         "launch",
-        str(write_config(tmp_path)),
+        str(write_launch_config(tmp_path)),
         "--slurm",
         "--gpus-per-node",
         "2",
@@ -282,7 +289,7 @@ def test_number_options_refuse_words(tmp_path, capsys, option, kind):
 def test_slurm_numbers_out_of_range(tmp_path, capsys, option, value, words):
     argv = [
         "launch",
-        str(write_config(tmp_path)),
+        str(write_launch_config(tmp_path)),
         "--slurm",
         "--nodes",
         "2",
@@ -315,7 +322,7 @@ def _odd_setup(tmp_path, monkeypatch, value: str, launcher: str = "torchrun"):
     a --set value, the working directory and the launcher's folder (the venv)."""
     cfg_dir = tmp_path / f"cfg {value}"
     cfg_dir.mkdir()
-    cfg = write_config(cfg_dir, global_batch=12, micro_batch=3)  # 2x2 ranks: no re-split
+    cfg = write_launch_config(cfg_dir, global_batch=12, micro_batch=3)  # 2x2 ranks: no re-split
     out_dir = tmp_path / f"out {value}"
     work = tmp_path / f"work {value}"
     work.mkdir()
@@ -358,7 +365,7 @@ def test_control_characters_are_refused_in_every_path(tmp_path, capsys, monkeypa
     elif slot == "the config path":
         folder = tmp_path / f"cfg {evil}"
         folder.mkdir()
-        argv[1] = str(write_config(folder))
+        argv[1] = str(write_launch_config(folder))
     elif slot == "--set":
         argv += ["--set", f"runtime.wandb_project={evil}"]  # the raw argument
     elif slot == "the working directory":
@@ -525,12 +532,14 @@ def test_script_is_written_atomically(tmp_path, monkeypatch):
 
 def test_run_folder_that_is_a_file(tmp_path, capsys):
     (tmp_path / "run").write_text("not a folder")
-    assert main(["launch", str(write_config(tmp_path)), "--slurm", "--gpus-per-node", "2"]) == 2
+    assert (
+        main(["launch", str(write_launch_config(tmp_path)), "--slurm", "--gpus-per-node", "2"]) == 2
+    )
     assert "cannot write" in capsys.readouterr().err
 
 
 def test_safe_run_folder_keeps_sbatch_output(tmp_path, capsys):
-    cfg = write_config(tmp_path)
+    cfg = write_launch_config(tmp_path)
     assert main(["launch", str(cfg), "--slurm", "--gpus-per-node", "2", "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert sbatch_lines(text)["output"] == f"{(tmp_path / 'run').resolve()}/slurm-%j.out"
@@ -545,7 +554,7 @@ def _e2e_run_folder(tmp_path: Path, data: Path, launcher: str) -> tuple[Path, Pa
     """A 2-rank CPU run (tiny model, periodic saves off) and its sbatch script run under the
     stand-ins (one node, `localhost`); returns the script, the run folder and the job's
     environment."""
-    from test_trainer import _write, make_cfg
+    from helpers import make_cfg, write_run_config
 
     d = make_cfg(
         tmp_path,
@@ -558,7 +567,7 @@ def _e2e_run_folder(tmp_path: Path, data: Path, launcher: str) -> tuple[Path, Pa
         zero_stage=1,
         micro_batch=2,
     )
-    cfg = _write(tmp_path, d)
+    cfg = write_run_config(tmp_path, d)
     run_dir = tmp_path / "run"
     text = slurm.render_sbatch(
         Topology(1, 2, master_port=free_port()),
@@ -642,9 +651,9 @@ def _weights(run_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def e2e_data(tmp_path_factory) -> Path:
-    from test_trainer import make_data
+    from helpers import make_byte_data
 
-    return make_data(tmp_path_factory.mktemp("data") / "bytes", n_files=6)
+    return make_byte_data(tmp_path_factory.mktemp("data") / "bytes", n_files=6)
 
 
 @pytest.fixture(scope="module")

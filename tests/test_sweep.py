@@ -3,75 +3,21 @@ does not stop it, resume (finished points skipped, an interrupted point continue
 checkpoint), and bad input."""
 
 import json
-import sysconfig
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from helpers import SWEEP_SIZES, make_sweep_data, sweep_dict, write_sweep
 
 from cgpt.launch.cli import main as cli
 from cgpt.model.errors import CgptError
-from cgpt.train.data.shards import write_token_data
 from cgpt.train.scaling.sweep import fit_sweep_dir, load_sweep, parse_sweep, plan_points
-
-SIZES = [
-    {"n_layer": 1, "n_embd": 8, "n_head": 2},
-    {"n_layer": 1, "n_embd": 16, "n_head": 2},
-    {"n_layer": 2, "n_embd": 16, "n_head": 2},
-]
-
-
-def make_data(folder: Path) -> Path:
-    """Real text: bytes of a few stdlib sources (vocab 256 + EOS)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    docs = [
-        np.frombuffer((root / n).read_bytes(), np.uint8).astype(np.uint16)
-        for n in ("argparse.py", "typing.py", "inspect.py", "pathlib.py")
-    ]
-    toks = np.concatenate([np.append(d, 256) for d in docs])
-    cut = int(len(toks) * 0.95)
-    write_token_data(
-        folder, toks[:cut], toks[cut:], vocab_size=257, eos_id=256, source="stdlib-bytes"
-    )
-    return folder
-
-
-def sweep_dict(tmp: Path, data_dir: Path, **kw) -> dict:
-    d = {
-        "name": "tiny",
-        "out_dir": str(tmp / "sweep"),
-        "data": {"path": str(data_dir)},
-        "model": {"seq_len": 32},
-        "tokens_per_param": 2,
-        "sizes": [dict(s) for s in SIZES],
-        "plan": {"global_batch_seqs": 8, "lr": 3e-3, "min_steps": 10},
-        "runtime": {
-            "micro_batch": 8,
-            "precision": "fp32",
-            "zero_stage": 0,
-            "device": "cpu",
-            "eval_every": 0,
-            "eval_batches": 2,
-            "save_every": 10,
-            "log_every": 10,
-            "wandb": "off",
-            "export_hf": False,
-        },
-    }
-    d.update(kw)
-    return d
-
-
-def write_sweep(tmp: Path, d: dict) -> Path:
-    path = tmp / "sweep.yaml"
-    path.write_text(yaml.safe_dump(d))
-    return path
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("data") / "bytes")
+    return make_sweep_data(tmp_path_factory.mktemp("data") / "bytes")
 
 
 @pytest.mark.slow
@@ -125,7 +71,7 @@ def test_sweep_end_to_end_failure_resume(tmp_path, data, capsys):
 
 
 def test_isoflop_points_hit_their_budgets(tmp_path, data):
-    d = sweep_dict(tmp_path, data, isoflop={"budgets": [2e9, 4e9, 8e9], "sizes": SIZES})
+    d = sweep_dict(tmp_path, data, isoflop={"budgets": [2e9, 4e9, 8e9], "sizes": SWEEP_SIZES})
     del d["tokens_per_param"], d["sizes"]
     sweep = parse_sweep(d)
     points = plan_points(sweep, 257)
@@ -141,7 +87,7 @@ def test_bad_sweep_files(tmp_path, data):
     d["sizes"][1]["data"] = "/elsewhere"
     with pytest.raises(CgptError, match=r"sizes\[1\] sets data: every point .* the sweep.s data"):
         parse_sweep(d)
-    both = sweep_dict(tmp_path, data, isoflop={"budgets": [1e9], "sizes": SIZES})
+    both = sweep_dict(tmp_path, data, isoflop={"budgets": [1e9], "sizes": SWEEP_SIZES})
     with pytest.raises(CgptError, match="either sizes/params .* or isoflop"):
         parse_sweep(both)
     with pytest.raises(CgptError, match="unknown key 'plan.learning_rate'"):
@@ -294,7 +240,7 @@ def test_dry_run_bad_data_one_line(damage, pattern, tmp_path, capsys):
     import hashlib
     import re
 
-    folder = make_data(tmp_path / "data")
+    folder = make_sweep_data(tmp_path / "data")
     damage(folder)
     path = write_sweep(tmp_path, sweep_dict(tmp_path, folder))
 
@@ -315,7 +261,7 @@ def test_dry_run_bad_data_one_line(damage, pattern, tmp_path, capsys):
 @pytest.mark.slow
 def test_tuned_sweep_records_every_trial_and_fits_the_best(tmp_path, data, capsys):
     d = sweep_dict(tmp_path, data, lr="tuned", lr_grid=[0.3, 3.0])
-    d["sizes"] = [dict(s) for s in SIZES[1:]]  # 2 sizes x 2 LRs
+    d["sizes"] = [dict(s) for s in SWEEP_SIZES[1:]]  # 2 sizes x 2 LRs
     d["plan"]["warmup_tokens_per_param"] = 1
     path = write_sweep(tmp_path, d)
     out = tmp_path / "sweep"
@@ -360,7 +306,7 @@ def test_tuned_and_mup_points_plan(tmp_path, data):
     assert [p.cfg.plan.lr for p in points[:3]] == pytest.approx([1.5e-3, 3e-3, 6e-3])
     # isoflop x tuned: one group per budget and size
     iso = sweep_dict(tmp_path, data, lr="tuned", lr_grid=[1, 2])
-    iso["isoflop"] = {"budgets": [2e9, 4e9], "sizes": SIZES}
+    iso["isoflop"] = {"budgets": [2e9, 4e9], "sizes": SWEEP_SIZES}
     del iso["tokens_per_param"], iso["sizes"]
     pts = plan_points(parse_sweep(iso), 257)
     assert len(pts) == 12 and len({p.group for p in pts}) == 6

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_sweep import make_data, sweep_dict, write_sweep
-from test_trainer import losses
+from helpers import losses, make_sweep_data, sweep_dict, write_sweep
 
 from cgpt.launch.cli import main as cli
 from cgpt.model.errors import CgptError
@@ -55,7 +54,7 @@ def _digest(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("data") / "bytes")
+    return make_sweep_data(tmp_path_factory.mktemp("data") / "bytes")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 import yaml
-from test_sweep import SIZES, make_data, sweep_dict, write_sweep
+from helpers import SWEEP_SIZES, make_sweep_data, sweep_dict, write_sweep
 
 from cgpt.launch.cli import main as cli
 from cgpt.model.errors import ConfigError
@@ -16,14 +16,14 @@ from cgpt.train.scaling.sweep import parse_sweep, plan_points
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("data"))
+    return make_sweep_data(tmp_path_factory.mktemp("data"))
 
 
 def test_replicates_plan_one_run_per_seed(tmp_path, data):
     sweep = parse_sweep(sweep_dict(tmp_path, data, seeds=[7, 8]))
     points = plan_points(sweep, 257)
     assert [p.name for p in points[:2]] == ["L1-d8-h2-s7", "L1-d8-h2-s8"]
-    assert len(points) == 2 * len(SIZES)
+    assert len(points) == 2 * len(SWEEP_SIZES)
     for p in points:
         assert p.cfg.runtime.seed == p.seed and p.replicate_of == p.name.rsplit("-s", 1)[0]
         assert p.cfg.runtime.out_dir.endswith(f"/runs/{p.name}")
@@ -32,7 +32,7 @@ def test_replicates_plan_one_run_per_seed(tmp_path, data):
         d["runtime"].pop("seed"), d["runtime"].pop("out_dir")
     assert a == b
     tuned = plan_points(parse_sweep(sweep_dict(tmp_path, data, seeds=[1, 2], lr="tuned")), 257)
-    assert len(tuned) == 2 * 3 * len(SIZES) and tuned[0].name == "L1-d8-h2-lrx0.5-s1"
+    assert len(tuned) == 2 * 3 * len(SWEEP_SIZES) and tuned[0].name == "L1-d8-h2-lrx0.5-s1"
 
 
 @pytest.mark.parametrize(
@@ -87,7 +87,7 @@ def test_aggregate_keeps_order_and_failures():
 @pytest.mark.slow
 def test_seed_sweep_end_to_end(tmp_path, data, capsys):
     d = sweep_dict(tmp_path, data, seeds=[11, 12])
-    d["sizes"] = [dict(s) for s in SIZES[1:]]  # 2 sizes x 2 seeds
+    d["sizes"] = [dict(s) for s in SWEEP_SIZES[1:]]  # 2 sizes x 2 seeds
     path = write_sweep(tmp_path, d)
     out = tmp_path / "sweep"
     assert cli(["sweep", str(path), "--no-fit"]) == 0

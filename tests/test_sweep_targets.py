@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_sweep import make_data, sweep_dict
+from helpers import make_sweep_data, sweep_dict
 
 from cgpt.model.errors import ConfigError
 from cgpt.train.scaling.fit import paper_law, prediction_check
@@ -20,7 +20,7 @@ LAW = dict(a=1e6, b=0.12, c=1.0)
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("data"))
+    return make_sweep_data(tmp_path_factory.mktemp("data"))
 
 
 def test_targets_plan_last_once_at_the_first_seed(tmp_path, data):

@@ -3,92 +3,31 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import sysconfig
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from helpers import nan_loss_after
+from helpers import (
+    losses,
+    make_byte_data,
+    make_cfg,
+    nan_loss_after,
+    tree_digest,
+    write_run_config,
+)
 
 from cgpt.launch.cli import main as cli_main
 from cgpt.train.config import parse_run_config
-from cgpt.train.data.shards import write_token_data
 from cgpt.train.exit_codes import DIVERGED
 from cgpt.train.loop.metrics import read_metrics
-
-EOS = 256  # byte-level "tokenizer": ids 0..255 are bytes, 256 ends a document
-
-
-def make_data(folder: Path, n_files: int = 12) -> Path:
-    """Real text: stdlib .py files as bytes, EOS-separated; ~5% held out for val."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    parts = []
-    for f in sorted(root.glob("*.py"))[:n_files]:
-        parts += [np.frombuffer(f.read_bytes(), np.uint8).astype(np.int64), np.array([EOS])]
-    toks = np.concatenate(parts)
-    cut = int(len(toks) * 0.95)
-    write_token_data(
-        folder, toks[:cut], toks[cut:], vocab_size=257, eos_id=EOS, source="stdlib-bytes"
-    )
-    return folder
-
-
-def make_cfg(
-    tmp: Path, data: Path, out: str = "run", steps: int = 30, batch: int = 8, **runtime
-) -> dict:
-    rt = {
-        "out_dir": str(tmp / out),
-        "micro_batch": 2,
-        "zero_stage": 0,
-        "precision": "fp32",
-        "eval_every": 10,
-        "eval_batches": 2,
-        "save_every": 10,
-        "log_every": 10,
-        "wandb": "off",
-        "seed": 7,
-        "export_hf": False,
-    }
-    rt.update(runtime)
-    return {
-        "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32, "vocab_size": 257},
-        "data": {"path": str(data)},
-        "plan": {
-            "params": 30000,
-            "seq_len": 32,
-            "tokens": 32 * batch * steps,
-            "steps": steps,
-            "global_batch_seqs": batch,
-            "lr": 3e-3,
-            "min_lr": 3e-4,
-            "warmup_steps": 3,
-            "decay_steps": steps - 3,
-        },
-        "runtime": rt,
-    }
-
-
-def losses(run_dir: Path, key: str = "loss") -> list[float]:
-    return [r[key] for r in read_metrics(run_dir / "metrics.jsonl") if key in r]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("data") / "bytes")
-
-
-def tree_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        h.update(str(p.relative_to(folder)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
+    return make_byte_data(tmp_path_factory.mktemp("data") / "bytes")
 
 
 def test_train_end_to_end_loss_falls_and_run_folder(tmp_path, data):
@@ -190,12 +129,6 @@ def test_two_phase_batch_schedule_matches_plain_torch(tmp_path, data):
 
 
 # ---------------------------------------------------------------------------- bad input
-def _write(tmp: Path, d: dict, name: str = "run.yaml") -> Path:
-    p = tmp / name
-    p.write_text(yaml.safe_dump(d))
-    return p
-
-
 def _cli_error(capsys, argv, code: int = 2, started: bool = False) -> str:
     """The error line; ``started``: the run printed its banner (and steps) before it."""
     assert cli_main(argv) == code
@@ -210,11 +143,16 @@ def _cli_error(capsys, argv, code: int = 2, started: bool = False) -> str:
 def test_mistyped_key_names_nearest(tmp_path, data, capsys):
     d = make_cfg(tmp_path, data)
     d["runtime"]["micro_bach"] = d["runtime"].pop("micro_batch")
-    err = _cli_error(capsys, ["train", str(_write(tmp_path, d))])
+    err = _cli_error(capsys, ["train", str(write_run_config(tmp_path, d))])
     assert "runtime.micro_bach" in err and "'micro_batch'" in err
     err = _cli_error(
         capsys,
-        ["train", str(_write(tmp_path, make_cfg(tmp_path, data))), "--set", "runtime.zero_stag=1"],
+        [
+            "train",
+            str(write_run_config(tmp_path, make_cfg(tmp_path, data))),
+            "--set",
+            "runtime.zero_stag=1",
+        ],
     )
     assert "zero_stage" in err
     assert not (tmp_path / "run").exists()
@@ -233,14 +171,14 @@ def test_bad_input_leaves_no_run_folder(tmp_path, data, capsys, change, needle):
     d = make_cfg(tmp_path, data)
     for section, kv in change.items():
         d[section].update(kv)
-    err = _cli_error(capsys, ["train", str(_write(tmp_path, d))])
+    err = _cli_error(capsys, ["train", str(write_run_config(tmp_path, d))])
     assert needle in err, err
     assert not (tmp_path / "run").exists()
 
 
 def test_existing_run_and_changed_resume_are_refused_untouched(tmp_path, data, capsys):
     d = make_cfg(tmp_path, data, steps=4, save_every=0, eval_every=0)
-    path = _write(tmp_path, d)
+    path = write_run_config(tmp_path, d)
     assert cli_main(["train", str(path)]) == 0
     capsys.readouterr()
     run = tmp_path / "run"
@@ -249,8 +187,8 @@ def test_existing_run_and_changed_resume_are_refused_untouched(tmp_path, data, c
     assert "--resume" in err
     d["model"]["n_embd"] = 64
     d["data"]["path"] = str(tmp_path / "other")
-    make_data(tmp_path / "other", n_files=3)
-    err = _cli_error(capsys, ["train", str(_write(tmp_path, d)), "--resume"])
+    make_byte_data(tmp_path / "other", n_files=3)
+    err = _cli_error(capsys, ["train", str(write_run_config(tmp_path, d)), "--resume"])
     assert "model.n_embd" in err and "data.path" in err
     assert tree_digest(run) == before
 
@@ -262,7 +200,7 @@ def test_tokenizer_mismatch_is_refused(tmp_path, data, capsys):
     train_tokenizer("stdlib:max_docs=30", 500, tok)
     d = make_cfg(tmp_path, data)
     d["data"]["tokenizer"] = str(tok)
-    err = _cli_error(capsys, ["train", str(_write(tmp_path, d))])
+    err = _cli_error(capsys, ["train", str(write_run_config(tmp_path, d))])
     assert "tokenizer" in err and "vocab" in err
     assert not (tmp_path / "run").exists()
 
@@ -272,7 +210,9 @@ def test_divergence_stops_without_saving(tmp_path, data, capsys):
     checkpoint (step 5); nothing is saved after it."""
     d = make_cfg(tmp_path, data, steps=20, save_every=5, eval_every=0)
     with nan_loss_after(7 * 4):  # 4 micro-batches per step: step 8 onwards
-        err = _cli_error(capsys, ["train", str(_write(tmp_path, d))], DIVERGED, started=True)
+        err = _cli_error(
+            capsys, ["train", str(write_run_config(tmp_path, d))], DIVERGED, started=True
+        )
     assert "loss became nan at step 8" in err and "step-5" in err
     from cgpt.train.loop import checkpoint as ckpt
 

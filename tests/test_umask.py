@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import child_env, make_tokenizer
-from test_trainer import make_cfg
+from helpers import child_env, make_cfg, make_tokenizer
 
 BIN = Path(sys.executable).parent
 
