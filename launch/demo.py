@@ -233,7 +233,9 @@ def sample_hf(hf_dir: Path, prompt: str, max_new_tokens: int = 80, seed: int = 0
             max_new_tokens=max_new_tokens,
             pad_token_id=tok.eos_token_id,
         )
-    return tok.decode(out[0], skip_special_tokens=True)
+    text = tok.decode(out[0], skip_special_tokens=True)
+    assert isinstance(text, str)  # one sequence in, one string out (a batch gives a list)
+    return text
 
 
 # ---- the pipeline --------------------------------------------------------------------------

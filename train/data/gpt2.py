@@ -113,7 +113,9 @@ def _convert(folder: Path, model_max_length: int) -> None:
     vocab.json (re-serialised), and ours stay OpenAI's bytes."""
     import logging
 
-    from transformers import GPT2TokenizerFast  # 5.x: the same class as GPT2Tokenizer
+    # 5.x: the same class as GPT2Tokenizer, served by the lazy module's __getattr__, which
+    # transformers' typing does not declare (4.x declares it)
+    from transformers import GPT2TokenizerFast  # type: ignore[attr-defined]
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,7 @@ def _encoded_chunks(chunks: Iterator[list[str]], tokenizer, num_proc: int):
     # fork: workers start instantly and need no importable __main__ (scripts, notebooks)
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     with ctx.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer.dir,)) as pool:
+        pending: collections.deque[AsyncResult[tuple[np.ndarray, np.ndarray, np.ndarray]]]
         pending = collections.deque()
         for c in chunks:
             pending.append(pool.apply_async(_encode_chunk, (c,)))

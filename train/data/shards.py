@@ -33,7 +33,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -69,17 +69,18 @@ class _SplitWriter:
         self.text_bytes: int | None = 0
         self.documents = 0
         self.max_token_id: int | None = None
-        self._fh = None
-        self._hash = None
+        self._fh: BinaryIO | None = None
+        self._hash = hashlib.sha256()  # replaced by each shard's _open_next
         self._cur_tokens = 0
 
-    def _open_next(self) -> None:
+    def _open_next(self) -> BinaryIO:
         self._close_current()
         name = f"{self.split}-{len(self.files):05d}.bin"
-        self._fh = open(self.folder / name, "wb")
+        self._fh = fh = open(self.folder / name, "wb")
         self._hash = hashlib.sha256()
         self._cur_tokens = 0
         self.files.append({"name": name})
+        return fh
 
     def _close_current(self) -> None:
         if self._fh is None:
@@ -106,11 +107,12 @@ class _SplitWriter:
             top = int(arr.max())
             self.max_token_id = top if self.max_token_id is None else max(self.max_token_id, top)
         while arr.size:
-            if self._fh is None or self._cur_tokens >= self.shard_tokens:
-                self._open_next()
+            fh = self._fh
+            if fh is None or self._cur_tokens >= self.shard_tokens:
+                fh = self._open_next()
             take = arr[: self.shard_tokens - self._cur_tokens]
             buf = take.astype(self.dtype.newbyteorder("<"), copy=False).tobytes()
-            self._fh.write(buf)
+            fh.write(buf)
             self._hash.update(buf)
             self._cur_tokens += take.size
             self.tokens += take.size

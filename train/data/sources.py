@@ -43,7 +43,9 @@ _STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", 
 _replaced = [0]
 
 
-def _count_and_replace(err: UnicodeDecodeError):
+def _count_and_replace(err: UnicodeError) -> tuple[str, int]:
+    if not isinstance(err, UnicodeDecodeError):  # registered for decoding only
+        raise err
     _replaced[0] += err.end - err.start
     return "\ufffd", err.end
 

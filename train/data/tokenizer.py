@@ -141,7 +141,8 @@ def _chunks(docs: Iterable[str]) -> Iterator[str]:
     """Cut documents into training sentences of at most _CHUNK_CHARS at line ends, keeping
     the newlines (so pieces can learn indentation after a newline)."""
     for doc in docs:
-        buf, size = [], 0
+        buf: list[str] = []
+        size = 0
         for line in doc.splitlines(keepends=True):
             while len(line) > _CHUNK_CHARS:
                 if buf:

@@ -17,14 +17,17 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Literal, TextIO
 
 from cgpt.model.files import open_append
 from cgpt.train.config import write_text_atomic
 from cgpt.train.figures import pyplot, save_figure
 from cgpt.train.write_errors import writing
 
+WandbSetting = Literal["auto", "offline", "online", "off"]  # runtime.wandb's values
 
-def wandb_mode(setting: str) -> str | None:
+
+def wandb_mode(setting: WandbSetting) -> Literal["offline", "online"] | None:
     """The wandb mode for runtime.wandb: None (off), 'offline' or 'online'."""
     if setting == "off":
         return None
@@ -63,7 +66,7 @@ class MetricsLogger:
         enabled: bool,
         total_steps: int,
         start_step: int,
-        wandb_setting: str = "off",
+        wandb_setting: WandbSetting = "off",
         wandb_project: str = "cgpt",
         config: dict | None = None,
         log_every: int = 10,
@@ -71,14 +74,15 @@ class MetricsLogger:
         self.run_dir, self.enabled = Path(run_dir), enabled
         self.path = self.run_dir / "metrics.jsonl"
         self.log_every, self.total = log_every, total_steps
-        self._wandb = self._bar = self._file = None
+        self._wandb = self._bar = None
+        self._file: TextIO | None = None
         if not enabled:
             return
         self._file = open_append(self.path, "metrics file")  # never through a link
         self._wandb = self._start_wandb(wandb_setting, wandb_project, config)
         self._bar = self._start_bar(start_step)
 
-    def _start_wandb(self, setting: str, project: str, config: dict | None):
+    def _start_wandb(self, setting: WandbSetting, project: str, config: dict | None):
         mode = wandb_mode(setting)
         if mode is None:
             return None
@@ -113,6 +117,7 @@ class MetricsLogger:
     def log(self, row: dict) -> None:
         if not self.enabled:
             return
+        assert self._file is not None  # enabled: __init__ opened it
         row = {
             k: (None if isinstance(v, float) and not math.isfinite(v) and k == "mfu" else v)
             for k, v in row.items()

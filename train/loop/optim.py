@@ -18,7 +18,7 @@ HIDDEN_MATRICES = ("c_attn.weight", "c_fc.weight", "c_proj.weight")
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     cfg = getattr(model, "config", None)
     mup = getattr(cfg, "mup", None)
-    m = cfg.mup_width_mult if mup is not None else 1.0
+    m = cfg.mup_width_mult if cfg is not None and mup is not None else 1.0
     buckets: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

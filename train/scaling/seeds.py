@@ -69,11 +69,11 @@ def aggregate_replicates(records: list[dict]) -> tuple[list[dict], dict[str, Any
     summary["max_rel_sd"] = max(rel) if rel else None
     out: list[dict] = []  # in the records' order, each point where its first replicate was
     for r in records:
-        key = r.get("replicate_of")
-        if key is None:
+        of = r.get("replicate_of")
+        if of is None:
             out.append(r)
-        elif r is groups[key][0]:
-            out += merged[key]
+        elif r is groups[of][0]:
+            out += merged[of]
     return out, summary
 
 

@@ -124,7 +124,7 @@ def best_trials(records: list[dict], select: str = "best") -> tuple[list[dict], 
                 for r in trials
             ],
         }
-        mults = [r.get("lr_mult") for r in trials]
+        mults: list[float] = [r["lr_mult"] for r in trials] if best else []  # tuned: all have one
         if best and len(mults) > 1 and best["lr_mult"] in (min(mults), max(mults)):
             edge = "largest" if best["lr_mult"] == max(mults) else "smallest"
             warnings.append(
