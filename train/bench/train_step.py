@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,7 +269,7 @@ def bench(
     torch.manual_seed(seed)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    makers = [
+    makers: list[Callable[[], _Runner]] = [
         lambda: _EngineRunner(
             shape.config, dev, prec, stage, shape.micro_batch, compile_, fused_loss=fused_loss
         )

@@ -48,7 +48,8 @@ def tag_for(step: int) -> str:
 
 def published(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints, oldest first, as (step, folder)."""
-    root, out = Path(ckpt_dir), []
+    root = Path(ckpt_dir)
+    out: list[tuple[int, Path]] = []
     if not root.is_dir():
         return out
     for p in root.iterdir():
@@ -127,7 +128,7 @@ def missing_files(folder: Path, listed: dict | None = None) -> str | None:
 def newest_readable(ckpt_dir: str | Path) -> tuple[tuple[int, Path] | None, list[str]]:
     """The newest checkpoint that reads back whole, and a warning per newer one that does
     not (a save cut short by a full disk or a dying node): resume falls back past them."""
-    warnings = []
+    warnings: list[str] = []
     for step, folder in reversed(published(ckpt_dir)):
         why = problem(folder)
         if why is None:
@@ -139,7 +140,8 @@ def newest_readable(ckpt_dir: str | Path) -> tuple[tuple[int, Path] | None, list
 # ---------------------------------------------------------------------------- RNG
 def rng_state() -> dict:
     py = random.getstate()
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)  # the default; numpy's stub types legacy=False
+    assert isinstance(np_state, tuple)  # the global generator is MT19937: the legacy tuple
     state = {
         "torch": torch.get_rng_state(),
         "python_version": torch.tensor(py[0]),

@@ -375,8 +375,10 @@ class _Loop:
         )  # fmt: skip
         self.val_batches = self.val_sets.first
         self.ckpt = ckpt.Checkpointer(run.run_dir, cfg.runtime.keep_last, d.rank)
-        self.step, self.tokens, self.saved, self.saved_step = 0, 0, None, -1
-        self.loss = self.val_loss = None
+        self.step, self.tokens, self.saved_step = 0, 0, -1
+        self.saved: Path | None = None
+        self.loss: float | None = None
+        self.val_loss: float | None = None
         self.eval_step = -1
         self.end = min(cfg.plan.steps, cfg.runtime.max_steps or cfg.plan.steps)
         self.watchdog: StepWatchdog | None = None  # started with the loop (needs the logger)
@@ -432,10 +434,12 @@ class _Loop:
                 tasks["eval/time_s"] = time.perf_counter() - t0
             if self.watchdog is not None:
                 self.watchdog.beat(self.step)
+        assert self.log is not None  # train() gives the loop its logger before any eval
         self.log.log({"step": self.step, "tokens": self.tokens, **row, **data, **tasks})
 
     def run_steps(self, stop: _StopFlag) -> str:
-        cfg, rt = self.run.cfg, self.run.cfg.runtime
+        cfg, rt, log = self.run.cfg, self.run.cfg.runtime, self.log
+        assert log is not None  # train() gives the loop its logger before the steps
         fpt = flops_per_token_mfu(cfg.model, cfg.plan.seq_len)
         from cgpt.train.plan.devices import detect_peak_flops
 
@@ -449,7 +453,7 @@ class _Loop:
                 raise _diverged(self.run, f"the loss became {loss}", self.step, self.saved)
             if norm is not None and not math.isfinite(norm):  # the guard skipped this step
                 skipped_in_a_row += 1
-                self.log.message(
+                log.message(
                     f"step {self.step + 1}: gradients not finite; the step was "
                     f"skipped ({skipped_in_a_row} in a row)"
                 )
@@ -469,7 +473,7 @@ class _Loop:
             tps, mfu = tp.step(self.tokens - tokens_before(cfg.plan, self.step - 1))
             dt = time.perf_counter() - t0
             avg_dt = dt if avg_dt is None else 0.9 * avg_dt + 0.1 * dt
-            self.log.log(
+            log.log(
                 {
                     "step": self.step,
                     "loss": loss,
@@ -484,7 +488,7 @@ class _Loop:
             )
             ran += 1
             if ran == 2 and self.step < self.end:  # the first step warms up: time the second
-                self.log.message(
+                log.message(
                     f"ETA {eta_text(dt * (self.end - self.step))} for {self.end - self.step} more "
                     f"steps ({dt:.3g} s/step)"
                 )
