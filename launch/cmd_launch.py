@@ -190,6 +190,16 @@ def _topology(args, slurm: bool) -> L.Topology:
     return topo
 
 
+def _model_from_source(data: dict) -> dict:
+    """The model section from ``init.source`` (cgpt.train.loop.init_from), for a config with
+    an init section only: the launcher of a plain config imports no torch."""
+    if not isinstance(data.get("init"), dict):
+        return data
+    from cgpt.train.loop.init_from import fill_model_section  # imports torch
+
+    return fill_model_section(data)
+
+
 def cmd_launch(args) -> int:
     from cgpt.train.config import load_run_config
 
@@ -198,7 +208,7 @@ def cmd_launch(args) -> int:
     if args.slurm and args.dry_run and args.submit:
         raise CgptError("--dry-run and --submit contradict each other")
     args.config = resolve_config(args.config)  # a shipped config by name: its path
-    cfg = load_run_config(args.config, args.set)
+    cfg = load_run_config(args.config, args.set, fill=_model_from_source)
     topo = _topology(args, args.slurm)
     micro, note = L.resolve_micro_batch(cfg.plan, cfg.runtime.micro_batch, topo.world_size)
     overrides = list(args.set)

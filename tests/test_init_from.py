@@ -19,6 +19,7 @@ from helpers import child_env, gpt2_config, make_bpe, make_byte_data, make_cfg, 
 
 from cgpt.model.errors import CgptError, ConfigError
 from cgpt.train.config import load_run_config, parse_run_config
+from cgpt.train.loop.init_from import fill_model_section
 from cgpt.train.loop.metrics import read_metrics
 
 transformers = pytest.importorskip("transformers")
@@ -69,30 +70,50 @@ def init_cfg(tmp: Path, data: Path, source, out="run", steps=6, **runtime) -> di
     return d
 
 
+def parse_init(d: dict):
+    """What the trainer's entry does: the model section from init.source, then validation."""
+    return parse_run_config(fill_model_section(d))
+
+
+def test_parsing_a_config_reads_no_source(tmp_path, pub_data, monkeypatch):
+    from cgpt.train.loop import init_from
+
+    def no_reads(*a, **k):
+        raise AssertionError("parse_run_config resolved init.source")
+
+    monkeypatch.setattr(init_from, "resolve", no_reads)
+    d = init_cfg(tmp_path, pub_data, tmp_path / "nowhere")
+    d["model"] = make_cfg(tmp_path, pub_data)["model"]
+    cfg = parse_run_config(d)  # validation only: the source is never looked at
+    assert cfg.init.source == str(tmp_path / "nowhere") and cfg.init.sha256 is None
+    with pytest.raises(AssertionError, match="resolved init.source"):
+        fill_model_section(d)  # the one step that reads it
+
+
 def test_model_section_comes_from_the_source(tmp_path, published, pub_data):
-    cfg = parse_run_config(init_cfg(tmp_path, pub_data, published))
+    cfg = parse_init(init_cfg(tmp_path, pub_data, published))
     assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_positions) == (2, 32, CTX)
     assert cfg.model.vocab_size == VOCAB and cfg.model.mup is None
     d = init_cfg(tmp_path, pub_data, published)
     d["model"] = {"n_embd": 32, "dropout": 0.1}  # agreeing fields and a free one are fine
-    assert parse_run_config(d).model.dropout == 0.1
+    assert parse_init(d).model.dropout == 0.1
     d["model"] = {"n_embd": 64}
     with pytest.raises(ConfigError, match=r"model\.n_embd is 64 .* has n_embd = 32") as e:
-        parse_run_config(d)
+        parse_init(d)
     assert "\n" not in str(e.value)
     d["model"] = {"mup": {"base_width": 32}}
     with pytest.raises(ConfigError, match="standard-parametrization model but .* sets mup"):
-        parse_run_config(d)
+        parse_init(d)
     d["model"], d["init"]["source"] = {}, str(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="does not exist"):
-        parse_run_config(d)
+        parse_init(d)
 
 
 def test_hub_source_offline_is_one_line(tmp_path, pub_data, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     d = init_cfg(tmp_path, pub_data, "hf:cerebras/Cerebras-GPT-111M")
     with pytest.raises(ConfigError, match="cannot get it from the Hugging Face Hub") as e:
-        parse_run_config(d)
+        parse_init(d)
     assert "\n" not in str(e.value)
 
 
@@ -103,7 +124,7 @@ def test_init_from_hf_folder_step0_train_export_resume(tmp_path, published, pub_
     from cgpt.train.loop.trainer import train
 
     d = init_cfg(tmp_path, pub_data, published, export_hf=True, max_steps=3)
-    s = train(parse_run_config(d))
+    s = train(parse_init(d))
     run = Path(s["run_dir"])
     rows = read_metrics(run / "metrics.jsonl")
     step0 = rows[0]
@@ -155,7 +176,7 @@ def test_step0_mismatch_is_refused_with_both_numbers(tmp_path, published, pub_da
     monkeypatch.setattr(init_from, "_hf_loss", lambda *a: 1.25)
     d = init_cfg(tmp_path, pub_data, published, max_steps=1)
     with pytest.raises(CgptError, match=r"step 0: .* is \d\.\d+ but transformers gives 1\.25"):
-        train(parse_run_config(d))
+        train(parse_init(d))
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
@@ -180,7 +201,7 @@ def test_init_from_checkpoint_step_is_the_weights_at_that_step(byte_run, tmp_pat
 
     step = byte_run / "run" / "checkpoints" / "step-4"
     d = init_cfg(tmp_path, byte_run / "data", step)
-    cfg = parse_run_config(d)
+    cfg = parse_init(d)
     assert cfg.model == parse_run_config(yaml.safe_load((step / "config.yaml").read_text())).model
     model = GPT(cfg.model)
     run = SimpleNamespace(cfg=cfg, resume_from=None, data=None, tokenizer_dir=None)
@@ -195,7 +216,7 @@ def test_init_from_checkpoint_step_is_the_weights_at_that_step(byte_run, tmp_pat
     # and a run started from it trains (ZeRO 0), its step-0 loss logged
     from cgpt.train.loop.trainer import train
 
-    s = train(parse_run_config(init_cfg(tmp_path, byte_run / "data", step, max_steps=2)))
+    s = train(parse_init(init_cfg(tmp_path, byte_run / "data", step, max_steps=2)))
     rows = read_metrics(Path(s["run_dir"]) / "metrics.jsonl")
     assert rows[0]["step"] == 0 and math.isfinite(rows[0]["init_loss"])
     assert "init_hf_loss" not in rows[0]  # a cgpt source: nothing to compare with
@@ -266,7 +287,7 @@ def test_mup_source_into_a_standard_run_is_refused(tmp_path, pub_data):
     )
     src = save_model(mup, tmp_path / "mup.safetensors")
     d = init_cfg(tmp_path, pub_data, src)
-    assert parse_run_config(d).model.mup.base_width == 16  # μP comes with the source
+    assert parse_init(d).model.mup.base_width == 16  # μP comes with the source
     d["model"] = {"mup": None}
     with pytest.raises(ConfigError, match="is a μP model but the model section has no mup"):
-        parse_run_config(d)
+        parse_init(d)

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import os
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal
@@ -445,12 +446,10 @@ def format_validation_error(e: ValidationError) -> str:
 
 
 def parse_run_config(data: dict, source: str = "config") -> RunConfig:
+    """Validate a raw run-config dict; reads nothing else. A model section taken from
+    ``init.source`` is filled before by the caller (init_from.fill_model_section)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with model/data/plan/runtime sections")
-    if isinstance(data.get("init"), dict):  # the model section comes from init.source
-        from cgpt.train.loop.init_from import fill_model_section
-
-        data = fill_model_section(data)
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
@@ -508,10 +507,20 @@ def read_yaml(path: str | os.PathLike, what: str = "run config"):
 RUN_CONFIG = "config.yaml"  # the resolved config inside every run folder
 
 
-def load_run_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
+def load_run_config(
+    path: str | os.PathLike,
+    overrides: list[str] | None = None,
+    fill: Callable[[dict], dict] | None = None,
+) -> RunConfig:
     """A run config YAML, or a run folder: its own resolved ``config.yaml`` with
     ``runtime.out_dir`` pointing at that folder (so `cgpt train RUN_DIR --resume` continues
-    exactly that run, wherever it is called from)."""
+    exactly that run, wherever it is called from). ``fill`` runs on the raw dict before
+    validation: the trainer's entry passes init_from.fill_model_section (reads init.source)."""
+    data, where = _read_run_config(path, overrides or [])
+    return parse_run_config(fill(data) if fill and isinstance(data, dict) else data, where)
+
+
+def _read_run_config(path: str | os.PathLike, overrides: list[str]) -> tuple[dict, str]:
     p = Path(path)
     if p.is_dir():
         if not (p / RUN_CONFIG).is_file():
@@ -523,9 +532,8 @@ def load_run_config(path: str | os.PathLike, overrides: list[str] | None = None)
         if isinstance(data, dict):
             data.pop("provenance", None)
             data.setdefault("runtime", {})["out_dir"] = str(p.resolve())
-        return parse_run_config(apply_overrides(data, overrides or []), str(p / RUN_CONFIG))
-    data = apply_overrides(read_yaml(p) or {}, overrides or [])
-    return parse_run_config(data, str(p))
+        return apply_overrides(data, overrides), str(p / RUN_CONFIG)
+    return apply_overrides(read_yaml(p) or {}, overrides), str(p)
 
 
 def tokenizer_of(data: DataSection | dict) -> str | None:

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 
 from cgpt.model import GPT, GPTConfig, flops_per_token_mfu, num_params
 from cgpt.model.errors import CgptError
+from cgpt.train.config import load_run_config
+from cgpt.train.loop.init_from import fill_model_section
 
 
 @dataclass
@@ -42,9 +44,7 @@ def resolve_shape(
     """A published size ('111M', 'cerebras-gpt-1.3b') or a run config YAML."""
     overrides = {"n_layer": n_layer} if n_layer else {}
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
-        from cgpt.train.config import load_run_config
-
-        cfg = load_run_config(target)
+        cfg = load_run_config(target, fill=fill_model_section)
         gcfg = cfg.model
         if overrides:
             gcfg = GPTConfig.from_dict({**gcfg.to_dict(), **overrides})

@@ -26,7 +26,9 @@ import random
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -286,16 +288,15 @@ class Checkpointer:
         for p in self.dir.glob("tmp-universal-*"):  # interrupted universal conversions
             shutil.rmtree(p, ignore_errors=True)
 
-    def load(self, engine, folder: Path, universal: Path | None = None) -> dict:
+    def load(self, engine, folder: Path, load_weights: Callable[[Any], Any] | None = None) -> dict:
         """Restore engine (weights + optimizer), this rank's RNG; return trainer state.
-        ``universal``: the checkpoint's universal conversion, for a resume on another world
-        size or ZeRO stage (cgpt.train.loop.universal)."""
+        ``load_weights(engine)``: loads another way than ``engine.load_checkpoint(folder)``
+        and returns DeepSpeed's load path (the trainer passes cgpt.train.loop.universal.load
+        for a resume on another world size or ZeRO stage)."""
         state = read_state(folder)
         restricted_loads(engine)
-        if universal is not None:
-            from cgpt.train.loop.universal import load as load_universal
-
-            path = load_universal(engine, folder, universal)
+        if load_weights is not None:
+            path = load_weights(engine)
         else:
             path, _ = engine.load_checkpoint(
                 str(folder.parent), tag=folder.name, load_lr_scheduler_states=False

@@ -36,7 +36,8 @@ import torch
 
 from cgpt.model.errors import CgptError
 from cgpt.model.gpt import GPT
-from cgpt.model.io import LM_HEAD, WTE
+from cgpt.model.io import LM_HEAD, WTE, build_from_state_dict, load_model
+from cgpt.train.config import parse_run_config, read_yaml, tokenizer_of
 from cgpt.train.loop import checkpoint as ckpt
 
 MODEL_FILE = "model.safetensors"
@@ -127,8 +128,6 @@ def find_tokenizer(src: str | os.PathLike) -> Path | None:
     recorded in the data folder's ``meta.json``."""
     import yaml
 
-    from cgpt.train.config import tokenizer_of
-
     folder = Path(src)
     if not folder.is_dir():  # a bare model file: only --tokenizer, no guessing from its folder
         return None
@@ -155,8 +154,6 @@ class Loaded:
 
 def load_source(src: str | os.PathLike) -> Loaded:
     """The GPT that SRC names (resolved by :func:`resolve_source`); weights must be finite."""
-    from cgpt.model.io import load_model
-
     path = resolve_source(src)
     if path.is_file():
         model = load_model(path)
@@ -178,8 +175,6 @@ def consolidate_checkpoint(step_dir: str | os.PathLike) -> GPT:
 
 
 def _consolidate(step_dir: Path) -> tuple[GPT, str]:
-    from cgpt.model.io import build_from_state_dict
-
     cfg = run_config_for(step_dir)
     optim = sorted(step_dir.glob("*_optim_states.pt"))
     zero3_models = sorted(step_dir.glob("zero_pp_rank_*_model_states.pt"))
@@ -217,8 +212,6 @@ def _gpt_config(cfg):
 
 def run_config_for(step_dir: Path):
     """The RunConfig saved with the checkpoint (``step-N/config.yaml``, else the run's)."""
-    from cgpt.train.config import parse_run_config, read_yaml
-
     for p in (step_dir / "config.yaml", step_dir.parent.parent / "config.yaml"):
         if p.is_file():
             return parse_run_config(read_yaml(p), str(p))

@@ -101,6 +101,7 @@ def run_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from cgpt.train import exit_codes as X
     from cgpt.train.config import load_run_config
+    from cgpt.train.loop.init_from import fill_model_section
     from cgpt.train.loop.resume import ResumeRequest, parse_allow_change
     from cgpt.train.loop.trainer import train
 
@@ -109,7 +110,7 @@ def _train(args: argparse.Namespace) -> int:
         from_step=args.from_step,
         allow_change=parse_allow_change(args.allow_change),
     )
-    cfg = load_run_config(args.config, args.overrides)
+    cfg = load_run_config(args.config, args.overrides, fill=fill_model_section)  # reads init.source
     summary = train(cfg, resume=req)
     if summary["status"] == "preempted":
         # every rank waits here until rank 0 has written summary.json: a launcher stops the

@@ -11,7 +11,8 @@ A run config's ``init: {source: SRC}`` names them. SRC is
 
 What happens where:
 
-- :func:`fill_model_section` (from ``parse_run_config``): the run's model section is the
+- :func:`fill_model_section` (the trainer's entry, once per run, on the raw YAML before
+  ``parse_run_config``, which reads nothing): the run's model section is the
   source's; an explicit model field that contradicts it (a shape field, or μP on one side
   only) is one line naming the field. Dropout and the init scales may be set freely.
 - :func:`load_init` (from the trainer, before the DeepSpeed engine is built, on every rank:
@@ -36,10 +37,25 @@ import torch
 
 from cgpt.model.config import GPTConfig
 from cgpt.model.errors import CgptError, ConfigError
-from cgpt.model.sizes import vocab_fits
+from cgpt.model.hf import (
+    PROBE_TEXT,
+    _read_json,
+    _transformers_available,
+    hf_config_to_gpt,
+    import_hf,
+    load_hf_model,
+)
+from cgpt.model.io import is_tied
+from cgpt.model.sizes import PUBLISHED, vocab_fits
+from cgpt.train.config import RUN_CONFIG, parse_run_config, read_yaml
 from cgpt.train.data.shards import open_token_data
+from cgpt.train.data.tokenizer import load_tokenizer
 from cgpt.train.hub_cli import download_command
+from cgpt.train.loop.consolidate import find_tokenizer, load_source, resolve_source, run_config_for
+from cgpt.train.loop.distributed import all_sum
+from cgpt.train.loop.schedule import global_batch_at
 from cgpt.train.plan.datacheck import reprepare_command, wrong_tokenizer
+from cgpt.train.plan.rules import RECIPES
 
 HF_PREFIX = "hf:"
 # the fields that fix the weights' shapes or the function they compute: taken from the source
@@ -90,8 +106,6 @@ def hub_folder(name: str, weights: bool = True) -> Path:
 
 def resolve(spec: str, weights: bool = True) -> Source:
     """What ``init.source`` names: kind, path, model config, tokenizer, original peak LR."""
-    from cgpt.model.hf import _read_json, hf_config_to_gpt
-
     spec = str(spec)
     if spec.startswith(HF_PREFIX):
         path = hub_folder(spec[len(HF_PREFIX) :], weights)
@@ -104,16 +118,12 @@ def resolve(spec: str, weights: bool = True) -> Source:
         tok = path if _has_tokenizer(path) else None
         lr, lr_from = _published_lr(cfg)
         return Source(spec, path, "hf", cfg, tok, lr, lr_from)
-    from cgpt.train.loop.consolidate import find_tokenizer, resolve_source, run_config_for
-
     found = resolve_source(path)
     run_cfg = None
     if found.is_file():
         cfg = _model_file_config(found)
         run_dir = found.parent
         if (run_dir / "config.yaml").is_file():  # run/model.safetensors: the run's config
-            from cgpt.train.config import parse_run_config, read_yaml
-
             run_cfg = parse_run_config(read_yaml(run_dir / "config.yaml"), str(run_dir))
         tok = find_tokenizer(run_dir) if run_cfg is not None else None
     else:
@@ -145,9 +155,6 @@ def _model_file_config(path: Path) -> GPTConfig:
 
 def _published_lr(cfg: GPTConfig) -> tuple[float | None, str]:
     """The published peak LR of a Cerebras-GPT shape (docs/REFERENCE.md, Training recipe)."""
-    from cgpt.model.sizes import PUBLISHED
-    from cgpt.train.plan.rules import RECIPES
-
     for p in PUBLISHED.values():
         if (p.n_layer, p.n_embd, p.n_head) == (cfg.n_layer, cfg.n_embd, cfg.n_head):
             if p.name in RECIPES:
@@ -245,11 +252,7 @@ def weights_sha256(files: list[Path]) -> str:
 def load_source_model(src: Source):
     """(GPT with the source's weights, description)."""
     if src.kind == "hf":
-        from cgpt.model.hf import import_hf
-
         return import_hf(src.path), f"Hugging Face folder {src.path}"
-    from cgpt.train.loop.consolidate import load_source
-
     loaded = load_source(src.path)
     return loaded.model, loaded.what
 
@@ -272,9 +275,6 @@ def check_tokenizer(src: Source, data) -> None:
     vocab, eos and encodings when the files differ, e.g. vocab.json+merges.txt against
     tokenizer.json); else the refusal prints the `cgpt prepare` that re-tokenizes it.
     `cgpt plan --init-from` checks this too."""
-    from cgpt.model.hf import PROBE_TEXT
-    from cgpt.train.data.tokenizer import load_tokenizer
-
     if getattr(data, "sources", None):  # a mixture: every source has the same tokenizer
         data = data.sources[0].data
     fingerprint = getattr(data, "fingerprint", None)
@@ -317,8 +317,6 @@ def load_init(run, model) -> None:
     src = resolve(cfg.init.source)
     check_tokenizer(src, run.data)
     loaded, what = load_source_model(src)
-    from cgpt.model.io import is_tied
-
     if not is_tied(loaded):
         raise CgptError(
             f"init.source {src.spec} has an lm_head of its own (untied from the embedding); "
@@ -357,8 +355,6 @@ def load_init(run, model) -> None:
 
 def _keep_record(run) -> None:
     """On --resume: the parent recorded when the run started (config.yaml's init)."""
-    from cgpt.train.config import RUN_CONFIG, read_yaml
-
     saved = run.run_dir / RUN_CONFIG
     if not saved.is_file():
         return
@@ -371,8 +367,6 @@ def _keep_record(run) -> None:
 @torch.no_grad()
 def _hf_loss(folder: Path, micro, device) -> float:
     import torch.nn.functional as F
-
-    from cgpt.model.hf import load_hf_model
 
     hf = load_hf_model(folder).to(device)
     s = 0.0
@@ -388,10 +382,6 @@ def step0_check(run, engine, loader) -> dict:
     """The loaded model's mean loss on the first training batch (all ranks), before any
     update; for a HF source with transformers importable, rank 0 also runs transformers on
     its share of that batch and the two must agree (STEP0_ATOL). Returns the metrics row."""
-    from cgpt.model.hf import _transformers_available
-    from cgpt.train.loop.distributed import all_sum
-    from cgpt.train.loop.schedule import global_batch_at
-
     cfg, dev = run.cfg, run.dist.device
     state = loader.state_dict()
     micro = loader.next_step(global_batch_at(cfg.plan, 0), cfg.runtime.micro_batch)

@@ -15,6 +15,7 @@ non-finite loss stops every rank before it can reach weights or checkpoints.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -38,6 +39,7 @@ from cgpt.train.config import (
 from cgpt.train.exit_codes import CollectiveTimeout, Diverged
 from cgpt.train.lock import FolderLock
 from cgpt.train.loop import checkpoint as ckpt
+from cgpt.train.loop import universal
 from cgpt.train.loop.distributed import (
     DistInfo,
     all_sum,
@@ -384,12 +386,12 @@ class _Loop:
         self.watchdog: StepWatchdog | None = None  # started with the loop (needs the logger)
 
     def restore(self) -> None:
-        universal = None
+        load_weights = None
         if self.run.point.universal:  # another world size or ZeRO stage: converted already
-            from cgpt.train.loop.universal import published
-
-            universal = published(self.run.resume_from)
-        st = self.ckpt.load(self.engine, self.run.resume_from, universal=universal)
+            converted = universal.published(self.run.resume_from)
+            if converted is not None:
+                load_weights = functools.partial(universal.load, universal=converted)
+        st = self.ckpt.load(self.engine, self.run.resume_from, load_weights)
         self.loader.load_state_dict(st["loader"])
         self.step, self.tokens = int(st["step"]), int(st["tokens"])
         self.loss, self.val_loss = st.get("loss"), st.get("val_loss")
@@ -537,9 +539,7 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
             return done
         barrier()
         if run.point.universal:  # rank 0 converts (once), the others wait
-            from cgpt.train.loop.universal import ensure_universal
-
-            ensure_universal(run.resume_from, run.dist.rank, run.dist.device)
+            universal.ensure_universal(run.resume_from, run.dist.rank, run.dist.device)
         engine, optimizer, ds = _build_engine(run)
         run.guard = guard_optimizer(optimizer)
         loop = _Loop(run, engine, optimizer)

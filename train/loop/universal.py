@@ -75,6 +75,8 @@ import torch
 import yaml
 
 from cgpt.model.errors import CgptError
+from cgpt.train.loop import checkpoint as ckpt
+from cgpt.train.loop.distributed import all_sum, barrier
 
 UNIVERSAL = "universal"  # the tag (sub-folder of step-N) DeepSpeed loads
 MARKER = "complete"
@@ -129,8 +131,6 @@ def restricted_torch_load():
     with ``weights_only=False``) uses torch's restricted unpickler with the checkpoint
     allowlist instead (cgpt.train.loop.checkpoint.restricted_load); CGPT_TRUST_CHECKPOINTS=1
     turns this off, as for ordinary resumes."""
-    from cgpt.train.loop import checkpoint as ckpt
-
     if os.environ.get(ckpt.TRUST_ENV) == "1":
         yield
         return
@@ -197,8 +197,6 @@ def _complete_layout(out: Path) -> None:
         PARAM_SHAPES,
     )
 
-    from cgpt.train.loop import checkpoint as ckpt
-
     have = [out / n for n in _MODEL_FILES if (out / n).is_file()]
     if not have:
         raise CgptError(f"DeepSpeed's conversion in {out} holds no model states file")
@@ -245,9 +243,6 @@ def _complete_layout(out: Path) -> None:
 def ensure_universal(folder: Path, rank: int, device: torch.device) -> Path:
     """The universal conversion of checkpoint ``folder``, converting it (rank 0, once) if
     needed; every rank calls this and gets the folder, or the same CgptError."""
-    from cgpt.train.loop import checkpoint as ckpt
-    from cgpt.train.loop.distributed import all_sum, barrier
-
     folder = Path(folder)
     error: CgptError | None = None
     if rank == 0 and (published(folder) is None or broken(folder)):
@@ -285,8 +280,6 @@ def broken(folder: Path) -> bool:
     again). The marker lists every file of the conversion (older ones: no list)."""
     import zipfile
 
-    from cgpt.train.loop import checkpoint as ckpt
-
     out = published(folder)
     if out is None:
         return False
@@ -307,8 +300,6 @@ def broken(folder: Path) -> bool:
 
 
 def _publish(folder: Path) -> None:
-    from cgpt.train.loop import checkpoint as ckpt
-
     root = folder.parent
     tmp = root / f"{TMP_PREFIX}{folder.name}"
     shutil.rmtree(tmp, ignore_errors=True)  # left over by an interrupted conversion
@@ -337,11 +328,9 @@ def _publish(folder: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- loading
-def load(engine, folder: Path, universal: Path):
+def load(engine, universal: Path):
     """``engine.load_checkpoint`` of the universal folder (DeepSpeed's load_universal switch
     on for this call only); returns DeepSpeed's load path (None: it could not load)."""
-    from cgpt.train.loop import checkpoint as ckpt
-
     ckpt.restricted_loads(engine)
     cfg = engine._config
     before = cfg.load_universal_checkpoint
@@ -367,8 +356,6 @@ def restore_param_groups(opt, params: list[list], universal: Path) -> None:
     the losses after the first resumed step drift by 1e-2). Each group gets its saved
     hyperparameters and parameter list back, each state its own step tensor."""
     from deepspeed.checkpoint.constants import PARAM_GROUPS
-
-    from cgpt.train.loop import checkpoint as ckpt
 
     saved = ckpt.restricted_load(universal / "zero" / "optimizer_state.pt", map_location="cpu")
     groups = saved.get(PARAM_GROUPS) or []
