@@ -11,8 +11,19 @@ import sys
 
 from cgpt.configs import resolve_config
 from cgpt.launch import launchers as L
+from cgpt.launch.demo import run_demo
 from cgpt.launch.hostfile import read_hostfile
+from cgpt.launch.slurm import (
+    SlurmOptions,
+    check_name,
+    output_in_header,
+    render_sbatch,
+    submit,
+    write_sbatch,
+)
 from cgpt.model.errors import CgptError
+from cgpt.train import exit_codes as X
+from cgpt.train.config import load_run_config
 
 
 def register(sub) -> None:
@@ -133,8 +144,6 @@ def register(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from cgpt.launch.demo import run_demo
-
     run_demo(
         out=args.out,
         config=args.config,
@@ -201,8 +210,6 @@ def _model_from_source(data: dict) -> dict:
 
 
 def cmd_launch(args) -> int:
-    from cgpt.train.config import load_run_config
-
     if args.submit and not args.slurm:
         raise CgptError("--submit goes with --slurm")
     if args.slurm and args.dry_run and args.submit:
@@ -254,8 +261,6 @@ def cmd_launch(args) -> int:
 
 def _sbatch_text(args, cfg, topo: L.Topology, overrides: list[str]) -> str:
     """The checked sbatch script (CgptError, one line, on any value that cannot go in)."""
-    from cgpt.launch.slurm import SlurmOptions, check_name, render_sbatch
-
     job_name = args.job_name
     if job_name is None:  # the plan's name becomes the job name: same rules, its own message
         check_name(
@@ -283,8 +288,6 @@ def _sbatch_text(args, cfg, topo: L.Topology, overrides: list[str]) -> str:
 
 
 def _slurm(args, cfg, text: str) -> int:
-    from cgpt.launch.slurm import output_in_header, submit, write_sbatch
-
     if args.dry_run:
         print(text)
         return 0
@@ -317,8 +320,6 @@ def run_forwarding_signals(cmd: list[str], remote_ranks: bool = False) -> int:
     stops the other nodes its own way. Rank 0's code comes back through $CGPT_EXIT_FILE
     (torchrun turns any worker's code into 1)."""
     import tempfile
-
-    from cgpt.train import exit_codes as X
 
     fd, exit_file = tempfile.mkstemp(prefix="cgpt-exit-")
     os.close(fd)
@@ -365,8 +366,6 @@ def launch_exit_code(launcher_rc: int, rank0_code: int | None) -> int:
     rank failed after rank 0 completed; without it (rank 0 died), the launcher's own code
     when it is one of ours (deepspeed passes a worker's code on), else FAILURE (a rank
     killed by a signal shows up as 247 or 254 from deepspeed, 1 from torchrun)."""
-    from cgpt.train import exit_codes as X
-
     if rank0_code is not None:
         return X.FAILURE if rank0_code == X.OK and launcher_rc != 0 else rank0_code
     if launcher_rc == 0 or launcher_rc in X.MEANING:

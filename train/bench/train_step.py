@@ -24,8 +24,13 @@ import torch.nn.functional as F
 
 from cgpt.model import GPT, GPTConfig, flops_per_token_mfu, num_params
 from cgpt.model.errors import CgptError
+from cgpt.model.hf import gpt_config_to_hf
 from cgpt.train.config import load_run_config
+from cgpt.train.loop.distributed import init_distributed
+from cgpt.train.loop.engine import engine_config, initialize_engine, make_adamw
 from cgpt.train.loop.init_from import fill_model_section
+from cgpt.train.plan.batch import split_batch
+from cgpt.train.plan.devices import detect_peak_flops
 
 
 @dataclass
@@ -67,8 +72,6 @@ def _hf_model(cfg: GPTConfig):
         raise CgptError(
             "the side-by-side benchmark needs transformers: pip install 'cgpt[hf]'"
         ) from None
-    from cgpt.model.hf import gpt_config_to_hf
-
     d = gpt_config_to_hf(cfg)
     d.pop("dtype", None), d.pop("torch_dtype", None)
     hcfg = GPT2Config(**d)
@@ -107,8 +110,6 @@ class _Runner:
 
 def _adamw(model: torch.nn.Module, device: torch.device):
     """The same AdamW for every model benchmarked (the trainer's make_adamw)."""
-    from cgpt.train.loop.engine import make_adamw
-
     return make_adamw(model, 1e-4, (0.9, 0.95), 1e-8, 0.1, device.type)
 
 
@@ -143,10 +144,6 @@ class _EngineRunner(_Runner):
         hf: bool = False,
         fused_loss: bool = True,
     ):
-        from cgpt.train.loop.distributed import init_distributed
-        from cgpt.train.loop.engine import engine_config, initialize_engine
-        from cgpt.train.plan.batch import split_batch
-
         super().__init__(device)
         dist = init_distributed(device.type)
         if dist.world_size != 1:
@@ -244,8 +241,6 @@ def bench(
     precision/zero_stage "auto"/None: the run config's (a size: bf16, ZeRO-1, as
     ``cgpt train``'s defaults). hf_deepspeed: the transformers model runs in the same
     DeepSpeed engine as ours instead of HF Trainer's loop (compares the models alone)."""
-    from cgpt.train.plan.devices import detect_peak_flops
-
     if steps < 1 or warmup < 0:
         raise CgptError("--steps must be at least 1 and --warmup at least 0")
     dev = torch.device(

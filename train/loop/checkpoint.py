@@ -35,7 +35,8 @@ import torch
 
 from cgpt.model.errors import CgptError
 from cgpt.train.config import RunConfig, write_text_atomic
-from cgpt.train.loop.distributed import barrier
+from cgpt.train.loop.distributed import all_sum, barrier
+from cgpt.train.loop.guard import local_weights_finite
 from cgpt.train.loop.identity import DATA_FILE
 
 COMPLETE = "complete"
@@ -191,9 +192,6 @@ class Checkpointer:
         finite; a failed write (a full disk) removes the partial folder and says which
         checkpoint is still intact. Files and folder are fsynced before the publishing rename.
         """
-        from cgpt.train.loop.distributed import all_sum
-        from cgpt.train.loop.guard import local_weights_finite
-
         bad, total = local_weights_finite(engine.module)
         bad, total = (int(v) for v in all_sum([bad, total], _device_of(engine)))
         if bad:

@@ -39,6 +39,7 @@ from cgpt.model.gpt import GPT
 from cgpt.model.io import LM_HEAD, WTE, build_from_state_dict, load_model
 from cgpt.train.config import parse_run_config, read_yaml, tokenizer_of
 from cgpt.train.loop import checkpoint as ckpt
+from cgpt.train.loop.distributed import import_deepspeed
 
 MODEL_FILE = "model.safetensors"
 # prefixes wrappers put on parameter names (DeepSpeed/DDP's "module.", torch.compile's)
@@ -362,8 +363,6 @@ def _quiet() -> Iterator[None]:
     buf = io.StringIO()
     try:
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            from cgpt.train.loop.distributed import import_deepspeed
-
             import_deepspeed()
             yield
     except CgptError:

@@ -18,6 +18,8 @@ import signal
 import sys
 
 from cgpt.model.errors import CgptError
+from cgpt.train import exit_codes as X
+from cgpt.train.config import load_run_config
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -66,8 +68,6 @@ def _is_rank0() -> bool:
 def run_train(args: argparse.Namespace) -> int:
     """Train; returns the exit code (cgpt.train.exit_codes) and, on rank 0, writes it into
     ``$CGPT_EXIT_FILE`` for the wrapper that launched the ranks."""
-    from cgpt.train import exit_codes as X
-
     # until the trainer's own handler takes over, SIGUSR1 (a stop request that launchers
     # let through) acts like Ctrl-C: nothing to save yet
     signal.signal(signal.SIGUSR1, signal.default_int_handler)
@@ -99,8 +99,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cgpt.train import exit_codes as X
-    from cgpt.train.config import load_run_config
+    # the trainer, init_from and resume import torch: `cgpt train --help` does not
     from cgpt.train.loop.init_from import fill_model_section
     from cgpt.train.loop.resume import ResumeRequest, parse_allow_change
     from cgpt.train.loop.trainer import train

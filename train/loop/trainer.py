@@ -36,6 +36,9 @@ from cgpt.train.config import (
     tokenizer_of,
     with_absolute_paths,
 )
+from cgpt.train.data.mixture import MixtureLoader, ValSets, open_data
+from cgpt.train.data.tokenizer import load_tokenizer
+from cgpt.train.eval.inloop import check_tasks, evaluate_tasks
 from cgpt.train.exit_codes import CollectiveTimeout, Diverged
 from cgpt.train.lock import FolderLock
 from cgpt.train.loop import checkpoint as ckpt
@@ -66,6 +69,7 @@ from cgpt.train.loop.finish import (
     write_failed_message,
 )
 from cgpt.train.loop.guard import StepGuard, guard_optimizer
+from cgpt.train.loop.init_from import check_data_vocab, load_init, step0_check
 from cgpt.train.loop.metrics import (
     MetricsLogger,
     Throughput,
@@ -81,6 +85,8 @@ from cgpt.train.loop.rewind import apply_start, recover_interrupted
 from cgpt.train.loop.schedule import global_batch_at, lr_at, tokens_before
 from cgpt.train.loop.watchdog import StepWatchdog
 from cgpt.train.plan.batch import BatchSplit, split_batch
+from cgpt.train.plan.devices import detect_peak_flops
+from cgpt.train.plan.memory import estimate_memory, fmt_bytes
 from cgpt.train.provenance import provenance
 from cgpt.train.write_errors import WriteFailed
 
@@ -110,22 +116,13 @@ class Run:
 
 # ---------------------------------------------------------------------------- checks
 def _check_data(cfg: RunConfig):
-    from cgpt.train.data.mixture import open_data
-
     # one process per node reads every byte for the sha256 check; the others check sizes (a
     # failure there exits that rank, and the launcher then stops the rest)
     local_main = os.environ.get("LOCAL_RANK", "0") == "0"
     tokenizer = None
     if cfg.data.tokenizer:
-        try:
-            from cgpt.train.data.tokenizer import load_tokenizer
-        except ImportError:  # tokenizer module absent: vocab is still checked below
-            load_tokenizer = None
-        if load_tokenizer is not None:
-            tokenizer = load_tokenizer(cfg.data.tokenizer)
+        tokenizer = load_tokenizer(cfg.data.tokenizer)
     if cfg.init is not None:  # the source's vocab against the data's: the fix is a prepare
-        from cgpt.train.loop.init_from import check_data_vocab
-
         check_data_vocab(cfg)
     # every folder of data.path / data.sources / data.val: one tokenizer, the model's vocab
     verify = True if local_main else "size"
@@ -134,8 +131,6 @@ def _check_data(cfg: RunConfig):
 
 def _check_memory(cfg: RunConfig, dist: DistInfo) -> None:
     """Refuse a plan whose estimated per-rank peak exceeds the device (or host) memory."""
-    from cgpt.train.plan.memory import estimate_memory, fmt_bytes
-
     rt = cfg.runtime
     est = estimate_memory(
         cfg.model,
@@ -168,8 +163,6 @@ def _check_eval_tasks(cfg: RunConfig, dist: DistInfo) -> None:
     if not rt.eval_tasks:
         return
     if dist.is_main:
-        from cgpt.train.eval.inloop import check_tasks
-
         try:
             check_tasks(rt.eval_tasks, rt.eval_include_path, tokenizer_of(cfg.data))
         except CgptError as e:
@@ -233,8 +226,6 @@ def _build_engine(run: Run):
     _seed_everything(cfg.runtime.seed)
     model = GPT(cfg.model)
     if cfg.init is not None:  # continued pretraining: the source's weights, before DeepSpeed
-        from cgpt.train.loop.init_from import load_init
-
         load_init(run, model)
     model.gradient_checkpointing = cfg.runtime.activation_checkpointing
     optimizer = build_optimizer(model, cfg, dev)
@@ -363,8 +354,6 @@ def _diverged(run: Run, what: str, step: int, saved: Path | None) -> Diverged:
 
 class _Loop:
     def __init__(self, run: Run, engine, optimizer, log: MetricsLogger | None = None):
-        from cgpt.train.data.mixture import MixtureLoader, ValSets
-
         self.run, self.engine, self.opt, self.log = run, engine, optimizer, log
         self.notes: list[str] = []  # messages from before the logger existed
         cfg, d = run.cfg, run.dist
@@ -426,8 +415,6 @@ class _Loop:
         data = self.loader.stats() if self.val_sets.mix.explicit else {}
         rt, tasks = self.run.cfg.runtime, {}
         if rt.eval_tasks:  # rank 0 runs lm-eval; the others wait in the next collective
-            from cgpt.train.eval.inloop import evaluate_tasks
-
             t0 = time.perf_counter()
             tasks = evaluate_tasks(
                 self.engine, rt, self.run.tokenizer_dir, self.run.dist.is_main, rt.zero_stage, dev
@@ -443,8 +430,6 @@ class _Loop:
         cfg, rt, log = self.run.cfg, self.run.cfg.runtime, self.log
         assert log is not None  # train() gives the loop its logger before the steps
         fpt = flops_per_token_mfu(cfg.model, cfg.plan.seq_len)
-        from cgpt.train.plan.devices import detect_peak_flops
-
         tp, avg_dt, skipped_in_a_row, ran = Throughput(fpt, detect_peak_flops()), None, 0, 0
         while self.step < self.end:
             t0 = time.perf_counter()
@@ -547,8 +532,6 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
         if run.resume_from is not None:
             loop.restore()
         elif cfg.init is not None:  # a fresh continued run: the loaded model's step-0 loss
-            from cgpt.train.loop.init_from import step0_check
-
             step0 = step0_check(run, engine, loop.loader)
         for w in run.point.warnings:
             loop.notes.insert(0, w)
