@@ -316,7 +316,7 @@ def _configured_specials(tok_dir: Path) -> dict:
     out: dict = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         if (tok_dir / name).is_file():
-            d = _read_json(tok_dir / name)
+            d = read_json(tok_dir / name)
             for role in ("bos", "eos"):
                 v = d.get(f"{role}_token")
                 v = v.get("content") if isinstance(v, dict) else v
@@ -382,7 +382,7 @@ def _write_tokenizer(tok_dir: Path, dst: Path, info: dict, n_positions: int) -> 
 
     _copy_tokenizer(tok_dir, dst)
     tc = dst / "tokenizer_config.json"
-    conf = _read_json(tc) if tc.is_file() else {}
+    conf = read_json(tc) if tc.is_file() else {}
     if not (dst / "tokenizer.json").is_file():
         tok = _gpt2_bpe(tok_dir)
         specials = {t for t in (info["eos_token"], info["bos_token"]) if t}
@@ -397,7 +397,7 @@ def _write_tokenizer(tok_dir: Path, dst: Path, info: dict, n_positions: int) -> 
         conf[f"{role}_token"] = info[f"{role}_token"]
     _write_json(tc, conf)
     smap = (
-        _read_json(dst / "special_tokens_map.json")
+        read_json(dst / "special_tokens_map.json")
         if (dst / "special_tokens_map.json").is_file()
         else {}
     )
@@ -469,7 +469,7 @@ def export_hf(
         if tokenizer_dir is not None and tok is not None:  # tok is read from tokenizer_dir
             _write_tokenizer(Path(tokenizer_dir), tmp, tok, model.config.n_positions)
         if verify:
-            if _transformers_available():
+            if transformers_available():
                 compare_with_hf(model, tmp)
                 if tokenizer_dir is not None:
                     check_exported_tokenizer(tmp, tokenizer_dir)
@@ -501,7 +501,7 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         d = json.loads(check_file(path, "file").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -522,7 +522,7 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
             return reader(folder / single)
         index = folder / f"{single}.index.json"
         if index.is_file():
-            shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+            shards = sorted(set(read_json(index).get("weight_map", {}).values()))
             if not shards:
                 raise CgptError(f"{index} has no weight_map")
             sd = {}
@@ -553,18 +553,18 @@ def import_hf(
         )
     if not (folder / "config.json").is_file():
         raise CgptError(f"{folder} has no config.json; not a Hugging Face model folder")
-    cfg, tied = hf_config_to_gpt(_read_json(folder / "config.json"), str(folder / "config.json"))
+    cfg, tied = hf_config_to_gpt(read_json(folder / "config.json"), str(folder / "config.json"))
     ours, tied = from_hf_state_dict(read_hf_weights(folder), cfg, tied, str(folder))
     model = build_from_state_dict(cfg, ours, tied, str(folder), device)
     if verify:
-        if not _transformers_available():
+        if not transformers_available():
             raise CgptError("verification needs transformers (pip install 'cgpt[hf]')")
         compare_with_hf(model, folder)
     return model
 
 
 # ---- verification --------------------------------------------------------------------------
-def _transformers_available() -> bool:
+def transformers_available() -> bool:
     try:
         import transformers  # noqa: F401
     except ImportError:
@@ -617,7 +617,7 @@ def check_exported_tokenizer(folder: str | os.PathLike, source_dir: str | os.Pat
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:  # any failure here means users can't load the export
         raise CgptError(f"transformers cannot load the exported tokenizer: {e}") from None
-    cfg = _read_json(folder / "config.json")
+    cfg = read_json(folder / "config.json")
     src = load_rust_tokenizer(source_dir)[0]
     want = src.encode(PROBE_TEXT, add_special_tokens=False).ids
     got = tok(PROBE_TEXT, add_special_tokens=False)["input_ids"]

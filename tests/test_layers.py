@@ -33,10 +33,12 @@ def module_files(root: Path, packages: dict[str, str] = PACKAGES) -> dict[str, P
     return mods
 
 
-def _type_checking_only(node: ast.AST, parents: dict) -> bool:
-    while (node := parents.get(node)) is not None:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+def _type_checking_only(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    up = parents.get(node)
+    while up is not None:
+        if isinstance(up, ast.If) and "TYPE_CHECKING" in ast.unparse(up.test):
             return True
+        up = parents.get(up)
     return False
 
 
@@ -71,6 +73,7 @@ def import_graph(mods: dict[str, Path]) -> dict[str, dict[str, int]]:
             targets = _targets(node, mod, path.name == "__init__.py")
             if not targets or _type_checking_only(node, parents):
                 continue
+            assert isinstance(node, ast.Import | ast.ImportFrom)
             for t in targets:
                 # `from a import b`: b when it is a module, else a (its package)
                 r = resolve(t) if t.startswith("cgpt") else None

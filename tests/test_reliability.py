@@ -56,7 +56,7 @@ def _one_line_error(capsys, argv, code=2, after_training=False) -> str:
 
 def _model_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The module weights a ZeRO-0 checkpoint holds, read without unpickling code."""
-    with torch.serialization.safe_globals(ckpt._safe_globals()):
+    with torch.serialization.safe_globals(ckpt.safe_globals()):
         states = torch.load(folder / "mp_rank_00_model_states.pt", weights_only=True)
     return states["module"]
 

@@ -212,7 +212,7 @@ class Checkpointer:
             )
             tmp.mkdir(parents=True, exist_ok=True)  # ranks without DeepSpeed files of their own
             torch.save(rng_state(), tmp / f"rng-rank{self.rank}.pt")
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
         except (OSError, RuntimeError) as e:
             if not _is_write_error(e):
                 raise
@@ -234,11 +234,11 @@ class Checkpointer:
                 files = {"files": manifest(tmp)}  # checked by problem() before a resume
                 write_text_atomic(tmp / MANIFEST, json.dumps(files, indent=1) + "\n")
                 write_text_atomic(tmp / COMPLETE, f"{step}\n")
-                _fsync_dir(tmp)
+                fsync_folder(tmp)
                 if final.exists():  # re-saving a step (e.g. the end of a resumed run)
                     shutil.rmtree(final)
                 tmp.rename(final)  # the publish: one atomic rename
-                _fsync_dir(self.dir)
+                fsync_folder(self.dir)
             except OSError as e:
                 failed, error = 1.0, e
                 message = self._save_failed(step, e)
@@ -266,7 +266,7 @@ class Checkpointer:
 
     def _save_failed(self, step: int, error: BaseException | None) -> str:
         last = newest(self.dir)
-        why = _write_failure(error, self.dir) if error else "another rank could not write its part"
+        why = write_failure(error, self.dir) if error else "another rank could not write its part"
         keep = f"checkpoint {last[1]} is intact" if last else "no earlier checkpoint exists"
         return (
             f"could not save checkpoint step-{step} in {self.dir}: {why}; the partial "
@@ -345,7 +345,7 @@ def restricted_load(path, map_location=None, loader=None):
     if os.environ.get(TRUST_ENV) == "1":
         return (loader or torch.load)(path, map_location=map_location, weights_only=False)
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with torch.serialization.safe_globals(safe_globals()):
             return (loader or torch.load)(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
@@ -360,7 +360,7 @@ def restricted_load(path, map_location=None, loader=None):
 TRUST_ENV = "CGPT_TRUST_CHECKPOINTS"  # "1": DeepSpeed's own full unpickling on resume
 
 
-def _safe_globals() -> list:
+def safe_globals() -> list:
     """The DeepSpeed types its ZeRO/bf16 optimizer files hold (listed with
     torch.serialization.get_unsafe_globals_in_checkpoint over ZeRO 0-3 x bf16/fp32):
     plain data classes and an enum, rebuilt from their fields; nothing of theirs runs."""
@@ -403,7 +403,7 @@ def _is_write_error(e: BaseException) -> bool:
     )
 
 
-def _write_failure(e: BaseException, folder: Path) -> str:
+def write_failure(e: BaseException, folder: Path) -> str:
     """A readable reason: the OS's words, or the free space when torch hid them."""
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
@@ -416,7 +416,9 @@ def _write_failure(e: BaseException, folder: Path) -> str:
     return str(e).splitlines()[0] if str(e) else e.__class__.__name__
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """fsync a folder; an error raises (unlike cgpt.model.files.fsync_dir): a checkpoint
+    whose rename is not on disk is a failed save."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -424,7 +426,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(folder: Path) -> None:
+def fsync_tree(folder: Path) -> None:
     """fsync every file this process can see under `folder`, then the folders."""
     for f in folder.rglob("*"):
         if f.is_file():
@@ -434,7 +436,7 @@ def _fsync_tree(folder: Path) -> None:
             finally:
                 os.close(fd)
     for d in [folder, *[p for p in folder.rglob("*") if p.is_dir()]]:
-        _fsync_dir(d)
+        fsync_folder(d)
 
 
 def _jsonable(o):

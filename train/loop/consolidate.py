@@ -302,7 +302,7 @@ def restricted_load(path, map_location=None, weights_only=None, mmap=None, **_ig
         obj = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     else:
         try:
-            with torch.serialization.safe_globals(ckpt._safe_globals()):
+            with torch.serialization.safe_globals(ckpt.safe_globals()):
                 obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as e:
             unsafe = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))

@@ -39,11 +39,11 @@ from cgpt.model.config import GPTConfig
 from cgpt.model.errors import CgptError, ConfigError
 from cgpt.model.hf import (
     PROBE_TEXT,
-    _read_json,
-    _transformers_available,
     hf_config_to_gpt,
     import_hf,
     load_hf_model,
+    read_json,
+    transformers_available,
 )
 from cgpt.model.io import is_tied
 from cgpt.model.sizes import PUBLISHED, vocab_fits
@@ -114,7 +114,7 @@ def resolve(spec: str, weights: bool = True) -> Source:
         if not path.exists():
             raise CgptError(f"init.source {spec} does not exist")
     if path.is_dir() and (path / "config.json").is_file() and not (path / "config.yaml").is_file():
-        cfg, _ = hf_config_to_gpt(_read_json(path / "config.json"), str(path / "config.json"))
+        cfg, _ = hf_config_to_gpt(read_json(path / "config.json"), str(path / "config.json"))
         tok = path if _has_tokenizer(path) else None
         lr, lr_from = _published_lr(cfg)
         return Source(spec, path, "hf", cfg, tok, lr, lr_from)
@@ -397,7 +397,7 @@ def step0_check(run, engine, loader) -> dict:
         cfg.init.check
         and getattr(run, "init_kind", None) == "hf"
         and run.dist.is_main
-        and _transformers_available()
+        and transformers_available()
     )
     if compare:
         theirs = _hf_loss(Path(cfg.init.path), micro, dev)

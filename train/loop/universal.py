@@ -253,7 +253,7 @@ def ensure_universal(folder: Path, rank: int, device: torch.device) -> Path:
         except OSError as e:
             error = CgptError(
                 f"could not write the universal conversion of {folder}: "
-                f"{ckpt._write_failure(e, folder.parent)}; nothing else was written"
+                f"{ckpt.write_failure(e, folder.parent)}; nothing else was written"
             )
         except Exception as e:  # noqa: BLE001 - every rank must hear of it, not just rank 0
             error = CgptError(
@@ -319,10 +319,10 @@ def _publish(folder: Path) -> None:
             "files": ckpt.manifest(out),  # a file deleted later means: convert again
         }
         ckpt.write_text_atomic(out / MARKER, json.dumps(marker) + "\n")
-        ckpt._fsync_tree(tmp)
+        ckpt.fsync_tree(tmp)
         os.rename(out, old)  # the publish: one atomic rename
         ckpt.write_text_atomic(folder / "latest_universal", UNIVERSAL)
-        ckpt._fsync_dir(folder)
+        ckpt.fsync_folder(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
