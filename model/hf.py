@@ -36,6 +36,7 @@ from cgpt.model.io import (
     save_file_atomic,
     save_model,
 )
+from cgpt.model.mup_export import fold_mup
 
 # ---- the key map ---------------------------------------------------------------------------
 # (our name, HF name, Conv1D transpose); "{i}" is the block index. The HF checkpoint layout
@@ -410,12 +411,6 @@ def _export_state(model: GPT) -> tuple[dict[str, torch.Tensor], dict]:
     """Our-naming state dict ready for HF (μP multipliers folded) + config.json overrides."""
     if model.config.mup is None:
         return model.state_dict(), {}
-    try:
-        from cgpt.model.mup_export import fold_mup
-    except ImportError:
-        raise CgptError(
-            "μP export needs cgpt.model.mup_export (not installed in this version)"
-        ) from None
     sd, overrides = fold_mup(model)
     return sd, dict(overrides or {})
 

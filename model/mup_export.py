@@ -29,6 +29,7 @@ import math
 import torch
 import torch.nn as nn
 
+from cgpt.model.config import GPTConfig
 from cgpt.model.gpt import GPT
 
 FOLD_NOTE = (
@@ -98,8 +99,6 @@ def plain_model_from_folded(model_or_config, state_dict: dict[str, torch.Tensor]
 
     Used to verify a fold without transformers: its logits must equal the μP model's.
     """
-    from cgpt.model.config import GPTConfig
-
     cfg = getattr(model_or_config, "config", model_or_config)
     plain_cfg = GPTConfig.from_dict({**cfg.to_dict(), "mup": None})
     plain = GPT(plain_cfg)
