@@ -16,7 +16,7 @@ SCRIPT_IMPORT = re.compile(
 
 
 def _is_test_module(name: str | None) -> bool:
-    return bool(name) and name.split(".")[0].startswith("test_")
+    return name is not None and name.split(".")[0].startswith("test_")
 
 
 def imports_of_test_modules(path: Path) -> list[str]:
@@ -37,7 +37,8 @@ def imports_of_test_modules(path: Path) -> list[str]:
                 names = [arg.value if isinstance(arg.value, str) else None]
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             names = [a or b for a, b in SCRIPT_IMPORT.findall(node.value)]
-        found += [f"{path.name}:{node.lineno}: {n}" for n in names if _is_test_module(n)]
+        line = getattr(node, "lineno", 0)
+        found += [f"{path.name}:{line}: {n}" for n in names if _is_test_module(n)]
     return found
 
 
