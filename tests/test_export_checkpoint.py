@@ -6,6 +6,7 @@ consolidated export must match."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from cgpt.launch.cli import main
 from cgpt.model.errors import CgptError
 from cgpt.model.io import load_model
 from cgpt.train.config import parse_run_config
+from cgpt.train.loop import checkpoint as ckpt
 from cgpt.train.loop.consolidate import consolidate_checkpoint, resolve_source
 
 pytest.importorskip("transformers", reason="export verification needs transformers")
@@ -212,8 +214,9 @@ def _drop_marker(step: Path) -> None:
         (1, _poison_zero1, "2 of 28 tensors hold non-finite values"),
         (0, _poison_zero0, "1 of 28 tensors hold non-finite values"),
         (1, _foreign_object, "outside the checkpoint allowlist (fractions.Fraction)"),
-        (1, _drop_optim, "has no *_optim_states.pt"),
-        (1, _drop_config, "has no config.yaml"),
+        # a lost file is found by the checkpoint's manifest (every file it saved)
+        (1, _drop_optim, "is incomplete (zero_pp_rank_0_mp_rank_00_optim_states.pt is missing)"),
+        (1, _drop_config, "is incomplete (config.yaml is missing)"),
         (1, _drop_marker, "not a complete checkpoint"),
     ],
 )
@@ -237,6 +240,8 @@ def test_wrapper_prefixes_on_keys_are_stripped(runs, tmp_path):
     sd = torch.load(f, weights_only=False)
     sd["module"] = {f"module._orig_mod.{k}": v for k, v in sd["module"].items()}
     torch.save(sd, f)
+    # whoever rewrites a checkpoint's file rewrites its manifest too (it finds lost files)
+    (f.parent / ckpt.MANIFEST).write_text(json.dumps({"files": ckpt.manifest(f.parent)}))
     got, ref = consolidate_checkpoint(f.parent), load_model(run / "model.safetensors")
     for (k, a), b in zip(ref.state_dict().items(), got.state_dict().values()):
         assert torch.equal(a, b), k
