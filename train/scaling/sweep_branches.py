@@ -1,4 +1,5 @@
-"""One run, many budgets, in a sweep: ``branches: {at: [0.5, 1, 2, 4]}``.
+"""One run, many budgets, in a sweep: ``branches: {at: [0.5, 1, 2, 4]}``. The points are
+planned by cgpt.train.scaling.sweep_points.plan_branch_group; this module makes their folders.
 
 Per size (and LR trial) the sweep trains ONE warmup-stable-decay run planned to the
 largest multiple of the size's planned tokens (tokens_per_param × params): it is itself
@@ -24,112 +25,15 @@ pruned back to ``keep_last`` plus the branch steps.
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
-from cgpt.train.config import RUN_CONFIG, RunConfig
+from cgpt.train.config import RUN_CONFIG
 from cgpt.train.loop import checkpoint as ckpt
-from cgpt.train.loop.schedule import cooldown_steps
-from cgpt.train.scaling.branch import BRANCH_FILE, branch_plan, make_branch
-from cgpt.train.scaling.sweep_config import SizeSpec, SweepConfig
-from cgpt.train.scaling.sweep_points import Point, plan_point
+from cgpt.train.scaling.branch import BRANCH_FILE, make_branch
+from cgpt.train.scaling.sweep_points import Point
 from cgpt.train.scaling.sweep_train import run_summary
-
-
-def _cooldown_start(cfg: RunConfig) -> int:
-    """The first step of a one-phase wsd plan's cooldown."""
-    return cfg.plan.steps - cooldown_steps(cfg.plan.phases()[0])
-
-
-def _keep_last(cfg: RunConfig, first: int) -> int:
-    """Enough checkpoints that none saved at or after step ``first`` by one process is pruned
-    while that process runs: every save_every, save_steps and final save from ``first`` on,
-    plus one that a signal may add."""
-    rt, steps = cfg.runtime, cfg.plan.steps
-    saves = {s for s in rt.save_steps if s >= first} | {steps}
-    if rt.save_every:
-        start = rt.save_every * math.ceil(first / rt.save_every)
-        saves |= set(range(start, steps + 1, rt.save_every))
-    return max(rt.keep_last, len(saves) + 1)
-
-
-def plan_branch_group(
-    sweep: SweepConfig,
-    size: SizeSpec,
-    vocab: int,
-    shape: str,
-    out: Path,
-    tok: str | None,
-    lr_mult: float | None = None,
-) -> list[Point]:
-    """The stable run of one size (and LR trial) and its branches, stable run first."""
-    assert sweep.branches is not None and sweep.tokens_per_param is not None
-    at = sorted(sweep.branches.at)
-
-    def names(m: float) -> tuple[str, str | None]:  # (point name, LR-trial group)
-        group = f"{shape}-x{m:g}"
-        return (f"{group}-lrx{lr_mult:g}", group) if lr_mult is not None else (group, None)
-
-    dedicated = {
-        m: plan_point(
-            sweep, size, vocab, sweep.tokens_per_param * m, names(m)[0], out, tok, lr_mult or 1.0
-        )
-        for m in at
-    }
-    stable, top = dedicated[at[-1]], names(at[-1])[0]
-    starts = {m: _cooldown_start(dedicated[m]) for m in at[:-1]}
-    own = _cooldown_start(stable)
-    for m, k in starts.items():
-        if k >= own:
-            raise CgptError(
-                f"point {names(m)[0]} would start its cooldown at step {k}, not before the "
-                f"stable run {top}'s own cooldown (step {own}); space branches.at further apart"
-            )
-    same = [m for m in starts if list(starts.values()).count(starts[m]) > 1]
-    if same:
-        raise CgptError(
-            f"points {', '.join(names(m)[0] for m in same)} would all start their cooldowns at "
-            f"step {starts[same[0]]}: too few steps to tell them apart; space branches.at "
-            "further apart or raise tokens_per_param"
-        )
-    if starts:
-        rt = stable.runtime
-        rt = rt.model_copy(update={"save_steps": sorted(set(rt.save_steps) | set(starts.values()))})
-        stable = stable.model_copy(update={"runtime": rt})
-        rt = rt.model_copy(update={"keep_last": _keep_last(stable, min(starts.values()))})
-        stable = stable.model_copy(update={"runtime": rt})
-    points = [Point(top, stable, group=names(at[-1])[1], lr_mult=lr_mult, tokens_multiple=at[-1])]
-    for m, k in starts.items():
-        name, group = names(m)
-        try:
-            plan = branch_plan(
-                stable.plan, k, stable.plan.cooldown_fraction or 0.0, dedicated[m].plan.steps
-            )
-        except CgptError as e:
-            raise CgptError(
-                f"point {name}: {e}; drop x{m:g} from branches.at or raise tokens_per_param"
-            ) from None
-        if plan.steps < sweep.plan.min_steps:
-            raise CgptError(
-                f"point {name} would train for only {plan.steps} steps (plan.min_steps is "
-                f"{sweep.plan.min_steps}); drop x{m:g} from branches.at or raise tokens_per_param"
-            )
-        cfg = dedicated[m].model_copy(update={"plan": plan})
-        points.append(
-            Point(
-                name,
-                cfg,
-                group=group,
-                lr_mult=lr_mult,
-                branch_of=top,
-                tokens_multiple=m,
-                branch_step=k,
-            )
-        )
-    return points
-
 
 # ---- making the branch folders -------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 Each point is planned by the planner's rules (``plan_for_shape``) with the sweep's batch,
 LR, warmup and decay; ``lr: tuned`` adds one point per LR multiplier, ``lr: mup`` applies
 μP, and ``branches`` turns each size (and LR trial) into one stable warmup-stable-decay run
-plus its cooldown branches (cgpt.train.scaling.sweep_branches).
+plus its cooldown branches (:func:`plan_branch_group`; cgpt.train.scaling.sweep_branches
+makes their folders).
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from cgpt.model.config import GPTConfig
 from cgpt.model.errors import CgptError, ConfigError
 from cgpt.model.sizes import flops_per_token_algorithmic, num_params
 from cgpt.train.config import RunConfig
+from cgpt.train.loop.schedule import cooldown_steps
+from cgpt.train.scaling.branch import branch_plan
 from cgpt.train.scaling.sweep_config import SizeSpec, SweepConfig
 from cgpt.train.scaling.sweep_data import tokenizer_dir
 
@@ -143,8 +147,6 @@ def plan_points(sweep: SweepConfig, vocab: int) -> list[Point]:
     for size in _sizes(sweep, vocab):
         shape = f"L{size.n_layer}-d{size.n_embd}-h{size.n_head}"
         if sweep.branches is not None:
-            from cgpt.train.scaling.sweep_branches import plan_branch_group
-
             for m in sweep.grid:
                 points += plan_branch_group(
                     sweep, size, vocab, shape, out, tok, lr_mult=m if tuned else None
@@ -196,6 +198,100 @@ def plan_points(sweep: SweepConfig, vocab: int) -> list[Point]:
     )
 
 
+# ---- one run, many budgets: a stable run and its branches (sweep_branches.py) -------------
+def _cooldown_start(cfg: RunConfig) -> int:
+    """The first step of a one-phase wsd plan's cooldown."""
+    return cfg.plan.steps - cooldown_steps(cfg.plan.phases()[0])
+
+
+def _keep_last(cfg: RunConfig, first: int) -> int:
+    """Enough checkpoints that none saved at or after step ``first`` by one process is pruned
+    while that process runs: every save_every, save_steps and final save from ``first`` on,
+    plus one that a signal may add."""
+    rt, steps = cfg.runtime, cfg.plan.steps
+    saves = {s for s in rt.save_steps if s >= first} | {steps}
+    if rt.save_every:
+        start = rt.save_every * math.ceil(first / rt.save_every)
+        saves |= set(range(start, steps + 1, rt.save_every))
+    return max(rt.keep_last, len(saves) + 1)
+
+
+def plan_branch_group(
+    sweep: SweepConfig,
+    size: SizeSpec,
+    vocab: int,
+    shape: str,
+    out: Path,
+    tok: str | None,
+    lr_mult: float | None = None,
+) -> list[Point]:
+    """The stable run of one size (and LR trial) and its branches, stable run first."""
+    assert sweep.branches is not None and sweep.tokens_per_param is not None
+    at = sorted(sweep.branches.at)
+
+    def names(m: float) -> tuple[str, str | None]:  # (point name, LR-trial group)
+        group = f"{shape}-x{m:g}"
+        return (f"{group}-lrx{lr_mult:g}", group) if lr_mult is not None else (group, None)
+
+    dedicated = {
+        m: plan_point(
+            sweep, size, vocab, sweep.tokens_per_param * m, names(m)[0], out, tok, lr_mult or 1.0
+        )
+        for m in at
+    }
+    stable, top = dedicated[at[-1]], names(at[-1])[0]
+    starts = {m: _cooldown_start(dedicated[m]) for m in at[:-1]}
+    own = _cooldown_start(stable)
+    for m, k in starts.items():
+        if k >= own:
+            raise CgptError(
+                f"point {names(m)[0]} would start its cooldown at step {k}, not before the "
+                f"stable run {top}'s own cooldown (step {own}); space branches.at further apart"
+            )
+    same = [m for m in starts if list(starts.values()).count(starts[m]) > 1]
+    if same:
+        raise CgptError(
+            f"points {', '.join(names(m)[0] for m in same)} would all start their cooldowns at "
+            f"step {starts[same[0]]}: too few steps to tell them apart; space branches.at "
+            "further apart or raise tokens_per_param"
+        )
+    if starts:
+        rt = stable.runtime
+        rt = rt.model_copy(update={"save_steps": sorted(set(rt.save_steps) | set(starts.values()))})
+        stable = stable.model_copy(update={"runtime": rt})
+        rt = rt.model_copy(update={"keep_last": _keep_last(stable, min(starts.values()))})
+        stable = stable.model_copy(update={"runtime": rt})
+    points = [Point(top, stable, group=names(at[-1])[1], lr_mult=lr_mult, tokens_multiple=at[-1])]
+    for m, k in starts.items():
+        name, group = names(m)
+        try:
+            plan = branch_plan(
+                stable.plan, k, stable.plan.cooldown_fraction or 0.0, dedicated[m].plan.steps
+            )
+        except CgptError as e:
+            raise CgptError(
+                f"point {name}: {e}; drop x{m:g} from branches.at or raise tokens_per_param"
+            ) from None
+        if plan.steps < sweep.plan.min_steps:
+            raise CgptError(
+                f"point {name} would train for only {plan.steps} steps (plan.min_steps is "
+                f"{sweep.plan.min_steps}); drop x{m:g} from branches.at or raise tokens_per_param"
+            )
+        cfg = dedicated[m].model_copy(update={"plan": plan})
+        points.append(
+            Point(
+                name,
+                cfg,
+                group=group,
+                lr_mult=lr_mult,
+                branch_of=top,
+                tokens_multiple=m,
+                branch_step=k,
+            )
+        )
+    return points
+
+
 def _targets(sweep: SweepConfig, vocab: int, out: Path, tok: str | None) -> list[Point]:
     """The held-out targets: ``target-SHAPE``, one run each at the first seed (if any)."""
     points = []
@@ -220,8 +316,6 @@ def _replicate(p: Point, seed: int) -> Point:
 
 
 def _probe(size: SizeSpec, vocab: int, seq_len: int):
-    from cgpt.model.config import GPTConfig
-
     return GPTConfig(
         n_layer=size.n_layer,
         n_embd=size.n_embd,
