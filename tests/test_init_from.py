@@ -7,9 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -255,7 +255,7 @@ def test_two_ranks_zero1_from_hf_folder(tmp_path, published, pub_data):
     """ZeRO 1 over 2 ranks (the real deepspeed launcher): same step-0 proof, the run trains."""
     from cgpt.train.loop.distributed import free_port
 
-    launcher = shutil.which("deepspeed") or str(Path(os.sys.executable).parent / "deepspeed")
+    launcher = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
     d = init_cfg(tmp_path, pub_data, published, zero_stage=1, micro_batch=1, max_steps=3)
     cfg = write_run_config(tmp_path, d)
     env = child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
