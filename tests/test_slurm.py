@@ -611,6 +611,58 @@ def _time_limit_warning(script: Path, batch_pid: int, job: str) -> None:
             signal_container(pid, sig)
 
 
+def _usr1_bits(pid: int) -> tuple[bool, bool]:
+    """(caught, pending) for SIGUSR1 of a process, from /proc/PID/status (SigCgt; SigPnd or
+    ShdPnd): a rank catches it, a launcher started with it ignored does not."""
+    bit = 1 << (signal.SIGUSR1 - 1)
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("SigCgt", "SigPnd", "ShdPnd"):
+            fields[key] = int(value.strip(), 16)
+    return bool(fields["SigCgt"] & bit), bool((fields["SigPnd"] | fields["ShdPnd"]) & bit)
+
+
+def _warn_while_frozen(script: Path, batch_pid: int, env: dict) -> None:
+    """The time-limit warning with the job's steps frozen (SIGSTOP) until every rank holds
+    it pending: a tiny run on an idle machine would otherwise finish all its steps in the
+    moment between "step k is in metrics.jsonl" and the signal's arrival. Freezing changes
+    nothing the ranks see; they act on the warning at their next step boundary."""
+    sys.path.insert(0, str(STANDINS))
+    try:
+        from fake_slurm import signal_container, step_pids
+    finally:
+        sys.path.remove(str(STANDINS))
+    import psutil
+
+    job = env["SLURM_JOB_ID"]
+    saved = os.environ.get("CGPT_FAKE_SLURM")
+    os.environ["CGPT_FAKE_SLURM"] = env["CGPT_FAKE_SLURM"]  # the stand-ins' state folder
+    try:
+        tasks = step_pids(job)
+    finally:
+        if saved is None:
+            del os.environ["CGPT_FAKE_SLURM"]
+        else:
+            os.environ["CGPT_FAKE_SLURM"] = saved
+    for pid in tasks:
+        signal_container(pid, signal.SIGSTOP)
+    procs = [p for t in tasks for p in [psutil.Process(t), *psutil.Process(t).children(True)]]
+    ranks = [p.pid for p in procs if _usr1_bits(p.pid)[0]]
+    try:
+        assert ranks, "no process of the step catches SIGUSR1"
+        _time_limit_warning(script, batch_pid, job)
+        wait_until(
+            lambda: all(_usr1_bits(pid)[1] for pid in ranks),
+            120,
+            "SIGUSR1 pending in every rank",
+            poll=0.05,
+        )
+    finally:
+        for pid in tasks:
+            signal_container(pid, signal.SIGCONT)
+
+
 def _run_job(script: Path, env: dict, run_dir: Path, warn_at: int | None = None):
     """Start the batch script as slurmd would (its pid recorded for scancel --batch); with
     `warn_at`, deliver the time-limit warning once metrics.jsonl has that step. Returns
@@ -634,7 +686,7 @@ def _run_job(script: Path, env: dict, run_dir: Path, warn_at: int | None = None)
                 poll=0.1,
                 alive=lambda: proc.poll() is None,
             )
-            _time_limit_warning(script, proc.pid, env["SLURM_JOB_ID"])
+            _warn_while_frozen(script, proc.pid, env)
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
