@@ -30,19 +30,17 @@ written atomically.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
 import subprocess
-import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from cgpt.launch.launchers import Topology, build_command, check_count, find_program
 from cgpt.model.errors import CgptError
-from cgpt.model.files import file_mode
+from cgpt.model.files import write_atomic
 
 SCRIPT_NAME = "slurm.sbatch"
 # stand-ins for the launcher's master address and hostfile; the script's shell variables
@@ -287,44 +285,14 @@ def _per_node_command(topo: Topology, train_args: list[str], launcher: str) -> s
 
 
 def write_sbatch(text: str, run_dir: str | Path) -> Path:
-    """Write RUN_DIR/slurm.sbatch atomically: a temporary file in the same folder, fsync,
-    then rename over the old one, so that no reader ever sees a partial script."""
-    folder = Path(run_dir)
-    path = folder / SCRIPT_NAME
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{SCRIPT_NAME}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise CgptError(f"cannot write {path}: {e.strerror or e}") from None
+    """Write RUN_DIR/slurm.sbatch atomically (cgpt.model.files.write_atomic: no reader ever
+    sees a partial script), executable as the umask allows."""
+    path = Path(run_dir) / SCRIPT_NAME
     try:
         # surrogateescape: a path that is not UTF-8 is written back as its original bytes
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), file_mode(executable=True))  # 0755 under umask 022
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise CgptError(f"cannot write {path}: {e.strerror or e}") from None
-        raise
-    _fsync_dir(folder)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (where the platform lets a folder be fsync'ed)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        return write_atomic(path, text, executable=True)
+    except OSError as e:
+        raise CgptError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def submit(path: str | Path) -> str:
