@@ -177,17 +177,23 @@ _TIMEOUT_RE = re.compile(
 )
 
 
-def is_timeout(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an exception it was raised from) is a collective, or the
-    rendezvous, giving up on another rank after the process-group timeout."""
+def _chain_matches(exc: BaseException, pattern: re.Pattern) -> bool:
+    """Whether ``exc`` or an exception it was raised from is a RuntimeError matching
+    ``pattern`` (gloo's and torch's words for a collective that gave up)."""
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, RuntimeError) and _TIMEOUT_RE.search(str(e)):
+        if isinstance(e, RuntimeError) and pattern.search(str(e)):
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a collective, or the
+    rendezvous, giving up on another rank after the process-group timeout."""
+    return _chain_matches(exc, _TIMEOUT_RE)
 
 
 def timeout_message(timeout_s: float, step: int, checkpoint: str | os.PathLike | None) -> str:
@@ -229,14 +235,7 @@ def _record_peers(world_size: int) -> None:
 def is_peer_gone(exc: BaseException) -> bool:
     """Whether ``exc`` (or an exception it was raised from) is a collective failing because
     another rank's process is gone (its connection closed or reset)."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, RuntimeError) and _PEER_GONE_RE.search(str(e)):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
+    return _chain_matches(exc, _PEER_GONE_RE)
 
 
 def dead_ranks() -> list[tuple[int, str, int]]:
