@@ -381,6 +381,19 @@ def test_control_characters_are_refused_in_every_path(tmp_path, capsys, monkeypa
 
 
 STANDINS = Path(__file__).parent / "slurm_standins"
+
+
+def _slurmstepd_preexec():
+    """preexec_fn that starts a batch script with the signal state slurmstepd gives it
+    (fake_slurm.default_signals), not the test runner's."""
+    sys.path.insert(0, str(STANDINS))
+    try:
+        from fake_slurm import default_signals
+    finally:
+        sys.path.remove(str(STANDINS))
+    return default_signals
+
+
 PYTHON = sys.executable  # tests below point sys.executable at a fake venv
 
 
@@ -442,7 +455,13 @@ def test_odd_paths_and_values_pass_through_intact(tmp_path, capsys, monkeypatch,
         SLURM_NODEID="1",
     )
     res = subprocess.run(
-        ["bash", str(script)], env=env, cwd=elsewhere, capture_output=True, text=True, timeout=60
+        ["bash", str(script)],
+        env=env,
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_slurmstepd_preexec(),
     )
     assert res.returncode == 0, res.stderr
     assert not list(tmp_path.rglob("PWNED")), "a value was run as a command"
@@ -674,6 +693,7 @@ def _run_job(script: Path, env: dict, run_dir: Path, warn_at: int | None = None)
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=_slurmstepd_preexec(),
     )
     state = Path(env["CGPT_FAKE_SLURM"])
     (state / f"batch.{env['SLURM_JOB_ID']}").write_text(str(proc.pid))
@@ -849,7 +869,14 @@ def test_script_requeues_only_after_a_checkpointed_stop(
         SLURM_NODEID="0",
         **_stand_ins(tmp_path / "bin", nodes=("localhost",)),
     )
-    res = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        ["bash", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_slurmstepd_preexec(),
+    )
     assert res.returncode == exit_code, res.stdout + res.stderr
     log = Path(env["CGPT_FAKE_SLURM"]) / "requeue.log"
     assert (log.read_text() == "9\n") if requeued else not log.exists()

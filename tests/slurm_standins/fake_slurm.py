@@ -70,3 +70,20 @@ def signal_container(task_pid: int, sig: int) -> None:
             p.send_signal(sig)
         except psutil.Error:
             pass
+
+
+def default_signals() -> None:
+    """The signal state a batch script or task starts with under slurmstepd: slurmd and
+    slurmstepd are daemons that catch USR1, USR2, TERM, INT, HUP, ... themselves
+    (src/slurmd/slurmstepd/slurmstepd.c, conmgr_add_work_signal), and a caught signal is
+    SIG_DFL after execve(2), so the job never inherits what the submitting shell ignored.
+    A test runner started with SIGUSR1 ignored would otherwise make the batch script's
+    `trap ... USR1` a silent no-op (bash(1): "Signals ignored upon entry to the shell cannot
+    be trapped or reset"), as CI found. Use as ``preexec_fn``."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass  # reserved real-time signals

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from fake_slurm import record, say, signal_container, state
+from fake_slurm import default_signals, record, say, signal_container, state
 
 
 def main(argv: list[str]) -> int:
@@ -39,7 +39,8 @@ def main(argv: list[str]) -> int:
     steps.mkdir(parents=True, exist_ok=True)
     step = len(list(steps.glob(f"{job}.*"))) + len(list(steps.glob(f".done.{job}.*")))
     env = dict(os.environ, SLURM_STEP_ID=str(step), SLURM_STEPID=str(step))
-    task = subprocess.Popen(cmd, env=env, start_new_session=True)
+    # slurmstepd, not srun, starts the task: default dispositions (fake_slurm.default_signals)
+    task = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=default_signals)
     (steps / f"{job}.{step}").write_text(str(task.pid))
     last_int = [0.0]
 
