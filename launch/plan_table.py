@@ -41,7 +41,7 @@ def _model_rows(plan) -> Rows:
 
 
 def _schedule_rows(plan) -> Rows:
-    from cgpt.train.loop.schedule import cooldown_steps
+    from cgpt.train.plan.schedule import cooldown_steps
 
     rows = []
     many = bool(plan.batch_schedule)

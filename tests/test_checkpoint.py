@@ -7,7 +7,7 @@ import random
 import numpy as np
 import torch
 
-from cgpt.train.loop import checkpoint as ckpt
+from cgpt.train.checkpoints import checkpoint as ckpt
 
 
 def _fake(root, name, complete=True, state=True):
@@ -55,7 +55,7 @@ def test_rng_state_round_trip_through_weights_only_load(tmp_path):
 
 
 def test_trust_switch_hands_loading_back_to_deepspeed(tmp_path, monkeypatch):
-    from cgpt.train.loop.checkpoint import TRUST_ENV, _WeightsOnlyLoads
+    from cgpt.train.checkpoints.checkpoint import TRUST_ENV, _WeightsOnlyLoads
 
     class Inner:
         name = "TorchCheckpointEngine"

@@ -292,7 +292,7 @@ def test_a_failed_latest_is_a_warning_not_a_failed_checkpoint(data, tmp_path, ca
     checkpoint is saved and the run goes on (the message once said the save failed)."""
     import errno
 
-    from cgpt.train.loop import checkpoint
+    from cgpt.train.checkpoints import checkpoint
 
     real = checkpoint.write_text_atomic
 

@@ -59,7 +59,7 @@ def test_two_ranks_match_one_rank(tmp_path, zero_stage, precision, tol):
         timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    from cgpt.train.loop import checkpoint as ckpt
+    from cgpt.train.checkpoints import checkpoint as ckpt
 
     for run, ranks in (("two", 2), ("one", 1)):  # really 2 processes, really 1
         newest = ckpt.newest(tmp_path / run / "checkpoints")[1]

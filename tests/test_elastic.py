@@ -1,5 +1,5 @@
 """Elastic resume: a run continues on another world size or ZeRO stage through DeepSpeed's
-universal checkpoint format (cgpt.train.loop.universal), with the per-step losses of an
+universal checkpoint format (cgpt.train.checkpoints.universal), with the per-step losses of an
 uninterrupted run and every training window used exactly once per epoch."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import torch
 from helpers import child_env, losses, make_byte_data, make_cfg, tree_digest, write_run_config
 
 from cgpt.model.errors import CgptError
+from cgpt.train.checkpoints import checkpoint as ckpt
+from cgpt.train.checkpoints import universal
 from cgpt.train.config import parse_run_config
 from cgpt.train.data.shards import write_token_data
-from cgpt.train.loop import checkpoint as ckpt
-from cgpt.train.loop import universal
 from cgpt.train.loop.distributed import free_port
 
 SEQ = 32
@@ -105,7 +105,7 @@ def test_zero_stage_change_resumes_like_an_uninterrupted_run(tmp_path, data, bef
     # rewinding to step-3 again converts nothing and reproduces the same losses
     stamp = (step3 / "universal" / "complete").stat().st_mtime_ns
     _train(d, resume=True, zero_stage=after)  # completed: no change
-    from cgpt.train.loop.resume import ResumeRequest
+    from cgpt.train.checkpoints.resume import ResumeRequest
 
     _train(d, resume=ResumeRequest(resume=True, from_step="step-3"), zero_stage=after)
     assert (step3 / "universal" / "complete").stat().st_mtime_ns == stamp

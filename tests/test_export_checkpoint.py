@@ -20,9 +20,9 @@ from helpers import child_env, make_byte_data, make_cfg, make_tokenizer, write_r
 from cgpt.launch.cli import main
 from cgpt.model.errors import CgptError
 from cgpt.model.io import load_model
+from cgpt.train.checkpoints import checkpoint as ckpt
+from cgpt.train.checkpoints.consolidate import consolidate_checkpoint, resolve_source
 from cgpt.train.config import parse_run_config
-from cgpt.train.loop import checkpoint as ckpt
-from cgpt.train.loop.consolidate import consolidate_checkpoint, resolve_source
 
 pytest.importorskip("transformers", reason="export verification needs transformers")
 

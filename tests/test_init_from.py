@@ -196,8 +196,8 @@ def test_init_from_checkpoint_step_is_the_weights_at_that_step(byte_run, tmp_pat
     from types import SimpleNamespace
 
     from cgpt.model import GPT
+    from cgpt.train.checkpoints.consolidate import consolidate_checkpoint
     from cgpt.train.loop import init_from
-    from cgpt.train.loop.consolidate import consolidate_checkpoint
 
     step = byte_run / "run" / "checkpoints" / "step-4"
     d = init_cfg(tmp_path, byte_run / "data", step)

@@ -401,8 +401,8 @@ def test_ctrl_c_on_a_two_rank_launch_saves_and_exits_preempted(tmp_path):
         write_run_config,
     )
 
+    from cgpt.train.checkpoints import checkpoint as ckpt
     from cgpt.train.exit_codes import PREEMPTED
-    from cgpt.train.loop import checkpoint as ckpt
 
     data = make_byte_data(tmp_path / "data", n_files=6)
     d = make_cfg(tmp_path, data, steps=3000, eval_every=0, save_every=0, zero_stage=1, log_every=1)

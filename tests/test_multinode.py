@@ -133,7 +133,7 @@ def test_two_nodes_on_loopback_train_one_model(tmp_path, launcher, alone):
     # every optimizer step consumed the whole global batch, split over the two nodes
     assert [t for _, t, _ in together] == [s * GLOBAL_BATCH * SEQ for s in range(1, STEPS + 1)]
     np.testing.assert_allclose([v for *_, v in together], [v for *_, v in alone], rtol=1e-4)
-    from cgpt.train.loop import checkpoint as ckpt
+    from cgpt.train.checkpoints import checkpoint as ckpt
 
     _, newest = ckpt.newest(tmp_path / "two-nodes" / "checkpoints")
     assert ckpt.read_state(newest)["world_size"] == 2

@@ -12,7 +12,6 @@ from cgpt.model.config import MuPConfig
 from cgpt.model.errors import CgptError
 from cgpt.train.config import load_run_config, parse_run_config
 from cgpt.train.loop.optim import param_groups
-from cgpt.train.loop.schedule import lr_at
 from cgpt.train.plan.mup import (
     MUP_SIZES,
     apply_mup,
@@ -21,6 +20,7 @@ from cgpt.train.plan.mup import (
     plan_published_mup,
 )
 from cgpt.train.plan.planner import plan_for_shape, plan_published
+from cgpt.train.plan.schedule import lr_at
 
 TINY = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=97, n_positions=16)
 

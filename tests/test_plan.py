@@ -12,10 +12,10 @@ from helpers import byte_token_folder
 from cgpt.launch.cli import main
 from cgpt.model import CgptError, GPTConfig
 from cgpt.train.config import load_run_config, parse_run_config
-from cgpt.train.loop.schedule import global_batch_at, lr_at, tokens_before
 from cgpt.train.plan import planner as P
 from cgpt.train.plan import rules as R
 from cgpt.train.plan.devices import get_device
+from cgpt.train.plan.schedule import global_batch_at, lr_at, tokens_before
 
 # docs/REFERENCE.md, Training recipe, typed in again here so the planner's table is checked
 # against an independent copy: lr, batch seqs, batch tokens, steps, tokens, warmup, decay, eps

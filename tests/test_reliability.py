@@ -29,8 +29,8 @@ from helpers import (
 )
 
 from cgpt.launch.cli import main as cli_main
+from cgpt.train.checkpoints import checkpoint as ckpt
 from cgpt.train.exit_codes import DIVERGED, PREEMPTED
-from cgpt.train.loop import checkpoint as ckpt
 
 CGPT = str(Path(sys.executable).parent / "cgpt")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from helpers import child_env, losses, make_byte_data, make_cfg, write_run_config
 
+from cgpt.train.checkpoints import checkpoint as ckpt
 from cgpt.train.config import parse_run_config
 from cgpt.train.exit_codes import PREEMPTED
-from cgpt.train.loop import checkpoint as ckpt
 
 
 @pytest.fixture(scope="module")

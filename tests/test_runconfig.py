@@ -2,8 +2,8 @@ import pytest
 
 from cgpt.model.errors import CgptError, ConfigError
 from cgpt.train.config import apply_overrides, load_run_config, parse_run_config
-from cgpt.train.loop.schedule import lr_at, tokens_before
 from cgpt.train.plan.batch import split_batch
+from cgpt.train.plan.schedule import lr_at, tokens_before
 
 
 def _cfg(**runtime):

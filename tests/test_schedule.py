@@ -8,8 +8,8 @@ from helpers import byte_token_folder
 
 from cgpt.launch.cli import main
 from cgpt.train.config import PlanSection, parse_run_config
-from cgpt.train.loop.schedule import cooldown_steps, lr_at
 from cgpt.train.plan import planner as P
+from cgpt.train.plan.schedule import cooldown_steps, lr_at
 
 
 def _section(**kw) -> PlanSection:

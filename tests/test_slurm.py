@@ -750,8 +750,8 @@ def test_time_limit_checkpoints_requeues_once_and_resumes_bitwise(
     (the same script again) resumes past that step, writes each metrics row once and ends
     bitwise equal to the uninterrupted run. The old script (SIGTERM to srun) fails here:
     srun answers it with SIGKILL to the tasks and nothing is saved."""
+    from cgpt.train.checkpoints import checkpoint as ckpt
     from cgpt.train.exit_codes import PREEMPTED
-    from cgpt.train.loop import checkpoint as ckpt
 
     k = 3
     script, run_dir, env = _e2e_run_folder(tmp_path, e2e_data, launcher)

@@ -83,8 +83,8 @@ def test_two_phase_batch_schedule_matches_plain_torch(tmp_path, data):
     from cgpt.model import GPT
     from cgpt.train.data.loader import TokenLoader
     from cgpt.train.loop.optim import param_groups
-    from cgpt.train.loop.schedule import global_batch_at, lr_at
     from cgpt.train.loop.trainer import train
+    from cgpt.train.plan.schedule import global_batch_at, lr_at
 
     d = make_cfg(tmp_path, data, steps=6, batch=4, eval_every=0, save_every=0)
     d["plan"]["batch_schedule"] = [
@@ -214,7 +214,7 @@ def test_divergence_stops_without_saving(tmp_path, data, capsys):
             capsys, ["train", str(write_run_config(tmp_path, d))], DIVERGED, started=True
         )
     assert "loss became nan at step 8" in err and "step-5" in err
-    from cgpt.train.loop import checkpoint as ckpt
+    from cgpt.train.checkpoints import checkpoint as ckpt
 
     assert [s for s, _ in ckpt.published(tmp_path / "run" / "checkpoints")] == [5]
     assert len(losses(tmp_path / "run")) == 7

@@ -152,7 +152,7 @@ class BatchPhase(Strict):
     decay: Literal["linear", "cosine", "wsd"] = "linear"
     # wsd only: the last fraction of the phase's schedule (warmup + decay steps) that cools
     # down linearly to min_lr; None elsewhere (and left out of the YAML: older configs
-    # compare equal). See cgpt.train.loop.schedule.
+    # compare equal). See cgpt.train.plan.schedule.
     cooldown_fraction: float | None = Field(None, gt=0, le=1)
 
     @model_validator(mode="before")
@@ -207,7 +207,7 @@ class PlanSection(Strict):
     warmup_steps: Int = Field(ge=0)
     # linear / cosine: from the peak after warmup to min_lr over decay_steps (Cerebras-GPT);
     # wsd: warmup-stable-decay, the peak held until the last cooldown_fraction of the steps,
-    # then linear to min_lr (Hägele et al. 2024; cgpt.train.loop.schedule)
+    # then linear to min_lr (Hägele et al. 2024; cgpt.train.plan.schedule)
     decay: Literal["linear", "cosine", "wsd"] = "linear"
     decay_steps: Int = Field(ge=0)
     cooldown_fraction: float | None = Field(None, gt=0, le=1)  # wsd only (default 0.2)

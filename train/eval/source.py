@@ -2,7 +2,7 @@
 
 SRC may be
 
-- anything ``cgpt export`` reads (:func:`cgpt.train.loop.consolidate.load_source`): a cgpt
+- anything ``cgpt export`` reads (:func:`cgpt.train.checkpoints.consolidate.load_source`): a cgpt
   model file, a run folder (its final weights or newest complete checkpoint), a checkpoint
   folder ``RUN/checkpoints/step-N``. lm-eval then runs on the model's Hugging Face export
   (:func:`cgpt.model.hf.export_hf` into a temporary folder, verified against the model's own
@@ -12,7 +12,7 @@ SRC may be
 - ``hf:NAME``: a Hub model id, loaded by lm-eval itself (needs the Hub or the local cache).
 
 The tokenizer is ``--tokenizer DIR``, else for a cgpt SRC the one its run records
-(:func:`cgpt.train.loop.consolidate.find_tokenizer`), for an HF folder the folder itself.
+(:func:`cgpt.train.checkpoints.consolidate.find_tokenizer`), for an HF folder the folder itself.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def open_source(
         )
     if path.is_dir() and (path / "config.json").is_file() and not (path / "config.yaml").is_file():
         return _hf_folder(spec, path, tok, need_tokenizer)
-    from cgpt.train.loop.consolidate import find_tokenizer, load_source
+    from cgpt.train.checkpoints.consolidate import find_tokenizer, load_source
 
     loaded = load_source(path)
     model = loaded.model

@@ -2,7 +2,7 @@
 
 Batch numbers come from the one batch rule (cgpt.train.plan.batch.split_batch). The optimizer is
 a *client* optimizer so its parameter groups carry ``lr_scale`` (μP) and the trainer sets
-each group's LR every step from the plan (cgpt.train.loop.schedule); DeepSpeed gets no scheduler.
+each group's LR every step from the plan (cgpt.train.plan.schedule); DeepSpeed gets no scheduler.
 Weight decay: matrices (attention, MLP, embeddings) decay, biases and LayerNorm do not
 (cgpt.train.loop.optim.param_groups; docs/REFERENCE.md, Training recipe: AdamW, wd 0.1,
 betas (0.9, 0.95)).

@@ -100,8 +100,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     # the trainer, init_from and resume import torch: `cgpt train --help` does not
+    from cgpt.train.checkpoints.resume import ResumeRequest, parse_allow_change
     from cgpt.train.loop.init_from import fill_model_section
-    from cgpt.train.loop.resume import ResumeRequest, parse_allow_change
     from cgpt.train.loop.trainer import train
 
     req = ResumeRequest(

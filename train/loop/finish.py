@@ -14,10 +14,10 @@ import torch
 
 from cgpt.model import GPT
 from cgpt.model.sizes import num_params
+from cgpt.train.checkpoints.resume import resume_command
 from cgpt.train.config import write_text_atomic
 from cgpt.train.loop.metrics import plot_loss
-from cgpt.train.loop.resume import resume_command
-from cgpt.train.loop.schedule import global_batch_at, tokens_before
+from cgpt.train.plan.schedule import global_batch_at, tokens_before
 from cgpt.train.provenance import provenance
 from cgpt.train.write_errors import WriteFailed, writing
 

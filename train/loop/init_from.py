@@ -7,7 +7,7 @@ A run config's ``init: {source: SRC}`` names them. SRC is
 - ``hf:NAME`` (``hf:cerebras/Cerebras-GPT-111M``): that Hub repository through
   ``huggingface_hub.snapshot_download`` (its cache; offline and not cached is one line);
 - a cgpt model file, a run folder or a checkpoint ``RUN/checkpoints/step-N``, read by
-  :mod:`cgpt.train.loop.consolidate` (any ZeRO stage or rank count).
+  :mod:`cgpt.train.checkpoints.consolidate` (any ZeRO stage or rank count).
 
 What happens where:
 
@@ -47,15 +47,20 @@ from cgpt.model.hf import (
 )
 from cgpt.model.io import is_tied
 from cgpt.model.sizes import PUBLISHED, vocab_fits
+from cgpt.train.checkpoints.consolidate import (
+    find_tokenizer,
+    load_source,
+    resolve_source,
+    run_config_for,
+)
 from cgpt.train.config import RUN_CONFIG, parse_run_config, read_yaml
 from cgpt.train.data.shards import open_token_data
 from cgpt.train.data.tokenizer import load_tokenizer
 from cgpt.train.hub_cli import download_command
-from cgpt.train.loop.consolidate import find_tokenizer, load_source, resolve_source, run_config_for
 from cgpt.train.loop.distributed import all_sum
-from cgpt.train.loop.schedule import global_batch_at
 from cgpt.train.plan.datacheck import reprepare_command, wrong_tokenizer
 from cgpt.train.plan.rules import RECIPES
+from cgpt.train.plan.schedule import global_batch_at
 
 HF_PREFIX = "hf:"
 # the fields that fix the weights' shapes or the function they compute: taken from the source

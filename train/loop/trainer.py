@@ -29,6 +29,15 @@ import torch
 
 from cgpt.model import GPT, flops_per_token_mfu
 from cgpt.model.errors import CgptError
+from cgpt.train.checkpoints import checkpoint as ckpt
+from cgpt.train.checkpoints import universal
+from cgpt.train.checkpoints.resume import (
+    ResumePoint,
+    ResumeRequest,
+    find_resume_point,
+    resume_command,
+)
+from cgpt.train.checkpoints.rewind import apply_start, recover_interrupted
 from cgpt.train.config import (
     RUN_CONFIG,
     Provenance,
@@ -41,8 +50,6 @@ from cgpt.train.data.tokenizer import load_tokenizer
 from cgpt.train.eval.inloop import check_tasks, evaluate_tasks
 from cgpt.train.exit_codes import CollectiveTimeout, Diverged
 from cgpt.train.lock import FolderLock
-from cgpt.train.loop import checkpoint as ckpt
-from cgpt.train.loop import universal
 from cgpt.train.loop.distributed import (
     DistInfo,
     all_sum,
@@ -75,18 +82,11 @@ from cgpt.train.loop.metrics import (
     Throughput,
     eta_text,
 )
-from cgpt.train.loop.resume import (
-    ResumePoint,
-    ResumeRequest,
-    find_resume_point,
-    resume_command,
-)
-from cgpt.train.loop.rewind import apply_start, recover_interrupted
-from cgpt.train.loop.schedule import global_batch_at, lr_at, tokens_before
 from cgpt.train.loop.watchdog import StepWatchdog
 from cgpt.train.plan.batch import BatchSplit, split_batch
 from cgpt.train.plan.devices import detect_peak_flops
 from cgpt.train.plan.memory import estimate_memory, fmt_bytes
+from cgpt.train.plan.schedule import global_batch_at, lr_at, tokens_before
 from cgpt.train.provenance import provenance
 from cgpt.train.write_errors import WriteFailed
 
@@ -499,7 +499,7 @@ def _publish_start(run: Run, ds_config: dict) -> list[str]:
     cfg.provenance = Provenance(**provenance())
     save_ds_config(ds_config, run.run_dir / "ds_config.json")
     # config.yaml, a rewind's moves, changes.jsonl, data.json and the metrics cut: one
-    # transaction that a kill cannot leave half done (cgpt.train.loop.rewind)
+    # transaction that a kill cannot leave half done (cgpt.train.checkpoints.rewind)
     return apply_start(run.run_dir, run.point, cfg)
 
 

@@ -26,7 +26,6 @@ from cgpt.model import GPT
 from cgpt.model.errors import CgptError
 from cgpt.train.config import BatchPhase
 from cgpt.train.figures import pyplot, save_figure
-from cgpt.train.loop.schedule import lr_in_phase
 from cgpt.train.mup.coord_check import (
     batches,
     check_widths,
@@ -34,6 +33,7 @@ from cgpt.train.mup.coord_check import (
     make_optimizer,
     tiny_config,
 )
+from cgpt.train.plan.schedule import lr_in_phase
 
 DEFAULT_LRS = tuple(2.0**e for e in range(-12, -3))  # 2.4e-4 ... 6.25e-2
 HEAD_DIM = 32  # fixed head size: heads grow with width, as in the Cerebras family

@@ -42,7 +42,7 @@ def plan_for_shape(
 
     ``decay`` overrides the rule's linear/cosine choice ("wsd": warmup-stable-decay with a
     linear cooldown over the last ``cooldown_fraction`` of the steps, default 0.2;
-    cgpt.train.loop.schedule). ``recipe`` picks the batch and LR laws (one of
+    cgpt.train.plan.schedule). ``recipe`` picks the batch and LR laws (one of
     rules.RECIPE_NAMES; cgpt.train.plan.recipes).
     ``param_count`` is the N in tokens = tokens_per_param × N: "total" or "non-embedding"
     (Kaplan/DeepSeek); each recipe's law reads the N it was fitted with, whatever this is."""

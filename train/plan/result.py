@@ -18,10 +18,10 @@ from cgpt.model.sizes import (
 )
 from cgpt.train.cli_args import data_spec
 from cgpt.train.config import BatchPhase, DataSection, PlanSection, RunConfig, RuntimeSection
-from cgpt.train.loop.schedule import cooldown_steps
 from cgpt.train.plan import rules as R
 from cgpt.train.plan.devices import Device
 from cgpt.train.plan.memory import MemoryEstimate
+from cgpt.train.plan.schedule import cooldown_steps
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from cgpt.model.errors import CgptError
 from cgpt.model.files import HeldTempDir, fsync_dir, make_public, remove_stale, write_atomic
+from cgpt.train.checkpoints import checkpoint as ckpt
 from cgpt.train.config import RUN_CONFIG, BatchPhase, PlanSection, RunConfig, load_run_config
-from cgpt.train.loop import checkpoint as ckpt
 from cgpt.train.loop.metrics import read_metrics
-from cgpt.train.loop.schedule import cooldown_steps, lr_at
+from cgpt.train.plan.schedule import cooldown_steps, lr_at
 
 BRANCH_FILE = "branch.json"
 

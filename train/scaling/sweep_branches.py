@@ -29,8 +29,8 @@ import shutil
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
+from cgpt.train.checkpoints import checkpoint as ckpt
 from cgpt.train.config import RUN_CONFIG
-from cgpt.train.loop import checkpoint as ckpt
 from cgpt.train.scaling.branch import BRANCH_FILE, make_branch
 from cgpt.train.scaling.sweep_points import Point
 from cgpt.train.scaling.sweep_train import run_summary

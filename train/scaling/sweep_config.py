@@ -74,7 +74,7 @@ class SweepPlan(_Strict):
     lr_width_exponent: float = 0.0  # lr × (lr_base_width / n_embd)^exponent (1.0 = μP-like)
     min_steps: int = Field(10, gt=0)  # refuse points that would train for fewer steps
     # every point's LR decay (None: the planner's rule, linear below 1B parameters) and, for
-    # wsd, the cooldown's share of the schedule (default 0.2; cgpt.train.loop.schedule)
+    # wsd, the cooldown's share of the schedule (default 0.2; cgpt.train.plan.schedule)
     decay: Literal["linear", "cosine", "wsd"] | None = None
     cooldown_fraction: float | None = Field(None, gt=0, le=1)
 

@@ -17,7 +17,7 @@ from cgpt.model.config import GPTConfig
 from cgpt.model.errors import CgptError, ConfigError
 from cgpt.model.sizes import flops_per_token_algorithmic, num_params
 from cgpt.train.config import RunConfig
-from cgpt.train.loop.schedule import cooldown_steps
+from cgpt.train.plan.schedule import cooldown_steps
 from cgpt.train.scaling.branch import branch_plan
 from cgpt.train.scaling.sweep_config import SizeSpec, SweepConfig
 from cgpt.train.scaling.sweep_data import tokenizer_dir

@@ -41,7 +41,7 @@ What changes and what does not:
   whole state), and neither does a same-topology resume.
 * The converter's and the universal loader's file reads go through the same restricted
   unpickler as ordinary resumes (``weights_only=True`` with DeepSpeed's plain data types
-  allowed by name; cgpt.train.loop.checkpoint). The universal files need no new entries:
+  allowed by name; cgpt.train.checkpoints.checkpoint). The universal files need no new entries:
   listed with torch.serialization.get_unsafe_globals_in_checkpoint over conversions from
   ZeRO 1, 2 and 3 in fp32 and bf16, they hold tensors, numbers and containers, plus
   ZeroStageEnum and LossScaler in ``optimizer_state.pt``, both allowed already.
@@ -75,7 +75,7 @@ import torch
 import yaml
 
 from cgpt.model.errors import CgptError
-from cgpt.train.loop import checkpoint as ckpt
+from cgpt.train.checkpoints import checkpoint as ckpt
 from cgpt.train.loop.distributed import all_sum, barrier
 
 UNIVERSAL = "universal"  # the tag (sub-folder of step-N) DeepSpeed loads
@@ -129,7 +129,7 @@ def ranks_text(n: int) -> str:
 def restricted_torch_load():
     """While active, every ``torch.load`` (DeepSpeed's converter and universal loader call it
     with ``weights_only=False``) uses torch's restricted unpickler with the checkpoint
-    allowlist instead (cgpt.train.loop.checkpoint.restricted_load); CGPT_TRUST_CHECKPOINTS=1
+    allowlist instead (cgpt.train.checkpoints.checkpoint.restricted_load); CGPT_TRUST_CHECKPOINTS=1
     turns this off, as for ordinary resumes."""
     if os.environ.get(ckpt.TRUST_ENV) == "1":
         yield

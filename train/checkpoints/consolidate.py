@@ -7,7 +7,7 @@
 - a run folder: its final ``model.safetensors``, unless a complete checkpoint was published
   after it (a run stopped at ``runtime.max_steps`` and later resumed, then preempted), else
   the newest complete checkpoint ``checkpoints/step-N``;
-- a checkpoint folder ``RUN/checkpoints/step-N`` as :class:`cgpt.train.loop.checkpoint.
+- a checkpoint folder ``RUN/checkpoints/step-N`` as :class:`cgpt.train.checkpoints.checkpoint.
   Checkpointer` publishes it (DeepSpeed's files, ``config.yaml``, ``trainer_state.json``,
   the ``complete`` marker).
 
@@ -16,7 +16,7 @@ own ``zero_to_fp32`` (the fp32 master weights, gathered from every rank's optimi
 partition), ZeRO 0 from the module weights in ``mp_rank_00_model_states.pt``. The model is
 rebuilt from the run config saved with the checkpoint; every tensor must be finite.
 DeepSpeed's files are read with torch's restricted unpickler (``weights_only=True``) and the
-DeepSpeed types allowed by name in :mod:`cgpt.train.loop.checkpoint`, exactly as ``--resume``
+DeepSpeed types allowed by name in :mod:`cgpt.train.checkpoints.checkpoint`, exactly as ``--resume``
 reads them; ``CGPT_TRUST_CHECKPOINTS=1`` opts into DeepSpeed's full unpickling.
 """
 
@@ -37,8 +37,8 @@ import torch
 from cgpt.model.errors import CgptError
 from cgpt.model.gpt import GPT
 from cgpt.model.io import LM_HEAD, WTE, build_from_state_dict, load_model
+from cgpt.train.checkpoints import checkpoint as ckpt
 from cgpt.train.config import parse_run_config, read_yaml, tokenizer_of
-from cgpt.train.loop import checkpoint as ckpt
 from cgpt.train.loop.distributed import import_deepspeed
 
 MODEL_FILE = "model.safetensors"
@@ -292,7 +292,7 @@ def check_finite(sd: dict[str, torch.Tensor], where) -> None:
 # ---- reading DeepSpeed's files -------------------------------------------------------------
 def restricted_load(path, map_location=None, weights_only=None, mmap=None, **_ignored):
     """torch.load through the restricted unpickler with DeepSpeed's allow-listed types
-    (cgpt.train.loop.checkpoint), or DeepSpeed's full unpickling with CGPT_TRUST_CHECKPOINTS=1.
+    (checkpoints.checkpoint), or DeepSpeed's full unpickling with CGPT_TRUST_CHECKPOINTS=1.
 
     A BF16_Optimizer state (bf16 + ZeRO-1, the default precision) carries no ``zero_stage``;
     the stage is filled in from the saved DeepSpeed config, so DeepSpeed's ZeRO-1/2 merge

@@ -8,10 +8,10 @@
 * ``--allow-change plan.lr,plan.warmup_steps`` accepts those config changes; they are
   written into ``config.yaml`` and recorded in ``changes.jsonl`` (time, step, old -> new).
   ``--allow-change data`` accepts data whose checksums changed since the run started
-  (``data.json``, cgpt.train.loop.identity); a data folder that only moved is accepted.
+  (``data.json``, cgpt.train.checkpoints.identity); a data folder that only moved is accepted.
 * A checkpoint copied in from another run (its step, config or data differ) is refused.
 
-Everything here only reads; cgpt.train.loop.rewind (rank 0, after every check passed)
+Everything here only reads; cgpt.train.checkpoints.rewind (rank 0, after every check passed)
 writes, as one transaction.
 """
 
@@ -25,22 +25,22 @@ from pathlib import Path
 import yaml
 
 from cgpt.model.errors import CgptError
-from cgpt.train.config import RUN_CONFIG, config_diff
-from cgpt.train.loop import checkpoint as ckpt
-from cgpt.train.loop import identity
-from cgpt.train.loop.metrics import read_metrics  # the one tolerant JSONL reader
-from cgpt.train.loop.universal import (
+from cgpt.train.checkpoints import checkpoint as ckpt
+from cgpt.train.checkpoints import identity
+from cgpt.train.checkpoints.universal import (
     UNIVERSAL,
     broken,
     needs_universal,
     ranks_text,
     saved_topology,
 )
-from cgpt.train.loop.universal import published as universal_published
+from cgpt.train.checkpoints.universal import published as universal_published
+from cgpt.train.config import RUN_CONFIG, config_diff
+from cgpt.train.loop.metrics import read_metrics  # the one tolerant JSONL reader
 
 # runtime keys whose change makes a checkpoint unusable (the rest may change on --resume;
 # a new runtime.zero_stage or world size goes through a universal checkpoint, see
-# cgpt.train.loop.universal)
+# cgpt.train.checkpoints.universal)
 RESUME_RUNTIME_KEYS = ("seed", "precision")
 # what a rewind may change: the optimizer's hyperparameters and the LR schedule's shape,
 # nothing that moves the data position or the model

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from cgpt.model.errors import CgptError
+from cgpt.train.checkpoints.identity import DATA_FILE
 from cgpt.train.config import RunConfig, write_text_atomic
 from cgpt.train.loop.distributed import all_sum, barrier
 from cgpt.train.loop.guard import local_weights_finite
-from cgpt.train.loop.identity import DATA_FILE
 
 COMPLETE = "complete"
 STATE = "trainer_state.json"
@@ -83,7 +83,7 @@ def problem(folder: Path) -> str | None:
     if lost:
         return lost
     # DeepSpeed's files and ours; not a universal conversion (checked, and redone if
-    # broken, when a resume uses it: cgpt.train.loop.universal)
+    # broken, when a resume uses it: cgpt.train.checkpoints.universal)
     files = sorted(f for f in folder.rglob("*.pt") if f.relative_to(folder).parts[0] != "universal")
     if not files:
         return "no checkpoint files"
@@ -289,7 +289,7 @@ class Checkpointer:
     def load(self, engine, folder: Path, load_weights: Callable[[Any], Any] | None = None) -> dict:
         """Restore engine (weights + optimizer), this rank's RNG; return trainer state.
         ``load_weights(engine)``: loads another way than ``engine.load_checkpoint(folder)``
-        and returns DeepSpeed's load path (the trainer passes cgpt.train.loop.universal.load
+        and returns DeepSpeed's load path (the trainer passes cgpt.train.checkpoints.universal.load
         for a resume on another world size or ZeRO stage)."""
         state = read_state(folder)
         restricted_loads(engine)
@@ -306,7 +306,7 @@ class Checkpointer:
             )
         rng = folder / f"rng-rank{self.rank}.pt"
         if rng.is_file():  # absent on ranks beyond the saved world size: they keep the
-            # state seeded from runtime.seed (cgpt.train.loop.universal, RNG)
+            # state seeded from runtime.seed (cgpt.train.checkpoints.universal, RNG)
             try:
                 set_rng_state(torch.load(rng, weights_only=True))
             except Exception as e:  # noqa: BLE001 - any unreadable file is one message
@@ -339,7 +339,7 @@ class _WeightsOnlyLoads:
 def restricted_load(path, map_location=None, loader=None):
     """``torch.load(path, weights_only=True)`` with the checkpoint allowlist; a file holding
     anything else is one CgptError naming the offending globals and the trust switch.
-    ``loader``: the real ``torch.load`` while cgpt.train.loop.universal has it patched."""
+    ``loader``: the real ``torch.load`` while cgpt.train.checkpoints.universal has it patched."""
     import pickle
 
     if os.environ.get(TRUST_ENV) == "1":
