@@ -1,5 +1,5 @@
 """`cgpt branch STABLE_RUN --step N --out DIR [--cooldown-fraction F]`: a cooldown branch of a
-warmup-stable-decay run (cgpt.train.scaling.branch), then `cgpt train DIR --resume`.
+warmup-stable-decay run (cgpt.train.sweeps.branch), then `cgpt train DIR --resume`.
 
     cgpt plan --layers 4 --width 128 --decay wsd --tokens-per-param 80 --write stable.yaml ...
     cgpt train stable.yaml --set runtime.save_every=500
@@ -33,7 +33,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from cgpt.train.scaling.branch import make_branch
+    from cgpt.train.sweeps.branch import make_branch
 
     cfg = make_branch(args.stable, args.step, args.out, args.cooldown_fraction)
     p, out = cfg.plan, shlex.quote(cfg.runtime.out_dir)

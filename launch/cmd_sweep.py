@@ -1,7 +1,7 @@
 """`cgpt sweep SWEEP.yaml` runs a scaling sweep; `cgpt sweep fit SWEEP_DIR` (re)fits one.
 
 One subparser: the first positional is either a sweep file or the word ``fit`` followed by a
-sweep folder (see cgpt.train.scaling.sweep for the file format and the folder layout).
+sweep folder (see cgpt.train.sweeps.sweep for the file format and the folder layout).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def _print(msg: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # deferred: the sweep's trainer loads torch; quick verbs must not load it
-    from cgpt.train.scaling.sweep import fit_sweep_dir, run_sweep
+    from cgpt.train.sweeps.sweep import fit_sweep_dir, run_sweep
 
     if args.bootstrap < 0:
         raise CgptError(f"--bootstrap must be >= 0, got {args.bootstrap}")

@@ -100,7 +100,7 @@ def _law_rows(plan) -> Rows:
     ]
     if plan.law.check:
         rows.append(("fit check", plan.law.check))
-    from cgpt.train.scaling.downstream import plan_rows  # scipy: only when printing
+    from cgpt.train.fits.downstream import plan_rows  # scipy: only when printing
 
     rows += plan_rows(plan.predicted_loss, pi, plan.model.vocab_size, plan.law.source)
     return rows

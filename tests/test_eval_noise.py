@@ -9,7 +9,7 @@ from helpers import make_byte_data, make_cfg
 
 from cgpt.model.errors import CgptError
 from cgpt.train.config import parse_run_config
-from cgpt.train.scaling.eval_noise import bootstrap_noise, run_eval_noise, window_losses
+from cgpt.train.fits.eval_noise import bootstrap_noise, run_eval_noise, window_losses
 
 
 def test_bootstrap_noise_is_the_standard_error_of_the_mean():

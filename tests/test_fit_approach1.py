@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cgpt.train.scaling.approach1 import fit_approach1, read_runs, smooth, summary_lines
-from cgpt.train.scaling.fit import FitError, fit_results
-from cgpt.train.scaling.plots import plot_envelope
+from cgpt.train.fits.approach1 import fit_approach1, read_runs, smooth, summary_lines
+from cgpt.train.fits.fit import FitError, fit_results
+from cgpt.train.fits.plots import plot_envelope
 
 # Besiroglu et al. 2024's refit of Chinchilla (docs/REFERENCE.md, Related scaling laws),
 # typed in again here

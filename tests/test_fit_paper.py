@@ -1,6 +1,6 @@
 """The fit code on the Cerebras-GPT paper's own published table (docs/REFERENCE.md, Results
 and Zero-shot accuracy): held-out predictions of the largest sizes' Pile loss, and the
-two-step prediction compute -> loss -> 0-shot accuracy (cgpt.train.scaling.downstream).
+two-step prediction compute -> loss -> 0-shot accuracy (cgpt.train.fits.downstream).
 
 The pinned errors are what the fit code gives today (docs/PREDICTION.md); the bounds sit a
 little above them, so float noise passes and a change that makes the published data predict
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cgpt.train.eval.paper import PAPER_ZERO_SHOT, SUITE_TASKS
-from cgpt.train.scaling.downstream import (
+from cgpt.train.fits.downstream import (
     CHANCE,
     PAPER_FLOPS,
     PAPER_PILE_LOSS,

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from cgpt.train.scaling.lr_optimum import lr_optimum, parabola_vertex
+from cgpt.train.fits.lr_optimum import lr_optimum, parabola_vertex
 
 
 def _trials(lrs, f):
@@ -56,7 +56,7 @@ def test_best_trial_stands_at_the_grid_edge_or_with_failed_trials():
 
 
 def _records(group, losses):
-    # the fields results.jsonl holds for LR trials (cgpt.train.scaling.sweep_records.make_record)
+    # the fields results.jsonl holds for LR trials (cgpt.train.sweeps.records.make_record)
     return [
         {
             "name": f"{group}-lrx{m:g}",
@@ -71,7 +71,7 @@ def _records(group, losses):
 
 
 def test_sweep_fits_see_the_parabola_optimum_and_keep_the_measured_loss():
-    from cgpt.train.scaling.sweep_records import best_trials
+    from cgpt.train.sweeps.records import best_trials
 
     recs = _records("A", {0.5: 3.1629, 1: 2.9990, 2: 2.7901, 4: 3.0022}) + _records(
         "B",
@@ -94,7 +94,7 @@ def test_sweep_fits_see_the_parabola_optimum_and_keep_the_measured_loss():
 
 def test_lr_select_needs_lr_tuned():
     from cgpt.model.errors import ConfigError
-    from cgpt.train.scaling.sweep import parse_sweep
+    from cgpt.train.sweeps.sweep import parse_sweep
 
     raw = {
         "name": "s",

@@ -12,7 +12,7 @@ from helpers import SWEEP_SIZES, make_sweep_data, sweep_dict, write_sweep
 
 from cgpt.launch.cli import main as cli
 from cgpt.model.errors import CgptError
-from cgpt.train.scaling.sweep import fit_sweep_dir, load_sweep, parse_sweep, plan_points
+from cgpt.train.sweeps.sweep import fit_sweep_dir, load_sweep, parse_sweep, plan_points
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_ready_configs_plan(name):
 
 
 def test_resume_refuses_changed_data(tmp_path, data):
-    from cgpt.train.scaling.sweep import run_sweep
+    from cgpt.train.sweeps.sweep import run_sweep
 
     path = write_sweep(tmp_path, sweep_dict(tmp_path, data))
     out = tmp_path / "sweep"
@@ -283,7 +283,7 @@ def test_tuned_sweep_records_every_trial_and_fits_the_best(tmp_path, data, capsy
     capsys.readouterr()
     assert cli(["sweep", str(path), "--no-fit"]) == 0
     assert capsys.readouterr().out.count("finished earlier") == 4
-    from cgpt.train.scaling.sweep import best_trials
+    from cgpt.train.sweeps.sweep import best_trials
 
     keep, trials = best_trials(recs)
     assert sorted(r["name"] for r in keep) == sorted(r["name"] for r in recs if r["best"])

@@ -21,7 +21,7 @@ from helpers import losses, make_sweep_data, sweep_dict, write_sweep
 from cgpt.launch.cli import main as cli
 from cgpt.model.errors import CgptError
 from cgpt.train.config import RuntimeSection
-from cgpt.train.scaling.sweep import fit_sweep_dir, load_sweep, parse_sweep, plan_points, run_sweep
+from cgpt.train.sweeps.sweep import fit_sweep_dir, load_sweep, parse_sweep, plan_points, run_sweep
 
 SIZE = {"n_layer": 1, "n_embd": 16, "n_head": 2}  # 7,936 parameters at vocab 257
 PARAMS, BATCH_TOKENS = 7936, 8 * 32
@@ -125,7 +125,7 @@ def test_killed_sweep_resumes_to_the_same_numbers(swept, data, tmp_path, capsys)
     # as if the kill had come just after the x0.5 branch was made (branch.json, no summary),
     # and while the x1 branch was being made (no branch.json): the first resumes, the second
     # is made again; the stable run resumes from its checkpoint
-    from cgpt.train.scaling.sweep_branches import prepare_branch
+    from cgpt.train.sweeps.branches import prepare_branch
 
     points = {p.name: p for p in plan_points(load_sweep(path), 257)}
     assert prepare_branch(points["L1-d16-h2-x0.5"], points[stable]) is None
@@ -193,7 +193,7 @@ def test_fit_uses_the_1x_points_for_the_law_and_every_branch_for_chinchilla(tmp_
     total = sum(r["flops"] for r in recs)
     assert fit["branches"]["flops"] == pytest.approx(total)
     assert fit["branches"]["cost_flops"] == pytest.approx(sum(r["cost_flops"] for r in recs))
-    from cgpt.train.scaling.sweep import summarize_fit
+    from cgpt.train.sweeps.sweep import summarize_fit
 
     assert any(line.startswith("branches: the loss law is fitted on the 4") for line in
                summarize_fit(fit))  # fmt: skip

@@ -10,8 +10,8 @@ from helpers import SWEEP_SIZES, make_sweep_data, sweep_dict, write_sweep
 
 from cgpt.launch.cli import main as cli
 from cgpt.model.errors import ConfigError
-from cgpt.train.scaling.seeds import aggregate_replicates
-from cgpt.train.scaling.sweep import parse_sweep, plan_points
+from cgpt.train.sweeps.seeds import aggregate_replicates
+from cgpt.train.sweeps.sweep import parse_sweep, plan_points
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_seed_sweep_end_to_end(tmp_path, data, capsys):
         cfg = yaml.safe_load((out / "runs" / r["name"] / "config.yaml").read_text())
         assert cfg["runtime"]["seed"] == r["seed"]
     assert recs[0]["val_loss"] != recs[1]["val_loss"]  # the seed changes the run
-    from cgpt.train.scaling.sweep import fit_sweep_dir
+    from cgpt.train.sweeps.sweep import fit_sweep_dir
 
     with pytest.raises(Exception, match="add 1 more"):  # two sizes: too few for the law
         fit_sweep_dir(out, n_boot=0, log=lambda m: None)
@@ -116,7 +116,7 @@ def test_ready_predict_config_plans():
     from pathlib import Path
 
     from cgpt.model.sizes import num_non_embedding_params, num_params
-    from cgpt.train.scaling.sweep import load_sweep
+    from cgpt.train.sweeps.sweep import load_sweep
 
     sweep = load_sweep(Path(__file__).parents[1] / "configs" / "sweep-cpu-predict.yaml")
     points = plan_points(sweep, 512)

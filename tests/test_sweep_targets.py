@@ -10,9 +10,9 @@ import yaml
 from helpers import make_sweep_data, sweep_dict
 
 from cgpt.model.errors import ConfigError
-from cgpt.train.scaling.fit import paper_law, prediction_check
-from cgpt.train.scaling.sweep import fit_sweep_dir, parse_sweep, plan_points
-from cgpt.train.scaling.sweep_records import make_record, write_results
+from cgpt.train.fits.fit import paper_law, prediction_check
+from cgpt.train.sweeps.records import make_record, write_results
+from cgpt.train.sweeps.sweep import fit_sweep_dir, parse_sweep, plan_points
 
 TARGET = {"n_layer": 3, "n_embd": 32, "n_head": 2}
 LAW = dict(a=1e6, b=0.12, c=1.0)
@@ -108,8 +108,8 @@ def test_sweep_fits_its_own_accuracy_mapping_from_in_loop_tasks(tmp_path, data):
     """Runs whose metrics rows carry in-loop task scores (eval/TASK/METRIC next to val_loss,
     as cgpt.train.eval.inloop gives the trainer) get a sweep-own acc(L) mapping in fit.json,
     checked by leaving the lowest-loss run out."""
+    from cgpt.train.fits.downstream import sigmoid_acc
     from cgpt.train.loop.metrics import MetricsLogger
-    from cgpt.train.scaling.downstream import sigmoid_acc
 
     out, recs = _sweep_folder(tmp_path, data, target_loss=2.0)
     for r in recs:

@@ -298,7 +298,7 @@ class RuntimeSection(Strict):
     eval_limit: Int | None = Field(None, gt=0)  # examples per task
     eval_include_path: str | None = None  # a folder of local lm-eval task YAML
     save_every: Int = Field(500, ge=0)  # steps; 0 = only at the end
-    # checkpoints at these steps too (where sweep branches start: cgpt.train.scaling.branch);
+    # checkpoints at these steps too (where sweep branches start: cgpt.train.sweeps.branch);
     # left out of the YAML when empty, so older configs compare equal
     save_steps: list[Annotated[Int, Field(gt=0)]] = Field(default_factory=list)
     keep_last: Int = Field(2, gt=0)

@@ -268,7 +268,7 @@ class ScalingLaw:
     c: float = 0.5066
     source: str = "Cerebras-GPT paper"
     # from a sweep's fit.json: bootstrap (a, b, c) refits, the residual noise scale, and a
-    # line on how well the sweep predicted its own largest point (cgpt.train.scaling.fit)
+    # line on how well the sweep predicted its own largest point (cgpt.train.fits.fit)
     draws: tuple[tuple[float, float, float], ...] = field(default=(), compare=False, repr=False)
     residual_scale: float = field(default=0.0, compare=False)
     check: str = field(default="", compare=False)

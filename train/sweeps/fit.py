@@ -20,9 +20,9 @@ import yaml
 from cgpt.model.errors import CgptError
 from cgpt.train.config import write_text_atomic
 from cgpt.train.loop.metrics import read_metrics
-from cgpt.train.scaling.seeds import aggregate_replicates
-from cgpt.train.scaling.seeds import summary_line as seeds_lines
-from cgpt.train.scaling.sweep_records import best_trials
+from cgpt.train.sweeps.records import best_trials
+from cgpt.train.sweeps.seeds import aggregate_replicates
+from cgpt.train.sweeps.seeds import summary_line as seeds_lines
 
 
 def _interval_text(interval) -> str:
@@ -47,8 +47,8 @@ def _check_same_data(records: list[dict]) -> None:
 
 def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> dict:
     """Fit the results in a sweep folder; write fit.json, scaling.png (and isoflop.png)."""
-    from cgpt.train.scaling.fit import FitError
-    from cgpt.train.scaling.plots import plot_isoflop, plot_scaling
+    from cgpt.train.fits.fit import FitError
+    from cgpt.train.fits.plots import plot_isoflop, plot_scaling
 
     out = Path(out)
     if not (out / "sweep.yaml").is_file():
@@ -74,7 +74,7 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
     )
     fit["sweep"] = meta.get("name")
     _predict_targets(fit, targets, n_boot)
-    from cgpt.train.scaling.downstream import sweep_mappings  # numpy, scipy
+    from cgpt.train.fits.downstream import sweep_mappings  # numpy, scipy
 
     mappings = sweep_mappings(records)
     if mappings["tasks"] or mappings["skipped"]:
@@ -98,7 +98,7 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
     if fit["kind"] == "isoflop":
         plot_isoflop(points, fit, out / "isoflop.png", title=f"{meta.get('name')}: IsoFLOP")
     if "n_opt_law" in (fit.get("approach1") or {}):
-        from cgpt.train.scaling.plots import plot_envelope
+        from cgpt.train.fits.plots import plot_envelope
 
         title = f"{meta.get('name', out.name)}: training-curve envelope"
         plot_envelope(fit, out / "envelope.png", title=title)
@@ -114,7 +114,7 @@ def _fit(
 ) -> dict:
     """fit_results on the records each fit should see (the module docstring); ``trained``:
     every finished point, LR trials included (what the sweep cost)."""
-    from cgpt.train.scaling.fit import fit_results
+    from cgpt.train.fits.fit import fit_results
 
     if not any(r.get("tokens_multiple") is not None for r in records):
         return fit_results(records, kind=kind, tokens_per_param=tokens_per_param, n_boot=n_boot)
@@ -145,9 +145,9 @@ def _fit(
 
 def _predict_targets(fit: dict, targets: list[dict], n_boot: int) -> None:
     """fit["prediction"]["targets"]: each finished held-out target predicted by the law
-    fitted on the ladder's frontier (cgpt.train.scaling.fit.predict_targets)."""
-    from cgpt.train.scaling.fit import FitError, predict_targets
-    from cgpt.train.scaling.sweep_records import finished
+    fitted on the ladder's frontier (cgpt.train.fits.fit.predict_targets)."""
+    from cgpt.train.fits.fit import FitError, predict_targets
+    from cgpt.train.sweeps.records import finished
 
     done = [r for r in targets if finished(r)]
     frontier = (fit.get("loss_law") or {}).get("frontier") or []
@@ -224,7 +224,7 @@ def summarize_fit(fit: dict) -> list[str]:
             f"Chinchilla: L(N, D) = {ch['E']:.3f} + {ch['A']:.4g}/N^{ch['alpha']:.3f} + "
             f"{ch['B']:.4g}/D^{ch['beta']:.3f} (R² {ch['r2']:.4f})"
         )
-    from cgpt.train.scaling.approach1 import summary_lines as approach1_lines  # numpy, scipy
+    from cgpt.train.fits.approach1 import summary_lines as approach1_lines  # numpy, scipy
 
     lines += approach1_lines(fit.get("approach1") or {})
     lines += seeds_lines(fit.get("seeds") or {})

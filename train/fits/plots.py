@@ -13,7 +13,7 @@ import numpy as np
 
 from cgpt.train.figures import pyplot as _plt
 from cgpt.train.figures import save_figure
-from cgpt.train.scaling.fit import paper_law
+from cgpt.train.fits.fit import paper_law
 
 
 def _save(fig, path: str | os.PathLike) -> None:

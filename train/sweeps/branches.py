@@ -1,11 +1,11 @@
 """One run, many budgets, in a sweep: ``branches: {at: [0.5, 1, 2, 4]}``. The points are
-planned by cgpt.train.scaling.sweep_points.plan_branch_group; this module makes their folders.
+planned by cgpt.train.sweeps.points.plan_branch_group; this module makes their folders.
 
 Per size (and LR trial) the sweep trains ONE warmup-stable-decay run planned to the
 largest multiple of the size's planned tokens (tokens_per_param × params): it is itself
 the largest point (its own cooldown is at its end) and it saves a checkpoint
 (``runtime.save_steps``) where each smaller point's cooldown starts. Each smaller point is
-a cooldown branch (cgpt.train.scaling.branch.make_branch) of that checkpoint, in its own
+a cooldown branch (cgpt.train.sweeps.branch.make_branch) of that checkpoint, in its own
 run folder, trained by the same subprocess as every other point; up to its cooldown it is
 the stable run, so it costs only its cooldown (Hägele et al. 2024, arXiv 2405.18392).
 
@@ -31,9 +31,9 @@ from pathlib import Path
 from cgpt.model.errors import CgptError
 from cgpt.train.checkpoints import checkpoint as ckpt
 from cgpt.train.config import RUN_CONFIG
-from cgpt.train.scaling.branch import BRANCH_FILE, make_branch
-from cgpt.train.scaling.sweep_points import Point
-from cgpt.train.scaling.sweep_train import run_summary
+from cgpt.train.sweeps.branch import BRANCH_FILE, make_branch
+from cgpt.train.sweeps.points import Point
+from cgpt.train.sweeps.train import run_summary
 
 # ---- making the branch folders -------------------------------------------------------------
 

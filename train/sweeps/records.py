@@ -9,8 +9,8 @@ from pathlib import Path
 
 from cgpt.model.sizes import num_non_embedding_params, num_params
 from cgpt.train.config import write_text_atomic
-from cgpt.train.scaling.lr_optimum import lr_optimum
-from cgpt.train.scaling.sweep_points import Point
+from cgpt.train.fits.lr_optimum import lr_optimum
+from cgpt.train.sweeps.points import Point
 
 
 def make_record(
@@ -89,7 +89,7 @@ def best_trials(records: list[dict], select: str = "best") -> tuple[list[dict], 
     """The records the fits use (per LR-trial group only its best trial, or its failures when
     none finished) and a summary of the trials per group (fit.json ``lr_trials``). With
     ``select="parabola"`` the kept record of a group carries the loss at the estimated optimal
-    LR (cgpt.train.scaling.lr_optimum) as ``val_loss``; its own measured loss stays in
+    LR (cgpt.train.fits.lr_optimum) as ``val_loss``; its own measured loss stays in
     ``val_loss_best_trial`` and the estimated LR in ``lr_opt``."""
     records = mark_best(records)
     groups: dict[str, list[dict]] = {}

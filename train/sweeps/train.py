@@ -13,8 +13,8 @@ from pathlib import Path
 
 from cgpt.model.files import open_append
 from cgpt.train.exit_codes import PREEMPTED
-from cgpt.train.scaling.sweep_points import Point
-from cgpt.train.scaling.sweep_records import make_record
+from cgpt.train.sweeps.points import Point
+from cgpt.train.sweeps.records import make_record
 
 
 def run_summary(run_dir: Path) -> dict | None:

@@ -11,9 +11,9 @@ Four fits, each written to ``fit.json`` with goodness of fit and uncertainty:
   N_opt ∝ C^α, D_opt ∝ C^β and the fitted tokens-per-parameter D_opt/N_opt;
 * Chinchilla "approach 3", ``L(N, D) = E + A/N^α + B/D^β``
   (docs/REFERENCE.md, Related scaling laws), fitted like the paper: Huber loss on log-loss
-  residuals from a grid of starts (in :mod:`cgpt.train.scaling.chinchilla`, re-exported here);
+  residuals from a grid of starts (in :mod:`cgpt.train.fits.chinchilla`, re-exported here);
 * Chinchilla "approach 1", the envelope of the runs' training curves
-  (:mod:`cgpt.train.scaling.approach1`).
+  (:mod:`cgpt.train.fits.approach1`).
 
 N is the TOTAL parameter count, because the planner plans tokens = tokens_per_param × params.
 A fit that lacks points raises :class:`FitError` saying how many more it needs.
@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 from scipy import optimize
 
-from cgpt.train.plan.rules import ScalingLaw
-from cgpt.train.scaling.approach1 import fit_approach1
-from cgpt.train.scaling.chinchilla import (  # noqa: F401 - re-exported (approach 3 moved)
+from cgpt.train.fits.approach1 import fit_approach1
+from cgpt.train.fits.chinchilla import (  # noqa: F401 - re-exported (approach 3 moved)
     HOFFMANN_GRID,
     MIN_CHINCHILLA_POINTS,
     _chin_minimize,
@@ -43,7 +42,8 @@ from cgpt.train.scaling.chinchilla import (  # noqa: F401 - re-exported (approac
     chinchilla_tokens_per_param,
     fit_chinchilla,
 )
-from cgpt.train.scaling.fit_common import FitError, _finite, _more, _power_law, _r2
+from cgpt.train.fits.common import FitError, _finite, _more, _power_law, _r2
+from cgpt.train.plan.rules import ScalingLaw
 
 # the paper's law, defined once in cgpt.train.plan.rules.ScalingLaw (docs/REFERENCE.md, Results)
 PAPER_LAW = {k: getattr(ScalingLaw(), k) for k in ("a", "b", "c")}

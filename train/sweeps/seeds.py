@@ -3,7 +3,7 @@
 At the CPU sweeps' scale the final val loss of one run moves by several percent with the
 seed alone (measured: 2.790 vs 2.899 for one size and LR, seeds 1234 and 1), more than the
 differences a scaling law is asked to predict. A sweep file with ``seeds: [s1, s2, ...]``
-trains every point once per seed (cgpt.train.scaling.sweep_points); the fits then see one
+trains every point once per seed (cgpt.train.sweeps.points); the fits then see one
 record per point holding the mean final loss of its finished replicates, and fit.json's
 ``seeds`` entry reports each point's standard deviation: the noise floor any prediction
 error of the sweep should be read against.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from cgpt.train.scaling.sweep_records import finished
+from cgpt.train.sweeps.records import finished
 
 
 def aggregate_replicates(records: list[dict]) -> tuple[list[dict], dict[str, Any]]:

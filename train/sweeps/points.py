@@ -3,7 +3,7 @@
 Each point is planned by the planner's rules (``plan_for_shape``) with the sweep's batch,
 LR, warmup and decay; ``lr: tuned`` adds one point per LR multiplier, ``lr: mup`` applies
 μP, and ``branches`` turns each size (and LR trial) into one stable warmup-stable-decay run
-plus its cooldown branches (:func:`plan_branch_group`; cgpt.train.scaling.sweep_branches
+plus its cooldown branches (:func:`plan_branch_group`; cgpt.train.sweeps.branches
 makes their folders).
 """
 
@@ -18,9 +18,9 @@ from cgpt.model.errors import CgptError, ConfigError
 from cgpt.model.sizes import flops_per_token_algorithmic, num_params
 from cgpt.train.config import RunConfig
 from cgpt.train.plan.schedule import cooldown_steps
-from cgpt.train.scaling.branch import branch_plan
-from cgpt.train.scaling.sweep_config import SizeSpec, SweepConfig
-from cgpt.train.scaling.sweep_data import tokenizer_dir
+from cgpt.train.sweeps.branch import branch_plan
+from cgpt.train.sweeps.config import SizeSpec, SweepConfig
+from cgpt.train.sweeps.data import tokenizer_dir
 
 
 @dataclass

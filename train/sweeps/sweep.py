@@ -12,7 +12,7 @@ point cannot take the sweep down. The sweep folder::
     OUT/sweep.yaml      the resolved sweep definition (what `cgpt sweep fit` reads)
     OUT/configs/*.yaml  one run config per point        OUT/logs/*.log  each point's output
     OUT/runs/*/         one run folder per point         OUT/results.jsonl  one line per point
-    OUT/fit.json        fits (cgpt.train.scaling.fit)            OUT/scaling.png, OUT/isoflop.png
+    OUT/fit.json        fits (cgpt.train.fits.fit)            OUT/scaling.png, OUT/isoflop.png
 
 Learning rates (``lr:`` in the sweep file):
 
@@ -48,7 +48,7 @@ Schedule: ``plan.decay`` (linear | cosine | wsd; default the planner's rule) and
 cooldown_fraction: 0.2}`` (with ``plan.decay: wsd`` and ``plan.warmup_tokens_per_param``)
 trains one warmup-stable-decay run per size (and LR trial) to the largest multiple of its
 planned tokens and every smaller multiple as a cooldown branch of it, at the price of the
-cooldown (cgpt.train.scaling.sweep_branches). results.jsonl records each point's ``flops``
+cooldown (cgpt.train.sweeps.branches). results.jsonl records each point's ``flops``
 (as if trained alone) and ``cost_flops`` (what the sweep spent on it), ``branch_of`` and
 ``tokens_multiple``; the loss law is fitted on the 1x points, Chinchilla's L(N, D) on all.
 
@@ -68,12 +68,12 @@ from cgpt.model.errors import CgptError
 from cgpt.train.config import config_diff, write_text_atomic
 from cgpt.train.lock import FolderLock
 from cgpt.train.loop.metrics import read_metrics
-from cgpt.train.scaling.sweep_branches import (
+from cgpt.train.sweeps.branches import (
     describe_points,
     prepare_branch,
     prepare_ready_branches,
 )
-from cgpt.train.scaling.sweep_config import (
+from cgpt.train.sweeps.config import (
     DEFAULT_LR_GRID,
     PER_POINT_FORBIDDEN,
     BranchSpec,
@@ -87,11 +87,11 @@ from cgpt.train.scaling.sweep_config import (
     load_sweep,
     parse_sweep,
 )
-from cgpt.train.scaling.sweep_data import data_id, dry_run_vocab, ensure_data, tokenizer_dir
-from cgpt.train.scaling.sweep_fit import fit_sweep_dir, summarize_fit
-from cgpt.train.scaling.sweep_points import Point, plan_point, plan_points
-from cgpt.train.scaling.sweep_records import best_trials, make_record, mark_best, write_results
-from cgpt.train.scaling.sweep_train import run_point, run_summary
+from cgpt.train.sweeps.data import data_id, dry_run_vocab, ensure_data, tokenizer_dir
+from cgpt.train.sweeps.fit import fit_sweep_dir, summarize_fit
+from cgpt.train.sweeps.points import Point, plan_point, plan_points
+from cgpt.train.sweeps.records import best_trials, make_record, mark_best, write_results
+from cgpt.train.sweeps.train import run_point, run_summary
 
 __all__ = [
     "DEFAULT_LR_GRID",
@@ -257,7 +257,7 @@ def _run_locked(
         "fit_error": None,
     }
     if fit:
-        from cgpt.train.scaling.fit import FitError
+        from cgpt.train.fits.fit import FitError
 
         try:
             result["fit"] = fit_sweep_dir(out, log=log)

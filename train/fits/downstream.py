@@ -187,10 +187,10 @@ def leave_largest_out(
     seed: int = 0,
 ) -> dict[str, Any]:
     """The two-step prediction on the paper's own table: the loss law fitted on
-    ``fitted_sizes`` predicts ``target``'s Pile loss (cgpt.train.scaling.fit.fit_paper_law),
+    ``fitted_sizes`` predicts ``target``'s Pile loss (cgpt.train.fits.fit.fit_paper_law),
     and the accuracy mappings fitted on the same sizes turn that loss into 0-shot accuracy.
     Errors are predicted - published (loss: relative; accuracy: points, x100)."""
-    from cgpt.train.scaling.fit import fit_paper_law
+    from cgpt.train.fits.fit import fit_paper_law
 
     flops = [PAPER_FLOPS[s] for s in fitted_sizes]
     law = fit_paper_law(

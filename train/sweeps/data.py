@@ -7,7 +7,7 @@ import hashlib
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
-from cgpt.train.scaling.sweep_config import SweepConfig
+from cgpt.train.sweeps.config import SweepConfig
 
 
 def tokenizer_dir(sweep: SweepConfig) -> str | None:

@@ -2,7 +2,7 @@
 ``L(N, D) = E + A/N^α + B/D^β`` (docs/REFERENCE.md, Related scaling laws), fitted like the
 paper: Huber loss (δ = 1e-3) on log-loss residuals, L-BFGS from a grid of starts, and 95%
 intervals from a bootstrap over points (Besiroglu et al. 2024). N is the TOTAL parameter
-count. Pure numpy/scipy; re-exported by :mod:`cgpt.train.scaling.fit`.
+count. Pure numpy/scipy; re-exported by :mod:`cgpt.train.fits.fit`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import numpy as np
 from scipy import optimize
 
-from cgpt.train.scaling.fit_common import FitError, _finite, _more, _r2
+from cgpt.train.fits.common import FitError, _finite, _more, _r2
 
 MIN_CHINCHILLA_POINTS = 6  # five parameters + one degree of freedom
 

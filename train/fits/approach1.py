@@ -14,7 +14,7 @@ Which points (``points``):
 
 * ``"final"``: only points where a run had finished its LR schedule: each completed run's
   final validation loss (the record's ``val_loss``). A WSD cooldown branch (its run folder
-  has ``branch.json``, cgpt.train.scaling.branch) is such a run: it equals the dedicated run
+  has ``branch.json``, cgpt.train.sweeps.branch) is such a run: it equals the dedicated run
   of its length. The runs of one size make that size's curve (loss linear in ln C between
   its lengths, never extrapolated), so a size needs completed runs of two or more lengths:
   an IsoFLOP sweep or branches give them.
@@ -52,8 +52,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cgpt.train.scaling.branch import BRANCH_FILE
-from cgpt.train.scaling.fit_common import FitError, _more, _power_law
+from cgpt.train.fits.common import FitError, _more, _power_law
+from cgpt.train.sweeps.branch import BRANCH_FILE
 
 Points = Literal["auto", "final", "curve"]
 

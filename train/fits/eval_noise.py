@@ -6,7 +6,7 @@ The trainer's val loss is the mean over a fixed set of windows (the first
 cgpt.train.data.loader.TokenLoader.val_batches), the same in every run: the bootstrap sd says
 how much that mean would move on another val sample of the same size, the part of a
 prediction error that is the val set's and not the law's. Seed noise is the spread between
-runs on the same windows (cgpt.train.scaling.seeds).
+runs on the same windows (cgpt.train.sweeps.seeds).
 """
 
 from __future__ import annotations

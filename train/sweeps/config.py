@@ -1,6 +1,6 @@
 """The sweep file: its schema (validated, unknown keys refused) and loading it.
 
-What the keys mean and what a sweep does with them: cgpt.train.scaling.sweep.
+What the keys mean and what a sweep does with them: cgpt.train.sweeps.sweep.
 """
 
 from __future__ import annotations
@@ -100,11 +100,11 @@ class SweepConfig(_Strict):
     lr: Literal["fixed", "tuned", "mup"] = "fixed"
     lr_grid: list[float] | None = None  # lr: tuned: multipliers of each size's LR
     # lr: tuned: a size's loss is its best trial ("best") or the vertex of a parabola in ln LR
-    # through the best trial and its neighbours ("parabola", cgpt.train.scaling.lr_optimum)
+    # through the best trial and its neighbours ("parabola", cgpt.train.fits.lr_optimum)
     lr_select: Literal["best", "parabola"] = "best"
     branches: BranchSpec | None = None  # cooldown branches of one stable run per size
     # seed replicates: every point trained once per seed (runtime.seed); the fits see the mean
-    # final loss of the replicates, and fit.json reports their spread (cgpt.train.scaling.seeds)
+    # final loss of the replicates, and fit.json reports their spread (cgpt.train.sweeps.seeds)
     seeds: list[int] | None = None
     # held-out targets: sizes trained once each (the first seed) after the ladder and left out
     # of every fit; `cgpt sweep fit` predicts each from the ladder's law, with the

@@ -1,0 +1,1 @@
+"""cgpt.train.fits: scaling-law fits, pure numerics over result records."""

@@ -1,1 +1,0 @@
-"""cgpt.train.scaling."""

@@ -1,0 +1,1 @@
+"""cgpt.train.sweeps: running a scaling sweep and fitting its folder."""
