@@ -202,6 +202,7 @@ def evaluate_hf(hf_dir: Path, cfg: RunConfig) -> float:
     from cgpt.train.data.loader import TokenLoader
 
     model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    assert cfg.data.path is not None  # the demo config names its data folder
     val = TokenLoader(cfg.data.path, cfg.plan.seq_len, seed=cfg.runtime.seed, split="val")
     total, n = 0.0, 0
     with torch.no_grad():

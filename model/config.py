@@ -97,7 +97,7 @@ class GPTConfig:
     def from_name(cls, name: str, **overrides) -> GPTConfig:
         """A published size: '111M' ... '13B', also 'cerebras-gpt-111m' style names."""
         s = published(name)
-        kw = dict(
+        kw: dict[str, object] = dict(
             n_layer=s.n_layer,
             n_embd=s.n_embd,
             n_head=s.n_head,
@@ -105,7 +105,7 @@ class GPTConfig:
             out_init_std=s.out_init_std,
         )
         kw.update(overrides)
-        return cls(**kw)
+        return cls(**kw)  # type: ignore[arg-type]  # values checked in __post_init__
 
     def to_dict(self) -> dict:
         d = asdict(self)

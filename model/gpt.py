@@ -51,8 +51,9 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, cfg.n_inner)
-        self.c_proj = nn.Linear(cfg.n_inner, cfg.n_embd)
+        inner = cfg.n_inner or 4 * cfg.n_embd  # set by GPTConfig.__post_init__
+        self.c_fc = nn.Linear(cfg.n_embd, inner)
+        self.c_proj = nn.Linear(inner, cfg.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(F.gelu(self.c_fc(x)))  # exact erf GELU, HF "gelu"
@@ -105,7 +106,8 @@ class GPT(nn.Module):
         """Init std per parameter name (weights only; biases are zero, LayerNorm is 1/0)."""
         cfg, stds = self.config, {}
         if cfg.mup is None:
-            emb, hidden, out = cfg.init_std, cfg.init_std, cfg.out_init_std
+            emb, hidden = cfg.init_std, cfg.init_std
+            out = cfg.out_init_std or cfg.init_std / math.sqrt(2 * cfg.n_layer)  # __post_init__
         else:  # docs/REFERENCE.md, Cerebras-GPT-μP: 0.08, 0.08/sqrt(m), 0.08/sqrt(2·m·L)
             base, m = cfg.mup.base_init_std, cfg.mup_width_mult
             emb, hidden, out = base, base / math.sqrt(m), base / math.sqrt(2 * m * cfg.n_layer)

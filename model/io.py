@@ -153,8 +153,15 @@ def save_file_atomic(
 
 
 # ---- model files --------------------------------------------------------------------------
+def wte_weight(model: GPT) -> torch.Tensor:
+    """The token embedding's weight (typed: ModuleDict attributes are Tensor | Module)."""
+    wte = model.transformer["wte"]
+    assert isinstance(wte, torch.nn.Embedding)
+    return wte.weight
+
+
 def is_tied(model: GPT) -> bool:
-    return model.lm_head.weight is model.transformer.wte.weight
+    return model.lm_head.weight is wte_weight(model)
 
 
 def save_model(model: GPT, path: str | os.PathLike, force: bool = True) -> Path:
@@ -225,7 +232,7 @@ def build_from_state_dict(
         sd[LM_HEAD] = sd[WTE]
     model.load_state_dict(sd, assign=True)
     if tied:  # assign=True wraps each key in its own Parameter: tie the objects again
-        model.lm_head.weight = model.transformer.wte.weight
+        model.lm_head.weight = wte_weight(model)
     return model
 
 

@@ -28,6 +28,7 @@ import torch
 from cgpt.model import GPT, GPTConfig
 from cgpt.model.config import MuPConfig
 from cgpt.model.errors import CgptError
+from cgpt.train.data.sources import iter_documents
 from cgpt.train.figures import pyplot, save_figure
 from cgpt.train.loop.optim import param_groups
 
@@ -54,23 +55,7 @@ def corpus_bytes(max_bytes: int = 2_000_000) -> np.ndarray:
 
 
 def _stdlib_documents():
-    try:  # the data engineer's source reader, when it exists
-        from cgpt.train.data.sources import iter_documents
-    except ImportError:
-        iter_documents = None
-    if iter_documents is not None:
-        yield from iter_documents("stdlib")
-        return
-    import sysconfig
-
-    root = Path(sysconfig.get_paths()["stdlib"])
-    for p in sorted(root.rglob("*.py")):
-        if "site-packages" in p.parts or "test" in p.parts:
-            continue
-        try:
-            yield p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
+    yield from iter_documents("stdlib")
 
 
 def batches(data: np.ndarray, n: int, batch: int, seq_len: int, seed: int):
@@ -121,10 +106,12 @@ def _hook_modules(model: GPT) -> dict[str, torch.nn.Module]:
     """Where each recorded activation comes out. `drop` sees the embedding sum after the μP
     multiplier; `lm_head` gives the logits before the output multiplier (measure_width
     applies it)."""
-    mods = {"embedding": model.transformer.drop}
-    for i, block in enumerate(model.transformer.h):
-        mods[f"h.{i}.attn"] = block.attn
-        mods[f"h.{i}.mlp"] = block.mlp
+    blocks = model.transformer["h"]
+    assert isinstance(blocks, torch.nn.ModuleList)
+    mods: dict[str, torch.nn.Module] = {"embedding": model.transformer["drop"]}
+    for i, block in enumerate(blocks):
+        mods[f"h.{i}.attn"] = block.get_submodule("attn")
+        mods[f"h.{i}.mlp"] = block.get_submodule("mlp")
     mods["logits"] = model.lm_head
     return mods
 
