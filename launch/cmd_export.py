@@ -1,6 +1,6 @@
 """`cgpt export SRC OUT` and `cgpt import-hf HF_DIR OUT`.
 
-export SRC may be (resolved and loaded by cgpt.train.checkpoints.consolidate):
+export SRC may be (resolved and loaded by cgpt.train.source.model_source):
   - a cgpt model file (``.safetensors`` written by ``cgpt.model.io.save_model``);
   - a run folder: ``RUN/model.safetensors`` (final weights), else (a preempted, stopped or
     diverged run, or one resumed after its final save) the newest complete checkpoint;
@@ -79,8 +79,10 @@ def register(subparsers) -> None:
 
 # ---- commands ------------------------------------------------------------------------------
 def run_export(args) -> int:
+    # deferred: these import torch (and deepspeed on use); quick verbs must not load them
     from cgpt.model.hf import export_hf
-    from cgpt.train.checkpoints.consolidate import find_tokenizer, load_source
+    from cgpt.train.source.model_source import load_source
+    from cgpt.train.source.tokenizer import find_tokenizer
 
     src, out = Path(args.src), Path(args.out)
     if out.exists() and not args.force:  # before the (slow) load, not only inside export_hf

@@ -204,7 +204,7 @@ def _model_from_source(data: dict) -> dict:
     an init section only: the launcher of a plain config imports no torch."""
     if not isinstance(data.get("init"), dict):
         return data
-    from cgpt.train.loop.init_from import fill_model_section  # imports torch
+    from cgpt.train.source.fill import fill_model_section  # imports torch
 
     return fill_model_section(data)
 

@@ -276,7 +276,7 @@ def test_offline_init_from_advice_names_the_installed_hub_cli(tmp_path):
 
 
 def test_offline_eval_advice_names_the_installed_hub_cli():
-    from cgpt.train.eval.hub import explain_model
+    from cgpt.train.source.hub import explain_model
 
     repo = "cerebras/Cerebras-GPT-111M"
     message = str(explain_model(repo, OSError("not cached"), "offline"))
@@ -285,7 +285,7 @@ def test_offline_eval_advice_names_the_installed_hub_cli():
 
 def test_no_file_advises_huggingface_cli_unless_installed():
     """No advice, doc or test text in the tree names `huggingface-cli` while the installed
-    huggingface_hub does not ship it (train/hub_cli.py, which picks the name, and the
+    huggingface_hub does not ship it (train/source/hub_cli.py, which picks the name, and the
     CHANGELOG's history excepted)."""
     if "huggingface-cli" in hub_scripts():
         pytest.skip("this huggingface_hub still ships huggingface-cli")
@@ -298,7 +298,7 @@ def test_no_file_advises_huggingface_cli_unless_installed():
             "--",
             ".",
             ":!tests/test_cli.py",
-            ":!train/hub_cli.py",
+            ":!train/source/hub_cli.py",
             ":!CHANGELOG.md",
         ],
         cwd=REPO,

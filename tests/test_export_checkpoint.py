@@ -21,8 +21,9 @@ from cgpt.launch.cli import main
 from cgpt.model.errors import CgptError
 from cgpt.model.io import load_model
 from cgpt.train.checkpoints import checkpoint as ckpt
-from cgpt.train.checkpoints.consolidate import consolidate_checkpoint, resolve_source
+from cgpt.train.checkpoints.consolidate import consolidate_checkpoint
 from cgpt.train.config import parse_run_config
+from cgpt.train.source.model_source import locate_weights
 
 pytest.importorskip("transformers", reason="export verification needs transformers")
 
@@ -143,7 +144,7 @@ def test_run_folder_source_final_model_else_newest_complete_checkpoint(runs, tmp
     run = shutil.copytree(runs(1), tmp_path / "run")
     ckpts = run / "checkpoints"
     # the final weights of a finished (here: stopped) run
-    assert resolve_source(run) == run / "model.safetensors"
+    assert locate_weights(run) == run / "model.safetensors"
     # an interrupted save (no `complete` marker) is never exported, not even as the newest
     shutil.copytree(
         ckpts / f"step-{LAST}", ckpts / "tmp-step-5", ignore=shutil.ignore_patterns("complete")
@@ -151,7 +152,7 @@ def test_run_folder_source_final_model_else_newest_complete_checkpoint(runs, tmp
     (ckpts / "step-4").mkdir()
     # a preempted (or diverged) run has no model.safetensors: its newest complete checkpoint
     final = (run / "model.safetensors").rename(tmp_path / "final.safetensors")
-    assert resolve_source(run) == ckpts / f"step-{LAST}"
+    assert locate_weights(run) == ckpts / f"step-{LAST}"
     make_tokenizer(run / "tokenizer", vocab_size=257)  # found from the run of the step folder
     assert main(["export", str(run), str(tmp_path / "hf")]) == 0
     assert f"checkpoint {ckpts / f'step-{LAST}'}" in capsys.readouterr().out
@@ -161,11 +162,11 @@ def test_run_folder_source_final_model_else_newest_complete_checkpoint(runs, tmp
     # final weights older than a published checkpoint (stopped at max_steps, resumed, then
     # preempted): the checkpoint is the newer state
     os.utime(run / "model.safetensors", (1, 1))
-    assert resolve_source(run) == ckpts / f"step-{LAST}"
+    assert locate_weights(run) == ckpts / f"step-{LAST}"
     with pytest.raises(CgptError, match="not a complete checkpoint"):
-        resolve_source(ckpts / "tmp-step-5")
+        locate_weights(ckpts / "tmp-step-5")
     with pytest.raises(CgptError, match="not a complete checkpoint"):
-        resolve_source(ckpts / "step-4")
+        locate_weights(ckpts / "step-4")
 
 
 # ---------------------------------------------------------------------------- bad checkpoints

@@ -19,8 +19,8 @@ from helpers import child_env, gpt2_config, make_bpe, make_byte_data, make_cfg, 
 
 from cgpt.model.errors import CgptError, ConfigError
 from cgpt.train.config import load_run_config, parse_run_config
-from cgpt.train.loop.init_from import fill_model_section
 from cgpt.train.loop.metrics import read_metrics
+from cgpt.train.source.fill import fill_model_section
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoTokenizer, GPT2LMHeadModel  # noqa: E402
@@ -76,12 +76,12 @@ def parse_init(d: dict):
 
 
 def test_parsing_a_config_reads_no_source(tmp_path, pub_data, monkeypatch):
-    from cgpt.train.loop import init_from
+    from cgpt.train.source import fill
 
     def no_reads(*a, **k):
         raise AssertionError("parse_run_config resolved init.source")
 
-    monkeypatch.setattr(init_from, "resolve", no_reads)
+    monkeypatch.setattr(fill, "resolve", no_reads)
     d = init_cfg(tmp_path, pub_data, tmp_path / "nowhere")
     d["model"] = make_cfg(tmp_path, pub_data)["model"]
     cfg = parse_run_config(d)  # validation only: the source is never looked at

@@ -28,9 +28,9 @@ from cgpt.model.hf import gpt_config_to_hf
 from cgpt.train.config import load_run_config
 from cgpt.train.loop.distributed import init_distributed
 from cgpt.train.loop.engine import engine_config, initialize_engine, make_adamw
-from cgpt.train.loop.init_from import fill_model_section
 from cgpt.train.plan.batch import split_batch
 from cgpt.train.plan.devices import detect_peak_flops
+from cgpt.train.source.fill import fill_model_section
 
 
 @dataclass

@@ -1,23 +1,16 @@
-"""Model weights from what the trainer writes: run folders and DeepSpeed checkpoints.
+"""One model from a DeepSpeed checkpoint the trainer wrote, and the restricted torch.load.
 
-``cgpt export SRC OUT`` reads its SRC through here (:func:`resolve_source`, then
-:func:`load_source`). SRC may be
-
-- a cgpt model file (``.safetensors`` written by ``cgpt.model.io.save_model``);
-- a run folder: its final ``model.safetensors``, unless a complete checkpoint was published
-  after it (a run stopped at ``runtime.max_steps`` and later resumed, then preempted), else
-  the newest complete checkpoint ``checkpoints/step-N``;
-- a checkpoint folder ``RUN/checkpoints/step-N`` as :class:`cgpt.train.checkpoints.checkpoint.
-  Checkpointer` publishes it (DeepSpeed's files, ``config.yaml``, ``trainer_state.json``,
-  the ``complete`` marker).
-
-A checkpoint is consolidated by :func:`consolidate_checkpoint`: ZeRO 1-3 through DeepSpeed's
-own ``zero_to_fp32`` (the fp32 master weights, gathered from every rank's optimizer
+A checkpoint folder ``RUN/checkpoints/step-N`` as :class:`cgpt.train.checkpoints.checkpoint.
+Checkpointer` publishes it (DeepSpeed's files, ``config.yaml``, ``trainer_state.json``, the
+``complete`` marker) is consolidated by :func:`consolidate_checkpoint`: ZeRO 1-3 through
+DeepSpeed's own ``zero_to_fp32`` (the fp32 master weights, gathered from every rank's optimizer
 partition), ZeRO 0 from the module weights in ``mp_rank_00_model_states.pt``. The model is
 rebuilt from the run config saved with the checkpoint; every tensor must be finite.
 DeepSpeed's files are read with torch's restricted unpickler (``weights_only=True``) and the
 DeepSpeed types allowed by name in :mod:`cgpt.train.checkpoints.checkpoint`, exactly as ``--resume``
 reads them; ``CGPT_TRUST_CHECKPOINTS=1`` opts into DeepSpeed's full unpickling.
+
+Which folder a run, a model file or ``hf:NAME`` names is :mod:`cgpt.train.source`'s business.
 """
 
 from __future__ import annotations
@@ -29,35 +22,23 @@ import pickle
 import re
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from cgpt.model.errors import CgptError
 from cgpt.model.gpt import GPT
-from cgpt.model.io import LM_HEAD, WTE, build_from_state_dict, load_model
+from cgpt.model.io import LM_HEAD, WTE, build_from_state_dict
 from cgpt.train.checkpoints import checkpoint as ckpt
-from cgpt.train.config import parse_run_config, read_yaml, tokenizer_of
+from cgpt.train.config import parse_run_config, read_yaml
 from cgpt.train.loop.distributed import import_deepspeed
 
-MODEL_FILE = "model.safetensors"
 # prefixes wrappers put on parameter names (DeepSpeed/DDP's "module.", torch.compile's)
 _PREFIXES = ("module.", "_orig_mod.")
-_STEP = re.compile(r"^(?:tmp-)?step-(\d+)$")
 
 
-# ---- source resolution ---------------------------------------------------------------------
-def is_checkpoint_dir(folder: Path) -> bool:
-    """Whether ``folder`` looks like a trainer checkpoint (published or not)."""
-    return folder.is_dir() and (
-        bool(_STEP.match(folder.name))
-        or any(folder.glob("*_model_states.pt"))
-        or (folder / ckpt.STATE).is_file()
-    )
-
-
-def _check_complete(folder: Path) -> None:
+def check_complete(folder: Path) -> None:
+    """Refuse a checkpoint folder that was never published or has lost a file since."""
     if not ((folder / ckpt.COMPLETE).is_file() and (folder / ckpt.STATE).is_file()):
         raise CgptError(
             f"{folder} is not a complete checkpoint (no '{ckpt.COMPLETE}' marker or "
@@ -71,99 +52,6 @@ def _check_complete(folder: Path) -> None:
         )
 
 
-def resolve_source(src: str | os.PathLike) -> Path:
-    """The model file or checkpoint folder that SRC names (see the module docstring)."""
-    src = Path(src)
-    if not src.exists():
-        raise CgptError(f"{src} does not exist")
-    if src.is_file():
-        return src
-    if (src / "config.json").is_file() and not (src / "config.yaml").is_file():
-        raise CgptError(
-            f"{src} looks like a Hugging Face folder already (config.json); "
-            "use `cgpt import-hf` to read it"
-        )
-    if is_checkpoint_dir(src) and not (src / MODEL_FILE).is_file():
-        _check_complete(src)
-        return src
-    if src.name == "checkpoints" and not (src / MODEL_FILE).is_file():  # RUN/checkpoints
-        found = ckpt.newest(src)
-        if found is None:
-            raise CgptError(
-                f"{src} holds no complete checkpoint (a save that never finished "
-                "leaves only tmp-step-N)"
-            )
-        return found[1]
-    final = src / MODEL_FILE
-    found = ckpt.newest(src / "checkpoints")
-    if final.is_file():
-        # the final weights, unless a checkpoint was published after them (a max_steps stop,
-        # then --resume, then a preemption: model.safetensors is the older state)
-        if found is None or _mtime(found[1] / ckpt.COMPLETE) <= _mtime(final):
-            return final
-        return found[1]
-    if found is not None:
-        return found[1]
-    if (src / "checkpoints").is_dir():
-        raise CgptError(
-            f"{src} has no {MODEL_FILE} and no complete checkpoint under "
-            f"{src / 'checkpoints'} (a save that never finished leaves only "
-            "tmp-step-N)"
-        )
-    raise CgptError(
-        f"{src} has no {MODEL_FILE} and no checkpoints/step-N; pass a model file, "
-        "run folder or checkpoint folder written by cgpt"
-    )
-
-
-def _mtime(p: Path) -> float:
-    try:
-        return p.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def find_tokenizer(src: str | os.PathLike) -> Path | None:
-    """The tokenizer folder that belongs to SRC's run, if one can be found: ``tokenizer/``
-    in the folder (or its run), the run config's ``data.tokenizer``, or the tokenizer
-    recorded in the data folder's ``meta.json``."""
-    import yaml
-
-    folder = Path(src)
-    if not folder.is_dir():  # a bare model file: only --tokenizer, no guessing from its folder
-        return None
-    runs = [folder, folder.parent.parent] if folder.parent.name == "checkpoints" else [folder]
-    for run in runs:
-        if (run / "tokenizer" / "tokenizer.json").is_file():
-            return run / "tokenizer"
-        try:
-            data = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data") or {}
-        except (OSError, yaml.YAMLError, AttributeError):
-            continue
-        tok = tokenizer_of(data)  # the same rule the trainer uses
-        if tok and Path(tok).is_dir():
-            return Path(tok)
-    return None
-
-
-@dataclass
-class Loaded:
-    model: GPT
-    source: Path  # the model file or checkpoint folder the weights came from
-    what: str  # e.g. "checkpoint step-8 (ZeRO-1, 2 ranks, consolidated)"
-
-
-def load_source(src: str | os.PathLike) -> Loaded:
-    """The GPT that SRC names (resolved by :func:`resolve_source`); weights must be finite."""
-    path = resolve_source(src)
-    if path.is_file():
-        model = load_model(path)
-        check_finite(dict(model.state_dict()), path)
-        return Loaded(model, path, f"model file {path}")
-    model, info = _consolidate(path)
-    return Loaded(model, path, f"checkpoint {path} ({info})")
-
-
 # ---- consolidation -------------------------------------------------------------------------
 def consolidate_checkpoint(step_dir: str | os.PathLike) -> GPT:
     """The GPT of a checkpoint folder the trainer wrote (any ZeRO stage, any rank count):
@@ -171,11 +59,12 @@ def consolidate_checkpoint(step_dir: str | os.PathLike) -> GPT:
     step_dir = Path(step_dir)
     if not step_dir.is_dir():
         raise CgptError(f"checkpoint {step_dir} does not exist or is not a folder")
-    _check_complete(step_dir)
-    return _consolidate(step_dir)[0]
+    check_complete(step_dir)
+    return consolidate_step(step_dir)[0]
 
 
-def _consolidate(step_dir: Path) -> tuple[GPT, str]:
+def consolidate_step(step_dir: Path) -> tuple[GPT, str]:
+    """(the GPT of a complete checkpoint folder, how it was consolidated: one phrase)."""
     cfg = run_config_for(step_dir)
     optim = sorted(step_dir.glob("*_optim_states.pt"))
     zero3_models = sorted(step_dir.glob("zero_pp_rank_*_model_states.pt"))
@@ -378,12 +267,10 @@ def _first_line(e: BaseException) -> str:
 
 
 __all__ = [
-    "Loaded",
+    "check_complete",
     "check_finite",
     "consolidate_checkpoint",
-    "find_tokenizer",
-    "load_source",
-    "resolve_source",
+    "consolidate_step",
     "restricted_load",
     "restricted_torch_load",
     "run_config_for",

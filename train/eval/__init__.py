@@ -6,8 +6,9 @@
 - :mod:`.paper`: the paper's 7-task suite ``cerebras-gpt`` and its zero-shot table;
 - :mod:`.heldout`: held-out cross-entropy in nats/token and bits/byte (comparable across
   tokenizers);
-- :mod:`.source`, :mod:`.hub`, :mod:`.runner`: what ``cgpt eval SRC`` resolves, the Hub only
-  when it answers, and the command's order of work.
+- :mod:`.source`, :mod:`.runner`: what ``cgpt eval SRC`` resolves (through
+  :mod:`cgpt.train.source`, which also asks the Hub only when it answers), and the command's
+  order of work.
 
 Importing this package imports neither lm_eval nor transformers nor torch.
 """

@@ -5,7 +5,7 @@ pretrained=FOLDER)`` and calls ``lm_eval.simple_evaluate`` with lm-eval's defaul
 they equal ``lm_eval --model hf --model_args pretrained=FOLDER`` with the same tasks,
 few-shot count, limit, batch size, device and dtype. What cgpt adds is around it: task names
 checked (close names suggested) and their datasets loaded before any model is, the Hub asked
-once instead of retried for tens of seconds (:mod:`cgpt.train.eval.hub`), few-shot counts a
+once instead of retried for tens of seconds (:mod:`cgpt.train.source.hub`), few-shot counts a
 task cannot take refused, and a record of what ran (:func:`provenance`: lm-eval version, task
 versions, sha256 of each task's config).
 
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from cgpt.model.errors import CgptError
-from cgpt.train.eval import hub
 from cgpt.train.eval.paper import SUITES, expand_tasks
+from cgpt.train.source import hub
 
 INSTALL_HINT = "pip install -e '.[eval]'"
 # lm-eval's defaults (lm_eval.evaluator.simple_evaluate, and its CLI): kept so that scores
@@ -242,7 +242,7 @@ _HUB_STATE: dict[str, str] = {}
 
 
 def hub_state_for(tm, names: list[str], model_from_hub: bool = False) -> str:
-    """'offline', 'online', 'unreachable' (see :func:`cgpt.train.eval.hub.prepare_hub_access`,
+    """'offline', 'online', 'unreachable' (see :func:`cgpt.train.source.hub.prepare_hub_access`,
     asked once per process) or 'local' when nothing needs the Hub (no request is made)."""
     if not model_from_hub and not needs_hub(tm, names):
         return "offline" if hub.offline() else "local"

@@ -22,7 +22,7 @@ import torch
 from cgpt.model.errors import CgptError
 from cgpt.model.files import write_atomic
 from cgpt.train.cli_args import check_positive
-from cgpt.train.eval import harness, hub
+from cgpt.train.eval import harness
 from cgpt.train.eval.paper import (
     PAPER_METRIC,
     PAPER_SOURCE,
@@ -34,7 +34,10 @@ from cgpt.train.eval.paper import (
     paper_size,
     suite_average,
 )
-from cgpt.train.eval.source import HUB_PREFIX, EvalSource, open_source, weights_sha256
+from cgpt.train.eval.source import EvalSource, open_source
+from cgpt.train.source import hub
+from cgpt.train.source.digest import weights_sha256
+from cgpt.train.source.hub import HF_PREFIX
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 RESULTS_FORMAT = "cgpt-eval"
@@ -130,7 +133,7 @@ def run_eval(req: EvalRequest, log=None) -> dict:
     tm = tasks = None
     if names:
         harness.require_lm_eval()
-        if not req.src.startswith(HUB_PREFIX) and not Path(req.src).exists():
+        if not req.src.startswith(HF_PREFIX) and not Path(req.src).exists():
             open_source(req.src)  # the one-line "does not exist" before indexing any task
         tm = harness.task_manager_for(names, req.include_path)  # names, before a big load
     device = req.device or default_device()

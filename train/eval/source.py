@@ -2,7 +2,7 @@
 
 SRC may be
 
-- anything ``cgpt export`` reads (:func:`cgpt.train.checkpoints.consolidate.load_source`): a cgpt
+- anything ``cgpt export`` reads (:func:`cgpt.train.source.model_source.load_source`): a cgpt
   model file, a run folder (its final weights or newest complete checkpoint), a checkpoint
   folder ``RUN/checkpoints/step-N``. lm-eval then runs on the model's Hugging Face export
   (:func:`cgpt.model.hf.export_hf` into a temporary folder, verified against the model's own
@@ -12,26 +12,23 @@ SRC may be
 - ``hf:NAME``: a Hub model id, loaded by lm-eval itself (needs the Hub or the local cache).
 
 The tokenizer is ``--tokenizer DIR``, else for a cgpt SRC the one its run records
-(:func:`cgpt.train.checkpoints.consolidate.find_tokenizer`), for an HF folder the folder itself.
+(:func:`cgpt.train.source.tokenizer.find_tokenizer`), for an HF folder the folder itself.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
+from cgpt.train.data.tokenizer import load_tokenizer
+from cgpt.train.source.digest import HF_WEIGHT_FILES, sha256_file
+from cgpt.train.source.hub import HF_PREFIX
+from cgpt.train.source.model_source import is_hf_folder, load_source
+from cgpt.train.source.tokenizer import find_tokenizer
 
-HUB_PREFIX = "hf:"
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
@@ -49,29 +46,6 @@ class EvalSource:
     extra: dict = field(default_factory=dict)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def weights_sha256(folder: Path) -> str | None:
-    """sha256 of the weights a Hugging Face folder holds: of ``model.safetensors`` itself when
-    it is the only weight file (so ``sha256sum model.safetensors`` shows the same), else of
-    the ``sha256  name`` lines of every shard, sorted by name."""
-    files = sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin")
-    )
-    if not files:
-        return None
-    if len(files) == 1:
-        return sha256_file(files[0])
-    lines = "".join(f"{sha256_file(p)}  {p.name}\n" for p in files)
-    return hashlib.sha256(lines.encode()).hexdigest()
-
-
 def shape_of(cfg) -> dict:
     return {
         "n_layer": cfg.n_layer,
@@ -84,8 +58,6 @@ def shape_of(cfg) -> dict:
 
 def tokenizer_vocab(tok_dir: Path) -> int:
     """Number of tokens of a tokenizer folder (ours or any Hugging Face one)."""
-    from cgpt.train.data.tokenizer import load_tokenizer
-
     return int(load_tokenizer(tok_dir).vocab_size)
 
 
@@ -119,8 +91,8 @@ def open_source(
     tok = Path(tokenizer) if tokenizer else None
     if tok is not None and not tok.is_dir():
         raise CgptError(f"tokenizer folder {tok} does not exist")
-    if spec.startswith(HUB_PREFIX):
-        name = spec[len(HUB_PREFIX) :].strip()
+    if spec.startswith(HF_PREFIX):
+        name = spec[len(HF_PREFIX) :].strip()
         if not name:
             raise CgptError("hf: needs a model id, e.g. hf:cerebras/Cerebras-GPT-111M")
         return EvalSource(spec, "hub", f"Hub model {name}", hub_name=name, tokenizer=tok)
@@ -130,10 +102,8 @@ def open_source(
             f"{path} does not exist; SRC is a cgpt model file, run folder or "
             "checkpoint folder, a Hugging Face model folder, or hf:NAME"
         )
-    if path.is_dir() and (path / "config.json").is_file() and not (path / "config.yaml").is_file():
+    if is_hf_folder(path):
         return _hf_folder(spec, path, tok, need_tokenizer)
-    from cgpt.train.checkpoints.consolidate import find_tokenizer, load_source
-
     loaded = load_source(path)
     model = loaded.model
     tok = tok or find_tokenizer(path)
@@ -161,9 +131,9 @@ def open_source(
 
 def _hf_folder(spec: str, path: Path, tok: Path | None, need_tokenizer: bool) -> EvalSource:
     cfg = _read_hf_config(path)
-    if not any((path / n).is_file() for n in WEIGHT_FILES):
+    if not any((path / n).is_file() for n in HF_WEIGHT_FILES):
         raise CgptError(
-            f"{path} has a config.json but no weights ({', '.join(WEIGHT_FILES)}); "
+            f"{path} has a config.json but no weights ({', '.join(HF_WEIGHT_FILES)}); "
             "not a complete Hugging Face model folder"
         )
     shape = None
@@ -199,13 +169,4 @@ def _hf_folder(spec: str, path: Path, tok: Path | None, need_tokenizer: bool) ->
     )
 
 
-__all__ = [
-    "EvalSource",
-    "HUB_PREFIX",
-    "check_tokenizer",
-    "open_source",
-    "sha256_file",
-    "shape_of",
-    "tokenizer_vocab",
-    "weights_sha256",
-]
+__all__ = ["EvalSource", "check_tokenizer", "open_source", "shape_of", "tokenizer_vocab"]

@@ -99,10 +99,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    # the trainer, init_from and resume import torch: `cgpt train --help` does not
+    # the trainer, the source resolver and resume import torch: `cgpt train --help` does not
     from cgpt.train.checkpoints.resume import ResumeRequest, parse_allow_change
-    from cgpt.train.loop.init_from import fill_model_section
     from cgpt.train.loop.trainer import train
+    from cgpt.train.source.fill import fill_model_section
 
     req = ResumeRequest(
         resume=args.resume,

@@ -137,9 +137,10 @@ def reprepare_command(data: TokenData, tokenizer: str | Path) -> str:
 
 def wrong_tokenizer(spec: str, src, data: TokenData) -> str:
     """The one line for data tokenized with another tokenizer than the source's
-    (``src``: a cgpt.train.loop.init_from.Source): the `cgpt prepare` that re-tokenizes it."""
+    (``src``: a cgpt.train.source.model_source.ModelSource): the `cgpt prepare` that
+    re-tokenizes it."""
     what = (
-        f"--init-from {spec} has vocab {src.model.vocab_size} but {str(data.dir)!r} was "
+        f"--init-from {spec} has vocab {src.shape.vocab_size} but {str(data.dir)!r} was "
         f"tokenized with vocab {data.vocab_size}: the token ids would mean other words to "
         "the loaded model"
     )

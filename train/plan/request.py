@@ -303,7 +303,10 @@ def _inference_note(ip, plan_: P.Plan) -> str:
 def _plan_continued(req: PlanRequest, info: DataInfo | None) -> P.Plan:
     """`cgpt plan --init-from SRC --tokens N`: the source's model, the family's batch rule,
     a re-warmed schedule (cgpt.train.plan.planner.plan_continued)."""
-    from cgpt.train.loop.init_from import check_tokenizer, resolve
+    # deferred: resolving a model source imports torch; other plans do not need it
+    from cgpt.train.source.hub import HF_PREFIX
+    from cgpt.train.source.model_source import resolve
+    from cgpt.train.source.tokenizer import check_tokenizer
 
     if not req.init_from:
         raise CgptError("--tokens goes with --init-from (others plan by --tokens-per-param)")
@@ -326,18 +329,18 @@ def _plan_continued(req: PlanRequest, info: DataInfo | None) -> P.Plan:
     if req.recipe != "cerebras" or req.param_count != "total":
         raise CgptError("--recipe/--param-count do not apply to --init-from plans")
     src = resolve(req.init_from, weights=False)
-    if info is not None and not vocab_fits(src.model.vocab_size, info.vocab_size):
+    if info is not None and not vocab_fits(src.shape.vocab_size, info.vocab_size):
         raise CgptError(wrong_tokenizer(req.init_from, src, info.first))
     if info is not None:  # the same vocab size, another tokenizer: the same advice
         check_tokenizer(src, info.first)
-    if req.vocab_size is not None and req.vocab_size != src.model.vocab_size:
+    if req.vocab_size is not None and req.vocab_size != src.shape.vocab_size:
         raise CgptError(
             f"--vocab-size {req.vocab_size} contradicts --init-from {req.init_from}, whose "
-            f"vocab is {src.model.vocab_size}; drop --vocab-size"
+            f"vocab is {src.shape.vocab_size}; drop --vocab-size"
         )
-    name = "continue-" + Path(src.spec.removeprefix("hf:").rstrip("/")).name.lower()
+    name = "continue-" + Path(src.spec.removeprefix(HF_PREFIX).rstrip("/")).name.lower()
     plan_ = P.plan_continued(
-        src.model,
+        src.shape,
         tokens=req.tokens,
         tokens_per_param=req.tokens_per_param,
         seq_len=req.seq_len,

@@ -1,20 +1,27 @@
-"""The Hugging Face Hub, only when it answers: offline mode, a quick reachability probe, and
-one-line explanations of datasets/transformers download failures.
+"""The Hugging Face Hub, only when it answers: ``hf:NAME`` model snapshots, offline mode, a
+quick reachability probe, and one-line explanations of datasets/transformers download failures.
 
 Left alone, ``datasets`` retries an unreachable Hub for tens of seconds before it fails (23 s
 measured here, no network, lm-eval's hellaswag). :func:`prepare_hub_access` asks the Hub
 endpoint once, with a short timeout, and when it does not answer switches this process to
 offline mode: files already in the local cache still load, anything else fails at once and
 :func:`explain` turns the failure into one line that says how to run offline.
+
+huggingface_hub, datasets and transformers are imported inside the functions that use them:
+they are optional and slow to import.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from cgpt.model.errors import CgptError
-from cgpt.train.hub_cli import download_command
+from cgpt.train.source.hub_cli import download_command
 
+HF_PREFIX = "hf:"  # a model source (init.source, cgpt eval SRC) that names a Hub repository
+# a snapshot's small files: the config and any tokenizer; the weights are asked for apart
+HUB_META = ["*.json", "merges.txt", "vocab.json", "*.model"]
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 _TRUE = {"1", "ON", "YES", "TRUE"}
 PROBE_TIMEOUT_S = 3.0
@@ -96,6 +103,30 @@ def prepare_hub_access() -> str:
     return "unreachable"
 
 
+def hub_folder(name: str, weights: bool = True) -> Path:
+    """The local snapshot of Hub repository ``name`` (downloaded once into the HF cache;
+    offline it must be cached). Weights: safetensors if the repo has them, else .bin."""
+    try:
+        # deferred: huggingface_hub imports requests and more; only hf:NAME sources need it
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CgptError(
+            f"{HF_PREFIX}{name} needs huggingface_hub (pip install 'cgpt[hf]')"
+        ) from None
+    patterns = HUB_META + (["*.safetensors"] if weights else [])
+    try:
+        folder = Path(snapshot_download(name, allow_patterns=patterns))
+        if weights and not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(name, allow_patterns=HUB_META + ["pytorch_model*.bin"]))
+    except Exception as e:  # offline, unknown repo, gated, network: all one line
+        raise CgptError(
+            f"init.source {HF_PREFIX}{name}: cannot get it from the Hugging Face Hub "
+            f"({type(e).__name__}: {_first_line(e)}); go online once (it is cached after), or "
+            f"download it ({download_command(name)}) and use DIR"
+        ) from None
+    return folder
+
+
 def _first_line(e: BaseException) -> str:
     s = str(e).strip()
     return s.splitlines()[0] if s else type(e).__name__
@@ -153,19 +184,21 @@ def explain_model(name: str, e: BaseException, state: str) -> CgptError:
             else "offline mode is on (HF_HUB_OFFLINE)"
         )
         return CgptError(
-            f"hf:{name} could not be loaded: not in the local Hugging Face cache, "
+            f"{HF_PREFIX}{name} could not be loaded: not in the local Hugging Face cache, "
             f"and {why}; download it where the Hub is reachable "
             f"(`{download_command(name)}`) and pass DIR as SRC"
         )
-    return CgptError(f"hf:{name} could not be loaded: {_first_line(e)}")
+    return CgptError(f"{HF_PREFIX}{name} could not be loaded: {_first_line(e)}")
 
 
 __all__ = [
+    "HF_PREFIX",
     "OFFLINE_HOW",
     "endpoint",
     "explain_dataset",
     "explain_model",
     "go_offline",
+    "hub_folder",
     "is_hub_error",
     "offline",
     "prepare_hub_access",
