@@ -27,6 +27,7 @@ import json
 import math
 import re
 import shlex
+from dataclasses import asdict
 
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB
@@ -259,12 +260,12 @@ def run(args) -> int:
 
             d["gpu"], d["mfu"] = device.name, args.mfu
             d["gpu_hours"] = time_on(plan, 1, device, args.mfu)[1]
-        if plan.extra.get("init_from"):
-            d["init_from"] = plan.extra["init_from"]
-        inf = plan.extra.get("inference")
+        if plan.init_from:
+            d["init_from"] = plan.init_from
+        inf = plan.inference
         if inf:  # one law per plan: the one that chose N and D
-            d["predicted_loss"] = inf["side_by_side"]["inference_aware"]["predicted_loss"]
-            d["loss_law"] = {"form": "chinchilla", **inf["law"]}
+            d["predicted_loss"] = inf.side_by_side["inference_aware"]["predicted_loss"]
+            d["loss_law"] = {"form": "chinchilla", **asdict(inf.choice.law)}
             d["predicted_loss_pi95"] = d["loss_law_check"] = None
         if args.write:
             d["written"] = args.write
@@ -283,10 +284,10 @@ def write_config(plan, args) -> None:
     """The run config of ``plan`` at --write, every path absolute (README, Paths)."""
     from cgpt.train.plan.datacheck import absolute
 
-    out_dir = args.out_dir or plan.to_run_config(plan.extra["data"]).runtime.out_dir
+    out_dir = args.out_dir or plan.to_run_config(plan.data).runtime.out_dir
     tokenizer = absolute(args.tokenizer) if args.tokenizer else None
-    cfg = plan.to_run_config(plan.extra["data"], tokenizer, {"out_dir": absolute(out_dir)})
-    source = plan.extra.get("init_from")
+    cfg = plan.to_run_config(plan.data, tokenizer, {"out_dir": absolute(out_dir)})
+    source = plan.init_from
     if source:
         from cgpt.train.config import InitSection
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import math
 
+from cgpt.train.plan.inference import ChinchillaLaw
+from cgpt.train.plan.result import Budget, InferenceChoice, LocalFit
+
 Rows = list[tuple[str, str]]
 
 
 def format_plan(plan, device=None, mfu: float = 0.4) -> str:
     rows = _model_rows(plan) + _schedule_rows(plan) + _law_rows(plan)
-    rows += _cluster_rows(plan, device, mfu) + _budget_rows(plan.extra.get("budget"))
-    rows += _inference_rows(plan.extra.get("inference"))
+    rows += _cluster_rows(plan, device, mfu) + _budget_rows(plan.budget)
+    rows += _inference_rows(plan.inference)
     rows += [("note", n) for n in plan.notes]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -20,8 +23,8 @@ def format_plan(plan, device=None, mfu: float = 0.4) -> str:
 def _model_rows(plan) -> Rows:
     m = plan.model
     per = (
-        f", {plan.tokens / plan.extra['counted_params']:.2f} per non-embedding param)"
-        if plan.extra.get("param_count") == "non-embedding"
+        f", {plan.tokens / plan.counted_params:.2f} per non-embedding param)"
+        if plan.param_count == "non-embedding"
         else ")"
     )
     return [
@@ -35,7 +38,7 @@ def _model_rows(plan) -> Rows:
         ("init out-proj std", f"{m.out_init_std:.6f}"),
         ("seq_len", f"{plan.seq_len:,}"),
         ("tokens", f"{plan.tokens:,} ({plan.tokens / plan.params:.2f} tokens/param{per}"),
-        ("batch/LR recipe", plan.extra.get("recipe", "the published run")),
+        ("batch/LR recipe", plan.recipe or "the published run"),
         ("steps", f"{plan.steps:,}"),
     ]
 
@@ -85,9 +88,9 @@ def _schedule_rows(plan) -> Rows:
 def _law_rows(plan) -> Rows:
     """The predicted loss, by the one law of the plan: an inference-aware plan's L(N, D)
     (its own choice was made with it), else the paper-form law L(C)."""
-    inf = plan.extra.get("inference")
+    inf = plan.inference
     if inf:
-        mine, law = inf["side_by_side"]["inference_aware"], inf["law"]
+        mine, law = inf.side_by_side["inference_aware"], inf.choice.law
         return [("predicted loss", f"{mine['predicted_loss']:.3f} ({_chinchilla(law)})")]
     pi = plan.law.interval(plan.train_flops)
     rows = [
@@ -106,11 +109,8 @@ def _law_rows(plan) -> Rows:
     return rows
 
 
-def _chinchilla(law: dict) -> str:
-    return (
-        f"L = {law['E']:g} + {law['A']:g}/N^{law['alpha']:g} + {law['B']:g}/D^{law['beta']:g}, "
-        f"{law['source']}"
-    )
+def _chinchilla(law: ChinchillaLaw) -> str:
+    return f"L = {law.E:g} + {law.A:g}/N^{law.alpha:g} + {law.B:g}/D^{law.beta:g}, {law.source}"
 
 
 def _cluster_rows(plan, device, mfu: float) -> Rows:
@@ -119,7 +119,7 @@ def _cluster_rows(plan, device, mfu: float) -> Rows:
 
     c = plan.cluster
     if not c:
-        rows = _local_rows(plan.extra.get("local"))
+        rows = _local_rows(plan.local)
         if device:
             hours = time_on(plan, 1, device, mfu)[1]
             rows.append(("time", f"{hours:,.0f} {device.name} GPU-hours at MFU {mfu:g}"))
@@ -145,51 +145,45 @@ def _cluster_rows(plan, device, mfu: float) -> Rows:
     ]
 
 
-def _local_rows(local: dict | None) -> Rows:
+def _local_rows(local: LocalFit | None) -> Rows:
     """The micro-batch a plan without a cluster writes, and why."""
     from cgpt.train.plan.memory import fmt_bytes
 
-    if not local:
+    if local is None or local.micro_batch is None:
         return []
     why = (
         "the largest that divides the global batch and fits"
-        if local["chosen"]
+        if local.chosen
         else "--micro-batch; it fits"
     )
     return [
         (
             "micro-batch",
-            f"{local['micro_batch']} × grad accum {' / '.join(map(str, local['grad_accum']))} "
-            f"on one rank ({why} {local['where']}: {fmt_bytes(local['memory_bytes'])} of "
-            f"{fmt_bytes(local['available_bytes'])}; --micro-batch to choose)",
+            f"{local.micro_batch} × grad accum {' / '.join(map(str, local.grad_accum))} "
+            f"on one rank ({why} {local.where}: {fmt_bytes(local.memory_bytes)} of "
+            f"{fmt_bytes(local.available_bytes)}; --micro-batch to choose)",
         )
     ]
 
 
-def _budget_rows(b: dict | None) -> Rows:
+def _budget_rows(b: Budget | None) -> Rows:
     """The budget (a ceiling), its convention, the share used and the rule plans on both
     sides of it (tokens/param exactly the rule's)."""
     if not b:
         return []
-    share = f"{math.floor(b['share'] * 1e4) / 100:.2f}%"  # rounded down: never "100%" above
-    if "gpu_hours" in b:
-        used_h = b["gpu_hours"] * b["share"]
+    share = f"{math.floor(b.share * 1e4) / 100:.2f}%"  # rounded down: never "100%" above
+    if b.gpu_hours is not None:
+        used_h = b.gpu_hours * b.share
         head = (
-            f"{b['gpu_hours']:,.6g} {b['gpu']} GPU-hours at MFU {b['mfu']:g} = "
-            f"{b['flops']:.4g} FLOPs, {b['convention']}; this plan uses {used_h:,.2f} "
+            f"{b.gpu_hours:,.6g} {b.gpu} GPU-hours at MFU {b.mfu:g} = "
+            f"{b.flops:.4g} FLOPs, {b.convention}; this plan uses {used_h:,.2f} "
             f"GPU-hours ({share})"
         )
     else:
-        head = (
-            f"{b['flops']:.4g} FLOPs, {b['convention']}; this plan uses "
-            f"{b['used_flops']:.6g} ({share})"
-        )
+        head = f"{b.flops:.4g} FLOPs, {b.convention}; this plan uses {b.used_flops:.6g} ({share})"
     rows = [("budget", head)]
-    sides = [
-        f"{n['name']} {n['flops']:.4g} FLOPs ({n['flops'] / b['flops']:.1%})"
-        for n in b.get("neighbours", [])
-    ]
-    if sides and b["share"] < 1:
+    sides = [f"{n.name} {n.flops:.4g} FLOPs ({n.flops / b.flops:.1%})" for n in b.neighbours]
+    if sides and b.share < 1:
         rows.append(
             (
                 "  no exact fit",
@@ -200,12 +194,12 @@ def _budget_rows(b: dict | None) -> Rows:
     return rows
 
 
-def _inference_rows(inf: dict | None) -> Rows:
+def _inference_rows(inf: InferenceChoice | None) -> Rows:
     """The inference-aware plan next to the compute-optimal one, every number by one law
     (cgpt.train.plan.inference) and in one FLOP convention (6·N·D + 2·N·T)."""
     if not inf:
         return []
-    sbs = inf["side_by_side"]
+    sbs = inf.side_by_side
     a, o = sbs["inference_aware"], sbs["compute_optimal"]
     cols = [
         ("N (params)", "params", "{:,.0f}"),
@@ -219,7 +213,7 @@ def _inference_rows(inf: dict | None) -> Rows:
     rows = [
         (
             "inference-aware",
-            f"{inf['inference_tokens']:.3g} inference tokens (Sardana et al. 2023); "
+            f"{inf.choice.inference_tokens:.3g} inference tokens (Sardana et al. 2023); "
             "inference-aware | compute-optimal, 6·N·D + 2·N·T",
         )
     ]

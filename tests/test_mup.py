@@ -115,7 +115,7 @@ def test_five_mup_plans_equal_reference(name):
         base_init_std=0.08,
     )
     assert mup.model.mup_width_mult == row.width_mult
-    rec = mup.extra["mup_recipe"]
+    rec = mup.mup_recipe
     assert round(rec["logits_multiplier"], 4) == row.logits_multiplier
     assert round(rec["init_std_hidden"], 4) == row.hidden_init_std
     # the schedule: warm up to 6e-3, end at 6e-4; hidden matrices run at that / m

@@ -552,7 +552,7 @@ def test_plan_inference_tokens_cli_and_fit(tmp_path, capsys):
     # the chosen N goes through the shape rules; D is the law's for that N at the target
     assert p.params == pytest.approx(ip.params, rel=0.15)
     assert _loss(p.params, p.tokens, **BES) == pytest.approx(target, abs=1e-3)
-    assert p.extra["inference"]["params"] == ip.params
+    assert p.inference.choice.params == ip.params
     assert main(["plan", "--flops", "1e21", "--inference-tokens", "1T", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     sbs = d["inference"]["side_by_side"]

@@ -19,17 +19,17 @@ SHAPE = dict(layers=2, width=64, seq_len=64, batch_seqs=32)
 
 def test_micro_batch_is_the_largest_that_divides_and_fits():
     big = plan(PlanRequest(**SHAPE, memory_bytes=1 << 40))
-    assert big.extra["local"]["micro_batch"] == 32  # cc73e43: no choice, 1 in the YAML
+    assert big.local.micro_batch == 32  # cc73e43: no choice, 1 in the YAML
     cfg = big.model
     need = {mb: estimate_memory(cfg, 64, mb, 1, 1, False).total for mb in (4, 8)}
     between = int((need[4] + need[8]) / 2 / MEMORY_FRACTION)  # fits 4, not 8
     small = plan(PlanRequest(**SHAPE, memory_bytes=between))
-    local = small.extra["local"]
-    assert local["micro_batch"] == 4 and local["grad_accum"] == [8]
-    assert local["memory_bytes"] == need[4] and local["chosen"]
+    local = small.local
+    assert local.micro_batch == 4 and local.grad_accum == (8,)
+    assert local.memory_bytes == need[4] and local.chosen
     assert small.to_run_config("data/x").runtime.micro_batch == 4
     asked = plan(PlanRequest(**SHAPE, micro_batch=2, memory_bytes=between))
-    assert asked.extra["local"]["micro_batch"] == 2 and not asked.extra["local"]["chosen"]
+    assert asked.local.micro_batch == 2 and not asked.local.chosen
 
 
 def test_cli_writes_and_says_the_micro_batch(tmp_path, capsys):

@@ -68,7 +68,7 @@ def test_porian_and_olmo_plans(shape, opts, batch, lr, olmo_lr):
         assert plan.steps == int(20 * n // (batch * plan.seq_len))
         assert plan.warmup_steps == R.warmup_rule(batch * plan.seq_len, plan.steps)
         assert (plan.decay, plan.adam_eps) == (cerebras.decay, cerebras.adam_eps)
-    assert porian.extra["recipe"] == "porian" and olmo.extra["recipe"] == "olmo"
+    assert porian.recipe == "porian" and olmo.recipe == "olmo"
     assert any("Porian" in note and "2406.19146" in note for note in porian.notes)
     assert any("OLMo-core" in note for note in olmo.notes)
 

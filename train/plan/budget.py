@@ -8,6 +8,7 @@ largest rule plan that costs at most the budget, with the neighbour just above r
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB, flops_per_token_algorithmic, flops_per_token_mfu
@@ -16,7 +17,7 @@ from cgpt.train.plan import rules as R
 from cgpt.train.plan.cluster import check_mfu
 from cgpt.train.plan.devices import Device
 from cgpt.train.plan.family import plan_for_params
-from cgpt.train.plan.result import Plan
+from cgpt.train.plan.result import Budget, Neighbour, Plan
 from cgpt.train.plan.shape import bisect, continuous_params, curve_shape, param_counter
 
 # FLOPs per token in each convention (docs/REFERENCE.md, FLOP conventions)
@@ -92,19 +93,19 @@ def plan_for_gpu_hours(
     check_mfu(mfu)
     flops = gpu_hours * 3600 * device.bf16_flops * mfu
     plan = _plan_for_budget(flops, "mfu", tokens_per_param, law, fit, seq_len, vocab_size, kw)
-    budget = {**plan.extra["budget"], "gpu_hours": gpu_hours, "gpu": device.name, "mfu": mfu}
-    return plan.replace(extra={**plan.extra, "budget": budget})
+    assert plan.budget is not None  # _plan_for_budget records it
+    return plan.replace(budget=replace(plan.budget, gpu_hours=gpu_hours, gpu=device.name, mfu=mfu))
 
 
-def keep_within(plan: Plan, budget: dict) -> Plan:
+def keep_within(plan: Plan, budget: Budget) -> Plan:
     """``plan`` (re-planned, e.g. its batch rounded to a GPU count) cut to whole steps within
-    ``budget`` (a plan's ``extra["budget"]``), the budget record kept and updated."""
-    convention = next(k for k, v in CONVENTION_NAMES.items() if v == budget["convention"])
+    ``budget`` (a plan's ``budget``), the budget record kept and updated."""
+    convention = next(k for k, v in CONVENTION_NAMES.items() if v == budget.convention)
     used = cost(plan, convention)
-    if used > budget["flops"]:
-        steps = plan.steps - math.ceil((used - budget["flops"]) / (used / plan.steps))
+    if used > budget.flops:
+        steps = plan.steps - math.ceil((used - budget.flops) / (used / plan.steps))
         if steps < 1:
-            raise CgptError(f"not one step of this plan fits the budget of {budget['flops']:.3g}")
+            raise CgptError(f"not one step of this plan fits the budget of {budget.flops:.3g}")
         note = (
             f"steps cut from {plan.steps:,} to {steps:,} to stay within the budget after the "
             "batch was rounded"
@@ -116,8 +117,7 @@ def keep_within(plan: Plan, budget: dict) -> Plan:
             notes=plan.notes + (note,),
         )
         used = cost(plan, convention)
-    info = {**budget, "used_flops": used, "share": used / budget["flops"]}
-    return plan.replace(extra={**plan.extra, "budget": info})
+    return plan.replace(budget=replace(budget, used_flops=used, share=used / budget.flops))
 
 
 def _plan_for_budget(
@@ -154,7 +154,8 @@ def _plan_for_budget(
             f"that many whole steps of the family's nearest shape ({filled.name})"
         )
         plan = plan.replace(notes=plan.notes + (note,))
-    return keep_within(plan, plan.extra["budget"])
+    assert plan.budget is not None  # with_budget recorded it
+    return keep_within(plan, plan.budget)
 
 
 def cost(plan: Plan, convention: str) -> float:
@@ -189,18 +190,16 @@ def _neighbours(at, n: float, flops: float, convention: str) -> tuple[Plan, Plan
 
 
 def with_budget(plan: Plan, flops: float, convention: str, neighbours=()) -> Plan:
-    """``plan`` with its budget recorded in ``plan.extra["budget"]``: the ceiling, its
-    convention, the share used and the rule plans just below and above the ceiling."""
+    """``plan`` with its budget recorded in ``plan.budget``: the ceiling, its convention,
+    the share used and the rule plans just below and above the ceiling."""
     used = cost(plan, convention)
-    info = {
-        "flops": flops,
-        "convention": CONVENTION_NAMES[convention],
-        "used_flops": used,
-        "share": used / flops,
-        "neighbours": [
-            {"name": p.name, "params": p.params, "flops": cost(p, convention)}
-            for p in neighbours
-            if p is not None
-        ],
-    }
-    return plan.replace(extra={**plan.extra, "budget": info})
+    info = Budget(
+        flops=flops,
+        convention=CONVENTION_NAMES[convention],
+        used_flops=used,
+        share=used / flops,
+        neighbours=tuple(
+            Neighbour(p.name, p.params, cost(p, convention)) for p in neighbours if p is not None
+        ),
+    )
+    return plan.replace(budget=info)

@@ -12,7 +12,7 @@ from cgpt.train.cli_args import check_positive
 from cgpt.train.plan.batch import split_batch
 from cgpt.train.plan.devices import Device
 from cgpt.train.plan.memory import estimate_memory, fit_micro_batch, fmt_bytes
-from cgpt.train.plan.result import Cluster, Plan
+from cgpt.train.plan.result import Cluster, LocalFit, Plan
 
 
 def check_mfu(mfu: float) -> None:
@@ -80,7 +80,7 @@ def on_this_machine(
     """A plan without a cluster, for one rank here: the largest micro-batch that divides
     every batch phase and fits one ``device`` (else this machine's RAM, ``memory_bytes`` or
     probed), at the run config's defaults (ZeRO stage 1, no activation checkpointing).
-    Recorded in ``plan.extra["local"]``; micro-batch 1 with a note when none fits."""
+    Recorded in ``plan.local``; a note (and no micro-batch) when none fits."""
     if device is None:
         import psutil  # light; the trainer checks a CPU run against the same total
 
@@ -99,17 +99,18 @@ def on_this_machine(
             f"{device.name} ({fmt_bytes(device.memory_bytes)}); plan a cluster with --gpu "
             "and --gpus"
         )
-        return replace(plan, extra={**plan.extra, "local": None}, notes=plan.notes + (note,))
-    local = {
-        "micro_batch": fitted.micro_batch,
-        "grad_accum": [s.grad_accum for s in fitted.splits],
-        "memory_bytes": fitted.memory.total,
-        "where": device.name,
-        "available_bytes": device.memory_bytes,
-        "chosen": micro_batch is None,
-    }
+        unfit = LocalFit(None, (), need, device.name, device.memory_bytes, micro_batch is None)
+        return replace(plan, local=unfit, notes=plan.notes + (note,))
+    local = LocalFit(
+        micro_batch=fitted.micro_batch,
+        grad_accum=tuple(s.grad_accum for s in fitted.splits),
+        memory_bytes=fitted.memory.total,
+        where=device.name,
+        available_bytes=device.memory_bytes,
+        chosen=micro_batch is None,
+    )
     # dataclasses.replace: the plan's numbers stay as they are (Plan.replace recomputes them)
-    return replace(plan, extra={**plan.extra, "local": local})
+    return replace(plan, local=local)
 
 
 def check_split(

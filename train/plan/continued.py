@@ -81,4 +81,4 @@ def plan_continued(
         source="continued",
         notes=notes,
     )
-    return replace(plan, extra={"recipe": "continued", "peak_lr_from": why})
+    return replace(plan, recipe="continued", peak_lr_from=why)

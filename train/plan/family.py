@@ -115,9 +115,7 @@ def plan_for_shape(
         source="rules",
         notes=notes + law_choice.notes,
     )
-    return replace(
-        plan, extra={"recipe": recipe, "param_count": param_count, "counted_params": counted}
-    )
+    return replace(plan, recipe=recipe, param_count=param_count, counted_params=counted)
 
 
 def plan_for_params(

@@ -138,7 +138,7 @@ def apply_mup(plan, base_width: int = BASE_WIDTH):
         decay=decay,
         batch_schedule=phases,
         notes=plan.notes + (note,),
-        extra={**plan.extra, "mup_recipe": recipe},
+        mup_recipe=recipe,
     )
 
 

@@ -28,6 +28,7 @@ from cgpt.train.plan.datacheck import (
     wrong_tokenizer,
 )
 from cgpt.train.plan.devices import Device, get_device
+from cgpt.train.plan.result import InferenceChoice
 from cgpt.train.plan.rules import SEQ_LEN, load_fit
 
 # Beyond these a request is a typo, not a plan (the largest published run, 13B on 257B
@@ -102,7 +103,7 @@ def plan(req: PlanRequest) -> P.Plan:
     if info is not None:
         batch = max(ph.global_batch_seqs for ph in plan_.phases())
         check_fits(info, plan_.seq_len, batch * plan_.seq_len)
-        plan_ = replace(plan_, extra={**plan_.extra, "data": info.spec})
+        plan_ = replace(plan_, data=info.spec)
     return plan_
 
 
@@ -218,7 +219,7 @@ def _split(req: PlanRequest, plan_: P.Plan) -> P.Plan:
     """A rule batch rounded to the GPU count (a budget kept), μP, the cluster fit."""
     gpus = gpu_count(req)
     if gpus and plan_.source == "rules" and not req.batch_seqs and plan_.global_batch_seqs % gpus:
-        budget = plan_.extra.get("budget")
+        budget = plan_.budget
         plan_ = rebatch(plan_, gpus, req.lr)
         plan_ = keep_within(plan_, budget) if budget else plan_
     if req.mup:
@@ -243,7 +244,7 @@ def _with_inference(plan_: P.Plan, inference, optimal: P.Plan) -> P.Plan:
     return replace(
         plan_,
         section=plan_.section.model_copy(update={"predicted_loss": loss}),
-        extra={**plan_.extra, "inference": {**inference.to_json(), "side_by_side": sbs}},
+        inference=InferenceChoice(inference, sbs),
         notes=plan_.notes + (_inference_note(inference, plan_),),
     )
 
@@ -351,7 +352,7 @@ def _plan_continued(req: PlanRequest, info: DataInfo | None) -> P.Plan:
         decay=req.decay,
         name=name,
     )
-    plan_ = replace(plan_, extra={**plan_.extra, "init_from": req.init_from})
+    plan_ = replace(plan_, init_from=req.init_from)
     gpus = gpu_count(req)
     return plan_ if gpus is None else _on_cluster(plan_, req, gpus)
 
@@ -390,8 +391,8 @@ def rebatch(plan_: P.Plan, gpus: int, lr: float | None = None) -> P.Plan:
         lr=lr,
         decay=plan_.decay,
         cooldown_fraction=plan_.cooldown_fraction,
-        recipe=plan_.extra.get("recipe", "cerebras"),
-        param_count=plan_.extra.get("param_count", "total"),
+        recipe=plan_.recipe or "cerebras",
+        param_count=plan_.param_count or "total",
     )
     note = (
         f"global batch rounded from the rule's {rule_batch} to {batch} sequences, a "

@@ -7,7 +7,7 @@ cgpt.train.plan.family (rules), .budget (FLOPs, GPU-hours), .published and .cont
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 from cgpt.model.config import GPTConfig
 from cgpt.model.sizes import (
@@ -16,10 +16,10 @@ from cgpt.model.sizes import (
     flops_per_token_mfu,
     num_params,
 )
-from cgpt.train.cli_args import data_spec
 from cgpt.train.config import BatchPhase, DataSection, PlanSection, RunConfig, RuntimeSection
 from cgpt.train.plan import rules as R
 from cgpt.train.plan.devices import Device
+from cgpt.train.plan.inference import InferencePlan
 from cgpt.train.plan.memory import MemoryEstimate
 from cgpt.train.plan.schedule import cooldown_steps
 
@@ -38,6 +38,77 @@ class Cluster:
     memory: MemoryEstimate
     hours: float  # wall clock
     gpu_hours: float
+
+
+@dataclass(frozen=True)
+class LocalFit:
+    """The micro-batch a plan without a cluster writes, for one rank here
+    (cgpt.train.plan.cluster.on_this_machine): the largest that divides every batch phase and
+    fits ``where``, or the one asked for."""
+
+    micro_batch: int | None  # None: not even the asked (or 1) fits; the plan says so in a note
+    grad_accum: tuple[int, ...]  # per batch phase
+    memory_bytes: int  # one rank's need at that micro-batch
+    where: str  # the device, or "this machine's RAM"
+    available_bytes: int
+    chosen: bool  # by the planner (False: --micro-batch / PlanRequest.micro_batch)
+
+    def to_json(self) -> dict | None:
+        if self.micro_batch is None:
+            return None
+        return {
+            "micro_batch": self.micro_batch,
+            "grad_accum": list(self.grad_accum),
+            "memory_bytes": self.memory_bytes,
+            "where": self.where,
+            "available_bytes": self.available_bytes,
+            "chosen": self.chosen,
+        }
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A rule plan just below or above a budget (tokens/param exactly the rule's)."""
+
+    name: str
+    params: int
+    flops: float  # in the budget's convention
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The budget a plan was cut to (cgpt.train.plan.budget), a ceiling: its FLOPs in its
+    convention, the share this plan uses, the rule plans on both sides of it; from GPU-hours
+    also the hours, GPU and MFU they were converted at."""
+
+    flops: float
+    convention: str  # budget.CONVENTION_NAMES' wording of "algorithmic" or "mfu"
+    used_flops: float
+    share: float  # used_flops / flops, <= 1
+    neighbours: tuple[Neighbour, ...] = ()
+    gpu_hours: float | None = None
+    gpu: str | None = None
+    mfu: float | None = None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["neighbours"] = [asdict(n) for n in self.neighbours]
+        return {k: v for k, v in d.items() if v is not None or k not in _GPU_HOURS}
+
+
+_GPU_HOURS = ("gpu_hours", "gpu", "mfu")
+
+
+@dataclass(frozen=True)
+class InferenceChoice:
+    """Why an inference-aware plan has its N and D (cgpt.train.plan.inference): the choice
+    and, by the same law, its comparison with the compute-optimal plan."""
+
+    choice: InferencePlan
+    side_by_side: dict  # inference.side_by_side(): both runs' N, D, FLOPs, loss; break-even
+
+    def to_json(self) -> dict:
+        return {**self.choice.to_json(), "side_by_side": self.side_by_side}
 
 
 # Plan fields that live in the run config's plan section (PlanSection, the one schema of a
@@ -62,7 +133,17 @@ class Plan:
     target_tokens_per_param: float = R.TOKENS_PER_PARAM  # what was asked (rules), or D/N
     notes: tuple[str, ...] = ()
     cluster: Cluster | None = None
-    extra: dict = field(default_factory=dict)  # free slot for extensions (e.g. μP notes)
+    # how the planner got here (None: does not apply); to_json writes them in this order
+    recipe: str | None = None  # batch/LR laws (rules.RECIPE_NAMES) or "continued"
+    param_count: str | None = None  # what N counts in tokens = tokens/param × N
+    counted_params: int | None = None  # that N
+    peak_lr_from: str | None = None  # continued pretraining: where the peak LR came from
+    init_from: str | None = None  # continued pretraining: the weights' source (init.source)
+    budget: Budget | None = None
+    mup_recipe: dict | None = None  # cgpt.train.plan.mup.mup_recipe: multipliers, init stds
+    inference: InferenceChoice | None = None
+    local: LocalFit | None = None  # no cluster: the micro-batch for one rank here
+    data: dict | None = None  # the data section's fields (paths absolute) it was checked on
 
     def __getattr__(self, name: str):
         if name in PlanSection.model_fields or name == "global_batch_tokens":
@@ -109,8 +190,8 @@ class Plan:
     def to_run_config(
         self, data_path: str | dict, tokenizer: str | None = None, runtime: dict | None = None
     ) -> RunConfig:
-        """The run config of this plan; ``data_path`` is ``--data`` text or the data
-        section's fields (cgpt.train.plan.datacheck.absolute_spec)."""
+        """The run config of this plan; ``data_path`` is a data folder or the data section's
+        fields (``{"sources": [...]}`` for a mixture; cgpt.train.plan.datacheck)."""
         rt: dict = {"out_dir": f"runs/{slug(self.name)}"}
         if self.cluster:
             rt.update(
@@ -118,8 +199,8 @@ class Plan:
                 zero_stage=self.cluster.zero_stage,
                 activation_checkpointing=self.cluster.activation_checkpointing,
             )
-        elif self.extra.get("local"):  # one rank here (cgpt.train.plan.cluster)
-            rt["micro_batch"] = self.extra["local"]["micro_batch"]
+        elif self.local and self.local.micro_batch:  # one rank here (plan.cluster)
+            rt["micro_batch"] = self.local.micro_batch
         rt.update(runtime or {})
         return RunConfig(
             model=self.model,
@@ -183,7 +264,7 @@ class Plan:
             },
             "mup": m.to_dict().get("mup"),
             "notes": list(self.notes),
-            **self.extra,
+            **self._provenance_json(),
         }
         c = self.cluster
         if c:
@@ -204,9 +285,32 @@ class Plan:
             )
         return d
 
+    def _provenance_json(self) -> dict:
+        """The fields that say how the planner got here, those that apply, in field order."""
+        d: dict = {}
+        for name in _PROVENANCE:
+            v = getattr(self, name)
+            if v is not None:
+                d[name] = v.to_json() if hasattr(v, "to_json") else v
+        return d
+
+
+_PROVENANCE = (
+    "recipe",
+    "param_count",
+    "counted_params",
+    "peak_lr_from",
+    "init_from",
+    "budget",
+    "mup_recipe",
+    "inference",
+    "local",
+    "data",
+)
+
 
 def _data_fields(data: str | dict) -> dict:
-    return dict(data) if isinstance(data, dict) else data_spec(data)
+    return dict(data) if isinstance(data, dict) else {"path": data}
 
 
 def _section(model: GPTConfig, law: R.ScalingLaw, fields_: dict) -> PlanSection:
