@@ -331,13 +331,14 @@ class Provenance(Strict):
 
 
 class InitSection(Strict):
-    """Continued pretraining (cgpt.train.loop.init_from): start from ``source``'s weights
-    (a HF GPT-2 folder, ``hf:NAME``, a cgpt model file, run folder or checkpoint step); the
+    """Continued pretraining (cgpt.train.source, cgpt.train.loop.init_from): start from
+    ``source``'s weights (a HF GPT-2 folder, ``hf:NAME``, a cgpt model file, run folder or
+    checkpoint step); the
     model section is taken from it. The trainer fills the rest: the parent it loaded."""
 
     source: str
     path: str | None = None  # the folder or file the weights came from
-    sha256: str | None = None  # of the weight file(s) (cgpt.train.loop.init_from)
+    sha256: str | None = None  # of the weight file(s) (cgpt.train.source.digest)
     what: str | None = None
     tokenizer: str | None = None  # the source's tokenizer folder
     check: bool = True  # step 0: compare the loss with transformers' (HF sources)
@@ -447,7 +448,7 @@ def format_validation_error(e: ValidationError) -> str:
 
 def parse_run_config(data: dict, source: str = "config") -> RunConfig:
     """Validate a raw run-config dict; reads nothing else. A model section taken from
-    ``init.source`` is filled before by the caller (init_from.fill_model_section)."""
+    ``init.source`` is filled before by the caller (source.fill.fill_model_section)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with model/data/plan/runtime sections")
     try:
@@ -515,7 +516,7 @@ def load_run_config(
     """A run config YAML, or a run folder: its own resolved ``config.yaml`` with
     ``runtime.out_dir`` pointing at that folder (so `cgpt train RUN_DIR --resume` continues
     exactly that run, wherever it is called from). ``fill`` runs on the raw dict before
-    validation: the trainer's entry passes init_from.fill_model_section (reads init.source)."""
+    validation: the trainer's entry passes source.fill.fill_model_section (reads init.source)."""
     data, where = _read_run_config(path, overrides or [])
     return parse_run_config(fill(data) if fill and isinstance(data, dict) else data, where)
 
