@@ -13,6 +13,7 @@ from cgpt.configs import resolve_config
 from cgpt.launch import launchers as L
 from cgpt.launch.demo import run_demo
 from cgpt.launch.hostfile import read_hostfile
+from cgpt.launch.options import Option, add_options
 from cgpt.launch.slurm import (
     SlurmOptions,
     check_name,
@@ -25,8 +26,135 @@ from cgpt.model.errors import CgptError
 from cgpt.train import exit_codes as X
 from cgpt.train.config import load_run_config
 
+# `cgpt launch`'s options, in --help order (cgpt.launch.options)
+LAUNCH_OPTIONS: tuple[Option, ...] = (
+    (
+        ("config",),
+        dict(
+            metavar="RUN.yaml",
+            help="run config YAML, or a shipped config's name (`cgpt configs` lists them)",
+        ),
+    ),
+    (("--nodes",), dict(type=int, help="number of nodes (default: hostfile hosts, else 1)")),
+    (
+        ("--gpus-per-node",),
+        dict(
+            type=int,
+            help="processes per node (default: the GPUs "
+            "here, the hostfile's slots, or 1 CPU process on a machine without GPUs)",
+        ),
+    ),
+    (("--hostfile",), dict(help="DeepSpeed/MPI hostfile: one 'HOST slots=N' line per node")),
+    (
+        ("--node-rank",),
+        dict(
+            type=int,
+            default=0,
+            help="this node's rank for per-node starts (torchrun, deepspeed --no-ssh)",
+        ),
+    ),
+    (
+        ("--master-addr",),
+        dict(help="address of node 0 (default: first hostfile host, 127.0.0.1 on one node)"),
+    ),
+    (
+        ("--master-port",),
+        dict(
+            type=int,
+            help="rendezvous port (default: a free port on one node, "
+            f"{L.DEFAULT_MASTER_PORT} on many)",
+        ),
+    ),
+    (
+        ("--launcher",),
+        dict(
+            choices=L.LAUNCHERS,
+            default=None,
+            help="default: deepspeed; torchrun under --slurm (its SIGTERM grace period "
+            "is configurable, deepspeed's launcher kills after a fixed 30 s)",
+        ),
+    ),
+    (
+        ("--no-ssh",),
+        dict(
+            action="store_true",
+            help="deepspeed: start only this node "
+            "(run the same command on every node with its --node-rank)",
+        ),
+    ),
+    (
+        ("--ds-backend",),
+        dict(
+            default="pdsh",
+            choices=sorted(L.DS_BACKENDS),
+            help="how deepspeed starts the other nodes of a hostfile (default pdsh)",
+        ),
+    ),
+    (
+        ("--set",),
+        dict(
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="config override passed to the trainer (repeatable)",
+        ),
+    ),
+    (("--resume",), dict(action="store_true", help="continue from the last checkpoint")),
+    (("--dry-run",), dict(action="store_true", help="print the command, start nothing")),
+)
+
+SLURM_OPTIONS: tuple[Option, ...] = (
+    (
+        ("--slurm",),
+        dict(
+            action="store_true",
+            help="write RUN_DIR/slurm.sbatch (one launcher per node, requeue on timeout)",
+        ),
+    ),
+    (("--partition",), {}),
+    (("--account",), {}),
+    (("--time",), dict(default="24:00:00", help="time limit (default 24:00:00)")),
+    (("--cpus-per-task",), dict(type=int, help="CPUs per node (default 8 per GPU)")),
+    (
+        ("--signal-lead",),
+        dict(
+            type=int,
+            default=300,
+            metavar="SECONDS",
+            help="checkpoint and requeue this long before the time limit (default 300)",
+        ),
+    ),
+    (("--job-name",), dict(default=None, help="SLURM job name (default cgpt-PLAN)")),
+    (("--submit",), dict(action="store_true", help="sbatch the script")),
+)
+
+DEMO_OPTIONS: tuple[Option, ...] = (
+    (("--out",), dict(default="runs/demo", help="demo folder (default runs/demo)")),
+    (
+        ("--config",),
+        dict(default=None, help="demo run config (default configs/demo-cpu.yaml)"),
+    ),
+    (
+        ("--max-steps",),
+        dict(type=int, default=None, help="stop training after this many steps (smoke runs)"),
+    ),
+    (
+        ("--corpus-docs",),
+        dict(type=int, default=None, help="use only the first N documents of the corpus"),
+    ),
+    (
+        ("--fresh",),
+        dict(
+            action="store_true",
+            help="start a new run folder instead of resuming an unfinished demo run",
+        ),
+    ),
+    (("--prompt",), dict(default="def ", help="prompt for the generated sample")),
+)
+
 
 def register(sub) -> None:
+    """`cgpt launch` and `cgpt demo`."""
     p = sub.add_parser(
         "launch",
         help="run training on one node, many nodes or SLURM",
@@ -34,81 +162,8 @@ def register(sub) -> None:
         "`python -m cgpt.train RUN.yaml` on the given topology, check the batch "
         "split, print the command and run it (unless --dry-run).",
     )
-    p.add_argument(
-        "config",
-        metavar="RUN.yaml",
-        help="run config YAML, or a shipped config's name (`cgpt configs` lists them)",
-    )
-    p.add_argument("--nodes", type=int, help="number of nodes (default: hostfile hosts, else 1)")
-    p.add_argument(
-        "--gpus-per-node",
-        type=int,
-        help="processes per node (default: the GPUs "
-        "here, the hostfile's slots, or 1 CPU process on a machine without GPUs)",
-    )
-    p.add_argument("--hostfile", help="DeepSpeed/MPI hostfile: one 'HOST slots=N' line per node")
-    p.add_argument(
-        "--node-rank",
-        type=int,
-        default=0,
-        help="this node's rank for per-node starts (torchrun, deepspeed --no-ssh)",
-    )
-    p.add_argument(
-        "--master-addr",
-        help="address of node 0 (default: first hostfile host, 127.0.0.1 on one node)",
-    )
-    p.add_argument(
-        "--master-port",
-        type=int,
-        help=f"rendezvous port (default: a free port on one node, {L.DEFAULT_MASTER_PORT} on many)",
-    )
-    p.add_argument(
-        "--launcher",
-        choices=L.LAUNCHERS,
-        default=None,
-        help="default: deepspeed; torchrun under --slurm (its SIGTERM grace period "
-        "is configurable, deepspeed's launcher kills after a fixed 30 s)",
-    )
-    p.add_argument(
-        "--no-ssh",
-        action="store_true",
-        help="deepspeed: start only this node "
-        "(run the same command on every node with its --node-rank)",
-    )
-    p.add_argument(
-        "--ds-backend",
-        default="pdsh",
-        choices=sorted(L.DS_BACKENDS),
-        help="how deepspeed starts the other nodes of a hostfile (default pdsh)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override passed to the trainer (repeatable)",
-    )
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--dry-run", action="store_true", help="print the command, start nothing")
-    s = p.add_argument_group("SLURM")
-    s.add_argument(
-        "--slurm",
-        action="store_true",
-        help="write RUN_DIR/slurm.sbatch (one launcher per node, requeue on timeout)",
-    )
-    s.add_argument("--partition")
-    s.add_argument("--account")
-    s.add_argument("--time", default="24:00:00", help="time limit (default 24:00:00)")
-    s.add_argument("--cpus-per-task", type=int, help="CPUs per node (default 8 per GPU)")
-    s.add_argument(
-        "--signal-lead",
-        type=int,
-        default=300,
-        metavar="SECONDS",
-        help="checkpoint and requeue this long before the time limit (default 300)",
-    )
-    s.add_argument("--job-name", default=None, help="SLURM job name (default cgpt-PLAN)")
-    s.add_argument("--submit", action="store_true", help="sbatch the script")
+    add_options(p, LAUNCH_OPTIONS)
+    add_options(p.add_argument_group("SLURM"), SLURM_OPTIONS)
     p.set_defaults(func=cmd_launch)
 
     def one_line_error(message: str):  # a bad option is one line, like every other refusal
@@ -123,23 +178,7 @@ def register(sub) -> None:
         "-> DeepSpeed training -> evaluation -> Hugging Face export -> a sample "
         "generated with transformers. Re-running reuses the tokenizer and data.",
     )
-    d.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
-    d.add_argument("--config", default=None, help="demo run config (default configs/demo-cpu.yaml)")
-    d.add_argument(
-        "--max-steps",
-        type=int,
-        default=None,
-        help="stop training after this many steps (smoke runs)",
-    )
-    d.add_argument(
-        "--corpus-docs", type=int, default=None, help="use only the first N documents of the corpus"
-    )
-    d.add_argument(
-        "--fresh",
-        action="store_true",
-        help="start a new run folder instead of resuming an unfinished demo run",
-    )
-    d.add_argument("--prompt", default="def ", help="prompt for the generated sample")
+    add_options(d, DEMO_OPTIONS)
     d.set_defaults(func=cmd_demo)
 
 

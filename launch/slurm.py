@@ -41,6 +41,7 @@ from pathlib import Path
 from cgpt.launch.launchers import Topology, build_command, check_count, find_program
 from cgpt.model.errors import CgptError
 from cgpt.model.files import write_atomic
+from cgpt.train.exit_codes import PREEMPTED
 
 SCRIPT_NAME = "slurm.sbatch"
 # stand-ins for the launcher's master address and hostfile; the script's shell variables
@@ -138,7 +139,19 @@ def render_sbatch(
     Every value is checked first (CgptError, one line, nothing written): names in the
     #SBATCH lines against the SLURM name characters, the time format, the counts, and no
     control characters anywhere; every word of a command line is shell-quoted."""
-    # ---- checks: all of them before any text exists --------------------------------------
+    # all the checks before any text exists
+    cpus = _check_options(topo, train_args, opts)
+    run_dir = Path(run_dir).resolve()
+    workdir = Path(workdir).resolve()
+    check_printable("runtime.out_dir", str(run_dir))
+    check_printable("the working directory", str(workdir))
+    inner = _per_node_command(topo, train_args, launcher)
+    head, redirect = _sbatch_header(topo, opts, cpus, run_dir)
+    return _setup_text(topo, opts, run_dir, workdir, head, redirect) + _run_text(opts, cpus, inner)
+
+
+def _check_options(topo: Topology, train_args: list[str], opts: SlurmOptions) -> int:
+    """Check the counts, names, time limit and trainer arguments; the CPUs per task."""
     check_count("--nodes", topo.nodes, 1)
     check_count("--gpus-per-node", topo.gpus_per_node, 1)
     check_count("--master-port", topo.master_port, 1, 65535)
@@ -164,17 +177,12 @@ def render_sbatch(
             else "a trainer argument",
             arg,
         )
-    from cgpt.train.exit_codes import PREEMPTED
+    return cpus
 
-    grace = max(30, opts.signal_lead_s - 60)  # leave a minute for requeue and teardown
-    run_dir = Path(run_dir).resolve()
-    workdir = Path(workdir).resolve()
-    check_printable("runtime.out_dir", str(run_dir))
-    check_printable("the working directory", str(workdir))
-    inner = _per_node_command(topo, train_args, launcher)
 
-    # ---- the text ------------------------------------------------------------------------
-    q = shlex.quote
+def _sbatch_header(topo: Topology, opts: SlurmOptions, cpus: int, run_dir: Path) -> tuple[str, str]:
+    """The ``#SBATCH`` lines (each argument guarded by _SBATCH_ARG) and, when the run
+    folder's path cannot go into ``--output``, the script's own redirect into it."""
     sbatch = [
         f"--job-name={opts.job_name}",
         f"--nodes={topo.nodes}",
@@ -192,13 +200,21 @@ def render_sbatch(
         redirect = (
             "# the run folder's path has characters an #SBATCH line cannot carry: the "
             "job's output goes there from here on\n"
-            f'exec >>{q(str(run_dir))}/"slurm-$SLURM_JOB_ID.out" 2>&1\n'
+            f'exec >>{shlex.quote(str(run_dir))}/"slurm-$SLURM_JOB_ID.out" 2>&1\n'
         )
     sbatch += [f"--signal=B:USR1@{opts.signal_lead_s}", "--requeue"]
     for arg in sbatch:  # the guard: only checked values can have got here
         if not _SBATCH_ARG.fullmatch(arg):
             raise CgptError(f"internal error: unsafe #SBATCH argument {arg!r}")
-    head = "\n".join(f"#SBATCH {arg}" for arg in sbatch)
+    return "\n".join(f"#SBATCH {arg}" for arg in sbatch), redirect
+
+
+def _setup_text(
+    topo: Topology, opts: SlurmOptions, run_dir: Path, workdir: Path, head: str, redirect: str
+) -> str:
+    """The script up to the launch: header, master address, hostfile, exit-code file."""
+    q = shlex.quote
+    grace = max(30, opts.signal_lead_s - 60)  # leave a minute for requeue and teardown
     return f"""#!/bin/bash
 # Written by `cgpt launch --slurm`. Submit with: sbatch {q(str(run_dir / SCRIPT_NAME))}
 {head}
@@ -208,7 +224,7 @@ set -uo pipefail
 # node 0 of the allocation is the rendezvous master; every node gets the same hostfile
 MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
 MASTER_PORT={topo.master_port}
-HOSTFILE={shlex.quote(str(run_dir))}/hostfile.$SLURM_JOB_ID
+HOSTFILE={q(str(run_dir))}/hostfile.$SLURM_JOB_ID
 scontrol show hostnames "$SLURM_JOB_NODELIST" | sed 's/$/ slots={topo.gpus_per_node}/' > "$HOSTFILE"
 export MASTER_ADDR MASTER_PORT HOSTFILE
 # after a SIGTERM (scancel, the time limit itself) torchrun waits this long for the ranks
@@ -218,7 +234,12 @@ export CGPT_EXIT_FILE={q(str(run_dir))}/.exit-code.$SLURM_JOB_ID
 rm -f "$CGPT_EXIT_FILE"
 echo "cgpt: job $SLURM_JOB_ID on $SLURM_JOB_NUM_NODES node(s), master $MASTER_ADDR:$MASTER_PORT"
 
-near_time_limit() {{
+"""
+
+
+def _run_text(opts: SlurmOptions, cpus: int, inner: str) -> str:
+    """The rest: the USR1 trap, one launcher per node, the wait, requeue on PREEMPTED."""
+    return f"""near_time_limit() {{
     echo "cgpt: SIGUSR1 (time limit in {opts.signal_lead_s}s, or scancel): every rank checkpoints"
     # every process of the job's steps, not this shell; the launchers ignore it (see srun)
     scancel --signal=USR1 "$SLURM_JOB_ID"

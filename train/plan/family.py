@@ -49,33 +49,15 @@ def plan_for_shape(
     fit = fit or R.DEFAULT_FIT
     count = param_counter(param_count)
     recipes.check_recipe(recipe)
-    if decay is not None and decay not in ("linear", "cosine", "wsd"):
-        raise CgptError(f"decay must be linear, cosine or wsd, got {decay!r}")
-    if cooldown_fraction is not None:
-        if decay != "wsd":
-            raise CgptError("a cooldown fraction needs the wsd schedule (--decay wsd)")
-        if not (isinstance(cooldown_fraction, (int, float)) and 0 < cooldown_fraction <= 1):
-            raise CgptError(f"the cooldown fraction must be in (0, 1], got {cooldown_fraction!r}")
+    _check_schedule(decay, cooldown_fraction)
     tpp = check_positive(
         tokens_per_param if tokens_per_param is not None else fit.tokens_per_param,
         "tokens per parameter",
     )
-    for what, v in (
-        ("layers", n_layer),
-        ("width", n_embd),
-        ("seq_len", seq_len),
-        ("vocab size", vocab_size),
-    ):
-        check_positive(v, what, integer=True)
-    n_head = n_head or R.n_head_rule(n_embd)
-    probe = GPTConfig(
-        n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=seq_len, vocab_size=vocab_size
-    )
-    params = num_params(probe)
-    counted = count(probe)
+    cfg = _shape_model(n_layer, n_embd, n_head, seq_len, vocab_size)
+    params, counted = num_params(cfg), count(cfg)
     if counted <= 0:
         raise CgptError(f"this shape has no {param_count} parameters to plan tokens for")
-    cfg = replace(probe, out_init_std=R.out_init_std_rule(params, n_layer))
     target_tokens = tpp * counted
     law_choice = recipes.choose(recipe, cfg, target_tokens, seq_len)
     batch = global_batch_seqs or law_choice.global_batch_seqs
@@ -88,16 +70,8 @@ def plan_for_shape(
         )
     peak = lr or law_choice.lr
     warmup = R.warmup_rule(batch_tokens, steps)
-    label = name or f"{_short(params)}-L{n_layer}-d{n_embd}"
-    notes = tuple(
-        f"published {p.name} shape; the paper's recipe differs: {msg}"
-        for p in PUBLISHED.values()
-        if (p.n_layer, p.n_embd) == (n_layer, n_embd)
-        for (n, _), msg in R.DEVIATIONS.items()
-        if n == p.name
-    )
     plan = make_plan(
-        label,
+        name or f"{_short(params)}-L{n_layer}-d{n_embd}",
         cfg,
         seq_len=seq_len,
         tokens=steps * batch_tokens,
@@ -113,9 +87,53 @@ def plan_for_shape(
         target_tokens_per_param=tpp,
         law=law or fit.law,
         source="rules",
-        notes=notes + law_choice.notes,
+        notes=_published_shape_notes(n_layer, n_embd) + law_choice.notes,
     )
     return replace(plan, recipe=recipe, param_count=param_count, counted_params=counted)
+
+
+def _shape_model(
+    n_layer: int, n_embd: int, n_head: int | None, seq_len: int, vocab_size: int
+) -> GPTConfig:
+    """The model of this shape (its sizes checked), heads and out-projection init by the
+    rules."""
+    for what, v in (
+        ("layers", n_layer),
+        ("width", n_embd),
+        ("seq_len", seq_len),
+        ("vocab size", vocab_size),
+    ):
+        check_positive(v, what, integer=True)
+    probe = GPTConfig(
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head or R.n_head_rule(n_embd),
+        n_positions=seq_len,
+        vocab_size=vocab_size,
+    )
+    return replace(probe, out_init_std=R.out_init_std_rule(num_params(probe), n_layer))
+
+
+def _check_schedule(decay: str | None, cooldown_fraction: float | None) -> None:
+    """The decay shape is linear, cosine or wsd; a cooldown fraction in (0, 1] needs wsd."""
+    if decay is not None and decay not in ("linear", "cosine", "wsd"):
+        raise CgptError(f"decay must be linear, cosine or wsd, got {decay!r}")
+    if cooldown_fraction is not None:
+        if decay != "wsd":
+            raise CgptError("a cooldown fraction needs the wsd schedule (--decay wsd)")
+        if not (isinstance(cooldown_fraction, (int, float)) and 0 < cooldown_fraction <= 1):
+            raise CgptError(f"the cooldown fraction must be in (0, 1], got {cooldown_fraction!r}")
+
+
+def _published_shape_notes(n_layer: int, n_embd: int) -> tuple[str, ...]:
+    """A note per way the paper's recipe for a published shape differs from the rules."""
+    return tuple(
+        f"published {p.name} shape; the paper's recipe differs: {msg}"
+        for p in PUBLISHED.values()
+        if (p.n_layer, p.n_embd) == (n_layer, n_embd)
+        for (n, _), msg in R.DEVIATIONS.items()
+        if n == p.name
+    )
 
 
 def plan_for_params(
