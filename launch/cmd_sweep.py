@@ -1,7 +1,7 @@
 """`cgpt sweep SWEEP.yaml` runs a scaling sweep; `cgpt sweep fit SWEEP_DIR` (re)fits one.
 
 One subparser: the first positional is either a sweep file or the word ``fit`` followed by a
-sweep folder (see cgpt.train.sweeps.sweep for the file format and the folder layout).
+sweep folder (docs/SCALING.md describes the sweep file and the folder layout).
 """
 
 from __future__ import annotations

@@ -5,18 +5,16 @@ import math
 import numpy as np
 import pytest
 
+from cgpt.train.fits.chinchilla import chinchilla_loss, chinchilla_tokens_per_param, fit_chinchilla
 from cgpt.train.fits.fit import (
     PAPER_LAW,
     FitError,
-    chinchilla_loss,
-    chinchilla_tokens_per_param,
-    fit_chinchilla,
-    fit_isoflop,
     fit_paper_law,
     fit_results,
     monotonic_report,
     paper_law,
 )
+from cgpt.train.fits.isoflop import fit_isoflop
 from cgpt.train.fits.plots import plot_isoflop, plot_scaling
 
 # docs/REFERENCE.md, Results: train FLOPs and Pile loss of the seven standard models, and the
@@ -181,7 +179,7 @@ def test_chinchilla_fit_recovers_besiroglu_parameters():
 
 
 def test_hoffmann_grid_of_starts():
-    from cgpt.train.fits.fit import chinchilla_starts
+    from cgpt.train.fits.chinchilla import chinchilla_starts
 
     starts = chinchilla_starts("hoffmann", 2.0)
     assert len(starts) == 6 * 6 * 5 * 5 * 5 == 4500  # Hoffmann et al. Appendix D.2
@@ -303,7 +301,7 @@ def test_isoflop_parabola_is_fitted_around_the_measured_minimum():
     """Measured on CPU (configs/sweep-isoflop-cpu.yaml, budget 9e10): the best size is the
     second smallest; the far large sizes pull a parabola over all six below the smallest
     size, the ±2 window keeps it at the minimum."""
-    from cgpt.train.fits.fit import fit_isoflop_budget
+    from cgpt.train.fits.isoflop import fit_isoflop_budget
 
     params = [5496, 8820, 15808, 28320, 56608, 140832]
     losses = [3.8368, 3.6994, 3.9097, 4.1146, 4.5224, 5.0014]

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cgpt.train.fits.approach1 import fit_approach1, read_runs, smooth, summary_lines
+from cgpt.train.fits.approach1 import fit_approach1, summary_lines
+from cgpt.train.fits.curves import read_runs, smooth
 from cgpt.train.fits.fit import FitError, fit_results
 from cgpt.train.fits.plots import plot_envelope
 

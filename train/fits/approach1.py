@@ -1,66 +1,24 @@
 """Chinchilla "approach 1" (Hoffmann et al. 2022, arXiv 2203.15556, §3.1): the envelope of
-the runs' training curves.
-
-Every run of a sweep draws a curve of loss against training compute C = FLOPs per token ×
-tokens seen (FLOPs per token = the record's ``flops / tokens``, the algorithmic convention of
-fit.json). On a log-spaced grid of C the envelope is the lowest loss any run reaches at C;
-the run on it gives N_opt(C) (its total parameters) and D_opt(C) = C / (its FLOPs per
-token). Least squares in log10 space fits N_opt = k_N·C^a and D_opt = k_D·C^b; 95% intervals
-come from a bootstrap over runs (resampled with replacement, curves, grid, envelope and both
-laws rebuilt per draw), and so does the interval of D_opt/N_opt at the sweep's median
-compute.
-
-Which points (``points``):
-
-* ``"final"``: only points where a run had finished its LR schedule: each completed run's
-  final validation loss (the record's ``val_loss``). A WSD cooldown branch (its run folder
-  has ``branch.json``, cgpt.train.sweeps.branch) is such a run: it equals the dedicated run
-  of its length. The runs of one size make that size's curve (loss linear in ln C between
-  its lengths, never extrapolated), so a size needs completed runs of two or more lengths:
-  an IsoFLOP sweep or branches give them.
-* ``"curve"``: every optimizer step of every run (``metrics.jsonl``: the step rows'
-  training ``loss`` and ``tokens``), smoothed. Hoffmann et al. took whole curves but
-  trained every size with several cosine lengths; a point inside a run whose LR had not
-  finished decaying reads HIGHER than a dedicated run of that length would reach, which
-  pushes the envelope towards the sizes whose runs end there (fit.json's ``caveat``).
-  Steps inside the warmup are left out (the LR had not reached its peak). The final val
-  loss is not mixed in: train and validation losses differ.
-* ``"auto"`` (default): "final" when at least 3 sizes have completed runs at two or more
-  compute values, else "curve" with a warning.
-
-Smoothing ("curve"): at each step, a straight line of loss against ln(tokens) fitted by
-least squares to the steps within ±2.5% of the run's steps (at least ±3; near the ends the
-window keeps its width and shifts inward), read at that step. A moving average or EMA of a
-falling loss lags and reads high; the local line does not for a locally straight curve, and
-at the last step it reads the trend instead of one batch's noise.
-
-Grid: 200 log-spaced compute values from the smallest to the largest compute at which a run
-finished (below the smallest run's end there is no smaller run to compare with); a grid
-value counts only where curves of two or more sizes are present. Curves are never
-extrapolated. The envelope's winner at each grid value is flagged ``edge`` when it is the
-smallest or largest size present there: the true optimum may then lie outside the sizes
-tried (a warning when that holds for most of the grid).
+the runs' loss-against-compute curves gives N_opt(C) and D_opt(C), fitted as power laws with
+bootstrap intervals over runs. Which points, the smoothing and the grid: docs/SCALING.md,
+Approach 1. The runs are read by cgpt.train.fits.curves.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from cgpt.train.fits.common import FitError, _more, _power_law
-from cgpt.train.sweeps.branch import BRANCH_FILE
+from cgpt.train.fits.common import FitError, more, power_law
+from cgpt.train.fits.curves import SMOOTH_HALF_WINDOW, Run, read_runs
 
 Points = Literal["auto", "final", "curve"]
 
 MIN_SIZES = 3  # a power law through the envelope needs 3 distinct sizes on it
-MIN_CURVE_STEPS = 5  # post-warmup step rows a run's curve needs
 GRID_POINTS = 200
-SMOOTH_HALF_WINDOW = 0.025  # fraction of a run's steps on each side of the smoothed step
 KEEP_CURVE_POINTS = 60  # points of each smoothed curve kept in fit.json (envelope.png)
 DRAWS = 1000  # bootstrap draws
 
@@ -80,158 +38,6 @@ CAVEAT = {
         "measured"
     ),
 }
-
-
-class _Skip(Exception):
-    """A run that cannot give a curve (the reason is its message)."""
-
-
-@dataclass
-class Run:
-    """One usable run: its final point and (``points="curve"``) its smoothed curve."""
-
-    name: str
-    params: float
-    flops_per_token: float
-    final_flops: float
-    final_loss: float
-    branch: bool
-    ln_flops: np.ndarray | None = None  # the smoothed curve, increasing ln C
-    loss: np.ndarray | None = None
-
-
-def smooth(x: np.ndarray, y: np.ndarray, half: int) -> np.ndarray:
-    """Local linear least squares of y on x over the index window [i-half, i+half], read at
-    x[i]; near the ends the window keeps its width and shifts inward (a line through the
-    last 2·half+1 points read at the last one is steadier than one through fewer). O(n)
-    with cumulative sums."""
-    n = len(y)
-    width = min(2 * half + 1, n)
-    lo = np.clip(np.arange(n) - half, 0, n - width)
-    hi = lo + width
-    xc = x - x.mean()  # centred: the sums below subtract large, nearly equal numbers
-
-    def window_sum(v: np.ndarray) -> np.ndarray:
-        c = np.concatenate([[0.0], np.cumsum(v)])
-        return c[hi] - c[lo]
-
-    s0 = (hi - lo).astype(float)
-    s1, s2 = window_sum(xc), window_sum(xc * xc)
-    t0, t1 = window_sum(y), window_sum(xc * y)
-    den = s0 * s2 - s1 * s1
-    flat = den <= 1e-12 * np.maximum(s0 * s2, 1e-300)  # x constant in the window
-    slope = np.where(flat, 0.0, (s0 * t1 - s1 * t0) / np.where(flat, 1.0, den))
-    return (t0 - slope * s1) / s0 + slope * xc
-
-
-def _number(rec: dict, key: str) -> float:
-    v = rec.get(key)
-    try:
-        f = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise _Skip(f"its record has no usable {key} ({v!r})") from None
-    if not (math.isfinite(f) and f > 0):
-        raise _Skip(f"its record has {key} = {v!r}")
-    return f
-
-
-def _is_branch(rec: dict) -> bool:
-    d = rec.get("run_dir")
-    return bool(d) and (Path(str(d)) / BRANCH_FILE).is_file()
-
-
-def _final_run(rec: dict) -> Run:
-    params, tokens, flops = (_number(rec, k) for k in ("params", "tokens", "flops"))
-    loss = rec.get("loss", rec.get("val_loss"))
-    if loss is None or not math.isfinite(float(loss)):
-        raise _Skip(f"its final loss is {loss}")
-    return Run(
-        name=str(rec.get("name")),
-        params=params,
-        flops_per_token=flops / tokens,
-        final_flops=flops,
-        final_loss=float(loss),
-        branch=_is_branch(rec),
-    )
-
-
-def _step_rows(path: Path) -> tuple[list[dict], int]:
-    """The training-step rows of a metrics.jsonl (rows with loss and lr) and how many lines
-    could not be read."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise _Skip(f"its metrics file {path} is missing") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise _Skip(f"its metrics file {path} cannot be read ({e})") from None
-    rows, bad = [], 0
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(row, dict) and "loss" in row and "lr" in row:
-            rows.append(row)
-    return rows, bad
-
-
-def _curve_run(rec: dict, warnings: list[str]) -> Run:
-    run = _final_run(rec)
-    if not rec.get("run_dir"):
-        raise _Skip("its record has no run_dir")
-    path = Path(str(rec["run_dir"])) / "metrics.jsonl"
-    rows, bad = _step_rows(path)
-    warmup = int(rec.get("warmup_steps") or 0)
-    by_step: dict[int, tuple[float, float]] = {}
-    for r in rows:
-        try:
-            step, tok, lo = int(r["step"]), float(r["tokens"]), float(r["loss"])
-        except (KeyError, TypeError, ValueError):
-            bad += 1
-            continue
-        if step > warmup and tok > 0 and math.isfinite(lo) and math.isfinite(tok):
-            by_step[step] = (tok, lo)  # a repeated step: the last row wins
-    if len(by_step) < MIN_CURVE_STEPS:
-        raise _Skip(
-            f"its metrics file {path} has {len(by_step)} usable training-step rows after the "
-            f"warmup ({bad} unreadable lines); a curve needs {MIN_CURVE_STEPS}"
-        )
-    steps = sorted(by_step)
-    tokens = np.array([by_step[s][0] for s in steps])
-    loss = np.array([by_step[s][1] for s in steps])
-    if np.any(np.diff(tokens) <= 0):
-        raise _Skip(f"its metrics file {path} has tokens that do not grow with the step")
-    if bad:
-        warnings.append(f"approach 1: {run.name}: {bad} unreadable lines in {path} skipped")
-    if tokens[-1] < 0.99 * run.final_flops / run.flops_per_token:
-        warnings.append(
-            f"approach 1: {run.name}: its metrics end at {tokens[-1]:.4g} tokens but the run "
-            f"trained {run.final_flops / run.flops_per_token:.4g}; its curve stops there"
-        )
-    half = max(3, int(SMOOTH_HALF_WINDOW * len(steps)))
-    ln_t = np.log(tokens)
-    run.ln_flops = ln_t + math.log(run.flops_per_token)
-    run.loss = smooth(ln_t, loss, half)
-    # the curve's end is the run's end on the grid (its loss is the smoothed training loss)
-    run.final_flops = float(math.exp(run.ln_flops[-1]))
-    return run
-
-
-def read_runs(records: list[dict], points: str) -> tuple[list[Run], list[dict], list[str]]:
-    """Usable runs, excluded records ({name, reason}) and warnings, for ``points``
-    ("final" or "curve")."""
-    runs: list[Run] = []
-    excluded: list[dict] = []
-    warnings: list[str] = []
-    for rec in records:
-        try:
-            runs.append(_curve_run(rec, warnings) if points == "curve" else _final_run(rec))
-        except _Skip as e:
-            excluded.append({"name": rec.get("name"), "reason": str(e)})
-    return runs, excluded, warnings
 
 
 def _choose(runs: list[Run]) -> str:
@@ -355,10 +161,10 @@ def _laws(c: np.ndarray, n: np.ndarray, d: np.ndarray) -> tuple[dict, dict]:
     if sizes < MIN_SIZES:
         raise FitError(
             "approach 1: the envelope "
-            + _more(MIN_SIZES, sizes, "distinct model sizes on it")
+            + more(MIN_SIZES, sizes, "distinct model sizes on it")
             + " (sizes between and beyond the ones that win, or longer runs, put more on it)"
         )
-    return _power_law(c, n), _power_law(c, d)
+    return power_law(c, n), power_law(c, d)
 
 
 def _tpp(n_law: dict, d_law: dict, flops: float) -> float:
@@ -417,10 +223,9 @@ def _thin(run: Run) -> dict[str, Any]:
     }
 
 
-def fit_approach1(records: list[dict], *, points: Points = "auto", seed: int = 0) -> dict[str, Any]:
-    """Approach 1 over a sweep's result records (each with name, params, tokens, flops,
-    val_loss or loss, run_dir). Records whose curve cannot be read are excluded with a
-    reason; too few sizes or an envelope with fewer than 3 sizes raise :class:`FitError`."""
+def _read(records: list[dict], points: Points) -> tuple[str, list[Run], list[dict], list[str]]:
+    """The points chosen ("auto" resolved), the usable runs, the excluded records and the
+    warnings so far."""
     if points not in ("auto", "final", "curve"):
         raise ValueError(f"points must be 'auto', 'final' or 'curve', got {points!r}")
     chosen = _choose(read_runs(records, "final")[0]) if points == "auto" else points
@@ -431,12 +236,20 @@ def fit_approach1(records: list[dict], *, points: Points = "auto", seed: int = 0
             f"approach 1: fewer than {MIN_SIZES} sizes have completed runs at two or more "
             "compute values, so the envelope uses whole training curves: " + CAVEAT["curve"],
         )
+    return chosen, runs, excluded, warnings
+
+
+def _fit_envelope(
+    runs: list[Run], chosen: str, excluded: list[dict]
+) -> tuple[list[dict], dict, dict]:
+    """The envelope and the N_opt and D_opt laws through it; a FitError names the records
+    left out."""
     why = "; ".join(f"{e['name']}: {e['reason']}" for e in excluded)
     why = f" (left out: {why})" if why else ""
     sizes = sorted({r.params for r in runs})
     if len(sizes) < MIN_SIZES:
         raise FitError(
-            "approach 1 " + _more(MIN_SIZES, len(sizes), "model sizes with a usable run") + why
+            "approach 1 " + more(MIN_SIZES, len(sizes), "model sizes with a usable run") + why
         )
     env = envelope(runs, chosen)
     try:
@@ -445,9 +258,12 @@ def fit_approach1(records: list[dict], *, points: Points = "auto", seed: int = 0
         )
     except FitError as e:
         raise FitError(f"{e}{why}") from None
-    flops = [float(r["flops"]) for r in records if isinstance(r.get("flops"), (int, float))]
-    median = float(np.median([f for f in flops if math.isfinite(f) and f > 0]))
-    boot = _bootstrap(runs, chosen, median, seed)
+    return env, n_law, d_law
+
+
+def _warn_edge_and_draws(env: list[dict], boot: dict[str, Any], warnings: list[str]) -> float:
+    """Warnings for an envelope mostly at the edge of the sizes and for too few bootstrap
+    draws; returns the edge fraction."""
     edge = sum(e["edge"] for e in env) / len(env)
     if edge > 0.5:
         warnings.append(
@@ -460,6 +276,19 @@ def fit_approach1(records: list[dict], *, points: Points = "auto", seed: int = 0
             f"approach 1: only {boot['draws']} of {DRAWS} bootstrap draws kept "
             f"{MIN_SIZES} sizes on the envelope; no intervals (add runs)"
         )
+    return edge
+
+
+def fit_approach1(records: list[dict], *, points: Points = "auto", seed: int = 0) -> dict[str, Any]:
+    """Approach 1 over a sweep's result records (each with name, params, tokens, flops,
+    val_loss or loss, run_dir). Records whose curve cannot be read are excluded with a
+    reason; too few sizes or an envelope with fewer than 3 sizes raise :class:`FitError`."""
+    chosen, runs, excluded, warnings = _read(records, points)
+    env, n_law, d_law = _fit_envelope(runs, chosen, excluded)
+    flops = [float(r["flops"]) for r in records if isinstance(r.get("flops"), (int, float))]
+    median = float(np.median([f for f in flops if math.isfinite(f) and f > 0]))
+    boot = _bootstrap(runs, chosen, median, seed)
+    edge = _warn_edge_and_draws(env, boot, warnings)
     return {
         "method": "Chinchilla approach 1 (Hoffmann et al. 2022, §3.1): the lowest loss over "
         "runs at each compute (the envelope) gives N_opt(C) and D_opt(C); power laws fitted "

@@ -1,8 +1,6 @@
-"""Chinchilla "approach 3" (Hoffmann et al. 2022, arXiv 2203.15556):
-``L(N, D) = E + A/N^α + B/D^β`` (docs/REFERENCE.md, Related scaling laws), fitted like the
-paper: Huber loss (δ = 1e-3) on log-loss residuals, L-BFGS from a grid of starts, and 95%
-intervals from a bootstrap over points (Besiroglu et al. 2024). N is the TOTAL parameter
-count. Pure numpy/scipy; re-exported by :mod:`cgpt.train.fits.fit`.
+"""Chinchilla "approach 3" (Hoffmann et al. 2022, arXiv 2203.15556): ``L(N, D) = E + A/N^α +
+B/D^β`` fitted like the paper (Huber loss on log-loss residuals, L-BFGS from a grid of
+starts, bootstrap intervals over points; docs/SCALING.md, Approach 3). Pure numpy/scipy.
 """
 
 from __future__ import annotations
@@ -13,7 +11,7 @@ import math
 import numpy as np
 from scipy import optimize
 
-from cgpt.train.fits.common import FitError, _finite, _more, _r2
+from cgpt.train.fits.common import FitError, finite, more, r2
 
 MIN_CHINCHILLA_POINTS = 6  # five parameters + one degree of freedom
 
@@ -119,7 +117,7 @@ def fit_chinchilla(
     n, d, y = (np.asarray(v, dtype=float) for v in (params, tokens, losses))
     if len(y) < MIN_CHINCHILLA_POINTS:
         raise FitError(
-            "L(N, D) = E + A/N^α + B/D^β " + _more(MIN_CHINCHILLA_POINTS, len(y), "points")
+            "L(N, D) = E + A/N^α + B/D^β " + more(MIN_CHINCHILLA_POINTS, len(y), "points")
         )
     ratio = d / n
     if ratio.max() / ratio.min() < 1.5:
@@ -139,7 +137,7 @@ def fit_chinchilla(
         "B": B,
         "alpha": alpha,
         "beta": beta,
-        "r2": _finite(_r2(y, yhat)),
+        "r2": finite(r2(y, yhat)),
         "rmse": float(np.sqrt(np.mean((y - yhat) ** 2))),
         "n_points": int(len(y)),
         "objective": "Huber(delta=1e-3) of log residuals, L-BFGS",

@@ -1,32 +1,23 @@
-"""Downstream accuracy from loss: the second step of a two-step prediction (compute -> loss ->
-task accuracy; Bhagia et al. 2024, "Establishing Task Scaling Laws via Compute-Efficient
-Model Ladders", arXiv 2412.04403).
-
-Accuracy as a function of loss is a sigmoid falling from a ceiling to a floor,
-
-    acc(L) = floor + (ceiling - floor) / (1 + exp(k (L - L0))),
-
-with the floor fixed at the task's chance level (or at the lowest accuracy seen where a
-task's ``acc`` of small models sits below chance: OpenBookQA and ARC-Challenge, whose
-unnormalised ``acc`` favours short wrong answers) and ceiling <= 1, k > 0 and L0 fitted
-(3 parameters; Bhagia et al. fit the floor too, with many more ladder points than the
-paper's seven). The mapping belongs to one evaluation set, one data distribution and one
-tokenizer: the Cerebras-GPT paper's pairs (Pile test loss, 0-shot ``acc``) hold for models
-trained on the Pile with the GPT-2 tokenizer, and nothing else.
-
-Pure numerics (numpy; scipy imported where a fit runs).
+"""Downstream accuracy from loss, the second step of a two-step prediction (compute -> loss
+-> task accuracy; Bhagia et al. 2024, arXiv 2412.04403): a sigmoid acc(L) per task fitted
+to (loss, accuracy) pairs, the paper's or a sweep's own (docs/SCALING.md, Downstream
+accuracy from loss). Pure numerics (numpy; scipy imported where a fit runs).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cgpt.model.errors import CgptError
+from cgpt.model.sizes import GPT2_VOCAB
 from cgpt.train.eval.paper import DISPLAY, PAPER_ZERO_SHOT, SUITE_TASKS
+from cgpt.train.loop.metrics import read_metrics
+from cgpt.train.plan.rules import ScalingLaw
 
 # docs/REFERENCE.md, Results: train FLOPs and Pile test loss (nats/token) of the paper's
 # seven standard-parameterisation models
@@ -190,7 +181,7 @@ def leave_largest_out(
     ``fitted_sizes`` predicts ``target``'s Pile loss (cgpt.train.fits.fit.fit_paper_law),
     and the accuracy mappings fitted on the same sizes turn that loss into 0-shot accuracy.
     Errors are predicted - published (loss: relative; accuracy: points, x100)."""
-    from cgpt.train.fits.fit import fit_paper_law
+    from cgpt.train.fits.fit import fit_paper_law  # scipy
 
     flops = [PAPER_FLOPS[s] for s in fitted_sizes]
     law = fit_paper_law(
@@ -235,10 +226,6 @@ def task_pairs(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
     """{TASK/METRIC: [(val loss, score), ...]} from each finished record's run: the last
     metrics row holding both ``val_loss`` and in-loop task scores (``eval/TASK/METRIC``,
     runtime.eval_tasks)."""
-    from pathlib import Path
-
-    from cgpt.train.loop.metrics import read_metrics
-
     pairs: dict[str, list[tuple[float, float]]] = {}
     for r in records:
         if r.get("status") != "ok" or not r.get("run_dir"):
@@ -293,9 +280,6 @@ def plan_rows(
 ) -> list[tuple[str, str]]:
     """`cgpt plan`'s rows: the predicted 0-shot accuracy next to the predicted loss, for a
     plan whose loss is the paper's law (Pile, GPT-2 tokenizer); none for other data."""
-    from cgpt.model.sizes import GPT2_VOCAB
-    from cgpt.train.plan.rules import ScalingLaw
-
     if vocab_size != GPT2_VOCAB or law_source != ScalingLaw().source:
         return []
     # the paper law's own scatter about the seven points (RMS ~0.011) when the plan gives no

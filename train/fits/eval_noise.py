@@ -1,12 +1,6 @@
 """Evaluation noise of a run's final val loss: the loss of every val window the trainer
-evaluates, then a bootstrap over those windows (issue 27: report it next to the seed noise).
-
-The trainer's val loss is the mean over a fixed set of windows (the first
-``eval_batches x micro_batch`` windows of the val split in file order,
-cgpt.train.data.loader.TokenLoader.val_batches), the same in every run: the bootstrap sd says
-how much that mean would move on another val sample of the same size, the part of a
-prediction error that is the val set's and not the law's. Seed noise is the spread between
-runs on the same windows (cgpt.train.sweeps.seeds).
+evaluates, and a bootstrap over those windows, the part of a prediction error that is the
+val set's and not the law's (docs/SCALING.md, Evaluation noise).
 """
 
 from __future__ import annotations

@@ -1,22 +1,7 @@
-"""Scaling-law fits for sweeps (pure numpy/scipy; no torch).
-
-Four fits, each written to ``fit.json`` with goodness of fit and uncertainty:
-
-* the Cerebras-GPT paper's form over the compute-optimal frontier,
-  ``L(C) = (C/a)^(-b) + c`` (docs/REFERENCE.md, Results: the paper's own
-  fit is a=5.984e22, b=0.0737, c=0.5066), C = training FLOPs in the paper's algorithmic
-  convention (cgpt.model.flops_per_token_algorithmic × tokens);
-* Chinchilla "approach 2" for IsoFLOP sweeps (Hoffmann et al. 2022, arXiv 2203.15556): a
-  parabola per budget in log-params gives N_opt and D_opt per budget, then the power laws
-  N_opt ∝ C^α, D_opt ∝ C^β and the fitted tokens-per-parameter D_opt/N_opt;
-* Chinchilla "approach 3", ``L(N, D) = E + A/N^α + B/D^β``
-  (docs/REFERENCE.md, Related scaling laws), fitted like the paper: Huber loss on log-loss
-  residuals from a grid of starts (in :mod:`cgpt.train.fits.chinchilla`, re-exported here);
-* Chinchilla "approach 1", the envelope of the runs' training curves
-  (:mod:`cgpt.train.fits.approach1`).
-
-N is the TOTAL parameter count, because the planner plans tokens = tokens_per_param × params.
-A fit that lacks points raises :class:`FitError` saying how many more it needs.
+"""All fits of one sweep's result records -> the fit.json dict, and the Cerebras-GPT paper's
+loss law ``L(C) = (C/a)^(-b) + c`` over the compute-optimal frontier with its held-out
+checks (leave-largest-out, leave-one-out, held-out targets). The fits and why:
+docs/SCALING.md, The fits. Pure numpy/scipy; no torch.
 """
 
 from __future__ import annotations
@@ -30,26 +15,14 @@ import numpy as np
 from scipy import optimize
 
 from cgpt.train.fits.approach1 import fit_approach1
-from cgpt.train.fits.chinchilla import (  # noqa: F401 - re-exported (approach 3 moved)
-    HOFFMANN_GRID,
-    MIN_CHINCHILLA_POINTS,
-    _chin_minimize,
-    _chin_objective,
-    _huber,
-    _one_blas_thread,
-    chinchilla_loss,
-    chinchilla_starts,
-    chinchilla_tokens_per_param,
-    fit_chinchilla,
-)
-from cgpt.train.fits.common import FitError, _finite, _more, _power_law, _r2
+from cgpt.train.fits.chinchilla import chinchilla_tokens_per_param, fit_chinchilla
+from cgpt.train.fits.common import FitError, finite, more, r2
+from cgpt.train.fits.isoflop import fit_isoflop
 from cgpt.train.plan.rules import ScalingLaw
 
 # the paper's law, defined once in cgpt.train.plan.rules.ScalingLaw (docs/REFERENCE.md, Results)
 PAPER_LAW = {k: getattr(ScalingLaw(), k) for k in ("a", "b", "c")}
 MIN_PAPER_POINTS = 3  # three parameters a, b, c
-PARABOLA_WINDOW = 2  # sizes each side of the best one that the IsoFLOP parabola sees
-MIN_SIZES_PER_BUDGET = 3  # a parabola has three coefficients
 KEEP_DRAWS = 200  # bootstrap (a, b, c) triples kept in fit.json for `cgpt plan --fit` intervals
 FLOPS_CONVENTION = "algorithmic: cgpt.model.flops_per_token_algorithmic(cfg, seq_len) x tokens"
 
@@ -113,6 +86,59 @@ def _fit_paper_once(lnc: np.ndarray, y: np.ndarray) -> tuple[float, float, float
     return float(ln_a), float(b), float(c)
 
 
+def _check_paper_points(x: np.ndarray) -> None:
+    if len(x) < MIN_PAPER_POINTS:
+        raise FitError(
+            "the law L(C) = (C/a)^-b + c "
+            + more(MIN_PAPER_POINTS, len(x), "frontier points with a finite loss")
+        )
+    if len(set(x.tolist())) < MIN_PAPER_POINTS:
+        raise FitError(
+            f"the law L(C) = (C/a)^-b + c needs {MIN_PAPER_POINTS} distinct compute "
+            f"values; these points have {len(set(x.tolist()))}"
+        )
+
+
+def _paper_draws(lnc, yhat, resid, scale: float, n_boot: int, rng) -> list:
+    """Residual bootstrap: refits of (ln a, b, c) to the fitted curve plus resampled,
+    dof-inflated residuals (draws with a non-positive loss or no fit are skipped)."""
+    draws = []
+    for _ in range(n_boot):
+        yb = yhat + rng.choice(resid, size=len(yhat), replace=True) * scale
+        if yb.min() <= 0:
+            continue
+        try:
+            draws.append(_fit_paper_once(lnc, yb))
+        except FitError:
+            continue
+    return draws
+
+
+def _paper_intervals(
+    out: dict[str, Any], draws: list, resid, scale: float, rng, keep_draws: int
+) -> None:
+    """With 20 or more draws: the predictions' 95% prediction intervals, up to
+    ``keep_draws`` stored draws and the parameters' 95% intervals, into ``out``."""
+    if len(draws) < 20:
+        return
+    d = np.array(draws)
+    for pred in out.get("predictions", []):
+        curve = _paper_model(math.log(pred["flops"]), d[:, 0], d[:, 1], d[:, 2])
+        noisy = curve + rng.choice(resid, size=len(curve), replace=True) * scale
+        lo, hi = np.percentile(noisy, [2.5, 97.5])
+        pred["pi95"] = [float(lo), float(hi)]
+    if keep_draws:
+        out["draws"] = [[math.exp(la), float(bb), float(cc)] for la, bb, cc in draws[:keep_draws]]
+        out["residual_scale"] = float(np.sqrt(np.mean(resid**2)) * scale)
+    lo, hi = np.percentile(d, [2.5, 97.5], axis=0)
+    out["ci95"] = {
+        "a": [math.exp(lo[0]), math.exp(hi[0])],
+        "b": [lo[1], hi[1]],
+        "c": [lo[2], hi[2]],
+        "n_boot": len(draws),
+    }
+
+
 def fit_paper_law(
     flops: Iterable[float],
     losses: Iterable[float],
@@ -131,16 +157,7 @@ def fit_paper_law(
     many bootstrap (a, b, c) triples as ``draws`` (cgpt plan --fit reads them)."""
     x = np.asarray(list(flops), dtype=float)
     y = np.asarray(list(losses), dtype=float)
-    if len(x) < MIN_PAPER_POINTS:
-        raise FitError(
-            "the law L(C) = (C/a)^-b + c "
-            + _more(MIN_PAPER_POINTS, len(x), "frontier points with a finite loss")
-        )
-    if len(set(x.tolist())) < MIN_PAPER_POINTS:
-        raise FitError(
-            f"the law L(C) = (C/a)^-b + c needs {MIN_PAPER_POINTS} distinct compute "
-            f"values; these points have {len(set(x.tolist()))}"
-        )
+    _check_paper_points(x)
     lnc = np.log(x)
     ln_a, b, c = _fit_paper_once(lnc, y)
     yhat = _paper_model(lnc, ln_a, b, c)
@@ -151,7 +168,7 @@ def fit_paper_law(
         "a": math.exp(ln_a),
         "b": b,
         "c": c,
-        "r2": _finite(_r2(y, yhat)),
+        "r2": finite(r2(y, yhat)),
         "rmse": float(np.sqrt(np.mean(resid**2))),
         "max_abs_residual": float(np.max(np.abs(resid))),
         "residuals": [float(r) for r in resid],
@@ -173,34 +190,8 @@ def fit_paper_law(
         return out
     rng = np.random.default_rng(seed)
     scale = math.sqrt(len(y) / dof)  # residuals of a fit understate the noise
-    draws = []
-    for _ in range(n_boot):
-        yb = yhat + rng.choice(resid, size=len(y), replace=True) * scale
-        if yb.min() <= 0:
-            continue
-        try:
-            draws.append(_fit_paper_once(lnc, yb))
-        except FitError:
-            continue
-    if len(draws) >= 20 and targets:
-        d = np.array(draws)
-        for pred in out["predictions"]:
-            curve = _paper_model(math.log(pred["flops"]), d[:, 0], d[:, 1], d[:, 2])
-            noisy = curve + rng.choice(resid, size=len(curve), replace=True) * scale
-            lo, hi = np.percentile(noisy, [2.5, 97.5])
-            pred["pi95"] = [float(lo), float(hi)]
-    if len(draws) >= 20 and keep_draws:
-        out["draws"] = [[math.exp(la), float(bb), float(cc)] for la, bb, cc in draws[:keep_draws]]
-        out["residual_scale"] = float(np.sqrt(np.mean(resid**2)) * scale)
-    if len(draws) >= 20:
-        d = np.array(draws)
-        lo, hi = np.percentile(d, [2.5, 97.5], axis=0)
-        out["ci95"] = {
-            "a": [math.exp(lo[0]), math.exp(hi[0])],
-            "b": [lo[1], hi[1]],
-            "c": [lo[2], hi[2]],
-            "n_boot": len(draws),
-        }
+    draws = _paper_draws(lnc, yhat, resid, scale, n_boot, rng)
+    _paper_intervals(out, draws, resid, scale, rng, keep_draws)
     return out
 
 
@@ -246,7 +237,7 @@ def prediction_check(
     y = [float(v) for v in losses]
     need = MIN_PAPER_POINTS + 1
     if len(x) < need:
-        raise FitError("a held-out prediction " + _more(need, len(x), "frontier points"))
+        raise FitError("a held-out prediction " + more(need, len(x), "frontier points"))
     order = sorted(range(len(x)), key=lambda i: x[i])
     x, y = [x[i] for i in order], [y[i] for i in order]
     largest = _holdout_one(x, y, len(x) - 1, n_boot, seed)
@@ -319,163 +310,6 @@ def monotonic_report(flops: list[float], losses: list[float]) -> dict[str, Any]:
     return {"monotonic": not breaks, "violations": breaks}
 
 
-# ---- Chinchilla approach 2: IsoFLOP parabolas ----------------------------------------------
-
-
-def fit_isoflop_budget(
-    params: list[float], tokens: list[float], losses: list[float], window: int = PARABOLA_WINDOW
-) -> dict:
-    """Parabola of loss in log10(params) for one budget; optimum N, D and loss there.
-
-    The parabola is fitted to the best measured size and its ``window`` neighbours on each
-    side (in size order): the loss is not symmetric in log N, and far sizes pull a global
-    parabola's vertex away from the minimum (measured: a 6-size budget whose best size was
-    the second smallest got its vertex below the smallest size; ±2 kept it at the minimum).
-    """
-    n = len(set(params))
-    if n < MIN_SIZES_PER_BUDGET:
-        raise FitError("its parabola " + _more(MIN_SIZES_PER_BUDGET, n, "model sizes"))
-    order = np.argsort(params, kind="stable")
-    lx, ld = np.log10(params)[order], np.log10(tokens)[order]
-    y = np.asarray(losses, dtype=float)[order]
-    best = int(np.argmin(y))
-    lo, hi = max(0, best - window), min(len(y), best + window + 1)
-    if len(set(lx[lo:hi])) >= MIN_SIZES_PER_BUDGET:
-        lx, ld, y = lx[lo:hi], ld[lo:hi], y[lo:hi]
-    coef = np.polyfit(lx, y, 2)
-    out = {
-        "parabola": [float(v) for v in coef],
-        "r2": _finite(_r2(y, np.polyval(coef, lx))),
-        "n_points": len(y),
-    }
-    if coef[0] <= 0:
-        raise FitError(
-            "its losses do not curve upward in log-params (no interior minimum); "
-            "add smaller and larger sizes around the best one"
-        )
-    x_opt = -coef[1] / (2 * coef[0])
-    # tokens at the optimum: log D is close to linear in log N at fixed compute
-    d_line = np.polyfit(lx, ld, 1)
-    out.update(
-        n_opt=float(10**x_opt),
-        d_opt=float(10 ** np.polyval(d_line, x_opt)),
-        loss_opt=float(np.polyval(coef, x_opt)),
-        bracketed=bool(lx.min() <= x_opt <= lx.max()),
-    )
-    out["tokens_per_param"] = out["d_opt"] / out["n_opt"]
-    # kept for the bootstrap of fit_isoflop (not written to fit.json)
-    out["_points"] = (lx, y, np.polyval(coef, lx), d_line)
-    return out
-
-
-ISOFLOP_DRAWS = 1000  # bootstrap draws for the tokens/param and exponent intervals
-
-
-def _interval(draws: list[float], dropped: int, need: int) -> dict[str, Any]:
-    if len(draws) < need:
-        return {"interval": None, "draws": len(draws), "dropped": dropped}
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return {"interval": [float(lo), float(hi)], "draws": len(draws), "dropped": dropped}
-
-
-def _isoflop_intervals(budgets: list[dict], seed: int = 0) -> dict[str, dict[str, Any]]:
-    """95% intervals of the IsoFLOP tokens/param (the geometric mean over budgets) and of
-    the exponents α (N_opt ∝ C^α) and β (D_opt ∝ C^β).
-
-    Each draw resamples the budgets (with replacement) and, inside each, the residuals of
-    its parabola (a parabola through exactly 3 sizes has none, so only the budget
-    resampling moves it), refits the parabolas, takes the geometric mean of D/N at their
-    vertices and refits the two power laws through the vertices. Draws whose parabola stops
-    curving upward are dropped and counted; a draw that picked one budget only has no slope
-    (counted in the exponents' ``dropped``).
-    """
-    rng = np.random.default_rng(seed)
-    k, tpp, alphas, betas = len(budgets), [], [], []
-    dropped = one_budget = 0
-    for _ in range(ISOFLOP_DRAWS):
-        idx = rng.integers(0, k, k)
-        vertices = []  # (log10 C, log10 N_opt, log10 D_opt)
-        for i in idx:
-            lx, y, fitted, d_line = budgets[i]["_points"]
-            resid = y - fitted
-            y_star = fitted + rng.choice(resid, len(resid), replace=True)
-            coef = np.polyfit(lx, y_star, 2)
-            if coef[0] <= 0:
-                break
-            x_opt = -coef[1] / (2 * coef[0])
-            vertices.append((math.log10(budgets[i]["budget"]), x_opt, np.polyval(d_line, x_opt)))
-        if len(vertices) < k:
-            dropped += 1
-            continue
-        lc, ln, ld = (np.array(v, dtype=float) for v in zip(*vertices))
-        tpp.append(float(10 ** np.mean(ld - ln)))  # geometric mean of D/N
-        if len(set(idx.tolist())) < 2:
-            one_budget += 1
-            continue
-        alphas.append(float(np.polyfit(lc, ln, 1)[0]))
-        betas.append(float(np.polyfit(lc, ld, 1)[0]))
-    need = ISOFLOP_DRAWS // 2
-    return {
-        "tokens_per_param": _interval(tpp, dropped, need),
-        "alpha": _interval(alphas, dropped + one_budget, need),
-        "beta": _interval(betas, dropped + one_budget, need),
-    }
-
-
-def fit_isoflop(groups: dict[float, list[dict]]) -> dict[str, Any]:
-    """Approach 2 over budgets {C: [point, ...]} (points have params, tokens, loss)."""
-    budgets: list[dict] = []
-    skipped: list[dict] = []
-    for c in sorted(groups):
-        pts = groups[c]
-        try:
-            fit = fit_isoflop_budget(
-                [p["params"] for p in pts], [p["tokens"] for p in pts], [p["loss"] for p in pts]
-            )
-        except FitError as e:
-            skipped.append({"budget": c, "reason": f"budget {c:.3g}: {e}"})
-            continue
-        budgets.append({"budget": c, **fit})
-    out: dict[str, Any] = {"budgets": budgets, "skipped": skipped, "warnings": []}
-    for b in budgets:
-        if not b["bracketed"]:
-            out["warnings"].append(
-                f"budget {b['budget']:.3g}: the optimum lies outside the "
-                "sizes tried (extrapolated); add sizes on that side"
-            )
-    if len(budgets) < 2:
-        raise FitError(
-            "the IsoFLOP power laws "
-            + _more(2, len(budgets), "budgets with a fitted optimum")
-            + ("; " + "; ".join(s["reason"] for s in skipped) if skipped else "")
-        )
-    cs = np.array([b["budget"] for b in budgets])
-    n_law = _power_law(cs, np.array([b["n_opt"] for b in budgets]))
-    d_law = _power_law(cs, np.array([b["d_opt"] for b in budgets]))
-    tpp = np.array([b["tokens_per_param"] for b in budgets])
-    ci = _isoflop_intervals(budgets)
-    out.update(
-        alpha=n_law["exponent"],
-        beta=d_law["exponent"],
-        alpha_ci95=ci["alpha"],
-        beta_ci95=ci["beta"],
-        n_opt_law=n_law,
-        d_opt_law=d_law,
-        # the planner takes one number: the geometric mean over the budgets measured; the
-        # trend D/N ∝ C^(β-α) is recorded beside it for extrapolation
-        tokens_per_param=float(np.exp(np.mean(np.log(tpp)))),
-        tokens_per_param_range=[float(tpp.min()), float(tpp.max())],
-        tokens_per_param_ci95=ci["tokens_per_param"],
-        tokens_per_param_law={
-            "coefficient": d_law["coefficient"] / n_law["coefficient"],
-            "exponent": d_law["exponent"] - n_law["exponent"],
-        },
-    )
-    for b in budgets:
-        b.pop("_points", None)
-    return out
-
-
 # ---- putting it together ----------------------------------------------------------------------
 
 
@@ -524,6 +358,77 @@ def _isoflop_frontier(groups: dict[float, list[dict]], fitted: list[dict]) -> li
     return frontier
 
 
+def _frontier(
+    points: list[dict], kind: str, tokens_per_param: float | None, out: dict[str, Any]
+) -> list[dict]:
+    """The compute-optimal frontier the loss law is fitted on, sorted by compute; for
+    "isoflop" also the approach-2 fit and its tokens per parameter, into ``out``."""
+    if kind == "isoflop":
+        groups: dict[float, list[dict]] = {}
+        for p in points:
+            groups.setdefault(float(p["budget"]), []).append(p)
+        try:
+            iso = fit_isoflop(groups)
+            out["isoflop"] = iso
+            out["warnings"] += iso["warnings"] + [s["reason"] for s in iso["skipped"]]
+            out["tokens_per_param"] = iso["tokens_per_param"]
+            out["tokens_per_param_source"] = "measured: IsoFLOP optima (Chinchilla approach 2)"
+        except FitError as e:
+            out["isoflop"] = iso = {"error": str(e), "budgets": []}
+            out["warnings"].append(f"IsoFLOP: {e}")
+        frontier = _isoflop_frontier(groups, iso["budgets"])
+    else:
+        frontier = [
+            {"name": p["name"], "flops": float(p["flops"]), "loss": p["loss"]} for p in points
+        ]
+        out["tokens_per_param"] = tokens_per_param
+        out["tokens_per_param_source"] = "assumed: the sweep's fixed ratio (not measured)"
+    frontier.sort(key=lambda f: f["flops"])
+    return frontier
+
+
+def _fit_frontier(out: dict[str, Any], frontier: list[dict], n_boot: int, seed: int) -> None:
+    """The loss law over the frontier and its held-out checks, into ``out``."""
+    fx, fy = [f["flops"] for f in frontier], [f["loss"] for f in frontier]
+    try:
+        law = fit_paper_law(fx, fy, n_boot=n_boot, seed=seed, keep_draws=KEEP_DRAWS)
+        law["frontier"] = frontier
+        law.update(monotonic_report(fx, fy))
+        out["loss_law"] = law
+    except FitError as e:
+        out["loss_law_error"] = str(e)
+    try:
+        out["prediction"] = prediction_check(fx, fy, n_boot=min(n_boot, 200), seed=seed)
+        llo = out["prediction"]["leave_largest_out"]
+        if llo["inside_pi95"] is False:
+            out["warnings"].append(
+                f"leave-largest-out: the law fitted without the largest point predicts "
+                f"{llo['predicted']:.4f} for it, measured {llo['loss']:.4f}, outside its 95% "
+                "interval: extrapolations from this sweep are not trustworthy"
+            )
+    except FitError as e:
+        out["prediction"] = {"skipped": str(e)}
+
+
+def _chinchilla(points: list[dict], seed: int) -> dict[str, Any]:
+    """Approach 3 over every point, with its tokens per parameter at their mean compute."""
+    try:
+        ch = fit_chinchilla(
+            [p["params"] for p in points],
+            [p["tokens"] for p in points],
+            [p["loss"] for p in points],
+            seed=seed,
+        )
+    except FitError as e:
+        return {"skipped": str(e)}
+    mid = float(np.exp(np.mean(np.log([p["flops"] for p in points]))))
+    ch["tokens_per_param_at"] = {
+        "flops": mid,
+        "tokens_per_param": chinchilla_tokens_per_param(ch, mid),
+    }
+    return ch
+
+
 def fit_results(
     records: list[dict],
     *,
@@ -555,62 +460,8 @@ def fit_results(
         out["warnings"].append(
             "excluded from the fits: " + "; ".join(f"{e['name']} ({e['reason']})" for e in excluded)
         )
-    frontier = []
-    if kind == "isoflop":
-        groups: dict[float, list[dict]] = {}
-        for p in points:
-            groups.setdefault(float(p["budget"]), []).append(p)
-        try:
-            iso = fit_isoflop(groups)
-            out["isoflop"] = iso
-            out["warnings"] += iso["warnings"] + [s["reason"] for s in iso["skipped"]]
-            out["tokens_per_param"] = iso["tokens_per_param"]
-            out["tokens_per_param_source"] = "measured: IsoFLOP optima (Chinchilla approach 2)"
-        except FitError as e:
-            out["isoflop"] = iso = {"error": str(e), "budgets": []}
-            out["warnings"].append(f"IsoFLOP: {e}")
-        frontier = _isoflop_frontier(groups, iso["budgets"])
-    else:
-        frontier = [
-            {"name": p["name"], "flops": float(p["flops"]), "loss": p["loss"]} for p in points
-        ]
-        out["tokens_per_param"] = tokens_per_param
-        out["tokens_per_param_source"] = "assumed: the sweep's fixed ratio (not measured)"
-    frontier.sort(key=lambda f: f["flops"])
-    fx, fy = [f["flops"] for f in frontier], [f["loss"] for f in frontier]
-    try:
-        law = fit_paper_law(fx, fy, n_boot=n_boot, seed=seed, keep_draws=KEEP_DRAWS)
-        law["frontier"] = frontier
-        law.update(monotonic_report(fx, fy))
-        out["loss_law"] = law
-    except FitError as e:
-        out["loss_law_error"] = str(e)
-    try:
-        out["prediction"] = prediction_check(fx, fy, n_boot=min(n_boot, 200), seed=seed)
-        llo = out["prediction"]["leave_largest_out"]
-        if llo["inside_pi95"] is False:
-            out["warnings"].append(
-                f"leave-largest-out: the law fitted without the largest point predicts "
-                f"{llo['predicted']:.4f} for it, measured {llo['loss']:.4f}, outside its 95% "
-                "interval: extrapolations from this sweep are not trustworthy"
-            )
-    except FitError as e:
-        out["prediction"] = {"skipped": str(e)}
-    try:
-        ch = fit_chinchilla(
-            [p["params"] for p in points],
-            [p["tokens"] for p in points],
-            [p["loss"] for p in points],
-            seed=seed,
-        )
-        mid = float(np.exp(np.mean(np.log([p["flops"] for p in points]))))
-        ch["tokens_per_param_at"] = {
-            "flops": mid,
-            "tokens_per_param": chinchilla_tokens_per_param(ch, mid),
-        }
-        out["chinchilla"] = ch
-    except FitError as e:
-        out["chinchilla"] = {"skipped": str(e)}
+    _fit_frontier(out, _frontier(points, kind, tokens_per_param, out), n_boot, seed)
+    out["chinchilla"] = _chinchilla(points, seed)
     try:
         a1 = fit_approach1(points, seed=seed)
         out["approach1"] = a1

@@ -1,15 +1,7 @@
-"""The loss at the best learning rate of one size, from a grid of LR trials.
-
-A sweep with ``lr: tuned`` trains every size at a few LRs (``lr_grid``, multipliers of the
-size's LR). Taking the best trial as the size's loss adds the grid's coarseness to every
-point: on the CPU sweeps a factor of 2 in LR moves the final loss by 3-7%, so a best trial
-can sit up to a few percent above the size's true optimum, by an amount that differs from
-size to size: noise the loss law then has to absorb. ``lr_select: parabola`` instead fits a
-parabola in ln(LR) through the best trial and its two neighbours on the grid (the usual
-local model of loss against log-LR near its minimum) and takes its vertex: the estimated
-loss at the optimal LR, and that LR. The vertex is only used where it lies between the two
-neighbours (the best trial is not at the grid's edge and the three points are convex);
-otherwise the best trial stands, and the reason is recorded.
+"""The loss at the best learning rate of one size, from a grid of LR trials: the best trial,
+or (``lr_select: parabola``) the vertex of a parabola in ln(LR) through the best trial and
+its two neighbours where it lies between them (why: docs/SCALING.md, The loss at the best
+learning rate).
 """
 
 from __future__ import annotations

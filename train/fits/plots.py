@@ -1,8 +1,6 @@
-"""Sweep plots: ``scaling.png`` (loss against training FLOPs with the fitted law, log axes,
-like the Cerebras-GPT paper's figure) and ``isoflop.png`` (Chinchilla approach 2).
-
-Matplotlib with the Agg backend (no display); files are written to a temporary name and
-renamed so an interrupted plot never leaves a half-written PNG.
+"""Sweep plots from fit.json's numbers: ``scaling.png`` (loss against training FLOPs with the
+fitted law), ``isoflop.png`` (approach 2) and ``envelope.png`` (approach 1); written
+through cgpt.train.figures (Agg backend, atomic rename).
 """
 
 from __future__ import annotations
@@ -39,13 +37,8 @@ def _law_stats(law: dict) -> str:
     ) + f", RMSE = {law['rmse']:.4f} nats, {law['n_points']} points"
 
 
-def plot_scaling(points: list[dict], fit: dict, path: str | os.PathLike, title: str = "") -> None:
-    """Final val loss against training FLOPs for every finished point; the frontier and the
-    fitted curve L(C) = (C/a)^-b + c on log-log axes."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 5.2))
-    budgets = sorted({p["budget"] for p in points if p.get("budget") is not None})
-    cmap = plt.get_cmap("viridis")
+def _scatter_points(ax, points: list[dict], budgets: list, cmap) -> None:
+    """Every finished point: coloured by budget, or labelled by name without budgets."""
     if budgets:
         for i, b in enumerate(budgets):
             pts = [p for p in points if p.get("budget") == b]
@@ -57,68 +50,87 @@ def plot_scaling(points: list[dict], fit: dict, path: str | os.PathLike, title: 
                 color=cmap(i / max(1, len(budgets) - 1)),
                 label=f"budget {b:.2g} FLOPs",
             )
-    else:
-        ax.scatter(
-            [p["flops"] for p in points],
-            [p["loss"] for p in points],
-            s=40,
-            color="tab:blue",
-            zorder=3,
-            label="sweep points (final val loss)",
+        return
+    ax.scatter(
+        [p["flops"] for p in points],
+        [p["loss"] for p in points],
+        s=40,
+        color="tab:blue",
+        zorder=3,
+        label="sweep points (final val loss)",
+    )
+    for p in points:
+        ax.annotate(
+            p["name"],
+            (p["flops"], p["loss"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=7,
+            color="0.35",
         )
-        for p in points:
-            ax.annotate(
-                p["name"],
-                (p["flops"], p["loss"]),
-                textcoords="offset points",
-                xytext=(4, 4),
-                fontsize=7,
-                color="0.35",
-            )
+
+
+def _draw_law(ax, law: dict, budgets: list) -> None:
+    """The frontier (per-budget optima, with budgets) and the fitted curve with its stats."""
+    fr = law["frontier"]
+    if budgets:
+        ax.scatter(
+            [f["flops"] for f in fr],
+            [f["loss"] for f in fr],
+            marker="*",
+            s=160,
+            color="tab:red",
+            zorder=4,
+            label="frontier: per-budget optimum",
+        )
+    xs = np.logspace(
+        np.log10(min(f["flops"] for f in fr)) - 0.3,
+        np.log10(max(f["flops"] for f in fr)) + 0.3,
+        200,
+    )
+    ax.plot(
+        xs,
+        paper_law(xs, law["a"], law["b"], law["c"]),
+        color="tab:red",
+        lw=1.6,
+        label=_law_label(law),
+    )
+    ax.plot([], [], " ", label=_law_stats(law))
+
+
+def _draw_llo(ax, llo: dict) -> None:
+    """The leave-largest-out prediction of the largest point, with its 95% interval."""
+    pi = llo.get("pi95")
+    yerr = [[llo["predicted"] - pi[0]], [pi[1] - llo["predicted"]]] if pi is not None else None
+    ax.errorbar(
+        [llo["flops"]],
+        [llo["predicted"]],
+        yerr=yerr,
+        fmt="D",
+        ms=6,
+        color="tab:orange",
+        capsize=4,
+        zorder=5,
+        label=(
+            f"fit without the largest point predicts it: error "
+            f"{100 * llo['rel_error']:+.2f}%" + (" (95% interval)" if pi is not None else "")
+        ),
+    )
+
+
+def plot_scaling(points: list[dict], fit: dict, path: str | os.PathLike, title: str = "") -> None:
+    """Final val loss against training FLOPs for every finished point; the frontier and the
+    fitted curve L(C) = (C/a)^-b + c on log-log axes."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    budgets = sorted({p["budget"] for p in points if p.get("budget") is not None})
+    _scatter_points(ax, points, budgets, plt.get_cmap("viridis"))
     law = fit.get("loss_law")
     if law:
-        fr = law["frontier"]
-        if budgets:
-            ax.scatter(
-                [f["flops"] for f in fr],
-                [f["loss"] for f in fr],
-                marker="*",
-                s=160,
-                color="tab:red",
-                zorder=4,
-                label="frontier: per-budget optimum",
-            )
-        xs = np.logspace(
-            np.log10(min(f["flops"] for f in fr)) - 0.3,
-            np.log10(max(f["flops"] for f in fr)) + 0.3,
-            200,
-        )
-        ax.plot(
-            xs,
-            paper_law(xs, law["a"], law["b"], law["c"]),
-            color="tab:red",
-            lw=1.6,
-            label=_law_label(law),
-        )
-        ax.plot([], [], " ", label=_law_stats(law))
+        _draw_law(ax, law, budgets)
     llo = (fit.get("prediction") or {}).get("leave_largest_out")
     if llo:
-        pi = llo.get("pi95")
-        yerr = [[llo["predicted"] - pi[0]], [pi[1] - llo["predicted"]]] if pi is not None else None
-        ax.errorbar(
-            [llo["flops"]],
-            [llo["predicted"]],
-            yerr=yerr,
-            fmt="D",
-            ms=6,
-            color="tab:orange",
-            capsize=4,
-            zorder=5,
-            label=(
-                f"fit without the largest point predicts it: error "
-                f"{100 * llo['rel_error']:+.2f}%" + (" (95% interval)" if pi is not None else "")
-            ),
-        )
+        _draw_llo(ax, llo)
     ax.set_xscale("log")
     ax.set_yscale("log")
     _plain_y(ax)
@@ -212,13 +224,9 @@ def plot_isoflop(points: list[dict], fit: dict, path: str | os.PathLike, title: 
     _save(fig, path)
 
 
-def plot_envelope(fit: dict, path: str | os.PathLike, title: str = "") -> None:
-    """Chinchilla approach 1 from fit.json's ``approach1``. Left: every run's curve
-    (smoothed training loss; or, with final points, each size's completed runs) against
-    compute, and the envelope. Right: the envelope's N_opt and D_opt with the fitted laws."""
-    a1 = fit["approach1"]
-    plt = _plt()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5.2))
+def _envelope_curves(plt, fig, ax, a1: dict) -> None:
+    """Left panel: every run's curve (or each size's completed runs), coloured by size on a
+    log scale, and the envelope."""
     cmap = plt.get_cmap("viridis")
     sizes = sorted({r["params"] for r in a1["runs"]})
     lsz = np.log(sizes)
@@ -262,6 +270,11 @@ def plot_envelope(fit: dict, path: str | os.PathLike, title: str = "") -> None:
     ax.set_title(f"curves ({a1['points']} points) and their envelope")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def _envelope_laws(ax2, a1: dict) -> None:
+    """Right panel: the envelope's N_opt and D_opt against compute with the fitted laws."""
+    env = a1["envelope"]
     cs = np.array([e["flops"] for e in env])
     xs = np.logspace(np.log10(cs.min()), np.log10(cs.max()), 50)
     for key, law, sym, exp_key, col in (
@@ -292,5 +305,16 @@ def plot_envelope(fit: dict, path: str | os.PathLike, title: str = "") -> None:
     ax2.set_title("compute-optimal allocation (approach 1)")
     ax2.grid(True, which="both", alpha=0.3)
     ax2.legend(fontsize=8)
+
+
+def plot_envelope(fit: dict, path: str | os.PathLike, title: str = "") -> None:
+    """Chinchilla approach 1 from fit.json's ``approach1``. Left: every run's curve
+    (smoothed training loss; or, with final points, each size's completed runs) against
+    compute, and the envelope. Right: the envelope's N_opt and D_opt with the fitted laws."""
+    a1 = fit["approach1"]
+    plt = _plt()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5.2))
+    _envelope_curves(plt, fig, ax, a1)
+    _envelope_laws(ax2, a1)
     fig.suptitle(title or "Training-curve envelope (Chinchilla approach 1)")
     _save(fig, path)

@@ -1,16 +1,8 @@
-"""One run, many budgets: cooldown branches of a warmup-stable-decay run.
-
-A WSD run holds its peak LR until its last ``cooldown_fraction`` of steps, so up to any
-step k before its own cooldown it is, step for step, the same run as a WSD run of fewer
-steps whose cooldown starts at k (Hägele et al. 2024, arXiv 2405.18392; OLMo-core's WSD-S).
-``make_branch(STABLE_RUN, k, OUT)`` turns the stable run's checkpoint ``step-k`` into the
-start of such a shorter run in its own folder: the branch's plan ends where a cooldown of
-``fraction`` of its schedule begins at k; model, optimizer, RNG and data position come from
-the checkpoint (hard links, no copy), the metrics rows up to k from the stable run; the
-folder is built under a temporary name and published whole.
-``cgpt train OUT --resume`` then trains only the cooldown, and the branch equals a
-dedicated WSD run of its length bitwise. Each branch is one sweep point at the price of
-its cooldown.
+"""One run, many budgets: ``make_branch(STABLE_RUN, k, OUT)`` turns a warmup-stable-decay
+run's checkpoint ``step-k`` into the start of a shorter WSD run whose cooldown starts at k,
+in its own folder published whole (``cgpt branch``); ``cgpt train OUT --resume`` then
+trains only the cooldown and equals a dedicated run of that length bitwise
+(docs/SCALING.md, Cooldown branches).
 """
 
 from __future__ import annotations
@@ -24,10 +16,9 @@ from cgpt.model.errors import CgptError
 from cgpt.model.files import HeldTempDir, fsync_dir, make_public, remove_stale, write_atomic
 from cgpt.train.checkpoints import checkpoint as ckpt
 from cgpt.train.config import RUN_CONFIG, BatchPhase, PlanSection, RunConfig, load_run_config
+from cgpt.train.fits.curves import BRANCH_FILE  # defined beside its reader, the lower layer
 from cgpt.train.loop.metrics import read_metrics
 from cgpt.train.plan.schedule import cooldown_steps, lr_at
-
-BRANCH_FILE = "branch.json"
 
 
 def _phase(plan: PlanSection, steps: int, fraction: float) -> BatchPhase:

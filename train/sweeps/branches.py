@@ -1,26 +1,6 @@
-"""One run, many budgets, in a sweep: ``branches: {at: [0.5, 1, 2, 4]}``. The points are
-planned by cgpt.train.sweeps.points.plan_branch_group; this module makes their folders.
-
-Per size (and LR trial) the sweep trains ONE warmup-stable-decay run planned to the
-largest multiple of the size's planned tokens (tokens_per_param × params): it is itself
-the largest point (its own cooldown is at its end) and it saves a checkpoint
-(``runtime.save_steps``) where each smaller point's cooldown starts. Each smaller point is
-a cooldown branch (cgpt.train.sweeps.branch.make_branch) of that checkpoint, in its own
-run folder, trained by the same subprocess as every other point; up to its cooldown it is
-the stable run, so it costs only its cooldown (Hägele et al. 2024, arXiv 2405.18392).
-
-A branch's cooldown starts where the dedicated WSD point of its multiple would start its
-own (``steps - round(cooldown_fraction × steps)``) and it has the dedicated point's length,
-so it equals that point bitwise (tests/test_sweep_branches.py).
-Every point shares the stable run's warmup: the sweep file must give
-``plan.warmup_tokens_per_param`` (a warmup that does not depend on the run's length).
-
-Names: ``SHAPE-xM`` (``SHAPE-xM-lrxL`` for LR trials, grouped by ``SHAPE-xM`` so the best
-LR is chosen per size and multiple). The stable run keeps every checkpoint it writes from
-its first branch step on (``runtime.keep_last`` raised to that count), and the sweep makes
-the branch folders before and after each stable-run process, so no branch's checkpoint is
-pruned before it is branched; once every branch is made, the stable run's checkpoints are
-pruned back to ``keep_last`` plus the branch steps.
+"""Cooldown branches in a sweep (``branches: {at: [0.5, 1, 2, 4]}``): making, checking and
+pruning the branch folders of each stable WSD run; the points themselves are planned by
+cgpt.train.sweeps.points.plan_branch_group (docs/SCALING.md, Branches in a sweep).
 """
 
 from __future__ import annotations
@@ -31,7 +11,9 @@ from pathlib import Path
 from cgpt.model.errors import CgptError
 from cgpt.train.checkpoints import checkpoint as ckpt
 from cgpt.train.config import RUN_CONFIG
-from cgpt.train.sweeps.branch import BRANCH_FILE, make_branch
+from cgpt.train.fits.curves import BRANCH_FILE
+from cgpt.train.lock import LOCK_NAME, FolderLock
+from cgpt.train.sweeps.branch import make_branch
 from cgpt.train.sweeps.points import Point
 from cgpt.train.sweeps.train import run_summary
 
@@ -42,8 +24,6 @@ def _remove_unfinished(folder: Path, k: int, src: Path) -> None:
     """A branch folder without branch.json is one whose creation was interrupted
     (make_branch writes branch.json last, and nothing trains before it): remove it, under
     its lock, so that it is made again. Anything else in its place is refused."""
-    from cgpt.train.lock import LOCK_NAME, FolderLock
-
     made = {LOCK_NAME, "checkpoints", RUN_CONFIG, "metrics.jsonl"}  # what make_branch writes
     odd = [p.name for p in folder.iterdir() if p.name not in made]
     odd += [f"checkpoints/{p.name}" for p in folder.glob("checkpoints/*") if p.name != f"step-{k}"]
@@ -103,8 +83,6 @@ def prepare_ready_branches(stable: Point, branches: list[Point], log=print) -> N
             log(f"branch {b.name}: made from {stable.name}'s checkpoint step-{b.branch_step}")
     made = all((Path(b.cfg.runtime.out_dir) / BRANCH_FILE).is_file() for b in branches)
     if branches and made and (run_summary(src) or {}).get("status") == "completed":
-        from cgpt.train.lock import FolderLock
-
         with FolderLock(src, "run folder"):
             found = ckpt.published(root)
             keep = {s for s, _ in found[-branches[0].cfg.runtime.keep_last :]}

@@ -1,6 +1,6 @@
 """The sweep file: its schema (validated, unknown keys refused) and loading it.
 
-What the keys mean and what a sweep does with them: cgpt.train.sweeps.sweep.
+What the keys mean and what a sweep does with them: docs/SCALING.md, Sweeps.
 """
 
 from __future__ import annotations

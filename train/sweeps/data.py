@@ -7,6 +7,9 @@ import hashlib
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
+from cgpt.train.data.prepare import prepare
+from cgpt.train.data.shards import open_token_data
+from cgpt.train.data.tokenizer import load_tokenizer, train_tokenizer
 from cgpt.train.sweeps.config import SweepConfig
 
 
@@ -25,16 +28,11 @@ def _missing_data(sweep: SweepConfig) -> CgptError:
 
 def ensure_data(sweep: SweepConfig, log=print):
     """Open the sweep's data folder, preparing it first when missing and data.prepare says how."""
-    from cgpt.train.data.shards import open_token_data
-
     path = Path(sweep.data.path)
     if not (path / "meta.json").is_file():
         spec = sweep.data.prepare
         if spec is None:
             raise _missing_data(sweep)
-        from cgpt.train.data.prepare import prepare
-        from cgpt.train.data.tokenizer import train_tokenizer
-
         tok = Path(tokenizer_dir(sweep) or "")  # set: data.prepare is given
         if not tok.is_dir():
             log(
@@ -52,8 +50,6 @@ def ensure_data(sweep: SweepConfig, log=print):
 def dry_run_vocab(sweep: SweepConfig, log=print) -> int:
     """What :func:`ensure_data` would do, said and not done (a dry run writes nothing); the
     vocab size the points will have."""
-    from cgpt.train.data.shards import open_token_data
-
     path = Path(sweep.data.path)
     if (path / "meta.json").is_file():
         data = open_token_data(path, verify="size")
@@ -67,8 +63,6 @@ def dry_run_vocab(sweep: SweepConfig, log=print) -> int:
         raise _missing_data(sweep)
     tok = Path(tokenizer_dir(sweep) or "")  # set: data.prepare is given
     if tok.is_dir():
-        from cgpt.train.data.tokenizer import load_tokenizer
-
         vocab = load_tokenizer(tok).vocab_size
         log(f"would use the existing tokenizer {tok} ({vocab} tokens)")
     else:

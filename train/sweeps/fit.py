@@ -1,11 +1,6 @@
 """Fitting a sweep folder: ``OUT/results.jsonl`` -> ``OUT/fit.json`` and the plots, and the
-summary lines `cgpt sweep` prints.
-
-Which records each fit gets: ``lr: tuned``: the best trial per group (or its failures when
-none finished). With ``branches``: the loss law L(C) and its held-out checks are fitted on
-the points at 1× the planned tokens (the sweep's tokens_per_param frontier); the
-Chinchilla L(N, D) fit (approach 3) gets every branch, since points of one size at several
-D/N are what that fit needs.
+summary lines `cgpt sweep` prints. Which records each fit gets (best LR trials, the 1x
+points of a branched sweep): docs/SCALING.md, Fitting a sweep folder.
 """
 
 from __future__ import annotations
@@ -20,7 +15,7 @@ import yaml
 from cgpt.model.errors import CgptError
 from cgpt.train.config import write_text_atomic
 from cgpt.train.loop.metrics import read_metrics
-from cgpt.train.sweeps.records import best_trials
+from cgpt.train.sweeps.records import best_trials, finished
 from cgpt.train.sweeps.seeds import aggregate_replicates
 from cgpt.train.sweeps.seeds import summary_line as seeds_lines
 
@@ -47,8 +42,8 @@ def _check_same_data(records: list[dict]) -> None:
 
 def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> dict:
     """Fit the results in a sweep folder; write fit.json, scaling.png (and isoflop.png)."""
-    from cgpt.train.fits.fit import FitError
-    from cgpt.train.fits.plots import plot_isoflop, plot_scaling
+    from cgpt.train.fits.common import FitError  # scipy
+    from cgpt.train.fits.plots import plot_isoflop, plot_scaling  # matplotlib, scipy
 
     out = Path(out)
     if not (out / "sweep.yaml").is_file():
@@ -98,7 +93,7 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
     if fit["kind"] == "isoflop":
         plot_isoflop(points, fit, out / "isoflop.png", title=f"{meta.get('name')}: IsoFLOP")
     if "n_opt_law" in (fit.get("approach1") or {}):
-        from cgpt.train.fits.plots import plot_envelope
+        from cgpt.train.fits.plots import plot_envelope  # matplotlib
 
         title = f"{meta.get('name', out.name)}: training-curve envelope"
         plot_envelope(fit, out / "envelope.png", title=title)
@@ -114,7 +109,7 @@ def _fit(
 ) -> dict:
     """fit_results on the records each fit should see (the module docstring); ``trained``:
     every finished point, LR trials included (what the sweep cost)."""
-    from cgpt.train.fits.fit import fit_results
+    from cgpt.train.fits.fit import fit_results  # scipy
 
     if not any(r.get("tokens_multiple") is not None for r in records):
         return fit_results(records, kind=kind, tokens_per_param=tokens_per_param, n_boot=n_boot)
@@ -146,8 +141,7 @@ def _fit(
 def _predict_targets(fit: dict, targets: list[dict], n_boot: int) -> None:
     """fit["prediction"]["targets"]: each finished held-out target predicted by the law
     fitted on the ladder's frontier (cgpt.train.fits.fit.predict_targets)."""
-    from cgpt.train.fits.fit import FitError, predict_targets
-    from cgpt.train.sweeps.records import finished
+    from cgpt.train.fits.fit import FitError, predict_targets  # scipy
 
     done = [r for r in targets if finished(r)]
     frontier = (fit.get("loss_law") or {}).get("frontier") or []

@@ -17,6 +17,7 @@ from cgpt.model.config import GPTConfig
 from cgpt.model.errors import CgptError, ConfigError
 from cgpt.model.sizes import flops_per_token_algorithmic, num_params
 from cgpt.train.config import RunConfig
+from cgpt.train.plan.planner import plan_for_shape, shape_for_params
 from cgpt.train.plan.schedule import cooldown_steps
 from cgpt.train.sweeps.branch import branch_plan
 from cgpt.train.sweeps.config import SizeSpec, SweepConfig
@@ -65,8 +66,6 @@ def _sizes(sweep: SweepConfig, vocab: int) -> list[SizeSpec]:
         return list(sweep.isoflop.sizes)
     sizes = list(sweep.sizes or [])
     if sweep.params:
-        from cgpt.train.plan.planner import shape_for_params
-
         for n in sweep.params:
             layers, width, heads = shape_for_params(n, vocab, sweep.model.seq_len)
             sizes.append(SizeSpec(n_layer=layers, n_embd=width, n_head=heads))
@@ -84,8 +83,6 @@ def plan_point(
     lr_mult: float = 1.0,
 ) -> RunConfig:
     """The run config of one point: ``size`` trained on ``tpp`` × params tokens."""
-    from cgpt.train.plan.planner import plan_for_shape
-
     try:
         plan = plan_for_shape(
             size.n_layer,

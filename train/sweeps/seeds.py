@@ -1,12 +1,6 @@
-"""Seed replicates of sweep points: the mean final loss per point and the seed-to-seed spread.
-
-At the CPU sweeps' scale the final val loss of one run moves by several percent with the
-seed alone (measured: 2.790 vs 2.899 for one size and LR, seeds 1234 and 1), more than the
-differences a scaling law is asked to predict. A sweep file with ``seeds: [s1, s2, ...]``
-trains every point once per seed (cgpt.train.sweeps.points); the fits then see one
-record per point holding the mean final loss of its finished replicates, and fit.json's
-``seeds`` entry reports each point's standard deviation: the noise floor any prediction
-error of the sweep should be read against.
+"""Seed replicates of sweep points: one record per point holding the mean final loss of its
+finished replicates, and the seed-to-seed spread (fit.json ``seeds``), the noise floor to
+read prediction errors against (docs/SCALING.md, Seed replicates).
 """
 
 from __future__ import annotations

@@ -1,60 +1,7 @@
-"""Scaling sweeps: many small runs -> ``results.jsonl`` -> fitted laws (``fit.json``) and plots.
-
-A sweep file (YAML, validated, unknown keys refused) names one data folder + tokenizer, the
-model sizes, and either a fixed tokens-per-parameter ratio (the Cerebras-GPT way) or IsoFLOP
-budgets (Chinchilla approach 2). Every point is a normal run: planned by the planner's rules
-(``cgpt.train.plan.planner.plan_for_shape``: tokens = tpp × params, steps, warmup, decay, eps, init)
-with the sweep's explicit small-model batch and LR (the published rules give LRs for 100M+
-models), written as a run config to ``OUT/configs/NAME.yaml`` and trained by
-``python -m cgpt.train`` in a subprocess into ``OUT/runs/NAME/`` — so a crashing or diverging
-point cannot take the sweep down. The sweep folder::
-
-    OUT/sweep.yaml      the resolved sweep definition (what `cgpt sweep fit` reads)
-    OUT/configs/*.yaml  one run config per point        OUT/logs/*.log  each point's output
-    OUT/runs/*/         one run folder per point         OUT/results.jsonl  one line per point
-    OUT/fit.json        fits (cgpt.train.fits.fit)            OUT/scaling.png, OUT/isoflop.png
-
-Learning rates (``lr:`` in the sweep file):
-
-* ``fixed`` (default): one run per size at ``plan.lr`` (× the width rule
-  ``(lr_base_width / n_embd)^lr_width_exponent``, or the size's own ``lr``);
-* ``tuned``: one run (a *trial*) per size and multiplier in ``lr_grid`` (default
-  [0.5, 1, 2]) around that LR, named ``SHAPE-lrxM``; results.jsonl records every trial
-  (``group`` = the size, ``lr_mult``, ``best``) and the fits use only the best trial per size
-  (lowest final val loss; fit.json ``lr_trials`` lists them and warns when the best sits at
-  the edge of the grid);
-* ``mup``: μP (cgpt.train.plan.mup.apply_mup, base width ``plan.lr_base_width``) with
-  ``plan.lr`` as the base LR, transferred to every width (hidden matrices at LR/m,
-  m = n_embd / base width). Restriction: every width must be at least the base width (μP
-  transfers the base model's tuning to wider models, not narrower ones).
-
-Warmup: the planner's rule (375M tokens, capped at 20% of the steps, which is what every
-small point gets) unless ``plan.warmup_tokens_per_param`` sets warmup tokens = k × params
-(warmup proportional to model size; Porian et al. 2024, arXiv 2406.19146, name a warmup too
-long for small models as one cause of the Kaplan/Chinchilla discrepancy; k = 1 is cgpt's
-choice, not a constant read from the paper). Batch: ``plan.global_batch_seqs``, or, when it
-is left out, the batch law of ``plan.recipe`` (``deepseek``: DeepSeek LLM's
-B_opt = 0.2920·C^0.3271 tokens, docs/REFERENCE.md, Related scaling laws).
-
-Resumable: a point whose run folder has ``summary.json`` with status ``completed`` is
-skipped; a point with a run folder but no completed summary (killed, preempted, stopped) is
-continued with ``--resume`` from its newest checkpoint; a failed point (it diverged or
-crashed) is recorded with its reason and skipped on later runs unless ``--retry-failed``.
-If the data folder is missing and the sweep has ``data.prepare``, the sweep trains the
-tokenizer and prepares the data itself first (``cgpt tokenizer train`` + ``cgpt prepare``).
-
-Schedule: ``plan.decay`` (linear | cosine | wsd; default the planner's rule) and, for wsd,
-``plan.cooldown_fraction`` apply to every point. ``branches: {at: [0.5, 1, 2, 4],
-cooldown_fraction: 0.2}`` (with ``plan.decay: wsd`` and ``plan.warmup_tokens_per_param``)
-trains one warmup-stable-decay run per size (and LR trial) to the largest multiple of its
-planned tokens and every smaller multiple as a cooldown branch of it, at the price of the
-cooldown (cgpt.train.sweeps.branches). results.jsonl records each point's ``flops``
-(as if trained alone) and ``cost_flops`` (what the sweep spent on it), ``branch_of`` and
-``tokens_multiple``; the loss law is fitted on the 1x points, Chinchilla's L(N, D) on all.
-
-Modules: the sweep file (sweep_config), its data (sweep_data), planning the points
-(sweep_points, sweep_branches), training one point (sweep_train), result records
-(sweep_records), fitting a sweep folder (sweep_fit); this one runs a sweep.
+"""Running a scaling sweep: every point trained as a normal run in a subprocess, resumably,
+into one locked sweep folder, then fitted and plotted (``results.jsonl`` -> ``fit.json``).
+The sweep file, the folder layout, LR modes, warmup and branches: docs/SCALING.md, Sweeps.
+This module also re-exports the package's public names for callers and tests.
 """
 
 from __future__ import annotations
@@ -257,7 +204,7 @@ def _run_locked(
         "fit_error": None,
     }
     if fit:
-        from cgpt.train.fits.fit import FitError
+        from cgpt.train.fits.common import FitError  # scipy
 
         try:
             result["fit"] = fit_sweep_dir(out, log=log)
