@@ -139,7 +139,7 @@ def _span(runs: list[Run], grid: np.ndarray) -> np.ndarray:
 
 
 def envelope(runs: list[Run], points: str) -> list[dict]:
-    """The envelope over ``runs`` (see the module notes), one dict per grid value."""
+    """The envelope over ``runs`` (docs/SCALING.md, Approach 1), one dict per grid value."""
     grid = _grid(runs)
     cv = _curves(runs, points, grid)
     env = _envelope(cv, grid, _span(runs, grid))

@@ -107,7 +107,7 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
 def _fit(
     records: list[dict], trained: list[dict], *, kind: str, tokens_per_param, n_boot: int
 ) -> dict:
-    """fit_results on the records each fit should see (the module docstring); ``trained``:
+    """fit_results on the records each fit should see (docs/SCALING.md); ``trained``:
     every finished point, LR trials included (what the sweep cost)."""
     from cgpt.train.fits.fit import fit_results  # scipy
 
