@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cgpt.launch.args import named_values, split_name
+
 SOURCE_HELP = (
     "'stdlib' (default: the Python standard library's source, offline), a file, "
     "folder or glob of .txt/.md/.jsonl/.json/.parquet, or hf:NAME[:CONFIG]"
@@ -51,8 +53,6 @@ def _tokenizer_gpt2(args) -> int:
 def _named_inputs(values: list[str] | None) -> list[tuple[str | None, str]]:
     """``--input`` values -> (name, source): a plain SRC (name None: written to OUT; of
     several, the last) or NAME=SRC values (each written to OUT/NAME)."""
-    from cgpt.train.cli_args import named_values, split_name
-
     values = values or ["stdlib"]
     if not any(split_name(v) for v in values):  # plain SRC values: the last one counts
         return [(None, values[-1])]

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
-from cgpt.train.cli_args import check_positive
+from cgpt.train.checks import check_positive
 
 EPILOG = """\
 SRC is a cgpt model file, a run folder, a checkpoint folder (RUN/checkpoints/step-N), a

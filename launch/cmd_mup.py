@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
-from cgpt.train.cli_args import check_positive
+from cgpt.train.checks import check_positive
 
 
 def register(subparsers) -> None:

@@ -24,28 +24,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import re
 import shlex
 from dataclasses import asdict
 
+from cgpt.launch.args import data_spec, parse_count
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB
 from cgpt.train.plan.devices import DEVICES
 from cgpt.train.plan.rules import RECIPE_NAMES, SEQ_LEN
 
-_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 
-
-def parse_count(text: str, what: str) -> float:
-    """'400M', '1.3B', '4e8', '2.5T' -> a positive finite number."""
-    m = re.fullmatch(r"\s*(-?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmbgt]?)\s*", str(text), re.I)
-    if not m:
-        raise CgptError(f"{what}: expected a number such as 400M, 1.3B or 4e8, got {text!r}")
-    value = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
-    if not math.isfinite(value) or value <= 0:
-        raise CgptError(f"{what} must be a positive number, got {text!r}")
-    return value
+def flag_of(field: str) -> str:
+    """The `cgpt plan` flag of a PlanRequest field (the size is the positional SIZE)."""
+    return "SIZE" if field == "size" else "--" + field.replace("_", "-")
 
 
 def register(sub) -> None:
@@ -197,8 +188,20 @@ def _output_args(p) -> None:
 
 
 def build_plan(args):
-    """Parse the flags into a PlanRequest and plan it (cgpt.train.plan.request)."""
-    from cgpt.train.plan.request import PlanRequest, plan
+    """Parse the flags into a PlanRequest and plan it (cgpt.train.plan.request); a refusal
+    names the flags."""
+    from cgpt.train.plan.request import RequestError, plan
+
+    req = _request(args)
+    try:
+        return plan(req), req.device
+    except RequestError as e:
+        raise CgptError(e.spelled(flag_of)) from None
+
+
+def _request(args):
+    """The PlanRequest of the flags: counts such as 400M and --data parsed here."""
+    from cgpt.train.plan.request import PlanRequest
 
     counts = {
         name: parse_count(getattr(args, name), flag) if getattr(args, name) else None
@@ -214,7 +217,8 @@ def build_plan(args):
         counts["inference_tokens"] = (
             0.0 if text in ("0", "0.0") else parse_count(text, "--inference-tokens")
         )
-    req = PlanRequest(
+    data = data_spec(args.data) if args.data else None
+    return PlanRequest(
         size=args.size,
         layers=args.layers,
         width=args.width,
@@ -241,10 +245,9 @@ def build_plan(args):
         micro_batch=args.micro_batch,
         activation_checkpointing=args.activation_checkpointing,
         init_from=args.init_from,
-        data=args.data,
+        data=data,
         **counts,
     )
-    return plan(req), req.device
 
 
 def run(args) -> int:

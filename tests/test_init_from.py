@@ -232,8 +232,11 @@ def test_plan_init_from(published, pub_data, tmp_path, capsys):
     assert p.warmup_steps == max(1, round(0.01 * p.steps))
     assert p.min_lr == pytest.approx(0.1 * p.lr)
     assert plan(PlanRequest(init_from=str(published), tokens=2e6, lr=1e-4)).lr == 1e-4
-    with pytest.raises(CgptError, match="drop --params"):
+    with pytest.raises(CgptError, match="drop params"):  # the library names its fields
         plan(PlanRequest(init_from=str(published), tokens=2e6, params=1e6))
+    bad = ["plan", "--init-from", str(published), "--tokens", "2M", "--params", "1M"]
+    assert cli_main(bad) == 2  # the CLI its flags
+    assert "drop --params" in capsys.readouterr().err
     out = tmp_path / "cpt.yaml"
     argv = ["plan", "--init-from", str(published), "--tokens-per-param", "20"]
     assert cli_main(argv + ["--write", str(out), "--data", str(pub_data)]) == 0
@@ -247,7 +250,7 @@ def test_plan_from_a_cgpt_run_re_warms_to_its_peak(byte_run):
     from cgpt.train.plan import PlanRequest, plan
 
     p = plan(PlanRequest(init_from=str(byte_run / "run"), tokens=1e5))
-    assert p.lr == 3e-3 and p.extra["peak_lr_from"] == "the source run's plan.lr"
+    assert p.lr == 3e-3 and p.peak_lr_from == "the source run's plan.lr"
 
 
 @pytest.mark.slow

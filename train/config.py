@@ -34,7 +34,7 @@ from pydantic import (
 from cgpt.model.config import GPTConfig, MuPConfig
 from cgpt.model.errors import ConfigError
 from cgpt.model.files import write_atomic
-from cgpt.train.cli_args import NAME_PATTERN, NAME_RULE
+from cgpt.train.checks import NAME_PATTERN, NAME_RULE
 
 
 class Strict(BaseModel):

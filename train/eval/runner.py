@@ -21,7 +21,7 @@ import torch
 
 from cgpt.model.errors import CgptError
 from cgpt.model.files import write_atomic
-from cgpt.train.cli_args import check_positive
+from cgpt.train.checks import check_positive
 from cgpt.train.eval import harness
 from cgpt.train.eval.paper import (
     PAPER_METRIC,

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB, flops_per_token_algorithmic, flops_per_token_mfu
-from cgpt.train.cli_args import check_positive
+from cgpt.train.checks import check_positive
 from cgpt.train.plan import rules as R
 from cgpt.train.plan.cluster import check_mfu
 from cgpt.train.plan.devices import Device

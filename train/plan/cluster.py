@@ -8,7 +8,7 @@ import math
 from dataclasses import replace
 
 from cgpt.model.errors import CgptError
-from cgpt.train.cli_args import check_positive
+from cgpt.train.checks import check_positive
 from cgpt.train.plan.batch import split_batch
 from cgpt.train.plan.devices import Device
 from cgpt.train.plan.memory import estimate_memory, fit_micro_batch, fmt_bytes

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import VOCAB_PAD_MULTIPLE, padded_vocab, vocab_fits
-from cgpt.train.cli_args import data_spec
 
 if TYPE_CHECKING:
     from cgpt.train.data.shards import TokenData
@@ -28,9 +27,10 @@ def absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def absolute_spec(text: str) -> dict:
-    """``--data`` text -> the data section's fields with absolute folders."""
-    spec = data_spec(text)
+def absolute_spec(data: str | dict) -> dict:
+    """A data folder, or the data section's fields (``{"path": DIR}`` or ``{"sources":
+    [{name, path, weight}, ...]}``) -> those fields with absolute folders."""
+    spec: dict = {"path": data} if isinstance(data, str) else data
     if "path" in spec:
         return {"path": absolute(spec["path"])}
     return {"sources": [{**s, "path": absolute(s["path"])} for s in spec["sources"]]}
@@ -56,14 +56,15 @@ class DataInfo:
         return sum(len(d.train) for d in self.folders)
 
 
-def read_data(text: str) -> DataInfo:
-    """Open every folder of ``--data`` (meta.json and shard sizes; CgptError when a folder is
-    missing or not prepared, or when the sources differ in tokenizer)."""
+def read_data(data: str | dict) -> DataInfo:
+    """Open every folder of ``data`` (a folder or the data section's fields: meta.json and
+    shard sizes; CgptError when a folder is missing or not prepared, or when the sources
+    differ in tokenizer)."""
     # numpy (the shards' memory maps): only when --data is given, so `cgpt plan SIZE` stays
     # a quick command
     from cgpt.train.data.shards import open_token_data
 
-    spec = absolute_spec(text)
+    spec = absolute_spec(data)
     paths = [spec["path"]] if "path" in spec else [s["path"] for s in spec["sources"]]
     folders = tuple(open_token_data(p, verify="size") for p in paths)
     first = folders[0]

@@ -13,7 +13,7 @@ from dataclasses import replace
 from cgpt.model.config import GPTConfig
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB, PUBLISHED, num_params
-from cgpt.train.cli_args import check_positive
+from cgpt.train.checks import check_positive
 from cgpt.train.plan import recipes
 from cgpt.train.plan import rules as R
 from cgpt.train.plan.result import Plan, make_plan

@@ -23,7 +23,6 @@ it does:
 
 from __future__ import annotations
 
-from cgpt.train.cli_args import data_spec
 from cgpt.train.plan.budget import params_for_budget, plan_for_flops, plan_for_gpu_hours
 from cgpt.train.plan.cluster import time_on, with_cluster
 from cgpt.train.plan.continued import CPT_WARMUP_FRACTION, plan_continued
@@ -55,7 +54,6 @@ __all__ = [
     "Plan",
     "check_recipe",
     "config_text",
-    "data_spec",
     "make_plan",
     "param_counter",
     "params_for_budget",

@@ -11,12 +11,13 @@ call :func:`plan` directly::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB, vocab_fits
-from cgpt.train.cli_args import check_positive
+from cgpt.train.checks import is_positive
 from cgpt.train.plan import planner as P
 from cgpt.train.plan.budget import CONVENTIONS, keep_within
 from cgpt.train.plan.cluster import on_this_machine
@@ -38,8 +39,46 @@ MAX_FLOPS = 1e30
 MAX_GPU_HOURS = 1e10
 
 
+class RequestError(CgptError):
+    """A request the planner refuses, naming PlanRequest fields. The message is a
+    ``str.format`` template in which ``{f.batch_seqs}`` names a field and other fields are
+    ``values``: ``str(e)`` names fields as themselves (``batch_seqs``); a front end names
+    them its own way with :meth:`spelled` (`cgpt plan`: by its flags, ``--batch-seqs``)."""
+
+    def __init__(self, template: str, **values) -> None:
+        self.template, self.values = template, values
+        super().__init__(self.spelled(str))
+
+    def spelled(self, name: Callable[[str], str]) -> str:
+        """The message with every field named ``name(field)``."""
+        return self.template.format(f=_Names(name), **self.values)
+
+
+class _Names:
+    """``f.FIELD`` in a RequestError template -> ``name(FIELD)``."""
+
+    def __init__(self, name: Callable[[str], str]) -> None:
+        self._name = name
+
+    def __getattr__(self, field: str) -> str:
+        return self._name(field)
+
+
+# the things a request can ask to plan: exactly one (init_from: with tokens, none of them)
+_TARGETS = (
+    ("{f.size}", "size"),
+    ("{f.params}", "params"),
+    ("{f.layers}/{f.width}", "layers"),
+    ("{f.flops}", "flops"),
+    ("{f.gpu_hours}", "gpu_hours"),
+)
+
+
 @dataclass(frozen=True)
 class PlanRequest:
+    """What to plan (one of size, params, layers with width, flops, gpu_hours; or init_from
+    with tokens or tokens_per_param), rule overrides, μP, the cluster, the data."""
+
     size: str | None = None  # a published size: 111M ... 13B
     params: float | None = None
     layers: int | None = None
@@ -73,9 +112,10 @@ class PlanRequest:
     # with flops: tokens the model will serve; N, D minimise 6ND + 2NT at the loss of the
     # compute-optimal plan (cgpt.train.plan.inference, Sardana et al. 2023)
     inference_tokens: float | None = None
-    # the data folder or mixture NAME=DIR:WEIGHT,... the run trains on: it decides the vocab
-    # and is checked against the plan (cgpt.train.plan.datacheck)
-    data: str | None = None
+    # the data the run trains on, a folder or the data section's fields ({"path": DIR} or
+    # {"sources": [{name, path, weight}, ...]}): it decides the vocab and is checked against
+    # the plan (cgpt.train.plan.datacheck)
+    data: str | dict | None = None
     # without a cluster: the memory the micro-batch must fit (default: this machine's RAM,
     # or one --gpu)
     memory_bytes: int | None = None
@@ -119,11 +159,13 @@ def _plan(req: PlanRequest, info: DataInfo | None) -> P.Plan:
         plan_ = P.plan_for_params(req.params, **kw)
     elif req.layers or req.width:
         if not (req.layers and req.width):
-            raise CgptError("--layers and --width go together")
+            raise RequestError("{f.layers} and {f.width} go together")
         plan_ = P.plan_for_shape(req.layers, req.width, req.heads, **kw)
     elif req.flops:
         if req.flops_convention not in CONVENTIONS:
-            raise CgptError(f"--flops-convention must be one of {', '.join(CONVENTIONS)}")
+            raise RequestError(
+                "{f.flops_convention} must be one of {names}", names=", ".join(CONVENTIONS)
+            )
         plan_ = P.plan_for_flops(req.flops, convention=CONVENTIONS[req.flops_convention], **kw)
         if inference_law is not None:  # the compute-optimal plan: the loss and the comparison
             optimal = plan_
@@ -136,7 +178,9 @@ def _plan(req: PlanRequest, info: DataInfo | None) -> P.Plan:
             )
     else:
         if req.device is None:
-            raise CgptError("--gpu-hours needs --gpu (e.g. --gpu h100) for the peak FLOP/s")
+            raise RequestError(
+                "{f.gpu_hours} needs {f.gpu} (e.g. {f.gpu} h100) for the peak FLOP/s"
+            )
         plan_ = P.plan_for_gpu_hours(req.gpu_hours, req.device, req.mfu, **kw)
     plan_ = _split(req, plan_)
     if inference is not None and optimal is not None:
@@ -147,30 +191,26 @@ def _plan(req: PlanRequest, info: DataInfo | None) -> P.Plan:
 def _check_request(req: PlanRequest) -> None:
     """Exactly one thing to plan, numbers in range."""
     chosen = [
-        n
-        for n, v in (
-            ("SIZE", req.size),
-            ("--params", req.params),
-            ("--layers/--width", req.layers or req.width),
-            ("--flops", req.flops),
-            ("--gpu-hours", req.gpu_hours),
-        )
-        if v
+        t for t, field in _TARGETS if getattr(req, field) or (field == "layers" and req.width)
     ]
     if len(chosen) != 1:
-        raise CgptError(
-            "give exactly one of SIZE, --params, --layers/--width, --flops, "
-            f"--gpu-hours{' (got ' + ', '.join(chosen) + ')' if chosen else ''}"
-        )
+        got = " (got " + ", ".join(chosen) + ")" if chosen else ""
+        raise RequestError("give exactly one of " + ", ".join(t for t, _ in _TARGETS) + got)
     _check_range(req.params, MAX_PARAMS, "a parameter count of")
     _check_range(req.flops, MAX_FLOPS, "a FLOP budget of")
     _check_range(req.gpu_hours, MAX_GPU_HOURS, "a budget of GPU-hours")
-    if req.batch_seqs is not None:
-        check_positive(req.batch_seqs, "--batch-seqs", integer=True)
-    if req.lr is not None:
-        check_positive(req.lr, "--lr")
+    _check_positive(req, "batch_seqs", integer=True)
+    _check_positive(req, "lr")
     P.check_recipe(req.recipe)
     P.param_counter(req.param_count)
+
+
+def _check_positive(req: PlanRequest, field: str, integer: bool = False) -> None:
+    """A count or rate of the request, when given, is a positive number (or integer)."""
+    value = getattr(req, field)
+    if value is not None and not is_positive(value, integer=integer):
+        kind = "integer" if integer else "number"
+        raise RequestError(f"{{f.{field}}} must be a positive {kind}, got {{value!r}}", value=value)
 
 
 def _rule_options(req: PlanRequest, info: DataInfo | None, fit) -> dict:
@@ -207,9 +247,9 @@ def _sized(req: PlanRequest, info: DataInfo | None, fit, kw: dict) -> P.Plan:
         or req.param_count != "total"
     )
     if changed:
-        raise CgptError(
-            "--batch-seqs/--lr/--tokens-per-param/--decay/--recipe/--param-count "
-            "change a published recipe; add --rules to plan this size by the rules "
+        raise RequestError(
+            "{f.batch_seqs}/{f.lr}/{f.tokens_per_param}/{f.decay}/{f.recipe}/{f.param_count} "
+            "change a published recipe; add {f.rules} to plan this size by the rules "
             "instead"
         )
     return plan_
@@ -253,16 +293,23 @@ def _published_vocab(req: PlanRequest, info: DataInfo | None) -> None:
     """A published recipe trains GPT-2's vocab: refuse data of another tokenizer."""
     vocab = req.vocab_size if req.vocab_size is not None else GPT2_VOCAB
     if not vocab_fits(vocab, GPT2_VOCAB):
-        raise CgptError(
-            f"the published {req.size} recipe has GPT-2's vocab {GPT2_VOCAB}; add --rules to "
-            f"plan this shape with vocab {vocab}"
+        raise RequestError(
+            "the published {size} recipe has GPT-2's vocab {gpt2}; add {f.rules} to "
+            "plan this shape with vocab {vocab}",
+            size=req.size,
+            gpt2=GPT2_VOCAB,
+            vocab=vocab,
         )
     if info is not None and not vocab_fits(GPT2_VOCAB, info.vocab_size):
-        raise CgptError(
-            f"the published {req.size} recipe has GPT-2's vocab {GPT2_VOCAB} but "
-            f"{str(info.first.dir)!r} was tokenized with vocab {info.vocab_size}; add --rules "
+        raise RequestError(
+            "the published {size} recipe has GPT-2's vocab {gpt2} but "
+            "{folder!r} was tokenized with vocab {vocab}; add {f.rules} "
             "to plan this shape with the data's vocab, or prepare the data with GPT-2's "
-            "tokenizer"
+            "tokenizer",
+            size=req.size,
+            gpt2=GPT2_VOCAB,
+            folder=str(info.first.dir),
+            vocab=info.vocab_size,
         )
 
 
@@ -274,11 +321,17 @@ def _inference_law(req: PlanRequest):
     from cgpt.train.plan.inference import DEFAULT_LAW, law_from_fit
 
     if not req.flops:
-        raise CgptError("--inference-tokens goes with --flops (the budget that sets the loss)")
+        raise RequestError(
+            "{f.inference_tokens} goes with {f.flops} (the budget that sets the loss)"
+        )
     if req.tokens_per_param is not None:
-        raise CgptError("--inference-tokens chooses tokens/param itself; drop --tokens-per-param")
+        raise RequestError(
+            "{f.inference_tokens} chooses tokens/param itself; drop {f.tokens_per_param}"
+        )
     if req.param_count != "total":
-        raise CgptError("--inference-tokens counts N as total parameters; drop --param-count")
+        raise RequestError(
+            "{f.inference_tokens} counts N as total parameters; drop {f.param_count}"
+        )
     _check_range(req.flops, MAX_FLOPS, "a FLOP budget of")
     return law_from_fit(req.fit) if req.fit else DEFAULT_LAW
 
@@ -310,34 +363,32 @@ def _plan_continued(req: PlanRequest, info: DataInfo | None) -> P.Plan:
     from cgpt.train.source.tokenizer import check_tokenizer
 
     if not req.init_from:
-        raise CgptError("--tokens goes with --init-from (others plan by --tokens-per-param)")
-    others = [
-        n
-        for n, v in (
-            ("SIZE", req.size),
-            ("--params", req.params),
-            ("--layers/--width", req.layers or req.width),
-            ("--flops", req.flops),
-            ("--gpu-hours", req.gpu_hours),
-            ("--fit", req.fit),
-            ("--mup", req.mup),
-            ("--rules", req.rules),
+        raise RequestError(
+            "{f.tokens} goes with {f.init_from} (others plan by {f.tokens_per_param})"
         )
-        if v
+    others = [
+        t
+        for t, field in (*_TARGETS, ("{f.fit}", "fit"), ("{f.mup}", "mup"), ("{f.rules}", "rules"))
+        if getattr(req, field) or (field == "layers" and req.width)
     ]
     if others:
-        raise CgptError(f"--init-from takes the model from its source; drop {', '.join(others)}")
+        raise RequestError(
+            "{f.init_from} takes the model from its source; drop " + ", ".join(others)
+        )
     if req.recipe != "cerebras" or req.param_count != "total":
-        raise CgptError("--recipe/--param-count do not apply to --init-from plans")
+        raise RequestError("{f.recipe}/{f.param_count} do not apply to {f.init_from} plans")
     src = resolve(req.init_from, weights=False)
     if info is not None and not vocab_fits(src.shape.vocab_size, info.vocab_size):
         raise CgptError(wrong_tokenizer(req.init_from, src, info.first))
     if info is not None:  # the same vocab size, another tokenizer: the same advice
         check_tokenizer(src, info.first)
     if req.vocab_size is not None and req.vocab_size != src.shape.vocab_size:
-        raise CgptError(
-            f"--vocab-size {req.vocab_size} contradicts --init-from {req.init_from}, whose "
-            f"vocab is {src.shape.vocab_size}; drop --vocab-size"
+        raise RequestError(
+            "{f.vocab_size} {asked} contradicts {f.init_from} {source}, whose "
+            "vocab is {vocab}; drop {f.vocab_size}",
+            asked=req.vocab_size,
+            source=req.init_from,
+            vocab=src.shape.vocab_size,
         )
     name = "continue-" + Path(src.spec.removeprefix(HF_PREFIX).rstrip("/")).name.lower()
     plan_ = P.plan_continued(
@@ -360,7 +411,9 @@ def _plan_continued(req: PlanRequest, info: DataInfo | None) -> P.Plan:
 def _on_cluster(plan_: P.Plan, req: PlanRequest, gpus: int) -> P.Plan:
     """The plan split over ``gpus`` GPUs of ``req.device`` (memory, micro-batch, hours)."""
     if req.device is None:
-        raise CgptError("--gpus/--nodes need --gpu (e.g. --gpu h100) for memory and peak")
+        raise RequestError(
+            "{f.gpus}/{f.nodes} need {f.gpu} (e.g. {f.gpu} h100) for memory and peak"
+        )
     return P.with_cluster(
         plan_,
         gpus,
@@ -402,14 +455,16 @@ def rebatch(plan_: P.Plan, gpus: int, lr: float | None = None) -> P.Plan:
 
 
 def gpu_count(req: PlanRequest) -> int | None:
-    """Total GPUs from --gpus or --nodes × --gpus-per-node (they must agree)."""
+    """Total GPUs from gpus or nodes × gpus_per_node (they must agree)."""
     for name in ("gpus", "nodes", "gpus_per_node"):
-        v = getattr(req, name)
-        if v is not None:
-            check_positive(v, f"--{name.replace('_', '-')}", integer=True)
+        _check_positive(req, name, integer=True)
     if req.nodes or req.gpus_per_node:
         total = (req.nodes or 1) * (req.gpus_per_node or 1)
         if req.gpus and req.gpus != total:
-            raise CgptError(f"--gpus {req.gpus} disagrees with --nodes × --gpus-per-node = {total}")
+            raise RequestError(
+                "{f.gpus} {gpus} disagrees with {f.nodes} × {f.gpus_per_node} = {total}",
+                gpus=req.gpus,
+                total=total,
+            )
         return total
     return req.gpus

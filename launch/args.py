@@ -1,11 +1,10 @@
-"""Command-line value parsing shared by the verbs (one definition each).
+"""Command-line value parsing shared by the verbs (one definition each): the CLI turns what
+a user typed into typed values for the library, and its messages name the flag.
 
-* ``check_positive``: the range check of a count or rate a user typed (``--seq-len``,
-  ``--batch-seqs``, ``--lr``, ``--gpus``, ...).
+* ``parse_count``: ``400M``, ``1.3B``, ``4e8`` -> a positive number.
 * ``named_values``: ``NAME=VALUE`` items (``cgpt prepare --input NAME=SRC`` repeated, the items
-  of ``cgpt plan --data NAME=DIR:WEIGHT,...``). A NAME uses letters, digits, ``_ . -``, the
-  characters a mixture source or validation set may be named with (it ends up in metric names
-  such as ``val_loss/NAME``); the VALUE is everything after the first ``=``.
+  of ``cgpt plan --data NAME=DIR:WEIGHT,...``). A NAME follows cgpt.train.checks.NAME_PATTERN;
+  the VALUE is everything after the first ``=``.
 * ``data_spec``: ``--data`` text -> the run config's data section fields.
 
 Bad input raises CgptError with one line that names the flag.
@@ -17,29 +16,22 @@ import math
 import re
 
 from cgpt.model.errors import CgptError
+from cgpt.train.checks import NAME_PATTERN, NAME_RULE
 
-# a mixture source or validation set name (data.sources[].name, data.val keys, NAME= items):
-# it ends up in metric names such as val_loss/NAME and folder names (prepare's OUT/NAME), so it
-# never starts with '.': "." and ".." would name the output folder itself or its parent
-NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9_.-]*"
-NAME_RULE = "letters, digits, _ . -, not starting with '.'"
 # spelled as a name (dots anywhere): NAME_PATTERN is checked after the split, so that
 # `--input ..=SRC` is refused as a bad name, not read as a source called "..=SRC"
 NAME_VALUE = re.compile(r"([A-Za-z0-9_.-]+)=(.+)")
+_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 
 
-def check_positive(value, what: str, *, integer: bool = False):
-    """``value`` if it is a positive finite number (an int when ``integer``), else CgptError
-    '<what> must be a positive number|integer, got <value>'."""
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, int if integer else (int, float))
-        and math.isfinite(value)
-        and value > 0
-    )
-    if not ok:
-        kind = "integer" if integer else "number"
-        raise CgptError(f"{what} must be a positive {kind}, got {value!r}")
+def parse_count(text: str, what: str) -> float:
+    """'400M', '1.3B', '4e8', '2.5T' -> a positive finite number."""
+    m = re.fullmatch(r"\s*(-?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmbgt]?)\s*", str(text), re.I)
+    if not m:
+        raise CgptError(f"{what}: expected a number such as 400M, 1.3B or 4e8, got {text!r}")
+    value = float(m.group(1)) * _SUFFIX[m.group(2).lower()]
+    if not math.isfinite(value) or value <= 0:
+        raise CgptError(f"{what} must be a positive number, got {text!r}")
     return value
 
 

@@ -1,0 +1,38 @@
+"""Value rules the library shares (one definition each): a count or rate must be a positive
+finite number (``check_positive``), and the names a mixture source or validation set may
+take (``NAME_PATTERN``; they end up in metric names such as ``val_loss/NAME``).
+
+Parsing what a user typed (``NAME=VALUE`` items, ``--data`` text) is the CLI's:
+cgpt.launch.args.
+"""
+
+from __future__ import annotations
+
+import math
+
+from cgpt.model.errors import CgptError
+
+# a mixture source or validation set name (data.sources[].name, data.val keys, NAME= items):
+# it ends up in metric names such as val_loss/NAME and folder names (prepare's OUT/NAME), so it
+# never starts with '.': "." and ".." would name the output folder itself or its parent
+NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9_.-]*"
+NAME_RULE = "letters, digits, _ . -, not starting with '.'"
+
+
+def is_positive(value, *, integer: bool = False) -> bool:
+    """``value`` is a positive finite number (an int, not a bool, when ``integer``)."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int if integer else (int, float))
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def check_positive(value, what: str, *, integer: bool = False):
+    """``value`` if it is a positive finite number (an int when ``integer``), else CgptError
+    '<what> must be a positive number|integer, got <value>'."""
+    if not is_positive(value, integer=integer):
+        kind = "integer" if integer else "number"
+        raise CgptError(f"{what} must be a positive {kind}, got {value!r}")
+    return value
