@@ -100,6 +100,21 @@ def test_checkpoint_step_reached_three_ways(run, tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_sharded_export_one_sha256_for_init_and_eval(run, tmp_path):
+    """`cgpt export --max-shard-size`: init.sha256 and cgpt eval's weights_sha256 are one
+    number, the sha256 of the index's and the shards' `sha256sum` lines."""
+    from cgpt.launch.cli import main
+
+    out = tmp_path / "sharded"
+    assert main(["export", str(run), str(out), "--max-shard-size", "50KB"]) == 0
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (out / "model.safetensors.index.json").is_file()
+    src = resolve(str(out))
+    assert src.weight_files() == [out / "model.safetensors.index.json", *shards]
+    assert src.sha256 == weights_sha256(out) == sha256sum(out, "model*.*")
+    assert src.shape == resolve(str(run)).shape
+
+
 def test_export_refuses_an_hf_folder_the_resolver_reads(run):
     """One resolver, two uses: init-from reads an HF folder; export (locate_weights) points to
     import-hf, with the message it always had."""

@@ -7,5 +7,6 @@
   belongs to a source; :mod:`.fill`: a run config's model section taken from its source;
 - :mod:`.hub`, :mod:`.hub_cli`: the Hugging Face Hub, only when it answers.
 
-It imports checkpoints/ (consolidation) and plan/ (published LRs), never loop/ or eval/.
+It imports model/, config, data/ (tokenizers), plan/ (published LRs, the re-prepare advice)
+and checkpoints/ (consolidation); never loop/ or eval/, which import it.
 """
