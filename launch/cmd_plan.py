@@ -32,6 +32,7 @@ from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB
 from cgpt.train.plan.devices import DEVICES
 from cgpt.train.plan.rules import RECIPE_NAMES, SEQ_LEN
+from cgpt.train.source.hub import HF_PREFIX
 
 
 def flag_of(field: str) -> str:
@@ -294,7 +295,7 @@ def write_config(plan, args) -> None:
     if source:
         from cgpt.train.config import InitSection
 
-        hub = source.startswith("hf:")
+        hub = source.startswith(HF_PREFIX)
         cfg.init = InitSection(source=source if hub else absolute(source))
     try:
         cfg.save(args.write)

@@ -35,6 +35,7 @@ from cgpt.model.config import GPTConfig, MuPConfig
 from cgpt.model.errors import ConfigError
 from cgpt.model.files import write_atomic
 from cgpt.train.checks import NAME_PATTERN, NAME_RULE
+from cgpt.train.source.hub import HF_PREFIX
 
 
 class Strict(BaseModel):
@@ -567,7 +568,7 @@ def absolute_paths(d: dict) -> dict:
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
     for section, key in PATH_KEYS:
         sec = out.get(section)
-        if isinstance(sec, dict) and sec.get(key) and not str(sec[key]).startswith("hf:"):
+        if isinstance(sec, dict) and sec.get(key) and not str(sec[key]).startswith(HF_PREFIX):
             sec[key] = str(Path(sec[key]).expanduser().resolve())
     return out
 
