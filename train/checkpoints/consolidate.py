@@ -113,6 +113,7 @@ def run_config_for(step_dir: Path):
 
 def _zero_state_dict(step_dir: Path) -> dict[str, torch.Tensor]:
     """DeepSpeed's zero_to_fp32 over every rank's files, read with the restricted loader."""
+    # deferred: deepspeed is slow to import; only a ZeRO checkpoint's consolidation needs it
     from deepspeed.utils import zero_to_fp32
 
     try:
@@ -211,6 +212,7 @@ def restricted_load(path, map_location=None, weights_only=None, mmap=None, **_ig
 
 
 def _fill_bf16_zero_stage(obj) -> None:
+    # deferred: deepspeed is slow to import; only DeepSpeed's own files need its constants
     from deepspeed.checkpoint.constants import (
         OPTIMIZER_STATE_DICT,
         SINGLE_PARTITION_OF_FP32_GROUPS,

@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from cgpt.model.errors import CgptError
 from cgpt.model.hf import load_hf_model, transformers_available
@@ -113,8 +114,6 @@ def _keep_record(run) -> None:
 # ---- step 0 ----------------------------------------------------------------------------------
 @torch.no_grad()
 def _hf_loss(folder: Path, micro, device) -> float:
-    import torch.nn.functional as F
-
     hf = load_hf_model(folder).to(device)
     s = 0.0
     for x, y in micro:
