@@ -17,6 +17,7 @@ from cgpt.model.errors import CgptError
 def window_losses(run_dir: str | os.PathLike) -> np.ndarray:
     """Mean next-token loss of each val window the run's trainer evaluated, from its final
     ``model.safetensors``; their mean is the run's final ``val_loss`` (summary.json)."""
+    # torch (and the modules built on it) only when a run is scored, not for the bootstrap
     import torch
 
     from cgpt.model.io import load_model
