@@ -1,0 +1,77 @@
+"""The scaling code's two packages, read off the source with ast (nothing is imported): the fits
+(cgpt.train.fits) never import the sweep orchestration (cgpt.train.sweeps), not even inside a
+function; no module of either imports another module's ``_private`` name; functions stay
+under ~80 lines and module docstrings short (the design notes live in docs/SCALING.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FITS, SWEEPS = ROOT / "train" / "fits", ROOT / "train" / "sweeps"
+MAX_FUNCTION_LINES = 80
+MAX_DOCSTRING_LINES = 8
+
+
+def _files() -> list[Path]:
+    files = sorted(FITS.glob("*.py")) + sorted(SWEEPS.glob("*.py"))
+    assert len(files) > 15, "train/fits and train/sweeps hold the scaling code"
+    return files
+
+
+def _imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
+    out = []
+    for node in ast.walk(tree):  # every level: function-level imports count
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out += [(node.lineno, node.module)] + [
+                (node.lineno, f"{node.module}.{a.name}") for a in node.names
+            ]
+        elif isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+    return out
+
+
+def test_fits_never_import_sweeps():
+    bad = [
+        f"{f.relative_to(ROOT)}:{line} imports {mod}"
+        for f in sorted(FITS.glob("*.py"))
+        for line, mod in _imported_modules(ast.parse(f.read_text()))
+        if mod == "cgpt.train.sweeps" or mod.startswith("cgpt.train.sweeps.")
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_private_names_imported_across_modules():
+    bad = []
+    for f in _files():
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cgpt"):
+                bad += [
+                    f"{f.relative_to(ROOT)}:{node.lineno} imports {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    assert not bad, "\n".join(bad)
+
+
+def test_functions_are_short():
+    long = [
+        f"{f.relative_to(ROOT)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+        for f in _files()
+        for n in ast.walk(ast.parse(f.read_text()))
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and n.end_lineno is not None
+        and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, "\n".join(long)
+
+
+def test_module_docstrings_say_what_and_why_briefly():
+    wordy = []
+    for f in _files():
+        doc = ast.get_docstring(ast.parse(f.read_text()), clean=False) or ""
+        if len(doc.splitlines()) > MAX_DOCSTRING_LINES:
+            wordy.append(f"{f.relative_to(ROOT)}: {len(doc.splitlines())} lines")
+    assert not wordy, "\n".join(wordy)
+    assert (ROOT / "docs" / "SCALING.md").is_file()
