@@ -8,6 +8,9 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
+
+import psutil  # DeepSpeed's dependency; its launcher walks the process tree the same way
 
 from cgpt.configs import resolve_config
 from cgpt.launch import launchers as L
@@ -358,8 +361,6 @@ def run_forwarding_signals(cmd: list[str], remote_ranks: bool = False) -> int:
     ``remote_ranks`` (deepspeed over pdsh/MPI) the signal also goes to the launcher, which
     stops the other nodes its own way. Rank 0's code comes back through $CGPT_EXIT_FILE
     (torchrun turns any worker's code into 1)."""
-    import tempfile
-
     fd, exit_file = tempfile.mkstemp(prefix="cgpt-exit-")
     os.close(fd)
     os.unlink(exit_file)  # rank 0 creates it; its absence means rank 0 said nothing
@@ -421,8 +422,6 @@ def signal_tree(pid: int, sig: int, with_root: bool) -> None:
     """Send ``sig`` to every descendant of ``pid`` (and to ``pid`` itself with
     ``with_root``), as slurmstepd signals every process of a job step: torchrun starts each
     worker in a session of its own, so a process group would miss them."""
-    import psutil  # DeepSpeed's dependency; its launcher walks the tree the same way
-
     try:
         root = psutil.Process(pid)
         procs = root.children(recursive=True) + ([root] if with_root else [])

@@ -30,6 +30,7 @@ from dataclasses import asdict
 from cgpt.launch.args import data_spec, parse_count
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB
+from cgpt.train.plan.datacheck import absolute
 from cgpt.train.plan.devices import DEVICES
 from cgpt.train.plan.rules import RECIPE_NAMES, SEQ_LEN
 from cgpt.train.source.hub import HF_PREFIX
@@ -191,6 +192,8 @@ def _output_args(p) -> None:
 def build_plan(args):
     """Parse the flags into a PlanRequest and plan it (cgpt.train.plan.request); a refusal
     names the flags."""
+    # deferred here and below: the planner loads pydantic (the run config's schema, ~0.4 s),
+    # which the other verbs' start must not pay for
     from cgpt.train.plan.request import RequestError, plan
 
     req = _request(args)
@@ -202,7 +205,7 @@ def build_plan(args):
 
 def _request(args):
     """The PlanRequest of the flags: counts such as 400M and --data parsed here."""
-    from cgpt.train.plan.request import PlanRequest
+    from cgpt.train.plan.request import PlanRequest  # deferred: see build_plan
 
     counts = {
         name: parse_count(getattr(args, name), flag) if getattr(args, name) else None
@@ -260,7 +263,7 @@ def run(args) -> int:
     if args.json:
         d = plan.to_json()
         if device and not plan.cluster:
-            from cgpt.train.plan.planner import time_on
+            from cgpt.train.plan.cluster import time_on  # deferred: see build_plan
 
             d["gpu"], d["mfu"] = device.name, args.mfu
             d["gpu_hours"] = time_on(plan, 1, device, args.mfu)[1]
@@ -275,7 +278,7 @@ def run(args) -> int:
             d["written"] = args.write
         print(json.dumps(d, indent=2))
     else:
-        from cgpt.launch.plan_table import format_plan
+        from cgpt.launch.plan_table import format_plan  # deferred: see build_plan
 
         print(format_plan(plan, device, args.mfu))
         if args.write:
@@ -286,14 +289,12 @@ def run(args) -> int:
 
 def write_config(plan, args) -> None:
     """The run config of ``plan`` at --write, every path absolute (README, Paths)."""
-    from cgpt.train.plan.datacheck import absolute
-
     out_dir = args.out_dir or plan.to_run_config(plan.data).runtime.out_dir
     tokenizer = absolute(args.tokenizer) if args.tokenizer else None
     cfg = plan.to_run_config(plan.data, tokenizer, {"out_dir": absolute(out_dir)})
     source = plan.init_from
     if source:
-        from cgpt.train.config import InitSection
+        from cgpt.train.config import InitSection  # deferred: see build_plan
 
         hub = source.startswith(HF_PREFIX)
         cfg.init = InitSection(source=source if hub else absolute(source))

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import math
 
+from cgpt.train.plan.cluster import time_on
 from cgpt.train.plan.inference import ChinchillaLaw
+from cgpt.train.plan.memory import fmt_bytes
 from cgpt.train.plan.result import Budget, InferenceChoice, LocalFit
+from cgpt.train.plan.schedule import cooldown_steps
 
 Rows = list[tuple[str, str]]
 
@@ -44,8 +47,6 @@ def _model_rows(plan) -> Rows:
 
 
 def _schedule_rows(plan) -> Rows:
-    from cgpt.train.plan.schedule import cooldown_steps
-
     rows = []
     many = bool(plan.batch_schedule)
     for i, ph in enumerate(plan.phases()):
@@ -103,7 +104,7 @@ def _law_rows(plan) -> Rows:
     ]
     if plan.law.check:
         rows.append(("fit check", plan.law.check))
-    from cgpt.train.fits.downstream import plan_rows  # scipy: only when printing
+    from cgpt.train.fits.downstream import plan_rows  # deferred: scipy, only when printing
 
     rows += plan_rows(plan.predicted_loss, pi, plan.model.vocab_size, plan.law.source)
     return rows
@@ -114,9 +115,6 @@ def _chinchilla(law: ChinchillaLaw) -> str:
 
 
 def _cluster_rows(plan, device, mfu: float) -> Rows:
-    from cgpt.train.plan.memory import fmt_bytes
-    from cgpt.train.plan.planner import time_on
-
     c = plan.cluster
     if not c:
         rows = _local_rows(plan.local)
@@ -147,8 +145,6 @@ def _cluster_rows(plan, device, mfu: float) -> Rows:
 
 def _local_rows(local: LocalFit | None) -> Rows:
     """The micro-batch a plan without a cluster writes, and why."""
-    from cgpt.train.plan.memory import fmt_bytes
-
     if local is None or local.micro_batch is None:
         return []
     why = (

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import psutil
+
 from cgpt.model.errors import CgptError
 from cgpt.train.checks import check_positive
 from cgpt.train.plan.batch import split_batch
@@ -82,8 +84,7 @@ def on_this_machine(
     probed), at the run config's defaults (ZeRO stage 1, no activation checkpointing).
     Recorded in ``plan.local``; a note (and no micro-batch) when none fits."""
     if device is None:
-        import psutil  # light; the trainer checks a CPU run against the same total
-
+        # the trainer checks a CPU run against the same total
         total = memory_bytes or psutil.virtual_memory().total
         device = Device("this machine's RAM", 0.0, int(total))
     check_split(plan, 1, micro_batch)

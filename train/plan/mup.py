@@ -29,6 +29,11 @@ from pathlib import Path
 
 from cgpt.model.config import MuPConfig
 from cgpt.model.errors import CgptError
+from cgpt.model.sizes import canonical_name
+from cgpt.train.plan.cluster import with_cluster
+from cgpt.train.plan.devices import get_device
+from cgpt.train.plan.published import CONFIG_DATA, CONFIG_GPU, CONFIG_GPUS, plan_published
+from cgpt.train.plan.result import slug
 
 # docs/REFERENCE.md, Cerebras-GPT-μP (constants of the 40M proxy)
 # the model-side constants are MuPConfig's defaults (one definition, in cgpt.model.config)
@@ -96,8 +101,6 @@ def apply_mup(plan, base_width: int = BASE_WIDTH):
 
     Published plans: only the five μP sizes. Rule-based plans: any width >= base_width.
     """
-    from cgpt.model.sizes import canonical_name
-
     if plan.model.mup is not None:
         raise CgptError(f"plan {plan.name!r} already uses μP")
     published = plan.source == "published"
@@ -144,8 +147,6 @@ def apply_mup(plan, base_width: int = BASE_WIDTH):
 
 def plan_published_mup(name: str):
     """The published Cerebras-GPT-μP recipe of one of the five sizes."""
-    from cgpt.train.plan.planner import plan_published
-
     return apply_mup(plan_published(name))
 
 
@@ -153,9 +154,6 @@ def plan_published_mup(name: str):
 def mup_run_config(name: str):
     """The run config shipped as configs/cerebras-gpt-<size>-mup.yaml (same target cluster
     and runtime settings as the standard configs of cgpt.train.plan.planner)."""
-    from cgpt.train.plan.devices import get_device
-    from cgpt.train.plan.planner import CONFIG_DATA, CONFIG_GPU, CONFIG_GPUS, slug, with_cluster
-
     plan = with_cluster(plan_published_mup(name), CONFIG_GPUS, get_device(CONFIG_GPU))
     return plan.to_run_config(
         CONFIG_DATA,
@@ -169,8 +167,6 @@ def mup_run_config(name: str):
 
 
 def config_path(folder: str | Path, name: str) -> Path:
-    from cgpt.train.plan.planner import slug
-
     return Path(folder) / f"{slug(name)}-mup.yaml"
 
 

@@ -8,11 +8,16 @@ configs/cerebras-gpt-*.yaml (``python -m cgpt.train.plan.planner --write-configs
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
+
 from cgpt.model.config import GPTConfig
 from cgpt.model.sizes import PUBLISHED, canonical_name
-from cgpt.train.config import BatchPhase, RunConfig
+from cgpt.train.config import BatchPhase, RunConfig, write_text_atomic
 from cgpt.train.plan import rules as R
 from cgpt.train.plan.cluster import with_cluster
+from cgpt.train.plan.devices import get_device
 from cgpt.train.plan.family import plan_for_shape
 from cgpt.train.plan.result import Plan, make_plan, slug
 from cgpt.train.plan.shape import shape_for_params
@@ -99,8 +104,6 @@ CONFIG_DATA = "data/pile"
 
 def published_run_config(name: str) -> RunConfig:
     """The run config shipped as configs/cerebras-gpt-<size>.yaml."""
-    from cgpt.train.plan.devices import get_device
-
     plan = with_cluster(plan_published(name), CONFIG_GPUS, get_device(CONFIG_GPU))
     return plan.to_run_config(
         CONFIG_DATA, runtime={"eval_every": 1000, "save_every": 1000, "log_every": 10}
@@ -117,18 +120,12 @@ CONFIG_HEADER = """\
 
 
 def config_text(name: str) -> str:
-    import yaml
-
     key = canonical_name(name)
     body = yaml.safe_dump(published_run_config(key).to_dict(), sort_keys=False)
     return CONFIG_HEADER.format(name=key, gpus=CONFIG_GPUS, gpu=CONFIG_GPU.upper()) + body
 
 
 def write_configs(folder: str) -> list[str]:
-    from pathlib import Path
-
-    from cgpt.train.config import write_text_atomic
-
     paths = []
     for name in PUBLISHED:
         path = Path(folder) / f"{slug(name)}.yaml"

@@ -29,6 +29,14 @@ from cgpt.train.plan.datacheck import (
     wrong_tokenizer,
 )
 from cgpt.train.plan.devices import Device, get_device
+from cgpt.train.plan.inference import (
+    DEFAULT_LAW,
+    flops_for_loss,
+    law_from_fit,
+    plan_inference,
+    side_by_side,
+)
+from cgpt.train.plan.mup import apply_mup
 from cgpt.train.plan.result import InferenceChoice
 from cgpt.train.plan.rules import SEQ_LEN, load_fit
 
@@ -263,8 +271,6 @@ def _split(req: PlanRequest, plan_: P.Plan) -> P.Plan:
         plan_ = rebatch(plan_, gpus, req.lr)
         plan_ = keep_within(plan_, budget) if budget else plan_
     if req.mup:
-        from cgpt.train.plan.mup import apply_mup
-
         plan_ = apply_mup(plan_)
     return plan_ if gpus is None else _on_cluster(plan_, req, gpus)
 
@@ -272,8 +278,6 @@ def _split(req: PlanRequest, plan_: P.Plan) -> P.Plan:
 def _with_inference(plan_: P.Plan, inference, optimal: P.Plan) -> P.Plan:
     """The inference-aware plan with its comparison to the compute-optimal plan, every
     number (the plan's own predicted loss too) by the one law that chose it."""
-    from cgpt.train.plan.inference import side_by_side
-
     sbs = side_by_side(
         inference.law,
         inference.inference_tokens,
@@ -318,8 +322,6 @@ def _inference_law(req: PlanRequest):
     None), after checking the request."""
     if req.inference_tokens is None:
         return None
-    from cgpt.train.plan.inference import DEFAULT_LAW, law_from_fit
-
     if not req.flops:
         raise RequestError(
             "{f.inference_tokens} goes with {f.flops} (the budget that sets the loss)"
@@ -339,8 +341,6 @@ def _inference_law(req: PlanRequest):
 def _inference(req: PlanRequest, law, optimal: P.Plan):
     """The inference-aware N and D: the least 6·N·D + 2·N·T that reaches, by ``law``, the
     loss of the compute-optimal plan ``optimal`` (the one it is compared with)."""
-    from cgpt.train.plan.inference import flops_for_loss, plan_inference
-
     target = law.loss(optimal.params, optimal.tokens)
     return plan_inference(flops_for_loss(law, target), req.inference_tokens, law)
 
