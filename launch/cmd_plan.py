@@ -30,6 +30,7 @@ from dataclasses import asdict
 from cgpt.launch.args import data_spec, parse_count
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB
+from cgpt.train.checks import FieldError
 from cgpt.train.plan.datacheck import absolute
 from cgpt.train.plan.devices import DEVICES
 from cgpt.train.plan.rules import RECIPE_NAMES, SEQ_LEN
@@ -194,12 +195,12 @@ def build_plan(args):
     names the flags."""
     # deferred here and below: the planner loads pydantic (the run config's schema, ~0.4 s),
     # which the other verbs' start must not pay for
-    from cgpt.train.plan.request import RequestError, plan
+    from cgpt.train.plan.request import plan
 
     req = _request(args)
     try:
         return plan(req), req.device
-    except RequestError as e:
+    except FieldError as e:
         raise CgptError(e.spelled(flag_of)) from None
 
 

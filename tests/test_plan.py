@@ -3,6 +3,7 @@ family; budgets invert."""
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +11,9 @@ import yaml
 from helpers import byte_token_folder
 
 from cgpt.launch.cli import main
+from cgpt.launch.cmd_plan import flag_of
 from cgpt.model import CgptError, GPTConfig
+from cgpt.train.checks import FieldError
 from cgpt.train.config import load_run_config, parse_run_config
 from cgpt.train.plan import planner as P
 from cgpt.train.plan import rules as R
@@ -198,7 +201,8 @@ def test_batch_split_multiplies_out(name, gpus):
         if any(p.global_batch_seqs % gpus for p in plan.phases()):
             assert "ranks" in str(e)
         else:
-            assert (name, gpus) == ("13B", 1) and "--gpus 2 --zero-stage 3" in str(e)
+            assert isinstance(e, FieldError) and (name, gpus) == ("13B", 1)
+            assert "--gpus 2 --zero-stage 3" in e.spelled(flag_of)
         return
     c = plan.cluster
     for ph, accum in zip(plan.phases(), c.grad_accum):
@@ -208,12 +212,16 @@ def test_batch_split_multiplies_out(name, gpus):
 
 def test_bad_cluster_inputs_give_choices():
     h100 = get_device("h100")
-    with pytest.raises(CgptError, match="--gpus 5 or --gpus 6 or --gpus 8"):
+    # the library names its fields (gpus 5), `cgpt plan` spells them as its flags (--gpus 5)
+    with pytest.raises(FieldError, match="gpus 5 or gpus 6 or gpus 8") as e:
         P.with_cluster(P.plan_published("13B"), 7, h100)
-    with pytest.raises(CgptError, match="--zero-stage 2 would fit"):
+    assert "--gpus 5 or --gpus 6 or --gpus 8" in e.value.spelled(flag_of)
+    with pytest.raises(FieldError, match="zero_stage 2 would fit") as e:
         P.with_cluster(P.plan_published("13B"), 8, h100, zero_stage=1)
-    with pytest.raises(CgptError, match="--zero-stage 3 .4 GPUs. would fit"):
+    assert "--zero-stage 2 would fit" in e.value.spelled(flag_of)
+    with pytest.raises(FieldError, match="zero_stage 3 .4 GPUs. would fit") as e:
         P.with_cluster(P.plan_published("13B"), 1, h100)
+    assert re.search("--zero-stage 3 .4 GPUs. would fit", e.value.spelled(flag_of))
     auto = P.with_cluster(P.plan_published("13B"), 8, h100)
     assert auto.cluster.zero_stage == 2
     with pytest.raises(CgptError, match="unknown GPU"):

@@ -115,11 +115,13 @@ def test_drop_advice_is_accepted(capsys):
 
 def test_split_advice_names_every_phase():
     """13B has two batch phases (720, then 1080): every suggested rank count splits both."""
-    from cgpt.model.errors import CgptError
+    from cgpt.launch.cmd_plan import flag_of
+    from cgpt.train.checks import FieldError
     from cgpt.train.plan import planner as P
     from cgpt.train.plan.devices import get_device
 
-    with pytest.raises(CgptError) as e:
+    with pytest.raises(FieldError) as e:
         P.with_cluster(P.plan_published("13B"), 128, get_device("h100"), per_node=8)
-    nodes = [int(f[1]) for f in suggestions(str(e.value)) if f[0] == "--nodes"]
+    advice = e.value.spelled(flag_of)  # as `cgpt plan` prints it
+    nodes = [int(f[1]) for f in suggestions(advice) if f[0] == "--nodes"]
     assert nodes and all(720 % (8 * n) == 0 and 1080 % (8 * n) == 0 for n in nodes)

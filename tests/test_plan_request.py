@@ -15,7 +15,8 @@ from helpers import byte_token_folder
 
 from cgpt.launch.cli import main
 from cgpt.launch.cmd_plan import flag_of
-from cgpt.train.plan.request import PlanRequest, RequestError, plan
+from cgpt.train.checks import FieldError
+from cgpt.train.plan.request import PlanRequest, plan
 from cgpt.train.plan.result import Budget, LocalFit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,14 @@ def test_provenance_is_typed_fields_in_the_json_order_of_before(capsys):
             "give exactly one of SIZE, --params, --layers/--width, --flops, --gpu-hours "
             "(got SIZE, --params)",
         ),
+        (  # the cluster's advice (cgpt.train.plan.cluster), deeper in the planner
+            dict(size="111M", gpus=7, gpu="h100"),
+            "111M's global batch 120 cannot be split over 7 data-parallel ranks; use gpus 5 or "
+            "gpus 6 or gpus 8, or keep 7 ranks with rules batch_seqs 119 or rules batch_seqs 126",
+            "111M's global batch 120 cannot be split over 7 data-parallel ranks; use --gpus 5 or "
+            "--gpus 6 or --gpus 8, or keep 7 ranks with --rules --batch-seqs 119 or --rules "
+            "--batch-seqs 126",
+        ),
         (
             dict(params=4e8, gpus=3, nodes=2, gpus_per_node=4, gpu="h100"),
             "gpus 3 disagrees with nodes × gpus_per_node = 8",
@@ -57,7 +66,7 @@ def test_provenance_is_typed_fields_in_the_json_order_of_before(capsys):
     ],
 )
 def test_the_library_names_fields_and_the_cli_its_flags(request_, library, cli, capsys):
-    with pytest.raises(RequestError) as e:
+    with pytest.raises(FieldError) as e:
         plan(PlanRequest(**request_))
     assert str(e.value) == library
     assert e.value.spelled(flag_of) == cli

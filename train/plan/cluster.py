@@ -10,7 +10,7 @@ from dataclasses import replace
 import psutil
 
 from cgpt.model.errors import CgptError
-from cgpt.train.checks import check_positive
+from cgpt.train.checks import FieldError, check_positive
 from cgpt.train.plan.batch import split_batch
 from cgpt.train.plan.devices import Device
 from cgpt.train.plan.memory import estimate_memory, fit_micro_batch, fmt_bytes
@@ -126,30 +126,33 @@ def check_split(
         share = common // gpus
         if micro_batch and share % micro_batch:
             near = sorted(divisors(share), key=lambda b: (abs(b - micro_batch), b))[:3]
-            raise CgptError(
+            raise FieldError(
                 f"micro-batch {micro_batch} does not divide the {share} sequences each of "
                 f"{gpus} ranks gets per step in every batch phase; use "
-                + " or ".join(f"--micro-batch {b}" for b in sorted(near))
+                + " or ".join(f"{{f.micro_batch}} {b}" for b in sorted(near))
             )
         split_batch(batches[0], gpus, micro_batch or 1)
         return
     step = per_node or 1
     ranks = [r for r in divisors(common) if r % step == 0]
     ranks = sorted(sorted(ranks, key=lambda r: (abs(r - gpus), r))[:3])
-    fixes = [f"--nodes {r // step}" if per_node else f"--gpus {r}" for r in ranks]
+    fixes = [f"{{f.nodes}} {r // step}" if per_node else f"{{f.gpus}} {r}" for r in ranks]
     what = (
         f"global batch {batches[0]}"
         if len(batches) == 1
         else f"global batches {' and '.join(map(str, batches))} (one per batch phase)"
     )
     lo = batches[0] // gpus * gpus
-    rules = "--rules " if plan.source == "published" else ""
-    keep = [f"{rules}--batch-seqs {b}" for b in (lo, lo + gpus) if b > 0]
-    raise CgptError(
-        f"{plan.name}'s {what} cannot be split over {gpus} data-parallel ranks; use "
+    rules = "{f.rules} " if plan.source == "published" else ""
+    keep = [f"{rules}{{f.batch_seqs}} {b}" for b in (lo, lo + gpus) if b > 0]
+    raise FieldError(
+        "{name}'s {what} cannot be split over {gpus} data-parallel ranks; use "
         + (" or ".join(fixes) + ", or " if fixes else "")
-        + f"keep {gpus} ranks with "
-        + " or ".join(keep)
+        + "keep {gpus} ranks with "
+        + " or ".join(keep),
+        name=plan.name,
+        what=what,
+        gpus=gpus,
     )
 
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 from cgpt.model.config import GPTConfig
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import num_params
-from cgpt.train.checks import check_positive
+from cgpt.train.checks import FieldError, check_positive, is_positive
 from cgpt.train.plan import rules as R
 from cgpt.train.plan.result import Plan, make_plan
 
@@ -37,20 +37,23 @@ def plan_continued(
     re-warmed schedule (warmup 1% of the steps, at least 1), peak = ``lr`` or the source's
     original peak ``source_lr`` (else the family's LR rule, with a note), decay to 10%."""
     if (tokens is None) == (tokens_per_param is None):
-        raise CgptError("continued pretraining needs exactly one of --tokens, --tokens-per-param")
+        raise FieldError(
+            "continued pretraining needs exactly one of {f.tokens}, {f.tokens_per_param}"
+        )
     params = num_params(model)
     if tokens is None:
         tokens = check_positive(tokens_per_param, "tokens per parameter") * params
-    check_positive(tokens, "--tokens")
+    if not is_positive(tokens):
+        raise FieldError("{f.tokens} must be a positive number, got {value!r}", value=tokens)
     if decay is not None and decay not in ("linear", "cosine", "wsd"):
         raise CgptError(f"decay must be linear, cosine or wsd, got {decay!r}")
     seq_len = min(seq_len, model.n_positions)
     batch = global_batch_seqs or R.batch_seqs_rule(params, seq_len)
     steps = R.steps_rule(tokens, batch * seq_len)
     if steps < 1:
-        raise CgptError(
+        raise FieldError(
             f"{tokens:,.0f} tokens is less than one batch of {batch * seq_len:,} tokens; "
-            "raise --tokens or lower --batch-seqs"
+            "raise {f.tokens} or lower {f.batch_seqs}"
         )
     warmup = max(1, round(CPT_WARMUP_FRACTION * steps)) if steps > 1 else 0
     if lr:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import VOCAB_PAD_MULTIPLE, padded_vocab, vocab_fits
+from cgpt.train.checks import FieldError
 
 if TYPE_CHECKING:
     from cgpt.train.data.shards import TokenData
@@ -70,10 +71,14 @@ def read_data(data: str | dict) -> DataInfo:
     first = folders[0]
     for d in folders[1:]:
         if (d.vocab_size, d.fingerprint) != (first.vocab_size, first.fingerprint):
-            raise CgptError(
-                f"--data: {str(first.dir)!r} and {str(d.dir)!r} were prepared with different "
-                f"tokenizers (vocab {first.vocab_size} vs {d.vocab_size}); prepare every "
-                "source with the same --tokenizer"
+            raise FieldError(
+                "{f.data}: {a!r} and {b!r} were prepared with different "
+                "tokenizers (vocab {va} vs {vb}); prepare every "
+                "source with the same --tokenizer",  # cgpt prepare's flag
+                a=str(first.dir),
+                b=str(d.dir),
+                va=first.vocab_size,
+                vb=d.vocab_size,
             )
     return DataInfo(spec, folders)
 
@@ -86,11 +91,16 @@ def vocab_for(requested: int | None, info: DataInfo | None, default: int) -> int
     if requested is None:
         return info.vocab_size
     if not vocab_fits(requested, info.vocab_size):
-        raise CgptError(
-            f"--vocab-size {requested} contradicts the data: {str(info.first.dir)!r} was "
-            f"tokenized with vocab {info.vocab_size} (use {info.vocab_size}, or "
-            f"{padded_vocab(info.vocab_size)} padded to a multiple of {VOCAB_PAD_MULTIPLE}; "
-            "or drop --vocab-size)"
+        raise FieldError(
+            "{f.vocab_size} {requested} contradicts the data: {folder!r} was "
+            "tokenized with vocab {vocab} (use {vocab}, or "
+            "{padded} padded to a multiple of {multiple}; "
+            "or drop {f.vocab_size})",
+            requested=requested,
+            folder=str(info.first.dir),
+            vocab=info.vocab_size,
+            padded=padded_vocab(info.vocab_size),
+            multiple=VOCAB_PAD_MULTIPLE,
         )
     return requested
 
@@ -100,10 +110,13 @@ def check_fits(info: DataInfo, seq_len: int, batch_tokens: int) -> None:
     shorter than one window of seq_len+1 tokens, or train splits shorter than one step."""
     for d in info.folders:
         if len(d.val) < seq_len + 1:
-            raise CgptError(
-                f"the val split of {str(d.dir)!r} holds {len(d.val):,} tokens, fewer than one "
-                f"window of seq_len+1 = {seq_len + 1:,}; re-run cgpt prepare with a larger "
-                "--val-fraction (or more text), or plan a shorter --seq-len"
+            raise FieldError(
+                "the val split of {folder!r} holds {val:,} tokens, fewer than one "
+                "window of seq_len+1 = {window:,}; re-run cgpt prepare with a larger "
+                "--val-fraction (or more text), or plan a shorter {f.seq_len}",
+                folder=str(d.dir),
+                val=len(d.val),
+                window=seq_len + 1,
             )
         if len(d.train) < seq_len + 1:
             raise CgptError(
@@ -111,10 +124,12 @@ def check_fits(info: DataInfo, seq_len: int, batch_tokens: int) -> None:
                 f"than one window of seq_len+1 = {seq_len + 1:,}; prepare more text"
             )
     if info.train_tokens < batch_tokens:
-        raise CgptError(
-            f"--data holds {info.train_tokens:,} train tokens, fewer than one step of "
-            f"{batch_tokens:,} (global batch × seq_len); prepare more text, or plan a "
-            "smaller model (--batch-seqs, --seq-len)"
+        raise FieldError(
+            "{f.data} holds {train:,} train tokens, fewer than one step of "
+            "{step:,} (global batch × seq_len); prepare more text, or plan a "
+            "smaller model ({f.batch_seqs}, {f.seq_len})",
+            train=info.train_tokens,
+            step=batch_tokens,
         )
 
 

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from cgpt.model.ce_blocks import block_rows
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import num_params
+from cgpt.train.checks import FieldError
 from cgpt.train.plan.batch import BatchSplit, feasible_micro_batches, split_batch
 from cgpt.train.plan.devices import Device, GiB
 
@@ -213,20 +214,18 @@ def fit_micro_batch(
             if est.total <= budget:
                 splits = tuple(split_batch(gb, gpus, mb) for gb in global_batches)
                 return Fitted(splits, est)
-    raise CgptError(
-        _no_fit_message(
-            cfg,
-            seq_len,
-            global_batches,
-            gpus,
-            device,
-            zero_stage,
-            options[0],
-            modes[-1],
-            precision,
-            budget,
-            per_node,
-        )
+    raise _no_fit(
+        cfg,
+        seq_len,
+        global_batches,
+        gpus,
+        device,
+        zero_stage,
+        options[0],
+        modes[-1],
+        precision,
+        budget,
+        per_node,
     )
 
 
@@ -234,9 +233,11 @@ def _fits(cfg, seq_len, gpus, stage, mb, ac, precision, budget) -> bool:
     return estimate_memory(cfg, seq_len, mb, stage, gpus, ac, precision).total <= budget
 
 
-def _no_fit_message(
+def _no_fit(
     cfg, seq_len, global_batches, gpus, device, zero_stage, mb, ac, precision, budget, per_node
-) -> str:
+) -> FieldError:
+    """The refusal: what was tried, and the ZeRO stage, GPU count (per_node: node count) or
+    activation checkpointing that would fit, as the request's fields."""
     need = estimate_memory(cfg, seq_len, mb, zero_stage, gpus, ac, precision).total
     msg = (
         f"the model ({num_params(cfg):,} params) does not fit in {device.name} memory "
@@ -247,7 +248,7 @@ def _no_fit_message(
     hints = []
     for stage in range(zero_stage + 1, 4):
         if _fits(cfg, seq_len, gpus, stage, mb, ac, precision, budget):
-            hints.append(f"--zero-stage {stage} would fit")
+            hints.append(f"{{f.zero_stage}} {stage} would fit")
             break
     gcd_ranks = [
         r
@@ -260,13 +261,12 @@ def _no_fit_message(
             None,
         )
         if more:
-            count = f"--nodes {more // per_node}" if per_node else f"--gpus {more}"
-            hints.append(f"{count} --zero-stage {stage} ({more} GPUs) would fit")
+            count = f"{{f.nodes}} {more // per_node}" if per_node else f"{{f.gpus}} {more}"
+            hints.append(f"{count} {{f.zero_stage}} {stage} ({more} GPUs) would fit")
             break
     if not ac and _fits(cfg, seq_len, gpus, zero_stage, mb, True, precision, budget):
-        hints.append("--activation-checkpointing would fit")
-    return msg + (
-        "; " + "; ".join(hints)
-        if hints
-        else "; no ZeRO stage or GPU count that divides the batch fits it"
+        hints.append("{f.activation_checkpointing} would fit")
+    advice = (
+        "; ".join(hints) if hints else "no ZeRO stage or GPU count that divides the batch fits it"
     )
+    return FieldError("{tried}; " + advice, tried=msg)

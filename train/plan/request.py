@@ -11,13 +11,12 @@ call :func:`plan` directly::
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB, vocab_fits
-from cgpt.train.checks import is_positive
+from cgpt.train.checks import FieldError, is_positive
 from cgpt.train.plan import planner as P
 from cgpt.train.plan.budget import CONVENTIONS, keep_within
 from cgpt.train.plan.cluster import on_this_machine
@@ -45,31 +44,6 @@ from cgpt.train.plan.rules import SEQ_LEN, load_fit
 MAX_PARAMS = 1e14  # 100T parameters
 MAX_FLOPS = 1e30
 MAX_GPU_HOURS = 1e10
-
-
-class RequestError(CgptError):
-    """A request the planner refuses, naming PlanRequest fields. The message is a
-    ``str.format`` template in which ``{f.batch_seqs}`` names a field and other fields are
-    ``values``: ``str(e)`` names fields as themselves (``batch_seqs``); a front end names
-    them its own way with :meth:`spelled` (`cgpt plan`: by its flags, ``--batch-seqs``)."""
-
-    def __init__(self, template: str, **values) -> None:
-        self.template, self.values = template, values
-        super().__init__(self.spelled(str))
-
-    def spelled(self, name: Callable[[str], str]) -> str:
-        """The message with every field named ``name(field)``."""
-        return self.template.format(f=_Names(name), **self.values)
-
-
-class _Names:
-    """``f.FIELD`` in a RequestError template -> ``name(FIELD)``."""
-
-    def __init__(self, name: Callable[[str], str]) -> None:
-        self._name = name
-
-    def __getattr__(self, field: str) -> str:
-        return self._name(field)
 
 
 # the things a request can ask to plan: exactly one (init_from: with tokens, none of them)
@@ -167,11 +141,11 @@ def _plan(req: PlanRequest, info: DataInfo | None) -> P.Plan:
         plan_ = P.plan_for_params(req.params, **kw)
     elif req.layers or req.width:
         if not (req.layers and req.width):
-            raise RequestError("{f.layers} and {f.width} go together")
+            raise FieldError("{f.layers} and {f.width} go together")
         plan_ = P.plan_for_shape(req.layers, req.width, req.heads, **kw)
     elif req.flops:
         if req.flops_convention not in CONVENTIONS:
-            raise RequestError(
+            raise FieldError(
                 "{f.flops_convention} must be one of {names}", names=", ".join(CONVENTIONS)
             )
         plan_ = P.plan_for_flops(req.flops, convention=CONVENTIONS[req.flops_convention], **kw)
@@ -186,9 +160,7 @@ def _plan(req: PlanRequest, info: DataInfo | None) -> P.Plan:
             )
     else:
         if req.device is None:
-            raise RequestError(
-                "{f.gpu_hours} needs {f.gpu} (e.g. {f.gpu} h100) for the peak FLOP/s"
-            )
+            raise FieldError("{f.gpu_hours} needs {f.gpu} (e.g. {f.gpu} h100) for the peak FLOP/s")
         plan_ = P.plan_for_gpu_hours(req.gpu_hours, req.device, req.mfu, **kw)
     plan_ = _split(req, plan_)
     if inference is not None and optimal is not None:
@@ -203,7 +175,7 @@ def _check_request(req: PlanRequest) -> None:
     ]
     if len(chosen) != 1:
         got = " (got " + ", ".join(chosen) + ")" if chosen else ""
-        raise RequestError("give exactly one of " + ", ".join(t for t, _ in _TARGETS) + got)
+        raise FieldError("give exactly one of " + ", ".join(t for t, _ in _TARGETS) + got)
     _check_range(req.params, MAX_PARAMS, "a parameter count of")
     _check_range(req.flops, MAX_FLOPS, "a FLOP budget of")
     _check_range(req.gpu_hours, MAX_GPU_HOURS, "a budget of GPU-hours")
@@ -218,7 +190,7 @@ def _check_positive(req: PlanRequest, field: str, integer: bool = False) -> None
     value = getattr(req, field)
     if value is not None and not is_positive(value, integer=integer):
         kind = "integer" if integer else "number"
-        raise RequestError(f"{{f.{field}}} must be a positive {kind}, got {{value!r}}", value=value)
+        raise FieldError(f"{{f.{field}}} must be a positive {kind}, got {{value!r}}", value=value)
 
 
 def _rule_options(req: PlanRequest, info: DataInfo | None, fit) -> dict:
@@ -255,7 +227,7 @@ def _sized(req: PlanRequest, info: DataInfo | None, fit, kw: dict) -> P.Plan:
         or req.param_count != "total"
     )
     if changed:
-        raise RequestError(
+        raise FieldError(
             "{f.batch_seqs}/{f.lr}/{f.tokens_per_param}/{f.decay}/{f.recipe}/{f.param_count} "
             "change a published recipe; add {f.rules} to plan this size by the rules "
             "instead"
@@ -297,7 +269,7 @@ def _published_vocab(req: PlanRequest, info: DataInfo | None) -> None:
     """A published recipe trains GPT-2's vocab: refuse data of another tokenizer."""
     vocab = req.vocab_size if req.vocab_size is not None else GPT2_VOCAB
     if not vocab_fits(vocab, GPT2_VOCAB):
-        raise RequestError(
+        raise FieldError(
             "the published {size} recipe has GPT-2's vocab {gpt2}; add {f.rules} to "
             "plan this shape with vocab {vocab}",
             size=req.size,
@@ -305,7 +277,7 @@ def _published_vocab(req: PlanRequest, info: DataInfo | None) -> None:
             vocab=vocab,
         )
     if info is not None and not vocab_fits(GPT2_VOCAB, info.vocab_size):
-        raise RequestError(
+        raise FieldError(
             "the published {size} recipe has GPT-2's vocab {gpt2} but "
             "{folder!r} was tokenized with vocab {vocab}; add {f.rules} "
             "to plan this shape with the data's vocab, or prepare the data with GPT-2's "
@@ -323,17 +295,13 @@ def _inference_law(req: PlanRequest):
     if req.inference_tokens is None:
         return None
     if not req.flops:
-        raise RequestError(
-            "{f.inference_tokens} goes with {f.flops} (the budget that sets the loss)"
-        )
+        raise FieldError("{f.inference_tokens} goes with {f.flops} (the budget that sets the loss)")
     if req.tokens_per_param is not None:
-        raise RequestError(
+        raise FieldError(
             "{f.inference_tokens} chooses tokens/param itself; drop {f.tokens_per_param}"
         )
     if req.param_count != "total":
-        raise RequestError(
-            "{f.inference_tokens} counts N as total parameters; drop {f.param_count}"
-        )
+        raise FieldError("{f.inference_tokens} counts N as total parameters; drop {f.param_count}")
     _check_range(req.flops, MAX_FLOPS, "a FLOP budget of")
     return law_from_fit(req.fit) if req.fit else DEFAULT_LAW
 
@@ -363,27 +331,23 @@ def _plan_continued(req: PlanRequest, info: DataInfo | None) -> P.Plan:
     from cgpt.train.source.tokenizer import check_tokenizer
 
     if not req.init_from:
-        raise RequestError(
-            "{f.tokens} goes with {f.init_from} (others plan by {f.tokens_per_param})"
-        )
+        raise FieldError("{f.tokens} goes with {f.init_from} (others plan by {f.tokens_per_param})")
     others = [
         t
         for t, field in (*_TARGETS, ("{f.fit}", "fit"), ("{f.mup}", "mup"), ("{f.rules}", "rules"))
         if getattr(req, field) or (field == "layers" and req.width)
     ]
     if others:
-        raise RequestError(
-            "{f.init_from} takes the model from its source; drop " + ", ".join(others)
-        )
+        raise FieldError("{f.init_from} takes the model from its source; drop " + ", ".join(others))
     if req.recipe != "cerebras" or req.param_count != "total":
-        raise RequestError("{f.recipe}/{f.param_count} do not apply to {f.init_from} plans")
+        raise FieldError("{f.recipe}/{f.param_count} do not apply to {f.init_from} plans")
     src = resolve(req.init_from, weights=False)
     if info is not None and not vocab_fits(src.shape.vocab_size, info.vocab_size):
         raise CgptError(wrong_tokenizer(req.init_from, src, info.first))
     if info is not None:  # the same vocab size, another tokenizer: the same advice
         check_tokenizer(src, info.first)
     if req.vocab_size is not None and req.vocab_size != src.shape.vocab_size:
-        raise RequestError(
+        raise FieldError(
             "{f.vocab_size} {asked} contradicts {f.init_from} {source}, whose "
             "vocab is {vocab}; drop {f.vocab_size}",
             asked=req.vocab_size,
@@ -411,9 +375,7 @@ def _plan_continued(req: PlanRequest, info: DataInfo | None) -> P.Plan:
 def _on_cluster(plan_: P.Plan, req: PlanRequest, gpus: int) -> P.Plan:
     """The plan split over ``gpus`` GPUs of ``req.device`` (memory, micro-batch, hours)."""
     if req.device is None:
-        raise RequestError(
-            "{f.gpus}/{f.nodes} need {f.gpu} (e.g. {f.gpu} h100) for memory and peak"
-        )
+        raise FieldError("{f.gpus}/{f.nodes} need {f.gpu} (e.g. {f.gpu} h100) for memory and peak")
     return P.with_cluster(
         plan_,
         gpus,
@@ -461,7 +423,7 @@ def gpu_count(req: PlanRequest) -> int | None:
     if req.nodes or req.gpus_per_node:
         total = (req.nodes or 1) * (req.gpus_per_node or 1)
         if req.gpus and req.gpus != total:
-            raise RequestError(
+            raise FieldError(
                 "{f.gpus} {gpus} disagrees with {f.nodes} × {f.gpus_per_node} = {total}",
                 gpus=req.gpus,
                 total=total,
