@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB, flops_per_token_algorithmic, flops_per_token_mfu
-from cgpt.train.checks import check_positive
+from cgpt.train.checks import FieldError, check_positive
 from cgpt.train.plan import rules as R
 from cgpt.train.plan.cluster import check_mfu
 from cgpt.train.plan.devices import Device
@@ -45,10 +45,12 @@ def params_for_budget(
         return per_token(shape, seq_len) * tokens_per_param * count(shape)
 
     if flops < cost(64):
-        raise CgptError(
-            f"a budget of {flops:.3g} FLOPs is below the smallest model in this "
-            f"family ({cost(64):.3g} FLOPs at width 64); plan a shape with --layers/"
-            f"--width instead"
+        raise FieldError(
+            "a budget of {flops:.3g} FLOPs is below the smallest model in this "
+            "family ({least:.3g} FLOPs at width 64); plan a shape with {f.layers}/"
+            "{f.width} instead",
+            flops=flops,
+            least=cost(64),
         )
     d = bisect(cost, flops, 64, 1e6)
     return continuous_params(d, vocab_size, seq_len, count)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
+from cgpt.train.checks import FieldError
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,13 @@ def law_from_fit(path: str | Path) -> ChinchillaLaw:
         src = d if isinstance(d, dict) and all(k in d for k in _KEYS) else None
     if src is None:
         why = (d.get("chinchilla") or {}).get("skipped") if isinstance(d, dict) else None
-        raise CgptError(
-            f"{p} has no L(N, D) = E + A/N^α + B/D^β fit (E, A, B, alpha, beta)"
-            + (f": {why}" if why else "")
-            + "; an IsoFLOP sweep (configs/sweep-isoflop-cpu.yaml) fits one, or drop --fit "
-            "to use Besiroglu et al.'s law"
+        raise FieldError(
+            "{path} has no L(N, D) = E + A/N^α + B/D^β fit (E, A, B, alpha, beta)"
+            + (": {why}" if why else "")
+            + "; an IsoFLOP sweep (configs/sweep-isoflop-cpu.yaml) fits one, or drop {f.fit} "
+            "to use Besiroglu et al.'s law",
+            path=p,
+            why=why,
         )
     vals = {}
     for k in _KEYS:
