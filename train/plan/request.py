@@ -2,8 +2,9 @@
 
 One request names exactly one thing to plan (a published size, a parameter count, a shape,
 a FLOP budget or GPU-hours), optional rule overrides, the μP variant and optionally a
-cluster. `cgpt plan` parses its flags into a PlanRequest and prints the Plan; library users
-call :func:`plan` directly::
+cluster. A refusal is a cgpt.train.checks.FieldError naming the request's fields. `cgpt plan`
+parses its flags into a PlanRequest, prints the Plan and spells those fields as its flags;
+library users call :func:`plan` directly::
 
     from cgpt.train.plan import PlanRequest, plan
     p = plan(PlanRequest(params=400e6, gpus=8, gpu="h100"))
