@@ -1,14 +1,12 @@
 """A run's two ends, apart from the step loop: the start-up banner, and at the end the final
 model files (model.safetensors, hf/), summary.json, and the one line a failed write there
-gives. ``run`` below is the trainer's Run (config, ranks, run folder) and ``loop`` its step
-loop (step, tokens, losses, saved checkpoint); typed Any so this module never imports the
-trainer back."""
+gives. ``run`` is the checked run (cgpt.train.loop.startup) and ``state`` the loop's
+(cgpt.train.loop.hooks: step, tokens, losses, saved checkpoint)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -16,13 +14,16 @@ from cgpt.model import GPT
 from cgpt.model.sizes import num_params
 from cgpt.train.checkpoints.resume import resume_command
 from cgpt.train.config import write_text_atomic
+from cgpt.train.data.mixture import MixtureLoader
+from cgpt.train.loop.hooks import LoopState
 from cgpt.train.loop.metrics import plot_loss
+from cgpt.train.loop.startup import Run
 from cgpt.train.plan.schedule import global_batch_at, tokens_before
 from cgpt.train.provenance import provenance
 from cgpt.train.write_errors import WriteFailed, writing
 
 
-def final_model(run: Any, engine) -> GPT | None:
+def final_model(run: Run, engine) -> GPT | None:
     """Rank 0: the trained model as a plain GPT apart from the engine (every rank calls).
 
     Under ZeRO-3 DeepSpeed's own consolidation gathers one layer at a time into a CPU state
@@ -47,7 +48,7 @@ def final_model(run: Any, engine) -> GPT | None:
     return build_from_state_dict(module.config, sd, tied, "the trained model", device)
 
 
-def export_final(run: Any, engine) -> None:
+def export_final(run: Run, engine) -> None:
     """model.safetensors and the HF folder, from a copy of the trained model (rank 0)."""
     from cgpt.model.io import save_model
 
@@ -67,16 +68,17 @@ def export_final(run: Any, engine) -> None:
             )
 
 
-def finish(run: Any, loop: Any, status: str, t0: float) -> dict:
+def finish(run: Run, state: LoopState, loader: MixtureLoader, status: str, t0: float) -> dict:
+    """summary.json and loss.png (rank 0); returns the summary."""
     summary = {
         "run_dir": str(run.run_dir),
         "status": status,
-        "steps": loop.step,
-        "tokens": loop.tokens,
-        "loss": loop.loss,
-        "val_loss": loop.val_loss,
-        "checkpoint": str(loop.saved) if loop.saved else None,
-        "data": loop.loader.summary(),  # per source: weight, tokens, samples, epochs
+        "steps": state.step,
+        "tokens": state.tokens,
+        "loss": state.loss,
+        "val_loss": state.val_loss,
+        "checkpoint": str(state.saved) if state.saved else None,
+        "data": loader.summary(),  # per source: weight, tokens, samples, epochs
         "wall_s": round(time.time() - t0, 3),
         "cgpt": provenance(),
     }
@@ -92,15 +94,15 @@ def finish(run: Any, loop: Any, status: str, t0: float) -> dict:
     return summary
 
 
-def write_failed_message(run: Any, loop: Any, e: WriteFailed) -> str:
+def write_failed_message(run: Run, state: LoopState | None, e: WriteFailed) -> str:
     """One line: what could not be written and why, what is intact, the command to go on."""
-    if loop is None or loop.saved is None:
+    if state is None or state.saved is None:
         intact = "no checkpoint was saved yet (the resume starts over)"
     else:
-        intact = f"checkpoint {loop.saved} (step {loop.saved_step}) is intact"
+        intact = f"checkpoint {state.saved} (step {state.saved_step}) is intact"
         if Path(e.path).name == "metrics.jsonl":
             intact += " and metrics.jsonl keeps its rows up to it (later steps are redone)"
-        elif loop.saved_step == loop.step:
+        elif state.saved_step == state.step:
             intact += ", with every trained step: the resume only writes the final files"
     return (
         f"{e}; {intact}. Free space (or make the folder writable), then continue with: "
@@ -108,7 +110,7 @@ def write_failed_message(run: Any, loop: Any, e: WriteFailed) -> str:
     )
 
 
-def completed_summary(run: Any) -> dict | None:
+def completed_summary(run: Run) -> dict | None:
     """The summary of a run that already completed (resuming it again changes nothing)."""
     import json
 
@@ -121,7 +123,7 @@ def completed_summary(run: Any) -> dict | None:
     return summary if summary.get("status") == "completed" else None
 
 
-def banner(run: Any, start: int) -> str:
+def banner(run: Run, start: int) -> str:
     """The start-up lines (rank 0, before the first step): what trains, how long, where."""
     cfg, m, rt = run.cfg, run.cfg.model, run.cfg.runtime
     split = run.splits[global_batch_at(cfg.plan, start)]
