@@ -220,6 +220,58 @@ def _report(r: _Runner, shape: Shape, peak: float | None) -> dict:
     }
 
 
+def _device(device: str) -> torch.device:
+    """--device auto|cuda|cpu as a torch device; cuda must be visible."""
+    dev = torch.device(
+        "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CgptError("--device cuda but no CUDA GPU is visible")
+    return dev
+
+
+def _check_shape(shape: Shape, precision: str, zero_stage: int | None) -> tuple[str, int]:
+    """The precision and ZeRO stage to time (``auto``/None: the shape's), refused when
+    cgpt bench cannot time them or the sequence does not fit the model."""
+    prec = shape.precision if precision == "auto" else precision
+    if prec not in ("bf16", "fp32"):
+        raise CgptError(
+            f"cgpt bench times bf16 or fp32 steps, not {prec}: pass --precision bf16 or fp32"
+        )
+    stage = shape.zero_stage if zero_stage is None else zero_stage
+    if stage not in (0, 1, 2, 3):
+        raise CgptError(f"--zero-stage must be 0, 1, 2 or 3, got {stage}")
+    if shape.seq_len > shape.config.n_positions:
+        raise CgptError(
+            f"seq_len {shape.seq_len} exceeds the model's n_positions {shape.config.n_positions}"
+        )
+    return prec, stage
+
+
+def _run(
+    makers: list[Callable[[], _Runner]], x, y, dev: torch.device, warmup: int, steps: int
+) -> tuple[list[_Runner], dict[str, float]]:
+    """Build and warm up each runner in turn (its resident state is measured), then time
+    ``steps`` steps interleaved (ours, HF, ours, HF, ...); returns (runners, last losses)."""
+    losses: dict[str, float] = {}
+    runners: list[_Runner] = []
+    for make in makers:
+        before = _allocated(dev)
+        r = make()
+        for _ in range(warmup):
+            losses[r.name] = r.step(x, y, timed=False)
+        r.state_bytes = _allocated(dev) - before
+        runners.append(r)
+    for _ in range(steps):
+        for r in runners:
+            before = _allocated(dev)
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            losses[r.name] = r.step(x, y, timed=True)
+            r.peak_mem = max(r.peak_mem, _peak_memory(dev, r.state_bytes, before))
+    return runners, losses
+
+
 def bench(
     target: str = "111M",
     steps: int = 10,
@@ -243,24 +295,9 @@ def bench(
     DeepSpeed engine as ours instead of HF Trainer's loop (compares the models alone)."""
     if steps < 1 or warmup < 0:
         raise CgptError("--steps must be at least 1 and --warmup at least 0")
-    dev = torch.device(
-        "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CgptError("--device cuda but no CUDA GPU is visible")
+    dev = _device(device)
     shape = resolve_shape(target, seq_len, micro_batch, n_layer)
-    prec = shape.precision if precision == "auto" else precision
-    if prec not in ("bf16", "fp32"):
-        raise CgptError(
-            f"cgpt bench times bf16 or fp32 steps, not {prec}: pass --precision bf16 or fp32"
-        )
-    stage = shape.zero_stage if zero_stage is None else zero_stage
-    if stage not in (0, 1, 2, 3):
-        raise CgptError(f"--zero-stage must be 0, 1, 2 or 3, got {stage}")
-    if shape.seq_len > shape.config.n_positions:
-        raise CgptError(
-            f"seq_len {shape.seq_len} exceeds the model's n_positions {shape.config.n_positions}"
-        )
+    prec, stage = _check_shape(shape, precision, zero_stage)
     torch.manual_seed(seed)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -281,22 +318,7 @@ def bench(
     V = shape.config.vocab_size
     batch = torch.randint(0, V, (shape.micro_batch, shape.seq_len + 1), generator=g).to(dev)
     x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
-    losses: dict[str, float] = {}
-    runners: list[_Runner] = []
-    for make in makers:  # each built and warmed up in turn: its resident state is measured
-        before = _allocated(dev)
-        r = make()
-        for _ in range(warmup):
-            losses[r.name] = r.step(x, y, timed=False)
-        r.state_bytes = _allocated(dev) - before
-        runners.append(r)
-    for _ in range(steps):  # timed steps interleaved: ours, HF, ours, HF, ...
-        for r in runners:
-            before = _allocated(dev)
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)
-            losses[r.name] = r.step(x, y, timed=True)
-            r.peak_mem = max(r.peak_mem, _peak_memory(dev, r.state_bytes, before))
+    runners, losses = _run(makers, x, y, dev, warmup, steps)
     peak = detect_peak_flops() if dev.type == "cuda" else None
     out = {
         "shape": shape.name,

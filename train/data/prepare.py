@@ -29,7 +29,7 @@ import numpy as np
 
 from cgpt.model.errors import CgptError
 from cgpt.train.data.shards import DEFAULT_SHARD_TOKENS, ShardWriter, dtype_for_vocab
-from cgpt.train.data.sources import open_source
+from cgpt.train.data.sources import Source, open_source
 from cgpt.train.data.tokenizer import load_tokenizer
 
 CHUNK_CHARS = 1 << 20  # text per worker task: big enough to hide the IPC, small for memory
@@ -212,6 +212,60 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
+def _check_args(val_fraction: float, num_proc: int | None) -> int:
+    """Refuse a val fraction or process count that cannot work; returns the process count."""
+    if not 0 <= val_fraction < 1:
+        raise CgptError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+    if val_fraction == 0:
+        raise CgptError(
+            "--val-fraction 0 would leave the val split empty, but `cgpt train` "
+            "evaluates on it (it needs at least one window of seq_len+1 val tokens "
+            "per rank); use a small fraction such as 0.005 (the default)"
+        )
+    num_proc = num_proc or available_cores()
+    if num_proc < 1:
+        raise CgptError(f"--num-proc must be at least 1, got {num_proc}")
+    return num_proc
+
+
+def _write_splits(
+    src: Source, tok, num_proc: int, val_fraction: float, writer: ShardWriter, bar: _Progress
+) -> tuple[int, int]:
+    """Tokenize every document of ``src`` into the writer's train and val splits (document
+    i goes to val by :func:`val_mask`); returns (documents, input bytes)."""
+    nbytes = docs = 0
+    for flat, lengths, b in _encoded_chunks(_chunked(iter(src), CHUNK_CHARS), tok, num_proc):
+        mask = val_mask(docs, len(lengths), val_fraction)
+        token_mask = np.repeat(mask, lengths)
+        writer.write("train", flat[~token_mask], int((~mask).sum()), int(b[~mask].sum()))
+        writer.write("val", flat[token_mask], int(mask.sum()), int(b[mask].sum()))
+        docs, nbytes = docs + len(lengths), nbytes + int(b.sum())
+        rows = docs + src.stats.empty_documents
+        bar.update(docs, rows, nbytes, writer.splits["train"].tokens + writer.splits["val"].tokens)
+    return docs, nbytes
+
+
+def _check_splits(source: str, docs: int, writer: ShardWriter) -> int:
+    """Refuse output whose train or val split is empty; returns the tokens written."""
+    train_tokens = writer.splits["train"].tokens
+    val_tokens = writer.splits["val"].tokens
+    tokens = train_tokens + val_tokens
+    if train_tokens == 0:
+        raise CgptError(
+            f"input {source!r} gave {docs:,} document{'s' if docs != 1 else ''} "
+            f"({tokens:,} tokens, EOS included) and all of it went to the val split, so "
+            "the train split would hold 0 tokens (the split sends document 0 to val); "
+            "give at least 2 documents (more text, or a larger --max-docs)"
+        )
+    if val_tokens == 0:
+        raise CgptError(
+            f"input {source!r} gave {docs:,} documents ({tokens:,} tokens) but "
+            "none went to the val split, which `cgpt train` evaluates on; "
+            "raise --val-fraction"
+        )
+    return tokens
+
+
 def prepare(
     source: str,
     tokenizer_dir: str | os.PathLike,
@@ -234,23 +288,12 @@ def prepare(
     into the same folder is refused, naming the first one's pid and host. ``progress``
     prints progress on stderr (a bar on a terminal, plain lines in logs), labelled
     ``prepare NAME`` when ``name`` is given (one of several inputs)."""
-    if not 0 <= val_fraction < 1:
-        raise CgptError(f"--val-fraction must be in (0, 1), got {val_fraction}")
-    if val_fraction == 0:
-        raise CgptError(
-            "--val-fraction 0 would leave the val split empty, but `cgpt train` "
-            "evaluates on it (it needs at least one window of seq_len+1 val tokens "
-            "per rank); use a small fraction such as 0.005 (the default)"
-        )
-    num_proc = num_proc or available_cores()
-    if num_proc < 1:
-        raise CgptError(f"--num-proc must be at least 1, got {num_proc}")
+    num_proc = _check_args(val_fraction, num_proc)
     tok = load_tokenizer(tokenizer_dir)
     src = open_source(source, text_field=text_field, split=split, max_docs=max_docs)
     desc = f"prepare {name}" if name else "prepare"
     bar = _Progress(progress, src.progress_total() if progress else None, desc=desc)
     t0 = time.perf_counter()
-    nbytes = docs = 0
     # the writer holds out_dir's lock from here until the data is published (or dropped)
     with (
         ShardWriter(
@@ -258,16 +301,7 @@ def prepare(
         ) as writer,
         _closing(bar),
     ):
-        for flat, lengths, b in _encoded_chunks(_chunked(iter(src), CHUNK_CHARS), tok, num_proc):
-            mask = val_mask(docs, len(lengths), val_fraction)
-            token_mask = np.repeat(mask, lengths)
-            writer.write("train", flat[~token_mask], int((~mask).sum()), int(b[~mask].sum()))
-            writer.write("val", flat[token_mask], int(mask.sum()), int(b[mask].sum()))
-            docs, nbytes = docs + len(lengths), nbytes + int(b.sum())
-            rows = docs + src.stats.empty_documents
-            bar.update(
-                docs, rows, nbytes, writer.splits["train"].tokens + writer.splits["val"].tokens
-            )
+        docs, nbytes = _write_splits(src, tok, num_proc, val_fraction, writer, bar)
         if docs == 0:
             raise CgptError(
                 f"input {source!r} holds no documents "
@@ -275,22 +309,7 @@ def prepare(
                 "prepare: point --input at text, or check --text-field"
             )
         wall = time.perf_counter() - t0
-        train_tokens = writer.splits["train"].tokens
-        val_tokens = writer.splits["val"].tokens
-        tokens = train_tokens + val_tokens
-        if train_tokens == 0:
-            raise CgptError(
-                f"input {source!r} gave {docs:,} document{'s' if docs != 1 else ''} "
-                f"({tokens:,} tokens, EOS included) and all of it went to the val split, so "
-                "the train split would hold 0 tokens (the split sends document 0 to val); "
-                "give at least 2 documents (more text, or a larger --max-docs)"
-            )
-        if val_tokens == 0:
-            raise CgptError(
-                f"input {source!r} gave {docs:,} documents ({tokens:,} tokens) but "
-                "none went to the val split, which `cgpt train` evaluates on; "
-                "raise --val-fraction"
-            )
+        tokens = _check_splits(source, docs, writer)
         bar.update(docs, docs + src.stats.empty_documents, nbytes, tokens, final=True)
         meta = writer.commit(
             tokenizer_fingerprint=tok.fingerprint,
