@@ -1,25 +1,7 @@
-"""Fold the μP multipliers into plain GPT-2 weights for export.
-
-A Cerebras-GPT-μP model (docs/REFERENCE.md, Cerebras-GPT-μP) computes
-
-    x0     = E · (wte[i] + wpe[p])                  E = embeddings_multiplier (10)
-    scores = q·k / d_head                           instead of q·k / sqrt(d_head)
-    logits = (α / m) · ln_f(x_L) · wte^T            α = output_multiplier, m = width mult
-
-`transformers.GPT2LMHeadModel` has none of these knobs, so the official tooling folds
-them into plain weights for export (docs/REFERENCE.md, Cerebras-GPT-μP). Each fold is
-exact algebra, not an approximation:
-
-* E into wte AND wpe: the residual stream of the plain model is then E·(wte+wpe), the
-  very tensor the μP model carries (the pre-LN blocks see the same input; no LayerNorm
-  sits between the embedding sum and the multiplier).
-* 1/sqrt(d_head) into the query rows of c_attn (weight and bias): q' = q/sqrt(d_head)
-  makes the standard q'·k/sqrt(d_head) equal q·k/d_head.
-* α/m into the LM head: the head becomes α/m · wte (original, unscaled). The input
-  embedding needs E·wte and the head α/m·wte, so one tied matrix cannot carry both
-  unless E == α/m: the export unties them and says so (``tie_word_embeddings: false``).
-
-Pure torch, no transformers import: the HF writer (cgpt.model.hf) consumes the result.
+"""Fold the μP multipliers (embedding E, attention 1/d_head, output α/m) into plain GPT-2
+weights, exactly, so transformers' GPT2LMHeadModel runs a Cerebras-GPT-μP model; the head is
+untied unless E == α/m. Pure torch, no transformers import: the HF writer (cgpt.model.hf)
+consumes the result. The algebra: docs/DESIGN-NOTES.md, model/mup_export.
 """
 
 from __future__ import annotations

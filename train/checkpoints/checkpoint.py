@@ -1,21 +1,7 @@
-"""Crash-safe DeepSpeed checkpoints: save under a temporary tag, then publish.
-
-Layout of ``RUN_DIR/checkpoints``::
-
-    step-120/            a published checkpoint (DeepSpeed files + ours + ``complete``)
-    tmp-step-140/        a save in progress, or one a crash interrupted: never resumed from
-    latest               the newest published tag (informational; resume scans the folders)
-
-All ranks write DeepSpeed's files into ``tmp-step-N``; after a barrier rank 0 adds
-``trainer_state.json`` (step, tokens, loader state, ...), the resolved config and
-``manifest.json`` (every file and its size: a file deleted later is found), writes the
-``complete`` marker, renames the folder to ``step-N`` (one atomic rename) and deletes all but
-the newest ``keep_last`` published checkpoints. A kill at any moment therefore leaves the
-previous checkpoint intact, and ``--resume`` picks the newest folder that has the marker.
-RNG states are saved per rank as tensors and read back with ``torch.load(weights_only=True)``;
-DeepSpeed's own files are read the same way (``restricted_loads``), with DeepSpeed's few
-plain data types allowed by name, never with full unpickling unless the user says the run
-folder is trusted (CGPT_TRUST_CHECKPOINTS=1).
+"""Crash-safe DeepSpeed checkpoints: every rank saves under ``tmp-step-N``; rank 0 adds our
+files and the ``complete`` marker and publishes ``step-N`` by one rename, so a kill never
+harms the previous checkpoint. Files are read back through a restricted unpickler. Layout
+and the save sequence: docs/DESIGN-NOTES.md, checkpoints/checkpoint.
 """
 
 from __future__ import annotations

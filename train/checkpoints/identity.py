@@ -1,19 +1,7 @@
-"""What a run trains on, and whether a checkpoint belongs to the run it sits in.
-
-``data.json`` (in the run folder, written when the run starts, and copied into every
-checkpoint): per data role (``data.path``: the one folder; ``data.sources.NAME``: a
-mixture source; ``data.val.NAME``: a named validation set) the folder and the sha256 of every
-train and val shard, as ``cgpt prepare`` recorded them in its ``meta.json``. The trainer
-checks the shards' bytes against those checksums before the run starts (the local main
-rank reads every byte), so the record says which tokens the run trained on.
-
-``--resume`` compares the record with the data the config names now: other checksums
-(``cgpt prepare --force`` into the same folder) are refused unless ``--allow-change data``;
-the same checksums in another folder (the data moved) are accepted with a note, so folder
-paths are compared through their checksums, not as config values. A checkpoint copied in
-from another run is refused: its step must match its folder's name, its model, data
-section, sequence length and seed must match the run's, and its data checksums must be
-ones this run trained on.
+"""What a run trains on (``data.json``: each data role's folder and shard checksums), and
+whether a checkpoint belongs to the run it sits in: ``--resume`` refuses changed data unless
+``--allow-change data``, accepts moved data, and refuses a checkpoint from another run.
+Details: docs/DESIGN-NOTES.md, checkpoints/identity.
 """
 
 from __future__ import annotations

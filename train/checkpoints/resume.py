@@ -1,18 +1,7 @@
-"""What `--resume` continues from, and what it may change.
-
-* ``cgpt train RUN --resume`` continues the newest checkpoint that reads back whole (a
-  truncated or corrupted newer one is skipped with a warning) under an unchanged config.
-* ``--from step-N`` rewinds to an earlier checkpoint, as practitioners do after a loss spike
-  (the OPT and BLOOM logbooks): the checkpoints after it are moved, not deleted, into
-  ``checkpoints/abandoned-<time>/``, and the metrics after step N are dropped.
-* ``--allow-change plan.lr,plan.warmup_steps`` accepts those config changes; they are
-  written into ``config.yaml`` and recorded in ``changes.jsonl`` (time, step, old -> new).
-  ``--allow-change data`` accepts data whose checksums changed since the run started
-  (``data.json``, cgpt.train.checkpoints.identity); a data folder that only moved is accepted.
-* A checkpoint copied in from another run (its step, config or data differ) is refused.
-
-Everything here only reads; cgpt.train.checkpoints.rewind (rank 0, after every check passed)
-writes, as one transaction.
+"""What `--resume` continues from (the newest checkpoint that reads back whole, or
+``--from step-N``) and what it may change (``--allow-change KEYS``); a checkpoint from
+another run is refused. Read-only: cgpt.train.checkpoints.rewind writes. The rules:
+docs/DESIGN-NOTES.md, checkpoints/resume.
 """
 
 from __future__ import annotations

@@ -1,19 +1,7 @@
-"""A resume's writes to the run folder as one transaction that a kill cannot leave half done.
-
-A rewind (``--resume --from step-N``) or an allowed change (``--allow-change``) writes
-several things: later checkpoints move into ``checkpoints/abandoned-TIME/``, a row is
-appended to ``changes.jsonl``, ``config.yaml`` gets the new values, ``data.json`` the data's
-identity, and ``metrics.jsonl`` loses the rows after step N. Killed in between, the folder
-used to hold the new LR in ``config.yaml`` beside the later checkpoint and no record, so a
-plain ``--resume`` (what a requeue runs) continued the abandoned trajectory with the new LR.
-
-Now rank 0 first writes ``rewind.intent.json`` (fsynced: every move, the row, both config
-texts), then applies the steps in that order, then deletes the intent. Writing the new
-``config.yaml`` is the commit point. The next start, before anything else, finds an intent
-left by a kill and either finishes it (``config.yaml`` already holds the new text: redo
-the moves, the row if absent and the metrics cut) or undoes it (move the checkpoints back,
-drop the row). ``config.yaml`` itself is never changed by the recovery, so the config a
-requeued ``cgpt train RUN --resume`` read before the recovery is the one that holds after it.
+"""A resume's writes to the run folder (rewind moves, changes.jsonl, config.yaml, data.json,
+the metrics cut) as one transaction a kill cannot leave half done: an fsynced intent file,
+``config.yaml`` as the commit point, and at the next start the intent finished or undone.
+Why, and the recovery rules: docs/DESIGN-NOTES.md, checkpoints/rewind.
 """
 
 from __future__ import annotations

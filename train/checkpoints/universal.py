@@ -1,64 +1,8 @@
-"""Resume on another topology: DeepSpeed's universal checkpoint format.
-
-A ZeRO checkpoint is cut into one optimizer file per data-parallel rank, so it loads only
-with the world size (and ZeRO stage) that wrote it. When ``--resume`` finds that the saved
-world size or ZeRO stage differs from this run's, the checkpoint is converted once with
-DeepSpeed's own converter (``deepspeed.checkpoint.ds_to_universal``: one folder per
-parameter holding its full fp32 master copy, Adam moments and step) and loaded with
-DeepSpeed's universal loading (the engine's ``load_universal`` switch, on for that one
-``load_checkpoint`` call only, so ``ds_config.json`` is unchanged). Layout::
-
-    checkpoints/step-120/                 the checkpoint (unchanged)
-    checkpoints/step-120/universal/       the conversion, reused by every later resume
-        mp_rank_00_model_states.pt        DeepSpeed's metadata (global steps, ...)
-        zero/<param>/{fp32,exp_avg,exp_avg_sq,step}.pt, zero/optimizer_state.pt
-        complete                          written last: the source topology, every file
-    checkpoints/step-120/latest_universal "universal" (DeepSpeed's pointer file)
-    checkpoints/tmp-universal-step-120/   a conversion in progress (removed on failure and
-                                          by the next save)
-
-Rank 0 converts while the other ranks wait at a barrier (bounded by
-``runtime.collective_timeout_s``); the folder is fsynced and published by one rename, so a
-crash leaves either no conversion or a whole one. The universal folder is pruned, rewound
-and re-saved together with its checkpoint because it lives inside it.
-
-What changes and what does not:
-
-* The data position continues exactly: the loader's state is the global stream position,
-  identical on every rank (cgpt.train.data.loader). The LR schedule and batch phases are
-  functions of the step only. Each batch phase must split over the new rank count
-  (cgpt.train.plan.batch.split_batch refuses before anything is written).
-* RNG: rank ``r`` restores the state rank ``r`` saved when the old run had a rank ``r``;
-  ranks beyond the old world size keep the state seeded from ``runtime.seed`` at engine build
-  (identical on those ranks). cgpt's models have no dropout by default, so no training
-  computation draws random numbers and the losses are unaffected; with ``model.dropout`` > 0
-  the masks after an elastic resume differ from an uninterrupted run's.
-* Supported: ZeRO stages 1, 2 and 3 on both sides, any world sizes, fp32 and bf16 (fp16 by
-  the same code path, untested here: it needs a GPU). Refused with one line: a ZeRO-0
-  checkpoint into ZeRO >= 1 or the reverse (ZeRO-0 keeps the optimizer inside the model
-  file, which ds_to_universal does not read, and a ZeRO-0 engine has no universal loader).
-  A ZeRO-0 checkpoint needs no conversion to change the world size (every rank holds the
-  whole state), and neither does a same-topology resume.
-* The converter's and the universal loader's file reads go through the same restricted
-  unpickler as ordinary resumes (``weights_only=True`` with DeepSpeed's plain data types
-  allowed by name; cgpt.train.checkpoints.checkpoint). The universal files need no new entries:
-  listed with torch.serialization.get_unsafe_globals_in_checkpoint over conversions from
-  ZeRO 1, 2 and 3 in fp32 and bf16, they hold tensors, numbers and containers, plus
-  ZeroStageEnum and LossScaler in ``optimizer_state.pt``, both allowed already.
-
-Gaps between DeepSpeed 0.19's converter and its loaders, closed here after the conversion
-(:func:`_complete_layout`) so that one universal folder loads into every ZeRO stage, and
-after the load (:func:`restore_param_groups`):
-
-* a ZeRO-3 engine looks for ``zero_pp_rank_0_mp_rank_00_model_states.pt``, a ZeRO-1/2 engine
-  for ``mp_rank_00_model_states.pt``: both names exist (a hard link, else a copy);
-* a ZeRO-1/2 source's ``optimizer_state.pt`` lacks the ``optimizer_state_dict`` a ZeRO-3
-  loader reads its step from; a ZeRO-3 source writes no per-parameter ``step.pt``, flat
-  tensors instead of ``{param: tensor of the parameter's shape}`` and no ``ds_version``,
-  all of which ZeRO-1/2 loaders need: each is added from the other files;
-* DeepSpeed's ZeRO-3 universal loader gives every parameter group group 0's
-  hyperparameters (weight decay ...) and one shared ``step`` tensor, which the fused AdamW
-  then advances once per group and step: each group gets its own back.
+"""Resume on another topology (world size or ZeRO stage) through DeepSpeed's universal
+checkpoint format: rank 0 converts a checkpoint once with ``ds_to_universal`` into
+``step-N/universal/`` (published by one rename), and the engine loads it with DeepSpeed's
+universal loader; gaps between DeepSpeed 0.19's converter and loaders are closed here.
+Layout, what an elastic resume keeps, and the gaps: docs/DESIGN-NOTES.md, checkpoints/universal.
 """
 
 from __future__ import annotations

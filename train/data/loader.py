@@ -1,29 +1,9 @@
 """Deterministic, resumable, data-parallel batches of next-token windows.
 
-The token array is cut into windows of ``seq_len + 1`` tokens starting at multiples of
-``seq_len`` (consecutive windows share one token, so every token is a target exactly once per
-epoch): ``n_windows = (N - 1) // seq_len``. Epoch ``e`` visits the windows in the order
-``order(seed, e)``; all ranks walk this one *global* stream, and an optimizer step of
-``G`` sequences takes the next ``G`` windows, rank ``r`` the ``r``-th contiguous slice of
-``G / world_size``. The state is just the global position, identical on every rank, so a run
-resumes with exactly the batches an uninterrupted run would have seen, even with a different
-data-parallel size.
-
-The order (state key ``order``):
-
-* ``2`` (every new run): a keyed bijection of ``[0, n_windows)`` computed on demand, O(1)
-  memory whatever the corpus size: a 4-round unbalanced Feistel network over the ``m``-bit
-  integers, ``2**m`` the next power of two >= n_windows (at least 4), with cycle-walking
-  (an output >= n_windows is encrypted again until it lands inside; since the network is a
-  permutation of ``[0, 2**m)`` this is a permutation of ``[0, n_windows)``, on average fewer
-  than 2 passes). The round function is the splitmix64 finaliser of ``half ^ key``; the four
-  64-bit keys are a BLAKE2b hash of ``(seed, epoch)``. Indices are computed by numpy,
-  vectorised: a rank computes its own shares of the next steps (up to 32,768 indices, kept:
-  256 KB) in one call, so a step's indices are usually a row of that block.
-* ``1``: ``numpy.random.default_rng([seed, epoch]).permutation(n_windows)``, materialised per
-  epoch (8 bytes a window). A loader state saved without ``order`` (runs from before the
-  bijection) resumes in this order, so an old run continues with the batches it would have
-  seen.
+All ranks walk one global stream of ``seq_len + 1``-token windows in a keyed order per
+epoch; a step of ``G`` sequences takes the next ``G``, rank ``r`` the ``r``-th slice. The
+state is the global position alone, so a resume sees the batches an uninterrupted run would,
+at any data-parallel size. Windows and the two orders: docs/DESIGN-NOTES.md, data/loader.
 """
 
 from __future__ import annotations

@@ -1,44 +1,10 @@
 """Weighted data mixtures and several validation sets.
 
-A run's ``data`` section names either one prepared folder (``path``) or a mixture
-(``sources: [{name, path, weight}]``) of folders prepared with the same tokenizer (their
-meta.json tokenizer fingerprints must agree). ``path`` is the one-source mixture and behaves
-exactly as before (same batches, same checkpoint state).
-
-The mixed stream. Training still walks one *global* stream of windows (cgpt.train.data.loader):
-an optimizer step of ``G`` sequences takes global positions ``[P, P+G)``, rank ``r`` the
-``r``-th contiguous slice. Each global position belongs to one source by a fixed schedule:
-
-* the weights become integers ``a_k`` with the same ratios: each weight is read as the exact
-  decimal it prints as (0.7 -> 7/10), the ratios are reduced by their gcd (0.7/0.2/0.1 ->
-  7/2/1), and when the period ``A = sum a_k`` would exceed ``2**16`` the normalised weights
-  are rounded to multiples of ``2**-16`` (largest remainder, each at least 1);
-* one period of ``A`` positions orders the ``a_k`` slots of every source by their ideal time
-  ``(j + 1/2) / a_k`` (``j = 0..a_k-1``; ties to the earlier source): the Sainte-Laguë
-  (Webster) sequence, the smoothest interleaving of the quotas; the schedule repeats with
-  period ``A``;
-* source ``k`` (share ``w_k = a_k/A``) owns exactly ``a_k`` of every ``A`` consecutive
-  positions; among the first ``p`` positions it owns ``c_k(p)`` with
-  ``|c_k(p) - p·w_k| <= 1/2 + w_k·K/2`` for ``K`` sources (the prefix ends at a time ``t``
-  where ``c_k = floor(a_k·t + 1/2)`` for every k), so over any window of ``n`` consecutive
-  positions (a step of ``G`` sequences, or many steps) its count is ``n·w_k`` within
-  ``1 + w_k·K``. For 0.7/0.2/0.1 the measured worst case is 0.6 per prefix and 1.1 per
-  window (tests/test_mixture.py checks the bound over many steps).
-
-The ``i``-th position of source ``k`` (counting from the run's start) reads sample ``i`` of
-that source's own stream: its windows in its own keyed Feistel order (order 2), epoch
-``i // n_windows_k``, keyed by a seed derived from the run seed and the source's name. So every
-source has its own epoch counter, and everything (source, sample, window) is a function of
-the global position alone: the loader state is still the one global position ``P``, the same
-on every rank, and a resume is bitwise exact at any data-parallel size.
-
-Validation: ``data.val: {NAME: folder}`` (default: every source's own val split, named like
-the source; for ``data.path``, that folder's val split as plain ``val_loss``). Each set's fixed
-batches are evaluated every ``eval_every`` steps and logged as ``val_loss/NAME`` and, where
-the folder's meta.json records ``splits.val.text_bytes``, ``val_bpb/NAME`` = nats/token ×
-tokens ÷ text_bytes ÷ ln 2 (the split's tokens and bytes). The headline ``val_loss`` is the
-mixture-weighted mean over the val sets named like a source (weights renormalised over
-those), or the plain mean when none is.
+``data.path`` is the one-source mixture; ``data.sources`` mixes folders prepared with one
+tokenizer. Each global stream position belongs to one source by a fixed, smooth schedule and
+reads that source's own sample stream, so the loader state stays one global position and a
+resume is bitwise exact at any data-parallel size. The schedule, its bounds and the val
+sets: docs/DESIGN-NOTES.md, data/mixture.
 """
 
 from __future__ import annotations

@@ -1,22 +1,9 @@
 """Packed token shards on disk: ``train*.bin`` / ``val*.bin`` plus ``meta.json``.
 
-A data folder holds every document's tokens, EOS-terminated and concatenated, as one flat
-little-endian array per split (uint16 when the vocab fits, else uint32), optionally cut into
-several shard files. ``meta.json`` records the dtype, vocab, EOS id, token and document
-counts, the tokenizer fingerprint, the source, replacement-character counts, and the size
-and sha256 of every file, so a truncated or edited shard is caught before training starts.
-
-Writers hold the output folder's lock (:class:`cgpt.train.lock.FolderLock`, ``.cgpt.lock``)
-for the whole write, so a second writer into the same folder is refused with the holder named
-instead of silently replacing the first one's data. They build the data under a temporary
-name next to the target, fsync every file and the folder, and publish it with one atomic
-rename (an exchange with the old folder where the OS supports it), so an interrupted run
-never leaves a half-written data folder that looks valid.
-
-``meta.json`` records, per split, the largest token id (``max_token_id``), and its own
-checksum (``meta_sha256``: sha256 of its canonical JSON without that field), so an edited
-dtype or vocab is refused when the data is opened instead of failing deep inside the model.
-Older meta.json files without these fields still load.
+One flat little-endian array of EOS-terminated documents per split, optionally in several
+files; ``meta.json`` records dtype, vocab, counts, the tokenizer fingerprint and every file's
+size and sha256, so a bad shard is caught before training. Writers hold the folder's lock and
+publish by one atomic rename. Details: docs/DESIGN-NOTES.md, data/shards.
 """
 
 from __future__ import annotations

@@ -1,19 +1,6 @@
-"""Where text comes from: one spec string -> a stream of documents.
-
-Specs:
-  ``stdlib`` (default)   the Python standard library's own ``*.py`` files, found with
-                         ``sysconfig`` (tests and site-packages skipped), one file = one
-                         document: real text every Python install carries, so demos and
-                         tests need no network. ``stdlib:max_docs=200`` takes the first 200.
-  a local path           a file, a folder (recursive, sorted) or a glob of
-                         .txt/.md/.jsonl/.json/.parquet, read with ``datasets`` in streaming
-                         mode; a text file is one document (not one per line).
-  ``hf:NAME[:CONFIG]``   a Hugging Face Hub dataset, streamed (``split``, ``text_field``).
-
-Bytes that are not UTF-8 (text files, stdlib) are decoded with U+FFFD replacement and
-*counted* (``Source.stats.replacement_chars``, recorded in meta.json and printed by
-``cgpt prepare``), never dropped silently. JSON and parquet are UTF-8 by definition: a file
-that is not fails with a message naming it. Empty documents are skipped and counted.
+"""Where text comes from: one spec string (``stdlib``, a local path, ``hf:NAME[:CONFIG]``)
+-> a stream of documents. Bytes that are not UTF-8 are replaced and counted, empty documents
+skipped and counted, never dropped silently. The specs: docs/DESIGN-NOTES.md, data/sources.
 """
 
 from __future__ import annotations

@@ -1,19 +1,8 @@
-"""Tokenizers behind one small interface: ``encode``, ``encode_batch``, ``decode``,
-``vocab_size``, ``eos_id``, ``fingerprint``, ``dir``.
-
-Two kinds load from a folder (:func:`load_tokenizer`):
-
-* ours: a sentencepiece BPE model (``tokenizer.model``) trained by :func:`train_tokenizer`,
-  with byte fallback (no text is ever lost), whitespace kept as-is (no collapsing, no dummy
-  prefix, identity normalization: indentation and newline runs survive) and digits split.
-  Beside it we write a Hugging Face ``tokenizer.json`` + ``tokenizer_config.json`` so
-  ``AutoTokenizer.from_pretrained(DIR)`` loads the same tokenizer and encodes identically.
-* any Hugging Face tokenizer folder (``tokenizer.json``, or GPT-2's ``vocab.json`` +
-  ``merges.txt``: Cerebras-GPT used GPT-2's BPE, docs/REFERENCE.md, Architecture), read with
-  ``tokenizers``.
-
-The fingerprint is a sha256 of the files that define the token ids, so shards record which
-tokenizer produced them and a mismatch is caught before training.
+"""Tokenizers behind one small interface (``encode``, ``encode_batch``, ``decode``,
+``vocab_size``, ``eos_id``, ``fingerprint``, ``dir``): our sentencepiece BPE (with an
+identical Hugging Face ``tokenizer.json``) or any Hugging Face tokenizer folder; the
+fingerprint ties shards to the tokenizer that made them. Details: docs/DESIGN-NOTES.md,
+data/tokenizer.
 """
 
 from __future__ import annotations
