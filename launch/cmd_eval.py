@@ -8,8 +8,10 @@ import math
 import re
 from pathlib import Path
 
+from cgpt.launch.options import Option, add_options
 from cgpt.model.errors import CgptError
 from cgpt.train.checks import check_positive
+from cgpt.train.eval.paper import SUITES
 
 EPILOG = """\
 SRC is a cgpt model file, a run folder, a checkpoint folder (RUN/checkpoints/step-N), a
@@ -110,9 +112,117 @@ def _add_lm_eval_spellings(p) -> None:
     )
 
 
-def register(subparsers) -> None:
-    from cgpt.train.eval.paper import SUITES
+def _which_options(suites) -> list[Option]:
+    """--suite or --tasks (one of them)."""
+    return [
+        (
+            ("--suite",),
+            dict(
+                choices=sorted(suites),
+                help="a named task suite (default when neither --tasks nor --data: cerebras-gpt)",
+            ),
+        ),
+        (
+            ("--tasks",),
+            dict(metavar="T1,T2", help="comma-separated lm-eval task names (suite names allowed)"),
+        ),
+    ]
 
+
+EVAL_OPTIONS: list[Option] = [
+    (
+        ("--include-path", "--include_path"),
+        dict(metavar="DIR", help="folder of your own lm-eval task YAML files"),
+    ),
+    (
+        ("--num-fewshot", "--num_fewshot"),
+        dict(
+            type=int,
+            metavar="N",
+            help="few-shot examples per question (the paper: 0 and 5; default: the "
+            "task's own, 0 for the paper's tasks)",
+        ),
+    ),
+    (
+        ("--limit",),
+        dict(
+            type=_limit,
+            metavar="N",
+            help="evaluate only the first N examples of each task (a fraction if < 1)",
+        ),
+    ),
+    (
+        ("--batch-size", "--batch_size"),
+        dict(
+            type=_batch,
+            default=None,
+            metavar="B",
+            help="lm-eval batch size, an integer or auto (default 16); for --data: "
+            "sequences per forward pass",
+        ),
+    ),
+    (
+        ("--device",),
+        dict(metavar="D", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)"),
+    ),
+    (
+        ("--dtype",),
+        dict(choices=DTYPE_CHOICES, help="evaluate in this dtype (default: as stored)"),
+    ),
+    (
+        ("--tokenizer",),
+        dict(metavar="DIR", help="tokenizer folder (default: the run's, or the HF folder's own)"),
+    ),
+    (("--out",), dict(metavar="FILE", help="write the results JSON here")),
+    (("--force",), dict(action="store_true", help="replace an existing --out file")),
+    (
+        ("--compare-paper",),
+        dict(
+            metavar="SIZE",
+            help="compare with this published size's row (111M ... 13B) even when the "
+            "shape does not match",
+        ),
+    ),
+    (
+        ("--data",),
+        dict(metavar="DATA_DIR", help="prepared data folder: held-out nats/token and bits/byte"),
+    ),
+    (
+        ("--split",),
+        dict(default="val", choices=["val", "train"], help="split of --data (default val)"),
+    ),
+    (
+        ("--seq-len",),
+        dict(
+            type=int,
+            metavar="N",
+            help="window length for --data (default: the model's n_positions)",
+        ),
+    ),
+    (
+        ("--bootstrap-iters", "--bootstrap_iters"),
+        dict(
+            type=int,
+            default=100000,
+            metavar="N",
+            help="lm-eval's bootstrap iterations for stderrs of non-mean metrics "
+            "(default 100000 as lm-eval; 0 skips them)",
+        ),
+    ),
+    (
+        ("--seed",),
+        dict(
+            type=int,
+            default=1234,
+            metavar="N",
+            help="seed that picks the few-shot examples (default 1234 as lm-eval)",
+        ),
+    ),
+    (("-v", "--verbose"), dict(action="store_true", help="show lm-eval's logging")),
+]
+
+
+def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
         help="evaluate a model with lm-evaluation-harness / held-out bits per byte",
@@ -130,94 +240,8 @@ def register(subparsers) -> None:
         "--model_args pretrained=SRC)",
     )
     _add_lm_eval_spellings(p)
-    which = p.add_mutually_exclusive_group()
-    which.add_argument(
-        "--suite",
-        choices=sorted(SUITES),
-        help="a named task suite (default when neither --tasks nor --data: cerebras-gpt)",
-    )
-    which.add_argument(
-        "--tasks", metavar="T1,T2", help="comma-separated lm-eval task names (suite names allowed)"
-    )
-    p.add_argument(
-        "--include-path",
-        "--include_path",
-        metavar="DIR",
-        help="folder of your own lm-eval task YAML files",
-    )
-    p.add_argument(
-        "--num-fewshot",
-        "--num_fewshot",
-        type=int,
-        metavar="N",
-        help="few-shot examples per question (the paper: 0 and 5; default: the "
-        "task's own, 0 for the paper's tasks)",
-    )
-    p.add_argument(
-        "--limit",
-        type=_limit,
-        metavar="N",
-        help="evaluate only the first N examples of each task (a fraction if < 1)",
-    )
-    p.add_argument(
-        "--batch-size",
-        "--batch_size",
-        type=_batch,
-        default=None,
-        metavar="B",
-        help="lm-eval batch size, an integer or auto (default 16); for --data: "
-        "sequences per forward pass",
-    )
-    p.add_argument(
-        "--device", metavar="D", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)"
-    )
-    p.add_argument(
-        "--dtype",
-        choices=DTYPE_CHOICES,
-        help="evaluate in this dtype (default: as stored)",
-    )
-    p.add_argument(
-        "--tokenizer",
-        metavar="DIR",
-        help="tokenizer folder (default: the run's, or the HF folder's own)",
-    )
-    p.add_argument("--out", metavar="FILE", help="write the results JSON here")
-    p.add_argument("--force", action="store_true", help="replace an existing --out file")
-    p.add_argument(
-        "--compare-paper",
-        metavar="SIZE",
-        help="compare with this published size's row (111M ... 13B) even when the "
-        "shape does not match",
-    )
-    p.add_argument(
-        "--data", metavar="DATA_DIR", help="prepared data folder: held-out nats/token and bits/byte"
-    )
-    p.add_argument(
-        "--split", default="val", choices=["val", "train"], help="split of --data (default val)"
-    )
-    p.add_argument(
-        "--seq-len",
-        type=int,
-        metavar="N",
-        help="window length for --data (default: the model's n_positions)",
-    )
-    p.add_argument(
-        "--bootstrap-iters",
-        "--bootstrap_iters",
-        type=int,
-        default=100000,
-        metavar="N",
-        help="lm-eval's bootstrap iterations for stderrs of non-mean metrics "
-        "(default 100000 as lm-eval; 0 skips them)",
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=1234,
-        metavar="N",
-        help="seed that picks the few-shot examples (default 1234 as lm-eval)",
-    )
-    p.add_argument("-v", "--verbose", action="store_true", help="show lm-eval's logging")
+    add_options(p.add_mutually_exclusive_group(), _which_options(SUITES))
+    add_options(p, EVAL_OPTIONS)
     p.set_defaults(func=run)
 
 
