@@ -30,11 +30,10 @@ from dataclasses import asdict
 from cgpt.launch.args import data_spec, parse_count
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB
-from cgpt.train.checks import FieldError
+from cgpt.train.checks import HF_PREFIX, FieldError
 from cgpt.train.plan.datacheck import absolute
 from cgpt.train.plan.devices import DEVICES
 from cgpt.train.plan.rules import RECIPE_NAMES, SEQ_LEN
-from cgpt.train.source.hub import HF_PREFIX
 
 
 def flag_of(field: str) -> str:

@@ -1,6 +1,7 @@
 """Value rules the library shares (one definition each): a count or rate must be a positive
 finite number (``check_positive``), the names a mixture source or validation set may take
-(``NAME_PATTERN``; they end up in metric names such as ``val_loss/NAME``), and
+(``NAME_PATTERN``; they end up in metric names such as ``val_loss/NAME``), the ``hf:``
+prefix of a Hub model source (``HF_PREFIX``), and
 :class:`FieldError`, a refusal that names the library's fields for a front end to spell.
 
 Parsing what a user typed (``NAME=VALUE`` items, ``--data`` text) is the CLI's:
@@ -19,6 +20,9 @@ from cgpt.model.errors import CgptError
 # never starts with '.': "." and ".." would name the output folder itself or its parent
 NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9_.-]*"
 NAME_RULE = "letters, digits, _ . -, not starting with '.'"
+
+# a model source (init.source, --init-from, cgpt eval SRC) that names a Hugging Face Hub repo
+HF_PREFIX = "hf:"
 
 
 def is_positive(value, *, integer: bool = False) -> bool:

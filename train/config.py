@@ -34,8 +34,7 @@ from pydantic import (
 from cgpt.model.config import GPTConfig, MuPConfig
 from cgpt.model.errors import ConfigError
 from cgpt.model.files import write_atomic
-from cgpt.train.checks import NAME_PATTERN, NAME_RULE
-from cgpt.train.source.hub import HF_PREFIX
+from cgpt.train.checks import HF_PREFIX, NAME_PATTERN, NAME_RULE
 
 
 class Strict(BaseModel):

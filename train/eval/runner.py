@@ -21,7 +21,7 @@ import torch
 
 from cgpt.model.errors import CgptError
 from cgpt.model.files import write_atomic
-from cgpt.train.checks import check_positive
+from cgpt.train.checks import HF_PREFIX, check_positive
 from cgpt.train.eval import harness
 from cgpt.train.eval.paper import (
     PAPER_METRIC,
@@ -37,7 +37,6 @@ from cgpt.train.eval.paper import (
 from cgpt.train.eval.source import EvalSource, open_source
 from cgpt.train.source import hub
 from cgpt.train.source.digest import weights_sha256
-from cgpt.train.source.hub import HF_PREFIX
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 RESULTS_FORMAT = "cgpt-eval"

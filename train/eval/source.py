@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
+from cgpt.train.checks import HF_PREFIX
 from cgpt.train.data.tokenizer import load_tokenizer
 from cgpt.train.source.digest import HF_WEIGHT_FILES, sha256_file
-from cgpt.train.source.hub import HF_PREFIX
 from cgpt.train.source.model_source import is_hf_folder, load_source
 from cgpt.train.source.tokenizer import find_tokenizer
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB, vocab_fits
-from cgpt.train.checks import FieldError, is_positive
+from cgpt.train.checks import HF_PREFIX, FieldError, is_positive
 from cgpt.train.plan import planner as P
 from cgpt.train.plan.budget import CONVENTIONS, keep_within
 from cgpt.train.plan.cluster import on_this_machine
@@ -327,7 +327,6 @@ def _plan_continued(req: PlanRequest, info: DataInfo | None) -> P.Plan:
     """`cgpt plan --init-from SRC --tokens N`: the source's model, the family's batch rule,
     a re-warmed schedule (cgpt.train.plan.planner.plan_continued)."""
     # deferred: resolving a model source imports torch; other plans do not need it
-    from cgpt.train.source.hub import HF_PREFIX
     from cgpt.train.source.model_source import resolve
     from cgpt.train.source.tokenizer import check_tokenizer
 

@@ -17,9 +17,9 @@ import os
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
+from cgpt.train.checks import HF_PREFIX
 from cgpt.train.source.hub_cli import download_command
 
-HF_PREFIX = "hf:"  # a model source (init.source, cgpt eval SRC) that names a Hub repository
 # a snapshot's small files: the config and any tokenizer; the weights are asked for apart
 HUB_META = ["*.json", "merges.txt", "vocab.json", "*.model"]
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -192,7 +192,6 @@ def explain_model(name: str, e: BaseException, state: str) -> CgptError:
 
 
 __all__ = [
-    "HF_PREFIX",
     "OFFLINE_HOW",
     "endpoint",
     "explain_dataset",

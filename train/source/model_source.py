@@ -41,10 +41,11 @@ from cgpt.train.checkpoints.consolidate import (
     consolidate_step,
     run_config_for,
 )
+from cgpt.train.checks import HF_PREFIX
 from cgpt.train.config import parse_run_config, read_yaml
 from cgpt.train.plan.rules import RECIPES
 from cgpt.train.source.digest import hf_weight_files, weights_sha256
-from cgpt.train.source.hub import HF_PREFIX, hub_folder
+from cgpt.train.source.hub import hub_folder
 from cgpt.train.source.tokenizer import find_tokenizer, has_tokenizer
 
 MODEL_FILE = "model.safetensors"  # a run's final weights
