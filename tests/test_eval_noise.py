@@ -37,3 +37,20 @@ def test_window_losses_reproduce_the_trainers_val_loss(tmp_path):
     assert d["val_loss"] == pytest.approx(s["val_loss"], rel=1e-5) and d["sd"] > 0
     with pytest.raises(CgptError, match="no model.safetensors"):
         window_losses(tmp_path)
+
+
+def test_window_losses_refuse_a_mixture_run(tmp_path):
+    # a mixture run's val_loss weights several val sets: there is no one folder to score
+    from cgpt.model.gpt import GPT
+    from cgpt.model.io import save_model
+
+    data = make_byte_data(tmp_path / "bytes", n_files=2)
+    d = make_cfg(tmp_path, data)
+    d["data"] = {"sources": [{"name": "a", "path": str(data), "weight": 1.0}]}
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = parse_run_config(d)
+    cfg.save(run / "config.yaml")  # what the trainer writes
+    save_model(GPT(cfg.model), run / "model.safetensors")
+    with pytest.raises(CgptError, match=r"data mixture \(data.sources\)"):
+        window_losses(run)

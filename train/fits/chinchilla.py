@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import numpy as np
 from scipy import optimize
@@ -131,7 +132,7 @@ def fit_chinchilla(
     A, B, E = (math.exp(v) for v in theta[:3])  # theta = (ln A, ln B, ln E, α, β)
     alpha, beta = float(theta[3]), float(theta[4])
     yhat = chinchilla_loss(n, d, E, A, B, alpha, beta)
-    out = {
+    out: dict[str, Any] = {
         "E": E,
         "A": A,
         "B": B,

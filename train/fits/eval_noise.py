@@ -28,6 +28,11 @@ def window_losses(run_dir: str | os.PathLike) -> np.ndarray:
     if not (run / "model.safetensors").is_file():
         raise CgptError(f"{str(run)!r} has no model.safetensors (a finished run writes one)")
     cfg = load_run_config(run / "config.yaml")
+    if cfg.data.path is None:  # its val_loss is a weighted mean over several val sets
+        raise CgptError(
+            f"{str(run)!r} was trained on a data mixture (data.sources); evaluation noise "
+            "scores the val windows of a one-folder run (data.path)"
+        )
     model = load_model(run / "model.safetensors").float().eval()
     loader = TokenLoader(cfg.data.path, cfg.plan.seq_len, split="val")
     out = []

@@ -37,7 +37,7 @@ def fit_isoflop_budget(
     if len(set(lx[lo:hi])) >= MIN_SIZES_PER_BUDGET:
         lx, ld, y = lx[lo:hi], ld[lo:hi], y[lo:hi]
     coef = np.polyfit(lx, y, 2)
-    out = {
+    out: dict[str, Any] = {
         "parabola": [float(v) for v in coef],
         "r2": finite(r2(y, np.polyval(coef, lx))),
         "n_points": len(y),

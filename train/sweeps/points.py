@@ -151,6 +151,8 @@ def plan_points(sweep: SweepConfig, vocab: int) -> list[Point]:
             continue
         targets: list[tuple[str, float, float | None]] = []  # (name, tokens/param, budget)
         if sweep.isoflop is None:
+            # SweepConfig's validator requires tokens_per_param for a fixed-ratio sweep
+            assert sweep.tokens_per_param is not None
             targets.append((shape, sweep.tokens_per_param, None))
         else:
             cfg_probe = _probe(size, vocab, sweep.model.seq_len)

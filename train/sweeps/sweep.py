@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -197,7 +198,7 @@ def _run_locked(
                 f"point {p.name} was interrupted; run `cgpt sweep {path}` again to "
                 "continue it from its checkpoint"
             )
-    result = {
+    result: dict[str, Any] = {
         "out_dir": str(out),
         "results": [records[p.name] for p in points],
         "fit": None,
