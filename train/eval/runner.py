@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -181,6 +182,7 @@ def run_eval(req: EvalRequest, log=None) -> dict:
         "hub": hub_state,
     }
     if src.kind == "cgpt" and req.dtype:
+        assert src.model is not None  # open_source loads every cgpt SRC
         src.model.to(DTYPES[req.dtype])
     lm = None
     with tempfile.TemporaryDirectory(prefix="cgpt-eval-") as tmp:
@@ -211,7 +213,7 @@ def _cgpt_version() -> dict:
 
 
 def _model_block(src: EvalSource) -> dict:
-    block = {
+    block: dict[str, Any] = {
         "source": src.spec,
         "kind": src.kind,
         "what": src.what,
@@ -219,8 +221,11 @@ def _model_block(src: EvalSource) -> dict:
         "shape": src.shape,
         "tokenizer": str(src.tokenizer) if src.tokenizer else None,
         "source_sha256": src.source_sha256,
-        "weights_sha256": weights_sha256(src.path) if src.kind == "hf" else None,
+        "weights_sha256": None,
     }
+    if src.kind == "hf":
+        assert src.path is not None  # open_source resolves an HF folder SRC to its path
+        block["weights_sha256"] = weights_sha256(src.path)
     if src.model is not None:
         p = next(src.model.parameters())
         block.update(
@@ -233,8 +238,11 @@ def _run_tasks(req, src: EvalSource, names, tm, device, hub_state, tmp: Path, re
     if src.kind == "cgpt":
         from cgpt.model.hf import export_hf
 
+        assert src.model is not None  # open_source loads every cgpt SRC
         t = time.perf_counter()
-        folder = export_hf(src.model, tmp / "hf", tokenizer_dir=src.tokenizer, verify=True)
+        folder: Path | None = export_hf(
+            src.model, tmp / "hf", tokenizer_dir=src.tokenizer, verify=True
+        )
         log(
             f"cgpt eval: exported {src.what} to a temporary Hugging Face folder, verified "
             f"against the model's logits ({time.perf_counter() - t:.1f}s)"
@@ -244,6 +252,7 @@ def _run_tasks(req, src: EvalSource, names, tm, device, hub_state, tmp: Path, re
         folder, pretrained = src.path, str(src.path)
         tokenizer = str(src.tokenizer) if src.tokenizer and src.tokenizer != src.path else None
     else:
+        assert src.hub_name is not None  # open_source names every hf:NAME SRC
         folder, pretrained = None, src.hub_name
         tokenizer = str(src.tokenizer) if src.tokenizer else None
     lm = harness.make_lm(
@@ -352,6 +361,7 @@ def _hf_shape(cfg) -> dict | None:
 def _paper_block(req, src: EvalSource, sc: dict, results: dict) -> dict | None:
     if not any(t in sc for t in SUITE_TASKS):
         return None
+    size: str | None
     how: str | None
     if req.compare_paper:
         size, how, note = paper_size(req.compare_paper), "--compare-paper", None
@@ -387,6 +397,7 @@ def _run_heldout(req, src: EvalSource, data, nbytes, device, lm, hub_state, log)
     from cgpt.train.eval.heldout import heldout_loss
 
     if src.kind == "cgpt":
+        assert src.model is not None  # open_source loads every cgpt SRC
         model = src.model.to(device)
     elif lm is not None:
         model = lm.model
@@ -419,12 +430,13 @@ def _load_hf_model(src: EvalSource, device, dtype, hub_state):
     key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     kw = {key: DTYPES[dtype] if dtype else "auto"}
     target = str(src.path) if src.kind == "hf" else src.hub_name
+    assert target is not None  # open_source names every hf:NAME SRC
     try:
         with harness.quiet_libraries():
             model = AutoModelForCausalLM.from_pretrained(target, **kw)
     except Exception as e:
         if src.kind == "hub":
-            raise hub.explain_model(src.hub_name, e, hub_state) from None
+            raise hub.explain_model(target, e, hub_state) from None
         raise CgptError(
             f"transformers cannot load {target}: "
             f"{str(e).strip().splitlines()[0] if str(e).strip() else e}"

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
+from cgpt.model.gpt import GPT
 from cgpt.train.checks import HF_PREFIX
 from cgpt.train.data.tokenizer import load_tokenizer
 from cgpt.train.source.digest import HF_WEIGHT_FILES, sha256_file
@@ -38,7 +39,7 @@ class EvalSource:
     kind: str  # "cgpt" | "hf" | "hub"
     what: str  # one phrase for the report
     path: Path | None = None  # the resolved model file / folder (None for the Hub)
-    model: object | None = None  # the loaded GPT (kind "cgpt")
+    model: GPT | None = None  # the loaded GPT (kind "cgpt")
     shape: dict | None = None  # n_layer, n_embd, n_head, vocab_size, n_positions (GPT-2)
     tokenizer: Path | None = None
     hub_name: str | None = None
