@@ -250,7 +250,11 @@ def _request(args):
         activation_checkpointing=args.activation_checkpointing,
         init_from=args.init_from,
         data=data,
-        **counts,
+        params=counts["params"],
+        flops=counts["flops"],
+        gpu_hours=counts["gpu_hours"],
+        tokens=counts["tokens"],
+        inference_tokens=counts.get("inference_tokens"),
     )
 
 

@@ -162,6 +162,7 @@ def _plan(req: PlanRequest, info: DataInfo | None) -> P.Plan:
     else:
         if req.device is None:
             raise FieldError("{f.gpu_hours} needs {f.gpu} (e.g. {f.gpu} h100) for the peak FLOP/s")
+        assert req.gpu_hours is not None  # _check_request: the one target left is gpu_hours
         plan_ = P.plan_for_gpu_hours(req.gpu_hours, req.device, req.mfu, **kw)
     plan_ = _split(req, plan_)
     if inference is not None and optimal is not None:
@@ -212,6 +213,7 @@ def _rule_options(req: PlanRequest, info: DataInfo | None, fit) -> dict:
 
 def _sized(req: PlanRequest, info: DataInfo | None, fit, kw: dict) -> P.Plan:
     """A published size: its recipe, or (--rules) its shape planned by the rules."""
+    assert req.size is not None  # _plan calls it only for a size
     if req.rules:
         base = P.plan_published(req.size)  # validates the name
         return P.plan_for_shape(
@@ -311,6 +313,7 @@ def _inference(req: PlanRequest, law, optimal: P.Plan):
     """The inference-aware N and D: the least 6·N·D + 2·N·T that reaches, by ``law``, the
     loss of the compute-optimal plan ``optimal`` (the one it is compared with)."""
     target = law.loss(optimal.params, optimal.tokens)
+    assert req.inference_tokens is not None  # _inference_law gave no law without them
     return plan_inference(flops_for_loss(law, target), req.inference_tokens, law)
 
 
