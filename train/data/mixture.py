@@ -184,6 +184,7 @@ class MixtureLoader:
         self.mix = as_mixture(data)
         self.seq_len, self.rank, self.world_size, self.seed = seq_len, rank, world_size, seed
         self.names = [s.name for s in self.mix.sources]
+        self.single: TokenLoader | None  # one source: exactly its TokenLoader
         if len(self.mix.sources) == 1:
             self.single = TokenLoader(self.mix.sources[0].data, seq_len, rank, world_size, seed)
             self.loaders = [self.single]
@@ -253,7 +254,7 @@ class MixtureLoader:
     def stats(self) -> dict:
         """``data_tokens/NAME`` and ``data_epochs/NAME`` (passes over the source's train
         windows, fractional) for a metrics row."""
-        row = {}
+        row: dict[str, float] = {}
         for name, ld, c in zip(self.names, self.loaders, self.source_counts()):
             row[f"data_tokens/{name}"] = int(c) * self.seq_len
             row[f"data_epochs/{name}"] = round(int(c) / ld.n_windows, 6)
