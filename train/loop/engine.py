@@ -105,9 +105,7 @@ def save_ds_config(ds: dict, path: str | os.PathLike) -> None:
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: str):
     """AdamW over cgpt's parameter groups with the plan's betas, eps and weight decay."""
     plan = cfg.plan
-    return make_adamw(
-        model, plan.lr, tuple(plan.adam_betas), plan.adam_eps, plan.weight_decay, device
-    )
+    return make_adamw(model, plan.lr, plan.adam_betas, plan.adam_eps, plan.weight_decay, device)
 
 
 def make_adamw(
