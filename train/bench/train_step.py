@@ -320,6 +320,7 @@ def bench(
     x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
     runners, losses = _run(makers, x, y, dev, warmup, steps)
     peak = detect_peak_flops() if dev.type == "cuda" else None
+    results = [_report(r, shape, peak) for r in runners]
     out = {
         "shape": shape.name,
         "n_layer": shape.config.n_layer,
@@ -336,11 +337,11 @@ def bench(
         "fused_loss": fused_loss,
         "reference_loop": ("deepspeed" if hf_deepspeed else "hf-trainer") if compare_hf else None,
         "peak_flops": peak,
-        "results": [_report(r, shape, peak) for r in runners],
+        "results": results,
         "final_loss": losses,
     }
     if compare_hf:
-        ours, ref = out["results"]
+        ours, ref = results
         out["speedup_vs_hf"] = ref["step_ms"] / ours["step_ms"]
     return out
 

@@ -44,8 +44,9 @@ def apply_start(run_dir: Path, point: ResumePoint, cfg) -> list[str]:
         _write_data(run_dir, point.data)
         truncate_metrics(run_dir / "metrics.jsonl", step)  # steps after it are redone
         return []
+    intent_id = uuid.uuid4().hex
     intent = {
-        "id": uuid.uuid4().hex,
+        "id": intent_id,
         "checkpoint": point.folder.name if point.folder else None,
         "step": step,
         "abandon": [p.name for p in point.abandon],
@@ -55,11 +56,11 @@ def apply_start(run_dir: Path, point: ResumePoint, cfg) -> list[str]:
             "step": step,
             "checkpoint": str(point.folder) if point.folder else None,
             "changes": point.changes,
+            "intent": intent_id,
         },
         "config": text,
         "data": point.data,
     }
-    intent["row"]["intent"] = intent["id"]
     write_text_atomic(run_dir / INTENT, json.dumps(intent, indent=1) + "\n")
     _fault("intent")
     return _forward(run_dir, intent)

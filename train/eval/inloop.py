@@ -28,7 +28,9 @@ def check_tasks(tasks: list[str], include_path: str | None, tokenizer_dir: str |
     harness.preflight(tm, names, None, harness.hub_state_for(tm, names))
 
 
-def evaluate_tasks(engine, runtime, tokenizer_dir: str, is_main: bool, zero_stage: int, device):
+def evaluate_tasks(
+    engine, runtime, tokenizer_dir: str | None, is_main: bool, zero_stage: int, device
+):
     from cgpt.train.eval import run_tasks
 
     gather = contextlib.nullcontext()
@@ -41,6 +43,7 @@ def evaluate_tasks(engine, runtime, tokenizer_dir: str, is_main: bool, zero_stag
     with gather:
         if not is_main:
             return {}
+        assert tokenizer_dir is not None  # check_tasks refused eval_tasks without one (rank 0)
         return run_tasks(
             engine.module,
             tokenizer_dir,

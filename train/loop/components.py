@@ -66,8 +66,8 @@ def evaluate(engine, batches, dev) -> float:
         loss = engine(x.to(dev), y.to(dev))
         s, n = s + loss.float().item() * x.size(0), n + x.size(0)
     engine.train()
-    s, n = all_sum([s, n], dev)
-    return s / max(n, 1)
+    total, count = all_sum([s, n], dev)
+    return total / max(count, 1)
 
 
 class EvalHook(LoopHook):

@@ -266,6 +266,7 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
             return done
         barrier()
         if run.point.universal:  # rank 0 converts (once), the others wait
+            assert run.resume_from is not None  # universal is set only for a checkpoint
             universal.ensure_universal(run.resume_from, run.dist.rank, run.dist.device)
         engine, optimizer, ds = build_engine(run)
         loop = StepLoop(run, engine, optimizer)
@@ -277,9 +278,10 @@ def train(cfg: RunConfig, resume: bool | ResumeRequest = False) -> dict:
         export_final(run, engine)
         return finish(run, loop.state, loop.loader, status, t0)
     except WriteFailed as e:  # disk full or read-only outside a checkpoint save
-        raise CgptError(write_failed_message(run, loop and loop.state, e)) from None
+        state = loop.state if loop is not None else None
+        raise CgptError(write_failed_message(run, state, e)) from None
     except RuntimeError as e:
-        error = _collective_error(run, loop and loop.state, e)
+        error = _collective_error(run, loop.state if loop is not None else None, e)
         if error is None:
             raise
         raise error from e
