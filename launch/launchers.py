@@ -25,8 +25,8 @@ from pathlib import Path
 from cgpt.launch.hostfile import Host, check_host
 from cgpt.model.errors import CgptError
 from cgpt.train.config import PlanSection
-from cgpt.train.loop.ports import free_port  # noqa: F401  (torch-free; the CLI uses L.free_port)
 from cgpt.train.plan.batch import feasible_micro_batches, split_batch
+from cgpt.train.ports import free_port  # noqa: F401  (torch-free; the CLI uses L.free_port)
 
 LAUNCHERS = ("deepspeed", "torchrun")
 # DeepSpeed's multi-node backends and the program each one needs on PATH

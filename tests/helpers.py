@@ -276,7 +276,7 @@ def write_run_config(tmp: Path, d: dict, name: str = "run.yaml") -> Path:
 
 def losses(run_dir: Path, key: str = "loss") -> list[float]:
     """``key`` of every RUN/metrics.jsonl row that has it, in file order."""
-    from cgpt.train.loop.metrics import read_metrics
+    from cgpt.train.metrics import read_metrics
 
     return [r[key] for r in read_metrics(run_dir / "metrics.jsonl") if key in r]
 

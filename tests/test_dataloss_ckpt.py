@@ -28,7 +28,7 @@ from cgpt.launch.cli import main as cli_main
 from cgpt.train.checkpoints import checkpoint as ckpt
 from cgpt.train.checkpoints.rewind import FAULT_ENV, INTENT
 from cgpt.train.data.shards import open_token_data, write_token_data
-from cgpt.train.loop.metrics import read_metrics
+from cgpt.train.metrics import read_metrics
 
 
 @pytest.fixture(scope="module")

@@ -135,7 +135,7 @@ def test_atomic_writers_replace_a_link_never_its_target(tmp_path):
 
 def test_metrics_file_is_not_appended_through_a_link(tmp_path):
     from cgpt.model.errors import CgptError
-    from cgpt.train.loop.metrics import MetricsLogger
+    from cgpt.train.metrics import MetricsLogger
 
     victim = tmp_path / "victim.txt"
     victim.write_bytes(b"keep me")

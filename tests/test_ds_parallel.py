@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import child_env, losses, make_byte_data, make_cfg, write_run_config
 
-from cgpt.train.loop.distributed import free_port
+from cgpt.train.ports import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ from cgpt.train.checkpoints import checkpoint as ckpt
 from cgpt.train.checkpoints import universal
 from cgpt.train.config import parse_run_config
 from cgpt.train.data.shards import write_token_data
-from cgpt.train.loop.distributed import free_port
+from cgpt.train.ports import free_port
 
 SEQ = 32
 

@@ -909,7 +909,7 @@ def test_in_loop_eval_rows_at_the_right_steps_and_not_repeated_on_resume(world, 
     from tokenizers import Tokenizer
 
     from cgpt.train.data.shards import write_token_data
-    from cgpt.train.loop.metrics import read_metrics
+    from cgpt.train.metrics import read_metrics
 
     tok = Tokenizer.from_file(str(world.tok / "tokenizer.json"))
     eos = world.vocab - 1

@@ -282,7 +282,7 @@ def test_diverged_checkpoint_cli_is_one_line_without_deepspeed_noise(runs, tmp_p
 @pytest.mark.parametrize("zero_stage, precision", [(2, "fp32"), (1, "bf16")])
 def test_two_rank_checkpoint_consolidates(tmp_path, data, capsys, zero_stage, precision):
     """Each rank saved its own optimizer partition; the export gathers both."""
-    from cgpt.train.loop.distributed import free_port
+    from cgpt.train.ports import free_port
 
     launcher = str(Path(sys.executable).with_name("deepspeed"))
     d = _cfg(tmp_path, data, "two", zero_stage=zero_stage, precision=precision)

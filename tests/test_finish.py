@@ -259,8 +259,8 @@ def test_disk_full_during_the_final_export_then_the_printed_command_finishes(
 def test_disk_full_while_appending_metrics(tmp_path, data, capsys, monkeypatch):
     from helpers import write_run_config
 
-    from cgpt.train.loop import metrics
-    from cgpt.train.loop.metrics import read_metrics
+    from cgpt.train import metrics
+    from cgpt.train.metrics import read_metrics
 
     class FillsUp:
         """metrics.jsonl on a disk that fills after `room` bytes: a write that does not fit

@@ -23,7 +23,7 @@ import yaml
 
 from cgpt.launch.cli import main as cli_main
 from cgpt.train.data.shards import write_token_data
-from cgpt.train.loop.metrics import read_metrics
+from cgpt.train.metrics import read_metrics
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_fp32.json"
 VOCAB, STEPS = 64, 12

@@ -13,7 +13,7 @@ from helpers import make_byte_data, make_cfg
 
 from cgpt.train.bench.train_step import bench
 from cgpt.train.config import parse_run_config
-from cgpt.train.loop.metrics import read_metrics
+from cgpt.train.metrics import read_metrics
 
 
 @pytest.mark.gpu

@@ -17,7 +17,7 @@ import pytest
 from helpers import child_env, metrics_steps, wait_until
 
 from cgpt.model.errors import CgptError
-from cgpt.train.loop.distributed import (
+from cgpt.train.distributed import (
     check_extension_locks,
     extension_build_root,
     free_port,
@@ -298,7 +298,7 @@ def test_init_distributed_refuses_a_stale_lock_before_building(tmp_path):
     root = tmp_path / "ext"
     lock = _lock(root, "deepspeed_shm_comm", 3600)
     code = (
-        "from cgpt.train.loop.distributed import init_distributed\n"
+        "from cgpt.train.distributed import init_distributed\n"
         "from cgpt.model.errors import CgptError\n"
         "try:\n    init_distributed('cpu', timeout_s=30)\n"
         "except CgptError as e:\n    print('CGPT:', e)\n"
@@ -318,7 +318,7 @@ def test_init_distributed_refuses_a_stale_lock_before_building(tmp_path):
 
 _RANK = """
 import json, os, signal, sys, time, torch
-from cgpt.train.loop.distributed import init_distributed, is_timeout, timeout_message
+from cgpt.train.distributed import init_distributed, is_timeout, timeout_message
 rank = int(os.environ["RANK"])
 d = init_distributed(torch.device("cpu"), timeout_s=3)
 torch.distributed.barrier()  # both ranks are up

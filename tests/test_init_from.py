@@ -19,7 +19,7 @@ from helpers import child_env, gpt2_config, make_bpe, make_byte_data, make_cfg, 
 
 from cgpt.model.errors import CgptError, ConfigError
 from cgpt.train.config import load_run_config, parse_run_config
-from cgpt.train.loop.metrics import read_metrics
+from cgpt.train.metrics import read_metrics
 from cgpt.train.source.fill import fill_model_section
 
 transformers = pytest.importorskip("transformers")
@@ -256,7 +256,7 @@ def test_plan_from_a_cgpt_run_re_warms_to_its_peak(byte_run):
 @pytest.mark.slow
 def test_two_ranks_zero1_from_hf_folder(tmp_path, published, pub_data):
     """ZeRO 1 over 2 ranks (the real deepspeed launcher): same step-0 proof, the run trains."""
-    from cgpt.train.loop.distributed import free_port
+    from cgpt.train.ports import free_port
 
     launcher = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
     d = init_cfg(tmp_path, pub_data, published, zero_stage=1, micro_batch=1, max_steps=3)

@@ -366,7 +366,7 @@ def test_trainer_mixture_resume_exact_and_val_sets_match_direct(tmp_path, byte_s
     from helpers import losses
 
     from cgpt.model.io import load_model
-    from cgpt.train.loop.metrics import read_metrics
+    from cgpt.train.metrics import read_metrics
 
     d = _mix_cfg(tmp_path, byte_sources)
     straight = _train(d, out_dir=str(tmp_path / "straight"))
@@ -440,8 +440,8 @@ def test_two_ranks_equal_one_rank_with_a_mixture(tmp_path, byte_sources):
     import torch
     from helpers import child_env, losses, write_run_config
 
-    from cgpt.train.loop.distributed import free_port
-    from cgpt.train.loop.metrics import read_metrics
+    from cgpt.train.metrics import read_metrics
+    from cgpt.train.ports import free_port
 
     launcher = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
     d = _mix_cfg(tmp_path, byte_sources, steps=6, zero_stage=1, micro_batch=2)

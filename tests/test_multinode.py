@@ -19,7 +19,7 @@ import yaml
 from helpers import child_env
 
 from cgpt.train.data.shards import write_token_data
-from cgpt.train.loop.distributed import free_port
+from cgpt.train.ports import free_port
 
 pytestmark = pytest.mark.slow
 

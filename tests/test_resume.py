@@ -164,7 +164,7 @@ def test_bf16_zero1_trains_and_resumes_exactly(tmp_path, data):
     assert ds["data_types"] == {"grad_accum_dtype": "fp32"} and ds["bf16"]["enabled"]
     a = losses(tmp_path / "straight")
     assert a[-1] < a[0] - 0.5  # it learns
-    from cgpt.train.loop.metrics import read_metrics
+    from cgpt.train.metrics import read_metrics
 
     norms = [
         r["grad_norm"]

@@ -109,7 +109,7 @@ def test_sweep_fits_its_own_accuracy_mapping_from_in_loop_tasks(tmp_path, data):
     as cgpt.train.eval.inloop gives the trainer) get a sweep-own acc(L) mapping in fit.json,
     checked by leaving the lowest-loss run out."""
     from cgpt.train.fits.downstream import sigmoid_acc
-    from cgpt.train.loop.metrics import MetricsLogger
+    from cgpt.train.metrics import MetricsLogger
 
     out, recs = _sweep_folder(tmp_path, data, target_loss=2.0)
     for r in recs:

@@ -22,7 +22,7 @@ from helpers import (
 from cgpt.launch.cli import main as cli_main
 from cgpt.train.config import parse_run_config
 from cgpt.train.exit_codes import DIVERGED
-from cgpt.train.loop.metrics import read_metrics
+from cgpt.train.metrics import read_metrics
 
 
 @pytest.fixture(scope="module")

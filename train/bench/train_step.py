@@ -26,7 +26,7 @@ from cgpt.model import GPT, GPTConfig, flops_per_token_mfu, num_params
 from cgpt.model.errors import CgptError
 from cgpt.model.hf import gpt_config_to_hf
 from cgpt.train.config import load_run_config
-from cgpt.train.loop.distributed import init_distributed
+from cgpt.train.distributed import init_distributed
 from cgpt.train.loop.engine import engine_config, initialize_engine, make_adamw
 from cgpt.train.plan.batch import split_batch
 from cgpt.train.plan.devices import detect_peak_flops

@@ -22,8 +22,7 @@ import torch
 from cgpt.model.errors import CgptError
 from cgpt.train.checkpoints.identity import DATA_FILE
 from cgpt.train.config import RunConfig, write_text_atomic
-from cgpt.train.loop.distributed import all_sum, barrier
-from cgpt.train.loop.guard import local_weights_finite
+from cgpt.train.distributed import all_sum, barrier
 
 COMPLETE = "complete"
 STATE = "trainer_state.json"
@@ -431,3 +430,16 @@ def _jsonable(o):
     if isinstance(o, (np.floating,)):
         return float(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def local_weights_finite(module: torch.nn.Module) -> tuple[int, int]:
+    """(non-finite tensors, tensors) among this rank's weights; under ZeRO-3 a parameter's
+    local data is its partition ``ds_tensor``."""
+    bad = total = 0
+    for p in module.parameters():
+        t = getattr(p, "ds_tensor", None)
+        t = p.data if t is None else t
+        if t.numel():
+            total += 1
+            bad += int(not bool(torch.isfinite(t).all()))
+    return bad, total

@@ -31,7 +31,7 @@ from cgpt.model.gpt import GPT
 from cgpt.model.io import LM_HEAD, WTE, build_from_state_dict
 from cgpt.train.checkpoints import checkpoint as ckpt
 from cgpt.train.config import parse_run_config, read_yaml
-from cgpt.train.loop.distributed import import_deepspeed
+from cgpt.train.distributed import import_deepspeed
 
 # prefixes wrappers put on parameter names (DeepSpeed/DDP's "module.", torch.compile's)
 _PREFIXES = ("module.", "_orig_mod.")

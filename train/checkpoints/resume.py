@@ -25,7 +25,7 @@ from cgpt.train.checkpoints.universal import (
 )
 from cgpt.train.checkpoints.universal import published as universal_published
 from cgpt.train.config import RUN_CONFIG, config_diff
-from cgpt.train.loop.metrics import read_metrics  # the one tolerant JSONL reader
+from cgpt.train.metrics import read_metrics  # the one tolerant JSONL reader
 
 # runtime keys whose change makes a checkpoint unusable (the rest may change on --resume;
 # a new runtime.zero_stage or world size goes through a universal checkpoint, see

@@ -19,8 +19,8 @@ from cgpt.model.errors import CgptError
 from cgpt.train.checkpoints import identity
 from cgpt.train.checkpoints.resume import CHANGES_FILE, DATA, ResumePoint
 from cgpt.train.config import RUN_CONFIG, write_text_atomic
-from cgpt.train.loop.distributed import all_sum
-from cgpt.train.loop.metrics import read_metrics, truncate_metrics
+from cgpt.train.distributed import all_sum
+from cgpt.train.metrics import read_metrics, truncate_metrics
 
 INTENT = "rewind.intent.json"
 # tests only: SIGKILL this process right after the named step of a rewind (intent, moved,

@@ -20,7 +20,7 @@ import yaml
 
 from cgpt.model.errors import CgptError
 from cgpt.train.checkpoints import checkpoint as ckpt
-from cgpt.train.loop.distributed import all_sum, barrier
+from cgpt.train.distributed import all_sum, barrier
 
 UNIVERSAL = "universal"  # the tag (sub-folder of step-N) DeepSpeed loads
 MARKER = "complete"

@@ -16,7 +16,7 @@ import numpy as np
 from cgpt.model.errors import CgptError
 from cgpt.model.sizes import GPT2_VOCAB
 from cgpt.train.eval.paper import DISPLAY, PAPER_ZERO_SHOT, SUITE_TASKS
-from cgpt.train.loop.metrics import read_metrics
+from cgpt.train.metrics import read_metrics
 from cgpt.train.plan.rules import ScalingLaw
 
 # docs/REFERENCE.md, Results: train FLOPs and Pile test loss (nats/token) of the paper's

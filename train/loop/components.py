@@ -19,12 +19,12 @@ from cgpt.train.checkpoints import checkpoint as ckpt
 from cgpt.train.checkpoints import universal
 from cgpt.train.checkpoints.resume import resume_command
 from cgpt.train.data.mixture import MixtureLoader, ValSets
+from cgpt.train.distributed import all_sum
 from cgpt.train.eval.inloop import evaluate_tasks
-from cgpt.train.loop.distributed import all_sum
 from cgpt.train.loop.hooks import LoopHook, LoopState, Status, StepStats
-from cgpt.train.loop.metrics import MetricsLogger, eta_text
 from cgpt.train.loop.startup import Run
 from cgpt.train.loop.watchdog import StepWatchdog
+from cgpt.train.metrics import MetricsLogger, eta_text
 
 
 class MetricsHook(LoopHook):

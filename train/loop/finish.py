@@ -16,8 +16,8 @@ from cgpt.train.checkpoints.resume import resume_command
 from cgpt.train.config import write_text_atomic
 from cgpt.train.data.mixture import MixtureLoader
 from cgpt.train.loop.hooks import LoopState
-from cgpt.train.loop.metrics import plot_loss
 from cgpt.train.loop.startup import Run
+from cgpt.train.metrics import plot_loss
 from cgpt.train.plan.schedule import global_batch_at, tokens_before
 from cgpt.train.provenance import provenance
 from cgpt.train.write_errors import WriteFailed, writing

@@ -50,16 +50,3 @@ def guard_optimizer(optimizer: torch.optim.Optimizer) -> StepGuard:
 
     optimizer.step = step  # type: ignore[method-assign]  # instance attribute shadows the class's
     return guard
-
-
-def local_weights_finite(module: torch.nn.Module) -> tuple[int, int]:
-    """(non-finite tensors, tensors) among this rank's weights; under ZeRO-3 a parameter's
-    local data is its partition ``ds_tensor``."""
-    bad = total = 0
-    for p in module.parameters():
-        t = getattr(p, "ds_tensor", None)
-        t = p.data if t is None else t
-        if t.numel():
-            total += 1
-            bad += int(not bool(torch.isfinite(t).all()))
-    return bad, total

@@ -28,7 +28,7 @@ from cgpt.model.io import is_tied
 from cgpt.model.sizes import vocab_fits
 from cgpt.train.config import RUN_CONFIG, read_yaml
 from cgpt.train.data.shards import open_token_data
-from cgpt.train.loop.distributed import all_sum
+from cgpt.train.distributed import all_sum
 from cgpt.train.plan.datacheck import wrong_tokenizer
 from cgpt.train.plan.schedule import global_batch_at
 from cgpt.train.source.fill import FUNCTIONAL, STRUCTURAL, mup_reason

@@ -24,15 +24,15 @@ from cgpt.train.checkpoints.rewind import apply_start, recover_interrupted
 from cgpt.train.config import RUN_CONFIG, Provenance, RunConfig, tokenizer_of
 from cgpt.train.data.mixture import open_data
 from cgpt.train.data.tokenizer import load_tokenizer
-from cgpt.train.eval.inloop import check_tasks
-from cgpt.train.lock import FolderLock
-from cgpt.train.loop.distributed import (
+from cgpt.train.distributed import (
     DistInfo,
     all_sum,
     barrier,
     init_distributed,
     resolve_device,
 )
+from cgpt.train.eval.inloop import check_tasks
+from cgpt.train.lock import FolderLock
 from cgpt.train.loop.engine import (
     build_ds_config,
     build_optimizer,

@@ -23,6 +23,14 @@ from cgpt.train.checkpoints import universal
 from cgpt.train.checkpoints.resume import ResumeRequest, resume_command
 from cgpt.train.config import RunConfig, with_absolute_paths
 from cgpt.train.data.mixture import MixtureLoader, ValSets
+from cgpt.train.distributed import (
+    all_sum,
+    barrier,
+    is_peer_gone,
+    is_timeout,
+    peer_gone_error,
+    timeout_message,
+)
 from cgpt.train.exit_codes import CollectiveTimeout, Diverged
 from cgpt.train.loop.components import (
     CheckpointHook,
@@ -30,14 +38,6 @@ from cgpt.train.loop.components import (
     MetricsHook,
     StopRequests,
     WatchdogHook,
-)
-from cgpt.train.loop.distributed import (
-    all_sum,
-    barrier,
-    is_peer_gone,
-    is_timeout,
-    peer_gone_error,
-    timeout_message,
 )
 from cgpt.train.loop.finish import (
     banner,
@@ -48,9 +48,9 @@ from cgpt.train.loop.finish import (
 )
 from cgpt.train.loop.hooks import LoopHook, LoopState, Status, StepStats
 from cgpt.train.loop.init_from import step0_check
-from cgpt.train.loop.metrics import MetricsLogger, Throughput
 from cgpt.train.loop.startup import Run, build_engine, prepare_run, publish_start
 from cgpt.train.loop.watchdog import StepWatchdog
+from cgpt.train.metrics import MetricsLogger, Throughput
 from cgpt.train.plan.devices import detect_peak_flops
 from cgpt.train.plan.schedule import global_batch_at, lr_at, tokens_before
 from cgpt.train.write_errors import WriteFailed

@@ -17,7 +17,7 @@ from cgpt.model.files import HeldTempDir, fsync_dir, make_public, remove_stale, 
 from cgpt.train.checkpoints import checkpoint as ckpt
 from cgpt.train.config import RUN_CONFIG, BatchPhase, PlanSection, RunConfig, load_run_config
 from cgpt.train.fits.curves import BRANCH_FILE  # defined beside its reader, the lower layer
-from cgpt.train.loop.metrics import read_metrics
+from cgpt.train.metrics import read_metrics
 from cgpt.train.plan.schedule import cooldown_steps, lr_at
 
 

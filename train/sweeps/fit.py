@@ -14,7 +14,7 @@ import yaml
 
 from cgpt.model.errors import CgptError
 from cgpt.train.config import write_text_atomic
-from cgpt.train.loop.metrics import read_metrics
+from cgpt.train.metrics import read_metrics
 from cgpt.train.sweeps.records import best_trials, finished
 from cgpt.train.sweeps.seeds import aggregate_replicates
 from cgpt.train.sweeps.seeds import summary_line as seeds_lines

@@ -15,7 +15,7 @@ import yaml
 from cgpt.model.errors import CgptError
 from cgpt.train.config import config_diff, write_text_atomic
 from cgpt.train.lock import FolderLock
-from cgpt.train.loop.metrics import read_metrics
+from cgpt.train.metrics import read_metrics
 from cgpt.train.sweeps.branches import (
     describe_points,
     prepare_branch,

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from cgpt.model.errors import CgptError
-from cgpt.train.loop.ports import free_port  # noqa: F401  (re-exported for callers)
+from cgpt.train.ports import free_port
 
 
 @dataclass(frozen=True)
