@@ -1,7 +1,7 @@
-"""The scaling code's two packages, read off the source with ast (nothing is imported): the fits
-(cgpt.train.fits) never import the sweep orchestration (cgpt.train.sweeps), not even inside a
-function; no module of either imports another module's ``_private`` name; functions stay
-under ~80 lines and module docstrings short (the design notes live in docs/SCALING.md)."""
+"""Code rules read off the source with ast (nothing is imported), for the whole package: no
+module imports another module's ``_private`` name, functions stay under ~80 lines, module
+docstrings say what and why briefly (design detail lives in docs/); and the scaling code's
+fits (cgpt.train.fits) never import the sweep orchestration (cgpt.train.sweeps)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FITS, SWEEPS = ROOT / "train" / "fits", ROOT / "train" / "sweeps"
 MAX_FUNCTION_LINES = 80
-MAX_DOCSTRING_LINES = 8
+MAX_DOCSTRING_LINES = 8  # fits/ and sweeps/ (docs/SCALING.md holds their detail)
+MAX_DOCSTRING_LINES_ANYWHERE = 15  # the rest (docs/DESIGN-NOTES.md holds the detail)
 
 
 def _files() -> list[Path]:
     files = sorted(FITS.glob("*.py")) + sorted(SWEEPS.glob("*.py"))
     assert len(files) > 15, "train/fits and train/sweeps hold the scaling code"
+    return files
+
+
+def _all_files() -> list[Path]:
+    files = sorted(f for d in ("model", "train", "launch") for f in (ROOT / d).rglob("*.py"))
+    assert len(files) > 100, "model/, train/ and launch/ hold the package"
     return files
 
 
@@ -44,7 +51,7 @@ def test_fits_never_import_sweeps():
 
 def test_no_private_names_imported_across_modules():
     bad = []
-    for f in _files():
+    for f in _all_files():
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cgpt"):
                 bad += [
@@ -58,7 +65,7 @@ def test_no_private_names_imported_across_modules():
 def test_functions_are_short():
     long = [
         f"{f.relative_to(ROOT)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
-        for f in _files()
+        for f in _all_files()
         for n in ast.walk(ast.parse(f.read_text()))
         if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
         and n.end_lineno is not None
@@ -69,9 +76,12 @@ def test_functions_are_short():
 
 def test_module_docstrings_say_what_and_why_briefly():
     wordy = []
-    for f in _files():
+    for f in _all_files():
         doc = ast.get_docstring(ast.parse(f.read_text()), clean=False) or ""
-        if len(doc.splitlines()) > MAX_DOCSTRING_LINES:
+        limit = MAX_DOCSTRING_LINES if f.parent in (FITS, SWEEPS) else MAX_DOCSTRING_LINES_ANYWHERE
+        if len(doc.splitlines()) > limit:
             wordy.append(f"{f.relative_to(ROOT)}: {len(doc.splitlines())} lines")
     assert not wordy, "\n".join(wordy)
-    assert (ROOT / "docs" / "SCALING.md").is_file()
+    assert (ROOT / "docs" / "SCALING.md").is_file() and (
+        ROOT / "docs" / "DESIGN-NOTES.md"
+    ).is_file()
