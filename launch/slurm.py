@@ -1,31 +1,10 @@
 """SLURM: an sbatch script that runs one launcher per node and survives the time limit.
 
-The script (written to RUN_DIR/slurm.sbatch) derives node 0's address and a DeepSpeed
-hostfile from ``SLURM_JOB_NODELIST`` and starts one ``torchrun`` (or ``deepspeed --no_ssh``)
-per node with ``srun``. Before the time limit (and on ``scancel --signal=USR1``):
-
-* ``#SBATCH --signal=B:USR1@LEAD`` warns the batch shell only (sbatch(1) --signal: "Use the
-  B: option to signal only the batch shell, none of the other processes will be signaled");
-  its trap runs ``scancel --signal=USR1 $SLURM_JOB_ID``, which reaches every process of the
-  job's steps (slurmstepd signals the step's whole container: launchers and ranks) and not
-  the batch shell (scancel(1) --batch: "By default, signals other than SIGKILL are not sent
-  to the batch step"). Never SIGTERM to srun: srun answers its own SIGTERM with SIGKILL to
-  every task ("forcing job termination", src/srun/signals.c).
-* Each srun task runs ``trap '' USR1; exec LAUNCHER``: the launcher inherits USR1 ignored
-  (python's default action for USR1 is to terminate; neither deepspeed's launcher nor
-  torchrun handles it), passes that on to the ranks, and each rank installs its own handler:
-  every rank checkpoints the same step and exits PREEMPTED (cgpt.train.exit_codes).
-* Rank 0 writes its exit code into ``$CGPT_EXIT_FILE`` (torchrun turns any worker's code
-  into 1); the script requeues the job (``scontrol requeue``) only when that code is
-  PREEMPTED, i.e. after a checkpointed stop, and exits with it. The requeued job runs the
-  same command, whose ``--resume`` continues from that checkpoint.
-
-Nothing the user typed can change what the script does (docs: the reliability issue on
-injection): every value in an ``#SBATCH`` line must use a small character set (checked
-before anything is written; a bad one is one CgptError line naming the option and the
-character), every value on a shell command line is ``shlex.quote``d (paths with spaces or
-quotes work), control characters (newlines) are refused everywhere, and the script is
-written atomically.
+The script (RUN_DIR/slurm.sbatch) starts one launcher per node with ``srun``. Before the time
+limit USR1 reaches every rank (never SIGTERM to srun), each checkpoints the same step and exits
+PREEMPTED, and only then is the job requeued to ``--resume``. Nothing the user typed can change
+what the script does: values are checked or quoted and the file is written atomically. Signal
+path and quoting rules: docs/DESIGN-NOTES.md, launch/slurm.
 """
 
 from __future__ import annotations

@@ -1,23 +1,9 @@
 """Held-out loss of a prepared data folder, in nats per token and in bits per byte.
 
-Nats per token depend on the tokenizer (a bigger vocab packs more text into a token); bits
-per byte do not: they divide the same total by the UTF-8 bytes of the text behind the tokens,
-
-    bits/byte = nats/token × tokens ÷ bytes ÷ ln 2,
-
-so models with different tokenizers can be compared on the same text.
-
-Every token of the split is predicted exactly once. The split is read as one stream that
-starts after an end-of-text token (documents are EOS-terminated and concatenated, so each
-document's first token is predicted after the EOS before it, the split's first token after
-that extra EOS), cut into consecutive windows of ``seq_len`` tokens; the context restarts at
-each window, as in the trainer's val loss. EOS tokens are predicted too (the cost of ending a
-document) and count as tokens with no bytes.
-
-The byte count comes from ``meta.json``'s ``splits.<split>.text_bytes`` (the UTF-8 bytes of the
-documents that ``cgpt prepare`` put in that split); a folder prepared before prepare recorded
-it is recounted by decoding its tokens with the tokenizer that made them, when that tokenizer
-is known.
+Bits per byte (nats/token × tokens ÷ bytes ÷ ln 2) do not depend on the tokenizer, so models
+with different tokenizers compare on the same text. Every token of the split is predicted
+once, in consecutive ``seq_len`` windows as in the trainer's val loss; bytes come from
+``meta.json``. Windows, EOS and byte counts: docs/DESIGN-NOTES.md, eval/heldout.
 """
 
 from __future__ import annotations

@@ -1,33 +1,9 @@
 """The Cerebras-GPT paper's downstream suite and its zero-shot table (the only copy in code).
 
-The numbers are docs/REFERENCE.md, section "Zero-shot accuracy" (the paper's downstream
-evaluation table, also on the HF model cards; lm-evaluation-harness, 0-shot, standard
-parameterization). A test checks that :data:`PAPER_ZERO_SHOT` equals that table.
-
-Which metric the paper reports, per task
-----------------------------------------
-lm-evaluation-harness computes, for the multiple-choice tasks, ``acc`` (the choice with the
-highest summed log-likelihood) and ``acc_norm`` (the log-likelihood divided by the choice's
-length in characters, which removes the bias towards short answers). The table does not label its
-columns with a metric; its numbers are ``acc``, one metric for every task:
-
-- HellaSwag: ``acc``. The 13B row has .513, while the same model scores .60 ``acc_norm`` on
-  the Open LLM Leaderboard's HellaSwag (10-shot; ``acc_norm`` moves little between 0 and 10
-  shots, and sits well above ``acc`` on HellaSwag for models of this size).
-- OpenBookQA: ``acc``. .118 at 111M is far below the ~.25 that ``acc_norm`` gives even
-  near-random models on this 4-way task; ``acc`` of small models is in the .1s.
-- PIQA, ARC-Easy, ARC-Challenge: ``acc``, as above (the paper uses one metric throughout;
-  their numbers do not single out ``acc_norm`` either).
-- WinoGrande: ``acc``, the only metric lm-eval has for it (partial scoring: the
-  log-likelihood of the sentence's tail after each option).
-- LAMBADA (``lambada_openai``): ``acc``, the fraction of passages whose last word is the
-  model's greedy continuation (every token of the word the argmax); lm-eval also reports the
-  last word's ``perplexity``, which the paper does not tabulate.
-
-The average is the plain mean of the seven ``acc`` values (the table's "avg" column). Since
-the choice is an inference from the numbers, ``cgpt eval`` always reports both ``acc`` and
-``acc_norm`` (and LAMBADA's perplexity) and compares the paper with ``acc``
-(:data:`PAPER_METRIC`).
+The numbers are docs/REFERENCE.md, "Zero-shot accuracy"; a test checks that
+:data:`PAPER_ZERO_SHOT` equals that table. They are read as ``acc`` for every task
+(:data:`PAPER_METRIC`), so ``cgpt eval`` reports ``acc`` and ``acc_norm`` and compares the
+paper with ``acc``. Why ``acc``, task by task: docs/DESIGN-NOTES.md, eval/paper.
 """
 
 from __future__ import annotations

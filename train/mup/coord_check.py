@@ -1,19 +1,9 @@
 """μP coordinate check: do activation scales stay flat as the model widens?
 
-The classic diagnostic of μP (Yang et al., "Tensor Programs V", arXiv 2203.03466): train
-a few steps at several widths with the same base hyperparameters and record the typical
-size of each layer's activations (mean |x| per coordinate). Under a correct μP the
-curves are flat in width at every step; under standard parameterization (SP) the output
-logits grow with width once Adam has taken a step (each step moves every weight entry by
-~LR, and a width-d dot product sums d correlated moves; the hidden-layer outputs grow
-too). We fit the slope of log(scale) against log(width) per layer at the last step; a
-parameterization is flat when every slope is near zero. The check passes when μP is flat
-and SP is not (proof that the check can see a blow-up at these widths).
-
-The models are tiny byte-level GPTs on the offline corpus (Python stdlib source), trained
-bare-handed (no DeepSpeed: a 5-step diagnostic) with the real optimizer groups of
-cgpt.train.loop.optim (hidden matrices at LR/m under μP). μP uses base_width = the narrowest
-width, so at that width μP and the base model coincide in shape.
+The classic μP diagnostic (Yang et al., "Tensor Programs V", arXiv 2203.03466): a few steps
+at several widths with the same base hyperparameters, then the slope of log(activation scale)
+against log(width) per layer. The check passes when μP is flat and standard parameterization
+is not. Models, training and why SP grows: docs/DESIGN-NOTES.md, mup/coord_check.
 """
 
 from __future__ import annotations

@@ -1,27 +1,9 @@
 """Memory per GPU for a training step, and the micro-batch that fits (pure arithmetic).
 
-Model states (Rajbhandari et al. 2020, "ZeRO", arXiv 1910.02054, section 3.1): mixed
-precision Adam keeps 2 bytes/param of bf16 weights, 2 of bf16 gradients (DeepSpeed's
-default gradient-accumulation dtype is the model dtype) and K = 12 of optimizer states
-(fp32 master weights, Adam m and v). ZeRO stage 1 shards the 12 over the data-parallel
-ranks, stage 2 also the gradients, stage 3 also the weights. fp32 training: 4 + 4 + 8.
-
-Activations (Korthikanti et al. 2022, arXiv 2205.05198, section 4.1, counted for *this*
-model, cgpt.model.gpt): per layer and token autograd keeps 17·h elements (ln_1 input, c_attn
-input, q/k/v, the attention output twice (SDPA's own and c_proj's contiguous input), ln_2
-input, c_fc input, GELU input 4h and output 4h), plus fp32 LayerNorm statistics and the
-flash-attention log-sum-exp. In bf16 that is 34·s·b·h bytes: Korthikanti's 34·sbh with the
-dropout masks and the 5·a·s²·b score term removed (no dropout; flash attention keeps no
-s×s scores) plus the second attention-output copy. `attention="math"` adds the s×s scores
-and probabilities. With full activation checkpointing (one checkpoint per block) only each
-block's input is kept and one block is recomputed at a time. The backward pass needs one
-more layer's worth of gradients in flight. At the start of backward the LM head holds the
-bf16 logits the caller keeps (2·s·b·V), their fp32 log-softmax (4·s·b·V) and two fp32
-gradients (8·s·b·V); the estimate takes the larger of that moment and a block's backward.
-
-Overhead: 2 GiB fixed (CUDA context, NCCL, DeepSpeed communication buckets) plus 10% of
-the rest for allocator fragmentation. tests/test_memory.py checks the model-state and
-activation terms against real torch tensors of a small model on CPU.
+Model states per ZeRO stage (Rajbhandari et al. 2020, arXiv 1910.02054), activations counted
+for this model (after Korthikanti et al. 2022, arXiv 2205.05198), the LM head's logits, and
+2 GiB + 10% overhead; tests/test_memory.py checks the terms against real tensors. Bytes per
+term: docs/DESIGN-NOTES.md, plan/memory.
 """
 
 from __future__ import annotations

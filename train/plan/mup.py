@@ -1,22 +1,9 @@
 """Cerebras-GPT-μP plans: the published μP recipe for five sizes, and μP for custom shapes.
 
-docs/REFERENCE.md, Cerebras-GPT-μP: hyperparameters tuned once on a 40M proxy (d_model 256,
-24 layers, 4 heads) transfer to every width through the width multiplier m = d_model/256:
-
-* base LR 6e-3 decaying to 6e-4 (before the per-layer 1/m), same warmup and steps as the
-  standard model of that size; linear decay for 111M-590M, cosine for 1.3B and 2.7B
-* embedding output × 10, logits × 1/m, attention scores QK^T / d_head
-* init std 0.08 (embeddings), 0.08/sqrt(m) (QKV, first MLP), 0.08/sqrt(2·m·L) (out-proj,
-  second MLP); hidden matrices learn at LR/m (cgpt.train.loop.optim.param_groups), embeddings,
-  LayerNorms and biases at the base LR.
-
-The model honours the ``mup`` section (cgpt.model.gpt); this module only writes plans.
-
-Scope (a design choice): a *published* name gets μP only for the five sizes Cerebras
-released μP models for (else a CgptError listing them); a rule-based plan of any custom
-shape (``cgpt plan --layers L --width d --mup``) also gets μP, with the same base
-hyperparameters, as long as its width is at least the base width: transferring the
-proxy's tuning to new widths is what μP is for. Its decay shape is the standard rule's.
+Hyperparameters tuned on a 40M proxy transfer to every width through m = d_model/256
+(docs/REFERENCE.md, Cerebras-GPT-μP); a custom shape gets them when at least the proxy's
+width. The model honours the ``mup`` section (cgpt.model.gpt); this module only writes plans.
+Recipe and scope: docs/DESIGN-NOTES.md, plan/mup.
 
     python -m cgpt.train.plan.mup --write-configs configs/   # configs/cerebras-gpt-*-mup.yaml
 """

@@ -1,22 +1,9 @@
 """The Chinchilla planner: a size or a budget -> a complete training recipe (pure functions).
 
-``plan_published("1.3B")`` is the published recipe (docs/REFERENCE.md, Training recipe, via
-cgpt.train.plan.rules.RECIPES); ``plan_for_params``, ``plan_for_shape``, ``plan_for_flops``
-and ``plan_for_gpu_hours`` apply the rules fitted to that family (cgpt.train.plan.rules).
-``with_cluster`` adds the batch split, memory per GPU and wall-clock for a GPU count.
-A Plan is frozen: ``plan.replace(lr=...)`` gives a changed copy (cgpt.train.plan.mup does).
-
-This module gathers the planner's names in one place; each lives in a module named for what
-it does:
-
-  result     Plan, Cluster, make_plan, slug           what a plan is
-  shape      shape_for_params, param_counter          the family's shapes, what N counts
-  recipes    check_recipe, choose                     batch/LR laws (--recipe)
-  family     plan_for_shape, plan_for_params          plans by the rules
-  budget     plan_for_flops, plan_for_gpu_hours       a budget -> N -> a plan
-  cluster    with_cluster, time_on                    GPUs, memory, time
-  published  plan_published, rule_deviations, ...     the paper's runs, configs/
-  continued  plan_continued                           continued pretraining
+The planner's names in one place: ``plan_published`` (the paper's runs), ``plan_for_params``,
+``plan_for_shape``, ``plan_for_flops``, ``plan_for_gpu_hours`` (the family's rules) and
+``with_cluster`` (GPUs, memory, time), each from the module named for what it does. The map:
+docs/DESIGN-NOTES.md, plan/planner.
 
     python -m cgpt.train.plan.planner --write-configs configs/  # regenerate the shipped configs
 """

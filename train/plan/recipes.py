@@ -1,24 +1,9 @@
 """The batch and peak-LR laws a rule-based plan can use (``cgpt plan --recipe NAME``).
 
-A recipe picks two numbers for a model trained on D tokens: the global batch (sequences of
-the plan's seq_len) and the peak LR. Everything else (tokens, steps, warmup, decay, min LR,
-AdamW) stays the family's rules, so plans of different recipes differ only there. The
-constants and the papers are in cgpt.train.plan.rules (docs/REFERENCE.md, Related scaling
-laws):
-
-  ========  ==========================================  =================================
-  recipe    what the law reads                          batch / peak LR
-  ========  ==========================================  =================================
-  cerebras  total parameters (what it was fitted to)    the family's fits to the 7 runs
-  deepseek  C = M·D, M = non-embedding FLOPs per token  0.2920·C^0.3271 tokens / 0.3118·C^-0.125
-  porian    N = matmul weights, output head included    160·(N/108e6)^(2/3) seqs of 2048 /
-                                                        0.0047·(N/108e6)^(-1/3)
-  olmo      the same N                                  porian's batch / half porian's LR
-  ========  ==========================================  =================================
-
-Porian et al. fitted their laws at sequence length 2048; a batch is carried over to another
-seq_len as the same number of tokens (OLMo-core's ladder also turns it into tokens,
-2048·160·(N/108e6)^(2/3), before it picks sequences of its own length).
+A recipe picks the global batch and the peak LR for a model trained on D tokens (cerebras,
+deepseek, porian, olmo); everything else stays the family's rules, so plans of different
+recipes differ only there. Constants and papers: cgpt.train.plan.rules (docs/REFERENCE.md,
+Related scaling laws). The laws, recipe by recipe: docs/DESIGN-NOTES.md, plan/recipes.
 """
 
 from __future__ import annotations

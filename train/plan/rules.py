@@ -1,39 +1,10 @@
 """The Cerebras-GPT recipe as data, and the rules fitted to it (pure functions).
 
-Two halves:
-
-* ``RECIPES``: the published training recipe of each of the seven sizes, exactly as
-  docs/REFERENCE.md (Training recipe, The 13B batch change; from the official modelzoo configs)
-  states it.
-* Rules that extend the family to any size, each fitted to (or read off) that table:
-
-  ======================  =================================================================
-  quantity                rule (where it comes from)
-  ======================  =================================================================
-  tokens                  tokens_per_param × params, default 20 (Chinchilla; docs/REFERENCE.md)
-  steps                   floor(tokens / batch_tokens): reproduces all seven step counts
-  warmup                  floor(375e6 / batch_tokens) steps, i.e. ~375M tokens (GPT-3's
-                          warmup; reproduces every published warmup, 13B's two phases too),
-                          capped at 20% of the steps so short runs keep a decay phase
-  batch (tokens)          BATCH_COEF · params^BATCH_EXP, least-squares fit in log-log
-                          space to the seven published batches (13B at its final 1080
-                          sequences), rounded to a multiple of 8 sequences (every
-                          published batch is one)
-  peak LR                 LR_COEF · params^LR_EXP, least-squares fit in log-log space to
-                          the seven published LRs, rounded to 2 significant digits
-  min LR                  10% of the peak (every published run)
-  decay shape             cosine from 1B parameters up, linear below (6.7B deviates)
-  Adam eps                1e-8 below 5B parameters, 1e-9 from there (exact for all seven)
-  out-proj init std       0.02/sqrt(2·layers) below 1B, 0.0025 from 1B (exact for all seven)
-  width / depth           layers interpolated in log-log space between the published
-                          (d_model, layers) pairs, constant aspect ratio outside them;
-                          d_head 64 below d_model 1536, 128 from there; d_ffn = 4·d_model
-  ======================  =================================================================
-
-``rule_deviations()`` compares the rules with the published recipes and names every place
-where the paper's choice is outside ``TOLERANCE`` (tests keep that list exact).
-Budgets: a ``ScalingLaw`` (the paper's L(f) by default) and a tokens-per-param source can be
-replaced by a user's own sweep fit (``load_fit``: the fit.json format below).
+``RECIPES`` is the published recipe of each of the seven sizes (docs/REFERENCE.md, Training
+recipe, The 13B batch change); the rules (tokens, steps, warmup, batch, LR, decay, eps, init,
+shape) extend the family to any size, each fitted to or read off that table.
+``rule_deviations()`` names where the paper is outside ``TOLERANCE``; ``load_fit`` swaps in a
+user's sweep fit. The rule table: docs/DESIGN-NOTES.md, plan/rules.
 """
 
 from __future__ import annotations

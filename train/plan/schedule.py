@@ -1,21 +1,10 @@
 """The learning-rate schedule and batch schedule of a plan (pure functions).
 
-Cerebras-GPT (docs/REFERENCE.md, Training recipe): linear warmup from 0 to the peak LR, then
-linear or cosine decay to 10% of the peak at the end of the decay steps. The 13B run grew
-its batch mid-run and restarted the schedule counter
-(docs/REFERENCE.md, The 13B batch change); a plan with ``batch_schedule`` carries that as
-phases (see cgpt.train.config.BatchPhase).
-
-Warmup-stable-decay (``decay: wsd``; Hägele et al. 2024, arXiv 2405.18392; docs/REFERENCE.md,
-Related scaling laws): the same linear warmup, then the peak LR held ("stable") until the
-last ``cooldown_fraction`` of the phase's schedule (warmup + decay steps), then a linear
-cooldown that reaches ``min_lr`` at the last step. Choices, stated: the cooldown is
-``round(fraction × (warmup + decay steps))`` steps (at least 1, at most the decay steps),
-a fraction of the WHOLE schedule as in the paper (20% by default: there a 20% cooldown
-matched the cosine schedule's final loss); it is linear (the paper's baseline shape; its
-1-sqrt shape is slightly better but not used here) and ends at min_lr (10% of the peak in
-the planner, like the rest of the family), not 0, so the numbers compare with the cosine
-and linear plans. A stable phase can be continued and cooled down later from a checkpoint.
+Linear warmup to the peak LR, then linear or cosine decay to 10% of it (docs/REFERENCE.md,
+Training recipe), or warmup-stable-decay (``decay: wsd``; Hägele et al. 2024, arXiv
+2405.18392); the 13B run's batch growth is carried as phases (docs/REFERENCE.md, The 13B
+batch change; cgpt.train.config.BatchPhase). The WSD choices: docs/DESIGN-NOTES.md,
+plan/schedule.
 """
 
 from __future__ import annotations

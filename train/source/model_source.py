@@ -1,19 +1,9 @@
 """One :class:`ModelSource` for every way a model's weights are named.
 
-SRC (``init.source``, ``cgpt export SRC``, ``cgpt eval SRC``, ``cgpt plan --init-from``) is
-
-- a run folder: its final ``model.safetensors``, unless a complete checkpoint was published
-  after it (a run stopped at ``runtime.max_steps`` and later resumed, then preempted), else
-  the newest complete checkpoint ``checkpoints/step-N`` (:func:`locate_weights`);
-- a checkpoint step ``RUN/checkpoints/step-N`` as the trainer publishes it, consolidated by
-  :mod:`cgpt.train.checkpoints.consolidate` (any ZeRO stage or rank count);
-- a cgpt model file (``.safetensors`` written by ``cgpt.model.io.save_model``);
-- a Hugging Face GPT-2 folder (config.json + model.safetensors / shards / pytorch_model.bin),
-  read by :mod:`cgpt.model.hf`;
-- ``hf:NAME``: that Hub repository's snapshot (:func:`cgpt.train.source.hub.hub_folder`).
-
-:func:`resolve` reads configs only: the shape, the tokenizer folder and the source's peak LR;
-the weights are read by :func:`load_model_of` and hashed on first use of ``sha256``.
+SRC (``init.source``, ``cgpt export SRC``, ``cgpt eval SRC``, ``cgpt plan --init-from``) is a
+run folder, a checkpoint step, a cgpt model file, a Hugging Face GPT-2 folder or ``hf:NAME``.
+:func:`resolve` reads configs only; the weights are read by :func:`load_model_of` and hashed
+on first use of ``sha256``. Each kind: docs/DESIGN-NOTES.md, source/model_source.
 """
 
 from __future__ import annotations
