@@ -1,23 +1,7 @@
 """`cgpt plan`: a size, a shape or a budget -> the full training recipe (table, JSON, run YAML).
 
-cgpt plan 111M                                  the published recipe
-cgpt plan --params 400M                         the family's rules at any size
-cgpt plan --layers 20 --width 1280
-cgpt plan --flops 1e21                          compute-optimal for a FLOP budget
-cgpt plan --flops 1e21 --inference-tokens 1e12  the same loss, cheapest to train + serve 1e12 tokens
-cgpt plan --params 400M --decay wsd             warmup-stable-decay (20% linear cooldown)
-cgpt plan --params 400M --recipe deepseek       DeepSeek LLM's batch and LR laws
-cgpt plan --params 400M --recipe porian         Porian et al. 2024's batch and LR laws
-cgpt plan --params 400M --recipe olmo           OLMo-core's ladder: Porian's laws, LR halved
-cgpt plan --gpu-hours 2000 --gpu h100 --mfu 0.4
-cgpt plan 1.3B --gpus 48 --gpu h100 --zero-stage 1 --json     (48 ranks split its 528)
-cgpt plan 111M --gpus 8 --gpu h100 --write run.yaml --data data/pile
-cgpt plan 111M --write run.yaml --data web=data/web:0.7,code=data/code:0.3    (a mixture)
-
-Continued pretraining (--init-from: a HF folder, hf:NAME, a cgpt model file, run folder or
-checkpoint step): the source's model, the family's batch for its size, the LR re-warmed
-over 1% of the steps to the source's peak (or --lr), then decayed to 10%:
-  $ cgpt plan --init-from hf:cerebras/Cerebras-GPT-111M --tokens 2B --write cpt.yaml --data D
+The verb's arguments and output; the planner itself is cgpt.train.plan. The help text, with
+every example (tests/test_plan.py runs each one), is ``DESCRIPTION``.
 """
 
 from __future__ import annotations
@@ -41,11 +25,35 @@ def flag_of(field: str) -> str:
     return "SIZE" if field == "size" else "--" + field.replace("_", "-")
 
 
+DESCRIPTION = """\
+`cgpt plan`: a size, a shape or a budget -> the full training recipe (table, JSON, run YAML).
+
+cgpt plan 111M                                  the published recipe
+cgpt plan --params 400M                         the family's rules at any size
+cgpt plan --layers 20 --width 1280
+cgpt plan --flops 1e21                          compute-optimal for a FLOP budget
+cgpt plan --flops 1e21 --inference-tokens 1e12  the same loss, cheapest to train + serve 1e12 tokens
+cgpt plan --params 400M --decay wsd             warmup-stable-decay (20% linear cooldown)
+cgpt plan --params 400M --recipe deepseek       DeepSeek LLM's batch and LR laws
+cgpt plan --params 400M --recipe porian         Porian et al. 2024's batch and LR laws
+cgpt plan --params 400M --recipe olmo           OLMo-core's ladder: Porian's laws, LR halved
+cgpt plan --gpu-hours 2000 --gpu h100 --mfu 0.4
+cgpt plan 1.3B --gpus 48 --gpu h100 --zero-stage 1 --json     (48 ranks split its 528)
+cgpt plan 111M --gpus 8 --gpu h100 --write run.yaml --data data/pile
+cgpt plan 111M --write run.yaml --data web=data/web:0.7,code=data/code:0.3    (a mixture)
+
+Continued pretraining (--init-from: a HF folder, hf:NAME, a cgpt model file, run folder or
+checkpoint step): the source's model, the family's batch for its size, the LR re-warmed
+over 1% of the steps to the source's peak (or --lr), then decayed to 10%:
+  $ cgpt plan --init-from hf:cerebras/Cerebras-GPT-111M --tokens 2B --write cpt.yaml --data D
+"""
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "plan",
         help="plan a compute-optimal run (size, shape or budget)",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _what_args(p)

@@ -410,7 +410,7 @@ def test_every_example_in_plan_help_works(capsys, tmp_path, monkeypatch):
         byte_token_folder(tmp_path / "data" / name, 120 * 2048, 4096, vocab_size=50257)
     examples = [
         line.strip().split("  ")[0]
-        for line in cmd_plan.__doc__.splitlines()
+        for line in cmd_plan.DESCRIPTION.splitlines()
         if line.strip().startswith("cgpt plan ")
     ]
     assert len(examples) >= 6
