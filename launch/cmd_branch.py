@@ -33,6 +33,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # deferred: imports torch (cgpt branch --help must not)
     from cgpt.train.sweeps.branch import make_branch
 
     cfg = make_branch(args.stable, args.step, args.out, args.cooldown_fraction)

@@ -11,7 +11,7 @@ from pathlib import Path
 from cgpt.launch.options import Option, add_options
 from cgpt.model.errors import CgptError
 from cgpt.train.checks import check_positive
-from cgpt.train.eval.paper import SUITES
+from cgpt.train.eval.paper import SUITE, SUITES
 
 EPILOG = """\
 SRC is a cgpt model file, a run folder, a checkpoint folder (RUN/checkpoints/step-N), a
@@ -295,8 +295,8 @@ def results_file(args, stamp: str) -> tuple[str | None, bool]:
 
 
 def run(args) -> int:
+    # deferred: these import torch (cgpt eval --help must not)
     from cgpt.train.eval.harness import parse_task_list
-    from cgpt.train.eval.paper import SUITE
     from cgpt.train.eval.runner import EvalRequest, date_id, format_report, run_eval
 
     apply_model_args(args)

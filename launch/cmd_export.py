@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
+from cgpt.train.write_errors import WriteFailed, writable_alternative, writing
 
 DTYPES = ("bfloat16", "float16", "float32")  # torch dtype names (torch loads only to run)
 
@@ -102,7 +103,6 @@ def run_export(args) -> int:
             "(pass --tokenizer DIR)",
             file=sys.stderr,
         )
-    from cgpt.train.write_errors import WriteFailed, writing
 
     try:
         with writing(out):  # a read-only folder or a full disk: one line, and where to go
@@ -142,6 +142,7 @@ def is_export_folder(folder: Path) -> bool:
     """True for a folder holding only what `cgpt export` writes (config.json, the weights as
     one file or shards + index, generation_config.json, tokenizer files) and at least its
     config and weights: the only kind of folder ``--force`` may replace."""
+    # deferred: cgpt.model.hf imports torch (cgpt export --help must not)
     from cgpt.model.hf import TOKENIZER_FILES
 
     if not folder.is_dir():
@@ -180,8 +181,6 @@ def _elsewhere(args, out: Path) -> str:
     """This export's command with OUT in a folder the user can write to."""
     import shlex
 
-    from cgpt.train.write_errors import writable_alternative
-
     argv = ["cgpt", "export", args.src, writable_alternative(out.name)]
     argv += ["--tokenizer", args.tokenizer] if args.tokenizer else []
     argv += ["--dtype", args.dtype] if args.dtype else []
@@ -190,6 +189,7 @@ def _elsewhere(args, out: Path) -> str:
 
 
 def run_import(args) -> int:
+    # deferred: cgpt.model.hf imports torch (cgpt import-hf --help must not)
     from cgpt.model.hf import import_hf, save_model
 
     out = Path(args.out)

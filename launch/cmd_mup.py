@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cgpt.model.errors import CgptError
 from cgpt.train.checks import check_positive
+from cgpt.train.config import write_text_atomic
 
 
 def register(subparsers) -> None:
@@ -115,8 +116,6 @@ def _out_dir(path: str) -> Path:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    from cgpt.train.config import write_text_atomic
-
     write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
 
 
@@ -128,6 +127,7 @@ def _threads(n: int) -> None:
 
 
 def run_coord_check_cmd(args) -> int:
+    # deferred: imports torch (cgpt mup --help must not)
     from cgpt.train.mup import coord_check as cc
 
     widths = parse_list(args.widths, int, "--widths")
@@ -167,6 +167,7 @@ def run_coord_check_cmd(args) -> int:
 
 
 def run_transfer_cmd(args) -> int:
+    # deferred: imports torch (cgpt mup --help must not)
     from cgpt.train.mup import transfer as mt
 
     widths = parse_list(args.widths, int, "--widths")

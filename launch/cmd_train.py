@@ -8,6 +8,7 @@ CPU). For several GPUs use `deepspeed --num_gpus N --module cgpt.train RUN.yaml`
 from __future__ import annotations
 
 from cgpt.configs import resolve_config
+from cgpt.train.loop.entry import add_train_args, run_train
 
 
 def _named(args):
@@ -18,8 +19,6 @@ def _named(args):
 
 
 def register(sub) -> None:
-    from cgpt.train.loop.entry import add_train_args, run_train
-
     p = sub.add_parser(
         "train",
         help="train a model from a run config (DeepSpeed)",
@@ -30,6 +29,7 @@ def register(sub) -> None:
     add_train_args(p)
     p.set_defaults(func=lambda args: run_train(_named(args)))
     try:
+        # imported here, guarded: cgpt train registers even if cmd_bench is missing
         from cgpt.launch.cmd_bench import register as register_bench
     except ImportError as e:  # pragma: no cover - the module ships with cgpt
         if e.name != "cgpt.launch.cmd_bench":

@@ -22,6 +22,9 @@ from pathlib import Path
 from cgpt.configs import shipped
 from cgpt.model.errors import CgptError
 from cgpt.train.config import RunConfig, load_run_config, write_text_atomic
+from cgpt.train.data.sources import stdlib_files
+from cgpt.train.data.tokenizer import load_tokenizer, train_tokenizer
+from cgpt.train.exit_codes import Preempted
 
 DEFAULT_CONFIG = shipped("demo-cpu.yaml")
 CORPUS = "stdlib"
@@ -64,6 +67,7 @@ def demo_config(config: str | Path | None = None) -> RunConfig:
 def plan_demo(base: RunConfig, out: Path, max_steps: int | None):
     """Re-plan the config's shape with the planner (Chinchilla: tokens_per_param × params)
     and point data, tokenizer and run folder into `out`."""
+    # deferred: the planner (~45 ms) stays off every cgpt command's start
     from cgpt.train.plan.planner import plan_for_shape
 
     m, p = base.model, base.plan
@@ -105,8 +109,6 @@ def corpus_spec(corpus_docs: int | None) -> str:
 
 
 def describe_corpus(spec: str) -> str:
-    from cgpt.train.data.sources import stdlib_files
-
     files = stdlib_files()
     size = sum(f.stat().st_size for f in files) / 1e6
     return f"{spec}: {len(files)} Python files, {size:.1f} MB in {files[0].parent}"
@@ -114,7 +116,6 @@ def describe_corpus(spec: str) -> str:
 
 def ensure_tokenizer(out: Path, spec: str, vocab_size: int, seed: int):
     """Reuse out/tokenizer when it was trained on `spec` with `vocab_size`; else train it."""
-    from cgpt.train.data.tokenizer import load_tokenizer, train_tokenizer
 
     want = {"corpus": spec, "vocab_size": vocab_size, "seed": seed}
     folder = out / "tokenizer"
@@ -132,6 +133,7 @@ def ensure_tokenizer(out: Path, spec: str, vocab_size: int, seed: int):
 
 def ensure_data(out: Path, spec: str, tok):
     """Reuse out/data when it holds `spec` tokenized by `tok` and verifies; else prepare."""
+    # deferred: numpy and multiprocessing (~0.15 s); every cgpt command imports this module
     from cgpt.train.data.prepare import prepare
     from cgpt.train.data.shards import open_token_data
 
@@ -196,6 +198,7 @@ def choose_run_dir(out: Path, cfg: RunConfig, fresh: bool) -> tuple[Path, bool]:
 
 def evaluate_hf(hf_dir: Path, cfg: RunConfig) -> float:
     """Mean val loss of the exported model, run by transformers, on the trainer's val batches."""
+    # deferred: torch and transformers (the demo's last check only; cgpt demo --help must not)
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -281,12 +284,11 @@ def run_demo(
     steps.done(f"run config {run_yaml}")
 
     steps.start(f"train with DeepSpeed on the CPU ({'resuming ' if resume else ''}{run_dir})")
+    # deferred: imports torch and deepspeed (cgpt demo --help must not)
     from cgpt.train.loop.trainer import train
 
     summary = train(cfg, resume=resume)
     if summary["status"] == "preempted":
-        from cgpt.train.exit_codes import Preempted
-
         raise Preempted(f"training was interrupted; continue with: cgpt demo --out {out}")
     steps.done(
         f"{summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens, "
