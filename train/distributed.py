@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from cgpt.model.errors import CgptError
+from cgpt.train.exit_codes import RankDied
 from cgpt.train.ports import free_port
 
 
@@ -265,7 +266,6 @@ def peer_gone_error(
     rank died (when it ran on this host), the last finished step, the last checkpoint and
     the command to resume. ``reporter`` says whether this rank prints it: rank 0, or, when
     rank 0 is the one that died, the lowest rank that saw it die."""
-    from cgpt.train.exit_codes import RankDied
 
     # the kernel closes a killed process's sockets before it becomes a zombie: a moment
     # after the error, the dead rank may still look alive

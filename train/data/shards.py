@@ -27,6 +27,7 @@ import numpy as np
 from cgpt.model.errors import CgptError
 from cgpt.model.files import make_public, remove_stale
 from cgpt.model.sizes import VOCAB_PAD_MULTIPLE, padded_vocab, vocab_fits
+from cgpt.train.lock import LOCK_NAME, FolderLock
 
 FORMAT = "cgpt-tokens"
 VERSION = 1
@@ -141,8 +142,6 @@ class ShardWriter:
         overwrite: bool = False,
         shard_tokens: int = DEFAULT_SHARD_TOKENS,
     ):
-        from cgpt.train.lock import FolderLock
-
         self.out_dir = Path(out_dir)
         self.vocab_size, self.eos_id = int(vocab_size), int(eos_id)
         self.tmp: Path | None = None
@@ -314,8 +313,6 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 def _check_target(out_dir: Path, overwrite: bool) -> None:
-    from cgpt.train.lock import LOCK_NAME
-
     if not out_dir.exists():
         return
     if not out_dir.is_dir():

@@ -19,6 +19,7 @@ from pathlib import Path
 from cgpt.model.errors import CgptError
 from cgpt.model.files import make_public
 from cgpt.model.sizes import CONTEXT
+from cgpt.train.data.sources import open_source
 
 EOS = "<|endoftext|>"  # GPT-2's end-of-text token, which Cerebras-GPT inherits
 UNK = "<unk>"
@@ -73,6 +74,7 @@ class HFTokenizer:
     kind = "huggingface"
 
     def __init__(self, folder: str | os.PathLike):
+        # deferred: cgpt.model.hf imports torch; cgpt's start imports this module
         from cgpt.model.hf import load_rust_tokenizer, special_ids
 
         self.dir = str(folder)
@@ -188,8 +190,6 @@ def train_tokenizer(
     twin, to ``out_dir`` (built under a temporary name, renamed at the end). Returns the
     loaded :class:`SentencePieceTokenizer`."""
     import sentencepiece as spm
-
-    from cgpt.train.data.sources import open_source
 
     out = Path(out_dir)
     check_out_dir(out, force)

@@ -26,6 +26,7 @@ def heldout_loss(*args, **kwargs):
 
 def run_tasks(*args, **kwargs):
     """:func:`cgpt.train.eval.harness.run_tasks` (imported on first use)."""
+    # deferred: torch and lm-eval; quick verbs (`cgpt eval --help`) must not load them
     from cgpt.train.eval.harness import run_tasks as _run_tasks
 
     return _run_tasks(*args, **kwargs)

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from cgpt.model.errors import CgptError
-from cgpt.train.eval.paper import SUITES, expand_tasks
+from cgpt.model.hf import export_hf
+from cgpt.train.eval.paper import SUITE, SUITES, expand_tasks, suite_average
 from cgpt.train.source import hub
 
 INSTALL_HINT = "pip install -e '.[eval]'"
@@ -514,7 +515,6 @@ def jsonable(obj):
 def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:
     """``{"eval/TASK/METRIC": value}`` (numbers only, no stderr), plus
     ``eval/cerebras-gpt/avg`` when the paper's seven tasks are all there."""
-    from cgpt.train.eval.paper import SUITE, suite_average
 
     sc = scores(summarize(results))
     flat = {f"{prefix}/{t}/{m}": float(v) for t, ms in sc.items() for m, v in ms.items()}
@@ -561,7 +561,6 @@ def run_tasks(
     train/eval mode, and the python/numpy/torch random streams, are as before the call.
     Raises CgptError (lm-eval missing, unknown task, dataset unreachable).
     """
-    from cgpt.model.hf import export_hf
 
     names = expand_tasks(list(tasks))
     tm = task_manager_for(names, include_path)

@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from cgpt.model.errors import CgptError
+from cgpt.model.gpt import GPT
+from cgpt.train.data.shards import TokenData, open_token_data
+from cgpt.train.data.tokenizer import load_tokenizer
 
 LN2 = math.log(2.0)
 BYTES_KEY = "text_bytes"  # meta.json: splits.<split>.text_bytes, UTF-8 bytes of the text
@@ -24,8 +27,6 @@ _DECODE_TOKENS = 1 << 20  # tokens decoded per chunk when recounting bytes
 
 
 def _open(data):
-    from cgpt.train.data.shards import TokenData, open_token_data
-
     return data if isinstance(data, TokenData) else open_token_data(data, verify="size")
 
 
@@ -67,8 +68,6 @@ def split_bytes(
         return n, "meta.json"
     tok_dir = tokenizer_dir or data.tokenizer_dir
     if tok_dir and Path(tok_dir).is_dir():
-        from cgpt.train.data.tokenizer import load_tokenizer
-
         tok = load_tokenizer(tok_dir)
         if data.fingerprint and tok.fingerprint != data.fingerprint:
             raise CgptError(
@@ -100,8 +99,6 @@ def _positions(model) -> int:
 
 @torch.no_grad()
 def _batch_nats(model, x: torch.Tensor, y: torch.Tensor) -> float:
-    from cgpt.model.gpt import GPT
-
     valid = int((y >= 0).sum())
     if isinstance(model, GPT):  # the fused head + cross-entropy: no (B, T, V) logits
         return float(model(x, y).double()) * valid

@@ -12,12 +12,11 @@ from __future__ import annotations
 import contextlib
 
 from cgpt.model.errors import CgptError
+from cgpt.train.eval import harness, run_tasks
+from cgpt.train.eval.paper import expand_tasks
 
 
 def check_tasks(tasks: list[str], include_path: str | None, tokenizer_dir: str | None) -> None:
-    from cgpt.train.eval import harness
-    from cgpt.train.eval.paper import expand_tasks
-
     if not tokenizer_dir:
         raise CgptError(
             "runtime.eval_tasks needs a tokenizer to export the model for lm-eval: set "
@@ -31,8 +30,6 @@ def check_tasks(tasks: list[str], include_path: str | None, tokenizer_dir: str |
 def evaluate_tasks(
     engine, runtime, tokenizer_dir: str | None, is_main: bool, zero_stage: int, device
 ):
-    from cgpt.train.eval import run_tasks
-
     gather = contextlib.nullcontext()
     if zero_stage == 3:
         import deepspeed

@@ -22,8 +22,11 @@ import torch
 
 from cgpt.model.errors import CgptError
 from cgpt.model.files import write_atomic
+from cgpt.model.hf import export_hf
 from cgpt.train.checks import HF_PREFIX, check_positive
+from cgpt.train.data.shards import open_token_data
 from cgpt.train.eval import harness
+from cgpt.train.eval.heldout import heldout_loss, split_bytes
 from cgpt.train.eval.paper import (
     PAPER_METRIC,
     PAPER_SOURCE,
@@ -36,6 +39,7 @@ from cgpt.train.eval.paper import (
     suite_average,
 )
 from cgpt.train.eval.source import EvalSource, open_source
+from cgpt.train.provenance import git_revision, version
 from cgpt.train.source import hub
 from cgpt.train.source.digest import weights_sha256
 
@@ -140,9 +144,6 @@ def run_eval(req: EvalRequest, log=None) -> dict:
     src = open_source(req.src, req.tokenizer, need_tokenizer=bool(names))
     data, nbytes = None, None
     if req.data:
-        from cgpt.train.data.shards import open_token_data
-        from cgpt.train.eval.heldout import split_bytes
-
         data = open_token_data(req.data, verify="size")
         vocab = (src.shape or {}).get("vocab_size")
         if vocab and data.vocab_size > vocab:
@@ -207,8 +208,6 @@ def date_id() -> str:
 
 
 def _cgpt_version() -> dict:
-    from cgpt.train.provenance import git_revision, version
-
     return {"version": version(), "git_revision": git_revision()}
 
 
@@ -236,8 +235,6 @@ def _model_block(src: EvalSource) -> dict:
 
 def _run_tasks(req, src: EvalSource, names, tm, device, hub_state, tmp: Path, report, log):
     if src.kind == "cgpt":
-        from cgpt.model.hf import export_hf
-
         assert src.model is not None  # open_source loads every cgpt SRC
         t = time.perf_counter()
         folder: Path | None = export_hf(
@@ -394,8 +391,6 @@ def _paper_block(req, src: EvalSource, sc: dict, results: dict) -> dict | None:
 
 
 def _run_heldout(req, src: EvalSource, data, nbytes, device, lm, hub_state, log) -> dict:
-    from cgpt.train.eval.heldout import heldout_loss
-
     if src.kind == "cgpt":
         assert src.model is not None  # open_source loads every cgpt SRC
         model = src.model.to(device)

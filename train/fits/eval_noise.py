@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from cgpt.model.errors import CgptError
+from cgpt.train.config import load_run_config
 
 
 def window_losses(run_dir: str | os.PathLike) -> np.ndarray:
@@ -21,7 +22,6 @@ def window_losses(run_dir: str | os.PathLike) -> np.ndarray:
     import torch
 
     from cgpt.model.io import load_model
-    from cgpt.train.config import load_run_config
     from cgpt.train.data.loader import TokenLoader
 
     run = Path(run_dir)

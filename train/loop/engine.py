@@ -20,6 +20,7 @@ import torch
 
 from cgpt.model.errors import CgptError
 from cgpt.train.config import RunConfig, write_text_atomic
+from cgpt.train.distributed import import_deepspeed
 from cgpt.train.loop.optim import param_groups
 from cgpt.train.plan.batch import BatchSplit
 
@@ -70,7 +71,6 @@ def engine_config(split: BatchSplit, grad_clip: float, zero_stage: int, precisio
 def initialize_engine(model: torch.nn.Module, optimizer, ds: dict, world_size: int):
     """deepspeed.initialize, with the memory reports DeepSpeed prints unconditionally while
     it builds a bf16 optimizer kept off the console (shown only if building fails)."""
-    from cgpt.train.distributed import import_deepspeed
 
     deepspeed = import_deepspeed()
     out = io.StringIO()

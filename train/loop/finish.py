@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 
 from cgpt.model import GPT
+from cgpt.model.hf import export_hf
+from cgpt.model.io import LM_HEAD, build_from_state_dict, is_tied, save_model
 from cgpt.model.sizes import num_params
 from cgpt.train.checkpoints.resume import resume_command
 from cgpt.train.config import write_text_atomic
@@ -32,7 +34,6 @@ def final_model(run: Run, engine) -> GPT | None:
     ``GatheredParameters`` fail ("Cannot free a ZeRO-3 parameter") in bf16. Stages 0-2 hold
     the full module on every rank; its tensors are shared, not copied (the comparison's
     upcast replaces the copy's tensors and leaves the engine's alone)."""
-    from cgpt.model.io import LM_HEAD, build_from_state_dict, is_tied
 
     module = engine.module
     if run.cfg.runtime.zero_stage == 3:
@@ -50,7 +51,6 @@ def final_model(run: Run, engine) -> GPT | None:
 
 def export_final(run: Run, engine) -> None:
     """model.safetensors and the HF folder, from a copy of the trained model (rank 0)."""
-    from cgpt.model.io import save_model
 
     model = final_model(run, engine)
     if model is None:
@@ -58,8 +58,6 @@ def export_final(run: Run, engine) -> None:
     with writing(run.run_dir / "model.safetensors"):
         save_model(model, run.run_dir / "model.safetensors")
     if run.cfg.runtime.export_hf:
-        from cgpt.model.hf import export_hf
-
         if model.config.mup is not None:  # folding the μP multipliers into the weights is
             model.float()  # exact in fp32 only (bf16 rounding failed the logits check)
         with writing(run.run_dir / "hf"):

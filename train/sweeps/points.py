@@ -17,6 +17,7 @@ from cgpt.model.config import GPTConfig
 from cgpt.model.errors import CgptError, ConfigError
 from cgpt.model.sizes import flops_per_token_algorithmic, num_params
 from cgpt.train.config import RunConfig
+from cgpt.train.plan.mup import apply_mup
 from cgpt.train.plan.planner import plan_for_shape, shape_for_params
 from cgpt.train.plan.schedule import cooldown_steps
 from cgpt.train.sweeps.branch import branch_plan
@@ -105,8 +106,6 @@ def plan_point(
             warm = min(max(warm, 1), plan.steps - 1)
             plan = plan.replace(warmup_steps=warm, decay_steps=plan.steps - warm)
         if sweep.lr == "mup":
-            from cgpt.train.plan.mup import apply_mup
-
             lr = plan.lr
             plan = apply_mup(plan, base_width=sweep.plan.lr_base_width)
             plan = plan.replace(name=name, lr=lr, min_lr=float(f"{lr * 0.1:.3g}"))
