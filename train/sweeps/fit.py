@@ -14,6 +14,7 @@ import yaml
 
 from cgpt.model.errors import CgptError
 from cgpt.train.config import write_text_atomic
+from cgpt.train.fits.downstream import sweep_mappings
 from cgpt.train.metrics import read_metrics
 from cgpt.train.sweeps.records import best_trials, finished
 from cgpt.train.sweeps.seeds import aggregate_replicates
@@ -69,7 +70,6 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
     )
     fit["sweep"] = meta.get("name")
     _predict_targets(fit, targets, n_boot)
-    from cgpt.train.fits.downstream import sweep_mappings  # numpy, scipy
 
     mappings = sweep_mappings(records)
     if mappings["tasks"] or mappings["skipped"]:
