@@ -186,3 +186,105 @@ def test_the_checks_see_function_level_imports(tmp_path):
     assert "b.py:2) -> cgpt.model.a" in found[0]  # the function-level import, with its line
     bad = layer_violations(graph, mods)
     assert len(bad) == 1 and "cgpt.model.e imports cgpt.train.c" in bad[0]
+
+
+# comments that are tool pragmas, not reasons
+_PRAGMA = ("# noqa", "# type:", "# pragma", "# fmt:", "# pyright:")
+
+
+def unexplained_function_imports(mods: dict[str, Path]) -> list[str]:
+    """``file:line: import`` of each import of a cgpt module made inside a function (``if
+    TYPE_CHECKING:`` excepted) with no comment saying why: none at the end of its lines, none
+    directly above it or above the run of consecutive import statements it belongs to (blank
+    lines between allowed: isort separates its sections so). Issue 25 rule 1: such an import
+    only defers a heavy dependency, with a one-line reason."""
+    out = []
+    for mod, path in sorted(mods.items()):
+        bad: dict[int, str] = {}  # line -> import (a nested def's body is walked twice)
+        src = path.read_text()
+        tree = ast.parse(src, str(path))
+        parents = {c: n for n in ast.walk(tree) for c in ast.iter_child_nodes(n)}
+        lines = ["", *src.splitlines()]  # 1-based
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for body in _statement_lists(fn):
+                for k, node in enumerate(body):
+                    targets = _targets(node, mod, path.name == "__init__.py")
+                    if not any(t.startswith("cgpt.") for t in targets):
+                        continue
+                    if _type_checking_only(node, parents):
+                        continue
+                    run = [node]  # it and the imports right before it
+                    while k - len(run) >= 0 and isinstance(
+                        body[k - len(run)], ast.Import | ast.ImportFrom
+                    ):
+                        run.append(body[k - len(run)])
+                    # an import statement holds no string: a # on its lines starts a comment
+                    own = range(node.lineno, (node.end_lineno or node.lineno) + 1)
+                    said = [lines[i] for i in own if "#" in lines[i]] + [
+                        lines[r.lineno - 1]
+                        for r in run
+                        if lines[r.lineno - 1].lstrip().startswith("#")
+                    ]
+                    if not any(not any(p in c for p in _PRAGMA) for c in said):
+                        bad[node.lineno] = ast.unparse(node)
+        rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        out += [f"{rel}:{line}: {text}" for line, text in sorted(bad.items())]
+    return out
+
+
+def _statement_lists(fn: ast.AST) -> list[list[ast.stmt]]:
+    """Every list of statements under `fn` (its body, if/try/with/for blocks, nested defs)."""
+    found = []
+    for node in ast.walk(fn):
+        for field in ("body", "orelse", "finalbody"):
+            block = getattr(node, field, None)
+            if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
+                found.append(block)
+        found += [h.body for h in getattr(node, "handlers", [])]
+    return found
+
+
+def test_function_level_imports_say_why():
+    bad = unexplained_function_imports(module_files(ROOT))
+    assert not bad, "function-level cgpt imports with no reason comment:\n" + "\n".join(bad)
+
+
+def test_the_reason_check_sees_missing_comments(tmp_path):
+    """The check itself: an end-of-line comment, a comment above a run of imports (blank
+    lines inside it) and one above a lone import count; a bare import, a pragma-only one or
+    a comment with code between does not; module level and TYPE_CHECKING imports are not
+    asked."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "__init__.py").write_text("")
+    (tmp_path / "model" / "a.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from cgpt.model import b\n"  # 2: module level
+        "def f():\n"
+        "    from cgpt.model import c  # deferred: torch\n"
+        "    # deferred: torch\n"
+        "    import os\n"
+        "\n"
+        "    from cgpt.model import d\n"  # 8: in the commented run
+        "    x = 1\n"
+        "    from cgpt.model import e\n"  # 10: bare
+        "    if x:\n"
+        "        from cgpt.model import g  # noqa: F401\n"  # 12: pragma only
+        "    # a comment\n"
+        "    y = 2\n"
+        "    from cgpt.model import h\n"  # 15: code between it and the comment
+        "    if TYPE_CHECKING:\n"
+        "        from cgpt.model import i\n"
+        "    def inner():\n"
+        "        # deferred: scipy\n"
+        "        from cgpt.model import (\n"
+        "            j,\n"
+        "        )\n"
+        "        from cgpt.model import k\n"  # 23: in a run under a comment
+        "        return j, k\n"
+        "    return c, d, e, g, h, i, inner, os, x, y\n"
+    )
+    found = unexplained_function_imports(module_files(tmp_path, {"cgpt.model": "model"}))
+    assert [s.split(": ", 1)[0].rsplit(":", 1)[1] for s in found] == ["10", "12", "15"], found
+    assert found[0].endswith("model/a.py:10: from cgpt.model import e")
