@@ -1,11 +1,13 @@
 """The package's layers, read off the source with ast (nothing of cgpt is imported): no import
 cycles among cgpt modules, counting imports made inside functions (``if TYPE_CHECKING:``
 blocks excepted: they never run); model/ imports neither train/ nor launch/, and train/ does
-not import launch/ (model/ -> train/ -> launch/, one way)."""
+not import launch/ (model/ -> train/ -> launch/, one way); each folder imports only what its
+row of README's Layout table allows; a function-level import says why."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,6 +150,95 @@ def layer_violations(graph: dict[str, dict[str, int]], mods: dict) -> list[str]:
                     if any(target == b or target.startswith(b + ".") for b in banned):
                         out.append(f"{mods[mod]}:{line}: {mod} imports {target}")
     return out
+
+
+README = ROOT / "README.md"
+
+
+def layout_table(text: str) -> list[tuple[list[str], list[tuple[str, str | None]]]]:
+    """README's Layout table: per row, its folders/modules and what they may import, as
+    (path, only_from) pairs (``only_from``: the one file of the row allowed that import)."""
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        units = re.findall(r"`([^`]+)`", cells[0])
+        allowed = [
+            (m.group(1), m.group(2))
+            for m in re.finditer(r"`([\w./]+/|[\w./]+\.py)`(?:\s*\(([\w.]+) only)?", cells[2])
+        ]
+        rows.append((units, allowed))
+    return rows
+
+
+def _covers(unit: str, path: str) -> bool:
+    return path.startswith(unit) if unit.endswith("/") else path == unit
+
+
+def table_violations(graph, mods, rows, root: Path = ROOT) -> list[str]:
+    """Imports the Layout table does not allow, and modules no row names."""
+    rel = {m: f.relative_to(root).as_posix() for m, f in mods.items()}
+    out = []
+
+    def row_of(path: str):
+        hits = [(len(u), u, r) for r in rows for u in r[0] if _covers(u, path)]
+        return max(hits, default=(0, None, None))[1:]
+
+    for mod, edges in sorted(graph.items()):
+        unit, row = row_of(rel[mod])
+        if row is None:
+            out.append(f"{rel[mod]}: no row of README's Layout table names it")
+            continue
+        for target, line in sorted(edges.items()):
+            path = rel[target]
+            if row_of(path)[0] == unit:
+                continue  # inside its own folder (or itself)
+            ok = any(
+                _covers(a, path) and (only is None or rel[mod].endswith("/" + only))
+                for a, only in row[1]
+            )
+            if not ok:
+                out.append(f"{rel[mod]}:{line}: imports {path}, which its row does not allow")
+    return out
+
+
+def test_imports_follow_the_readme_layout_table():
+    """The Layout table is the one statement of who may import whom: every import (inside
+    functions too) is one its row allows, and every module has a row."""
+    rows = layout_table(README.read_text())
+    assert len(rows) >= 15  # the table was found
+    mods = module_files(ROOT)
+    bad = table_violations(import_graph(mods), mods, rows)
+    assert not bad, "\n".join(bad)
+
+
+def test_the_table_check_catches_an_upward_import(tmp_path):
+    """The check itself: an import the table does not list, an exception used from another
+    file than the one it names, and a module without a row are each reported."""
+    for d in ("model", "train/plan", "train/source", "train/data"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "model" / "a.py").write_text("")
+    (tmp_path / "train" / "data" / "d.py").write_text("from cgpt.train.plan import p\n")
+    (tmp_path / "train" / "plan" / "p.py").write_text("def f():\n    from cgpt.model import a\n")
+    (tmp_path / "train" / "plan" / "request.py").write_text("from cgpt.train.source import s\n")
+    (tmp_path / "train" / "plan" / "other.py").write_text("from cgpt.train.source import s\n")
+    (tmp_path / "train" / "source" / "s.py").write_text("")
+    (tmp_path / "train" / "x.py").write_text("")
+    text = (
+        "intro\n## Layout\n\n| Folder | What | May import |\n|---|---|---|\n"
+        "| `model/` | m | nothing |\n| `train/data/` | d | `model/` |\n"
+        "| `train/plan/` | p | `model/`, `train/source/` (request.py only) |\n"
+        "| `train/source/` | s | `model/` |\n\n## Next\n"
+    )
+    mods = module_files(tmp_path, {"cgpt.model": "model", "cgpt.train": "train"})
+    bad = table_violations(import_graph(mods), mods, layout_table(text), tmp_path)
+    assert bad == [
+        "train/data/d.py:1: imports train/plan/p.py, which its row does not allow",
+        "train/plan/other.py:1: imports train/source/s.py, which its row does not allow",
+        "train/x.py: no row of README's Layout table names it",
+    ], bad
 
 
 def test_no_import_cycles():
