@@ -24,7 +24,8 @@ COMMAND_MODULES = [
     "cgpt.launch.cmd_plan",  # plan
     "cgpt.launch.cmd_configs",  # configs
     "cgpt.launch.cmd_data",  # tokenizer train, prepare
-    "cgpt.launch.cmd_train",  # train, bench
+    "cgpt.launch.cmd_train",  # train
+    "cgpt.launch.cmd_bench",  # bench
     "cgpt.launch.cmd_launch",  # launch, demo
     "cgpt.launch.cmd_sweep",  # sweep, sweep fit
     "cgpt.launch.cmd_mup",  # mup coord-check, mup transfer

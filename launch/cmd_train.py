@@ -28,11 +28,3 @@ def register(sub) -> None:
     )
     add_train_args(p)
     p.set_defaults(func=lambda args: run_train(_named(args)))
-    try:
-        # imported here, guarded: cgpt train registers even if cmd_bench is missing
-        from cgpt.launch.cmd_bench import register as register_bench
-    except ImportError as e:  # pragma: no cover - the module ships with cgpt
-        if e.name != "cgpt.launch.cmd_bench":
-            raise
-    else:
-        register_bench(sub)
