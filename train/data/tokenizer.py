@@ -7,6 +7,7 @@ data/tokenizer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -199,9 +200,7 @@ def train_tokenizer(
             "and 2 specials alone need 258; use at least 260"
         )
     source = open_source(source_spec, text_field=text_field, max_docs=max_docs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with new_tokenizer_folder(out) as tmp:
         spm.set_random_generator_seed(seed)
         try:
             model = io.BytesIO()  # in memory: a model_prefix path would be stored in it
@@ -224,13 +223,24 @@ def train_tokenizer(
             "options": _sp_options(vocab_size, character_coverage, max_sentences),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return load_tokenizer(out)
+
+
+@contextlib.contextmanager
+def new_tokenizer_folder(out: Path) -> Iterator[Path]:
+    """A private temporary folder beside ``out`` to build a tokenizer in, published as
+    ``out`` (umask modes, replacing an old one) when the block ends without an error;
+    removed otherwise. `cgpt tokenizer train` and `cgpt tokenizer gpt2` both build in it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
         make_public(tmp)  # mkdtemp made it private; the result is an ordinary folder (umask)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return load_tokenizer(out)
 
 
 def _explain_sp_error(e: Exception, source, vocab_size: int) -> str:
