@@ -1,5 +1,5 @@
 """A free local TCP port for a one-node rendezvous (torch-free, so `cgpt launch --dry-run`
-picks one without loading torch; train.loop.distributed re-exports it)."""
+picks one without loading torch; train.distributed uses it for its own process group)."""
 
 from __future__ import annotations
 
