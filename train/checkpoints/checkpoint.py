@@ -321,10 +321,11 @@ class _WeightsOnlyLoads:
         return restricted_load(path, map_location=map_location)
 
 
-def restricted_load(path, map_location=None, loader=None):
+def restricted_load(path, map_location=None, loader=None, how_to_trust: str = "resume with"):
     """``torch.load(path, weights_only=True)`` with the checkpoint allowlist; a file holding
-    anything else is one CgptError naming the offending globals and the trust switch.
-    ``loader``: the real ``torch.load`` while cgpt.train.checkpoints.universal has it patched."""
+    anything else is one CgptError naming the offending globals and the trust switch
+    ("If you trust this run folder, <how_to_trust> CGPT_TRUST_CHECKPOINTS=1"). ``loader``:
+    the real ``torch.load`` while cgpt.train.checkpoints.universal has it patched."""
     import pickle
 
     if os.environ.get(TRUST_ENV) == "1":
@@ -337,7 +338,7 @@ def restricted_load(path, map_location=None, loader=None):
         detail = f" ({', '.join(unsafe)})" if unsafe else " or is not a torch.save file"
         raise CgptError(
             f"{path} holds objects outside the checkpoint allowlist{detail}; "
-            f"not loaded. If you trust this run folder, resume with "
+            f"not loaded. If you trust this run folder, {how_to_trust} "
             f"{TRUST_ENV}=1"
         ) from None
 

@@ -16,10 +16,9 @@ Which folder a run, a model file or ``hf:NAME`` names is :mod:`cgpt.train.source
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
-import pickle
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,25 +187,13 @@ def restricted_load(path, map_location=None, weights_only=None, mmap=None, **_ig
     the stage is filled in from the saved DeepSpeed config, so DeepSpeed's ZeRO-1/2 merge
     (the same flat fp32 partitions) consolidates it.
     """
-    if os.environ.get(ckpt.TRUST_ENV) == "1":
-        obj = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
-    else:
-        try:
-            with torch.serialization.safe_globals(ckpt.safe_globals()):
-                obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-        except pickle.UnpicklingError as e:
-            unsafe = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
-            detail = f" ({', '.join(unsafe)})" if unsafe else " or is not a torch.save file"
-            raise CgptError(
-                f"{path} holds objects outside the checkpoint allowlist{detail}; "
-                f"not loaded. If you trust this run folder, set "
-                f"{ckpt.TRUST_ENV}=1"
-            ) from None
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise CgptError(
-                f"{path} is not a readable torch checkpoint (truncated or "
-                f"corrupt?): {_first_line(e)}"
-            ) from None
+    load = functools.partial(torch.load, mmap=mmap)
+    try:
+        obj = ckpt.restricted_load(path, map_location, loader=load, how_to_trust="set")
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CgptError(
+            f"{path} is not a readable torch checkpoint (truncated or corrupt?): {_first_line(e)}"
+        ) from None
     _fill_bf16_zero_stage(obj)
     return obj
 
