@@ -368,7 +368,13 @@ def test_stalled_rank_times_out(tmp_path):
             )
         out, err = procs[0].communicate(timeout=240)  # start-up (imports) included
         t_exit = time.time()
-        assert procs[0].returncode == 0, err[-3000:]
+        # rank 0 exits (no hang). A gloo worker thread still blocked on the stalled peer can
+        # make the C++ runtime abort during interpreter teardown, after the result is out
+        # ("terminate called without an active exception", SIGABRT; once in this session's
+        # four fresh-clone suite runs, under load). The trainer writes its exit code (4) to $CGPT_EXIT_FILE before that
+        # point, which is what `cgpt launch` and the sbatch script read.
+        torn_down = procs[0].returncode == -signal.SIGABRT and "terminate called" in err
+        assert procs[0].returncode == 0 or torn_down, err[-3000:]
         res = json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:])
         assert not res["ok"], "the all-reduce with a stopped peer returned"
         assert res["is_timeout"], res
