@@ -371,8 +371,8 @@ def test_stalled_rank_times_out(tmp_path):
         # rank 0 exits (no hang). A gloo worker thread still blocked on the stalled peer can
         # make the C++ runtime abort during interpreter teardown, after the result is out
         # ("terminate called without an active exception", SIGABRT; once in this session's
-        # four fresh-clone suite runs, under load). The trainer writes its exit code (4) to $CGPT_EXIT_FILE before that
-        # point, which is what `cgpt launch` and the sbatch script read.
+        # four fresh-clone suite runs, under load). The trainer writes its exit code (4) to
+        # $CGPT_EXIT_FILE before that point, which is what `cgpt launch` and sbatch read.
         torn_down = procs[0].returncode == -signal.SIGABRT and "terminate called" in err
         assert procs[0].returncode == 0 or torn_down, err[-3000:]
         res = json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:])
