@@ -24,6 +24,7 @@ BUILDERS = {
 }
 # stdlib folders that are test suites (some hold deliberately broken encodings) or not stdlib
 _STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+_STDLIB_TESTS = {"test", "tests", "idle_test"}  # kept by stdlib:tests=1
 
 # A codec error handler that replaces like "replace" and counts what it replaced. Codec
 # handlers are process-global, so Source reads the counter before and after each document.
@@ -55,12 +56,14 @@ def _hub_offline() -> bool:
     )
 
 
-def stdlib_files() -> list[Path]:
-    """The standard library's ``*.py`` files in sorted order (tests and site-packages out)."""
+def stdlib_files(tests: bool = False) -> list[Path]:
+    """The standard library's ``*.py`` files in sorted order (site-packages out; its test
+    suites only with ``tests``: about 17 MB more Python on CPython 3.11)."""
     root = Path(sysconfig.get_paths()["stdlib"])
+    skip = _STDLIB_SKIP - _STDLIB_TESTS if tests else _STDLIB_SKIP
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _STDLIB_SKIP)
+        dirnames[:] = sorted(d for d in dirnames if d not in skip)
         out += [Path(dirpath) / f for f in filenames if f.endswith(".py")]
     return sorted(out)
 
@@ -161,24 +164,28 @@ class Source:
         self.text_field, self.split = text_field, split
         self.max_docs = max_docs
         self.stats = SourceStats()
+        self.stdlib_tests = False  # stdlib:tests=1
         self.kind, self._target = self._resolve()
 
     def _resolve(self):
         spec = self.spec
         if spec == "stdlib" or spec.startswith("stdlib:"):
             opts = _parse_options(spec[len("stdlib:") :], spec)
-            unknown = set(opts) - {"max_docs"}
+            unknown = set(opts) - {"max_docs", "tests"}
             if unknown:
                 raise CgptError(
-                    f"source {spec!r}: unknown option(s) {sorted(unknown)}; valid: max_docs"
+                    f"source {spec!r}: unknown option(s) {sorted(unknown)}; valid: max_docs, tests"
                 )
+            if opts.get("tests", "0") not in ("0", "1"):
+                raise CgptError(f"source {spec!r}: tests must be 0 or 1")
             if "max_docs" in opts:
                 try:
                     n = int(opts["max_docs"])
                 except ValueError:
                     raise CgptError(f"source {spec!r}: max_docs must be an integer") from None
                 self.max_docs = n if self.max_docs is None else min(n, self.max_docs)
-            return "stdlib", stdlib_files()
+            self.stdlib_tests = opts.get("tests") == "1"
+            return "stdlib", stdlib_files(tests=self.stdlib_tests)
         if spec.startswith("hf:"):
             name, _, config = spec[3:].partition(":")
             if not name:
@@ -191,7 +198,8 @@ class Source:
         cap = f", first {self.max_docs} documents" if self.max_docs is not None else ""
         if self.kind == "stdlib":
             root = sysconfig.get_paths()["stdlib"]
-            return f"stdlib: *.py files under {root}{cap}"
+            tests = ", test suites included" if self.stdlib_tests else ""
+            return f"stdlib: *.py files under {root}{tests}{cap}"
         if self.kind == "hub":
             name, config = self._target
             return (

@@ -7,6 +7,7 @@ learning rate).
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 LR_SELECT = ("best", "parabola")
@@ -50,3 +51,31 @@ def lr_optimum(trials: list[dict[str, Any]]) -> dict[str, Any]:
     if vertex is None or not xs[0] < vertex[0] < xs[2]:
         return {**best, "reason": "the three trials around the best are not convex"}
     return {"lr": math.exp(vertex[0]), "loss": vertex[1], "method": "parabola", "reason": None}
+
+
+def lr_law(optima: list[tuple[float, float]]) -> dict[str, Any]:
+    """The optimal LR as a power of model size, ``lr = lr_ref × (N / n_ref)^exponent``, fitted
+    by least squares in log-log to ``optima`` [(params N, optimal LR), ...] of two or more
+    sizes (n_ref: the largest N). A held-out target of a tuned sweep trains at this law's LR
+    (DeepSeek-AI 2024, arXiv 2401.02954, section 3.1, fits the optimal LR as a power law the
+    same way). Returns {"exponent", "lr_ref", "n_ref", "rmse_ln", "points"}."""
+    pts = sorted((float(n), float(lr)) for n, lr in optima)
+    if len({n for n, _ in pts}) < 2:
+        raise ValueError("an LR law needs the optimal LR of two or more sizes")
+    n_ref = pts[-1][0]
+    xs = [math.log(n / n_ref) for n, _ in pts]
+    ys = [math.log(lr) for _, lr in pts]
+    slope, icpt = statistics.linear_regression(xs, ys)
+    res = [y - (icpt + slope * x) for x, y in zip(xs, ys)]
+    return {
+        "exponent": slope,
+        "lr_ref": math.exp(icpt),
+        "n_ref": n_ref,
+        "rmse_ln": math.sqrt(sum(r * r for r in res) / len(res)),
+        "points": [{"params": n, "lr": lr} for n, lr in pts],
+    }
+
+
+def lr_from_law(law: dict[str, Any], params: float) -> float:
+    """The LR ``law`` (:func:`lr_law`) gives a model of ``params`` parameters."""
+    return float(law["lr_ref"] * (params / law["n_ref"]) ** law["exponent"])

@@ -108,7 +108,8 @@ class SweepConfig(_Strict):
     seeds: list[int] | None = None
     # held-out targets: sizes trained once each (the first seed) after the ladder and left out
     # of every fit; `cgpt sweep fit` predicts each from the ladder's law, with the
-    # extrapolation ratio (its compute / the largest fitted compute) and the error
+    # extrapolation ratio (its compute / the largest fitted compute) and the error. With
+    # lr: tuned a target trains at the LR law of the ladder's optimal LRs (target_lr.py)
     targets: list[SizeSpec] | None = None
     runtime: dict[str, Any] = Field(default_factory=dict)  # RuntimeSection fields (not out_dir)
 
@@ -141,11 +142,16 @@ class SweepConfig(_Strict):
             if "seed" in self.runtime:
                 raise ValueError("runtime.seed is set per replicate by seeds; remove it")
         if self.targets is not None and (
-            self.isoflop is not None or self.branches is not None or self.lr != "fixed"
+            self.isoflop is not None or self.branches is not None or self.lr == "mup"
         ):
             raise ValueError(
                 "targets go with a fixed-ratio sweep (sizes/params, tokens_per_param) at one "
-                "LR per size: drop isoflop, branches or lr: tuned/mup, or the targets"
+                "LR per size (lr: fixed) or at the LR law of tuned sizes (lr: tuned): drop "
+                "isoflop, branches or lr: mup, or the targets"
+            )
+        if self.lr == "tuned" and any(s.lr is not None for s in self.targets or []):
+            raise ValueError(
+                "with lr: tuned a target trains at the ladder's LR law; remove the targets' lr"
             )
         if self.lr_select != "best" and self.lr != "tuned":
             raise ValueError("lr_select goes with lr: tuned (it picks among LR trials)")

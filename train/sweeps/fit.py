@@ -19,6 +19,7 @@ from cgpt.train.metrics import read_metrics
 from cgpt.train.sweeps.records import best_trials, finished
 from cgpt.train.sweeps.seeds import aggregate_replicates
 from cgpt.train.sweeps.seeds import summary_line as seeds_lines
+from cgpt.train.sweeps.target_lr import ladder_lr_law, law_text
 
 
 def _interval_text(interval) -> str:
@@ -59,6 +60,7 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
     trained = [r for r in records if r.get("status") == "ok"]
     targets = [r for r in records if r.get("target")]  # held out of every fit
     records = [r for r in records if not r.get("target")]
+    law = _lr_law(records, meta) if targets else None
     records, seeds = aggregate_replicates(records)
     records, trials = best_trials(records, meta.get("lr_select") or "best")
     fit = _fit(
@@ -75,7 +77,7 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
     if mappings["tasks"] or mappings["skipped"]:
         fit["downstream"] = mappings  # in-loop tasks (runtime.eval_tasks): acc from loss
     if trials:
-        fit["lr_trials"] = trials
+        fit["lr_trials"] = {**trials, "lr_law": law} if law else trials
         fit["warnings"] += trials["warnings"]
     if seeds:
         fit["seeds"] = seeds
@@ -136,6 +138,17 @@ def _fit(
         "cost_flops": sum(float(r.get("cost_flops") or 0) for r in trained),
     }
     return fit
+
+
+def _lr_law(ladder: list[dict], meta: dict) -> dict | None:
+    """The LR law the targets of a tuned sweep trained at (None when the ladder has none)."""
+    groups = {r["group"] for r in ladder if r.get("group") is not None}
+    if meta.get("lr") != "tuned" or not groups:
+        return None
+    try:
+        return ladder_lr_law(ladder, meta.get("lr_select") or "best", groups)
+    except CgptError:
+        return None
 
 
 def _predict_targets(fit: dict, targets: list[dict], n_boot: int) -> None:
@@ -249,6 +262,9 @@ def summarize_fit(fit: dict) -> list[str]:
         elif opt:
             best += f"; no parabola ({opt['reason']})"
         lines.append(f"lr trials {g}: {tried}; {best}")
+    law = (fit.get("lr_trials") or {}).get("lr_law")
+    if law:
+        lines.append(f"LR law of the tuned sizes (the targets' LR): {law_text(law)}")
     for w in fit.get("warnings", []):
         lines.append(f"warning: {w}")
     return lines

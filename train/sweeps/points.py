@@ -82,8 +82,10 @@ def plan_point(
     out: Path,
     tok: str | None,
     lr_mult: float = 1.0,
+    lr: float | None = None,
 ) -> RunConfig:
-    """The run config of one point: ``size`` trained on ``tpp`` × params tokens."""
+    """The run config of one point: ``size`` trained on ``tpp`` × params tokens (at peak LR
+    ``lr`` when given, else the sweep's rule × ``lr_mult``)."""
     try:
         plan = plan_for_shape(
             size.n_layer,
@@ -94,7 +96,7 @@ def plan_point(
             vocab_size=vocab,
             name=name,
             global_batch_seqs=sweep.plan.global_batch_seqs,
-            lr=(sweep.plan.lr if sweep.lr == "mup" else _lr(sweep, size)) * lr_mult,
+            lr=lr or (sweep.plan.lr if sweep.lr == "mup" else _lr(sweep, size)) * lr_mult,
             decay=sweep.plan.decay,
             cooldown_fraction=sweep.cooldown_fraction,
             recipe=sweep.plan.recipe,
@@ -133,9 +135,12 @@ def plan_point(
     )
 
 
-def plan_points(sweep: SweepConfig, vocab: int) -> list[Point]:
+def plan_points(
+    sweep: SweepConfig, vocab: int, target_lrs: dict[str, float] | None = None
+) -> list[Point]:
     """One run config per point, in the order they run (small to large; a stable run
-    before its branches)."""
+    before its branches); ``target_lrs``: the peak LR of held-out targets by name
+    (cgpt.train.sweeps.target_lr), else the sweep's rule."""
     out, tok = Path(sweep.out_dir), tokenizer_dir(sweep)
     vocab = sweep.model.vocab_size or vocab
     points = []
@@ -174,7 +179,7 @@ def plan_points(sweep: SweepConfig, vocab: int) -> list[Point]:
                 )
     if sweep.seeds:
         points = [_replicate(p, seed) for p in points for seed in sweep.seeds]
-    points += _targets(sweep, vocab, out, tok)
+    points += _targets(sweep, vocab, out, tok, target_lrs or {})
     names = [p.name for p in points]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -290,12 +295,15 @@ def plan_branch_group(
     return points
 
 
-def _targets(sweep: SweepConfig, vocab: int, out: Path, tok: str | None) -> list[Point]:
+def _targets(
+    sweep: SweepConfig, vocab: int, out: Path, tok: str | None, lrs: dict[str, float]
+) -> list[Point]:
     """The held-out targets: ``target-SHAPE``, one run each at the first seed (if any)."""
     points = []
     for size in sweep.targets or []:
         name = f"target-L{size.n_layer}-d{size.n_embd}-h{size.n_head}"
-        cfg = plan_point(sweep, size, vocab, sweep.tokens_per_param or 0, name, out, tok)
+        tpp = sweep.tokens_per_param or 0
+        cfg = plan_point(sweep, size, vocab, tpp, name, out, tok, lr=lrs.get(name))
         p = Point(name, cfg, target=True)
         if sweep.seeds:
             runtime = cfg.runtime.model_copy(update={"seed": sweep.seeds[0]})

@@ -39,6 +39,7 @@ from cgpt.train.sweeps.data import data_id, dry_run_vocab, ensure_data, tokenize
 from cgpt.train.sweeps.fit import fit_sweep_dir, summarize_fit
 from cgpt.train.sweeps.points import Point, plan_point, plan_points
 from cgpt.train.sweeps.records import best_trials, make_record, mark_best, write_results
+from cgpt.train.sweeps.target_lr import law_text, with_target_lrs
 from cgpt.train.sweeps.train import run_point, run_summary
 
 __all__ = [
@@ -111,6 +112,11 @@ def _dry_run(sweep: SweepConfig, out: Path, log) -> dict:
                 f"{p.name:28s} params {pl.params:>11,}  tokens {pl.tokens:>12,}  steps "
                 f"{pl.steps:>6,}  lr {pl.lr:.2e}  FLOPs {pl.train_flops:.3e}"
             )
+    if sweep.lr == "tuned" and sweep.targets:
+        log(
+            "the targets' lr above is the sweep's rule: they train at the LR law of the "
+            "ladder's optimal LRs, known once the ladder has finished"
+        )
     log(
         f"dry run: nothing written; a real run trains these {len(points)} points into "
         f"{out}/runs/ and writes {out}/results.jsonl"
@@ -134,10 +140,24 @@ def run_sweep(
         return _dry_run(sweep, out, log)
     data = ensure_data(sweep, log)
     points = plan_points(sweep, data.vocab_size)
+    done = read_metrics(out / "results.jsonl")
+    points, _ = with_target_lrs(sweep, points, data.vocab_size, done, strict=False)
     _check_unchanged(out, points, sweep)  # a refusal before the lock leaves out as it was
     with FolderLock(out, "sweep folder"):  # one sweep per folder, as one trainer per run
         _check_unchanged(out, points, sweep)  # again: another sweep may have written since
         return _run_locked(sweep, path, out, data_id(data), points, retry_failed, fit, log)
+
+
+def _at_lr_law(sweep: SweepConfig, out: Path, points: list[Point], records: dict, log) -> dict:
+    """lr: tuned with targets, once the ladder is done: the targets planned at the ladder's LR
+    law (by name), checked against what the folder holds."""
+    vocab = points[0].cfg.model.vocab_size
+    replanned, law = with_target_lrs(sweep, points, vocab, list(records.values()), strict=True)
+    targets = {q.name: q for q in replanned if q.target}
+    assert law is not None  # strict, tuned, with targets
+    log(f"held-out targets train at the ladder's LR law: {law_text(law)}")
+    _check_unchanged(out, list(targets.values()), sweep)
+    return targets
 
 
 def _run_locked(
@@ -161,7 +181,11 @@ def _run_locked(
     )
     by_name = {p.name: p for p in points}
     branches = {p.name: [q for q in points if q.branch_of == p.name] for p in points}
+    at_law: dict[str, Point] | None = None
     for i, p in enumerate(points, 1):
+        if p.target and sweep.lr == "tuned":
+            at_law = at_law or _at_lr_law(sweep, out, points, records, log)
+            p = at_law[p.name]
         rec, head = records.get(p.name), f"[{i}/{len(points)}] {p.name}"
         done = run_summary(Path(p.cfg.runtime.out_dir)) or {}
         if rec and rec["status"] == "ok" and done.get("status") == "completed":
