@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from cgpt.train.fits.lr_optimum import lr_optimum, parabola_vertex
+from cgpt.train.fits.lr_optimum import lr_from_law, lr_law, lr_optimum, parabola_vertex
 
 
 def _trials(lrs, f):
@@ -108,3 +108,19 @@ def test_lr_select_needs_lr_tuned():
     with pytest.raises(ConfigError, match="lr_select goes with lr: tuned"):
         parse_sweep(raw)
     assert parse_sweep({**raw, "lr": "tuned"}).lr_select == "parabola"
+
+
+def test_lr_law_recovers_a_power_law_in_model_size():
+    # optimal LR = 0.02 x (N / 1e4)^-0.4, measured at four sizes
+    pts = [(n, 0.02 * (n / 1e4) ** -0.4) for n in (1e4, 2e4, 5e4, 1e5)]
+    law = lr_law(pts)
+    assert law["exponent"] == pytest.approx(-0.4, abs=1e-12)
+    assert law["n_ref"] == 1e5 and law["rmse_ln"] == pytest.approx(0, abs=1e-12)
+    assert lr_from_law(law, 1e6) == pytest.approx(0.02 * 100**-0.4, rel=1e-12)
+    noisy = lr_law([(1e4, 0.02), (2e4, 0.02), (4e4, 0.01)])
+    assert noisy["rmse_ln"] > 0 and noisy["exponent"] < 0
+
+
+def test_lr_law_needs_two_sizes():
+    with pytest.raises(ValueError, match="two or more sizes"):
+        lr_law([(1e4, 0.01), (1e4, 0.02)])

@@ -76,6 +76,20 @@ def test_non_utf8_jsonl_fails_with_a_message(tmp_path):
         list(iter_documents(str(tmp_path / "a.jsonl")))
 
 
+def test_stdlib_with_its_test_suites():
+    root = Path(sysconfig.get_paths()["stdlib"])
+    plain, more = stdlib_files(), stdlib_files(tests=True)
+    assert set(plain) < set(more) and more == sorted(more)
+    extra = set(more) - set(plain)
+    assert all({"test", "tests", "idle_test"} & set(f.relative_to(root).parts) for f in extra)
+    assert not any("site-packages" in f.relative_to(root).parts for f in more)
+    src = open_source("stdlib:tests=1,max_docs=3")
+    assert "test suites included" in src.description and src.max_docs == 3
+    assert "test suites" not in open_source("stdlib:tests=0").description
+    with pytest.raises(CgptError, match="tests must be 0 or 1"):
+        open_source("stdlib:tests=yes")
+
+
 def test_missing_paths(tmp_path):
     with pytest.raises(CgptError, match="not found: give a file, a folder, a glob"):
         open_source(str(tmp_path / "nope"))

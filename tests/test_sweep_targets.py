@@ -3,16 +3,20 @@ left out of every fit, predicted by the ladder's law with the extrapolation rati
 extrapolation ratio of every held-out prediction in fit.json."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import make_sweep_data, sweep_dict
+from helpers import SWEEP_SIZES, make_sweep_data, sweep_dict, write_sweep
 
-from cgpt.model.errors import ConfigError
+from cgpt.launch.cli import main as cli
+from cgpt.model.errors import CgptError, ConfigError
 from cgpt.train.fits.fit import paper_law, prediction_check
+from cgpt.train.fits.lr_optimum import lr_from_law, lr_law
 from cgpt.train.sweeps.records import make_record, write_results
 from cgpt.train.sweeps.sweep import fit_sweep_dir, parse_sweep, plan_points
+from cgpt.train.sweeps.target_lr import with_target_lrs
 
 TARGET = {"n_layer": 3, "n_embd": 32, "n_head": 2}
 LAW = dict(a=1e6, b=0.12, c=1.0)
@@ -33,7 +37,7 @@ def test_targets_plan_last_once_at_the_first_seed(tmp_path, data):
     assert all(p.cfg.plan.params < points[-1].cfg.plan.params for p in points[:-1])
 
 
-@pytest.mark.parametrize("extra", [{"lr": "tuned"}, {"branches": {"at": [0.5, 1]}}])
+@pytest.mark.parametrize("extra", [{"lr": "mup"}, {"branches": {"at": [0.5, 1]}}])
 def test_targets_refused_where_the_fit_cannot_hold_them_out(tmp_path, data, extra):
     with pytest.raises(ConfigError, match="targets go with a fixed-ratio sweep"):
         parse_sweep(sweep_dict(tmp_path, data, targets=[TARGET], **extra))
@@ -129,3 +133,73 @@ def test_sweep_fits_its_own_accuracy_mapping_from_in_loop_tasks(tmp_path, data):
     assert abs(task["leave_largest_out"]["error_points"]) < 0.5
     assert "this sweep's val loss" in ds["note"]
     assert "lambada_openai/acc" not in ds["tasks"]
+
+
+def test_tuned_targets_refuse_an_lr_of_their_own(tmp_path, data):
+    own = [{**TARGET, "lr": 1e-3}]
+    with pytest.raises(ConfigError, match="ladder's LR law; remove the targets' lr"):
+        parse_sweep(sweep_dict(tmp_path, data, lr="tuned", targets=own))
+
+
+def _tuned_ladder(tmp_path, data):
+    """A tuned sweep with a target, and records (as make_record writes them) of every ladder
+    trial with a loss quadratic in ln(lr / optimum), optimum = 3e-3 x (N / 6000)^-0.3."""
+    d = sweep_dict(tmp_path, data, lr="tuned", lr_select="parabola", targets=[TARGET])
+    sweep = parse_sweep(d)
+    points = plan_points(sweep, 257)
+    recs = []
+    for p in points:
+        if not p.target:
+            opt = 3e-3 * (p.cfg.plan.params / 6000) ** -0.3
+            loss = 3.0 + 0.2 * math.log(p.cfg.plan.lr / opt) ** 2
+            summary = {"val_loss": loss, "tokens": p.cfg.plan.tokens, "steps": p.cfg.plan.steps}
+            recs.append(make_record(p, "ok", "d1", summary, wall_s=1.0))
+    return sweep, points, recs
+
+
+def test_tuned_targets_train_at_the_ladder_lr_law(tmp_path, data):
+    sweep, points, recs = _tuned_ladder(tmp_path, data)
+    assert points[-1].target and points[-1].cfg.plan.lr == 3e-3  # the rule, until the ladder ends
+    replanned, law = with_target_lrs(sweep, points, 257, recs, strict=True)
+    assert law is not None and law["exponent"] == pytest.approx(-0.3, abs=1e-9)
+    assert len(law["points"]) == 3 and law["select"] == "parabola"
+    target = replanned[-1]
+    want = 3e-3 * (target.cfg.plan.params / 6000) ** -0.3
+    assert lr_from_law(law, target.cfg.plan.params) == pytest.approx(want, rel=1e-9)
+    assert target.cfg.plan.lr == float(f"{want:.4g}")  # 4 significant digits
+    assert target.cfg.plan.min_lr == float(f"{target.cfg.plan.lr * 0.1:.3g}")
+    assert [p.cfg for p in replanned[:-1]] == [p.cfg for p in points[:-1]]  # the ladder as it was
+
+
+def test_tuned_targets_wait_for_every_ladder_size(tmp_path, data):
+    sweep, points, recs = _tuned_ladder(tmp_path, data)
+    largest = max(r["params"] for r in recs)
+    partial = [r for r in recs if r["params"] != largest]
+    assert with_target_lrs(sweep, points, 257, partial, strict=False) == (points, None)
+    with pytest.raises(CgptError, match=r"L2-d16-h2 has no finished LR trial yet"):
+        with_target_lrs(sweep, points, 257, partial, strict=True)
+
+
+@pytest.mark.slow
+def test_tuned_sweep_trains_its_target_at_the_lr_law(tmp_path, data, capsys):
+    small = {"n_layer": 2, "n_embd": 24, "n_head": 2}
+    d = sweep_dict(tmp_path, data, lr="tuned", lr_grid=[0.5, 2], targets=[small])
+    d["sizes"] = [dict(s) for s in SWEEP_SIZES[1:]]  # 2 sizes x 2 LRs, then the target
+    d["plan"]["warmup_tokens_per_param"] = 1
+    path, out = write_sweep(tmp_path, d), tmp_path / "sweep"
+    assert cli(["sweep", str(path), "--dry-run"]) == 0
+    assert "they train at the LR law of the ladder's optimal LRs" in capsys.readouterr().out
+    assert cli(["sweep", str(path), "--no-fit"]) == 0
+    assert "held-out targets train at the ladder's LR law: lr = " in capsys.readouterr().out
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(recs) == 5 and all(r["status"] == "ok" for r in recs)
+    law = lr_law([(r["params"], r["lr"]) for r in recs if r.get("best")])  # best of each size
+    target = recs[-1]
+    ran = yaml.safe_load((Path(target["run_dir"]) / "config.yaml").read_text())  # the trainer's
+    assert ran["plan"]["lr"] == target["lr"] == float(f"{lr_from_law(law, target['params']):.4g}")
+    assert cli(["sweep", str(path), "--no-fit"]) == 0  # the target planned again, unchanged
+    assert capsys.readouterr().out.count("finished earlier") == 5
+    with pytest.raises(CgptError, match="add 1 more"):  # two sizes: too few for the loss law
+        fit_sweep_dir(out, n_boot=0, log=lambda m: None)
+    fit = json.loads((out / "fit.json").read_text())  # written all the same
+    assert fit["lr_trials"]["lr_law"]["exponent"] == pytest.approx(law["exponent"])

@@ -17,6 +17,7 @@ import yaml
 
 from cgpt.model.errors import CgptError
 from cgpt.train.checkpoints import identity
+from cgpt.train.checkpoints.checkpoint import fsync_folder
 from cgpt.train.checkpoints.resume import CHANGES_FILE, DATA, ResumePoint
 from cgpt.train.config import RUN_CONFIG, write_text_atomic
 from cgpt.train.distributed import all_sum
@@ -167,13 +168,10 @@ def _write_data(run_dir: Path, data: dict) -> None:
 
 
 def _fsync_dirs(*folders: Path) -> None:
+    """fsync each folder that exists (a rewind's moves and its intent file are then on disk)."""
     for d in folders:
         if d.is_dir():
-            fd = os.open(d, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_folder(d)
 
 
 def recover_interrupted(run_dir: Path, dist) -> list[str]:

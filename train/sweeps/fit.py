@@ -186,6 +186,27 @@ def _llo_text(p: dict, what: str) -> str:
     )
 
 
+def _lr_trial_lines(trials: dict) -> list[str]:
+    """Each tuned size's trials and optimum, and the LR law its targets trained at."""
+    lines = []
+    for g, t in (trials.get("groups") or {}).items():
+        tried = ", ".join(
+            f"x{r['lr_mult']:g}: " + (f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-")
+            for r in t["trials"]
+        )
+        best = f"best x{t['best_lr_mult']:g} (lr {t['best_lr']:.3g})" if t["best"] else "none ok"
+        opt = t.get("optimum")
+        if opt and opt["method"] == "parabola":
+            best += f"; parabola optimum lr {opt['lr']:.3g}, loss {opt['loss']:.4f}"
+        elif opt:
+            best += f"; no parabola ({opt['reason']})"
+        lines.append(f"lr trials {g}: {tried}; {best}")
+    law = trials.get("lr_law")
+    if law:
+        lines.append(f"LR law of the tuned sizes (the targets' LR): {law_text(law)}")
+    return lines
+
+
 def summarize_fit(fit: dict) -> list[str]:
     lines = []
     law = fit.get("loss_law")
@@ -250,21 +271,7 @@ def summarize_fit(fit: dict) -> list[str]:
             f"{br['cost_flops']:.3g} FLOPs, {br['cost_flops'] / br['flops']:.0%} of the "
             f"{br['flops']:.3g} that dedicated runs would"
         )
-    for g, t in ((fit.get("lr_trials") or {}).get("groups") or {}).items():
-        tried = ", ".join(
-            f"x{r['lr_mult']:g}: " + (f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-")
-            for r in t["trials"]
-        )
-        best = f"best x{t['best_lr_mult']:g} (lr {t['best_lr']:.3g})" if t["best"] else "none ok"
-        opt = t.get("optimum")
-        if opt and opt["method"] == "parabola":
-            best += f"; parabola optimum lr {opt['lr']:.3g}, loss {opt['loss']:.4f}"
-        elif opt:
-            best += f"; no parabola ({opt['reason']})"
-        lines.append(f"lr trials {g}: {tried}; {best}")
-    law = (fit.get("lr_trials") or {}).get("lr_law")
-    if law:
-        lines.append(f"LR law of the tuned sizes (the targets' LR): {law_text(law)}")
+    lines += _lr_trial_lines(fit.get("lr_trials") or {})
     for w in fit.get("warnings", []):
         lines.append(f"warning: {w}")
     return lines
