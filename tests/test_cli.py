@@ -116,6 +116,18 @@ def test_launch_dry_run_imports_no_torch(tmp_path):
     assert not heavy, f"launch --dry-run imported {sorted(heavy)}"
 
 
+def test_sweep_dry_run_imports_no_torch(tmp_path):
+    """`cgpt sweep SWEEP --dry-run` lists the points (branches included) without torch: the
+    checkpoint names a branched sweep checks live in cgpt.train.checkpoints.layout."""
+    argvs = [
+        ["sweep", str(REPO / "configs" / name), "--dry-run"]
+        for name in ("sweep-cpu-extrap-tuned.yaml", "sweep-cpu-wsd.yaml")
+    ]
+    loaded = imported_by(run_main(argvs), tmp_path)
+    heavy = loaded & (HEAVY | FIT)
+    assert not heavy, f"sweep --dry-run imported {sorted(heavy)}"
+
+
 def test_model_package_loads_gpt_on_first_use(tmp_path):
     """`from cgpt.model import CgptError` is torch-free; `cgpt.model.GPT` still works."""
     import torch

@@ -199,6 +199,10 @@ def test_tuned_sweep_trains_its_target_at_the_lr_law(tmp_path, data, capsys):
     assert ran["plan"]["lr"] == target["lr"] == float(f"{lr_from_law(law, target['params']):.4g}")
     assert cli(["sweep", str(path), "--no-fit"]) == 0  # the target planned again, unchanged
     assert capsys.readouterr().out.count("finished earlier") == 5
+    assert cli(["sweep", str(path), "--dry-run"]) == 0  # now with the law's LR
+    dry = capsys.readouterr().out
+    assert "lr above is the LR law of the ladder's optimal LRs: lr = " in dry
+    assert f"lr {target['lr']:.2e}" in dry.splitlines()[-3]
     with pytest.raises(CgptError, match="add 1 more"):  # two sizes: too few for the loss law
         fit_sweep_dir(out, n_boot=0, log=lambda m: None)
     fit = json.loads((out / "fit.json").read_text())  # written all the same

@@ -21,111 +21,40 @@ import torch
 
 from cgpt.model.errors import CgptError
 from cgpt.train.checkpoints.identity import DATA_FILE
+from cgpt.train.checkpoints.layout import (  # re-exported: checkpoint.X is the usual spelling
+    COMPLETE as COMPLETE,
+)
+from cgpt.train.checkpoints.layout import (
+    MANIFEST as MANIFEST,
+)
+from cgpt.train.checkpoints.layout import (
+    STATE as STATE,
+)
+from cgpt.train.checkpoints.layout import (
+    manifest as manifest,
+)
+from cgpt.train.checkpoints.layout import (
+    missing_files as missing_files,
+)
+from cgpt.train.checkpoints.layout import (
+    newest as newest,
+)
+from cgpt.train.checkpoints.layout import (
+    newest_readable as newest_readable,
+)
+from cgpt.train.checkpoints.layout import (
+    problem as problem,
+)
+from cgpt.train.checkpoints.layout import (
+    published as published,
+)
+from cgpt.train.checkpoints.layout import (
+    tag_for as tag_for,
+)
 from cgpt.train.config import RunConfig, write_text_atomic
 from cgpt.train.distributed import all_sum, barrier
 
-COMPLETE = "complete"
-STATE = "trainer_state.json"
-MANIFEST = "manifest.json"  # every file of the checkpoint and its size, written before COMPLETE
-_PUBLISHED = re.compile(r"^step-(\d+)$")
 
-
-def tag_for(step: int) -> str:
-    return f"step-{step}"
-
-
-def published(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints, oldest first, as (step, folder)."""
-    root = Path(ckpt_dir)
-    out: list[tuple[int, Path]] = []
-    if not root.is_dir():
-        return out
-    for p in root.iterdir():
-        m = _PUBLISHED.match(p.name)
-        if m and p.is_dir() and (p / COMPLETE).is_file() and (p / STATE).is_file():
-            out.append((int(m.group(1)), p))
-    return sorted(out)
-
-
-def newest(ckpt_dir: str | Path) -> tuple[int, Path] | None:
-    found = published(ckpt_dir)
-    return found[-1] if found else None
-
-
-def problem(folder: Path) -> str | None:
-    """Why a published checkpoint cannot be resumed from (None: it reads back whole).
-
-    Every ``.pt`` file torch writes is a zip archive with a CRC per entry: reading each
-    entry back (``testzip``) finds a truncated or corrupted file without unpickling it.
-    """
-    import zipfile
-
-    try:
-        json.loads((folder / STATE).read_text())
-    except (OSError, ValueError) as e:
-        return f"{STATE} unreadable ({e.__class__.__name__})"
-    lost = missing_files(folder)
-    if lost:
-        return lost
-    # DeepSpeed's files and ours; not a universal conversion (checked, and redone if
-    # broken, when a resume uses it: cgpt.train.checkpoints.universal)
-    files = sorted(f for f in folder.rglob("*.pt") if f.relative_to(folder).parts[0] != "universal")
-    if not files:
-        return "no checkpoint files"
-    for f in files:
-        try:
-            with zipfile.ZipFile(f) as z:
-                bad = z.testzip()
-        except (OSError, zipfile.BadZipFile, EOFError) as e:
-            return f"{f.name} is truncated or not a torch file ({e.__class__.__name__})"
-        if bad is not None:
-            return f"{f.name} is corrupted (entry {bad})"
-    return None
-
-
-def manifest(folder: Path, skip: tuple[str, ...] = (MANIFEST, COMPLETE)) -> dict[str, int]:
-    """Every file under ``folder`` (relative path -> bytes), except ``skip``."""
-    return {
-        str(f.relative_to(folder)): f.stat().st_size
-        for f in sorted(folder.rglob("*"))
-        if f.is_file() and f.name not in skip
-    }
-
-
-def missing_files(folder: Path, listed: dict | None = None) -> str | None:
-    """Which file the save wrote is gone or has another size now (None: all there).
-    ``listed``: relative path -> bytes; default: the checkpoint's manifest (a checkpoint
-    saved before manifests existed is checked by its files' CRCs only)."""
-    if listed is None:
-        path = folder / MANIFEST
-        if not path.is_file():
-            return None
-        try:
-            listed = dict(json.loads(path.read_text())["files"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            return f"{MANIFEST} unreadable ({e.__class__.__name__})"
-    for name, size in sorted(listed.items()):
-        f = folder / name
-        if not f.is_file():
-            return f"{name} is missing"
-        if f.stat().st_size != int(size):
-            return f"{name} has {f.stat().st_size:,} bytes but {int(size):,} were saved"
-    return None
-
-
-def newest_readable(ckpt_dir: str | Path) -> tuple[tuple[int, Path] | None, list[str]]:
-    """The newest checkpoint that reads back whole, and a warning per newer one that does
-    not (a save cut short by a full disk or a dying node): resume falls back past them."""
-    warnings: list[str] = []
-    for step, folder in reversed(published(ckpt_dir)):
-        why = problem(folder)
-        if why is None:
-            return (step, folder), warnings
-        warnings.append(f"checkpoint {folder} is unusable ({why}); falling back to an earlier one")
-    return None, warnings
-
-
-# ---------------------------------------------------------------------------- RNG
 def rng_state() -> dict:
     py = random.getstate()
     np_state = np.random.get_state(legacy=True)  # the default; numpy's stub types legacy=False

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cgpt.model.errors import CgptError
 from cgpt.model.files import HeldTempDir, fsync_dir, make_public, remove_stale, write_atomic
-from cgpt.train.checkpoints import checkpoint as ckpt
+from cgpt.train.checkpoints import layout as ckpt
 from cgpt.train.config import RUN_CONFIG, BatchPhase, PlanSection, RunConfig, load_run_config
 from cgpt.train.fits.curves import BRANCH_FILE  # defined beside its reader, the lower layer
 from cgpt.train.metrics import read_metrics

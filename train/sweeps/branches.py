@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from cgpt.model.errors import CgptError
-from cgpt.train.checkpoints import checkpoint as ckpt
+from cgpt.train.checkpoints import layout as ckpt
 from cgpt.train.config import RUN_CONFIG
 from cgpt.train.fits.curves import BRANCH_FILE
 from cgpt.train.lock import LOCK_NAME, FolderLock

@@ -101,7 +101,9 @@ def _check_unchanged(out: Path, points: list[Point], sweep: SweepConfig) -> None
 
 def _dry_run(sweep: SweepConfig, out: Path, log) -> dict:
     """Say what a run would do and write nothing: no tokenizer, data or sweep folder."""
-    points = plan_points(sweep, dry_run_vocab(sweep, log))
+    vocab = dry_run_vocab(sweep, log)
+    done = read_metrics(out / "results.jsonl")
+    points, law = with_target_lrs(sweep, plan_points(sweep, vocab), vocab, done, strict=False)
     if sweep.branches is not None:
         for line in describe_points(points):
             log(line)
@@ -112,7 +114,9 @@ def _dry_run(sweep: SweepConfig, out: Path, log) -> dict:
                 f"{p.name:28s} params {pl.params:>11,}  tokens {pl.tokens:>12,}  steps "
                 f"{pl.steps:>6,}  lr {pl.lr:.2e}  FLOPs {pl.train_flops:.3e}"
             )
-    if sweep.lr == "tuned" and sweep.targets:
+    if law is not None:
+        log(f"the targets' lr above is the LR law of the ladder's optimal LRs: {law_text(law)}")
+    elif sweep.lr == "tuned" and sweep.targets:
         log(
             "the targets' lr above is the sweep's rule: they train at the LR law of the "
             "ladder's optimal LRs, known once the ladder has finished"
