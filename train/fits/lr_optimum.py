@@ -1,7 +1,7 @@
 """The loss at the best learning rate of one size, from a grid of LR trials: the best trial,
 or (``lr_select: parabola``) the vertex of a parabola in ln(LR) through the best trial and
 its two neighbours where it lies between them (why: docs/SCALING.md, The loss at the best
-learning rate).
+learning rate); and the optimal LR as a power law of model size (:func:`lr_law`).
 """
 
 from __future__ import annotations
