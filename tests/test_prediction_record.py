@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from cgpt.train.fits.fit import fit_paper_law
+from cgpt.train.fits.lr_optimum import lr_from_law
+from cgpt.train.sweeps.records import best_trials
+from cgpt.train.sweeps.target_lr import ladder_lr_law
 
 RECORD = (
     Path(__file__).resolve().parent.parent / "docs" / "prediction-sweep-cpu-extrap-l4-results.jsonl"
@@ -46,3 +49,42 @@ def test_recorded_extrapolation_is_reproduced_from_the_results_file():
     assert pred["loss"] / target["val_loss"] - 1 == pytest.approx(0.1537, abs=2e-3)
     lo, hi = pred["pi95"]
     assert not lo <= target["val_loss"] <= hi  # the recorded miss: outside the interval
+
+
+TUNED = RECORD.with_name("prediction-sweep-cpu-extrap-tuned-results.jsonl")
+# registered before each target finished (docs/prediction-sweep-cpu-extrap-tuned-before-targets.txt)
+REGISTERED = {"target-L4-d72-h4": 2.4749, "target-L4-d88-h4": 2.3105, "target-L4-d96-h4": 2.2417}
+
+
+def test_tuned_extrapolation_is_reproduced_from_the_results_file():
+    """The third attempt (configs/sweep-cpu-extrap-tuned.yaml, docs/PREDICTION.md section 6):
+    its 25 LR trials give the frontier, the LR law the targets trained at and, through
+    `cgpt sweep fit`'s own path, the predictions registered before each target finished."""
+    recs = [json.loads(line) for line in TUNED.read_text().splitlines()]
+    ladder = [r for r in recs if not r["target"]]
+    targets = {r["name"]: r for r in recs if r["target"]}
+    assert len(ladder) == 25 and all(r["status"] == "ok" for r in recs)
+    assert "target-L4-d72-h4" in targets and set(targets) <= set(REGISTERED)
+    kept, trials = best_trials(ladder, "parabola")
+    assert [round(r["val_loss"], 4) for r in sorted(kept, key=lambda r: r["flops"])] == [
+        3.6605,
+        3.5572,
+        3.3678,
+        3.2024,
+        3.0871,
+    ]  # d20's is a parabola vertex; d24-d36 were best at the grid's top LR
+    law = ladder_lr_law(recs, "parabola", {r["group"] for r in ladder})
+    assert law["exponent"] == pytest.approx(-0.157, abs=1e-3)
+    for name, t in targets.items():
+        assert t["lr"] == float(f"{lr_from_law(law, t['params']):.4g}")  # trained at the law
+    fit = fit_paper_law(
+        [r["flops"] for r in kept],
+        [r["val_loss"] for r in kept],
+        predict_at=[t["flops"] for t in targets.values()],
+    )
+    assert fit["c"] == pytest.approx(0, abs=1e-6)  # the floor is not identifiable here
+    for pred, (name, t) in zip(fit["predictions"], targets.items()):
+        assert pred["loss"] == pytest.approx(REGISTERED[name], abs=2e-3)
+    d72 = targets["target-L4-d72-h4"]
+    assert d72["val_loss"] == pytest.approx(2.3655, abs=1e-4)
+    assert REGISTERED["target-L4-d72-h4"] / d72["val_loss"] - 1 == pytest.approx(0.0463, abs=1e-3)
