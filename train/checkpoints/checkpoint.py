@@ -21,35 +21,20 @@ import torch
 
 from cgpt.model.errors import CgptError
 from cgpt.train.checkpoints.identity import DATA_FILE
-from cgpt.train.checkpoints.layout import (  # re-exported: checkpoint.X is the usual spelling
-    COMPLETE as COMPLETE,
-)
-from cgpt.train.checkpoints.layout import (
-    MANIFEST as MANIFEST,
-)
-from cgpt.train.checkpoints.layout import (
-    STATE as STATE,
-)
-from cgpt.train.checkpoints.layout import (
-    manifest as manifest,
-)
-from cgpt.train.checkpoints.layout import (
-    missing_files as missing_files,
-)
-from cgpt.train.checkpoints.layout import (
-    newest as newest,
-)
-from cgpt.train.checkpoints.layout import (
-    newest_readable as newest_readable,
-)
-from cgpt.train.checkpoints.layout import (
-    problem as problem,
-)
-from cgpt.train.checkpoints.layout import (
-    published as published,
-)
-from cgpt.train.checkpoints.layout import (
-    tag_for as tag_for,
+
+# the folder layout, re-exported: checkpoint.COMPLETE, checkpoint.published, ... as before
+from cgpt.train.checkpoints.layout import (  # noqa: F401
+    COMPLETE,
+    MANIFEST,
+    PUBLISHED_TAG,
+    STATE,
+    manifest,
+    missing_files,
+    newest,
+    newest_readable,
+    problem,
+    published,
+    tag_for,
 )
 from cgpt.train.config import RunConfig, write_text_atomic
 from cgpt.train.distributed import all_sum, barrier

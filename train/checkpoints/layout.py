@@ -13,7 +13,7 @@ from pathlib import Path
 COMPLETE = "complete"
 STATE = "trainer_state.json"
 MANIFEST = "manifest.json"  # every file of the checkpoint and its size, written before COMPLETE
-_PUBLISHED = re.compile(r"^step-(\d+)$")
+PUBLISHED_TAG = re.compile(r"^step-(\d+)$")
 
 
 def tag_for(step: int) -> str:
@@ -27,7 +27,7 @@ def published(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
     if not root.is_dir():
         return out
     for p in root.iterdir():
-        m = _PUBLISHED.match(p.name)
+        m = PUBLISHED_TAG.match(p.name)
         if m and p.is_dir() and (p / COMPLETE).is_file() and (p / STATE).is_file():
             out.append((int(m.group(1)), p))
     return sorted(out)

@@ -243,7 +243,7 @@ def _named(root: Path, name: str) -> Path:
         Path(text) if "/" in text else root / (text if text.startswith("step-") else f"step-{text}")
     )
     have = ", ".join(p.name for _, p in ckpt.published(root)) or "none"
-    if folder.resolve().parent != root.resolve() or not ckpt._PUBLISHED.match(folder.name):
+    if folder.resolve().parent != root.resolve() or not ckpt.PUBLISHED_TAG.match(folder.name):
         raise CgptError(f"--from {name}: not a checkpoint of this run (have: {have})")
     if not (folder / ckpt.COMPLETE).is_file():
         raise CgptError(f"--from {name}: no complete checkpoint {folder} (have: {have})")
