@@ -75,7 +75,7 @@ def test_tuned_extrapolation_is_reproduced_from_the_results_file():
     ]  # d20's is a parabola vertex; d24-d36 were best at the grid's top LR
     law = ladder_lr_law(recs, "parabola", {r["group"] for r in ladder})
     assert law["exponent"] == pytest.approx(-0.157, abs=1e-3)
-    for name, t in targets.items():
+    for t in targets.values():
         assert t["lr"] == float(f"{lr_from_law(law, t['params']):.4g}")  # trained at the law
     fit = fit_paper_law(
         [r["flops"] for r in kept],
@@ -83,7 +83,7 @@ def test_tuned_extrapolation_is_reproduced_from_the_results_file():
         predict_at=[t["flops"] for t in targets.values()],
     )
     assert fit["c"] == pytest.approx(0, abs=1e-6)  # the floor is not identifiable here
-    for pred, (name, t) in zip(fit["predictions"], targets.items()):
+    for pred, name in zip(fit["predictions"], targets):
         assert pred["loss"] == pytest.approx(REGISTERED[name], abs=2e-3)
     d72 = targets["target-L4-d72-h4"]
     assert d72["val_loss"] == pytest.approx(2.3655, abs=1e-4)
