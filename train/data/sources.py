@@ -23,8 +23,8 @@ BUILDERS = {
     ".parquet": "parquet",
 }
 # stdlib folders that are test suites (some hold deliberately broken encodings) or not stdlib
-_STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 _STDLIB_TESTS = {"test", "tests", "idle_test"}  # kept by stdlib:tests=1
+_STDLIB_SKIP = {"site-packages", "dist-packages", "__pycache__"} | _STDLIB_TESTS
 
 # A codec error handler that replaces like "replace" and counts what it replaced. Codec
 # handlers are process-global, so Source reads the counter before and after each document.
