@@ -45,12 +45,23 @@ def _paper_jac(lnc, ln_a, b, c):
     return np.stack([b * e, -(lnc - ln_a) * e, np.ones_like(lnc)], axis=1)
 
 
-def _fit_paper_once(lnc: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+def _power_model(lnc, ln_a, b):
+    return np.exp(-b * (lnc - ln_a))
+
+
+def _power_jac(lnc, ln_a, b):
+    return _paper_jac(lnc, ln_a, b, 0.0)[:, :2]
+
+
+def _fit_paper_once(
+    lnc: np.ndarray, y: np.ndarray, floor: bool = True
+) -> tuple[float, float, float]:
     """Least squares for (ln a, b, c): a grid over c (log-linear regression for the others),
-    then a bounded local refinement. The grid makes the result independent of a start guess."""
+    then a bounded local refinement. The grid makes the result independent of a start guess.
+    ``floor=False``: c is fixed at 0 (the pure power law (C/a)^-b)."""
     y_min = float(y.min())
     # every grid value of c at once: log(y - c) = icpt + slope·ln C by least squares
-    cs = np.linspace(0.0, y_min, 60, endpoint=False)
+    cs = np.linspace(0.0, y_min, 60, endpoint=False) if floor else np.zeros(1)
     z = np.log(y[None, :] - cs[:, None])
     xc = lnc - lnc.mean()
     slopes = (z * xc).sum(axis=1) / (xc**2).sum()
@@ -71,6 +82,18 @@ def _fit_paper_once(lnc: np.ndarray, y: np.ndarray) -> tuple[float, float, float
     try:
         with warnings.catch_warnings():  # the covariance is not used (bootstrap instead)
             warnings.simplefilter("ignore", optimize.OptimizeWarning)
+            if not floor:
+                (ln_a, b), _ = optimize.curve_fit(
+                    _power_model,
+                    lnc,
+                    y,
+                    p0=(ln_a, b),
+                    jac=_power_jac,
+                    method="trf",
+                    maxfev=20000,
+                    bounds=([-np.inf, 1e-6], [np.inf, 10.0]),
+                )
+                return float(ln_a), float(b), 0.0
             (ln_a, b, c), _ = optimize.curve_fit(
                 _paper_model,
                 lnc,
@@ -99,7 +122,7 @@ def _check_paper_points(x: np.ndarray) -> None:
         )
 
 
-def _paper_draws(lnc, yhat, resid, scale: float, n_boot: int, rng) -> list:
+def _paper_draws(lnc, yhat, resid, scale: float, n_boot: int, rng, floor: bool) -> list:
     """Residual bootstrap: refits of (ln a, b, c) to the fitted curve plus resampled,
     dof-inflated residuals (draws with a non-positive loss or no fit are skipped)."""
     draws = []
@@ -108,7 +131,7 @@ def _paper_draws(lnc, yhat, resid, scale: float, n_boot: int, rng) -> list:
         if yb.min() <= 0:
             continue
         try:
-            draws.append(_fit_paper_once(lnc, yb))
+            draws.append(_fit_paper_once(lnc, yb, floor))
         except FitError:
             continue
     return draws
@@ -147,6 +170,7 @@ def fit_paper_law(
     seed: int = 0,
     predict_at: Iterable[float] = (),
     keep_draws: int = 0,
+    floor: bool = True,
 ) -> dict[str, Any]:
     """Fit L(C) = (C/a)^(-b) + c; returns a, b, c, R², RMSE, residuals and a 95% interval
     per parameter from a residual bootstrap (fixed FLOPs, resampled residuals).
@@ -154,17 +178,19 @@ def fit_paper_law(
     ``predict_at``: compute values to predict the loss at, each with a 95% PREDICTION
     interval: the bootstrap refits' curves at C (parameter uncertainty) plus one resampled,
     dof-inflated residual each (the new point's own noise). ``keep_draws``: store up to that
-    many bootstrap (a, b, c) triples as ``draws`` (cgpt plan --fit reads them)."""
+    many bootstrap (a, b, c) triples as ``draws`` (cgpt plan --fit reads them).
+    ``floor=False``: c is fixed at 0, a pure power law with two parameters (the sweep's
+    ``loss_law: power``, for ladders whose floor the data cannot identify)."""
     x = np.asarray(list(flops), dtype=float)
     y = np.asarray(list(losses), dtype=float)
     _check_paper_points(x)
     lnc = np.log(x)
-    ln_a, b, c = _fit_paper_once(lnc, y)
+    ln_a, b, c = _fit_paper_once(lnc, y, floor)
     yhat = _paper_model(lnc, ln_a, b, c)
     resid = y - yhat
-    dof = len(y) - 3
+    dof = len(y) - (3 if floor else 2)
     out: dict[str, Any] = {
-        "form": "paper",
+        "form": "paper" if floor else "power",
         "a": math.exp(ln_a),
         "b": b,
         "c": c,
@@ -190,16 +216,21 @@ def fit_paper_law(
         return out
     rng = np.random.default_rng(seed)
     scale = math.sqrt(len(y) / dof)  # residuals of a fit understate the noise
-    draws = _paper_draws(lnc, yhat, resid, scale, n_boot, rng)
+    draws = _paper_draws(lnc, yhat, resid, scale, n_boot, rng, floor)
     _paper_intervals(out, draws, resid, scale, rng, keep_draws)
     return out
 
 
-def _holdout_one(x, y, i, n_boot: int, seed: int) -> dict[str, Any]:
+def _holdout_one(x, y, i, n_boot: int, seed: int, floor: bool) -> dict[str, Any]:
     """Fit without point i, predict it: error and whether its 95% interval holds it."""
     keep = [j for j in range(len(x)) if j != i]
     fit = fit_paper_law(
-        [x[j] for j in keep], [y[j] for j in keep], n_boot=n_boot, seed=seed, predict_at=[x[i]]
+        [x[j] for j in keep],
+        [y[j] for j in keep],
+        n_boot=n_boot,
+        seed=seed,
+        predict_at=[x[i]],
+        floor=floor,
     )
     pred = fit["predictions"][0]
     err = pred["loss"] - y[i]
@@ -219,7 +250,12 @@ def _holdout_one(x, y, i, n_boot: int, seed: int) -> dict[str, Any]:
 
 
 def prediction_check(
-    flops: Iterable[float], losses: Iterable[float], *, n_boot: int = 200, seed: int = 0
+    flops: Iterable[float],
+    losses: Iterable[float],
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+    floor: bool = True,
 ) -> dict[str, Any]:
     """How well the law L(C) = (C/a)^-b + c PREDICTS, measured on the points themselves.
 
@@ -240,11 +276,11 @@ def prediction_check(
         raise FitError("a held-out prediction " + more(need, len(x), "frontier points"))
     order = sorted(range(len(x)), key=lambda i: x[i])
     x, y = [x[i] for i in order], [y[i] for i in order]
-    largest = _holdout_one(x, y, len(x) - 1, n_boot, seed)
+    largest = _holdout_one(x, y, len(x) - 1, n_boot, seed, floor)
     loo, skipped = [], []
     for i in range(len(x)):
         try:
-            loo.append(_holdout_one(x, y, i, n_boot, seed) if i < len(x) - 1 else largest)
+            loo.append(_holdout_one(x, y, i, n_boot, seed, floor) if i < len(x) - 1 else largest)
         except FitError as e:  # e.g. the rest do not fall with compute
             skipped.append({"flops": x[i], "reason": str(e)})
     errs = np.array([r["error"] for r in loo])
@@ -271,12 +307,14 @@ def predict_targets(
     *,
     n_boot: int = 200,
     seed: int = 0,
+    floor: bool = True,
 ) -> list[dict[str, Any]]:
     """Held-out targets (records with name, flops, loss) predicted by the law fitted on
     (flops, losses): predicted, 95% interval, measured, error, and the extrapolation ratio
     (the target's compute / the largest fitted compute)."""
     x, y = [float(v) for v in flops], [float(v) for v in losses]
-    fit = fit_paper_law(x, y, n_boot=n_boot, seed=seed, predict_at=[t["flops"] for t in targets])
+    at = [t["flops"] for t in targets]
+    fit = fit_paper_law(x, y, n_boot=n_boot, seed=seed, predict_at=at, floor=floor)
     out = []
     for t, pred in zip(targets, fit["predictions"]):
         pi, loss = pred["pi95"], float(t["loss"])
@@ -387,18 +425,22 @@ def _frontier(
     return frontier
 
 
-def _fit_frontier(out: dict[str, Any], frontier: list[dict], n_boot: int, seed: int) -> None:
+def _fit_frontier(
+    out: dict[str, Any], frontier: list[dict], n_boot: int, seed: int, floor: bool
+) -> None:
     """The loss law over the frontier and its held-out checks, into ``out``."""
     fx, fy = [f["flops"] for f in frontier], [f["loss"] for f in frontier]
     try:
-        law = fit_paper_law(fx, fy, n_boot=n_boot, seed=seed, keep_draws=KEEP_DRAWS)
+        law = fit_paper_law(fx, fy, n_boot=n_boot, seed=seed, keep_draws=KEEP_DRAWS, floor=floor)
         law["frontier"] = frontier
         law.update(monotonic_report(fx, fy))
         out["loss_law"] = law
     except FitError as e:
         out["loss_law_error"] = str(e)
     try:
-        out["prediction"] = prediction_check(fx, fy, n_boot=min(n_boot, 200), seed=seed)
+        out["prediction"] = prediction_check(
+            fx, fy, n_boot=min(n_boot, 200), seed=seed, floor=floor
+        )
         llo = out["prediction"]["leave_largest_out"]
         if llo["inside_pi95"] is False:
             out["warnings"].append(
@@ -436,6 +478,7 @@ def fit_results(
     tokens_per_param: float | None = None,
     n_boot: int = 500,
     seed: int = 0,
+    floor: bool = True,
 ) -> dict[str, Any]:
     """All fits for one sweep's result records -> the fit.json dict.
 
@@ -444,6 +487,7 @@ def fit_results(
     ``tokens_per_param`` and ``loss_law`` are what ``cgpt plan --fit`` reads. Approach 3
     (``chinchilla``) and approach 1 (``approach1``, from the runs' metrics files named by
     ``run_dir``) are reported beside them; one that cannot be made is ``{"skipped": why}``.
+    ``floor=False``: the loss law is the pure power law (c = 0; the sweep's loss_law: power).
     """
     points, excluded = usable_points(records)
     out: dict[str, Any] = {
@@ -460,7 +504,7 @@ def fit_results(
         out["warnings"].append(
             "excluded from the fits: " + "; ".join(f"{e['name']} ({e['reason']})" for e in excluded)
         )
-    _fit_frontier(out, _frontier(points, kind, tokens_per_param, out), n_boot, seed)
+    _fit_frontier(out, _frontier(points, kind, tokens_per_param, out), n_boot, seed, floor)
     out["chinchilla"] = _chinchilla(points, seed)
     try:
         a1 = fit_approach1(points, seed=seed)

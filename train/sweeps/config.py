@@ -102,6 +102,9 @@ class SweepConfig(_Strict):
     # lr: tuned: a size's loss is its best trial ("best") or the vertex of a parabola in ln LR
     # through the best trial and its neighbours ("parabola", cgpt.train.fits.lr_optimum)
     lr_select: Literal["best", "parabola"] = "best"
+    # the loss law fitted on the frontier: "paper", L(C) = (C/a)^-b + c, or "power", c fixed
+    # at 0, for ladders too small to see the floor (docs/SCALING.md, The fits)
+    loss_law: Literal["paper", "power"] = "paper"
     branches: BranchSpec | None = None  # cooldown branches of one stable run per size
     # seed replicates: every point trained once per seed (runtime.seed); the fits see the mean
     # final loss of the replicates, and fit.json reports their spread (cgpt.train.sweeps.seeds)

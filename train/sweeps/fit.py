@@ -63,15 +63,17 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
     law = _lr_law(records, meta) if targets else None
     records, seeds = aggregate_replicates(records)
     records, trials = best_trials(records, meta.get("lr_select") or "best")
+    floor = meta.get("loss_law", "paper") == "paper"
     fit = _fit(
         records,
         trained,
         kind=meta.get("kind", "tokens_per_param"),
         tokens_per_param=meta.get("tokens_per_param"),
         n_boot=n_boot,
+        floor=floor,
     )
     fit["sweep"] = meta.get("name")
-    _predict_targets(fit, targets, n_boot)
+    _predict_targets(fit, targets, n_boot, floor)
 
     mappings = sweep_mappings(records)
     if mappings["tasks"] or mappings["skipped"]:
@@ -107,17 +109,24 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
 
 
 def _fit(
-    records: list[dict], trained: list[dict], *, kind: str, tokens_per_param, n_boot: int
+    records: list[dict],
+    trained: list[dict],
+    *,
+    kind: str,
+    tokens_per_param,
+    n_boot: int,
+    floor: bool,
 ) -> dict:
     """fit_results on the records each fit should see (docs/SCALING.md); ``trained``:
     every finished point, LR trials included (what the sweep cost)."""
     from cgpt.train.fits.fit import fit_results  # scipy
 
+    opts = {"kind": kind, "tokens_per_param": tokens_per_param, "floor": floor}
     if not any(r.get("tokens_multiple") is not None for r in records):
-        return fit_results(records, kind=kind, tokens_per_param=tokens_per_param, n_boot=n_boot)
+        return fit_results(records, n_boot=n_boot, **opts)
     frontier = [r for r in records if r.get("tokens_multiple") == 1]
-    fit = fit_results(frontier, kind=kind, tokens_per_param=tokens_per_param, n_boot=n_boot)
-    every = fit_results(records, kind=kind, tokens_per_param=tokens_per_param, n_boot=0)
+    fit = fit_results(frontier, n_boot=n_boot, **opts)
+    every = fit_results(records, n_boot=0, **opts)
     fit["chinchilla"] = every["chinchilla"]  # approach 3: every D/N the branches tried
     fit["approach1"] = every["approach1"]  # approach 1: every branch's final point
     fit["warnings"] = [w for w in fit["warnings"] if not w.startswith("approach 1")] + [
@@ -151,7 +160,7 @@ def _lr_law(ladder: list[dict], meta: dict) -> dict | None:
         return None
 
 
-def _predict_targets(fit: dict, targets: list[dict], n_boot: int) -> None:
+def _predict_targets(fit: dict, targets: list[dict], n_boot: int, floor: bool) -> None:
     """fit["prediction"]["targets"]: each finished held-out target predicted by the law
     fitted on the ladder's frontier (cgpt.train.fits.fit.predict_targets)."""
     from cgpt.train.fits.fit import FitError, predict_targets  # scipy
@@ -170,6 +179,7 @@ def _predict_targets(fit: dict, targets: list[dict], n_boot: int) -> None:
             [f["loss"] for f in frontier],
             [{**r, "loss": r["val_loss"]} for r in done],
             n_boot=min(n_boot, 200),
+            floor=floor,
         )
     except FitError as e:
         pred["targets_error"] = str(e)
@@ -212,8 +222,9 @@ def summarize_fit(fit: dict) -> list[str]:
     law = fit.get("loss_law")
     if law:
         r2 = f"{law['r2']:.4f}" if law.get("r2") is not None else "n/a"
+        floor = f" + {law['c']:.4f}" if law.get("form") != "power" else " (loss_law: power)"
         lines.append(
-            f"loss law: L(C) = (C / {law['a']:.4g})^-{law['b']:.4f} + {law['c']:.4f}  "
+            f"loss law: L(C) = (C / {law['a']:.4g})^-{law['b']:.4f}{floor}  "
             f"(R² {r2}, RMSE {law['rmse']:.4f}, {law['n_points']} frontier points, "
             f"loss {'falls monotonically' if law['monotonic'] else 'NOT monotonic'} "
             "with compute)"
