@@ -49,6 +49,35 @@ def test_paper_law_recovered_from_noisy_points():
     )
 
 
+def test_power_law_form_fixes_the_floor_at_zero():
+    """loss_law: power: two parameters, c = 0 in the fit and in every bootstrap draw, and
+    the held-out checks and fit.json use the same form."""
+    rng = np.random.default_rng(1)
+    c = np.logspace(11, 12.5, 5)
+    y = paper_law(c, a=1.5e17, b=0.11, c=0.0) * (1 + rng.normal(0, 0.003, c.size))
+    far = 30 * c[-1]
+    fit = fit_paper_law(c, y, n_boot=200, predict_at=[far], keep_draws=50, floor=False)
+    assert fit["form"] == "power" and fit["c"] == 0.0 and fit["dof"] == 3
+    assert fit["b"] == pytest.approx(0.11, rel=0.05)
+    assert {d[2] for d in fit["draws"]} == {0.0} and fit["ci95"]["c"] == [0.0, 0.0]
+    [pred] = fit["predictions"]
+    truth = paper_law(far, 1.5e17, 0.11, 0.0)
+    assert pred["loss"] == pytest.approx(truth, rel=0.01)
+    assert pred["pi95"][0] < truth < pred["pi95"][1]
+    paper = fit_paper_law(c, y, n_boot=0, floor=True)
+    assert paper["form"] == "paper" and paper["dof"] == 2
+    recs = [
+        dict(name=f"p{i}", status="ok", params=1e4 * 2**i, tokens=2e5 * 2**i, flops=float(x))
+        | dict(val_loss=float(v))
+        for i, (x, v) in enumerate(zip(c, y))
+    ]
+    res = fit_results(recs, kind="tokens_per_param", tokens_per_param=20.0, n_boot=40, floor=False)
+    assert res["loss_law"]["form"] == "power" and res["loss_law"]["c"] == 0.0
+    llo = res["prediction"]["leave_largest_out"]
+    alone = fit_paper_law(c[:-1], y[:-1], n_boot=0, predict_at=[c[-1]], floor=False)
+    assert llo["predicted"] == pytest.approx(alone["predictions"][0]["loss"], rel=1e-9)
+
+
 def test_refit_of_published_points_reproduces_paper_predictions():
     fit = fit_paper_law(PAPER_FLOPS, PAPER_LOSS, n_boot=50)
     pred = paper_law(PAPER_FLOPS, fit["a"], fit["b"], fit["c"])
