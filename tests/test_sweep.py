@@ -47,9 +47,15 @@ def test_sweep_end_to_end_failure_resume(tmp_path, data, capsys):
     assert cli(["sweep", str(path)]) == 0
     text = capsys.readouterr().out
     assert text.count("finished earlier") == 3 and "failed earlier" in text
+    assert "L1-d12-h2: failed earlier (" in text and "skipped; --retry-failed reruns it" in text
     assert stamps == {
         n: Path(r["run_dir"], "summary.json").stat().st_mtime_ns for n, r in recs.items()
     }
+    # the printed suggestion, followed: only the failed point trains again (and fails again)
+    assert cli(["sweep", str(path), "--retry-failed", "--no-fit"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("finished earlier") == 3 and "L1-d12-h2: FAILED: " in text
+    assert (out / "logs" / "L1-d12-h2.log").read_text().count("-m cgpt.train") == 2
 
     # an interrupted point (no completed summary) continues from its checkpoint
     victim = Path(recs["L2-d16-h2"]["run_dir"])

@@ -139,6 +139,8 @@ def test_tuned_targets_refuse_an_lr_of_their_own(tmp_path, data):
     own = [{**TARGET, "lr": 1e-3}]
     with pytest.raises(ConfigError, match="ladder's LR law; remove the targets' lr"):
         parse_sweep(sweep_dict(tmp_path, data, lr="tuned", targets=own))
+    sweep = parse_sweep(sweep_dict(tmp_path, data, lr="tuned", targets=[TARGET]))  # as told
+    assert sweep.targets is not None and sweep.targets[0].lr is None
 
 
 def _tuned_ladder(tmp_path, data):
@@ -189,7 +191,18 @@ def test_tuned_sweep_trains_its_target_at_the_lr_law(tmp_path, data, capsys):
     path, out = write_sweep(tmp_path, d), tmp_path / "sweep"
     assert cli(["sweep", str(path), "--dry-run"]) == 0
     assert "they train at the LR law of the ladder's optimal LRs" in capsys.readouterr().out
-    assert cli(["sweep", str(path), "--no-fit"]) == 0
+    # both trials of the larger size fail (a file where their run folders go): no LR law yet
+    largest = [p for p in plan_points(parse_sweep(d), 257) if not p.target][-2:]
+    blocks = [Path(p.cfg.runtime.out_dir) for p in largest]
+    for b in blocks:
+        b.parent.mkdir(parents=True, exist_ok=True)
+        b.write_text("not a folder")
+    assert cli(["sweep", str(path), "--no-fit"]) == 2
+    err = capsys.readouterr().err
+    assert "no finished LR trial yet; finish the ladder first (--retry-failed reruns" in err
+    for b in blocks:  # the cause removed, the printed suggestion followed literally
+        b.unlink()
+    assert cli(["sweep", str(path), "--no-fit", "--retry-failed"]) == 0
     assert "held-out targets train at the ladder's LR law: lr = " in capsys.readouterr().out
     recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(recs) == 5 and all(r["status"] == "ok" for r in recs)
