@@ -23,17 +23,11 @@ import numpy as np
 import torch
 import yaml
 
+from cgpt.train.ports import PROCESS_GROUP_VARS
+
 # ---- child processes ------------------------------------------------------------------------
-# set by the in-process training runs of this session (init_distributed's one-process group)
-# or by a launcher around pytest: a fresh child would join that group, on its MASTER_PORT
-PROCESS_GROUP_VARS = (
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-)
+# PROCESS_GROUP_VARS: set by the in-process training runs of this session (init_distributed's
+# one-process group) or by a launcher around pytest: a fresh child would join that group
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cgpt.model.files import open_append
 from cgpt.train.exit_codes import PREEMPTED
+from cgpt.train.ports import PROCESS_GROUP_VARS
 from cgpt.train.sweeps.points import Point
 from cgpt.train.sweeps.records import make_record
 
@@ -32,17 +33,8 @@ def _failure_reason(log_path: Path, rc: int) -> str:
 
 
 def _child_env() -> dict:
-    env = dict(os.environ)
-    for key in (
-        "RANK",
-        "WORLD_SIZE",
-        "LOCAL_RANK",
-        "LOCAL_WORLD_SIZE",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-    ):
-        env.pop(key, None)  # each point is its own process group
-    return env
+    """os.environ without the process-group variables: each point is its own group."""
+    return {k: v for k, v in os.environ.items() if k not in PROCESS_GROUP_VARS}
 
 
 def run_point(p: Point, out: Path, did: str, log=print) -> dict:
