@@ -121,3 +121,11 @@ def test_export_refuses_an_hf_folder_the_resolver_reads(run):
     assert resolve(str(run / "hf")).kind == "hf-folder"
     with pytest.raises(CgptError, match=r"looks like a Hugging Face folder already .*import-hf"):
         locate_weights(run / "hf")
+
+
+def test_cached_hub_folder_never_downloads():
+    """cgpt eval's weights_sha256 for hf:NAME reads the snapshot lm-eval left in the cache;
+    a name that is not cached gives None (no download, no error)."""
+    from cgpt.train.source.hub import cached_hub_folder
+
+    assert cached_hub_folder("cerebras/no-such-model-cgpt-test") is None

@@ -256,7 +256,8 @@ def _run_tasks(req, src: EvalSource, names, tm, device, hub_state, tmp: Path, re
         pretrained, tokenizer, device, req.batch_size, req.dtype, hub_state, hub_name=src.hub_name
     )
     if folder is None:
-        folder = _hub_folder(src.hub_name)
+        # the sha256 is informational: lm-eval has loaded the model, so it is in the cache
+        folder = hub.cached_hub_folder(src.hub_name) if src.hub_name else None
         report["model"]["revision"] = getattr(
             getattr(lm.model, "config", None), "_commit_hash", None
         )
@@ -330,17 +331,6 @@ def write_samples(folder: Path, samples: dict, date_id: str) -> dict[str, str]:
             raise CgptError(f"could not write the samples of {task} to {path}")
         written[task] = path.name
     return written
-
-
-def _hub_folder(name: str | None) -> Path | None:
-    if name is None:
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(name, local_files_only=True))
-    except Exception:  # the sha256 is informational; lm-eval already loaded the model
-        return None
 
 
 def _hf_shape(cfg) -> dict | None:

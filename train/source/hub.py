@@ -127,6 +127,16 @@ def hub_folder(name: str, weights: bool = True) -> Path:
     return folder
 
 
+def cached_hub_folder(name: str) -> Path | None:
+    """The snapshot of ``name`` already in the local HF cache, or None (never downloads)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # not installed, not cached: the caller goes on without it
+        return None
+
+
 def _first_line(e: BaseException) -> str:
     s = str(e).strip()
     return s.splitlines()[0] if s else type(e).__name__
