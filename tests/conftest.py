@@ -1,11 +1,14 @@
 """Test-wide settings: never touch the network, keep caches in temp folders."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
 
 _CACHE = tempfile.mkdtemp(prefix="cgpt-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)  # one per session, not left behind
 for key, value in {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
