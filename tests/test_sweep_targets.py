@@ -91,12 +91,19 @@ def test_fit_predicts_the_target_with_its_extrapolation_ratio(tmp_path, data):
     assert json.loads((out2 / "fit.json").read_text())["prediction"]["targets"][0]["name"] == (
         "target-L3-d32-h2"
     )
-    # not trained yet: the fit says so and predicts nothing for it
-    lines = []
-    fit = fit_sweep_dir(out, n_boot=0, log=lines.append)
-    assert fit["prediction"]["targets_pending"] == ["target-L3-d32-h2"]
-    assert "targets" not in fit["prediction"]
-    assert any("not trained yet" in line for line in lines)
+    # not trained yet (its run killed, or not started: no record): predicted before it
+    # spends anything, at the FLOPs its point is planned to train
+    write_results(out2, recs[:-1])
+    for folder in (out, out2):
+        lines = []
+        fit = fit_sweep_dir(folder, n_boot=60, log=lines.append)
+        assert fit["prediction"]["targets_pending"] == ["target-L3-d32-h2"]
+        (t,) = fit["prediction"]["targets"]
+        assert t["loss"] is None and t["rel_error"] is None and t["inside_pi95"] is None
+        assert t["flops"] == recs[-1]["flops"] and t["predicted"] == pytest.approx(exact, rel=1e-3)
+        assert t["pi95"][0] < t["predicted"] < t["pi95"][1]
+        [line] = [x for x in lines if x.startswith("held-out target target-L3-d32-h2")]
+        assert "x the largest fitted compute" in line and line.endswith("; not trained yet")
 
 
 def test_every_held_out_prediction_states_its_extrapolation_ratio():

@@ -309,25 +309,27 @@ def predict_targets(
     seed: int = 0,
     floor: bool = True,
 ) -> list[dict[str, Any]]:
-    """Held-out targets (records with name, flops, loss) predicted by the law fitted on
-    (flops, losses): predicted, 95% interval, measured, error, and the extrapolation ratio
-    (the target's compute / the largest fitted compute)."""
+    """Held-out targets (dicts with name, flops and loss: the measured loss, or None for a
+    target not trained yet) predicted by the law fitted on (flops, losses): predicted, 95%
+    interval, the extrapolation ratio (the target's compute / the largest fitted compute)
+    and, when measured, the error and whether the interval holds it."""
     x, y = [float(v) for v in flops], [float(v) for v in losses]
     at = [t["flops"] for t in targets]
     fit = fit_paper_law(x, y, n_boot=n_boot, seed=seed, predict_at=at, floor=floor)
     out = []
     for t, pred in zip(targets, fit["predictions"]):
-        pi, loss = pred["pi95"], float(t["loss"])
+        pi, loss = pred["pi95"], t["loss"]
+        err = None if loss is None else pred["loss"] - float(loss)
         out.append(
             {
                 "name": t["name"],
                 "flops": float(t["flops"]),
-                "loss": loss,
+                "loss": None if loss is None else float(loss),
                 "predicted": pred["loss"],
-                "error": pred["loss"] - loss,
-                "rel_error": (pred["loss"] - loss) / loss,
+                "error": err,
+                "rel_error": None if err is None else err / float(loss),
                 "pi95": pi,
-                "inside_pi95": None if pi is None else bool(pi[0] <= loss <= pi[1]),
+                "inside_pi95": None if pi is None or loss is None else bool(pi[0] <= loss <= pi[1]),
                 "fitted_on": len(x),
                 "extrapolation_ratio": float(t["flops"]) / max(x),
             }

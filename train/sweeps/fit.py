@@ -14,8 +14,11 @@ import yaml
 
 from cgpt.model.errors import CgptError
 from cgpt.train.config import write_text_atomic
+from cgpt.train.data.shards import open_token_data
 from cgpt.train.fits.downstream import sweep_mappings
 from cgpt.train.metrics import read_metrics
+from cgpt.train.sweeps.config import parse_sweep
+from cgpt.train.sweeps.points import plan_points
 from cgpt.train.sweeps.records import best_trials, finished
 from cgpt.train.sweeps.seeds import aggregate_replicates
 from cgpt.train.sweeps.seeds import summary_line as seeds_lines
@@ -73,7 +76,7 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
         floor=floor,
     )
     fit["sweep"] = meta.get("name")
-    _predict_targets(fit, targets, n_boot, floor)
+    _predict_targets(fit, targets, _planned_targets(meta), n_boot, floor)
 
     mappings = sweep_mappings(records)
     if mappings["tasks"] or mappings["skipped"]:
@@ -160,24 +163,45 @@ def _lr_law(ladder: list[dict], meta: dict) -> dict | None:
         return None
 
 
-def _predict_targets(fit: dict, targets: list[dict], n_boot: int, floor: bool) -> None:
-    """fit["prediction"]["targets"]: each finished held-out target predicted by the law
-    fitted on the ladder's frontier (cgpt.train.fits.fit.predict_targets)."""
+def _planned_targets(meta: dict) -> dict[str, float]:
+    """Each held-out target of the saved sweep file -> its planned training FLOPs, so a
+    target is predicted before it spends anything (one that has not started has no record).
+    {} when the saved file can no longer be planned (an older schema, the data gone)."""
+    if not meta.get("targets"):
+        return {}
+    raw = {k: v for k, v in meta.items() if k not in ("kind", "data_id")}
+    try:
+        sweep = parse_sweep(raw, "sweep.yaml")
+        vocab = open_token_data(Path(sweep.data.path), verify="size").vocab_size
+    except (CgptError, OSError):
+        return {}
+    return {p.name: p.flops() for p in plan_points(sweep, vocab) if p.target}
+
+
+def _predict_targets(
+    fit: dict, targets: list[dict], planned: dict[str, float], n_boot: int, floor: bool
+) -> None:
+    """fit["prediction"]["targets"]: every held-out target predicted by the law fitted on
+    the ladder's frontier (cgpt.train.fits.fit.predict_targets), the trained ones against
+    their measured loss; ``planned``: the FLOPs of targets that may have no record yet."""
     from cgpt.train.fits.fit import FitError, predict_targets  # scipy
 
-    done = [r for r in targets if finished(r)]
-    frontier = (fit.get("loss_law") or {}).get("frontier") or []
-    if not targets:
+    flops = {**planned, **{r["name"]: r["flops"] for r in targets if r.get("flops")}}
+    done = {r["name"]: r["val_loss"] for r in targets if finished(r)}
+    names = list(dict.fromkeys([*planned, *(r["name"] for r in targets)]))
+    if not names:
         return
     pred = fit.setdefault("prediction", {})
-    pred["targets_pending"] = [r["name"] for r in targets if not finished(r)]
-    if not done or not frontier:
+    pred["targets_pending"] = [n for n in names if n not in done]
+    frontier = (fit.get("loss_law") or {}).get("frontier") or []
+    known = [{"name": n, "flops": flops[n], "loss": done.get(n)} for n in names if n in flops]
+    if not known or not frontier:
         return
     try:
         pred["targets"] = predict_targets(
             [f["flops"] for f in frontier],
             [f["loss"] for f in frontier],
-            [{**r, "loss": r["val_loss"]} for r in done],
+            known,
             n_boot=min(n_boot, 200),
             floor=floor,
         )
@@ -187,12 +211,15 @@ def _predict_targets(fit: dict, targets: list[dict], n_boot: int, floor: bool) -
 
 def _llo_text(p: dict, what: str) -> str:
     pi = p.get("pi95")
-    return (
+    text = (
         f"{what}: fitted on {p['fitted_on']} points, predicts {p['predicted']:.4f} at "
         f"C = {p['flops']:.3g} ({p['extrapolation_ratio']:.1f}x the largest fitted compute) "
-        + (f"(95% interval {pi[0]:.4f}-{pi[1]:.4f}) " if pi else "(no interval) ")
-        + f"vs measured {p['loss']:.4f}: error {100 * p['rel_error']:+.2f}%"
-        + ("" if p.get("inside_pi95") is not False else " (OUTSIDE the interval)")
+        + (f"(95% interval {pi[0]:.4f}-{pi[1]:.4f})" if pi else "(no interval)")
+    )
+    if p["loss"] is None:
+        return f"{text}; not trained yet"
+    return f"{text} vs measured {p['loss']:.4f}: error {100 * p['rel_error']:+.2f}%" + (
+        "" if p.get("inside_pi95") is not False else " (OUTSIDE the interval)"
     )
 
 
@@ -233,8 +260,10 @@ def summarize_fit(fit: dict) -> list[str]:
     llo, loo = pred.get("leave_largest_out"), pred.get("leave_one_out") or {}
     for tgt in pred.get("targets") or []:
         lines.append(_llo_text(tgt, f"held-out target {tgt['name']}"))
-    if pred.get("targets_pending"):
-        lines.append(f"held-out targets not trained yet: {', '.join(pred['targets_pending'])}")
+    unseen = set(pred.get("targets_pending") or []) - {t["name"] for t in pred.get("targets") or []}
+    if unseen:
+        names = [n for n in pred["targets_pending"] if n in unseen]
+        lines.append(f"held-out targets not trained yet: {', '.join(names)}")
     if llo:
         lines.append(_llo_text({"extrapolation_ratio": 1.0, **llo}, "leave-largest-out"))
         if loo.get("mean_abs_error") is not None:
