@@ -22,7 +22,7 @@ from cgpt.train.sweeps.points import plan_points
 from cgpt.train.sweeps.records import best_trials, finished
 from cgpt.train.sweeps.seeds import aggregate_replicates
 from cgpt.train.sweeps.seeds import summary_line as seeds_lines
-from cgpt.train.sweeps.target_lr import ladder_lr_law, law_text
+from cgpt.train.sweeps.target_lr import law_text, lr_law_of_kept
 
 
 def _interval_text(interval) -> str:
@@ -63,9 +63,9 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
     trained = [r for r in records if r.get("status") == "ok"]
     targets = [r for r in records if r.get("target")]  # held out of every fit
     records = [r for r in records if not r.get("target")]
-    law = _lr_law(records, meta) if targets else None
     records, seeds = aggregate_replicates(records)
     records, trials = best_trials(records, meta.get("lr_select") or "best")
+    law = _lr_law(records, meta) if targets or meta.get("targets") else None
     floor = meta.get("loss_law", "paper") == "paper"
     fit = _fit(
         records,
@@ -152,13 +152,14 @@ def _fit(
     return fit
 
 
-def _lr_law(ladder: list[dict], meta: dict) -> dict | None:
-    """The LR law the targets of a tuned sweep trained at (None when the ladder has none)."""
-    groups = {r["group"] for r in ladder if r.get("group") is not None}
+def _lr_law(kept: list[dict], meta: dict) -> dict | None:
+    """The LR law the targets of a tuned sweep trained at, from the ladder's ``kept`` best
+    trials (None when the ladder has none)."""
+    groups = {r["group"] for r in kept if r.get("group") is not None}
     if meta.get("lr") != "tuned" or not groups:
         return None
     try:
-        return ladder_lr_law(ladder, meta.get("lr_select") or "best", groups)
+        return lr_law_of_kept(kept, meta.get("lr_select") or "best", groups)
     except CgptError:
         return None
 

@@ -23,6 +23,11 @@ def ladder_lr_law(records: list[dict], select: str, groups: set[str]) -> dict[st
     ladder = [r for r in records if not r.get("target")]
     merged, _ = aggregate_replicates(ladder)
     kept, _ = best_trials(merged, select)
+    return lr_law_of_kept(kept, select, groups)
+
+
+def lr_law_of_kept(kept: list[dict], select: str, groups: set[str]) -> dict[str, Any]:
+    """:func:`ladder_lr_law` from the records best_trials kept (one per group)."""
     best = {r["group"]: r for r in kept if r.get("group") is not None and finished(r)}
     missing = sorted(groups - set(best))
     if missing:
