@@ -117,8 +117,26 @@ def test_lr_law_recovers_a_power_law_in_model_size():
     assert law["exponent"] == pytest.approx(-0.4, abs=1e-12)
     assert law["n_ref"] == 1e5 and law["rmse_ln"] == pytest.approx(0, abs=1e-12)
     assert lr_from_law(law, 1e6) == pytest.approx(0.02 * 100**-0.4, rel=1e-12)
-    noisy = lr_law([(1e4, 0.02), (2e4, 0.02), (4e4, 0.01)])
-    assert noisy["rmse_ln"] > 0 and noisy["exponent"] < 0
+    assert law["form"] == "power" and law["power"]["exponent_ci95"] == pytest.approx([-0.4, -0.4])
+    # small noise on the same law: the exponent is resolved and kept
+    wobble = [(n, lr * f) for (n, lr), f in zip(pts, (1.05, 0.95, 1.04, 0.97))]
+    kept = lr_law(wobble)
+    lo, hi = kept["power"]["exponent_ci95"]
+    assert kept["form"] == "power" and hi < 0 and lo < kept["exponent"] < hi
+
+
+def test_lr_law_without_a_resolved_trend_is_constant():
+    """An exponent whose 95% interval holds 0 is not extrapolated: the law is the geometric
+    mean of the optima (the fitted power law is kept beside it)."""
+    optima = [(1e4, 0.02), (2e4, 0.02), (4e4, 0.01)]
+    law = lr_law(optima)
+    assert law["form"] == "constant" and law["exponent"] == 0
+    assert law["lr_ref"] == pytest.approx((0.02 * 0.02 * 0.01) ** (1 / 3), rel=1e-12)
+    assert lr_from_law(law, 1e7) == law["lr_ref"] and law["rmse_ln"] > 0
+    lo, hi = law["power"]["exponent_ci95"]
+    assert lo < 0 < hi and law["power"]["exponent"] < 0
+    two = lr_law(optima[:2])  # two sizes: no interval, the power law as fitted
+    assert two["form"] == "power" and two["power"]["exponent_ci95"] is None
 
 
 def test_lr_law_needs_two_sizes():

@@ -58,7 +58,10 @@ def lr_law(optima: list[tuple[float, float]]) -> dict[str, Any]:
     by least squares in log-log to ``optima`` [(params N, optimal LR), ...] of two or more
     sizes (n_ref: the largest N). A held-out target of a tuned sweep trains at this law's LR
     (DeepSeek-AI 2024, arXiv 2401.02954, section 3.1, fits the optimal LR as a power law the
-    same way). Returns {"exponent", "lr_ref", "n_ref", "rmse_ln", "points"}."""
+    same way). When the ladder does not resolve the exponent (its 95% interval holds 0) the
+    law is the constant geometric mean of the optima ("form": "constant"): a trend the data
+    cannot tell from noise is not extrapolated. Returns {"exponent", "lr_ref", "n_ref",
+    "rmse_ln", "points", "form", "power": the fitted power law, with "exponent_ci95"}."""
     pts = sorted((float(n), float(lr)) for n, lr in optima)
     if len({n for n, _ in pts}) < 2:
         raise ValueError("an LR law needs the optimal LR of two or more sizes")
@@ -66,14 +69,36 @@ def lr_law(optima: list[tuple[float, float]]) -> dict[str, Any]:
     xs = [math.log(n / n_ref) for n, _ in pts]
     ys = [math.log(lr) for _, lr in pts]
     slope, icpt = statistics.linear_regression(xs, ys)
-    res = [y - (icpt + slope * x) for x, y in zip(xs, ys)]
+    ci = _slope_ci(xs, ys)
+    power = {"exponent": slope, "lr_ref": math.exp(icpt), "exponent_ci95": ci}
+    if ci is not None and ci[0] <= 0 <= ci[1]:
+        form, exponent, icpt = "constant", 0.0, statistics.fmean(ys)
+    else:
+        form, exponent = "power", slope
+    res = [y - (icpt + exponent * x) for x, y in zip(xs, ys)]
     return {
-        "exponent": slope,
+        "exponent": exponent,
         "lr_ref": math.exp(icpt),
         "n_ref": n_ref,
         "rmse_ln": math.sqrt(sum(r * r for r in res) / len(res)),
         "points": [{"params": n, "lr": lr} for n, lr in pts],
+        "form": form,
+        "power": power,
     }
+
+
+def _slope_ci(xs: list[float], ys: list[float]) -> list[float] | None:
+    """95% interval of a least-squares slope (Student t, n - 2 dof); None for two points."""
+    n = len(xs)
+    if n < 3:
+        return None
+    from scipy import stats  # deferred: only tuned sweeps with targets fit an LR law
+
+    slope, icpt = statistics.linear_regression(xs, ys)
+    sxx = sum((x - statistics.fmean(xs)) ** 2 for x in xs)
+    s2 = sum((y - icpt - slope * x) ** 2 for x, y in zip(xs, ys)) / (n - 2)
+    half = float(stats.t.ppf(0.975, n - 2)) * math.sqrt(s2 / sxx)
+    return [slope - half, slope + half]
 
 
 def lr_from_law(law: dict[str, Any], params: float) -> float:

@@ -46,10 +46,18 @@ def lr_law_of_kept(kept: list[dict], select: str, groups: set[str]) -> dict[str,
 
 def law_text(law: dict[str, Any]) -> str:
     """One line: the LR law and what it was fitted on."""
+    fitted = f"optimal LRs of {len(law['points'])} sizes, {law['select']}"
+    if law.get("form") == "constant":
+        p = law["power"]
+        lo, hi = p["exponent_ci95"]
+        return (
+            f"lr = {law['lr_ref']:.3g} at every size, the geometric mean of the {fitted}: "
+            f"their trend N^{p['exponent']:.3f} is not resolved (95% interval {lo:.2f} to "
+            f"{hi:.2f}), so it is not extrapolated (rms residual {law['rmse_ln']:.3f} in ln lr)"
+        )
     return (
         f"lr = {law['lr_ref']:.3g} x (N / {law['n_ref']:,.0f})^{law['exponent']:.3f} "
-        f"(optimal LRs of {len(law['points'])} sizes, {law['select']}; "
-        f"rms residual {law['rmse_ln']:.3f} in ln lr)"
+        f"({fitted}; rms residual {law['rmse_ln']:.3f} in ln lr)"
     )
 
 
