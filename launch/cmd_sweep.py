@@ -31,6 +31,10 @@ sweep-file LR modes (`lr:`): fixed (default: one run per size), tuned (one trial
   parabola (the vertex of a parabola in ln LR through the best trial and its neighbours:
   the loss at the estimated optimal LR). plan.warmup_tokens_per_param: warmup tokens = k ×
   params.
+loss_law: paper (default, L(C) = (C/a)^-b + c) or power (c fixed at 0: for ladders too small
+  to see the loss floor), in every fit of the sweep, its held-out checks and its targets.
+held-out targets (`targets: [...]`): trained once after the ladder and predicted by it;
+  `cgpt sweep fit` predicts them also before they train (at their planned FLOPs).
 seed replicates (`seeds: [1234, 1, 2]`): every point trained once per seed (NAME-sSEED);
   the fits use each point's mean loss and fit.json "seeds" reports the seed-to-seed spread,
   the noise floor to read prediction errors against.
