@@ -344,7 +344,7 @@ def test_tuned_and_mup_points_plan(tmp_path, data):
             parse_sweep(sweep_dict(tmp_path, data, **bad))
     own = sweep_dict(tmp_path, data, lr="mup")
     own["sizes"][0]["lr"] = 1e-3
-    with pytest.raises(CgptError, match="remove the sizes' lr"):
+    with pytest.raises(CgptError, match="remove the sizes' and targets' lr"):
         parse_sweep(own)
 
 

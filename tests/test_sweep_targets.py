@@ -37,10 +37,27 @@ def test_targets_plan_last_once_at_the_first_seed(tmp_path, data):
     assert all(p.cfg.plan.params < points[-1].cfg.plan.params for p in points[:-1])
 
 
-@pytest.mark.parametrize("extra", [{"lr": "mup"}, {"branches": {"at": [0.5, 1]}}])
+@pytest.mark.parametrize("extra", [{"branches": {"at": [0.5, 1]}}])
 def test_targets_refused_where_the_fit_cannot_hold_them_out(tmp_path, data, extra):
     with pytest.raises(ConfigError, match="targets go with a fixed-ratio sweep"):
         parse_sweep(sweep_dict(tmp_path, data, targets=[TARGET], **extra))
+
+
+def test_mup_targets_train_at_the_transferred_base_lr(tmp_path, data):
+    """lr: mup: a target needs no LR law; μP transfers the ladder's base LR to its width,
+    exactly as to every ladder size (the model's mup section at the sweep's base width)."""
+    d = sweep_dict(tmp_path, data, lr="mup", targets=[TARGET])
+    d["plan"]["lr_base_width"] = 8
+    points = plan_points(parse_sweep(d), 257)
+    target = points[-1]
+    assert target.target and target.cfg.model.n_embd == 32
+    for p in points:
+        assert p.cfg.model.mup is not None and p.cfg.model.mup.base_width == 8
+        assert p.cfg.plan.lr == 3e-3 and p.cfg.plan.min_lr == pytest.approx(3e-4)
+    assert target.cfg.model.mup == points[0].cfg.model.mup
+    with pytest.raises(ConfigError, match="remove the sizes' and targets' lr"):
+        parse_sweep({**d, "targets": [{**TARGET, "lr": 1e-3}]})
+    assert parse_sweep(d).targets == parse_sweep({**d, "targets": [TARGET]}).targets  # as told
 
 
 def _sweep_folder(tmp_path, data, target_loss=None):

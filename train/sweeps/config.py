@@ -112,7 +112,8 @@ class SweepConfig(_Strict):
     # held-out targets: sizes trained once each (the first seed) after the ladder and left out
     # of every fit; `cgpt sweep fit` predicts each from the ladder's law, with the
     # extrapolation ratio (its compute / the largest fitted compute) and the error. With
-    # lr: tuned a target trains at the LR law of the ladder's optimal LRs (target_lr.py)
+    # lr: tuned a target trains at the LR law of the ladder's optimal LRs (target_lr.py),
+    # with lr: mup at the base LR that μP transfers to its width
     targets: list[SizeSpec] | None = None
     runtime: dict[str, Any] = Field(default_factory=dict)  # RuntimeSection fields (not out_dir)
 
@@ -144,13 +145,11 @@ class SweepConfig(_Strict):
                 raise ValueError("seeds and branches do not combine yet; use one of them")
             if "seed" in self.runtime:
                 raise ValueError("runtime.seed is set per replicate by seeds; remove it")
-        if self.targets is not None and (
-            self.isoflop is not None or self.branches is not None or self.lr == "mup"
-        ):
+        if self.targets is not None and (self.isoflop is not None or self.branches is not None):
             raise ValueError(
                 "targets go with a fixed-ratio sweep (sizes/params, tokens_per_param) at one "
-                "LR per size (lr: fixed) or at the LR law of tuned sizes (lr: tuned): drop "
-                "isoflop, branches or lr: mup, or the targets"
+                "LR per size (lr: fixed), at the LR law of tuned sizes (lr: tuned) or at the "
+                "transferred base LR (lr: mup): drop isoflop or branches, or the targets"
             )
         if self.lr == "tuned" and any(s.lr is not None for s in self.targets or []):
             raise ValueError(
@@ -159,9 +158,12 @@ class SweepConfig(_Strict):
         if self.lr_select != "best" and self.lr != "tuned":
             raise ValueError("lr_select goes with lr: tuned (it picks among LR trials)")
         if self.lr == "mup":
-            own = [s for s in (self.sizes or []) + (self.isoflop.sizes if self.isoflop else [])]
+            own = (self.sizes or []) + (self.isoflop.sizes if self.isoflop else [])
+            own += self.targets or []
             if any(s.lr is not None for s in own):
-                raise ValueError("lr: mup transfers plan.lr to every size; remove the sizes' lr")
+                raise ValueError(
+                    "lr: mup transfers plan.lr to every size; remove the sizes' and targets' lr"
+                )
         if self.plan.global_batch_seqs is None and self.plan.recipe == "cerebras":
             raise ValueError(
                 "plan.global_batch_seqs is missing: give it, or set plan.recipe: deepseek, porian "
