@@ -5,6 +5,7 @@ the held-out target at 10.2x the largest fitted compute, and the measured miss. 
 the fitting code that moves these numbers fails here and must update the doc."""
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from cgpt.train.fits.fit import fit_paper_law
 from cgpt.train.fits.lr_optimum import lr_from_law
+from cgpt.train.sweeps.fit import fit_sweep_dir
 from cgpt.train.sweeps.records import best_trials
 from cgpt.train.sweeps.target_lr import ladder_lr_law
 
@@ -93,3 +95,55 @@ def test_tuned_extrapolation_is_reproduced_from_the_results_file():
     d72 = targets["target-L4-d72-h4"]
     assert d72["val_loss"] == pytest.approx(2.3655, abs=1e-4)
     assert REGISTERED["target-L4-d72-h4"] / d72["val_loss"] - 1 == pytest.approx(0.0463, abs=1e-3)
+
+
+POWER = RECORD.with_name("prediction-sweep-cpu-extrap-power-results.jsonl")
+# recorded before any target finished (docs/prediction-sweep-cpu-extrap-power-before-targets.txt)
+REGISTERED_POWER = {
+    "target-L4-d80-h4": (2.2468, 10.5),
+    "target-L4-d104-h4": (2.0188, 26.8),
+    "target-L4-d112-h4": (1.9578, 35.0),
+}
+MEASURED_POWER = {
+    "target-L4-d80-h4": 2.2749,
+    "target-L4-d104-h4": 2.0841,
+    "target-L4-d112-h4": 2.0364,
+}
+
+
+def test_power_law_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
+    """The fourth attempt (configs/sweep-cpu-extrap-power.yaml, docs/PREDICTION.md section 7),
+    refitted by `cgpt sweep fit`'s own path from the folder's two files as the sweep wrote
+    them: the pure power law (loss_law: power), the predictions recorded before any target
+    finished, the LR the targets trained at and their errors."""
+    shutil.copy(POWER, tmp_path / "results.jsonl")
+    shutil.copy(
+        POWER.with_name("prediction-sweep-cpu-extrap-power-sweep.yaml"), tmp_path / "sweep.yaml"
+    )
+    fit = fit_sweep_dir(tmp_path, n_boot=500, log=lambda m: None)
+    law = fit["loss_law"]
+    assert law["form"] == "power" and law["c"] == 0 and law["n_points"] == 5
+    assert law["b"] == pytest.approx(0.1143, abs=1e-4)
+    lr_law = fit["lr_trials"]["lr_law"]  # the ladder's optima do not resolve a trend
+    assert lr_law["form"] == "constant" and lr_law["lr_ref"] == pytest.approx(0.0270, abs=1e-4)
+    assert lr_law["power"]["exponent"] == pytest.approx(0.551, abs=1e-3)  # the registered law
+    preds = {t["name"]: t for t in fit["prediction"]["targets"]}
+    assert set(preds) == set(REGISTERED_POWER)
+    for name, (want, ratio) in REGISTERED_POWER.items():
+        t = preds[name]
+        assert t["predicted"] == pytest.approx(want, abs=5e-4)
+        assert t["extrapolation_ratio"] == pytest.approx(ratio, abs=0.05)
+    recs = [json.loads(line) for line in POWER.read_text().splitlines()]
+    for r in recs:
+        if r["target"]:
+            assert r["lr"] == float(f"{lr_law['lr_ref']:.4g}") == 0.02701  # the constant law
+    errors = {
+        "target-L4-d80-h4": -0.0124,
+        "target-L4-d104-h4": -0.0313,
+        "target-L4-d112-h4": -0.0386,
+    }
+    for name, measured in MEASURED_POWER.items():
+        t = preds[name]
+        assert t["loss"] == pytest.approx(measured, abs=1e-4)
+        assert t["rel_error"] == pytest.approx(errors[name], abs=5e-4)
+        assert t["inside_pi95"] is (name != "target-L4-d112-h4")  # d112: outside
