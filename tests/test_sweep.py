@@ -335,7 +335,7 @@ def test_tuned_and_mup_points_plan(tmp_path, data):
         assert p.cfg.plan.global_batch_seqs % p.cfg.runtime.micro_batch == 0
     # bad combinations
     for bad, msg in (
-        ({"lr_grid": [1, 2]}, "lr_grid goes with lr: tuned"),
+        ({"lr_grid": [1, 2]}, "lr_grid goes with lr: tuned or lr: mup"),
         ({"lr": "tuned", "lr_grid": [1, 1]}, "twice"),
         ({"lr": "tuned", "lr_grid": [0, 1]}, "positive"),
         ({"lr": "sometimes"}, "lr"),

@@ -16,7 +16,7 @@ from cgpt.train.fits.fit import paper_law, prediction_check
 from cgpt.train.fits.lr_optimum import lr_from_law, lr_law
 from cgpt.train.sweeps.records import make_record, write_results
 from cgpt.train.sweeps.sweep import fit_sweep_dir, parse_sweep, plan_points
-from cgpt.train.sweeps.target_lr import with_target_lrs
+from cgpt.train.sweeps.target_lr import law_text, with_target_lrs
 
 TARGET = {"n_layer": 3, "n_embd": 32, "n_head": 2}
 LAW = dict(a=1e6, b=0.12, c=1.0)
@@ -157,6 +157,35 @@ def test_sweep_fits_its_own_accuracy_mapping_from_in_loop_tasks(tmp_path, data):
     assert abs(task["leave_largest_out"]["error_points"]) < 0.5
     assert "this sweep's val loss" in ds["note"]
     assert "lambada_openai/acc" not in ds["tasks"]
+
+
+def test_mup_grid_tunes_the_base_lr_and_targets_train_at_its_law(tmp_path, data):
+    """lr: mup with lr_grid: every size runs one trial per multiplier of the μP base LR; the
+    targets train at the law of the sizes' best base LRs, which μP transfers to their width.
+    Here every size is best at the same base LR (transfer held), so the law is that constant."""
+    d = sweep_dict(tmp_path, data, lr="mup", lr_grid=[0.5, 1, 2], targets=[TARGET])
+    d["plan"]["lr_base_width"] = 8
+    sweep = parse_sweep(d)
+    points = plan_points(sweep, 257)
+    ladder = [p for p in points if not p.target]
+    assert len(ladder) == 3 * 3 and all(p.group and p.cfg.model.mup for p in ladder)
+    assert sorted({p.cfg.plan.lr for p in ladder}) == [1.5e-3, 3e-3, 6e-3]
+    recs = []
+    for p in ladder:  # loss quadratic in ln(base lr / 6e-3) at every size
+        loss = 3.0 - p.cfg.plan.params / 1e5 + 0.2 * math.log(p.cfg.plan.lr / 6e-3) ** 2
+        summary = {"val_loss": loss, "tokens": p.cfg.plan.tokens, "steps": p.cfg.plan.steps}
+        recs.append(make_record(p, "ok", "d1", summary, wall_s=1.0))
+    assert {r["lr_mode"] for r in recs} == {"mup"}
+    replanned, law = with_target_lrs(sweep, points, 257, recs, strict=True)
+    assert law is not None and law["form"] == "constant" and law["mup"] is True
+    assert law["lr_ref"] == pytest.approx(6e-3, rel=1e-12)
+    assert "optimal μP base LRs of 3 sizes" in law_text(law)
+    target = replanned[-1]
+    assert target.target and target.cfg.plan.lr == 6e-3  # the base LR; μP scales the rest
+    assert target.cfg.model.mup == ladder[0].cfg.model.mup and target.cfg.model.n_embd == 32
+    with pytest.raises(ConfigError, match="lr_select goes with lr: tuned, or lr: mup"):
+        parse_sweep({**d, "lr_grid": None, "lr_select": "parabola"})
+    assert parse_sweep({**d, "lr_select": "parabola"}).lr_select == "parabola"  # as told
 
 
 def test_tuned_targets_refuse_an_lr_of_their_own(tmp_path, data):

@@ -98,7 +98,9 @@ class SweepConfig(_Strict):
     isoflop: IsoFlopSpec | None = None
     plan: SweepPlan
     lr: Literal["fixed", "tuned", "mup"] = "fixed"
-    lr_grid: list[float] | None = None  # lr: tuned: multipliers of each size's LR
+    # lr: tuned: multipliers of each size's LR; lr: mup: of the μP base LR (each size then
+    # runs one trial per multiplier, and the targets train at the best base LR's law)
+    lr_grid: list[float] | None = None
     # lr: tuned: a size's loss is its best trial ("best") or the vertex of a parabola in ln LR
     # through the best trial and its neighbours ("parabola", cgpt.train.fits.lr_optimum)
     lr_select: Literal["best", "parabola"] = "best"
@@ -132,8 +134,8 @@ class SweepConfig(_Strict):
         if "out_dir" in self.runtime:
             raise ValueError("runtime.out_dir is set per point (OUT/runs/NAME); remove it")
         if self.lr_grid is not None:
-            if self.lr != "tuned":
-                raise ValueError("lr_grid goes with lr: tuned")
+            if self.lr == "fixed":
+                raise ValueError("lr_grid goes with lr: tuned or lr: mup")
             if not self.lr_grid or any(not (m > 0 and math.isfinite(m)) for m in self.lr_grid):
                 raise ValueError(f"lr_grid must list positive multipliers, got {self.lr_grid}")
             if len(set(self.lr_grid)) != len(self.lr_grid):
@@ -155,8 +157,10 @@ class SweepConfig(_Strict):
             raise ValueError(
                 "with lr: tuned a target trains at the ladder's LR law; remove the targets' lr"
             )
-        if self.lr_select != "best" and self.lr != "tuned":
-            raise ValueError("lr_select goes with lr: tuned (it picks among LR trials)")
+        if self.lr_select != "best" and not self.tunes_lr:
+            raise ValueError(
+                "lr_select goes with lr: tuned, or lr: mup with lr_grid (it picks among LR trials)"
+            )
         if self.lr == "mup":
             own = (self.sizes or []) + (self.isoflop.sizes if self.isoflop else [])
             own += self.targets or []
@@ -217,9 +221,14 @@ class SweepConfig(_Strict):
             )
 
     @property
+    def tunes_lr(self) -> bool:
+        """Each size runs LR trials: lr: tuned, or lr: mup with an lr_grid of base LRs."""
+        return self.lr == "tuned" or (self.lr == "mup" and self.lr_grid is not None)
+
+    @property
     def grid(self) -> list[float]:
-        """The LR multipliers each size runs at (one, 1.0, unless lr: tuned)."""
-        return (self.lr_grid or list(DEFAULT_LR_GRID)) if self.lr == "tuned" else [1.0]
+        """The LR multipliers each size runs at (one, 1.0, unless it tunes the LR)."""
+        return (self.lr_grid or list(DEFAULT_LR_GRID)) if self.tunes_lr else [1.0]
 
     @property
     def kind(self) -> Literal["tokens_per_param", "isoflop"]:

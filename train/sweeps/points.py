@@ -2,9 +2,9 @@
 
 Each point is planned by the planner's rules (``plan_for_shape``) with the sweep's batch,
 LR, warmup and decay; ``lr: tuned`` adds one point per LR multiplier, ``lr: mup`` applies
-μP, and ``branches`` turns each size (and LR trial) into one stable warmup-stable-decay run
-plus its cooldown branches (:func:`plan_branch_group`; cgpt.train.sweeps.branches
-makes their folders).
+μP (with ``lr_grid``, one point per multiplier of its base LR), and ``branches`` turns each
+size (and LR trial) into one stable warmup-stable-decay run plus its cooldown branches
+(:func:`plan_branch_group`; cgpt.train.sweeps.branches makes their folders).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Point:
     name: str
     cfg: RunConfig
     budget: float | None = None
-    group: str | None = None  # lr: tuned: the size (and budget) this LR trial belongs to
+    group: str | None = None  # LR trials: the size (and budget) this trial belongs to
     lr_mult: float | None = None
     # branches: the stable run this point branches from (None for the stable run itself),
     # its multiple of the planned tokens, and the step its cooldown starts at (its checkpoint)
@@ -144,7 +144,7 @@ def plan_points(
     out, tok = Path(sweep.out_dir), tokenizer_dir(sweep)
     vocab = sweep.model.vocab_size or vocab
     points = []
-    tuned = sweep.lr == "tuned"
+    tuned = sweep.tunes_lr
     for size in _sizes(sweep, vocab):
         shape = f"L{size.n_layer}-d{size.n_embd}-h{size.n_head}"
         if sweep.branches is not None:

@@ -116,7 +116,7 @@ def _dry_run(sweep: SweepConfig, out: Path, log) -> dict:
             )
     if law is not None:
         log(f"the targets' lr above is the LR law of the ladder's optimal LRs: {law_text(law)}")
-    elif sweep.lr == "tuned" and sweep.targets:
+    elif sweep.tunes_lr and sweep.targets:
         log(
             "the targets' lr above is the sweep's rule: they train at the LR law of the "
             "ladder's optimal LRs, known once the ladder has finished"
@@ -187,7 +187,7 @@ def _run_locked(
     branches = {p.name: [q for q in points if q.branch_of == p.name] for p in points}
     at_law: dict[str, Point] | None = None
     for i, p in enumerate(points, 1):
-        if p.target and sweep.lr == "tuned":
+        if p.target and sweep.tunes_lr:
             at_law = at_law or _at_lr_law(sweep, out, points, records, log)
             p = at_law[p.name]
         rec, head = records.get(p.name), f"[{i}/{len(points)}] {p.name}"

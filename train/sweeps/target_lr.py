@@ -1,6 +1,7 @@
-"""The LR of a tuned sweep's held-out targets (``lr: tuned`` with ``targets``): each target
-trains once, at the LR that a power law through the ladder's optimal LRs gives its size
-(cgpt.train.fits.lr_optimum.lr_law). That law exists only once every ladder size has
+"""The LR of a tuned sweep's held-out targets (``lr: tuned``, or ``lr: mup`` with ``lr_grid``,
+with ``targets``): each target trains once, at the LR that a power law through the ladder's
+optimal LRs gives its size (cgpt.train.fits.lr_optimum.lr_law); with μP these are base LRs,
+which μP then transfers to the target's width. That law exists only once every ladder size has
 finished its trials, so the targets are planned again then; until then they show the
 sweep's rule LR.
 """
@@ -41,12 +42,14 @@ def lr_law_of_kept(kept: list[dict], select: str, groups: set[str]) -> dict[str,
         law = lr_law(optima)
     except ValueError as e:
         raise CgptError(f"held-out targets: {e}; tune two or more sizes") from None
-    return {**law, "select": select}
+    mup = all(r.get("lr_mode") == "mup" for r in best.values())
+    return {**law, "select": select, **({"mup": True} if mup else {})}
 
 
 def law_text(law: dict[str, Any]) -> str:
     """One line: the LR law and what it was fitted on."""
-    fitted = f"optimal LRs of {len(law['points'])} sizes, {law['select']}"
+    kind = "μP base LRs" if law.get("mup") else "LRs"
+    fitted = f"optimal {kind} of {len(law['points'])} sizes, {law['select']}"
     if law.get("form") == "constant":
         p = law["power"]
         lo, hi = p["exponent_ci95"]
@@ -67,7 +70,7 @@ def with_target_lrs(
     """``points`` with the held-out targets planned at the ladder's LR law (and the law), when
     ``sweep`` is tuned with targets. Without a finished trial for every ladder size the
     points come back unchanged (``strict``: CgptError instead)."""
-    if sweep.lr != "tuned" or not sweep.targets:
+    if not sweep.tunes_lr or not sweep.targets:
         return points, None
     groups = {p.group for p in points if p.group is not None}
     try:
