@@ -69,7 +69,7 @@ def lr_law(optima: list[tuple[float, float]]) -> dict[str, Any]:
     xs = [math.log(n / n_ref) for n, _ in pts]
     ys = [math.log(lr) for _, lr in pts]
     slope, icpt = statistics.linear_regression(xs, ys)
-    ci = _slope_ci(xs, ys)
+    ci = _slope_ci(xs, ys, slope, icpt)
     power = {"exponent": slope, "lr_ref": math.exp(icpt), "exponent_ci95": ci}
     if ci is not None and ci[0] <= 0 <= ci[1]:
         form, exponent, icpt = "constant", 0.0, statistics.fmean(ys)
@@ -87,14 +87,14 @@ def lr_law(optima: list[tuple[float, float]]) -> dict[str, Any]:
     }
 
 
-def _slope_ci(xs: list[float], ys: list[float]) -> list[float] | None:
-    """95% interval of a least-squares slope (Student t, n - 2 dof); None for two points."""
+def _slope_ci(xs: list[float], ys: list[float], slope: float, icpt: float) -> list[float] | None:
+    """95% interval of the least-squares ``slope`` (and ``icpt``) through xs, ys (Student t,
+    n - 2 dof); None for two points."""
     n = len(xs)
     if n < 3:
         return None
     from scipy import stats  # deferred: only tuned sweeps with targets fit an LR law
 
-    slope, icpt = statistics.linear_regression(xs, ys)
     sxx = sum((x - statistics.fmean(xs)) ** 2 for x in xs)
     s2 = sum((y - icpt - slope * x) ** 2 for x, y in zip(xs, ys)) / (n - 2)
     half = float(stats.t.ppf(0.975, n - 2)) * math.sqrt(s2 / sxx)

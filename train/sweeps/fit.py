@@ -18,7 +18,7 @@ from cgpt.train.data.shards import open_token_data
 from cgpt.train.fits.downstream import sweep_mappings
 from cgpt.train.metrics import read_metrics
 from cgpt.train.sweeps.config import parse_sweep
-from cgpt.train.sweeps.points import plan_points
+from cgpt.train.sweeps.points import plan_targets
 from cgpt.train.sweeps.records import best_trials, finished
 from cgpt.train.sweeps.seeds import aggregate_replicates
 from cgpt.train.sweeps.seeds import summary_line as seeds_lines
@@ -177,7 +177,7 @@ def _planned_targets(meta: dict) -> dict[str, float]:
         vocab = open_token_data(Path(sweep.data.path), verify="size").vocab_size
     except (CgptError, OSError):
         return {}
-    return {p.name: p.flops() for p in plan_points(sweep, vocab) if p.target}
+    return {p.name: p.flops() for p in plan_targets(sweep, vocab)}
 
 
 def _predict_targets(

@@ -179,7 +179,7 @@ def plan_points(
                 )
     if sweep.seeds:
         points = [_replicate(p, seed) for p in points for seed in sweep.seeds]
-    points += _targets(sweep, vocab, out, tok, target_lrs or {})
+    points += plan_targets(sweep, vocab, target_lrs)
     names = [p.name for p in points]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -295,10 +295,13 @@ def plan_branch_group(
     return points
 
 
-def _targets(
-    sweep: SweepConfig, vocab: int, out: Path, tok: str | None, lrs: dict[str, float]
+def plan_targets(
+    sweep: SweepConfig, vocab: int, target_lrs: dict[str, float] | None = None
 ) -> list[Point]:
-    """The held-out targets: ``target-SHAPE``, one run each at the first seed (if any)."""
+    """The held-out targets alone, as :func:`plan_points` plans them: ``target-SHAPE``, one
+    run each at the first seed (if any), at ``target_lrs`` by name, else the sweep's rule."""
+    out, tok, lrs = Path(sweep.out_dir), tokenizer_dir(sweep), target_lrs or {}
+    vocab = sweep.model.vocab_size or vocab
     points = []
     for size in sweep.targets or []:
         name = f"target-L{size.n_layer}-d{size.n_embd}-h{size.n_head}"

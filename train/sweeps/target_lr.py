@@ -13,7 +13,7 @@ from typing import Any
 from cgpt.model.errors import CgptError
 from cgpt.train.fits.lr_optimum import lr_from_law, lr_law
 from cgpt.train.sweeps.config import SweepConfig
-from cgpt.train.sweeps.points import Point, plan_points
+from cgpt.train.sweeps.points import Point, plan_targets
 from cgpt.train.sweeps.records import best_trials, finished
 from cgpt.train.sweeps.seeds import aggregate_replicates
 
@@ -80,4 +80,5 @@ def with_target_lrs(
             raise
         return points, None
     lrs = {p.name: float(f"{lr_from_law(law, p.cfg.plan.params):.4g}") for p in points if p.target}
-    return plan_points(sweep, vocab, target_lrs=lrs), law
+    at_law = {q.name: q for q in plan_targets(sweep, vocab, lrs)}
+    return [at_law.get(p.name, p) for p in points], law
