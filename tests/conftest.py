@@ -18,10 +18,19 @@ for key, value in {
     "WANDB_MODE": "offline",
     "WANDB_SILENT": "true",
     "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
 }.items():
     os.environ[key] = value
 os.environ.pop("WANDB_API_KEY", None)
+_OWN_THREADS = "OMP_NUM_THREADS" in os.environ  # the user's setting wins
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def pytest_configure(config):
+    # pytest-xdist's workers (-n N) inherit this environment when they start, after this
+    # hook, and import torch (which reads OMP_NUM_THREADS) after that: they share the cores,
+    # so one thread each instead of two avoids oversubscribing them
+    if not _OWN_THREADS and config.getoption("numprocesses", None):
+        os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -147,3 +147,41 @@ def test_power_law_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
         assert t["loss"] == pytest.approx(measured, abs=1e-4)
         assert t["rel_error"] == pytest.approx(errors[name], abs=5e-4)
         assert t["inside_pi95"] is (name != "target-L4-d112-h4")  # d112: outside
+
+
+MUP = RECORD.with_name("prediction-sweep-cpu-extrap-mup-results.jsonl")
+# recorded before any target finished (docs/prediction-sweep-cpu-extrap-mup-before-targets.txt)
+REGISTERED_MUP = {
+    "target-L4-d80-h4": (2.2408, 10.5, 0.0201),
+    "target-L4-d104-h4": (2.0291, 26.8, 0.0152),
+    "target-L4-d112-h4": (1.9722, 35.0, -0.0034),
+}
+
+
+def test_mup_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
+    """The fifth attempt (configs/sweep-cpu-extrap-mup.yaml, docs/PREDICTION.md section 8):
+    μP with the base LR tuned on the ladder (lr: mup, lr_grid), refitted by `cgpt sweep fit`'s
+    own path from the folder's two files as the sweep wrote them: the pure power law, the
+    constant law of the best base LRs the targets trained at, and their errors."""
+    shutil.copy(MUP, tmp_path / "results.jsonl")
+    shutil.copy(
+        MUP.with_name("prediction-sweep-cpu-extrap-mup-sweep.yaml"), tmp_path / "sweep.yaml"
+    )
+    fit = fit_sweep_dir(tmp_path, n_boot=500, log=lambda m: None)
+    law = fit["loss_law"]
+    assert law["form"] == "power" and law["n_points"] == 5
+    assert law["b"] == pytest.approx(0.1060, abs=1e-4)
+    lr_law = fit["lr_trials"]["lr_law"]  # every size best at 1x or 1.414x of one base LR
+    assert lr_law["form"] == "constant" and lr_law["mup"] is True
+    assert lr_law["lr_ref"] == pytest.approx(0.0402, abs=1e-4)
+    recs = [json.loads(line) for line in MUP.read_text().splitlines()]
+    assert {r["lr_mode"] for r in recs} == {"mup"}
+    assert all(r["lr"] == 0.0402 for r in recs if r["target"])  # the base LR μP transfers
+    preds = {t["name"]: t for t in fit["prediction"]["targets"]}
+    assert set(preds) == set(REGISTERED_MUP)
+    for name, (want, ratio, error) in REGISTERED_MUP.items():
+        t = preds[name]
+        assert t["predicted"] == pytest.approx(want, abs=5e-4)
+        assert t["extrapolation_ratio"] == pytest.approx(ratio, abs=0.05)
+        assert t["rel_error"] == pytest.approx(error, abs=5e-4)
+        assert t["inside_pi95"] is True
