@@ -28,11 +28,10 @@ sweep-file LR modes (`lr:`): fixed (default: one run per size), tuned (one trial
   multiplier in lr_grid, default [0.5, 1, 2]; every trial in results.jsonl, the fits use the
   best per size), mup (μP: plan.lr transferred from plan.lr_base_width; every width must be
   at least that base width; with lr_grid one trial per multiplier of that base LR, and the
-  targets train at the sizes' best base LR). lr_select (with trials): best (the best trial's
-  loss) or
-  parabola (the vertex of a parabola in ln LR through the best trial and its neighbours:
-  the loss at the estimated optimal LR). plan.warmup_tokens_per_param: warmup tokens = k ×
-  params.
+  targets train at the sizes' best base LR). lr_select (with trials): best (the best
+  trial's loss) or parabola (the vertex of a parabola in ln LR through the best trial and
+  its neighbours: the loss at the estimated optimal LR). plan.warmup_tokens_per_param:
+  warmup tokens = k × params.
 loss_law: paper (default, L(C) = (C/a)^-b + c) or power (c fixed at 0: for ladders too small
   to see the loss floor), in every fit of the sweep, its held-out checks and its targets.
 held-out targets (`targets: [...]`): trained once after the ladder and predicted by it;

@@ -155,9 +155,8 @@ def _fit(
 def _lr_law(kept: list[dict], meta: dict) -> dict | None:
     """The LR law the targets of a tuned sweep trained at, from the ladder's ``kept`` best
     trials (None when the ladder has none)."""
-    groups = {r["group"] for r in kept if r.get("group") is not None}
-    tunes = meta.get("lr") == "tuned" or (meta.get("lr") == "mup" and meta.get("lr_grid"))
-    if not tunes or not groups:
+    groups = {r["group"] for r in kept if r.get("group") is not None}  # LR trials' sizes
+    if not groups:
         return None
     try:
         return lr_law_of_kept(kept, meta.get("lr_select") or "best", groups)
