@@ -111,6 +111,7 @@ MEASURED_POWER = {
 }
 
 
+@pytest.mark.slow  # a full sweep fit with 500 bootstrap refits (5 s)
 def test_power_law_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
     """The fourth attempt (configs/sweep-cpu-extrap-power.yaml, docs/PREDICTION.md section 7),
     refitted by `cgpt sweep fit`'s own path from the folder's two files as the sweep wrote
@@ -158,6 +159,7 @@ REGISTERED_MUP = {
 }
 
 
+@pytest.mark.slow  # a full sweep fit with 500 bootstrap refits (5 s)
 def test_mup_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
     """The fifth attempt (configs/sweep-cpu-extrap-mup.yaml, docs/PREDICTION.md section 8):
     μP with the base LR tuned on the ladder (lr: mup, lr_grid), refitted by `cgpt sweep fit`'s
