@@ -135,12 +135,10 @@ def plan_point(
     )
 
 
-def plan_points(
-    sweep: SweepConfig, vocab: int, target_lrs: dict[str, float] | None = None
-) -> list[Point]:
+def plan_points(sweep: SweepConfig, vocab: int) -> list[Point]:
     """One run config per point, in the order they run (small to large; a stable run
-    before its branches); ``target_lrs``: the peak LR of held-out targets by name
-    (cgpt.train.sweeps.target_lr), else the sweep's rule."""
+    before its branches), held-out targets last at the sweep's rule LR (their LR law
+    replans them: cgpt.train.sweeps.target_lr)."""
     out, tok = Path(sweep.out_dir), tokenizer_dir(sweep)
     vocab = sweep.model.vocab_size or vocab
     points = []
@@ -179,7 +177,7 @@ def plan_points(
                 )
     if sweep.seeds:
         points = [_replicate(p, seed) for p in points for seed in sweep.seeds]
-    points += plan_targets(sweep, vocab, target_lrs)
+    points += plan_targets(sweep, vocab)
     names = [p.name for p in points]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
