@@ -36,6 +36,8 @@ loss_law: paper (default, L(C) = (C/a)^-b + c) or power (c fixed at 0: for ladde
   to see the loss floor), in every fit of the sweep, its held-out checks and its targets.
 held-out targets (`targets: [...]`): trained once after the ladder and predicted by it;
   `cgpt sweep fit` predicts them also before they train (at their planned FLOPs).
+  `target_seeds: [1234, 1]` trains each target once per seed (target-SHAPE, then
+  target-SHAPE-sSEED) and reads it against the seeds' mean, their spread beside the error.
 seed replicates (`seeds: [1234, 1, 2]`): every point trained once per seed (NAME-sSEED);
   the fits use each point's mean loss and fit.json "seeds" reports the seed-to-seed spread,
   the noise floor to read prediction errors against.

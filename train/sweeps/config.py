@@ -111,12 +111,17 @@ class SweepConfig(_Strict):
     # seed replicates: every point trained once per seed (runtime.seed); the fits see the mean
     # final loss of the replicates, and fit.json reports their spread (cgpt.train.sweeps.seeds)
     seeds: list[int] | None = None
-    # held-out targets: sizes trained once each (the first seed) after the ladder and left out
-    # of every fit; `cgpt sweep fit` predicts each from the ladder's law, with the
-    # extrapolation ratio (its compute / the largest fitted compute) and the error. With
-    # lr: tuned a target trains at the LR law of the ladder's optimal LRs (target_lr.py),
-    # with lr: mup at the base LR that μP transfers to its width
+    # held-out targets: sizes trained after the ladder (once each, at the first of seeds,
+    # unless target_seeds lists their seeds) and left out of every fit; `cgpt sweep fit`
+    # predicts each from the ladder's law, with the extrapolation ratio (its compute / the
+    # largest fitted compute) and the error. With lr: tuned a target trains at the LR law of
+    # the ladder's optimal LRs (target_lr.py), with lr: mup at the base LR that μP transfers
+    # to its width
     targets: list[SizeSpec] | None = None
+    # the seeds each target trains at: the first as target-SHAPE, each other as
+    # target-SHAPE-sSEED; the target's measured loss is their mean, its spread reported beside
+    # its prediction error (default: the first of seeds, else runtime.seed)
+    target_seeds: list[int] | None = None
     runtime: dict[str, Any] = Field(default_factory=dict)  # RuntimeSection fields (not out_dir)
 
     @model_validator(mode="after")
@@ -147,6 +152,8 @@ class SweepConfig(_Strict):
                 raise ValueError("seeds and branches do not combine yet; use one of them")
             if "seed" in self.runtime:
                 raise ValueError("runtime.seed is set per replicate by seeds; remove it")
+        if self.target_seeds is not None:
+            self._check_target_seeds(self.target_seeds)
         if self.targets is not None and (self.isoflop is not None or self.branches is not None):
             raise ValueError(
                 "targets go with a fixed-ratio sweep (sizes/params, tokens_per_param) at one "
@@ -178,6 +185,19 @@ class SweepConfig(_Strict):
         if self.branches is not None:
             self._check_branches(self.branches)
         return self
+
+    def _check_target_seeds(self, seeds: list[int]) -> None:
+        if not self.targets:
+            raise ValueError("target_seeds goes with targets: add targets, or drop target_seeds")
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"target_seeds must list different seeds, got {seeds}")
+        if "seed" in self.runtime:
+            raise ValueError("runtime.seed is set per target by target_seeds; remove it")
+
+    @property
+    def target_seed_list(self) -> list[int] | None:
+        """The seeds each held-out target trains at (None: runtime.seed, once)."""
+        return self.target_seeds or (self.seeds[:1] if self.seeds else None)
 
     def _check_branches(self, b: BranchSpec) -> None:
         if self.isoflop is not None:

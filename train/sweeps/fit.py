@@ -63,6 +63,7 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
     trained = [r for r in records if r.get("status") == "ok"]
     targets = [r for r in records if r.get("target")]  # held out of every fit
     records = [r for r in records if not r.get("target")]
+    targets, _ = aggregate_replicates(targets)  # target_seeds: each target's mean
     records, seeds = aggregate_replicates(records)
     records, trials = best_trials(records, meta.get("lr_select") or "best")
     law = _lr_law(records, meta) if targets or meta.get("targets") else None
@@ -176,7 +177,7 @@ def _planned_targets(meta: dict) -> dict[str, float]:
         vocab = open_token_data(Path(sweep.data.path), verify="size").vocab_size
     except (CgptError, OSError):
         return {}
-    return {p.name: p.flops() for p in plan_targets(sweep, vocab)}
+    return {p.replicate_of or p.name: p.flops() for p in plan_targets(sweep, vocab)}
 
 
 def _predict_targets(
@@ -208,6 +209,12 @@ def _predict_targets(
         )
     except FitError as e:
         pred["targets_error"] = str(e)
+        return
+    spread = {r["name"]: r for r in targets if finished(r) and r.get("val_loss_sd") is not None}
+    for t in pred["targets"]:
+        if t["name"] in spread:  # target_seeds: the loss is the seeds' mean; their spread
+            r = spread[t["name"]]
+            t["seed_losses"], t["seed_rel_sd"] = r["val_loss_seeds"], r["val_loss_sd"] / t["loss"]
 
 
 def _llo_text(p: dict, what: str) -> str:
@@ -219,7 +226,12 @@ def _llo_text(p: dict, what: str) -> str:
     )
     if p["loss"] is None:
         return f"{text}; not trained yet"
-    return f"{text} vs measured {p['loss']:.4f}: error {100 * p['rel_error']:+.2f}%" + (
+    seeds = (
+        f" (mean of {len(p['seed_losses'])} seeds, sd {100 * p['seed_rel_sd']:.2f}%)"
+        if p.get("seed_losses")
+        else ""
+    )
+    return f"{text} vs measured {p['loss']:.4f}{seeds}: error {100 * p['rel_error']:+.2f}%" + (
         "" if p.get("inside_pi95") is not False else " (OUTSIDE the interval)"
     )
 

@@ -296,21 +296,26 @@ def plan_branch_group(
 def plan_targets(
     sweep: SweepConfig, vocab: int, target_lrs: dict[str, float] | None = None
 ) -> list[Point]:
-    """The held-out targets alone, as :func:`plan_points` plans them: ``target-SHAPE``, one
-    run each at the first seed (if any), at ``target_lrs`` by name, else the sweep's rule."""
+    """The held-out targets alone, as :func:`plan_points` plans them, at ``target_lrs`` by
+    name, else the sweep's rule: ``target-SHAPE`` at the first target seed (if any), then each
+    target again at every other seed (``target-SHAPE-sSEED``, a replicate of the first)."""
     out, tok, lrs = Path(sweep.out_dir), tokenizer_dir(sweep), target_lrs or {}
     vocab = sweep.model.vocab_size or vocab
-    points = []
+    seeds = sweep.target_seed_list or []
+    points, replicates = [], []
     for size in sweep.targets or []:
         name = f"target-L{size.n_layer}-d{size.n_embd}-h{size.n_head}"
         tpp = sweep.tokens_per_param or 0
         cfg = plan_point(sweep, size, vocab, tpp, name, out, tok, lr=lrs.get(name))
         p = Point(name, cfg, target=True)
-        if sweep.seeds:
-            runtime = cfg.runtime.model_copy(update={"seed": sweep.seeds[0]})
-            p = replace(p, cfg=cfg.model_copy(update={"runtime": runtime}), seed=sweep.seeds[0])
+        if seeds:
+            runtime = cfg.runtime.model_copy(update={"seed": seeds[0]})
+            of = name if len(seeds) > 1 else None
+            cfg = cfg.model_copy(update={"runtime": runtime})
+            p = replace(p, cfg=cfg, seed=seeds[0], replicate_of=of)
         points.append(p)
-    return points
+        replicates += [_replicate(p, seed) for seed in seeds[1:]]
+    return points + replicates
 
 
 def _replicate(p: Point, seed: int) -> Point:

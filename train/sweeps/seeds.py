@@ -17,11 +17,14 @@ def aggregate_replicates(records: list[dict]) -> tuple[list[dict], dict[str, Any
     ``val_loss_seeds`` {seed: loss}, ``val_loss_sd`` (sample sd; None for one replicate) and
     ``replicates``. A point none of whose replicates finished keeps its records (the fits
     exclude them with their reasons). Records without ``replicate_of`` pass unchanged.
+    A record named like a replicated point joins it: a held-out target trained at one seed
+    before target_seeds asked for more keeps its name and a record without ``replicate_of``.
     Returns (records, summary for fit.json; {} when nothing was replicated)."""
+    keys = {r["replicate_of"] for r in records if r.get("replicate_of") is not None}
     groups: dict[str, list[dict]] = {}
     for r in records:
-        if r.get("replicate_of") is not None:
-            groups.setdefault(r["replicate_of"], []).append(r)
+        if (of := _of(r, keys)) is not None:
+            groups.setdefault(of, []).append(r)
     if not groups:
         return records, {}
     summary: dict[str, Any] = {"points": {}, "warnings": []}
@@ -63,12 +66,18 @@ def aggregate_replicates(records: list[dict]) -> tuple[list[dict], dict[str, Any
     summary["max_rel_sd"] = max(rel) if rel else None
     out: list[dict] = []  # in the records' order, each point where its first replicate was
     for r in records:
-        of = r.get("replicate_of")
+        of = _of(r, keys)
         if of is None:
             out.append(r)
         elif r is groups[of][0]:
             out += merged[of]
     return out, summary
+
+
+def _of(r: dict, keys: set[str]) -> str | None:
+    """The replicated point record ``r`` belongs to (None: not a replicate)."""
+    of = r.get("replicate_of")
+    return of if of is not None else (r.get("name") if r.get("name") in keys else None)
 
 
 def summary_line(summary: dict[str, Any]) -> list[str]:
