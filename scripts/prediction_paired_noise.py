@@ -3,7 +3,8 @@
 Every run is scored on the same val windows; resampling blocks of windows (about a document
 for 256) with replacement, the same resample for every run, gives the spread of the error
 that comes from which val text was drawn. Law: a pure power law (the sweep's fit found
-c = 0) through each size's best trial."""
+c = 0) through each size's best trial. Seed replicates (seeds, target_seeds): a point's
+window losses are its replicates' mean, as its loss is in the fit."""
 
 import json
 import sys
@@ -11,14 +12,21 @@ import sys
 import numpy as np
 
 from cgpt.train.fits.eval_noise import window_losses
-from cgpt.train.sweeps.records import best_trials
+from cgpt.train.sweeps.records import best_trials, finished
+from cgpt.train.sweeps.seeds import aggregate_replicates
 
 out = sys.argv[1] if len(sys.argv) > 1 else "runs/sweep-cpu-extrap-tuned"
 recs = [json.loads(line) for line in open(f"{out}/results.jsonl")]
-kept, _ = best_trials([r for r in recs if not r["target"]], "best")
+ladder, _ = aggregate_replicates([r for r in recs if not r["target"]])
+kept, _ = best_trials(ladder, "best")
 kept = sorted(kept, key=lambda r: r["flops"])
-targets = [r for r in recs if r["target"] and r.get("val_loss")]
-W = {r["name"]: window_losses(r["run_dir"]) for r in kept + targets}
+targets, _ = aggregate_replicates([r for r in recs if r["target"]])
+targets = [r for r in targets if finished(r)]
+dirs: dict[str, list[str]] = {}  # point -> its finished replicates' run folders
+for r in recs:
+    if finished(r):
+        dirs.setdefault(r.get("replicate_of") or r["name"], []).append(r["run_dir"])
+W = {r["name"]: np.mean([window_losses(d) for d in dirs[r["name"]]], 0) for r in kept + targets}
 n = len(next(iter(W.values())))
 x = np.log([r["flops"] for r in kept])
 rng = np.random.default_rng(0)
