@@ -122,12 +122,21 @@ def _check_paper_points(x: np.ndarray) -> None:
         )
 
 
-def _paper_draws(lnc, yhat, resid, scale: float, n_boot: int, rng, floor: bool) -> list:
+def _noise(rng, resid, scale: float, sd: float, n: int):
+    """``n`` draws of a point's noise: resampled, dof-inflated residuals, or a normal of sd
+    ``sd`` where that is larger (noise measured apart from the fit: seed replicates)."""
+    if sd > float(np.sqrt(np.mean(resid**2))) * scale:
+        return rng.normal(0.0, sd, size=n)
+    return rng.choice(resid, size=n, replace=True) * scale
+
+
+def _paper_draws(lnc, yhat, resid, scale: float, n_boot: int, rng, floor: bool, sd=0.0) -> list:
     """Residual bootstrap: refits of (ln a, b, c) to the fitted curve plus resampled,
-    dof-inflated residuals (draws with a non-positive loss or no fit are skipped)."""
+    dof-inflated residuals, at least ``sd`` (draws with a non-positive loss or no fit are
+    skipped)."""
     draws = []
     for _ in range(n_boot):
-        yb = yhat + rng.choice(resid, size=len(yhat), replace=True) * scale
+        yb = yhat + _noise(rng, resid, scale, sd, len(yhat))
         if yb.min() <= 0:
             continue
         try:
@@ -138,16 +147,18 @@ def _paper_draws(lnc, yhat, resid, scale: float, n_boot: int, rng, floor: bool) 
 
 
 def _paper_intervals(
-    out: dict[str, Any], draws: list, resid, scale: float, rng, keep_draws: int
+    out: dict[str, Any], draws: list, resid, scale: float, rng, keep_draws: int, new_sd=()
 ) -> None:
-    """With 20 or more draws: the predictions' 95% prediction intervals, up to
-    ``keep_draws`` stored draws and the parameters' 95% intervals, into ``out``."""
+    """With 20 or more draws: the predictions' 95% prediction intervals (each new point's
+    noise at least its relative sd in ``new_sd``), up to ``keep_draws`` stored draws and the
+    parameters' 95% intervals, into ``out``."""
     if len(draws) < 20:
         return
     d = np.array(draws)
-    for pred in out.get("predictions", []):
+    preds = out.get("predictions", [])
+    for pred, rel in zip(preds, list(new_sd) or [0.0] * len(preds), strict=True):
         curve = _paper_model(math.log(pred["flops"]), d[:, 0], d[:, 1], d[:, 2])
-        noisy = curve + rng.choice(resid, size=len(curve), replace=True) * scale
+        noisy = curve + _noise(rng, resid, scale, rel * pred["loss"], len(curve))
         lo, hi = np.percentile(noisy, [2.5, 97.5])
         pred["pi95"] = [float(lo), float(hi)]
     if keep_draws:
@@ -171,9 +182,14 @@ def fit_paper_law(
     predict_at: Iterable[float] = (),
     keep_draws: int = 0,
     floor: bool = True,
+    noise: float = 0.0,
+    new_noise: Iterable[float] = (),
 ) -> dict[str, Any]:
     """Fit L(C) = (C/a)^(-b) + c; returns a, b, c, R², RMSE, residuals and a 95% interval
     per parameter from a residual bootstrap (fixed FLOPs, resampled residuals).
+    ``noise``: the relative sd of a fitted point's loss measured apart from the fit (seed
+    replicates), a floor under the resampled residuals; ``new_noise``: the same for each
+    ``predict_at`` point's own noise (few points' residuals can understate both).
 
     ``predict_at``: compute values to predict the loss at, each with a 95% PREDICTION
     interval: the bootstrap refits' curves at C (parameter uncertainty) plus one resampled,
@@ -216,8 +232,8 @@ def fit_paper_law(
         return out
     rng = np.random.default_rng(seed)
     scale = math.sqrt(len(y) / dof)  # residuals of a fit understate the noise
-    draws = _paper_draws(lnc, yhat, resid, scale, n_boot, rng, floor)
-    _paper_intervals(out, draws, resid, scale, rng, keep_draws)
+    draws = _paper_draws(lnc, yhat, resid, scale, n_boot, rng, floor, noise * float(y.mean()))
+    _paper_intervals(out, draws, resid, scale, rng, keep_draws, new_noise)
     return out
 
 
@@ -308,14 +324,18 @@ def predict_targets(
     n_boot: int = 200,
     seed: int = 0,
     floor: bool = True,
+    noise: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Held-out targets (dicts with name, flops and loss: the measured loss, or None for a
-    target not trained yet) predicted by the law fitted on (flops, losses): predicted, 95%
-    interval, the extrapolation ratio (the target's compute / the largest fitted compute)
-    and, when measured, the error and whether the interval holds it."""
+    target not trained yet; optional rel_sd, its own noise) predicted by the law fitted on
+    (flops, losses): predicted, 95% interval, the extrapolation ratio (the target's compute /
+    the largest fitted compute) and, when measured, the error and whether the interval holds
+    it. ``noise``: as for :func:`fit_paper_law`."""
     x, y = [float(v) for v in flops], [float(v) for v in losses]
-    at = [t["flops"] for t in targets]
-    fit = fit_paper_law(x, y, n_boot=n_boot, seed=seed, predict_at=at, floor=floor)
+    at, new = [t["flops"] for t in targets], [t.get("rel_sd") or 0.0 for t in targets]
+    fit = fit_paper_law(
+        x, y, n_boot=n_boot, seed=seed, predict_at=at, floor=floor, noise=noise, new_noise=new
+    )
     out = []
     for t, pred in zip(targets, fit["predictions"]):
         pi, loss = pred["pi95"], t["loss"]

@@ -77,7 +77,8 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
         floor=floor,
     )
     fit["sweep"] = meta.get("name")
-    _predict_targets(fit, targets, _planned_targets(meta), n_boot, floor)
+    noise = _seed_noise(seeds, records, targets, meta)
+    _predict_targets(fit, targets, _planned_targets(meta), n_boot, floor, noise)
 
     mappings = sweep_mappings(records)
     if mappings["tasks"] or mappings["skipped"]:
@@ -180,12 +181,35 @@ def _planned_targets(meta: dict) -> dict[str, float]:
     return {p.replicate_of or p.name: p.flops() for p in plan_targets(sweep, vocab)}
 
 
+def _seed_noise(seeds: dict, kept: list[dict], targets: list[dict], meta: dict) -> dict | None:
+    """The noise the ladder's seed replicates measured, as a floor under the targets'
+    intervals: one run's relative sd (pooled: the root mean square of every replicated
+    trial's), the replicates a fitted point averages, and the seeds each target averages
+    (its finished replicates, else as many as the sweep plans). None without replicates."""
+    rel = [p["rel_sd"] for p in (seeds.get("points") or {}).values() if p["rel_sd"] is not None]
+    if not rel:
+        return None
+    plan = len(meta.get("target_seeds") or [0])
+    return {
+        "seed_rel_sd": math.sqrt(sum(r * r for r in rel) / len(rel)),
+        "fitted_replicates": min((r.get("replicates") or 1) for r in kept if finished(r)),
+        "target_replicates": {r["name"]: r.get("replicates") or 1 for r in targets if finished(r)},
+        "planned_target_replicates": plan,
+    }
+
+
 def _predict_targets(
-    fit: dict, targets: list[dict], planned: dict[str, float], n_boot: int, floor: bool
+    fit: dict,
+    targets: list[dict],
+    planned: dict[str, float],
+    n_boot: int,
+    floor: bool,
+    noise: dict | None = None,
 ) -> None:
     """fit["prediction"]["targets"]: every held-out target predicted by the law fitted on
     the ladder's frontier (cgpt.train.fits.fit.predict_targets), the trained ones against
-    their measured loss; ``planned``: the FLOPs of targets that may have no record yet."""
+    their measured loss; ``planned``: the FLOPs of targets that may have no record yet;
+    ``noise`` (:func:`_seed_noise`): the seed noise under every interval."""
     from cgpt.train.fits.fit import FitError, predict_targets  # scipy
 
     flops = {**planned, **{r["name"]: r["flops"] for r in targets if r.get("flops")}}
@@ -199,6 +223,12 @@ def _predict_targets(
     known = [{"name": n, "flops": flops[n], "loss": done.get(n)} for n in names if n in flops]
     if not known or not frontier:
         return
+    sd = noise["seed_rel_sd"] if noise else 0.0
+    if noise:
+        pred["seed_noise"] = noise  # the intervals' noise is at least what the seeds measured
+        reps = noise["target_replicates"]
+        for t in known:
+            t["rel_sd"] = sd / math.sqrt(reps.get(t["name"], noise["planned_target_replicates"]))
     try:
         pred["targets"] = predict_targets(
             [f["flops"] for f in frontier],
@@ -206,6 +236,7 @@ def _predict_targets(
             known,
             n_boot=min(n_boot, 200),
             floor=floor,
+            noise=sd / math.sqrt(noise["fitted_replicates"]) if noise else 0.0,
         )
     except FitError as e:
         pred["targets_error"] = str(e)
