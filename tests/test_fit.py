@@ -340,3 +340,24 @@ def test_isoflop_parabola_is_fitted_around_the_measured_minimum():
     local = fit_isoflop_budget(params[::-1], tokens[::-1], losses[::-1])  # order-independent
     assert local["bracketed"] and params[0] < local["n_opt"] < params[2]
     assert local["n_points"] == 4  # sizes 0..3: the best (1) and two on its right
+
+
+def test_measured_noise_is_a_floor_under_the_prediction_interval():
+    """noise / new_noise (relative sds measured apart from the fit, e.g. by seed replicates):
+    points exactly on a power law leave no residuals, so only that floor widens the interval,
+    which then matches least squares' own prediction interval in ln C for a known sd; below
+    the residuals' size the floor changes nothing, draw for draw."""
+    c = np.logspace(11.5, 12.3, 5)
+    y = paper_law(c, a=4e16, b=0.106, c=0.0)
+    far, sd = 30 * c[-1], 0.005
+    kw = dict(n_boot=400, predict_at=[far], floor=False)
+    bare = fit_paper_law(c, y, **kw)["predictions"][0]
+    assert bare["pi95"][1] - bare["pi95"][0] < 1e-9  # nothing to resample
+    [pred] = fit_paper_law(c, y, noise=sd, new_noise=[sd], **kw)["predictions"]
+    x = np.log(c)
+    lever = 1 / len(x) + (math.log(far) - x.mean()) ** 2 / ((x - x.mean()) ** 2).sum()
+    half = 1.96 * sd * math.sqrt(1 + lever)  # relative, sd known
+    lo, hi = pred["pi95"]
+    assert (hi - lo) / 2 / pred["loss"] == pytest.approx(half, rel=0.15)
+    noisy = y * (1 + np.random.default_rng(3).normal(0, 0.01, y.size))
+    assert fit_paper_law(c, noisy, **kw) == fit_paper_law(c, noisy, noise=1e-5, **kw)

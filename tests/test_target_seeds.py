@@ -147,3 +147,33 @@ def test_adding_target_seeds_trains_only_the_new_replicates(tmp_path, data, caps
     (t,) = json.loads((out / "fit.json").read_text())["prediction"]["targets"]
     assert t["loss"] == pytest.approx((a["val_loss"] + b["val_loss"]) / 2)
     assert "(mean of 2 seeds, sd " in run
+
+
+def test_targets_intervals_rest_on_the_noise_the_seeds_measured(tmp_path, data):
+    """A ladder of seed replicates whose means lie exactly on a law (no residuals): the
+    targets' intervals come from the seeds' spread alone, pooled over the trials (fit.json
+    prediction.seed_noise), a fitted point's noise that over its replicates and a target's
+    over the seeds it will average (target_seeds)."""
+    e = 0.004  # each seed's loss is the law's x (1 +- e): one run's relative sd e*sqrt(2)
+    d = sweep_dict(tmp_path, data, seeds=[1, 2], targets=[TARGET], target_seeds=[1, 2])
+    d["sizes"] += [
+        {"n_layer": 2, "n_embd": 8, "n_head": 2},
+        {"n_layer": 2, "n_embd": 12, "n_head": 2},
+    ]
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.yaml").write_text(yaml.safe_dump({**d, "kind": "tokens_per_param"}))
+    recs = []
+    for p in plan_points(parse_sweep(d), 257):
+        if not p.target:
+            loss = float(paper_law(p.flops(), **LAW)) * (1 + (e if p.seed == 1 else -e))
+            summary = {"val_loss": loss, "tokens": p.cfg.plan.tokens, "steps": p.cfg.plan.steps}
+            recs.append(make_record(p, "ok", "d1", summary, wall_s=1.0))
+    write_results(out, recs)
+    fit = fit_sweep_dir(out, n_boot=200, log=lambda m: None)
+    noise = fit["prediction"]["seed_noise"]
+    assert noise["seed_rel_sd"] == pytest.approx(e * 2**0.5, rel=1e-6)
+    assert noise["fitted_replicates"] == 2 and noise["planned_target_replicates"] == 2
+    (t,) = fit["prediction"]["targets"]
+    lo, hi = t["pi95"]
+    assert lo < t["predicted"] < hi and (hi - lo) / t["predicted"] > 2 * 1.96 * e
