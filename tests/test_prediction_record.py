@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cgpt.train.fits.fit import fit_paper_law
+from cgpt.train.fits.fit import fit_paper_law, predict_targets
 from cgpt.train.fits.lr_optimum import lr_from_law
 from cgpt.train.sweeps.fit import fit_sweep_dir
 from cgpt.train.sweeps.records import best_trials
@@ -187,3 +187,62 @@ def test_mup_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
         assert t["extrapolation_ratio"] == pytest.approx(ratio, abs=0.05)
         assert t["rel_error"] == pytest.approx(error, abs=5e-4)
         assert t["inside_pi95"] is True
+
+
+MUP2 = RECORD.with_name("prediction-sweep-cpu-extrap-mup2-results.jsonl")
+# recorded before any target finished (docs/prediction-sweep-cpu-extrap-mup2-before-targets.txt,
+# the intervals as registered; docs/prediction-sweep-cpu-extrap-mup2-interval-amendment.txt,
+# the amended ones): predicted, ratio, registered interval, amended interval
+REGISTERED_MUP2 = {
+    "target-L4-d88-h4": (2.1701, 14.7, (2.1555, 2.1858), (2.1320, 2.2169)),
+    "target-L4-d96-h4": (2.0999, 20.1, (2.0818, 2.1146), (2.0533, 2.1487)),
+    "target-L4-d108-h4": (2.0077, 30.7, (1.9918, 2.0249), (1.9618, 2.0578)),
+}
+# measured: seed 1234, seed 1 (docs/PREDICTION.md section 9)
+MEASURED_MUP2 = {
+    "target-L4-d88-h4": (2.1171, 2.1262),
+    "target-L4-d96-h4": (2.0672, 2.0665),
+    "target-L4-d108-h4": (2.0019, 1.9945),
+}
+
+# the predictions' errors against the two-seed means
+ERRORS_MUP2 = {"target-L4-d88-h4": 0.0228, "target-L4-d96-h4": 0.0160, "target-L4-d108-h4": 0.0047}
+
+
+@pytest.mark.slow  # a full sweep fit with 500 bootstrap refits (5 s)
+def test_two_seed_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
+    """The sixth attempt (configs/sweep-cpu-extrap-mup2.yaml, docs/PREDICTION.md section 9):
+    section 8's μP ladder at two seeds and new targets at two seeds, refitted by `cgpt sweep
+    fit`'s own path from the folder's two files as the sweep wrote them: the law of the seed
+    means, the base LR, the registered predictions with both intervals, and the errors
+    against the targets' two-seed means."""
+    shutil.copy(MUP2, tmp_path / "results.jsonl")
+    shutil.copy(
+        MUP2.with_name("prediction-sweep-cpu-extrap-mup2-sweep.yaml"), tmp_path / "sweep.yaml"
+    )
+    fit = fit_sweep_dir(tmp_path, n_boot=500, log=lambda m: None)
+    law = fit["loss_law"]
+    assert law["form"] == "power" and law["n_points"] == 5
+    assert law["b"] == pytest.approx(0.1058, abs=1e-4)
+    lr_law = fit["lr_trials"]["lr_law"]  # every size best at 1x on the two-seed means
+    assert lr_law["form"] == "constant" and lr_law["lr_ref"] == pytest.approx(0.035, rel=1e-9)
+    assert fit["prediction"]["seed_noise"]["seed_rel_sd"] == pytest.approx(0.00478, abs=1e-5)
+    preds = {t["name"]: t for t in fit["prediction"]["targets"]}
+    assert set(preds) == set(REGISTERED_MUP2)
+    frontier = law["frontier"]
+    known = [{"name": n, "flops": preds[n]["flops"], "loss": None} for n in REGISTERED_MUP2]
+    bare = predict_targets(  # the registered intervals: before the seed-noise floor
+        [f["flops"] for f in frontier], [f["loss"] for f in frontier], known, floor=False
+    )
+    for b, (name, (want, ratio, registered, amended)) in zip(bare, REGISTERED_MUP2.items()):
+        t, seeds = preds[name], MEASURED_MUP2[name]
+        assert t["predicted"] == pytest.approx(want, abs=5e-5) == b["predicted"]
+        assert t["extrapolation_ratio"] == pytest.approx(ratio, abs=0.05)
+        assert b["pi95"] == pytest.approx(registered, abs=5e-5)
+        assert t["pi95"] == pytest.approx(amended, abs=5e-5)
+        assert t["seed_losses"] == pytest.approx({"1234": seeds[0], "1": seeds[1]}, abs=5e-5)
+        assert t["loss"] == pytest.approx(statistics.fmean(seeds), abs=5e-5)
+        assert t["rel_error"] == pytest.approx(ERRORS_MUP2[name], abs=5e-5)
+        assert t["inside_pi95"] is (name != "target-L4-d88-h4")  # amended: d88 outside
+        inside_registered = registered[0] <= t["loss"] <= registered[1]
+        assert inside_registered is (name == "target-L4-d108-h4")  # registered: d108 only
