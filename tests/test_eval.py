@@ -290,6 +290,7 @@ def sha256(path: Path) -> str:
 
 
 # ---- scores equal lm-eval's own; known answers of a random model ---------------------------
+@pytest.mark.slow  # lm-eval's own HF model beside ours (7 s): the whole suite runs it
 def test_scores_equal_lm_eval_hf_and_random_model_is_at_chance(
     world, random_model, tmp_path, capsys
 ):

@@ -170,7 +170,7 @@ def test_targets_intervals_rest_on_the_noise_the_seeds_measured(tmp_path, data):
             summary = {"val_loss": loss, "tokens": p.cfg.plan.tokens, "steps": p.cfg.plan.steps}
             recs.append(make_record(p, "ok", "d1", summary, wall_s=1.0))
     write_results(out, recs)
-    fit = fit_sweep_dir(out, n_boot=200, log=lambda m: None)
+    fit = fit_sweep_dir(out, n_boot=60, log=lambda m: None)
     noise = fit["prediction"]["seed_noise"]
     assert noise["seed_rel_sd"] == pytest.approx(e * 2**0.5, rel=1e-6)
     assert noise["fitted_replicates"] == 2 and noise["planned_target_replicates"] == 2
