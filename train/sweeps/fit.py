@@ -192,7 +192,9 @@ def _seed_noise(seeds: dict, kept: list[dict], targets: list[dict], meta: dict) 
     plan = len(meta.get("target_seeds") or [0])
     return {
         "seed_rel_sd": math.sqrt(sum(r * r for r in rel) / len(rel)),
-        "fitted_replicates": min((r.get("replicates") or 1) for r in kept if finished(r)),
+        "fitted_replicates": min(
+            ((r.get("replicates") or 1) for r in kept if finished(r)), default=1
+        ),
         "target_replicates": {r["name"]: r.get("replicates") or 1 for r in targets if finished(r)},
         "planned_target_replicates": plan,
     }
