@@ -286,6 +286,11 @@ def tree_digest(folder: Path) -> str:
 
 
 # ---- a tiny sweep ---------------------------------------------------------------------------
+# a held-out target beyond SWEEP_SIZES, and a loss law (paired with paper_law) that tests
+# put ladder losses on
+SWEEP_TARGET = {"n_layer": 3, "n_embd": 32, "n_head": 2}
+SWEEP_LAW = dict(a=1e6, b=0.12, c=1.0)
+
 SWEEP_SIZES = [
     {"n_layer": 1, "n_embd": 8, "n_head": 2},
     {"n_layer": 1, "n_embd": 16, "n_head": 2},

@@ -111,17 +111,22 @@ MEASURED_POWER = {
 }
 
 
+def _refit(results: Path, tmp_path: Path) -> dict:
+    """`cgpt sweep fit` on a folder holding a recorded attempt's results.jsonl and
+    sweep.yaml, both as the sweep wrote them (docs/prediction-NAME-results.jsonl, -sweep.yaml)."""
+    shutil.copy(results, tmp_path / "results.jsonl")
+    sweep = results.name.replace("-results.jsonl", "-sweep.yaml")
+    shutil.copy(results.with_name(sweep), tmp_path / "sweep.yaml")
+    return fit_sweep_dir(tmp_path, n_boot=500, log=lambda m: None)
+
+
 @pytest.mark.slow  # a full sweep fit with 500 bootstrap refits (5 s)
 def test_power_law_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
     """The fourth attempt (configs/sweep-cpu-extrap-power.yaml, docs/PREDICTION.md section 7),
     refitted by `cgpt sweep fit`'s own path from the folder's two files as the sweep wrote
     them: the pure power law (loss_law: power), the predictions recorded before any target
     finished, the LR the targets trained at and their errors."""
-    shutil.copy(POWER, tmp_path / "results.jsonl")
-    shutil.copy(
-        POWER.with_name("prediction-sweep-cpu-extrap-power-sweep.yaml"), tmp_path / "sweep.yaml"
-    )
-    fit = fit_sweep_dir(tmp_path, n_boot=500, log=lambda m: None)
+    fit = _refit(POWER, tmp_path)
     law = fit["loss_law"]
     assert law["form"] == "power" and law["c"] == 0 and law["n_points"] == 5
     assert law["b"] == pytest.approx(0.1143, abs=1e-4)
@@ -165,11 +170,7 @@ def test_mup_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
     μP with the base LR tuned on the ladder (lr: mup, lr_grid), refitted by `cgpt sweep fit`'s
     own path from the folder's two files as the sweep wrote them: the pure power law, the
     constant law of the best base LRs the targets trained at, and their errors."""
-    shutil.copy(MUP, tmp_path / "results.jsonl")
-    shutil.copy(
-        MUP.with_name("prediction-sweep-cpu-extrap-mup-sweep.yaml"), tmp_path / "sweep.yaml"
-    )
-    fit = fit_sweep_dir(tmp_path, n_boot=500, log=lambda m: None)
+    fit = _refit(MUP, tmp_path)
     law = fit["loss_law"]
     assert law["form"] == "power" and law["n_points"] == 5
     assert law["b"] == pytest.approx(0.1060, abs=1e-4)
@@ -216,11 +217,7 @@ def test_two_seed_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
     fit`'s own path from the folder's two files as the sweep wrote them: the law of the seed
     means, the base LR, the registered predictions with both intervals, and the errors
     against the targets' two-seed means."""
-    shutil.copy(MUP2, tmp_path / "results.jsonl")
-    shutil.copy(
-        MUP2.with_name("prediction-sweep-cpu-extrap-mup2-sweep.yaml"), tmp_path / "sweep.yaml"
-    )
-    fit = fit_sweep_dir(tmp_path, n_boot=500, log=lambda m: None)
+    fit = _refit(MUP2, tmp_path)
     law = fit["loss_law"]
     assert law["form"] == "power" and law["n_points"] == 5
     assert law["b"] == pytest.approx(0.1058, abs=1e-4)

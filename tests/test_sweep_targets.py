@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import SWEEP_LAW as LAW
 from helpers import SWEEP_SIZES, make_sweep_data, sweep_dict, write_sweep
+from helpers import SWEEP_TARGET as TARGET
 
 from cgpt.launch.cli import main as cli
 from cgpt.model.errors import CgptError, ConfigError
@@ -17,9 +19,6 @@ from cgpt.train.fits.lr_optimum import lr_from_law, lr_law
 from cgpt.train.sweeps.records import make_record, write_results
 from cgpt.train.sweeps.sweep import fit_sweep_dir, parse_sweep, plan_points
 from cgpt.train.sweeps.target_lr import law_text, with_target_lrs
-
-TARGET = {"n_layer": 3, "n_embd": 32, "n_head": 2}
-LAW = dict(a=1e6, b=0.12, c=1.0)
 
 
 @pytest.fixture(scope="module")

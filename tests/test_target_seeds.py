@@ -6,6 +6,8 @@ import statistics
 
 import pytest
 import yaml
+from helpers import SWEEP_LAW as LAW
+from helpers import SWEEP_TARGET as TARGET
 from helpers import make_sweep_data, sweep_dict, write_sweep
 
 from cgpt.launch.cli import main as cli
@@ -14,9 +16,7 @@ from cgpt.train.fits.fit import paper_law
 from cgpt.train.sweeps.records import make_record, write_results
 from cgpt.train.sweeps.sweep import fit_sweep_dir, parse_sweep, plan_points
 
-TARGET = {"n_layer": 3, "n_embd": 32, "n_head": 2}
 OTHER = {"n_layer": 3, "n_embd": 40, "n_head": 2}
-LAW = dict(a=1e6, b=0.12, c=1.0)
 
 
 @pytest.fixture(scope="module")

@@ -122,18 +122,24 @@ def _check_paper_points(x: np.ndarray) -> None:
         )
 
 
+def _floor(sd: float, resid, scale: float) -> float:
+    """``sd`` (noise measured apart from the fit: seed replicates) where it exceeds the
+    dof-inflated residuals' RMS, else 0: the residuals then stand."""
+    return sd if sd > float(np.sqrt(np.mean(resid**2))) * scale else 0.0
+
+
 def _noise(rng, resid, scale: float, sd: float, n: int):
-    """``n`` draws of a point's noise: resampled, dof-inflated residuals, or a normal of sd
-    ``sd`` where that is larger (noise measured apart from the fit: seed replicates)."""
-    if sd > float(np.sqrt(np.mean(resid**2))) * scale:
+    """``n`` draws of a point's noise: a normal of sd ``sd`` (a :func:`_floor`), else
+    resampled, dof-inflated residuals."""
+    if sd:
         return rng.normal(0.0, sd, size=n)
     return rng.choice(resid, size=n, replace=True) * scale
 
 
 def _paper_draws(lnc, yhat, resid, scale: float, n_boot: int, rng, floor: bool, sd=0.0) -> list:
     """Residual bootstrap: refits of (ln a, b, c) to the fitted curve plus resampled,
-    dof-inflated residuals, at least ``sd`` (draws with a non-positive loss or no fit are
-    skipped)."""
+    dof-inflated residuals, or normal draws of sd ``sd`` (a :func:`_floor`); draws with a
+    non-positive loss or no fit are skipped."""
     draws = []
     for _ in range(n_boot):
         yb = yhat + _noise(rng, resid, scale, sd, len(yhat))
@@ -158,7 +164,8 @@ def _paper_intervals(
     preds = out.get("predictions", [])
     for pred, rel in zip(preds, list(new_sd) or [0.0] * len(preds), strict=True):
         curve = _paper_model(math.log(pred["flops"]), d[:, 0], d[:, 1], d[:, 2])
-        noisy = curve + _noise(rng, resid, scale, rel * pred["loss"], len(curve))
+        sd = _floor(rel * pred["loss"], resid, scale)
+        noisy = curve + _noise(rng, resid, scale, sd, len(curve))
         lo, hi = np.percentile(noisy, [2.5, 97.5])
         pred["pi95"] = [float(lo), float(hi)]
     if keep_draws:
@@ -232,7 +239,8 @@ def fit_paper_law(
         return out
     rng = np.random.default_rng(seed)
     scale = math.sqrt(len(y) / dof)  # residuals of a fit understate the noise
-    draws = _paper_draws(lnc, yhat, resid, scale, n_boot, rng, floor, noise * float(y.mean()))
+    sd = _floor(noise * float(y.mean()), resid, scale)
+    draws = _paper_draws(lnc, yhat, resid, scale, n_boot, rng, floor, sd)
     _paper_intervals(out, draws, resid, scale, rng, keep_draws, new_noise)
     return out
 
