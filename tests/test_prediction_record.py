@@ -7,6 +7,8 @@ the fitting code that moves these numbers fails here and must update the doc."""
 import json
 import shutil
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -243,3 +245,32 @@ def test_two_seed_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
         assert t["inside_pi95"] is (name != "target-L4-d88-h4")  # amended: d88 outside
         inside_registered = registered[0] <= t["loss"] <= registered[1]
         assert inside_registered is (name == "target-L4-d108-h4")  # registered: d108 only
+
+
+def _local_exponents(*args: str) -> dict[str, str]:
+    """scripts/prediction_local_exponents.py on section 9's and the pilots' records: size ->
+    its printed line."""
+    docs = RECORD.parent
+    cmd = [sys.executable, str(docs.parent / "scripts" / "prediction_local_exponents.py")]
+    cmd += [str(docs / "prediction-sweep-cpu-extrap-mup2-results.jsonl")]
+    cmd += [str(docs / "prediction-pilots7" / "results.jsonl"), *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return {line.split(":")[0]: line for line in out.splitlines()}
+
+
+def test_the_bend_beyond_the_ladder_is_reproduced_from_the_pilots_records():
+    """docs/PREDICTION.md section 10: the curve's local exponents, ladder through targets."""
+    rows = _local_exponents()
+    assert rows["one run's seed sd (pooled over 12 shapes)"].endswith(": 0.37%")
+    expected = {"L4-d40": -0.110, "L4-d48": -0.125, "L4-d64": -0.126, "L4-d88": -0.104}
+    expected |= {"L4-d96": -0.084, "L4-d108": -0.080}
+    for size, exponent in expected.items():
+        assert f"local exponent {exponent:+.3f}" in rows[size], rows[size]
+    assert "mean 2.6736 (2 seeds)" in rows["L4-d48"]
+
+
+def test_the_pilots_heads_and_batch_leave_the_ladders_exponent():
+    """Section 10's suspects 1 and 2: one head, and batch 8 at its best base LR."""
+    assert "local exponent -0.108" in _local_exponents("--n-head", "1")["L4-d40"]
+    batch8 = _local_exponents("--batch", "8", "--lr-mult", "0.354")
+    assert "local exponent -0.101" in batch8["L4-d40"]
