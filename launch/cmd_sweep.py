@@ -18,6 +18,8 @@ usage forms:
       run every point (each one a normal `cgpt train` run in OUT/runs/NAME), skipping
       finished points and resuming interrupted ones; a failed point is recorded in
       OUT/results.jsonl with its reason and the sweep carries on; then fit and plot.
+      A stop (Ctrl-C; SIGTERM, SIGHUP or SIGUSR1 to the sweep, passed on to the trainer)
+      saves the point's checkpoint and exits 75: the same command continues it.
   cgpt sweep fit SWEEP_DIR [--bootstrap N]
       fit the results of a sweep folder: writes SWEEP_DIR/fit.json (read by
       `cgpt plan --fit SWEEP_DIR/fit.json`), scaling.png and, for IsoFLOP sweeps, isoflop.png.

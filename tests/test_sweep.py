@@ -3,15 +3,30 @@ does not stop it, resume (finished points skipped, an interrupted point continue
 checkpoint), and bad input."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import yaml
-from helpers import SWEEP_SIZES, make_sweep_data, sweep_dict, write_sweep
+from helpers import (
+    SWEEP_SIZES,
+    child_env,
+    make_sweep_data,
+    metrics_steps,
+    sweep_dict,
+    wait_until,
+    write_sweep,
+)
 
 from cgpt.launch.cli import main as cli
 from cgpt.model.errors import CgptError
+from cgpt.train.exit_codes import PREEMPTED
+from cgpt.train.lock import LOCK_NAME, FolderLock
 from cgpt.train.sweeps.sweep import fit_sweep_dir, load_sweep, parse_sweep, plan_points
 
 
@@ -361,3 +376,89 @@ def test_ready_tuned_config_plans():
         assert num_non_embedding_params(m) >= 0.4 * num_params(m)
         assert pl.warmup_steps == -(-num_params(m) // pl.global_batch_tokens)
         assert pl.warmup_steps < 0.1 * pl.steps
+
+
+def _long_sweep(tmp_path: Path, data: Path) -> tuple[Path, Path]:
+    """One size trained long enough (500 steps) to be stopped mid-run; returns the
+    sweep file and the point's run folder."""
+    d = sweep_dict(tmp_path, data, sizes=[SWEEP_SIZES[0]], tokens_per_param=40)
+    d["runtime"] |= {"save_every": 100000, "log_every": 1}
+    path = write_sweep(tmp_path, d)
+    [point] = plan_points(load_sweep(path), 257)
+    return path, Path(point.cfg.runtime.out_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ctrl_c", [False, True], ids=["SIGTERM-to-the-sweep", "Ctrl-C"])
+def test_a_stop_to_the_sweep_reaches_its_trainer(tmp_path, data, ctrl_c):
+    """SIGTERM to `cgpt sweep` only (`kill PID`, a container stop), or Ctrl-C (SIGINT to the
+    terminal's process group: the sweep and its trainer): the point's trainer saves a
+    checkpoint and stops, the sweep records it and exits 75 (PREEMPTED) rather than dying
+    and leaving the trainer running on its own, and the printed command continues the point
+    to the end."""
+    path, run_dir = _long_sweep(tmp_path, data)
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "cgpt.launch.cli", "sweep", str(path), "--no-fit"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        start_new_session=True,  # a group of its own: SIGTERM reaches the sweep alone
+    )
+    wait_until(
+        lambda: metrics_steps(run_dir), 120, "the first step", alive=lambda: sweep.poll() is None
+    )
+    trainer = json.loads((run_dir / LOCK_NAME).read_text())["pid"]
+    if ctrl_c:
+        os.killpg(sweep.pid, signal.SIGINT)  # its own session: the "terminal" group
+    else:
+        sweep.send_signal(signal.SIGTERM)
+    out, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == PREEMPTED, err
+    assert not psutil.pid_exists(trainer) or psutil.Process(trainer).status() == "zombie"
+    [rec] = map(json.loads, (tmp_path / "sweep" / "results.jsonl").read_text().splitlines())
+    assert rec["status"] == "interrupted" and rec["steps"] > 0, rec
+    assert list(run_dir.glob("checkpoints/step-*")), "no checkpoint saved"
+    command = err.strip().splitlines()[-1].split("`")[1]  # the printed `cgpt sweep FILE`
+    assert command == f"cgpt sweep {path}"
+    done = subprocess.run(
+        [sys.executable, "-m", "cgpt.launch.cli", *command.split()[1:], "--no-fit"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in (tmp_path / "sweep" / "logs" / f"{rec['name']}.log").read_text()
+    [rec] = map(json.loads, (tmp_path / "sweep" / "results.jsonl").read_text().splitlines())
+    assert rec["status"] == "ok"
+
+
+def test_a_point_held_by_a_live_trainer_stops_the_sweep_and_records_nothing(tmp_path, data, capsys):
+    """A trainer left running (its sweep killed with SIGKILL) holds the point's run folder:
+    the next sweep says so in one line and records no failure (which would skip the point
+    and train the next one beside the old trainer)."""
+    path, run_dir = _long_sweep(tmp_path, data)
+    with FolderLock(run_dir):  # as the live trainer holds it
+        assert cli(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cgpt sweep: error: point L1-d8-h2: run folder ") and (
+        f"is in use by pid {os.getpid()}" in err
+    ), err
+    assert len(err.splitlines()) == 1
+    results = tmp_path / "sweep" / "results.jsonl"
+    assert not results.exists() or not results.read_text().strip()
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_every_point_failed_says_so_in_one_line(tmp_path, data, capsys):
+    """Nothing finished (here the one point diverges): the fit says what it needs in one line
+    and exits 2; before, drawing no point on log axes ended in matplotlib's traceback."""
+    d = sweep_dict(tmp_path, data, sizes=[{**SWEEP_SIZES[0], "lr": 1e30}])
+    assert cli(["sweep", str(write_sweep(tmp_path, d))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "cgpt sweep: the fit needs more: the law L(C) = (C/a)^-b + c needs at least 3 "
+        "frontier points with a finite loss, has 0: add 3 more"
+    ]
+    assert cli(["sweep", "fit", str(tmp_path / "sweep")]) == 2
+    assert "Traceback" not in capsys.readouterr().err

@@ -98,7 +98,8 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
         and math.isfinite(r["val_loss"])
     ]
     title = f"{meta.get('name', out.name)}: loss vs compute"
-    plot_scaling(points, fit, out / "scaling.png", title=title)
+    if points:  # no finished point (all failed): nothing to draw on log axes
+        plot_scaling(points, fit, out / "scaling.png", title=title)
     if fit["kind"] == "isoflop":
         plot_isoflop(points, fit, out / "isoflop.png", title=f"{meta.get('name')}: IsoFLOP")
     if "n_opt_law" in (fit.get("approach1") or {}):

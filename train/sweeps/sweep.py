@@ -14,6 +14,7 @@ import yaml
 
 from cgpt.model.errors import CgptError
 from cgpt.train.config import config_diff, write_text_atomic
+from cgpt.train.exit_codes import Preempted
 from cgpt.train.lock import FolderLock
 from cgpt.train.metrics import read_metrics
 from cgpt.train.sweeps.branches import (
@@ -221,8 +222,9 @@ def _run_locked(
             else f"{rec['status'].upper()}: {rec['reason']}"
         )
         log(f"{head}: {msg} ({rec['wall_s'] or 0:.0f} s)")
-        if rec["status"] == "interrupted":
-            raise CgptError(
+        if rec["status"] == "interrupted":  # with a checkpoint: exit PREEMPTED, as cgpt train
+            stop = Preempted if rec["steps"] is not None else CgptError
+            raise stop(
                 f"point {p.name} was interrupted; run `cgpt sweep {path}` again to "
                 "continue it from its checkpoint"
             )

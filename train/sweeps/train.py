@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from cgpt.model.errors import CgptError
 from cgpt.model.files import open_append
 from cgpt.train.exit_codes import PREEMPTED
+from cgpt.train.lock import FolderLock
 from cgpt.train.ports import PROCESS_GROUP_VARS
 from cgpt.train.sweeps.points import Point
 from cgpt.train.sweeps.records import make_record
@@ -37,11 +40,48 @@ def _child_env() -> dict:
     return {k: v for k, v in os.environ.items() if k not in PROCESS_GROUP_VARS}
 
 
+# what reaches the sweep alone (`kill PID`, a closed terminal, `docker stop`, SLURM's
+# `--signal` without B:) and is passed on to the point's trainer; Ctrl-C reaches both through
+# the terminal's process group and needs no passing on
+STOPS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+
+
+def _wait_passing_stops(proc: subprocess.Popen) -> int:
+    """Wait for the point's trainer. A first stop signal to the sweep becomes SIGTERM to the
+    trainer, which saves a checkpoint and exits PREEMPTED, so the sweep never dies leaving it
+    training on its own; a second one kills the trainer without saving (as `cgpt launch`)."""
+    stops: list[int] = []
+
+    def stop(signum, _frame):
+        stops.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM if len(stops) == 1 else signal.SIGKILL)
+
+    old = {s: signal.signal(s, stop) for s in STOPS}
+    try:
+        return proc.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _check_free(name: str, run_dir: Path) -> None:
+    """Refuse, recording nothing, when a live trainer holds the point's run folder (one left
+    running by a sweep that was killed with SIGKILL): a failure record would skip the point,
+    and the sweep would go on to train the next one beside it."""
+    if run_dir.is_dir():
+        try:
+            FolderLock(run_dir).acquire().release()
+        except CgptError as e:
+            raise CgptError(f"point {name}: {e}") from None
+
+
 def run_point(p: Point, out: Path, did: str, log=print) -> dict:
     """Train one point in a subprocess (resuming its run folder if there is one)."""
     cfg_path = out / "configs" / f"{p.name}.yaml"
     p.cfg.save(cfg_path)
     run_dir = Path(p.cfg.runtime.out_dir)
+    _check_free(p.name, run_dir)
     resume = (run_dir / "config.yaml").is_file()
     cmd = [sys.executable, "-m", "cgpt.train", str(cfg_path)] + (["--resume"] if resume else [])
     log_path = out / "logs" / f"{p.name}.log"
@@ -52,10 +92,11 @@ def run_point(p: Point, out: Path, did: str, log=print) -> dict:
         f.flush()
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_child_env())
         try:
-            rc = proc.wait()
+            rc = _wait_passing_stops(proc)
         except KeyboardInterrupt:  # the child got the same Ctrl-C: let it save its checkpoint
-            proc.wait()
-            raise
+            rc = proc.wait()
+            if rc != PREEMPTED:  # it stopped before training: nothing to record
+                raise
     wall = round(time.time() - t0, 2)
     summary = run_summary(run_dir)
     if rc == 0 and summary and summary.get("status") == "completed":
