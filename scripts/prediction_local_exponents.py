@@ -10,6 +10,7 @@ spread (one run's relative sd, pooled over the shapes with two or more seeds).""
 import argparse
 import json
 import math
+import sys
 from collections import defaultdict
 
 ap = argparse.ArgumentParser()
@@ -21,6 +22,7 @@ args = ap.parse_args()
 
 runs: dict[tuple, list[float]] = defaultdict(list)
 flops: dict[tuple, float] = {}
+data_ids: set[str] = set()
 for path in args.results:
     for line in open(path):
         r = json.loads(line)
@@ -31,9 +33,12 @@ for path in args.results:
         ):
             continue
         key = (r["n_layer"], r["n_embd"])
+        data_ids.add(r["data_id"])
         runs[key].append(r["val_loss"])
         flops[key] = r["flops"]
 
+if len(data_ids) > 1:
+    sys.exit(f"these records are from {len(data_ids)} different data sets: give one corpus's")
 means = {k: sum(x) / len(x) for k, x in runs.items()}
 rel_var = [
     sum((v / means[k] - 1) ** 2 for v in x) / (len(x) - 1) for k, x in runs.items() if len(x) > 1

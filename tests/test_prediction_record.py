@@ -274,3 +274,17 @@ def test_the_pilots_heads_and_batch_leave_the_ladders_exponent():
     assert "local exponent -0.108" in _local_exponents("--n-head", "1")["L4-d40"]
     batch8 = _local_exponents("--batch", "8", "--lr-mult", "0.354")
     assert "local exponent -0.101" in batch8["L4-d40"]
+
+
+def test_the_other_corpus_runs_at_one_exponent_to_7x():
+    """Section 10's corpus pilot: the stdlib without its tests, d24 to d72 at one exponent;
+    records from two corpora together are refused in one line."""
+    docs = RECORD.parent / "prediction-pilots7"
+    script = RECORD.parent.parent / "scripts" / "prediction_local_exponents.py"
+    run = [sys.executable, str(script), str(docs / "corpus-results.jsonl")]
+    out = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+    exponents = [line.split("local exponent ")[1][:6] for line in out.splitlines()[2:]]
+    assert exponents == ["-0.127", "-0.124", "-0.124"], out
+    mixed = subprocess.run([*run, str(docs / "results.jsonl")], capture_output=True, text=True)
+    assert mixed.returncode == 1 and mixed.stdout == ""
+    assert mixed.stderr == "these records are from 2 different data sets: give one corpus's\n"
