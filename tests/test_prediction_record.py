@@ -288,3 +288,35 @@ def test_the_other_corpus_runs_at_one_exponent_to_7x():
     mixed = subprocess.run([*run, str(docs / "results.jsonl")], capture_output=True, text=True)
     assert mixed.returncode == 1 and mixed.stdout == ""
     assert mixed.stderr == "these records are from 2 different data sets: give one corpus's\n"
+
+
+STDLIB = RECORD.with_name("prediction-sweep-cpu-extrap-stdlib-results.jsonl")
+# recorded before any target finished (docs/prediction-sweep-cpu-extrap-stdlib-before-targets.txt):
+# predicted, ratio, interval; measured at seeds 1234 and 1; the error against their mean
+REGISTERED_STDLIB = {
+    "target-L4-d80-h4": (2.0324, 10.5, (1.9481, 2.1248), (2.0533, 2.0393), -0.0068),
+    "target-L4-d88-h4": (1.9472, 14.7, (1.8540, 2.0419), (1.9635, 1.9795), -0.0123),
+}
+
+
+@pytest.mark.slow  # a full sweep fit with 500 bootstrap refits (5 s)
+def test_plain_stdlib_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
+    """The seventh attempt (configs/sweep-cpu-extrap-stdlib.yaml, docs/PREDICTION.md section
+    11): the family on the standard library without its tests, one base LR, two seeds on
+    ladder and targets, refitted by `cgpt sweep fit`'s own path from the folder's two files
+    as the sweep wrote them."""
+    fit = _refit(STDLIB, tmp_path)
+    law = fit["loss_law"]
+    assert law["form"] == "power" and law["n_points"] == 5
+    assert law["b"] == pytest.approx(0.1269, abs=1e-4)
+    assert fit["prediction"]["seed_noise"]["seed_rel_sd"] == pytest.approx(0.00372, abs=1e-5)
+    preds = {t["name"]: t for t in fit["prediction"]["targets"]}
+    assert set(preds) == set(REGISTERED_STDLIB)
+    for name, (want, ratio, interval, seeds, error) in REGISTERED_STDLIB.items():
+        t = preds[name]
+        assert t["predicted"] == pytest.approx(want, abs=5e-5)
+        assert t["extrapolation_ratio"] == pytest.approx(ratio, abs=0.05)
+        assert t["pi95"] == pytest.approx(interval, abs=5e-5)
+        assert t["seed_losses"] == pytest.approx({"1234": seeds[0], "1": seeds[1]}, abs=5e-5)
+        assert t["rel_error"] == pytest.approx(error, abs=5e-5)
+        assert t["inside_pi95"] is True
