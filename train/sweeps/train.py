@@ -40,9 +40,9 @@ def _child_env() -> dict:
     return {k: v for k, v in os.environ.items() if k not in PROCESS_GROUP_VARS}
 
 
-# what reaches the sweep alone (`kill PID`, a closed terminal, `docker stop`, SLURM's
-# `--signal` without B:) and is passed on to the point's trainer; Ctrl-C reaches both through
-# the terminal's process group and needs no passing on
+# stops that can reach the sweep without its trainer (`kill PID`, `docker stop`, a supervisor
+# that signals only the process it started) and are passed on to the point's trainer; Ctrl-C
+# and a closed terminal's SIGHUP reach both through the terminal's process group
 STOPS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 
 
