@@ -247,15 +247,21 @@ def test_two_seed_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
         assert inside_registered is (name == "target-L4-d108-h4")  # registered: d108 only
 
 
+PILOTS = RECORD.parent / "prediction-pilots7"
+
+
+def _exponents_script(*args: str) -> subprocess.CompletedProcess:
+    """scripts/prediction_local_exponents.py with ``args`` (records and options)."""
+    script = RECORD.parent.parent / "scripts" / "prediction_local_exponents.py"
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+
+
 def _local_exponents(*args: str) -> dict[str, str]:
-    """scripts/prediction_local_exponents.py on section 9's and the pilots' records: size ->
-    its printed line."""
-    docs = RECORD.parent
-    cmd = [sys.executable, str(docs.parent / "scripts" / "prediction_local_exponents.py")]
-    cmd += [str(docs / "prediction-sweep-cpu-extrap-mup2-results.jsonl")]
-    cmd += [str(docs / "prediction-pilots7" / "results.jsonl"), *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return {line.split(":")[0]: line for line in out.splitlines()}
+    """The script on section 9's and the pilots' records: size -> its printed line."""
+    records = [str(MUP2), str(PILOTS / "results.jsonl")]
+    done = _exponents_script(*records, *args)
+    assert done.returncode == 0, done.stderr
+    return {line.split(":")[0]: line for line in done.stdout.splitlines()}
 
 
 def test_the_bend_beyond_the_ladder_is_reproduced_from_the_pilots_records():
@@ -279,13 +285,11 @@ def test_the_pilots_heads_and_batch_leave_the_ladders_exponent():
 def test_the_other_corpus_runs_at_one_exponent_to_7x():
     """Section 10's corpus pilot: the stdlib without its tests, d24 to d72 at one exponent;
     records from two corpora together are refused in one line."""
-    docs = RECORD.parent / "prediction-pilots7"
-    script = RECORD.parent.parent / "scripts" / "prediction_local_exponents.py"
-    run = [sys.executable, str(script), str(docs / "corpus-results.jsonl")]
-    out = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+    corpus = str(PILOTS / "corpus-results.jsonl")
+    out = _exponents_script(corpus).stdout
     exponents = [line.split("local exponent ")[1][:6] for line in out.splitlines()[2:]]
     assert exponents == ["-0.127", "-0.124", "-0.124"], out
-    mixed = subprocess.run([*run, str(docs / "results.jsonl")], capture_output=True, text=True)
+    mixed = _exponents_script(corpus, str(PILOTS / "results.jsonl"))
     assert mixed.returncode == 1 and mixed.stdout == ""
     assert mixed.stderr == "these records are from 2 different data sets: give one corpus's\n"
 

@@ -436,7 +436,8 @@ def test_a_stop_to_the_sweep_reaches_its_trainer(tmp_path, data, ctrl_c):
 def test_a_point_held_by_a_live_trainer_stops_the_sweep_and_records_nothing(tmp_path, data, capsys):
     """A trainer left running (its sweep killed with SIGKILL) holds the point's run folder:
     the next sweep says so in one line and records no failure (which would skip the point
-    and train the next one beside the old trainer)."""
+    and train the next one beside the old trainer); followed ("wait for it to finish"), the
+    same command trains the point."""
     path, run_dir = _long_sweep(tmp_path, data)
     with FolderLock(run_dir):  # as the live trainer holds it
         assert cli(["sweep", str(path)]) == 2
@@ -444,9 +445,13 @@ def test_a_point_held_by_a_live_trainer_stops_the_sweep_and_records_nothing(tmp_
     assert err.startswith("cgpt sweep: error: point L1-d8-h2: run folder ") and (
         f"is in use by pid {os.getpid()}" in err
     ), err
-    assert len(err.splitlines()) == 1
+    assert "wait for it to finish or stop it" in err and len(err.splitlines()) == 1
     results = tmp_path / "sweep" / "results.jsonl"
     assert not results.exists() or not results.read_text().strip()
+    # the holder has finished (the lock above is released): the same command trains the point
+    assert cli(["sweep", str(path), "--no-fit"]) == 0
+    [rec] = map(json.loads, results.read_text().splitlines())
+    assert rec["status"] == "ok"
 
 
 @pytest.mark.slow

@@ -100,8 +100,8 @@ def fit_sweep_dir(out: str | os.PathLike, *, n_boot: int = 500, log=print) -> di
     title = f"{meta.get('name', out.name)}: loss vs compute"
     if points:  # no finished point (all failed): nothing to draw on log axes
         plot_scaling(points, fit, out / "scaling.png", title=title)
-    if fit["kind"] == "isoflop":
-        plot_isoflop(points, fit, out / "isoflop.png", title=f"{meta.get('name')}: IsoFLOP")
+        if fit["kind"] == "isoflop":
+            plot_isoflop(points, fit, out / "isoflop.png", title=f"{meta.get('name')}: IsoFLOP")
     if "n_opt_law" in (fit.get("approach1") or {}):
         from cgpt.train.fits.plots import plot_envelope  # matplotlib
 
