@@ -28,6 +28,7 @@ from cgpt.launch.slurm import (
 from cgpt.model.errors import CgptError
 from cgpt.train import exit_codes as X
 from cgpt.train.config import load_run_config
+from cgpt.train.terminal import leave_a_hung_up_terminal
 
 # `cgpt launch`'s options, in --help order (cgpt.launch.options)
 LAUNCH_OPTIONS: tuple[Option, ...] = (
@@ -357,10 +358,11 @@ def run_forwarding_signals(cmd: list[str], remote_ranks: bool = False) -> int:
     sigkill_handler) and torchrun by SIGTERM then SIGKILL, each with a traceback. A first
     SIGINT/SIGTERM/SIGHUP/SIGUSR1 becomes SIGUSR1 to every process under the launcher: the
     launchers inherit it ignored (set here before they start) and the ranks' handler saves a
-    checkpoint and exits PREEMPTED. A second one kills them all without saving. With
-    ``remote_ranks`` (deepspeed over pdsh/MPI) the signal also goes to the launcher, which
-    stops the other nodes its own way. Rank 0's code comes back through $CGPT_EXIT_FILE
-    (torchrun turns any worker's code into 1)."""
+    checkpoint and exits PREEMPTED. A second one kills them all without saving. SIGHUP is a
+    closed terminal: the console moves to /dev/null first (cgpt.train.terminal), here and in
+    the ranks. With ``remote_ranks`` (deepspeed over pdsh/MPI) the signal also goes to the
+    launcher, which stops the other nodes its own way. Rank 0's code comes back through
+    $CGPT_EXIT_FILE (torchrun turns any worker's code into 1)."""
     fd, exit_file = tempfile.mkstemp(prefix="cgpt-exit-")
     os.close(fd)
     os.unlink(exit_file)  # rank 0 creates it; its absence means rank 0 said nothing
@@ -374,6 +376,7 @@ def run_forwarding_signals(cmd: list[str], remote_ranks: bool = False) -> int:
 
     def stop(signum, _frame):
         stops.append(signum)
+        leave_a_hung_up_terminal()  # SIGHUP: a closed terminal, where a print would fail
         if len(stops) == 1:
             print(
                 f"cgpt launch: {signal.Signals(signum).name}: every rank saves a checkpoint "

@@ -23,8 +23,8 @@ def register(sub) -> None:
         "train",
         help="train a model from a run config (DeepSpeed)",
         description="Train a model from a run config with DeepSpeed. On SIGTERM, "
-        "SIGUSR1 or Ctrl-C it saves a checkpoint and exits 75; continue with "
-        "--resume.",
+        "SIGUSR1, SIGHUP (a closed terminal) or Ctrl-C it saves a checkpoint and exits 75; "
+        "continue with --resume.",
     )
     add_train_args(p)
     p.set_defaults(func=lambda args: run_train(_named(args)))

@@ -159,6 +159,68 @@ def byte_token_folder(
     return folder
 
 
+# ---- a terminal that can be closed ----------------------------------------------------------
+class Terminal:
+    """A child process whose stdin/stdout/stderr and controlling terminal are a fresh pty,
+    in a session of its own (as a login shell's job). ``close()`` closes the pty's master
+    side, as a terminal window closing or an ssh connection dropping does: the kernel hangs
+    the terminal up, sends SIGHUP to the session leader, and from then on every write to the
+    terminal fails with EIO (Linux tty_io.c, __tty_hangup; pty_close). ``output`` is what
+    the child wrote before the hangup."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path | None = None):
+        import fcntl
+        import pty
+        import subprocess
+        import termios
+        import threading
+
+        master, slave = pty.openpty()
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            # setsid ran first; the pty becomes this new session's controlling terminal
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        )
+        os.close(slave)
+        self.master, self.output, self._closed = master, b"", threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        import select
+
+        while not self._closed.is_set():  # drain, or the child blocks on a full pty
+            if select.select([self.master], [], [], 0.05)[0]:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:  # EIO: the child closed its side
+                    return
+                if not chunk:
+                    return
+                self.output += chunk
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        self._closed.set()
+        self._reader.join()
+        os.close(self.master)
+
+    def kill(self) -> None:
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
 # ---- waiting on a condition -----------------------------------------------------------------
 def wait_until(cond, timeout: float, what: str, poll: float = 0.05, alive=None):
     """Poll ``cond()`` until it returns something truthy (returned) or ``timeout`` seconds

@@ -5,6 +5,7 @@ The commands are checked by parsing them with the launchers' own argument parser
 launchers do, so a flag they would reject or read differently fails here.
 """
 
+import json
 import os
 import signal
 import socket
@@ -450,6 +451,52 @@ def test_ctrl_c_on_a_two_rank_launch_saves_and_exits_preempted(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-4000:]
     assert metrics_steps(run) == list(range(1, 41))
+
+
+@pytest.mark.slow
+def test_a_closed_terminal_under_a_two_rank_launch_saves_and_exits_preempted(tmp_path):
+    """`cgpt launch --gpus-per-node 2` on a terminal that closes: cgpt launch gets SIGHUP
+    and every later write to the terminal (its own, the launcher's, the ranks') fails with
+    EIO. Every rank still saves the same step, the run exits 75 and nothing is left
+    running. (Before: cgpt launch died on its own notice, exit 1, and the ranks at their
+    next progress line, with no checkpoint.)"""
+    import psutil
+    from helpers import (
+        Terminal,
+        child_env,
+        make_byte_data,
+        make_cfg,
+        metrics_steps,
+        wait_until,
+        write_run_config,
+    )
+
+    from cgpt.train.checkpoints import checkpoint as ckpt
+    from cgpt.train.exit_codes import PREEMPTED
+
+    data = make_byte_data(tmp_path / "data", n_files=6)
+    d = make_cfg(tmp_path, data, steps=3000, eval_every=0, save_every=0, zero_stage=1, log_every=1)
+    d["runtime"]["max_steps"] = 40
+    cfg = write_run_config(tmp_path, d)
+    env = child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cgpt = str(Path(sys.executable).parent / "cgpt")
+    run = tmp_path / "run"
+    term = Terminal([cgpt, "launch", str(cfg), "--gpus-per-node", "2"], env)
+    try:
+        wait_until(lambda: len(metrics_steps(run)) >= 2, 600, "two steps", 0.1, term.alive)
+        under = psutil.Process(term.proc.pid).children(recursive=True)
+        term.close()
+        assert term.proc.wait(timeout=600) == PREEMPTED, term.output[-4000:].decode()
+        wait_until(
+            lambda: all(not p.is_running() or p.status() == "zombie" for p in under),
+            60,
+            "the launcher and ranks to exit",
+        )
+    finally:
+        term.kill()
+    stopped = ckpt.newest(run / "checkpoints")[0]
+    assert 2 <= stopped < 40
+    assert json.loads((run / "summary.json").read_text())["status"] == "preempted"
 
 
 # ---- numbers and names out of range: one line, nothing starts ---------------------------------

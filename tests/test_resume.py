@@ -141,6 +141,43 @@ def test_sigterm_saves_and_the_printed_command_resumes_this_run(tmp_path, data):
     assert losses(out_dir) == pytest.approx(losses(tmp_path / "straight"), rel=0, abs=1e-6)
 
 
+@pytest.mark.slow
+def test_a_closed_terminal_saves_and_the_printed_command_resumes(tmp_path, data):
+    """`cgpt train` on a terminal that closes (its window, an ssh connection): the hangup is
+    a stop like SIGTERM, though every later write to that terminal fails: a checkpoint,
+    exit 75, summary.json saying so. Typed again on a new terminal, the same command names
+    the way on; followed, it finishes the run. (Before: killed by SIGHUP, nothing saved;
+    or, had it ignored SIGHUP, dead at its next progress line with EIO.)"""
+    import shlex
+
+    from helpers import Terminal, metrics_steps, wait_until
+
+    upto = 60
+    d = make_cfg(tmp_path, data, steps=3000, save_every=0, eval_every=0, log_every=1)
+    d["runtime"]["max_steps"] = upto
+    cfg = write_run_config(tmp_path, d)
+    run, env = tmp_path / "run", child_env(PYTHONUNBUFFERED="1")
+    cgpt = str(Path(sys.executable).parent / "cgpt")
+    term = Terminal([cgpt, "train", str(cfg)], env)
+    try:
+        wait_until(lambda: len(metrics_steps(run)) >= 3, 300, "three steps", 0.1, term.alive)
+        term.close()
+        assert term.proc.wait(timeout=300) == PREEMPTED, term.output[-3000:]
+    finally:
+        term.kill()
+    summary = json.loads((run / "summary.json").read_text())
+    stopped = ckpt.newest(run / "checkpoints")[0]
+    assert summary["status"] == "preempted" and 3 <= summary["steps"] == stopped < upto
+    again = subprocess.run([cgpt, "train", str(cfg)], env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "continue it with: " in again.stderr, again.stderr
+    command = again.stderr.split("continue it with: ", 1)[1].split(" (or ")[0]
+    res = subprocess.run(
+        [cgpt, *shlex.split(command)[1:]], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert metrics_steps(run)[-1] == upto and "resumed from" in res.stdout + res.stderr
+
+
 @pytest.mark.slow  # bf16 engine build and two runs: ~20 s
 def test_bf16_zero1_trains_and_resumes_exactly(tmp_path, data):
     """The default precision (bf16, ZeRO-1): DeepSpeed's BF16_Optimizer with fp32 gradient

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from helpers import (
     SWEEP_SIZES,
+    Terminal,
     child_env,
     make_sweep_data,
     metrics_steps,
@@ -431,6 +432,27 @@ def test_a_stop_to_the_sweep_reaches_its_trainer(tmp_path, data, ctrl_c):
     assert "resumed from" in (tmp_path / "sweep" / "logs" / f"{rec['name']}.log").read_text()
     [rec] = map(json.loads, (tmp_path / "sweep" / "results.jsonl").read_text().splitlines())
     assert rec["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_closed_terminal_stops_the_sweep_like_a_stop_signal(tmp_path, data):
+    """`cgpt sweep` on a terminal that closes: SIGHUP to the sweep, and every later write to
+    the terminal fails. The point's trainer saves, the sweep records the point as
+    interrupted and exits 75, and no trainer is left running."""
+    path, run_dir = _long_sweep(tmp_path, data)
+    cmd = [sys.executable, "-m", "cgpt.launch.cli", "sweep", str(path), "--no-fit"]
+    term = Terminal(cmd, child_env())
+    try:
+        wait_until(lambda: metrics_steps(run_dir), 120, "the first step", alive=term.alive)
+        trainer = json.loads((run_dir / LOCK_NAME).read_text())["pid"]
+        term.close()
+        assert term.proc.wait(timeout=120) == PREEMPTED, term.output[-3000:].decode()
+    finally:
+        term.kill()
+    assert not psutil.pid_exists(trainer) or psutil.Process(trainer).status() == "zombie"
+    [rec] = map(json.loads, (tmp_path / "sweep" / "results.jsonl").read_text().splitlines())
+    assert rec["status"] == "interrupted" and rec["steps"] > 0, rec
+    assert list(run_dir.glob("checkpoints/step-*")), "no checkpoint saved"
 
 
 def test_a_point_held_by_a_live_trainer_stops_the_sweep_and_records_nothing(tmp_path, data, capsys):

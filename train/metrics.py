@@ -22,6 +22,7 @@ from typing import Literal, TextIO
 from cgpt.model.files import open_append
 from cgpt.train.config import write_text_atomic
 from cgpt.train.figures import pyplot, save_figure
+from cgpt.train.terminal import surviving_a_hangup
 from cgpt.train.write_errors import writing
 
 WandbSetting = Literal["auto", "offline", "online", "off"]  # runtime.wandb's values
@@ -139,8 +140,9 @@ class MetricsLogger:
     def _progress(self, row: dict) -> None:
         bar, step = self._bar, row["step"]
         if bar is not None and not bar.disable:
-            bar.update(step - bar.n)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.3g}")
+            with surviving_a_hangup():
+                bar.update(step - bar.n)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.3g}")
         if step % self.log_every == 0 or step == self.total:
             eta = eta_text(row.get("eta_s"))
             mfu = f" mfu {row['mfu']:.1%}" if row.get("mfu") is not None else ""
@@ -154,10 +156,11 @@ class MetricsLogger:
     def message(self, text: str) -> None:
         if not self.enabled:
             return
-        if self._bar is not None and not self._bar.disable:
-            self._bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr, flush=True)
+        with surviving_a_hangup():  # a closed terminal: the run still saves and stops
+            if self._bar is not None and not self._bar.disable:
+                self._bar.write(text, file=sys.stderr)
+            else:
+                print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

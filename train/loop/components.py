@@ -25,6 +25,7 @@ from cgpt.train.loop.hooks import LoopHook, LoopState, Status, StepStats
 from cgpt.train.loop.startup import Run
 from cgpt.train.loop.watchdog import StepWatchdog
 from cgpt.train.metrics import MetricsLogger, eta_text
+from cgpt.train.terminal import leave_a_hung_up_terminal
 
 
 class MetricsHook(LoopHook):
@@ -183,8 +184,10 @@ class WatchdogHook(LoopHook):
 
 
 class StopRequests(LoopHook):
-    """SIGTERM, SIGINT and SIGUSR1 set a flag; every rank saves the same step at the next
-    step boundary (the flags ride on the loss all-reduce) and the run exits PREEMPTED.
+    """SIGTERM, SIGINT, SIGUSR1 and SIGHUP set a flag; every rank saves the same step at the
+    next step boundary (the flags ride on the loss all-reduce) and the run exits PREEMPTED.
+    SIGHUP is a closed terminal: the console moves to /dev/null (cgpt.train.terminal), and
+    summary.json records the stop (status preempted) and its checkpoint.
 
     SIGUSR1 is the stop that launchers let through: `cgpt launch` and the sbatch script
     start the launcher with SIGUSR1 ignored, so deepspeed's and torchrun's launchers (which
@@ -192,7 +195,7 @@ class StopRequests(LoopHook):
     ranks, whose handler replaces the inherited disposition here, act on it. Once the loop
     is over a late SIGUSR1 is ignored (the run is finishing anyway)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 
     def __init__(self, run_dir: Path, world_size: int, message: Callable[[str], None]):
         self.run_dir, self.world_size, self.message = run_dir, world_size, message
@@ -209,6 +212,7 @@ class StopRequests(LoopHook):
 
     def _handle(self, signum, frame):
         self.signal = signal.Signals(signum).name
+        leave_a_hung_up_terminal()  # a stop after a hangup (SIGHUP; cgpt launch's SIGUSR1)
 
     def __exit__(self, exc_type, *exc):
         for s, h in self._old.items():

@@ -19,6 +19,7 @@ from cgpt.train.lock import FolderLock
 from cgpt.train.ports import PROCESS_GROUP_VARS
 from cgpt.train.sweeps.points import Point
 from cgpt.train.sweeps.records import make_record
+from cgpt.train.terminal import leave_a_hung_up_terminal
 
 
 def run_summary(run_dir: Path) -> dict | None:
@@ -54,6 +55,7 @@ def _wait_passing_stops(proc: subprocess.Popen) -> int:
 
     def stop(signum, _frame):
         stops.append(signum)
+        leave_a_hung_up_terminal()  # SIGHUP: a closed terminal, where the sweep's lines fail
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM if len(stops) == 1 else signal.SIGKILL)
 
