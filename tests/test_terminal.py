@@ -35,3 +35,25 @@ def test_the_console_leaves_a_hung_up_terminal_and_only_then(tmp_path):
     finally:
         t.kill()
     assert mark.read_text() == "alive"
+
+
+FINISHING = """
+import os, signal
+from pathlib import Path
+from cgpt.train.loop.components import StopRequests
+with StopRequests(Path("."), 1, print):
+    pass
+os.kill(os.getpid(), signal.SIGHUP)  # the terminal closes while the run exports
+print("finished", flush=True)
+"""
+
+
+def test_a_hangup_after_the_loop_lets_the_run_finish():
+    """Once the step loop is over (the last save, the export, summary.json), SIGHUP no
+    longer ends the process: it only moves the console off the dead terminal."""
+    import subprocess
+
+    res = subprocess.run(
+        [sys.executable, "-c", FINISHING], env=child_env(), capture_output=True, text=True
+    )
+    assert res.returncode == 0 and res.stdout.strip() == "finished", res

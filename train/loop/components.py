@@ -193,7 +193,8 @@ class StopRequests(LoopHook):
     start the launcher with SIGUSR1 ignored, so deepspeed's and torchrun's launchers (which
     kill their workers on SIGTERM/SIGINT) inherit SIG_IGN and survive it, and only the
     ranks, whose handler replaces the inherited disposition here, act on it. Once the loop
-    is over a late SIGUSR1 is ignored (the run is finishing anyway)."""
+    is over a late SIGUSR1 is ignored and a late SIGHUP only moves the console (the run is
+    finishing anyway: its last save, export and summary)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 
@@ -220,6 +221,9 @@ class StopRequests(LoopHook):
                 # the run is failing (e.g. a dead peer): a launcher SIGTERMs the remaining
                 # ranks as soon as one exits, which must not cut this rank's one-line report
                 # short; the entry point restores SIGTERM once the report is out
+                continue
+            if s == signal.SIGHUP:  # a closed terminal while the run finishes: finish
+                signal.signal(s, lambda *_: leave_a_hung_up_terminal())
                 continue
             signal.signal(s, signal.SIG_IGN if s == signal.SIGUSR1 else h)
 
