@@ -324,3 +324,21 @@ def test_plain_stdlib_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
         assert t["seed_losses"] == pytest.approx({"1234": seeds[0], "1": seeds[1]}, abs=5e-5)
         assert t["rel_error"] == pytest.approx(error, abs=5e-5)
         assert t["inside_pi95"] is True
+
+
+SCIPY_CORPUS = RECORD.with_name("prediction-sweep-cpu-extrap-scipy-corpus.json")
+
+
+def test_the_eighth_attempts_corpus_is_rebuilt_byte_for_byte(tmp_path):
+    """scripts/python_corpus.py, run again, makes section 12's corpus: the same files, bytes
+    and sha256 as recorded, wherever the installed packages are the recorded versions."""
+    recorded = json.loads(SCIPY_CORPUS.read_text())
+    out = tmp_path / "corpus.jsonl"
+    script = RECORD.parent.parent / "scripts" / "python_corpus.py"
+    res = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    made = json.loads(out.with_suffix(".manifest.json").read_text())
+    if made["packages"] != recorded["packages"]:
+        pytest.skip(f"other versions installed than the corpus was made from: {made['packages']}")
+    assert made == recorded
+    assert len(out.read_text().splitlines()) == recorded["files"]
