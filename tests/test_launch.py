@@ -386,6 +386,19 @@ def test_exit_code_table_is_documented_and_distinct():
     assert {int(c) for c in rows} == set(X.MEANING), rows
 
 
+def _two_rank_run(tmp_path: Path) -> tuple[Path, dict, str, Path]:
+    """A 40-step byte-level run (ZeRO-1) for `cgpt launch --gpus-per-node 2`, logging every
+    step: its config, the environment, the cgpt executable and the run folder."""
+    from helpers import child_env, make_byte_data, make_cfg, write_run_config
+
+    data = make_byte_data(tmp_path / "data", n_files=6)
+    d = make_cfg(tmp_path, data, steps=3000, eval_every=0, save_every=0, zero_stage=1, log_every=1)
+    d["runtime"]["max_steps"] = 40
+    env = child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cgpt = str(Path(sys.executable).parent / "cgpt")
+    return write_run_config(tmp_path, d), env, cgpt, tmp_path / "run"
+
+
 @pytest.mark.slow
 def test_ctrl_c_on_a_two_rank_launch_saves_and_exits_preempted(tmp_path):
     """The issue's reproduction: Ctrl-C (SIGINT to the terminal's foreground process group)
@@ -393,25 +406,12 @@ def test_ctrl_c_on_a_two_rank_launch_saves_and_exits_preempted(tmp_path):
     documented exit code; the printed command, run as printed, continues the run."""
     import shlex
 
-    from helpers import (
-        child_env,
-        make_byte_data,
-        make_cfg,
-        metrics_steps,
-        wait_until,
-        write_run_config,
-    )
+    from helpers import metrics_steps, wait_until
 
     from cgpt.train.checkpoints import checkpoint as ckpt
     from cgpt.train.exit_codes import PREEMPTED
 
-    data = make_byte_data(tmp_path / "data", n_files=6)
-    d = make_cfg(tmp_path, data, steps=3000, eval_every=0, save_every=0, zero_stage=1, log_every=1)
-    d["runtime"]["max_steps"] = 40
-    cfg = write_run_config(tmp_path, d)
-    env = child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cgpt = str(Path(sys.executable).parent / "cgpt")
-    run = tmp_path / "run"
+    cfg, env, cgpt, run = _two_rank_run(tmp_path)
     proc = subprocess.Popen(
         [cgpt, "launch", str(cfg), "--gpus-per-node", "2"],
         env=env,
@@ -461,26 +461,12 @@ def test_a_closed_terminal_under_a_two_rank_launch_saves_and_exits_preempted(tmp
     running. (Before: cgpt launch died on its own notice, exit 1, and the ranks at their
     next progress line, with no checkpoint.)"""
     import psutil
-    from helpers import (
-        Terminal,
-        child_env,
-        make_byte_data,
-        make_cfg,
-        metrics_steps,
-        wait_until,
-        write_run_config,
-    )
+    from helpers import Terminal, metrics_steps, wait_until
 
     from cgpt.train.checkpoints import checkpoint as ckpt
     from cgpt.train.exit_codes import PREEMPTED
 
-    data = make_byte_data(tmp_path / "data", n_files=6)
-    d = make_cfg(tmp_path, data, steps=3000, eval_every=0, save_every=0, zero_stage=1, log_every=1)
-    d["runtime"]["max_steps"] = 40
-    cfg = write_run_config(tmp_path, d)
-    env = child_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cgpt = str(Path(sys.executable).parent / "cgpt")
-    run = tmp_path / "run"
+    cfg, env, cgpt, run = _two_rank_run(tmp_path)
     term = Terminal([cgpt, "launch", str(cfg), "--gpus-per-node", "2"], env)
     try:
         wait_until(lambda: len(metrics_steps(run)) >= 2, 600, "two steps", 0.1, term.alive)
