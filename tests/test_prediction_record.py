@@ -304,6 +304,22 @@ REGISTERED_STDLIB = {
 }
 
 
+def _check_registered(fit: dict, registered: dict, inside: bool) -> None:
+    """fit.json's held-out targets equal the predictions recorded before they finished:
+    predicted, ratio, interval; the losses at seeds 1234 and 1; the error against their
+    mean; whether the interval covered it."""
+    preds = {t["name"]: t for t in fit["prediction"]["targets"]}
+    assert set(preds) == set(registered)
+    for name, (want, ratio, interval, seeds, error) in registered.items():
+        t = preds[name]
+        assert t["predicted"] == pytest.approx(want, abs=5e-5)
+        assert t["extrapolation_ratio"] == pytest.approx(ratio, abs=0.05)
+        assert t["pi95"] == pytest.approx(interval, abs=5e-5)
+        assert t["seed_losses"] == pytest.approx({"1234": seeds[0], "1": seeds[1]}, abs=5e-5)
+        assert t["rel_error"] == pytest.approx(error, abs=5e-5)
+        assert t["inside_pi95"] is inside
+
+
 @pytest.mark.slow  # a full sweep fit with 500 bootstrap refits (5 s)
 def test_plain_stdlib_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
     """The seventh attempt (configs/sweep-cpu-extrap-stdlib.yaml, docs/PREDICTION.md section
@@ -315,16 +331,7 @@ def test_plain_stdlib_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
     assert law["form"] == "power" and law["n_points"] == 5
     assert law["b"] == pytest.approx(0.1269, abs=1e-4)
     assert fit["prediction"]["seed_noise"]["seed_rel_sd"] == pytest.approx(0.00372, abs=1e-5)
-    preds = {t["name"]: t for t in fit["prediction"]["targets"]}
-    assert set(preds) == set(REGISTERED_STDLIB)
-    for name, (want, ratio, interval, seeds, error) in REGISTERED_STDLIB.items():
-        t = preds[name]
-        assert t["predicted"] == pytest.approx(want, abs=5e-5)
-        assert t["extrapolation_ratio"] == pytest.approx(ratio, abs=0.05)
-        assert t["pi95"] == pytest.approx(interval, abs=5e-5)
-        assert t["seed_losses"] == pytest.approx({"1234": seeds[0], "1": seeds[1]}, abs=5e-5)
-        assert t["rel_error"] == pytest.approx(error, abs=5e-5)
-        assert t["inside_pi95"] is True
+    _check_registered(fit, REGISTERED_STDLIB, inside=True)
 
 
 SCIPY = RECORD.with_name("prediction-sweep-cpu-extrap-scipy-results.jsonl")
@@ -346,16 +353,7 @@ def test_scipy_stack_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
     assert law["form"] == "power" and law["n_points"] == 5
     assert law["b"] == pytest.approx(0.1287, abs=1e-4)
     assert fit["prediction"]["seed_noise"]["seed_rel_sd"] == pytest.approx(0.00471, abs=1e-5)
-    preds = {t["name"]: t for t in fit["prediction"]["targets"]}
-    assert set(preds) == set(REGISTERED_SCIPY)
-    for name, (want, ratio, interval, seeds, error) in REGISTERED_SCIPY.items():
-        t = preds[name]
-        assert t["predicted"] == pytest.approx(want, abs=5e-5)
-        assert t["extrapolation_ratio"] == pytest.approx(ratio, abs=0.05)
-        assert t["pi95"] == pytest.approx(interval, abs=5e-5)
-        assert t["seed_losses"] == pytest.approx({"1234": seeds[0], "1": seeds[1]}, abs=5e-5)
-        assert t["rel_error"] == pytest.approx(error, abs=5e-5)
-        assert t["inside_pi95"] is True
+    _check_registered(fit, REGISTERED_SCIPY, inside=True)
     out = _exponents_script(str(SCIPY)).stdout
     exponents = [line.split("local exponent ")[1][:6] for line in out.splitlines()[2:]]
     assert exponents == ["-0.106", "-0.124", "-0.140", "-0.161", "-0.112", "-0.107"], out
@@ -372,14 +370,8 @@ def test_the_moved_up_ladder_misses_outside_its_interval(tmp_path):
     1.9228) is -5.54% off the target's two-seed mean, outside its interval."""
     fit = _refit(SCIPY2, tmp_path)
     assert fit["loss_law"]["b"] == pytest.approx(0.1132, abs=1e-4)
-    [t] = fit["prediction"]["targets"]
-    assert t["name"] == "target-L4-d124-h4"
-    assert t["predicted"] == pytest.approx(1.8577, abs=5e-5)
-    assert t["extrapolation_ratio"] == pytest.approx(10.5, abs=0.05)
-    assert t["pi95"] == pytest.approx((1.7878, 1.9228), abs=5e-5)
-    assert t["seed_losses"] == pytest.approx({"1234": 1.9741, "1": 1.9591}, abs=5e-5)
-    assert t["rel_error"] == pytest.approx(-0.0554, abs=5e-5)
-    assert t["inside_pi95"] is False
+    registered = {"target-L4-d124-h4": (1.8577, 10.5, (1.7878, 1.9228), (1.9741, 1.9591), -0.0554)}
+    _check_registered(fit, registered, inside=False)
     out = _exponents_script(str(SCIPY2)).stdout
     exponents = [line.split("local exponent ")[1][:6] for line in out.splitlines()[2:]]
     assert exponents == ["-0.142", "-0.131", "-0.099", "-0.102", "-0.091"], out
