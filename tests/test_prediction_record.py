@@ -265,6 +265,12 @@ def _local_exponents(*args: str) -> dict[str, str]:
     return {line.split(":")[0]: line for line in done.stdout.splitlines()}
 
 
+def _printed_exponents(results: str) -> list[str]:
+    """The local exponents the script prints for one records file, smallest size first."""
+    out = _exponents_script(results).stdout
+    return [line.split("local exponent ")[1][:6] for line in out.splitlines()[2:]]
+
+
 def test_the_bend_beyond_the_ladder_is_reproduced_from_the_pilots_records():
     """docs/PREDICTION.md section 10: the curve's local exponents, ladder through targets."""
     rows = _local_exponents()
@@ -287,9 +293,7 @@ def test_the_other_corpus_runs_at_one_exponent_to_7x():
     """Section 10's corpus pilot: the stdlib without its tests, d24 to d72 at one exponent;
     records from two corpora together are refused in one line."""
     corpus = str(PILOTS / "corpus-results.jsonl")
-    out = _exponents_script(corpus).stdout
-    exponents = [line.split("local exponent ")[1][:6] for line in out.splitlines()[2:]]
-    assert exponents == ["-0.127", "-0.124", "-0.124"], out
+    assert _printed_exponents(corpus) == ["-0.127", "-0.124", "-0.124"]
     mixed = _exponents_script(corpus, str(PILOTS / "results.jsonl"))
     assert mixed.returncode == 1 and mixed.stdout == ""
     assert mixed.stderr == "these records are from 2 different data sets: give one corpus's\n"
@@ -302,6 +306,15 @@ REGISTERED_STDLIB = {
     "target-L4-d80-h4": (2.0324, 10.5, (1.9481, 2.1248), (2.0533, 2.0393), -0.0068),
     "target-L4-d88-h4": (1.9472, 14.7, (1.8540, 2.0419), (1.9635, 1.9795), -0.0123),
 }
+
+
+def _check_power_law(fit: dict, b: float, seed_rel_sd: float) -> None:
+    """fit.json's law: the pure power law through the ladder's five two-seed means, with
+    exponent ``b`` and the seeds' measured noise ``seed_rel_sd``."""
+    law = fit["loss_law"]
+    assert law["form"] == "power" and law["n_points"] == 5
+    assert law["b"] == pytest.approx(b, abs=1e-4)
+    assert fit["prediction"]["seed_noise"]["seed_rel_sd"] == pytest.approx(seed_rel_sd, abs=1e-5)
 
 
 def _check_registered(fit: dict, registered: dict, inside: bool) -> None:
@@ -327,10 +340,7 @@ def test_plain_stdlib_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
     ladder and targets, refitted by `cgpt sweep fit`'s own path from the folder's two files
     as the sweep wrote them."""
     fit = _refit(STDLIB, tmp_path)
-    law = fit["loss_law"]
-    assert law["form"] == "power" and law["n_points"] == 5
-    assert law["b"] == pytest.approx(0.1269, abs=1e-4)
-    assert fit["prediction"]["seed_noise"]["seed_rel_sd"] == pytest.approx(0.00372, abs=1e-5)
+    _check_power_law(fit, 0.1269, 0.00372)
     _check_registered(fit, REGISTERED_STDLIB, inside=True)
 
 
@@ -349,14 +359,10 @@ def test_scipy_stack_extrapolation_is_reproduced_through_sweep_fit(tmp_path):
     `cgpt sweep fit`'s own path from the folder's two files as the sweep wrote them; the
     ladder's steepening and the flatter curve beyond it, from the same records."""
     fit = _refit(SCIPY, tmp_path)
-    law = fit["loss_law"]
-    assert law["form"] == "power" and law["n_points"] == 5
-    assert law["b"] == pytest.approx(0.1287, abs=1e-4)
-    assert fit["prediction"]["seed_noise"]["seed_rel_sd"] == pytest.approx(0.00471, abs=1e-5)
+    _check_power_law(fit, 0.1287, 0.00471)
     _check_registered(fit, REGISTERED_SCIPY, inside=True)
-    out = _exponents_script(str(SCIPY)).stdout
-    exponents = [line.split("local exponent ")[1][:6] for line in out.splitlines()[2:]]
-    assert exponents == ["-0.106", "-0.124", "-0.140", "-0.161", "-0.112", "-0.107"], out
+    exponents = ["-0.106", "-0.124", "-0.140", "-0.161", "-0.112", "-0.107"]
+    assert _printed_exponents(str(SCIPY)) == exponents
 
 
 SCIPY2 = RECORD.with_name("prediction-sweep-cpu-extrap-scipy2-results.jsonl")
@@ -369,12 +375,10 @@ def test_the_moved_up_ladder_misses_outside_its_interval(tmp_path):
     fit`'s own path; the prediction recorded before the target finished (1.8577, 1.7878-
     1.9228) is -5.54% off the target's two-seed mean, outside its interval."""
     fit = _refit(SCIPY2, tmp_path)
-    assert fit["loss_law"]["b"] == pytest.approx(0.1132, abs=1e-4)
+    _check_power_law(fit, 0.1132, 0.00464)
     registered = {"target-L4-d124-h4": (1.8577, 10.5, (1.7878, 1.9228), (1.9741, 1.9591), -0.0554)}
     _check_registered(fit, registered, inside=False)
-    out = _exponents_script(str(SCIPY2)).stdout
-    exponents = [line.split("local exponent ")[1][:6] for line in out.splitlines()[2:]]
-    assert exponents == ["-0.142", "-0.131", "-0.099", "-0.102", "-0.091"], out
+    assert _printed_exponents(str(SCIPY2)) == ["-0.142", "-0.131", "-0.099", "-0.102", "-0.091"]
 
 
 SCIPY_CORPUS = RECORD.with_name("prediction-sweep-cpu-extrap-scipy-corpus.json")
